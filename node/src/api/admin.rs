@@ -1,0 +1,361 @@
+//! AdminService: cluster status with the state hash, membership changes (one at a time, run on the
+//! leader; a follower forwards), leadership transfer, snapshots.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_proto::v1::admin_service_server::AdminService;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+
+use super::{node_error, observed};
+use crate::raft::RaftNode;
+use crate::state::{Command, NodeId};
+
+/// How long AddMember waits for the new node to catch up before it becomes a voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct AdminServiceImpl {
+    pub node: Arc<RaftNode>,
+}
+
+impl AdminServiceImpl {
+    /// A client to the leader's AdminService, or None if this node is the leader.
+    async fn leader_admin(
+        &self,
+    ) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
+        let leader =
+            self.node.raft.current_leader().await.ok_or_else(|| {
+                Status::unavailable("no leader is available: election in progress")
+            })?;
+        if leader == self.node.id {
+            return Ok(None);
+        }
+        let addr = self
+            .node
+            .member_addr(leader)
+            .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
+        let channel = self
+            .node
+            .peers
+            .channel(&addr)
+            .map_err(|e| Status::unavailable(format!("leader {leader} at {addr}: {e}")))?;
+        Ok(Some(AdminServiceClient::new(channel)))
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let metrics = self.node.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map_or(0, |l| l.index),
+            })
+            .collect()
+    }
+
+    async fn status(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        let metrics = self.node.raft.metrics().borrow_watched().clone();
+        let replica = self.node.replica.clone();
+        let (applied_index, hash) = tokio::task::spawn_blocking(move || replica.state_hash())
+            .await
+            .map_err(|e| Status::internal(format!("state hash: {e}")))?;
+        let cluster_id = self.node.replica.read(|a| a.state.cluster_id().to_owned());
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        Ok(pb::ClusterStatusResponse {
+            node_id: self.node.id,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            term: metrics.current_term,
+            members: self.members(),
+            role: role.into(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            committed_index: metrics.local_committed.map_or(0, |l| l.index),
+            applied_index,
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
+            state_hash: hex::encode(hash),
+            cluster_id,
+        })
+    }
+
+    async fn add_member(&self, req: pb::AddMemberRequest) -> Result<pb::AddMemberResponse, Status> {
+        if req.node_id == 0 {
+            return Err(Status::invalid_argument("node_id: must be at least 1"));
+        }
+        validate_address(&req.address)?;
+        if let Some(mut leader) = self.leader_admin().await? {
+            return Ok(leader.add_member(req).await?.into_inner());
+        }
+        let id = req.node_id;
+        let existing = self.members().into_iter().find(|m| m.node_id == id);
+        match existing {
+            Some(m) if m.voter && m.address == req.address => {
+                return Ok(pb::AddMemberResponse {
+                    members: self.members(),
+                });
+            }
+            Some(m) => {
+                return Err(Status::already_exists(format!(
+                    "node {id} is already a member at {}",
+                    m.address
+                )));
+            }
+            None => {}
+        }
+        if self
+            .node
+            .replica
+            .read(|a| a.state.is_node_id_used(NodeId(id)))
+        {
+            return Err(Status::failed_precondition(format!(
+                "node id {id} was used before and is never reused (an old id on an empty disk can \
+                 elect two leaders); start the new node with an id never used in this cluster"
+            )));
+        }
+        self.node
+            .propose(Command::ReserveNodeId {
+                node_id: NodeId(id),
+            })
+            .await
+            .map_err(node_error)?;
+        tracing::info!(node = id, address = %req.address, "adding learner");
+        let added = tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            self.node
+                .raft
+                .add_learner(id, BasicNode::new(&req.address), true),
+        )
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "node {id} at {} did not catch up within {CATCH_UP_TIMEOUT:?}; it stays a learner \
+                 until it does: check that it runs and is reachable, then add it again",
+                req.address
+            ))
+        })?;
+        added.map_err(membership_error)?;
+        tracing::info!(node = id, "promoting learner to voter");
+        self.node
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(pb::AddMemberResponse {
+            members: self.members(),
+        })
+    }
+
+    async fn remove_member(
+        &self,
+        req: pb::RemoveMemberRequest,
+    ) -> Result<pb::RemoveMemberResponse, Status> {
+        if let Some(mut leader) = self.leader_admin().await? {
+            return Ok(leader.remove_member(req).await?.into_inner());
+        }
+        let id = req.node_id;
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.node_id == id) else {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        };
+        let voters = members.iter().filter(|m| m.voter).count();
+        if member.voter && voters == 1 {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is the last voter; a cluster cannot remove its last voter"
+            )));
+        }
+        let change = if member.voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        tracing::info!(node = id, "removing member");
+        self.node
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(membership_error)?;
+        Ok(pb::RemoveMemberResponse {
+            members: self.members(),
+        })
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: pb::TransferLeaderRequest,
+    ) -> Result<pb::TransferLeaderResponse, Status> {
+        if let Some(mut leader) = self.leader_admin().await? {
+            return Ok(leader.transfer_leader(req).await?.into_inner());
+        }
+        let members = self.members();
+        let to = if req.to_node_id == 0 {
+            // The voter with the most log replicated.
+            members
+                .iter()
+                .filter(|m| m.voter && m.node_id != self.node.id)
+                .max_by_key(|m| m.matched_index)
+                .map(|m| m.node_id)
+                .ok_or_else(|| Status::failed_precondition("no other voter to transfer to"))?
+        } else {
+            if !members
+                .iter()
+                .any(|m| m.voter && m.node_id == req.to_node_id)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "to_node_id: node {} is not a voter",
+                    req.to_node_id
+                )));
+            }
+            req.to_node_id
+        };
+        if to == self.node.id {
+            return Ok(pb::TransferLeaderResponse { leader_id: to });
+        }
+        self.node
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let metrics = self
+            .node
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != Some(self.node.id),
+                "leadership moves",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("leadership did not move: {e}")))?;
+        Ok(pb::TransferLeaderResponse {
+            leader_id: metrics.current_leader.unwrap_or(0),
+        })
+    }
+
+    async fn trigger_snapshot(&self) -> Result<pb::TriggerSnapshotResponse, Status> {
+        let applied = self.node.replica.last_applied_index();
+        self.node
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let metrics = self
+            .node
+            .raft
+            .wait(Some(Duration::from_secs(120)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("snapshot not built: {e}")))?;
+        Ok(pb::TriggerSnapshotResponse {
+            snapshot_index: metrics.snapshot.map_or(0, |s| s.index),
+        })
+    }
+}
+
+fn validate_address(address: &str) -> Result<(), Status> {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "address: {address:?} is not HOST:PORT"
+        )))
+    }
+}
+
+fn membership_error(
+    err: openraft::error::RaftError<
+        crate::raft::types::TypeConfig,
+        ClientWriteError<crate::raft::types::TypeConfig>,
+    >,
+) -> Status {
+    match err.api_error() {
+        Some(ClientWriteError::ForwardToLeader(_)) => {
+            Status::unavailable("leadership moved during the change; retry")
+        }
+        Some(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(format!("membership change refused: {e}"))
+        }
+        _ => Status::internal(err.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServiceImpl {
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        observed("ClusterStatus", self.status())
+            .await
+            .map(Response::new)
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        observed("AddMember", self.add_member(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        observed("RemoveMember", self.remove_member(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        observed("TransferLeader", self.transfer_leader(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
+        observed("TriggerSnapshot", self.trigger_snapshot())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        // No agent can register until the scheduler lands: the fleet is empty, truthfully.
+        Ok(Response::new(pb::ListAgentsResponse { agents: Vec::new() }))
+    }
+}

@@ -1,0 +1,206 @@
+//! WorkflowService: Submit, Get, List, Cancel (Watch arrives with the scheduler).
+
+use std::sync::Arc;
+
+use baton_proto::limits::{LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX};
+use baton_proto::v1 as pb;
+use baton_proto::v1::workflow_service_server::WorkflowService;
+use baton_proto::validate::{validate_idempotency_key, validate_spec};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{node_error, observed};
+use crate::metrics;
+use crate::raft::RaftNode;
+use crate::state::{
+    CancelCommand, Command, ListQuery, Response as Applied, SubmitCommand, WorkflowId,
+    WorkflowState,
+};
+
+pub struct WorkflowServiceImpl {
+    pub node: Arc<RaftNode>,
+}
+
+impl WorkflowServiceImpl {
+    /// Waits until a read here sees every write acknowledged before it, unless the caller chose
+    /// a stale read.
+    async fn consistent(&self, consistency: i32) -> Result<(), Status> {
+        match pb::ReadConsistency::try_from(consistency) {
+            Ok(pb::ReadConsistency::Stale) => Ok(()),
+            Ok(_) => self.node.linearize().await.map_err(node_error),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "consistency: unknown value {consistency}"
+            ))),
+        }
+    }
+
+    async fn submit_inner(&self, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
+        let spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+        validate_spec(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_idempotency_key(&req.idempotency_key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let command = Command::Submit(SubmitCommand {
+            spec: spec.encode_to_vec(),
+            idempotency_key: req.idempotency_key,
+        });
+        let proposed = self.node.propose(command).await.map_err(node_error)?;
+        match proposed.response {
+            Applied::Submitted {
+                workflow_id,
+                created,
+            } => {
+                if created {
+                    metrics::workflow_submitted();
+                    tracing::info!(workflow = %workflow_id, index = proposed.index, "workflow submitted");
+                }
+                Ok(pb::SubmitResponse {
+                    workflow_id: workflow_id.0,
+                    created,
+                    log_index: proposed.index,
+                })
+            }
+            Applied::Rejected { reason } => Err(Status::failed_precondition(reason)),
+            other => Err(Status::internal(format!(
+                "unexpected submit result {other:?}"
+            ))),
+        }
+    }
+
+    async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Status> {
+        self.consistent(req.consistency).await?;
+        let id = WorkflowId(req.workflow_id);
+        let workflow = self
+            .node
+            .replica
+            .read(|a| a.state.workflow(id).cloned())
+            .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
+        Ok(pb::GetResponse {
+            workflow: Some(workflow.to_proto(true)),
+        })
+    }
+
+    async fn list_inner(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Status> {
+        let limit = match req.page_size as usize {
+            0 => LIST_PAGE_SIZE_DEFAULT,
+            n if n > LIST_PAGE_SIZE_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: {n} is more than {LIST_PAGE_SIZE_MAX}"
+                )));
+            }
+            n => n,
+        };
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            let id = req.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page_token: {:?} is not a page token",
+                    req.page_token
+                ))
+            })?;
+            Some(WorkflowId(id))
+        };
+        let mut states = Vec::with_capacity(req.states.len());
+        for (i, &raw) in req.states.iter().enumerate() {
+            states.push(match pb::WorkflowState::try_from(raw) {
+                Ok(pb::WorkflowState::Running) => WorkflowState::Running,
+                Ok(pb::WorkflowState::Succeeded) => WorkflowState::Succeeded,
+                Ok(pb::WorkflowState::Failed) => WorkflowState::Failed,
+                Ok(pb::WorkflowState::Cancelled) => WorkflowState::Cancelled,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "states[{i}]: {raw} is not a workflow state"
+                    )));
+                }
+            });
+        }
+        self.consistent(req.consistency).await?;
+        let query = ListQuery {
+            states,
+            name_prefix: req.name_prefix,
+            labels: req.labels,
+            before,
+            limit,
+        };
+        let (page, next) = self.node.replica.read(|a| a.state.list(&query));
+        Ok(pb::ListResponse {
+            workflows: page.iter().map(|w| w.to_proto(false)).collect(),
+            next_page_token: next.map(|id| id.0.to_string()).unwrap_or_default(),
+        })
+    }
+
+    async fn cancel_inner(&self, req: pb::CancelRequest) -> Result<pb::CancelResponse, Status> {
+        if req.reason.len() > baton_proto::limits::NAME_LEN_MAX * 8 {
+            return Err(Status::invalid_argument(
+                "reason: too long (at most 1024 bytes)",
+            ));
+        }
+        let id = WorkflowId(req.workflow_id);
+        let command = Command::Cancel(CancelCommand {
+            workflow_id: id,
+            reason: req.reason,
+        });
+        let proposed = self.node.propose(command).await.map_err(node_error)?;
+        match proposed.response {
+            Applied::Cancelled { state } => Ok(pb::CancelResponse {
+                state: state.to_proto() as i32,
+            }),
+            Applied::NotFound { .. } => Err(Status::not_found(format!("workflow {id} not found"))),
+            other => Err(Status::internal(format!(
+                "unexpected cancel result {other:?}"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowServiceImpl {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        observed("Submit", self.submit_inner(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        observed("Get", self.get_inner(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        observed("List", self.list_inner(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
+        observed("Cancel", self.cancel_inner(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<pb::WorkflowEvent, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented(
+            "watch is not served by this batond yet: poll Get instead",
+        ))
+    }
+}

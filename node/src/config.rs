@@ -1,0 +1,456 @@
+//! Flags + environment (`BATON_*`) + an optional TOML file -> one validated [`Config`].
+//! Precedence: flag, then environment, then file, then default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::raft::RaftTiming;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "batond",
+    version,
+    about = "Baton node: a fault-tolerant workflow orchestrator"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Subcommands>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Subcommands {
+    /// Start a local three-node cluster for trying Baton (data in ./.baton-dev).
+    Dev(DevArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the nodes keep their data.
+    #[arg(long, default_value = ".baton-dev")]
+    pub data_dir: PathBuf,
+    /// gRPC port of node 1; nodes 2 and 3 take the next two.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    /// Metrics port of node 1; nodes 2 and 3 take the next two.
+    #[arg(long, default_value_t = 9101)]
+    pub metrics_base_port: u16,
+    /// Start from empty data folders.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every node setting; each may also come from `BATON_<NAME>` or the config file.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeArgs {
+    /// A TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "BATON_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id (at least 1, never reused within a cluster).
+    #[arg(long, env = "BATON_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// gRPC address for clients, agents and peers [default: 127.0.0.1:7001].
+    #[arg(long, env = "BATON_LISTEN")]
+    pub listen: Option<String>,
+    /// Where this node keeps its Raft log and snapshots.
+    #[arg(long, env = "BATON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The founding members, `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. Omit it on a node that will
+    /// be added to a running cluster with `baton cluster add`.
+    #[arg(long, env = "BATON_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long, env = "BATON_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Raft heartbeat interval in ms [default: 75].
+    #[arg(long, env = "BATON_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout in ms [default: 300].
+    #[arg(long, env = "BATON_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout in ms [default: 600].
+    #[arg(long, env = "BATON_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot after this many applied entries [default: 20000].
+    #[arg(long, env = "BATON_SNAPSHOT_EVERY_ENTRIES")]
+    pub snapshot_every_entries: Option<u64>,
+    /// Log entries kept behind a snapshot for slow followers [default: 2000].
+    #[arg(long, env = "BATON_LOG_KEPT_BEHIND_SNAPSHOT")]
+    pub log_kept_behind_snapshot: Option<u64>,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Empty when the node joins an existing cluster.
+    pub initial_cluster: BTreeMap<u64, String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub timing: RaftTiming,
+}
+
+impl NodeArgs {
+    /// Fills what flags and environment left unset from the config file, then validates.
+    pub fn resolve(mut self) -> Result<Config, String> {
+        if let Some(path) = self.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            let file: NodeArgs = toml::from_str(&text)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            self.merge_from(file);
+        }
+        self.validate()
+    }
+
+    fn merge_from(&mut self, file: NodeArgs) {
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
+        }
+        fill!(
+            node_id,
+            listen,
+            data_dir,
+            initial_cluster,
+            metrics_listen,
+            log_format,
+            heartbeat_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            snapshot_every_entries,
+            log_kept_behind_snapshot
+        );
+    }
+
+    fn validate(self) -> Result<Config, String> {
+        let node_id = self
+            .node_id
+            .ok_or("--node-id is required (or BATON_NODE_ID, or node_id in the config file)")?;
+        if node_id == 0 {
+            return Err("--node-id: must be at least 1".into());
+        }
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:7001".into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| format!("--listen: {listen_text:?} is not IP:PORT"))?;
+        let data_dir = self
+            .data_dir
+            .ok_or("--data-dir is required (or BATON_DATA_DIR, or data_dir in the config file)")?;
+        let initial_cluster = match &self.initial_cluster {
+            None => BTreeMap::new(),
+            Some(text) => parse_initial_cluster(text)?,
+        };
+        if !initial_cluster.is_empty() && !initial_cluster.contains_key(&node_id) {
+            let ids: Vec<String> = initial_cluster.keys().map(u64::to_string).collect();
+            return Err(format!(
+                "--node-id {node_id} is not in --initial-cluster (ids {})",
+                ids.join(", ")
+            ));
+        }
+        let metrics_listen = self
+            .metrics_listen
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| format!("--metrics-listen: {text:?} is not IP:PORT"))
+            })
+            .transpose()?;
+        let defaults = RaftTiming::default();
+        let timing = RaftTiming {
+            heartbeat_ms: self.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .unwrap_or(defaults.election_timeout_min_ms),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .unwrap_or(defaults.election_timeout_max_ms),
+            snapshot_every_entries: self
+                .snapshot_every_entries
+                .unwrap_or(defaults.snapshot_every_entries),
+            log_kept_behind_snapshot: self
+                .log_kept_behind_snapshot
+                .unwrap_or(defaults.log_kept_behind_snapshot),
+        };
+        if timing.election_timeout_min_ms <= timing.heartbeat_ms * 2 {
+            return Err(format!(
+                "--election-timeout-min-ms ({}) must be more than twice --heartbeat-ms ({})",
+                timing.election_timeout_min_ms, timing.heartbeat_ms
+            ));
+        }
+        if timing.election_timeout_max_ms <= timing.election_timeout_min_ms {
+            return Err(format!(
+                "--election-timeout-max-ms ({}) must be more than --election-timeout-min-ms ({})",
+                timing.election_timeout_max_ms, timing.election_timeout_min_ms
+            ));
+        }
+        if timing.snapshot_every_entries == 0 {
+            return Err("--snapshot-every-entries: must be at least 1".into());
+        }
+        Ok(Config {
+            node_id,
+            listen,
+            data_dir,
+            initial_cluster,
+            metrics_listen,
+            log_format: self.log_format.unwrap_or_default(),
+            timing,
+        })
+    }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster: {item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.parse().ok().filter(|&id| id > 0).ok_or_else(|| {
+            format!("--initial-cluster: {id:?} in {item:?} is not a node id (1 or more)")
+        })?;
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(format!(
+                "--initial-cluster: {addr:?} in {item:?} is not HOST:PORT"
+            ));
+        }
+        if members.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("--initial-cluster: node id {id} appears twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster: no members given".into());
+    }
+    Ok(members)
+}
+
+/// The identity file that ties a data folder to one node. A folder of another node, a foreign
+/// folder, or an unknown format makes the node refuse to start.
+pub fn check_data_dir(dir: &Path, node_id: u64) -> Result<(), String> {
+    #[derive(serde::Serialize, Deserialize)]
+    struct Identity {
+        format: u32,
+        node_id: u64,
+    }
+    const FORMAT: u32 = 1;
+    std::fs::create_dir_all(dir).map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+    let path = dir.join("IDENTITY");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let identity: Identity = serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "{}: not a batond identity file ({e}); is this the right data dir?",
+                    path.display()
+                )
+            })?;
+            if identity.format != FORMAT {
+                return Err(format!(
+                    "data dir {} has format {}, this batond reads format {FORMAT}",
+                    dir.display(),
+                    identity.format
+                ));
+            }
+            if identity.node_id != node_id {
+                return Err(format!(
+                    "data dir {} belongs to node {}, not node {node_id}",
+                    dir.display(),
+                    identity.node_id
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let foreign = std::fs::read_dir(dir)
+                .map_err(|e| format!("data dir {}: {e}", dir.display()))?
+                .next()
+                .is_some();
+            if foreign {
+                return Err(format!(
+                    "data dir {} is not empty and has no IDENTITY file: it is not a batond data \
+                     dir; give an empty or new folder",
+                    dir.display()
+                ));
+            }
+            let text = serde_json::to_string(&Identity {
+                format: FORMAT,
+                node_id,
+            })
+            .expect("identity encodes");
+            let tmp = dir.join("IDENTITY.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| format!("data dir {}: cannot write IDENTITY: {e}", dir.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["batond"];
+        argv.extend_from_slice(list);
+        Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .node
+            .resolve()
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_full_command_line_resolves() {
+        let config = args(&[
+            "--node-id",
+            "2",
+            "--listen",
+            "127.0.0.1:7002",
+            "--data-dir",
+            "/tmp/x",
+            "--initial-cluster",
+            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
+        ])
+        .unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.initial_cluster.len(), 3);
+        assert_eq!(config.initial_cluster[&3], "127.0.0.1:7003");
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--data-dir", "/x"], "--node-id is required"),
+            (
+                &["--node-id", "0", "--data-dir", "/x"],
+                "--node-id: must be at least 1",
+            ),
+            (&["--node-id", "1"], "--data-dir is required"),
+            (
+                &["--node-id", "1", "--data-dir", "/x", "--listen", "nowhere"],
+                "--listen: \"nowhere\"",
+            ),
+            (
+                &[
+                    "--node-id",
+                    "4",
+                    "--data-dir",
+                    "/x",
+                    "--initial-cluster",
+                    "1=a:1,2=b:2",
+                ],
+                "--node-id 4 is not in --initial-cluster (ids 1, 2)",
+            ),
+            (
+                &[
+                    "--node-id",
+                    "1",
+                    "--data-dir",
+                    "/x",
+                    "--initial-cluster",
+                    "1=a:1,1=b:2",
+                ],
+                "node id 1 appears twice",
+            ),
+            (
+                &[
+                    "--node-id",
+                    "1",
+                    "--data-dir",
+                    "/x",
+                    "--initial-cluster",
+                    "1=a",
+                ],
+                "\"a\" in \"1=a\" is not HOST:PORT",
+            ),
+            (
+                &[
+                    "--node-id",
+                    "1",
+                    "--data-dir",
+                    "/x",
+                    "--heartbeat-ms",
+                    "200",
+                ],
+                "must be more than twice --heartbeat-ms",
+            ),
+        ];
+        for (argv, expected) in cases {
+            let err = args(argv).expect_err(expected);
+            assert!(err.contains(expected), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("batond.toml");
+        std::fs::write(
+            &file,
+            "node_id = 3\ndata_dir = \"/from/file\"\nheartbeat_ms = 50\n",
+        )
+        .unwrap();
+        let config = args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            "/from/flag",
+        ])
+        .unwrap();
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.timing.heartbeat_ms, 50);
+
+        std::fs::write(&file, "node_idd = 3\n").unwrap();
+        let err = args(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("unknown field `node_idd`"), "{err}");
+    }
+
+    #[test]
+    fn a_data_dir_belongs_to_one_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("n1");
+        check_data_dir(&data, 1).unwrap();
+        check_data_dir(&data, 1).unwrap();
+        let err = check_data_dir(&data, 2).unwrap_err();
+        assert!(err.contains("belongs to node 1, not node 2"), "{err}");
+
+        let foreign = dir.path().join("foreign");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("something"), "x").unwrap();
+        let err = check_data_dir(&foreign, 1).unwrap_err();
+        assert!(err.contains("not a batond data dir"), "{err}");
+
+        std::fs::write(data.join("IDENTITY"), "garbage").unwrap();
+        let err = check_data_dir(&data, 1).unwrap_err();
+        assert!(err.contains("not a batond identity file"), "{err}");
+    }
+}

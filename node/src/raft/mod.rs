@@ -1,0 +1,10 @@
+//! openraft glue: the type config, the transport (client in `network`, server in `service`), and
+//! the running member (`node`: bootstrap, propose, linearizable reads). The rest of the node
+//! reaches openraft only through this module and `storage`, so an openraft bump stays here.
+
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod types;
+
+pub use node::{NodeError, Proposed, RaftNode, RaftTiming};

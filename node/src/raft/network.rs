@@ -1,0 +1,237 @@
+//! The client half of the Raft transport: openraft's network traits over tonic.
+//!
+//! Every call gets the deadline openraft hands us (`RPCOption::soft_ttl`), and every failure to
+//! reach a peer (refused, reset, timed out) maps to `Unreachable`, so openraft backs off instead of
+//! hammering a dead or partitioned node. Payloads are MessagePack with field names (see
+//! `raft.proto`). Snapshots stream in chunks, the stream built before the call so the request
+//! body flows while the call is awaited.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::raft::v1 as pb;
+use baton_proto::raft::v1::raft_service_client::RaftServiceClient;
+use openraft::BasicNode;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::limits;
+use crate::raft::types::{RaftNodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+
+/// Lazily connected channels to peers, shared by replication and forwarding.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// A channel to `addr` (HOST:PORT); connects on first use and reconnects by itself.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RaftServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX))
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> pb::RaftPayload {
+    pb::RaftPayload {
+        data: rmp_serde::to_vec_named(value).expect("raft message encodes"),
+    }
+}
+
+pub fn decode<T: DeserializeOwned>(
+    payload: &pb::RaftPayload,
+) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(&payload.data)
+}
+
+pub struct NetworkFactory {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: RaftNodeId, node: &BasicNode) -> Self::Network {
+        PeerNetwork {
+            target,
+            client: self.peers.client(&node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct PeerNetwork {
+    target: RaftNodeId,
+    /// An address that does not parse is reported on every call rather than panicking.
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+fn unreachable(target: RaftNodeId, what: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(format!("node {target}: {what}")))
+}
+
+impl PeerNetwork {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|e| unreachable(self.target, format!("bad address: {e}")))
+    }
+
+    /// Runs one unary call with a deadline and maps its failure for openraft.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        request: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, pb::RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::RaftPayload>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        // openraft derives the deadline from the heartbeat interval (tens of ms); a follower
+        // busy with an fsync or a big batch must not count as unreachable for that.
+        let ttl = option.soft_ttl().max(limits::RAFT_RPC_TIMEOUT_MIN);
+        let reply = match tokio::time::timeout(ttl, f(client, encode(request))).await {
+            Err(_) => {
+                return Err(unreachable(
+                    self.target,
+                    format!("no answer within {ttl:?}"),
+                ));
+            }
+            Ok(Err(status)) => return Err(map_status(self.target, status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+fn map_status(target: RaftNodeId, status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        // The peer is down, restarting, or shutting down its Raft: back off.
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(target, status.message())
+        }
+        _ => RPCError::Network(NetworkError::from_string(format!(
+            "node {target}: {}: {}",
+            status.code(),
+            status.message()
+        ))),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move { c.vote(p).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, &option, |mut c, p| async move {
+            c.transfer_leader(p).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let header =
+            rmp_serde::to_vec_named(&(&vote, &snapshot.meta)).expect("snapshot header encodes");
+        let data = snapshot.snapshot.into_inner();
+        let chunk_bytes = option
+            .snapshot_chunk_size()
+            .unwrap_or(limits::SNAPSHOT_CHUNK_BYTES)
+            .clamp(1, limits::SNAPSHOT_CHUNK_BYTES);
+        let mut chunks = Vec::with_capacity(data.len() / chunk_bytes + 1);
+        let mut first = true;
+        // An empty snapshot still sends one chunk: the header.
+        for piece in data
+            .chunks(chunk_bytes)
+            .chain(data.is_empty().then_some(&[][..]))
+        {
+            chunks.push(pb::SnapshotChunk {
+                header: if first { header.clone() } else { Vec::new() },
+                data: piece.to_vec(),
+            });
+            first = false;
+        }
+        let total = data.len();
+        // Sized to the snapshot: a big state legitimately takes longer than one heartbeat RPC.
+        let ttl = option.hard_ttl().max(limits::snapshot_send_timeout(total));
+        let call = client.install_snapshot(tokio_stream::iter(chunks));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = tokio::time::timeout(ttl, call) => reply,
+        };
+        let reply = match reply {
+            Err(_) => {
+                return Err(StreamingError::Unreachable(Unreachable::from_string(
+                    format!(
+                        "node {}: snapshot of {total} bytes not installed within {ttl:?}",
+                        self.target
+                    ),
+                )));
+            }
+            Ok(Err(status)) => return Err(map_status(self.target, status).into()),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        decode(&reply).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}

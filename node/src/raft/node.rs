@@ -1,0 +1,384 @@
+//! A running Raft member: starting it, bootstrapping the cluster, proposing commands (the leader
+//! stamps the time; followers forward to the leader) and linearizable reads (ReadIndex).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_proto::raft::v1 as pb;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::raft::ReadPolicy;
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::network::{self, NetworkFactory, Peers};
+use super::types::{Raft, RaftNodeId};
+use crate::metrics;
+use crate::state::{Command, LogEntry, Response};
+use crate::storage::{LogStore, Replica, StateMachineStore};
+
+/// Raft timing. Failover takes roughly one election timeout after the leader's last heartbeat.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Entries applied since the last snapshot that trigger a new one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers slightly behind.
+    pub log_kept_behind_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 75,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 20_000,
+            log_kept_behind_snapshot: 2_000,
+        }
+    }
+}
+
+/// Why a proposal or read did not go through. Says whether the command may have been applied.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Certainly not applied: no leader is known (election under way, or no quorum).
+    #[error("no leader is available: {0}")]
+    NoLeader(String),
+    /// May or may not have been applied: the leader was lost mid-request.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// Certainly not applied: this node is not the leader (internal, for forwarding).
+    #[error("node is not the leader")]
+    NotLeader { leader: Option<RaftNodeId> },
+    /// The Raft core or storage failed; the node cannot serve.
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+/// What a committed proposal returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposed {
+    pub index: u64,
+    pub response: Response,
+}
+
+pub struct RaftNode {
+    pub id: RaftNodeId,
+    pub raft: Raft,
+    pub replica: Arc<Replica>,
+    pub peers: Peers,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How long a proposal waits for a leader (election, forwarding retries) before giving up.
+const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
+
+impl RaftNode {
+    /// Opens storage under `data_dir` and starts the Raft member.
+    pub async fn start(
+        id: RaftNodeId,
+        data_dir: &Path,
+        timing: &RaftTiming,
+    ) -> Result<Self, String> {
+        let log_store = LogStore::open(&data_dir.join("raft"))?;
+        let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
+        let replica = state_machine.replica();
+        let config = openraft::Config {
+            cluster_name: "baton".into(),
+            heartbeat_interval: timing.heartbeat_ms,
+            election_timeout_min: timing.election_timeout_min_ms,
+            election_timeout_max: timing.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: timing.log_kept_behind_snapshot,
+            purge_batch_size: 256,
+            max_payload_entries: 1024,
+            install_snapshot_timeout: 2_000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("invalid raft timing: {e}"))?;
+        let peers = Peers::default();
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            NetworkFactory {
+                peers: peers.clone(),
+            },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| format!("raft did not start: {e}"))?;
+        let mut node = Self {
+            id,
+            raft,
+            replica,
+            peers,
+            tasks: Vec::new(),
+        };
+        node.tasks
+            .push(tokio::spawn(watch_metrics(node.raft.clone())));
+        Ok(node)
+    }
+
+    /// Forms a new cluster from `members` if this node has never been part of one. Only the
+    /// lowest id initializes, so two nodes never race to write different first entries; the others
+    /// learn the membership from it. A node with any log or vote skips this: it rejoins.
+    pub async fn bootstrap(&self, members: &BTreeMap<RaftNodeId, String>) -> Result<(), String> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| format!("raft failed: {e}"))?;
+        if initialized {
+            tracing::info!(node = self.id, "existing raft state found: rejoining");
+            return Ok(());
+        }
+        if members.keys().next() != Some(&self.id) {
+            tracing::info!(
+                node = self.id,
+                "waiting for the lowest-id member to form the cluster"
+            );
+            return Ok(());
+        }
+        let nodes: BTreeMap<_, _> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => tracing::info!(
+                node = self.id,
+                members = members.len(),
+                "cluster initialized"
+            ),
+            Err(err) => {
+                // Already initialized by an earlier run that crashed before this check.
+                tracing::info!(node = self.id, error = %err, "initialize skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes `command` through the leader and waits until it is committed and applied.
+    pub async fn propose(&self, command: Command) -> Result<Proposed, NodeError> {
+        let deadline = Instant::now() + PROPOSE_PATIENCE;
+        loop {
+            let leader = self.raft.current_leader().await;
+            let result = match leader {
+                Some(leader) if leader == self.id => self.propose_local(command.clone()).await,
+                Some(leader) => self.forward(leader, &command).await,
+                None => Err(NodeError::NoLeader("election in progress".into())),
+            };
+            match result {
+                // Certainly not applied: safe to try again after the leadership settles.
+                Err(NodeError::NotLeader { .. } | NodeError::NoLeader(_))
+                    if Instant::now() < deadline =>
+                {
+                    self.wait_for_leader_change(leader).await;
+                }
+                Err(NodeError::NotLeader { .. }) => {
+                    return Err(NodeError::NoLeader("leadership kept moving".into()));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Proposes on this node, which must be the leader. Stamps the leader's clock.
+    pub async fn propose_local(&self, command: Command) -> Result<Proposed, NodeError> {
+        let entry = LogEntry {
+            time_ms: wall_clock_ms(),
+            command,
+        };
+        match self.raft.client_write(entry).await {
+            Ok(written) => Ok(Proposed {
+                index: written.log_id.index,
+                response: written.data,
+            }),
+            Err(err) => match err.into_api_error() {
+                Some(ClientWriteError::ForwardToLeader(f)) => Err(NodeError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Some(ClientWriteError::LogEntryDiscarded(_)) => Err(NodeError::Unknown(
+                    "leadership changed before the entry was committed".into(),
+                )),
+                Some(other) => Err(NodeError::Fatal(other.to_string())),
+                None => Err(NodeError::Fatal("raft stopped".into())),
+            },
+        }
+    }
+
+    async fn forward(&self, leader: RaftNodeId, command: &Command) -> Result<Proposed, NodeError> {
+        let mut client = self.leader_client(leader)?;
+        match client.propose(network::encode(command)).await {
+            Ok(reply) => network::decode(&reply.into_inner())
+                .map_err(|e| NodeError::Unknown(format!("undecodable reply from leader: {e}"))),
+            Err(status) => Err(status_to_error(status)),
+        }
+    }
+
+    fn leader_client(
+        &self,
+        leader: RaftNodeId,
+    ) -> Result<
+        baton_proto::raft::v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+        NodeError,
+    > {
+        let addr = self
+            .member_addr(leader)
+            .ok_or_else(|| NodeError::NoLeader(format!("leader {leader} has no known address")))?;
+        self.peers
+            .client(&addr)
+            .map_err(|e| NodeError::NoLeader(format!("leader {leader} at {addr}: {e}")))
+    }
+
+    /// Waits until this node has applied everything committed when the call began (ReadIndex),
+    /// so a read that follows sees every write acknowledged before it.
+    pub async fn linearize(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + PROPOSE_PATIENCE;
+        loop {
+            let leader = self.raft.current_leader().await;
+            let result = match leader {
+                Some(leader) if leader == self.id => self.read_index_local().await.map(|_| ()),
+                Some(leader) => self.read_index_remote(leader).await,
+                None => Err(NodeError::NoLeader("election in progress".into())),
+            };
+            match result {
+                Err(NodeError::NotLeader { .. } | NodeError::NoLeader(_))
+                    if Instant::now() < deadline =>
+                {
+                    self.wait_for_leader_change(leader).await;
+                }
+                // A read changes nothing, so an unknown outcome is just a failure to read.
+                Err(NodeError::Unknown(e)) => return Err(NodeError::NoLeader(e)),
+                other => return other,
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and waits for its own apply. Returns the
+    /// read index.
+    pub async fn read_index_local(&self) -> Result<u64, NodeError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read) => Ok(read.index()),
+            Err(err) => match err.forward_to_leader() {
+                Some(f) => Err(NodeError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                None if err.fatal().is_some() => Err(NodeError::Fatal(err.to_string())),
+                None => Err(NodeError::NoLeader(err.to_string())),
+            },
+        }
+    }
+
+    async fn read_index_remote(&self, leader: RaftNodeId) -> Result<(), NodeError> {
+        let mut client = self.leader_client(leader)?;
+        let index = client
+            .read_index(pb::ReadIndexRequest {})
+            .await
+            .map_err(status_to_error)?
+            .into_inner()
+            .index;
+        self.raft
+            .wait(Some(PROPOSE_PATIENCE))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|e| {
+                NodeError::NoLeader(format!("not caught up to read index {index}: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// The address of a member, from the applied membership.
+    pub fn member_addr(&self, id: RaftNodeId) -> Option<String> {
+        self.replica.read(|a| {
+            a.membership
+                .membership()
+                .get_node(&id)
+                .map(|node| node.addr.clone())
+        })
+    }
+
+    async fn wait_for_leader_change(&self, old: Option<RaftNodeId>) {
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                {
+                    let m = metrics.borrow_watched();
+                    if m.current_leader.is_some() && m.current_leader != old {
+                        return;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        // Also retry the same leader after a pause: it may have been briefly unable to serve.
+        let _ = tokio::time::timeout(Duration::from_millis(200), wait).await;
+    }
+
+    pub async fn shutdown(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft shutdown");
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+}
+
+/// Maps a status from the leader's internal RPC: whether the command may have been applied.
+fn status_to_error(status: tonic::Status) -> NodeError {
+    match status.code() {
+        // The leader refused before proposing (it is no longer the leader, or has no quorum).
+        tonic::Code::FailedPrecondition => NodeError::NotLeader { leader: None },
+        // Refused before the request left: the leader is down or restarting.
+        tonic::Code::Unavailable if is_connect_error(&status) => {
+            NodeError::NoLeader(status.message().to_owned())
+        }
+        // Anything else (a reset mid-call, a timeout) may have happened after the proposal.
+        _ => NodeError::Unknown(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+fn is_connect_error(status: &tonic::Status) -> bool {
+    status.message().contains("connect")
+}
+
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Mirrors openraft's metrics into Prometheus gauges and logs leader changes.
+async fn watch_metrics(raft: Raft) {
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    loop {
+        {
+            let m = rx.borrow_watched();
+            let leader_changed = m.current_leader != last_leader;
+            if leader_changed {
+                tracing::info!(node = m.id, leader = ?m.current_leader, term = m.current_term, "leader changed");
+                last_leader = m.current_leader;
+            }
+            metrics::raft(&m, leader_changed);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

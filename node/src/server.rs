@@ -1,0 +1,142 @@
+//! Starts a node: checks the data dir, starts Raft, serves gRPC (public API and Raft transport on
+//! one address), bootstraps the cluster, and stops it all on request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use baton_proto::raft::v1::raft_service_server::RaftServiceServer;
+use baton_proto::v1::admin_service_server::AdminServiceServer;
+use baton_proto::v1::agent_service_server::AgentServiceServer;
+use baton_proto::v1::workflow_service_server::WorkflowServiceServer;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::admin::AdminServiceImpl;
+use crate::api::agent::AgentServiceImpl;
+use crate::api::workflow::WorkflowServiceImpl;
+use crate::config::{Config, check_data_dir};
+use crate::limits;
+use crate::raft::RaftNode;
+use crate::raft::service::RaftServiceImpl;
+use crate::state::Command;
+
+/// A running node. Dropping it does not stop it: call [`Server::shutdown`].
+pub struct Server {
+    pub node: Arc<RaftNode>,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<()>>,
+    cluster_id_task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts the node on `listener` (already bound: tests bind port 0 first to learn the
+    /// address), or binds `config.listen`.
+    pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Self, String> {
+        check_data_dir(&config.data_dir, config.node_id)?;
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("--listen {}: {e}", config.listen))?,
+        };
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let node =
+            Arc::new(RaftNode::start(config.node_id, &config.data_dir, &config.timing).await?);
+
+        let router = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
+            .tcp_nodelay(true)
+            .add_service(
+                RaftServiceServer::new(RaftServiceImpl { node: node.clone() })
+                    .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                WorkflowServiceServer::new(WorkflowServiceImpl { node: node.clone() })
+                    .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                    .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminServiceImpl { node: node.clone() })
+                    .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                    .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+            )
+            .add_service(
+                AgentServiceServer::new(AgentServiceImpl)
+                    .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                    .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+            );
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let serving = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(err) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(error = %err, "grpc server failed");
+            }
+        });
+        tracing::info!(node = config.node_id, %addr, "serving gRPC");
+
+        if !config.initial_cluster.is_empty() {
+            node.bootstrap(&config.initial_cluster).await?;
+        }
+        let cluster_id_task = tokio::spawn(set_cluster_id_when_leader(node.clone()));
+        Ok(Self {
+            node,
+            addr,
+            stop: Some(stop_tx),
+            serving: Some(serving),
+            cluster_id_task,
+        })
+    }
+
+    /// Stops serving and shuts Raft down; the data stays on disk.
+    pub async fn shutdown(mut self) {
+        self.cluster_id_task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.node.shutdown().await;
+        if let Some(serving) = self.serving.take() {
+            // In-flight streams end when Raft stops; don't wait on a client that never hangs up.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
+        }
+    }
+}
+
+/// The first leader of a new cluster names it, once; the id shows in `cluster status`.
+async fn set_cluster_id_when_leader(node: Arc<RaftNode>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let is_leader = metrics.borrow_watched().state == ServerState::Leader;
+        let unnamed = node.replica.read(|a| a.state.cluster_id().is_empty());
+        if !unnamed {
+            return;
+        }
+        if is_leader {
+            let seed = format!(
+                "{}-{}-{:?}",
+                node.id,
+                std::process::id(),
+                std::time::SystemTime::now()
+            );
+            let cluster_id = hex::encode(&Sha256::digest(seed.as_bytes())[..8]);
+            match node
+                .propose_local(Command::InitCluster { cluster_id })
+                .await
+            {
+                Ok(_) => return,
+                Err(err) => tracing::debug!(error = %err, "cluster id not set yet"),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

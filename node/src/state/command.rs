@@ -1,0 +1,216 @@
+//! What goes into the Raft log: a leader-stamped [`LogEntry`] holding one [`Command`], and the
+//! [`Response`] that applying it yields on every replica.
+//!
+//! Encoding: MessagePack with field names (`rmp_serde::to_vec_named`), a version byte in front.
+//! Named fields let a later release add a field (with `#[serde(default)]`) and still read old
+//! entries, and a node of the previous release can skip what it does not know. The bytes are
+//! pinned by golden tests below: change them only with a new version byte and a decoder for the
+//! old one.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{NodeId, WorkflowId};
+use super::workflow::WorkflowState;
+
+/// The version byte in front of every encoded entry.
+pub const ENTRY_FORMAT_V1: u8 = 1;
+
+/// One Raft log entry's application data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The proposing leader's wall clock, in ms since the Unix epoch. The only way time enters
+    /// the state machine (design rule 1).
+    pub time_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Set once by the node that bootstraps the cluster; later attempts are ignored.
+    InitCluster {
+        cluster_id: String,
+    },
+    Submit(SubmitCommand),
+    Cancel(CancelCommand),
+    /// Records a node id as used, before it joins, so it is never handed out again.
+    ReserveNodeId {
+        node_id: NodeId,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InitCluster { .. } => "init_cluster",
+            Self::Submit(_) => "submit",
+            Self::Cancel(_) => "cancel",
+            Self::ReserveNodeId { .. } => "reserve_node_id",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitCommand {
+    /// A protobuf-encoded `baton.v1.WorkflowSpec`, validated by the API before proposing.
+    #[serde(with = "serde_bytes")]
+    pub spec: Vec<u8>,
+    /// Empty = no deduplication.
+    #[serde(default)]
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CancelCommand {
+    pub workflow_id: WorkflowId,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The outcome of applying one command. Refusals are values, computed alike on every replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Membership entries and commands without a result.
+    Done,
+    Submitted {
+        workflow_id: WorkflowId,
+        /// false when the idempotency key matched an earlier workflow.
+        created: bool,
+    },
+    Cancelled {
+        state: WorkflowState,
+    },
+    NotFound {
+        workflow_id: WorkflowId,
+    },
+    /// The command could not apply to the state (it passed validation on a node of another
+    /// version, or raced with another command); nothing changed.
+    Rejected {
+        reason: String,
+    },
+}
+
+/// An entry that is not a Baton entry of a version this node knows. Never expected in a healthy
+/// log; the caller treats it as corruption.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty log entry")]
+    Empty,
+    #[error("log entry format version {0} is not supported by this batond")]
+    Version(u8),
+    #[error("log entry does not decode: {0}")]
+    Body(#[from] rmp_serde::decode::Error),
+}
+
+impl LogEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.push(ENTRY_FORMAT_V1);
+        // Serializing a plain data struct into a Vec cannot fail.
+        rmp_serde::encode::write_named(&mut out, self).expect("log entry encodes");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match bytes.split_first() {
+            None => Err(DecodeError::Empty),
+            Some((&ENTRY_FORMAT_V1, body)) => Ok(rmp_serde::from_slice(body)?),
+            Some((&version, _)) => Err(DecodeError::Version(version)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Pins the on-disk bytes: a change here breaks every existing log.
+    #[test]
+    fn golden_submit_entry_bytes() {
+        let entry = LogEntry {
+            time_ms: 1_700_000_000_000,
+            command: Command::Submit(SubmitCommand {
+                spec: vec![0x0a, 0x01, b'w'],
+                idempotency_key: "k1".into(),
+            }),
+        };
+        let bytes = entry.encode();
+        assert_eq!(
+            hex(&bytes),
+            "0182a774696d655f6d73cf0000018bcfe56800a7636f6d6d616e6481a67375626d697482a473706563c4030a0177af6964656d706f74656e63795f6b6579a26b31"
+        );
+        assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn golden_cancel_entry_bytes() {
+        let entry = LogEntry {
+            time_ms: 5,
+            command: Command::Cancel(CancelCommand {
+                workflow_id: WorkflowId(7),
+                reason: String::new(),
+            }),
+        };
+        let bytes = entry.encode();
+        assert_eq!(
+            hex(&bytes),
+            "0182a774696d655f6d7305a7636f6d6d616e6481a663616e63656c82ab776f726b666c6f775f696407a6726561736f6ea0"
+        );
+        assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn an_entry_without_optional_fields_still_decodes() {
+        // A writer that predates `idempotency_key` (or omits defaults) must stay readable.
+        #[derive(Serialize)]
+        struct OldSubmit {
+            #[serde(with = "serde_bytes")]
+            spec: Vec<u8>,
+        }
+        #[derive(Serialize)]
+        enum OldCommand {
+            #[serde(rename = "submit")]
+            Submit(OldSubmit),
+        }
+        #[derive(Serialize)]
+        struct OldEntry {
+            time_ms: u64,
+            command: OldCommand,
+        }
+        let mut bytes = vec![ENTRY_FORMAT_V1];
+        bytes.extend(
+            rmp_serde::to_vec_named(&OldEntry {
+                time_ms: 1,
+                command: OldCommand::Submit(OldSubmit { spec: vec![1] }),
+            })
+            .unwrap(),
+        );
+        let entry = LogEntry::decode(&bytes).unwrap();
+        assert_eq!(
+            entry.command,
+            Command::Submit(SubmitCommand {
+                spec: vec![1],
+                idempotency_key: String::new()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_errors_not_panics() {
+        assert!(matches!(LogEntry::decode(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(
+            LogEntry::decode(&[9, 1, 2]),
+            Err(DecodeError::Version(9))
+        ));
+        assert!(matches!(
+            LogEntry::decode(&[1, 0xc1]),
+            Err(DecodeError::Body(_))
+        ));
+    }
+}

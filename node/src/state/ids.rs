@@ -1,0 +1,32 @@
+//! Typed identifiers. Every id is a counter in the replicated state, never a random number, so all
+//! replicas hand out the same ids.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A workflow, numbered from 1 in submit order.
+    WorkflowId
+);
+id_type!(
+    /// A Raft member. Chosen by the operator, recorded in the state, never reused.
+    NodeId
+);

@@ -1,0 +1,312 @@
+//! THE deterministic core: the replicated cluster state and [`ClusterState::apply`], the only way
+//! it changes.
+//!
+//! Architecture invariant: nothing in this module reads a clock, randomness, a file or the
+//! network, and nothing iterates a `HashMap`. Time arrives inside [`LogEntry::time_ms`], stamped by
+//! the leader. Same log, same state, same [`ClusterState::state_hash`] on every replica.
+//!
+//! The maps are persistent (`imbl`): cloning the state is O(1), so a snapshot builder or a reader
+//! takes a point-in-time copy without blocking `apply`.
+
+pub mod command;
+pub mod ids;
+pub mod workflow;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use baton_proto::v1 as pb;
+use imbl::{OrdMap, OrdSet};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use command::{CancelCommand, Command, LogEntry, Response, SubmitCommand};
+pub use ids::{NodeId, WorkflowId};
+pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
+
+/// Where and when an entry is applied.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyCtx {
+    /// The entry's Raft log index.
+    pub index: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set by the bootstrapping node's first entry; empty until then.
+    cluster_id: String,
+    /// The latest leader time seen. Log time can go backwards across a leader change (clocks
+    /// differ), so state time is the max of what it has seen.
+    now_ms: u64,
+    /// The last id handed out; ids start at 1.
+    last_workflow_id: u64,
+    workflows: OrdMap<WorkflowId, Arc<Workflow>>,
+    idempotency_keys: OrdMap<String, WorkflowId>,
+    /// Every node id ever reserved or made a member, so none is reused for an empty disk.
+    used_node_ids: OrdSet<NodeId>,
+}
+
+/// Filters and paging of [`ClusterState::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub states: Vec<WorkflowState>,
+    pub name_prefix: String,
+    pub labels: BTreeMap<String, String>,
+    /// Only workflows with an id below this (the page token); None = from the newest.
+    pub before: Option<WorkflowId>,
+    pub limit: usize,
+}
+
+impl ClusterState {
+    /// The only way replicated state changes.
+    pub fn apply(&mut self, ctx: ApplyCtx, entry: LogEntry) -> Response {
+        self.now_ms = self.now_ms.max(entry.time_ms);
+        let response = match entry.command {
+            Command::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id;
+                }
+                Response::Done
+            }
+            Command::Submit(submit) => self.submit(ctx, submit),
+            Command::Cancel(cancel) => self.cancel(ctx, cancel),
+            Command::ReserveNodeId { node_id } => {
+                self.used_node_ids.insert(node_id);
+                Response::Done
+            }
+        };
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        response
+    }
+
+    /// Membership entries are applied by the storage layer; it tells the state which ids are in
+    /// use so they are never handed out again.
+    pub fn note_members(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        for id in ids {
+            self.used_node_ids.insert(id);
+        }
+    }
+
+    fn submit(&mut self, ctx: ApplyCtx, submit: SubmitCommand) -> Response {
+        if !submit.idempotency_key.is_empty()
+            && let Some(&workflow_id) = self.idempotency_keys.get(&submit.idempotency_key)
+        {
+            return Response::Submitted {
+                workflow_id,
+                created: false,
+            };
+        }
+        let spec = match pb::WorkflowSpec::decode(submit.spec.as_slice()) {
+            Ok(spec) => spec,
+            Err(err) => {
+                return Response::Rejected {
+                    reason: format!("spec does not decode: {err}"),
+                };
+            }
+        };
+        let steps = match resolve_steps(&spec) {
+            Ok(steps) => steps,
+            Err(reason) => return Response::Rejected { reason },
+        };
+        self.last_workflow_id += 1;
+        let id = WorkflowId(self.last_workflow_id);
+        let mut workflow = Workflow {
+            id,
+            spec: Arc::new(spec),
+            idempotency_key: submit.idempotency_key.clone(),
+            state: WorkflowState::Running,
+            created_at_ms: self.now_ms,
+            finished_at_ms: 0,
+            reason: String::new(),
+            revision: ctx.index,
+            steps,
+        };
+        for step in workflow.steps.iter_mut().filter(|s| s.deps.is_empty()) {
+            step.state = StepState::Ready;
+            step.ready_at_ms = self.now_ms;
+        }
+        self.workflows.insert(id, Arc::new(workflow));
+        if !submit.idempotency_key.is_empty() {
+            self.idempotency_keys.insert(submit.idempotency_key, id);
+        }
+        Response::Submitted {
+            workflow_id: id,
+            created: true,
+        }
+    }
+
+    fn cancel(&mut self, ctx: ApplyCtx, cancel: CancelCommand) -> Response {
+        let now_ms = self.now_ms;
+        let Some(workflow) = self.workflows.get_mut(&cancel.workflow_id) else {
+            return Response::NotFound {
+                workflow_id: cancel.workflow_id,
+            };
+        };
+        if workflow.state.is_terminal() {
+            return Response::Cancelled {
+                state: workflow.state,
+            };
+        }
+        let workflow = Arc::make_mut(workflow);
+        workflow.state = WorkflowState::Cancelled;
+        workflow.finished_at_ms = now_ms;
+        workflow.reason = if cancel.reason.is_empty() {
+            "cancelled".to_owned()
+        } else {
+            cancel.reason
+        };
+        workflow.revision = ctx.index;
+        for step in workflow.steps.iter_mut().filter(|s| !s.state.is_terminal()) {
+            step.state = StepState::Cancelled;
+            step.finished_at_ms = now_ms;
+        }
+        Response::Cancelled {
+            state: WorkflowState::Cancelled,
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn workflow(&self, id: WorkflowId) -> Option<&Arc<Workflow>> {
+        self.workflows.get(&id)
+    }
+
+    pub fn workflow_count(&self) -> usize {
+        self.workflows.len()
+    }
+
+    pub fn is_node_id_used(&self, id: NodeId) -> bool {
+        self.used_node_ids.contains(&id)
+    }
+
+    /// Newest first. Returns the page and the id to continue before, if more may follow.
+    pub fn list(&self, query: &ListQuery) -> (Vec<Arc<Workflow>>, Option<WorkflowId>) {
+        let upper = query.before.unwrap_or(WorkflowId(u64::MAX));
+        let mut page = Vec::with_capacity(query.limit.min(1024));
+        let mut iter = self.workflows.range(..upper).rev();
+        for (_, workflow) in iter.by_ref() {
+            if query.matches(workflow) {
+                page.push(workflow.clone());
+                if page.len() == query.limit {
+                    break;
+                }
+            }
+        }
+        let more = page.len() == query.limit && iter.next().is_some();
+        let next = more.then(|| page.last().map(|w| w.id)).flatten();
+        (page, next)
+    }
+
+    /// The canonical encoding: the snapshot payload, and what the state hash is taken over.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("cluster state encodes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+
+    /// SHA-256 of the canonical encoding. O(state): callers cache it per applied index.
+    pub fn state_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.encode()).into()
+    }
+
+    /// Relations that hold after every apply. A failure is a bug in `apply`, so it panics.
+    pub fn check_invariants(&self) {
+        if let Some((last, _)) = self.workflows.get_max() {
+            assert!(
+                last.0 <= self.last_workflow_id,
+                "workflow id {last} beyond last {}",
+                self.last_workflow_id
+            );
+        }
+        for (key, id) in &self.idempotency_keys {
+            let workflow = self
+                .workflows
+                .get(id)
+                .unwrap_or_else(|| panic!("idempotency key {key:?} names missing workflow {id}"));
+            assert_eq!(&workflow.idempotency_key, key);
+        }
+        for (id, workflow) in &self.workflows {
+            assert_eq!(*id, workflow.id);
+            assert_eq!(workflow.steps.len(), workflow.spec.steps.len());
+            if workflow.state.is_terminal() {
+                assert!(
+                    workflow.steps.iter().all(|s| s.state.is_terminal()),
+                    "finished workflow {id} has unfinished steps"
+                );
+            }
+        }
+    }
+}
+
+impl ListQuery {
+    fn matches(&self, workflow: &Workflow) -> bool {
+        (self.states.is_empty() || self.states.contains(&workflow.state))
+            && workflow.spec.name.starts_with(&self.name_prefix)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| workflow.spec.labels.get(k) == Some(v))
+    }
+}
+
+/// Resolves each step's dependencies to indexes and checks the graph is a DAG. The API validates
+/// every spec before proposing it; this re-check keeps a spec from another path (or a node of
+/// another version) from leaving a workflow that can never finish.
+fn resolve_steps(spec: &pb::WorkflowSpec) -> Result<Vec<StepRun>, String> {
+    if spec.steps.is_empty() {
+        return Err("workflow has no steps".to_owned());
+    }
+    let mut index_of = BTreeMap::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        if index_of.insert(step.name.as_str(), i as u32).is_some() {
+            return Err(format!("duplicate step name {:?}", step.name));
+        }
+    }
+    let mut steps = Vec::with_capacity(spec.steps.len());
+    for step in &spec.steps {
+        let mut deps = Vec::with_capacity(step.depends_on.len());
+        for dep in &step.depends_on {
+            let &i = index_of
+                .get(dep.as_str())
+                .ok_or_else(|| format!("step {:?} depends on unknown step {dep:?}", step.name))?;
+            deps.push(i);
+        }
+        steps.push(StepRun::new(deps));
+    }
+    // Kahn's algorithm: a DAG drains completely.
+    let mut indegree: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
+    let mut dependents = vec![Vec::new(); steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        for &d in &step.deps {
+            dependents[d as usize].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut drained = 0;
+    while let Some(i) = ready.pop() {
+        drained += 1;
+        for &j in &dependents[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    if drained != steps.len() {
+        return Err("dependency cycle".to_owned());
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! A workflow as the replicated state holds it: the submitted spec (kept protobuf-encoded on the
+//! wire and in snapshots) and the runtime state of each step, indexed like the spec's steps.
+
+use std::sync::Arc;
+
+use baton_proto::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::ids::WorkflowId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl WorkflowState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Running)
+    }
+
+    pub fn to_proto(self) -> pb::WorkflowState {
+        match self {
+            Self::Running => pb::WorkflowState::Running,
+            Self::Succeeded => pb::WorkflowState::Succeeded,
+            Self::Failed => pb::WorkflowState::Failed,
+            Self::Cancelled => pb::WorkflowState::Cancelled,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Waiting,
+    Ready,
+    Running,
+    Backoff,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+
+    pub fn to_proto(self) -> pb::StepState {
+        match self {
+            Self::Waiting => pb::StepState::Waiting,
+            Self::Ready => pb::StepState::Ready,
+            Self::Running => pb::StepState::Running,
+            Self::Backoff => pb::StepState::Backoff,
+            Self::Succeeded => pb::StepState::Succeeded,
+            Self::Failed => pb::StepState::Failed,
+            Self::Skipped => pb::StepState::Skipped,
+            Self::Cancelled => pb::StepState::Cancelled,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub id: WorkflowId,
+    /// Shared with snapshot builders and readers; never mutated after submit.
+    #[serde(with = "proto_bytes")]
+    pub spec: Arc<pb::WorkflowSpec>,
+    pub idempotency_key: String,
+    pub state: WorkflowState,
+    pub created_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub reason: String,
+    /// Log index of the last command that changed this workflow.
+    pub revision: u64,
+    /// One per spec step, same order.
+    pub steps: Vec<StepRun>,
+}
+
+/// The runtime state of one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRun {
+    pub state: StepState,
+    /// Indexes (into the spec's steps) of the steps this one depends on.
+    pub deps: Vec<u32>,
+    pub attempts: u32,
+    pub attempt_id: u64,
+    pub agent: String,
+    pub ready_at_ms: u64,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub retry_at_ms: u64,
+    pub output: String,
+    pub error: String,
+    pub exit_code: Option<i32>,
+}
+
+impl StepRun {
+    pub fn new(deps: Vec<u32>) -> Self {
+        Self {
+            state: StepState::Waiting,
+            deps,
+            attempts: 0,
+            attempt_id: 0,
+            agent: String::new(),
+            ready_at_ms: 0,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            retry_at_ms: 0,
+            output: String::new(),
+            error: String::new(),
+            exit_code: None,
+        }
+    }
+}
+
+impl Workflow {
+    /// The API view. `with_steps = false` leaves out the spec and steps (for lists).
+    pub fn to_proto(&self, with_steps: bool) -> pb::Workflow {
+        let (spec, steps) = if with_steps {
+            let steps = self
+                .spec
+                .steps
+                .iter()
+                .zip(&self.steps)
+                .map(|(spec, run)| pb::Step {
+                    name: spec.name.clone(),
+                    state: run.state.to_proto() as i32,
+                    attempts: run.attempts,
+                    attempt_id: run.attempt_id,
+                    agent: run.agent.clone(),
+                    ready_at_ms: run.ready_at_ms,
+                    started_at_ms: run.started_at_ms,
+                    finished_at_ms: run.finished_at_ms,
+                    output: run.output.clone(),
+                    error: run.error.clone(),
+                    exit_code: run.exit_code,
+                    retry_at_ms: run.retry_at_ms,
+                })
+                .collect();
+            (Some((*self.spec).clone()), steps)
+        } else {
+            (None, Vec::new())
+        };
+        pb::Workflow {
+            id: self.id.0,
+            name: self.spec.name.clone(),
+            labels: self.spec.labels.clone(),
+            state: self.state.to_proto() as i32,
+            idempotency_key: self.idempotency_key.clone(),
+            created_at_ms: self.created_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            spec,
+            steps,
+            reason: self.reason.clone(),
+            revision: self.revision,
+        }
+    }
+}
+
+/// Serializes a protobuf message as its encoded bytes, which are deterministic for our messages
+/// (maps are BTreeMaps) and tolerate fields added in later releases.
+mod proto_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        spec: &Arc<pb::WorkflowSpec>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&spec.encode_to_vec()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<pb::WorkflowSpec>, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
+        pb::WorkflowSpec::decode(bytes.as_slice())
+            .map(Arc::new)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,238 @@
+//! The state machine store: the only caller of [`ClusterState::apply`], snapshot building and
+//! installing, and the shared read view the API serves from.
+//!
+//! The state lives in memory and is made durable by the log plus snapshot files: after a restart
+//! it is the newest snapshot, and openraft re-applies the committed entries after it. So
+//! `applied_state` only ever reports what is durable.
+//!
+//! Snapshots do not block writes: the builder takes an O(1) clone of the persistent maps under a
+//! short read lock, then encodes and writes it on a blocking thread while `apply` goes on. Data and
+//! metadata come from that one clone, so a snapshot never claims an index its data does not match.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use parking_lot::{Mutex, RwLock};
+
+use super::snapshot;
+use crate::metrics;
+use crate::raft::types::{
+    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use crate::state::{ApplyCtx, ClusterState, NodeId, Response};
+
+/// What has been applied: the state, and the log position and membership it reflects.
+#[derive(Clone, Default)]
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// Shared between the state machine (the writer) and API readers.
+#[derive(Default)]
+pub struct Replica {
+    applied: RwLock<Applied>,
+    /// The state hash at an applied index, computed on demand and kept until the index moves.
+    hash_cache: Mutex<Option<(u64, [u8; 32])>>,
+}
+
+impl Replica {
+    /// Runs `f` on the applied state under a read lock. Keep `f` short: apply waits for it.
+    pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        f(&self.applied.read())
+    }
+
+    /// An O(1) point-in-time copy, for work too long to do under the lock.
+    pub fn view(&self) -> Applied {
+        self.applied.read().clone()
+    }
+
+    pub fn last_applied_index(&self) -> u64 {
+        self.applied.read().last_applied.map_or(0, |id| id.index)
+    }
+
+    /// The applied index and the state hash there. Hashing is O(state) and runs outside the lock.
+    pub fn state_hash(&self) -> (u64, [u8; 32]) {
+        let view = self.view();
+        let index = view.last_applied.map_or(0, |id| id.index);
+        if let Some((cached_index, hash)) = *self.hash_cache.lock()
+            && cached_index == index
+        {
+            return (index, hash);
+        }
+        let hash = view.state.state_hash();
+        *self.hash_cache.lock() = Some((index, hash));
+        (index, hash)
+    }
+}
+
+pub struct StateMachineStore {
+    replica: Arc<Replica>,
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachineStore {
+    /// Opens the store over `snapshot_dir`, loading the newest snapshot if there is one.
+    pub fn open(snapshot_dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(snapshot_dir)
+            .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
+        let mut applied = Applied::default();
+        if let Some(file) = snapshot::read_latest(snapshot_dir)
+            .map_err(|e| format!("cannot read the latest snapshot: {e}"))?
+        {
+            applied.state = ClusterState::decode(&file.data).map_err(|e| {
+                format!(
+                    "snapshot in {} does not decode: {e}",
+                    snapshot_dir.display()
+                )
+            })?;
+            applied.last_applied = file.meta.last_log_id;
+            applied.membership = file.meta.last_membership;
+        }
+        Ok(Self {
+            replica: Arc::new(Replica {
+                applied: RwLock::new(applied),
+                hash_cache: Mutex::new(None),
+            }),
+            snapshot_dir: snapshot_dir.to_owned(),
+        })
+    }
+
+    pub fn replica(&self) -> Arc<Replica> {
+        self.replica.clone()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok(self
+            .replica
+            .read(|a| (a.last_applied, a.membership.clone())))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut applied = self.replica.applied.write();
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Response::Done,
+                    EntryPayload::Normal(log_entry) => applied.state.apply(
+                        ApplyCtx {
+                            index: entry.log_id.index,
+                        },
+                        log_entry,
+                    ),
+                    EntryPayload::Membership(membership) => {
+                        let ids: Vec<_> = membership.nodes().map(|(id, _)| NodeId(*id)).collect();
+                        applied.state.note_members(ids);
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Done
+                    }
+                }
+            };
+            metrics::applied_index(entry.log_id.index);
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            view: self.replica.view(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        // Decode before touching anything: a bad snapshot leaves the replica as it was.
+        let state = ClusterState::decode(&data).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("received snapshot does not decode: {e}"),
+            )
+        })?;
+        let dir = self.snapshot_dir.clone();
+        let file_meta = meta.clone();
+        tokio::task::spawn_blocking(move || snapshot::write(&dir, &file_meta, &data))
+            .await
+            .map_err(io::Error::other)??;
+        let mut applied = self.replica.applied.write();
+        applied.state = state;
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        metrics::applied_index(meta.last_log_id.map_or(0, |id| id.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let dir = self.snapshot_dir.clone();
+        let file = tokio::task::spawn_blocking(move || snapshot::read_latest(&dir))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(file.map(|file| Snapshot {
+            meta: file.meta,
+            snapshot: std::io::Cursor::new(file.data),
+        }))
+    }
+}
+
+/// Builds a snapshot from a point-in-time view taken when openraft asked for the builder.
+pub struct SnapshotBuilder {
+    view: Applied,
+    snapshot_dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let meta = SnapshotMeta {
+            last_log_id: self.view.last_applied,
+            last_membership: self.view.membership.clone(),
+        };
+        let state = self.view.state.clone();
+        let dir = self.snapshot_dir.clone();
+        let file_meta = meta.clone();
+        let started = std::time::Instant::now();
+        let data = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let data = state.encode();
+            snapshot::write(&dir, &file_meta, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        metrics::snapshot_built(
+            meta.last_log_id.map_or(0, |id| id.index),
+            data.len(),
+            started.elapsed(),
+        );
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |id| id.index),
+            bytes = data.len(),
+            "snapshot built"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! An in-process cluster harness: N nodes on free loopback ports with temporary data folders,
+//! stopped and restarted at will. Tests wait on observed state, never on sleeps.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use baton_node::config::{Config, LogFormat};
+use baton_node::raft::RaftTiming;
+use baton_node::server::Server;
+use baton_proto::v1 as pb;
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+pub fn init_logs() {
+    baton_node::init_tracing(LogFormat::Text);
+}
+
+/// Timing for tests: elections fast enough to keep tests short, slow enough not to flap on a
+/// loaded two-core machine.
+pub fn test_timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftTiming::default()
+    }
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: BTreeMap<u64, Config>,
+    pub servers: BTreeMap<u64, Server>,
+}
+
+impl TestCluster {
+    pub async fn start(n: u64, timing: RaftTiming) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            listeners.insert(id, listener);
+        }
+        let initial_cluster: BTreeMap<u64, String> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().unwrap().to_string()))
+            .collect();
+        let mut cluster = Self {
+            configs: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            dir,
+        };
+        for (id, listener) in listeners {
+            let config = Config {
+                node_id: id,
+                listen: listener.local_addr().unwrap(),
+                data_dir: cluster.dir.path().join(format!("node{id}")),
+                initial_cluster: initial_cluster.clone(),
+                metrics_listen: None,
+                log_format: LogFormat::Text,
+                timing: timing.clone(),
+            };
+            let server = Server::start(&config, Some(listener))
+                .await
+                .expect("node starts");
+            cluster.configs.insert(id, config);
+            cluster.servers.insert(id, server);
+        }
+        cluster
+    }
+
+    /// Starts a node that is not in the initial membership (to be added with AddMember).
+    pub async fn start_joiner(&mut self, id: u64, timing: RaftTiming) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let config = Config {
+            node_id: id,
+            listen: listener.local_addr().unwrap(),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            initial_cluster: BTreeMap::new(),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
+            timing,
+        };
+        let server = Server::start(&config, Some(listener))
+            .await
+            .expect("joiner starts");
+        let addr = server.addr;
+        self.configs.insert(id, config);
+        self.servers.insert(id, server);
+        addr
+    }
+
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.configs[&id].listen
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.servers.keys().copied().collect()
+    }
+
+    /// Waits until every running node agrees on one leader, and returns it.
+    pub async fn leader(&self, timeout: Duration) -> u64 {
+        wait_for(timeout, "a leader all running nodes agree on", || async {
+            let mut leaders = self.servers.values().map(|s| {
+                use openraft::async_runtime::WatchReceiver;
+                s.node.raft.metrics().borrow_watched().current_leader
+            });
+            let first = leaders.next().flatten()?;
+            let agreed = leaders.all(|l| l == Some(first)) && self.servers.contains_key(&first);
+            agreed.then_some(first)
+        })
+        .await
+    }
+
+    /// Stops a node (its data stays).
+    pub async fn stop(&mut self, id: u64) {
+        let server = self.servers.remove(&id).expect("node is running");
+        server.shutdown().await;
+    }
+
+    /// Restarts a stopped node on its old address and data.
+    pub async fn restart(&mut self, id: u64) {
+        let config = self.configs[&id].clone();
+        let listener = wait_for(
+            Duration::from_secs(10),
+            "the old port to be free",
+            || async { TcpListener::bind(config.listen).await.ok() },
+        )
+        .await;
+        let server = Server::start(&config, Some(listener))
+            .await
+            .expect("node restarts");
+        self.servers.insert(id, server);
+    }
+
+    pub async fn workflows(&self, id: u64) -> WorkflowServiceClient<Channel> {
+        WorkflowServiceClient::new(channel(self.addr(id)))
+    }
+
+    pub async fn admin(&self, id: u64) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(channel(self.addr(id)))
+    }
+
+    /// Waits until every running node has applied the same index, then returns each node's
+    /// status (applied index and state hash).
+    pub async fn converged(&self, timeout: Duration) -> Vec<pb::ClusterStatusResponse> {
+        wait_for(timeout, "all nodes to apply the same index", || async {
+            let mut statuses = Vec::new();
+            for &id in self.servers.keys() {
+                let status = self
+                    .admin(id)
+                    .await
+                    .cluster_status(pb::ClusterStatusRequest {})
+                    .await
+                    .ok()?;
+                statuses.push(status.into_inner());
+            }
+            let first = statuses.first()?.applied_index;
+            statuses
+                .iter()
+                .all(|s| s.applied_index == first && first > 0)
+                .then_some(statuses)
+        })
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        for (_, server) in std::mem::take(&mut self.servers) {
+            server.shutdown().await;
+        }
+    }
+}
+
+pub fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(15))
+        .connect_lazy()
+}
+
+/// Polls `probe` until it returns Some, or panics naming what never happened.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn noop_spec(name: &str, steps: usize) -> pb::WorkflowSpec {
+    pb::WorkflowSpec {
+        name: name.into(),
+        steps: (0..steps)
+            .map(|i| pb::StepSpec {
+                name: format!("s{i}"),
+                depends_on: if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("s{}", i - 1)]
+                },
+                task: Some(pb::step_spec::Task::Noop(pb::NoopTask {})),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

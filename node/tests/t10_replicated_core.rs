@@ -1,0 +1,355 @@
+//! In-process clusters: acknowledged workflows survive a leader stop; any node serves any call;
+//! bad input is refused with the field named and nothing written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use common::*;
+use tokio::sync::Mutex;
+use tonic::Code;
+
+/// 1,000 submissions from 8 concurrent clients; the leader is stopped once half are in. Every
+/// acknowledged workflow is then readable from every surviving node, and a retried key never
+/// made a second workflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_submissions_survive_a_leader_stop() {
+    init_logs();
+    let mut cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    tracing::info!(leader, "--- cluster formed; submitting");
+
+    const TOTAL: usize = 1_000;
+    const CLIENTS: usize = 8;
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let addrs: Vec<_> = [1, 2, 3].map(|id| cluster.addr(id)).to_vec();
+    let half_done = Arc::new(tokio::sync::Notify::new());
+
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let acked = acked.clone();
+        let addrs = addrs.clone();
+        let half_done = half_done.clone();
+        clients.push(tokio::spawn(async move {
+            let mut node = c % addrs.len();
+            for i in (c..TOTAL).step_by(CLIENTS) {
+                let key = format!("key-{i}");
+                let request = pb::SubmitRequest {
+                    spec: Some(noop_spec(&format!("wf-{i}"), 2)),
+                    idempotency_key: key.clone(),
+                };
+                // Retry on every failure with the same key, moving to another node: the key makes
+                // a retry after an unknown outcome safe.
+                let mut attempts = 0;
+                let id = loop {
+                    attempts += 1;
+                    assert!(attempts < 200, "submission {i} never acknowledged");
+                    let mut client =
+                        baton_proto::v1::workflow_service_client::WorkflowServiceClient::new(
+                            channel(addrs[node]),
+                        );
+                    match client.submit(request.clone()).await {
+                        Ok(reply) => break reply.into_inner().workflow_id,
+                        Err(status) => {
+                            assert!(
+                                matches!(
+                                    status.code(),
+                                    Code::Unavailable
+                                        | Code::Unknown
+                                        | Code::Cancelled
+                                        | Code::DeadlineExceeded
+                                ),
+                                "submission {i}: unexpected {status:?}"
+                            );
+                            node = (node + 1) % addrs.len();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                };
+                let mut acked = acked.lock().await;
+                acked.insert(key, id);
+                if acked.len() == TOTAL / 2 {
+                    half_done.notify_one();
+                }
+            }
+        }));
+    }
+
+    half_done.notified().await;
+    tracing::info!(leader, "--- half acknowledged; stopping the leader");
+    cluster.stop(leader).await;
+    for client in clients {
+        client.await.expect("client task");
+    }
+    let new_leader = cluster.leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    tracing::info!(new_leader, "--- all acknowledged; checking every survivor");
+
+    let acked = acked.lock().await.clone();
+    assert_eq!(acked.len(), TOTAL);
+    let mut ids: Vec<u64> = acked.values().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), TOTAL, "two keys share a workflow id");
+
+    for id in cluster.running() {
+        let mut client = cluster.workflows(id).await;
+        for (key, &workflow_id) in &acked {
+            let workflow = client
+                .get(pb::GetRequest {
+                    workflow_id,
+                    consistency: pb::ReadConsistency::Linearizable as i32,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("node {id}: workflow {workflow_id} ({key}): {e}"))
+                .into_inner()
+                .workflow
+                .unwrap();
+            assert_eq!(&workflow.idempotency_key, key);
+            assert_eq!(workflow.steps.len(), 2);
+        }
+        // Nothing beyond the acknowledged ones was created: retries deduplicated.
+        let listed = list_all(&mut client).await;
+        assert_eq!(
+            listed.len(),
+            TOTAL,
+            "node {id} holds workflows nobody acknowledged"
+        );
+    }
+
+    tracing::info!("--- the stopped leader rejoins and converges");
+    cluster.restart(leader).await;
+    let statuses = cluster.converged(Duration::from_secs(30)).await;
+    let hashes: Vec<_> = statuses.iter().map(|s| s.state_hash.clone()).collect();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "state hashes differ: {hashes:?}"
+    );
+    cluster.shutdown().await;
+}
+
+async fn list_all(
+    client: &mut baton_proto::v1::workflow_service_client::WorkflowServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> Vec<pb::Workflow> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        all.extend(page.workflows);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Writes through a follower are forwarded; reads from a follower see them at once (linearizable
+/// by default); cancel and not-found behave; bad input names the field and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
+    init_logs();
+    let cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    let other = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader && id != follower)
+        .unwrap();
+
+    let mut via_follower = cluster.workflows(follower).await;
+    let submitted = via_follower
+        .submit(pb::SubmitRequest {
+            spec: Some(noop_spec("forwarded", 3)),
+            idempotency_key: "once".into(),
+        })
+        .await
+        .expect("submit through a follower")
+        .into_inner();
+    assert!(submitted.created);
+    // Read it back at once from the third node: a linearizable read must see it.
+    let mut via_other = cluster.workflows(other).await;
+    let got = via_other
+        .get(pb::GetRequest {
+            workflow_id: submitted.workflow_id,
+            consistency: 0,
+        })
+        .await
+        .expect("linearizable get")
+        .into_inner()
+        .workflow
+        .unwrap();
+    assert_eq!(got.name, "forwarded");
+    assert_eq!(got.state, pb::WorkflowState::Running as i32);
+    assert_eq!(got.steps[0].state, pb::StepState::Ready as i32);
+    assert_eq!(got.steps[1].state, pb::StepState::Waiting as i32);
+
+    let again = via_other
+        .submit(pb::SubmitRequest {
+            spec: Some(noop_spec("forwarded", 3)),
+            idempotency_key: "once".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.workflow_id, again.created),
+        (submitted.workflow_id, false)
+    );
+
+    tracing::info!("--- bad input");
+    let before = cluster.converged(Duration::from_secs(10)).await[0].clone();
+    let mut cycle = noop_spec("cyclic", 3);
+    cycle.steps[0].depends_on = vec!["s2".into()];
+    let mut unknown_dep = noop_spec("unknown", 2);
+    unknown_dep.steps[1].depends_on = vec!["build".into()];
+    let mut dup = noop_spec("dup", 2);
+    dup.steps[1].name = "s0".into();
+    let huge = pb::WorkflowSpec {
+        name: "huge".into(),
+        steps: noop_spec("huge", 1001).steps,
+        ..Default::default()
+    };
+    let cases: Vec<(pb::SubmitRequest, &str)> = vec![
+        (
+            pb::SubmitRequest {
+                spec: None,
+                idempotency_key: String::new(),
+            },
+            "spec",
+        ),
+        (
+            pb::SubmitRequest {
+                spec: Some(cycle),
+                idempotency_key: String::new(),
+            },
+            "cycle",
+        ),
+        (
+            pb::SubmitRequest {
+                spec: Some(unknown_dep),
+                idempotency_key: String::new(),
+            },
+            "steps[1].depends_on[0]",
+        ),
+        (
+            pb::SubmitRequest {
+                spec: Some(dup),
+                idempotency_key: String::new(),
+            },
+            "steps[1].name",
+        ),
+        (
+            pb::SubmitRequest {
+                spec: Some(huge),
+                idempotency_key: String::new(),
+            },
+            "steps",
+        ),
+        (
+            pb::SubmitRequest {
+                spec: Some(noop_spec("k", 1)),
+                idempotency_key: "x".repeat(500),
+            },
+            "idempotency_key",
+        ),
+    ];
+    for (request, names) in cases {
+        let status = via_follower.submit(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(names),
+            "{names}: {}",
+            status.message()
+        );
+    }
+    let status = via_other
+        .get(pb::GetRequest {
+            workflow_id: 4242,
+            consistency: 0,
+        })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "workflow 4242 not found");
+    let status = via_other
+        .list(pb::ListRequest {
+            page_token: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("page_token"));
+    let after = cluster.converged(Duration::from_secs(10)).await[0].clone();
+    assert_eq!(
+        before.state_hash, after.state_hash,
+        "refused input changed the state"
+    );
+
+    tracing::info!("--- cancel");
+    let cancelled = via_other
+        .cancel(pb::CancelRequest {
+            workflow_id: submitted.workflow_id,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state, pb::WorkflowState::Cancelled as i32);
+    let got = via_follower
+        .get(pb::GetRequest {
+            workflow_id: submitted.workflow_id,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow
+        .unwrap();
+    assert_eq!(got.state, pb::WorkflowState::Cancelled as i32);
+    assert_eq!(got.reason, "test");
+    assert!(
+        got.steps
+            .iter()
+            .all(|s| s.state == pb::StepState::Cancelled as i32)
+    );
+    let status = via_other
+        .cancel(pb::CancelRequest {
+            workflow_id: 999,
+            reason: String::new(),
+        })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let statuses = cluster.converged(Duration::from_secs(10)).await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.state_hash == statuses[0].state_hash)
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| !s.cluster_id.is_empty() && s.cluster_id == statuses[0].cluster_id)
+    );
+    cluster.shutdown().await;
+}

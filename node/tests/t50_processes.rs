@@ -1,0 +1,206 @@
+//! Real `batond` processes: SIGKILL of the whole cluster right after acknowledged submissions
+//! loses nothing; a foreign data folder is refused at start.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use common::*;
+
+/// Free loopback ports: bound to learn them, then released for the process to bind.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// A node process, killed when dropped so a failing test leaves nothing behind.
+struct Node {
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(id: u64, ports: &[u16], dir: &Path) -> Node {
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
+        .args(["--node-id", &id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{}", ports[id as usize - 1])])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node{id}")))
+        .args(["--initial-cluster", &cluster.join(",")])
+        .args([
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-min-ms",
+            "300",
+            "--election-timeout-max-ms",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn batond");
+    Node { child }
+}
+
+fn endpoints(ports: &[u16]) -> Vec<std::net::SocketAddr> {
+    ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect()
+}
+
+/// Submits through whichever node answers, retrying with the same key.
+async fn submit(addrs: &[std::net::SocketAddr], key: &str, name: &str) -> pb::SubmitResponse {
+    wait_for(
+        Duration::from_secs(30),
+        "an acknowledged submit",
+        || async {
+            for addr in addrs {
+                let mut client = WorkflowServiceClient::new(channel(*addr));
+                let request = pb::SubmitRequest {
+                    spec: Some(noop_spec(name, 2)),
+                    idempotency_key: key.into(),
+                };
+                if let Ok(reply) = client.submit(request).await {
+                    return Some(reply.into_inner());
+                }
+            }
+            None
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_every_node_loses_nothing_acknowledged() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let addrs = endpoints(&ports);
+    let mut nodes: Vec<Node> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
+
+    let mut acked = BTreeMap::new();
+    for i in 0..200 {
+        let key = format!("kill-{i}");
+        let reply = submit(&addrs, &key, &format!("wf-{i}")).await;
+        assert!(reply.created);
+        acked.insert(key, reply.workflow_id);
+    }
+    tracing::info!(acked = acked.len(), "--- SIGKILL all three nodes");
+    for node in &mut nodes {
+        node.child.kill().unwrap(); // SIGKILL
+        node.child.wait().unwrap();
+    }
+    drop(nodes);
+
+    tracing::info!("--- restart on the same data");
+    let _nodes: Vec<Node> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
+    for (key, id) in &acked {
+        // Same key, same id, nothing new created.
+        let reply = submit(&addrs, key, "resubmitted").await;
+        assert_eq!(
+            (reply.workflow_id, reply.created),
+            (*id, false),
+            "key {key}"
+        );
+    }
+    let mut client = WorkflowServiceClient::new(channel(addrs[0]));
+    for (key, id) in &acked {
+        let workflow = client
+            .get(pb::GetRequest {
+                workflow_id: *id,
+                consistency: 0,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("workflow {id} ({key}) lost: {e}"))
+            .into_inner()
+            .workflow
+            .unwrap();
+        assert_eq!(&workflow.idempotency_key, key);
+        assert!(
+            workflow.name.starts_with("wf-"),
+            "the resubmit overwrote workflow {id}"
+        );
+    }
+}
+
+fn run_to_exit(args: &[&str], data_dir: &PathBuf) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_batond"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run batond");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn foreign_or_mismatched_data_folders_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0].to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let (code, stderr) = run_to_exit(&["--node-id", "1", "--listen", &listen], &foreign);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not a batond data dir"), "{stderr}");
+
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("IDENTITY"), r#"{"format":1,"node_id":2}"#).unwrap();
+    let (code, stderr) = run_to_exit(&["--node-id", "1", "--listen", &listen], &other);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("belongs to node 2, not node 1"), "{stderr}");
+
+    let (code, stderr) = run_to_exit(&["--node-id", "1", "--listen", "bogus"], &other);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
+#[test]
+fn a_corrupt_snapshot_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    std::fs::create_dir_all(data.join("snapshots")).unwrap();
+    std::fs::write(data.join("IDENTITY"), r#"{"format":1,"node_id":1}"#).unwrap();
+    std::fs::write(
+        data.join("snapshots")
+            .join("snapshot-00000000000000000042.bin"),
+        b"BATONSNP this is not a valid snapshot at all, only bytes",
+    )
+    .unwrap();
+    let port = free_ports(1)[0].to_string();
+    let (code, stderr) = run_to_exit(
+        &["--node-id", "1", "--listen", &format!("127.0.0.1:{port}")],
+        &data,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+}
