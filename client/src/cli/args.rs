@@ -1,0 +1,293 @@
+//! The `baton` command line, as clap derive types: every command, flag and its help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_client::proto::WorkflowState;
+use baton_client::{ENDPOINTS_ENV, Endpoints};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Submit, inspect and cancel Baton workflows, and administer the cluster",
+    after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or input, \
+                  3 outcome unknown (the request may or may not have been applied)."
+)]
+pub struct Cli {
+    /// Nodes to talk to, tried in order with failover: HOST:PORT or http://HOST:PORT, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = ENDPOINTS_ENV,
+        default_value = "127.0.0.1:7001",
+        value_name = "HOST:PORT,..."
+    )]
+    pub endpoints: Endpoints,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Deadline of each attempt of a call, e.g. 500ms, 10s, 1m (failover may make several).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// Stable JSON for scripts: lowercase enum names, times in ms since the epoch, ids as numbers.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a workflow spec (YAML, or JSON for a .json file) and print the new workflow's id.
+    Submit(SubmitArgs),
+    /// Show one workflow and its steps.
+    Get(GetArgs),
+    /// List workflows, newest first.
+    List(ListArgs),
+    /// Cancel a workflow: pending steps never start, running ones are told to stop.
+    Cancel(CancelArgs),
+    /// Cluster status and administration.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// List the agents known to the cluster and what they run.
+    Agents,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The spec file; `-` reads standard input (as YAML).
+    pub file: PathBuf,
+
+    /// Deduplication key: submitting again with the same key returns the first workflow instead
+    /// of creating another. Generated when absent (and printed if the outcome is unknown).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    // `--wait` (follow the workflow until it ends, exit by its outcome) comes with `baton watch`
+    // in a later issue; it belongs here, next to the key it must reuse on reconnect.
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// Read the answering node's state without a quorum round: faster, possibly behind.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only workflows in these states: running, succeeded, failed, cancelled (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_state, value_name = "STATE,...")]
+    pub state: Vec<WorkflowState>,
+
+    /// Only workflows carrying this label; repeat for several (all must match).
+    #[arg(long = "label", value_parser = parse_label, value_name = "KEY=VALUE")]
+    pub labels: Vec<(String, String)>,
+
+    /// Only workflows whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+
+    /// Print at most this many workflows (the newest).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
+    /// Read the answering node's state without a quorum round: faster, possibly behind.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// Why, recorded on the workflow.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, members, and the answering node's log indexes and state hash.
+    Status {
+        /// Ask every endpoint given and print one row per node, to compare state hashes.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Add a started node (run with its --node-id and no --initial-cluster) as a voter.
+    Add {
+        /// The new node's id.
+        node_id: u64,
+        /// Its address, HOST:PORT, as the other nodes reach it.
+        address: String,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// The node's id.
+        node_id: u64,
+    },
+    /// Hand leadership to a node (or to any up-to-date voter), e.g. before restarting the leader.
+    TransferLeader {
+        /// The node to become leader; omitted: any up-to-date voter.
+        node_id: Option<u64>,
+    },
+    /// Build a snapshot now on the answering node, which lets it purge its log.
+    Snapshot,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let ms = baton_proto::spec::parse_duration_ms(text).map_err(|error| error.to_string())?;
+    if ms == 0 {
+        return Err("the timeout must be more than 0".to_string());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_state(text: &str) -> Result<WorkflowState, String> {
+    baton_client::output::parse_workflow_state(text).ok_or_else(|| {
+        format!("unknown workflow state {text:?}: use running, succeeded, failed or cancelled")
+    })
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("label {text:?} must be KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_parse_anywhere() {
+        let cli = parse(&[
+            "get",
+            "42",
+            "-o",
+            "json",
+            "--endpoints",
+            "a:1,http://b:2",
+            "--timeout",
+            "1500ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert_eq!(cli.endpoints.to_string(), "a:1,b:2");
+        assert_eq!(cli.timeout, Duration::from_millis(1500));
+        assert!(matches!(
+            cli.command,
+            Command::Get(GetArgs {
+                id: 42,
+                stale: false
+            })
+        ));
+    }
+
+    #[test]
+    fn defaults_point_at_a_local_node() {
+        // The env var would override the default; tests must not depend on the caller's shell.
+        if std::env::var_os(ENDPOINTS_ENV).is_some() {
+            return;
+        }
+        let cli = parse(&["agents"]).unwrap();
+        assert_eq!(cli.endpoints.to_string(), "127.0.0.1:7001");
+        assert_eq!(cli.output, OutputFormat::Table);
+        assert_eq!(cli.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn list_filters_parse() {
+        let cli = parse(&[
+            "list",
+            "--state",
+            "running,failed",
+            "--label",
+            "team=it",
+            "--label",
+            "env=prod",
+            "--name-prefix",
+            "onboard",
+            "--limit",
+            "5",
+        ])
+        .unwrap();
+        let Command::List(list) = cli.command else {
+            panic!("not a list")
+        };
+        assert_eq!(list.state, [WorkflowState::Running, WorkflowState::Failed]);
+        assert_eq!(
+            list.labels,
+            [("team".into(), "it".into()), ("env".into(), "prod".into())]
+        );
+        assert_eq!(list.name_prefix.as_deref(), Some("onboard"));
+        assert_eq!(list.limit, Some(5));
+    }
+
+    #[test]
+    fn submit_and_cluster_commands_parse() {
+        let cli = parse(&["submit", "-", "--idempotency-key", "k1"]).unwrap();
+        let Command::Submit(submit) = cli.command else {
+            panic!("not a submit")
+        };
+        assert_eq!(submit.file, PathBuf::from("-"));
+        assert_eq!(submit.idempotency_key.as_deref(), Some("k1"));
+
+        let cli = parse(&["cluster", "add", "4", "10.0.0.4:7101"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Add { node_id: 4, .. })
+        ));
+        let cli = parse(&["cluster", "transfer-leader"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::TransferLeader { node_id: None })
+        ));
+        let cli = parse(&["cluster", "status", "--all"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Status { all: true })
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["get", "abc"][..],
+            &["list", "--state", "done"],
+            &["list", "--label", "team"],
+            &["get", "1", "--endpoints", "nohost"],
+            &["get", "1", "--timeout", "0s"],
+            &["get", "1", "-o", "yaml"],
+        ] {
+            let error = parse(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! What each `baton` command does: read and check input, make the calls, print the answer.
+//!
+//! Results go to stdout (one id, a table, or JSON); errors and hints go to stderr through
+//! [`crate::cli::failure`], so `id=$(baton submit f.yaml)` captures only the id.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use baton_client::output::{self, NodeStatus};
+use baton_client::proto::{ListRequest, ReadConsistency, Workflow, WorkflowSpec, WorkflowState};
+use baton_client::{Client, ClientConfig, new_idempotency_key};
+use baton_proto::limits::SPEC_TEXT_BYTES_MAX;
+use baton_proto::spec::{SpecFormat, parse_spec};
+use baton_proto::validate::{validate_idempotency_key, validate_spec};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::cli::args::{
+    CancelArgs, Cli, ClusterCommand, Command, GetArgs, ListArgs, OutputFormat, SubmitArgs,
+};
+use crate::cli::failure::{CallKind, Failure, client_failure};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = ClientConfig {
+        call_timeout: cli.timeout,
+        ..ClientConfig::default()
+    };
+    let endpoints = cli.endpoints;
+    // Built on demand, so that submit checks its input first and bad input never waits on a node.
+    let connect = move || {
+        Client::with_config(endpoints, config)
+            .map_err(|error| client_failure(error, CallKind::Read, None, None))
+    };
+    let out = Printer { format: cli.output };
+    match cli.command {
+        Command::Submit(args) => submit(connect, &out, args).await,
+        Command::Get(args) => get(&connect()?, &out, args).await,
+        Command::List(args) => list(&connect()?, &out, args).await,
+        Command::Cancel(args) => cancel(&connect()?, &out, args).await,
+        Command::Cluster(command) => cluster(&connect()?, &out, command).await,
+        Command::Agents => agents(&connect()?, &out).await,
+    }
+}
+
+/// Prints results in the chosen format.
+struct Printer {
+    format: OutputFormat,
+}
+
+impl Printer {
+    fn json(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    /// Prints `json` in JSON mode, else `text`.
+    fn print(
+        &self,
+        json: impl FnOnce() -> Value,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if self.json() {
+            let rendered =
+                serde_json::to_string_pretty(&json()).context("encoding the answer as json")?;
+            writeln!(stdout, "{rendered}").context("writing to stdout")?;
+        } else {
+            let rendered = text();
+            stdout
+                .write_all(rendered.as_bytes())
+                .context("writing to stdout")?;
+            if !rendered.is_empty() && !rendered.ends_with('\n') {
+                stdout.write_all(b"\n").context("writing to stdout")?;
+            }
+        }
+        stdout.flush().context("writing to stdout")
+    }
+}
+
+// ---- workflows ----
+
+async fn submit(
+    connect: impl FnOnce() -> anyhow::Result<Client>,
+    out: &Printer,
+    args: SubmitArgs,
+) -> anyhow::Result<()> {
+    let (display_name, spec) = read_spec(&args.file)?;
+    // Our own key when none was given, so that an unknown outcome can name it for the retry.
+    let key = match args.idempotency_key {
+        Some(key) => {
+            validate_idempotency_key(&key)
+                .map_err(|error| Failure::usage(format!("--idempotency-key: {}", error.message)))?;
+            key
+        }
+        None => new_idempotency_key(),
+    };
+    let client = connect()?;
+    let response = client
+        .submit(spec, Some(key.clone()))
+        .await
+        .map_err(|error| {
+            let hint = format!(
+                "the workflow may or may not have been submitted; run `baton submit {} \
+             --idempotency-key {key}` again: it returns the first workflow if there is one",
+                args.file.display()
+            );
+            client_failure(
+                error,
+                CallKind::Write,
+                Some(&format!("workflow from {display_name}")),
+                Some(hint),
+            )
+        })?;
+    // --wait (later issue): follow the new workflow from `response.log_index` until it ends.
+    out.print(
+        || output::submit_json(&response),
+        || response.workflow_id.to_string(),
+    )
+}
+
+/// Reads, parses and validates a spec file (`-`: stdin). Every problem is a usage error naming
+/// the file, and the line and column or the field.
+fn read_spec(path: &Path) -> anyhow::Result<(String, WorkflowSpec)> {
+    let from_stdin = path.as_os_str() == "-";
+    let display_name = if from_stdin {
+        "<stdin>".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let mut bytes = Vec::new();
+    // One byte past the limit is enough for the parser to say "too large" without us reading
+    // a runaway file or pipe to its end.
+    let limit = (SPEC_TEXT_BYTES_MAX + 1) as u64;
+    let read = if from_stdin {
+        std::io::stdin().lock().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|file| file.take(limit).read_to_end(&mut bytes))
+    };
+    read.map_err(|error| Failure::usage(format!("cannot read {display_name}: {error}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::usage(format!("{display_name}: not utf-8 text")))?;
+    let format = if from_stdin {
+        SpecFormat::Yaml
+    } else {
+        SpecFormat::from_path(path)
+    };
+    let spec = parse_spec(&text, format)
+        .map_err(|error| Failure::usage(format!("{display_name}: {error}")))?;
+    validate_spec(&spec).map_err(|error| Failure::usage(format!("{display_name}: {error}")))?;
+    Ok((display_name, spec))
+}
+
+fn consistency(stale: bool) -> ReadConsistency {
+    if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
+async fn get(client: &Client, out: &Printer, args: GetArgs) -> anyhow::Result<()> {
+    let workflow = client
+        .get(args.id, consistency(args.stale))
+        .await
+        .map_err(|error| {
+            if error.code() == Some(tonic::Code::NotFound) {
+                Failure::failed(format!("workflow {} not found", args.id))
+            } else {
+                client_failure(
+                    error,
+                    CallKind::Read,
+                    Some(&format!("workflow {}", args.id)),
+                    None,
+                )
+            }
+        })?;
+    out.print(
+        || output::workflow_json(&workflow),
+        || output::render_workflow(&workflow),
+    )
+}
+
+async fn list(client: &Client, out: &Printer, args: ListArgs) -> anyhow::Result<()> {
+    if args.limit == Some(0) {
+        return out.print(
+            || Value::Array(Vec::new()),
+            || output::render_workflow_list(&[]),
+        );
+    }
+    let request = ListRequest {
+        states: args.state.iter().map(|state| *state as i32).collect(),
+        name_prefix: args.name_prefix.unwrap_or_default(),
+        labels: args.labels.into_iter().collect(),
+        // No bigger pages than asked for; otherwise the server's default.
+        page_size: args.limit.map_or(0, |limit| limit.min(1000) as u32),
+        page_token: String::new(),
+        consistency: consistency(args.stale) as i32,
+    };
+    let mut stream = Box::pin(client.list_all(request));
+    let mut workflows: Vec<Workflow> = Vec::new();
+    while let Some(workflow) = stream.next().await {
+        let workflow =
+            workflow.map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+        workflows.push(workflow);
+        if args.limit.is_some_and(|limit| workflows.len() >= limit) {
+            break;
+        }
+    }
+    out.print(
+        || Value::Array(workflows.iter().map(output::workflow_json).collect()),
+        || output::render_workflow_list(&workflows),
+    )
+}
+
+async fn cancel(client: &Client, out: &Printer, args: CancelArgs) -> anyhow::Result<()> {
+    let object = format!("workflow {}", args.id);
+    let response = client.cancel(args.id, args.reason).await.map_err(|error| {
+        if error.code() == Some(tonic::Code::NotFound) {
+            return Failure::failed(format!("{object} not found"));
+        }
+        let hint = format!(
+            "run `baton cancel {}` again (cancelling twice is harmless), or `baton get {}`",
+            args.id, args.id
+        );
+        client_failure(error, CallKind::Write, Some(&object), Some(hint))
+    })?;
+    let state = output::workflow_state_name(response.state);
+    out.print(
+        || serde_json::json!({ "workflow_id": args.id, "state": state }),
+        || {
+            if response.state == WorkflowState::Cancelled as i32
+                || response.state == WorkflowState::Running as i32
+            {
+                format!("{object}: {state}")
+            } else {
+                format!("{object} had already finished: {state}")
+            }
+        },
+    )
+}
+
+// ---- cluster ----
+
+async fn cluster(client: &Client, out: &Printer, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { all: false } => {
+            let status = client
+                .cluster_status()
+                .await
+                .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+            out.print(
+                || output::cluster_status_json(&status),
+                || output::render_cluster_status(&status),
+            )
+        }
+        ClusterCommand::Status { all: true } => cluster_status_all(client, out).await,
+        ClusterCommand::Add { node_id, address } => {
+            let object = format!("node {node_id}");
+            let response = client.add_member(node_id, address).await.map_err(|error| {
+                let hint =
+                    "check with `baton cluster status`, then repeat if the node is not a member";
+                client_failure(
+                    error,
+                    CallKind::Write,
+                    Some(&format!("cannot add {object}")),
+                    Some(hint.into()),
+                )
+            })?;
+            out.print(
+                || output::members_json(&response.members),
+                || output::render_members(&response.members),
+            )
+        }
+        ClusterCommand::Remove { node_id } => {
+            let object = format!("node {node_id}");
+            let response = client.remove_member(node_id).await.map_err(|error| {
+                let hint =
+                    "check with `baton cluster status`, then repeat if the node is still a member";
+                client_failure(
+                    error,
+                    CallKind::Write,
+                    Some(&format!("cannot remove {object}")),
+                    Some(hint.into()),
+                )
+            })?;
+            out.print(
+                || output::members_json(&response.members),
+                || output::render_members(&response.members),
+            )
+        }
+        ClusterCommand::TransferLeader { node_id } => {
+            let response = client.transfer_leader(node_id).await.map_err(|error| {
+                let hint = "see who leads now with `baton cluster status`";
+                client_failure(
+                    error,
+                    CallKind::Write,
+                    Some("cannot transfer leadership"),
+                    Some(hint.into()),
+                )
+            })?;
+            out.print(
+                || serde_json::json!({ "leader_id": response.leader_id }),
+                || format!("leader is now node {}", response.leader_id),
+            )
+        }
+        ClusterCommand::Snapshot => {
+            let response = client.trigger_snapshot().await.map_err(|error| {
+                let hint = "see the snapshot index with `baton cluster status`";
+                client_failure(
+                    error,
+                    CallKind::Write,
+                    Some("cannot build a snapshot"),
+                    Some(hint.into()),
+                )
+            })?;
+            out.print(
+                || serde_json::json!({ "snapshot_index": response.snapshot_index }),
+                || format!("snapshot built at log index {}", response.snapshot_index),
+            )
+        }
+    }
+}
+
+/// Asks every endpoint at once; prints every answer, then fails if any node did not answer.
+async fn cluster_status_all(client: &Client, out: &Printer) -> anyhow::Result<()> {
+    let endpoints = client.endpoints().as_slice();
+    let answers = futures::future::join_all(
+        endpoints
+            .iter()
+            .map(|endpoint| client.cluster_status_of(endpoint)),
+    )
+    .await;
+    let nodes: Vec<NodeStatus<'_>> = endpoints
+        .iter()
+        .zip(&answers)
+        .map(|(endpoint, answer)| {
+            (
+                endpoint.to_string(),
+                answer.as_ref().map_err(|error| error.to_string()),
+            )
+        })
+        .collect();
+    out.print(
+        || {
+            Value::Array(
+                nodes
+                    .iter()
+                    .map(|(endpoint, answer)| match answer {
+                        Ok(status) => serde_json::json!({
+                            "endpoint": endpoint,
+                            "status": output::cluster_status_json(status),
+                            "error": null,
+                        }),
+                        Err(error) => serde_json::json!({
+                            "endpoint": endpoint,
+                            "status": null,
+                            "error": error,
+                        }),
+                    })
+                    .collect(),
+            )
+        },
+        || output::render_cluster_statuses(&nodes),
+    )?;
+    let silent = answers.iter().filter(|answer| answer.is_err()).count();
+    if silent > 0 {
+        return Err(Failure::failed(format!(
+            "{silent} of {} nodes did not answer",
+            answers.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn agents(client: &Client, out: &Printer) -> anyhow::Result<()> {
+    let response = client
+        .list_agents()
+        .await
+        .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+    out.print(
+        || Value::Array(response.agents.iter().map(output::agent_json).collect()),
+        || output::render_agents(&response.agents),
+    )
+}

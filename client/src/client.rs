@@ -1,0 +1,567 @@
+//! The cluster client: one lazily connected channel per endpoint, failover, bounded retries.
+//!
+//! Every call goes to the preferred endpoint (the last one that answered) and, when that fails
+//! in a way another attempt could fix (connection refused, UNAVAILABLE, DEADLINE_EXCEEDED, our
+//! own timeout), moves on to the next endpoint after an exponential, jittered backoff, within
+//! [`ClientConfig::attempts_max`] attempts and [`ClientConfig::retry_budget`] of time.
+//!
+//! Architecture invariant: every call made here is safe to repeat, which is what allows retrying
+//! after an unknown outcome. Reads are; `submit` always carries an idempotency key (generated
+//! when the caller has none), so a repeat returns the first workflow instead of a second one;
+//! `cancel` and the admin calls name a target state (cancelled, member present, member absent,
+//! leader elsewhere, a fresh snapshot), so doing them twice leaves the same state as once. A new
+//! call that is not idempotent must not go through `Client::unary` as it is.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use baton_proto::v1::{
+    AddMemberRequest, AddMemberResponse, CancelRequest, CancelResponse, ClusterStatusRequest,
+    ClusterStatusResponse, GetRequest, ListAgentsRequest, ListAgentsResponse, ListRequest,
+    ListResponse, ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, SubmitRequest,
+    SubmitResponse, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
+    TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent, WorkflowSpec,
+};
+use futures::Stream;
+use tonic::transport::Channel;
+
+use crate::endpoints::{Endpoint, Endpoints};
+use crate::error::{ClientError, Outcome};
+
+/// Largest response the client decodes: a Get of a workflow at the step limit with outputs.
+pub const DECODE_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest request the client sends: a spec is at most 1 MiB encoded (`limits::SPEC_BYTES_MAX`),
+/// so this leaves room and still fails fast, locally, on anything absurd.
+pub const ENCODE_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+const _: () = assert!(baton_proto::limits::SPEC_BYTES_MAX < ENCODE_MESSAGE_BYTES_MAX);
+
+/// How the client times and retries calls. `Default` suits a CLI and most programs.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Deadline of one attempt of one call; for `watch`, of opening the stream only.
+    pub call_timeout: Duration,
+    /// Deadline of establishing a TCP connection: shorter than a call, so a dead host costs
+    /// little before failover.
+    pub connect_timeout: Duration,
+    /// Attempts of one call in all, the first included (at least 1).
+    pub attempts_max: u32,
+    /// Backoff before the second attempt; doubled per attempt up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// No new attempt starts once this much time has passed since the call began.
+    pub retry_budget: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            call_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            // With the backoff below, 8 attempts span about 4-5 s of waiting, longer than a leader
+            // election (about 1.5 s with conservative Raft timeouts) plus a new leader's first
+            // refused writes.
+            attempts_max: 8,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            retry_budget: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A handle on a Baton cluster. Cheap to clone; clones share channels and the preferred endpoint.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Endpoints,
+    /// One per endpoint, same order. Lazily connected: creating the client never blocks or
+    /// fails on a down node, and a channel reconnects by itself after a failure.
+    channels: Vec<Channel>,
+    /// Index of the endpoint the next call tries first.
+    preferred: AtomicUsize,
+    config: ClientConfig,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.endpoints.to_string())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client with the default configuration. Needs a Tokio runtime; connects on first use.
+    pub fn new(endpoints: Endpoints) -> Result<Client, ClientError> {
+        Client::with_config(endpoints, ClientConfig::default())
+    }
+
+    pub fn with_config(endpoints: Endpoints, config: ClientConfig) -> Result<Client, ClientError> {
+        if config.attempts_max == 0 {
+            return Err(ClientError::InvalidRequest(
+                "attempts_max must be at least 1".into(),
+            ));
+        }
+        let channels = endpoints
+            .iter()
+            .map(|endpoint| channel(endpoint, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                channels,
+                preferred: AtomicUsize::new(0),
+                config,
+            }),
+        })
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.inner.endpoints
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The endpoint the next call tries first.
+    pub fn preferred_endpoint(&self) -> &Endpoint {
+        let index = self.inner.preferred.load(Ordering::Relaxed);
+        &self.inner.endpoints.as_slice()[index % self.inner.endpoints.len()]
+    }
+
+    // ---- WorkflowService ----
+
+    /// Submits a workflow. Without a key one is generated, so that retrying after an unknown
+    /// outcome returns the first workflow rather than creating a second; a caller who wants to
+    /// retry across process restarts passes its own (see [`new_idempotency_key`]).
+    pub async fn submit(
+        &self,
+        spec: WorkflowSpec,
+        idempotency_key: Option<String>,
+    ) -> Result<SubmitResponse, ClientError> {
+        let idempotency_key = match idempotency_key {
+            Some(key) if !key.is_empty() => {
+                baton_proto::validate::validate_idempotency_key(&key)
+                    .map_err(|error| ClientError::InvalidRequest(error.to_string()))?;
+                key
+            }
+            _ => new_idempotency_key(),
+        };
+        let request = SubmitRequest {
+            spec: Some(spec),
+            idempotency_key,
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).submit(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// One workflow with its steps. NOT_FOUND when there is no such workflow.
+    pub async fn get(
+        &self,
+        workflow_id: u64,
+        consistency: ReadConsistency,
+    ) -> Result<Workflow, ClientError> {
+        let request = GetRequest {
+            workflow_id,
+            consistency: consistency as i32,
+        };
+        let (endpoint, response) = self
+            .unary(move |channel| async move { workflow_client(channel).get(request).await })
+            .await?;
+        response
+            .workflow
+            .ok_or_else(|| ClientError::InvalidResponse {
+                endpoint: endpoint.to_string(),
+                message: format!("workflow {workflow_id}: the answer has no workflow"),
+            })
+    }
+
+    /// One page of workflows, newest first; pass `next_page_token` back for the next page.
+    pub async fn list(&self, request: ListRequest) -> Result<ListResponse, ClientError> {
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).list(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Every workflow matching `request`, page after page, from `request.page_token` on. Each
+    /// page is one call with its own retries; the stream ends after the first error.
+    pub fn list_all(
+        &self,
+        request: ListRequest,
+    ) -> impl Stream<Item = Result<Workflow, ClientError>> + Send + 'static {
+        use futures::StreamExt;
+        let client = self.clone();
+        // `None` once the last page has been fetched.
+        let pages = futures::stream::try_unfold(Some(request), move |next| {
+            let client = client.clone();
+            async move {
+                let Some(request) = next else { return Ok(None) };
+                let template = request.clone();
+                let page = client.list(request).await?;
+                let next = if page.next_page_token.is_empty() {
+                    None
+                } else {
+                    Some(ListRequest {
+                        page_token: page.next_page_token,
+                        ..template
+                    })
+                };
+                Ok(Some((page.workflows, next)))
+            }
+        });
+        pages
+            .map(|page: Result<Vec<Workflow>, ClientError>| match page {
+                Ok(workflows) => futures::stream::iter(workflows.into_iter().map(Ok)).left_stream(),
+                Err(error) => futures::stream::once(async { Err(error) }).right_stream(),
+            })
+            .flatten()
+    }
+
+    /// Cancels a workflow; the answer holds its state afterwards (finished ones stay as they were).
+    pub async fn cancel(
+        &self,
+        workflow_id: u64,
+        reason: impl Into<String>,
+    ) -> Result<CancelResponse, ClientError> {
+        let request = CancelRequest {
+            workflow_id,
+            reason: reason.into(),
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).cancel(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// The events of one workflow (`workflow_id` 0: of all), from log index `from_index` on.
+    /// Failover applies to opening the stream; a stream that breaks later is the caller's to
+    /// reopen from the last index it saw + 1.
+    pub async fn watch(
+        &self,
+        workflow_id: u64,
+        from_index: u64,
+    ) -> Result<tonic::Streaming<WorkflowEvent>, ClientError> {
+        let request = WatchRequest {
+            workflow_id,
+            from_index,
+        };
+        self.unary(move |channel| async move { workflow_client(channel).watch(request).await })
+            .await
+            .map(|(_, stream)| stream)
+    }
+
+    // ---- AdminService ----
+
+    /// The status as seen by the node this client is talking to (the preferred endpoint, or the
+    /// next one that answers).
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.unary(|channel| async move {
+            admin_client(channel)
+                .cluster_status(ClusterStatusRequest {})
+                .await
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// The status as seen by one given node: one attempt, no failover, since the point is to
+    /// hear that node (to compare applied indexes and state hashes across replicas).
+    pub async fn cluster_status_of(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<ClusterStatusResponse, ClientError> {
+        let channel = match self
+            .inner
+            .endpoints
+            .iter()
+            .position(|known| known == endpoint)
+        {
+            Some(index) => self.inner.channels[index].clone(),
+            None => channel(endpoint, &self.inner.config)?,
+        };
+        let mut admin = admin_client(channel);
+        self.attempt(
+            &endpoint.to_string(),
+            admin.cluster_status(ClusterStatusRequest {}),
+        )
+        .await
+    }
+
+    /// Adds a started node, known by its id and address, as a voter. Returns the new members.
+    pub async fn add_member(
+        &self,
+        node_id: u64,
+        address: impl Into<String>,
+    ) -> Result<AddMemberResponse, ClientError> {
+        let request = AddMemberRequest {
+            node_id,
+            address: address.into(),
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { admin_client(channel).add_member(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    pub async fn remove_member(&self, node_id: u64) -> Result<RemoveMemberResponse, ClientError> {
+        let request = RemoveMemberRequest { node_id };
+        self.unary(move |channel| async move { admin_client(channel).remove_member(request).await })
+            .await
+            .map(|(_, response)| response)
+    }
+
+    /// Moves leadership to `to_node_id`, or to any up-to-date voter when `None`.
+    pub async fn transfer_leader(
+        &self,
+        to_node_id: Option<u64>,
+    ) -> Result<TransferLeaderResponse, ClientError> {
+        let request = TransferLeaderRequest {
+            to_node_id: to_node_id.unwrap_or(0),
+        };
+        self.unary(
+            move |channel| async move { admin_client(channel).transfer_leader(request).await },
+        )
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Builds a snapshot now on the node that answers.
+    pub async fn trigger_snapshot(&self) -> Result<TriggerSnapshotResponse, ClientError> {
+        self.unary(|channel| async move {
+            admin_client(channel)
+                .trigger_snapshot(TriggerSnapshotRequest {})
+                .await
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    pub async fn list_agents(&self) -> Result<ListAgentsResponse, ClientError> {
+        self.unary(|channel| async move {
+            admin_client(channel)
+                .list_agents(ListAgentsRequest {})
+                .await
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    // ---- the retry loop ----
+
+    /// Runs `call` on the preferred endpoint, failing over and backing off on retryable errors.
+    /// Returns the endpoint that answered with the answer.
+    async fn unary<T, F, Fut>(&self, mut call: F) -> Result<(&Endpoint, T), ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let inner = &*self.inner;
+        let endpoint_count = inner.endpoints.len();
+        let started = Instant::now();
+        let first = inner.preferred.load(Ordering::Relaxed) % endpoint_count;
+        let mut any_unknown = false;
+        let mut attempts: u32 = 0;
+        loop {
+            let index = (first + attempts as usize) % endpoint_count;
+            let endpoint = &inner.endpoints.as_slice()[index];
+            attempts += 1;
+            let result = self
+                .attempt(&endpoint.to_string(), call(inner.channels[index].clone()))
+                .await;
+            let error = match result {
+                Ok(answer) => {
+                    inner.preferred.store(index, Ordering::Relaxed);
+                    return Ok((endpoint, answer));
+                }
+                Err(error) => error,
+            };
+            any_unknown |= error.outcome() == Outcome::Unknown;
+            let delay = backoff_delay(&inner.config, attempts);
+            let out_of_budget = started.elapsed() + delay > inner.config.retry_budget;
+            if !error.is_retryable() || attempts >= inner.config.attempts_max || out_of_budget {
+                return Err(wrap_attempts(error, attempts, any_unknown));
+            }
+            // Move everyone off the failed endpoint, unless another call already did.
+            let _ = inner.preferred.compare_exchange(
+                index,
+                (index + 1) % endpoint_count,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            tracing::debug!(
+                %endpoint,
+                attempt = attempts,
+                delay_ms = delay.as_millis() as u64,
+                error = %error,
+                "retrying call"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt under the call timeout.
+    async fn attempt<T>(
+        &self,
+        endpoint: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        // A client-side deadline rather than a `grpc-timeout` header: tonic reports its own
+        // header-driven timeout as CANCELLED on both sides, which reads like a cancellation.
+        let timeout = self.inner.config.call_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(endpoint, status, timeout)),
+            Err(_elapsed) => Err(ClientError::Timeout {
+                endpoint: endpoint.to_string(),
+                timeout,
+            }),
+        }
+    }
+}
+
+/// The final error of a call. Wrapped in [`ClientError::Retried`] when the client gave up on a
+/// retryable error after several attempts, or when an earlier attempt's unknown outcome makes
+/// the whole call unknown although the last attempt was refused; plain otherwise (one attempt,
+/// or a failover that ended in a clear answer), so that a refusal reads as itself.
+fn wrap_attempts(error: ClientError, attempts: u32, any_unknown: bool) -> ClientError {
+    let outcome = if any_unknown {
+        Outcome::Unknown
+    } else {
+        error.outcome()
+    };
+    if attempts <= 1 || (!error.is_retryable() && outcome == error.outcome()) {
+        return error;
+    }
+    ClientError::Retried {
+        attempts,
+        outcome,
+        last: Box::new(error),
+    }
+}
+
+fn channel(endpoint: &Endpoint, config: &ClientConfig) -> Result<Channel, ClientError> {
+    let uri = endpoint.uri();
+    let builder = tonic::transport::Endpoint::from_shared(uri).map_err(|error| {
+        ClientError::Endpoint(crate::endpoints::EndpointError::InvalidHost {
+            endpoint: format!("{endpoint} ({error})"),
+        })
+    })?;
+    Ok(builder
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        // Pings notice a silently dead peer (a paused or partitioned node) on long watches.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+fn workflow_client(channel: Channel) -> WorkflowServiceClient<Channel> {
+    WorkflowServiceClient::new(channel)
+        .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
+}
+
+fn admin_client(channel: Channel) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(channel)
+        .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
+}
+
+/// The wait before attempt `attempts + 1`: `backoff_initial * 2^(attempts - 1)` capped at
+/// `backoff_max`, then jittered to between half and all of it, so that clients that failed
+/// together do not retry together, while none retries at once.
+fn backoff_delay(config: &ClientConfig, attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(20);
+    let base = config
+        .backoff_initial
+        .saturating_mul(1 << exponent)
+        .min(config.backoff_max);
+    let half_ms = (base.as_millis() / 2) as u64;
+    Duration::from_millis(half_ms + random_u64() % (half_ms + 1))
+}
+
+/// A fresh random idempotency key: `baton-` and 32 hex digits (128 bits), well within the
+/// server's 128 printable characters; two keys collide with negligible probability.
+pub fn new_idempotency_key() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS refused randomness (practically never): fall back to values that differ
+        // between processes (pid, clock) and between calls of one process (a counter).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as u64)
+            .unwrap_or(0);
+        let low = u64::from(std::process::id()) << 32
+            | (FALLBACK_COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..].copy_from_slice(&low.to_le_bytes());
+    }
+    let mut key = String::with_capacity(6 + 32);
+    key.push_str("baton-");
+    for byte in bytes {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
+
+static FALLBACK_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Randomness for jitter only; quality barely matters, so any failure degrades to the clock.
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.subsec_nanos() as u64)
+            .unwrap_or(0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_valid_and_distinct() {
+        let first = new_idempotency_key();
+        let second = new_idempotency_key();
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 38);
+        assert!(baton_proto::validate::validate_idempotency_key(&first).is_ok());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_half() {
+        let config = ClientConfig::default();
+        for attempts in 1..=12 {
+            let base = config
+                .backoff_initial
+                .saturating_mul(1 << (attempts - 1).min(20))
+                .min(config.backoff_max);
+            let delay = backoff_delay(&config, attempts);
+            assert!(delay <= base, "attempt {attempts}: {delay:?} > {base:?}");
+            assert!(
+                delay * 2 + Duration::from_millis(1) >= base,
+                "attempt {attempts}: {delay:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `baton`: the command-line client of a Baton cluster (see `baton --help`).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::args::Cli;
+use crate::cli::failure::{EXIT_FAILED, EXIT_OK, report};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs (retries, failovers) go to stderr, quiet unless RUST_LOG asks for more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One thread is plenty for a CLI making a handful of calls.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(cli::commands::run(cli)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(error) => {
+            let (code, text) = report(&error);
+            eprintln!("{text}");
+            ExitCode::from(code)
+        }
+    }
+}

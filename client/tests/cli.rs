@@ -1,0 +1,239 @@
+//! The `baton` binary end to end: bad input exits 2 before connecting; against a fake node,
+//! answers, not-found and unknown outcomes print and exit as documented.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::Ordering;
+
+const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+async fn baton(args: &[&str]) -> Output {
+    tokio::process::Command::new(BATON)
+        .args(args)
+        .env_remove("BATON_ENDPOINTS")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run baton")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+const VALID_SPEC: &str = "\
+name: build-and-deploy
+steps:
+  - name: build
+    exec: {command: [make]}
+  - name: deploy
+    depends_on: [build]
+    noop: {}
+";
+
+#[tokio::test]
+async fn a_syntax_error_names_file_and_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "broken.yaml",
+        "name: broken\nsteps:\n  - name: a: b\n",
+    );
+    // A dead endpoint: the command must fail on the input, never reach the network.
+    let output = baton(&[
+        "submit",
+        &file,
+        "--endpoints",
+        &common::dead_address().to_string(),
+    ])
+    .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}: line 3, column")),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn a_validation_error_names_file_and_field_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "name: w\nsteps:\n  - name: a\n    noop: {}\n  - name: b\n    depends_on: [x]\n    noop: {}\n";
+    let file = write(dir.path(), "unknown-dep.yaml", spec);
+    let output = baton(&[
+        "submit",
+        &file,
+        "--endpoints",
+        &common::dead_address().to_string(),
+    ])
+    .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {file}: steps[1].depends_on[0]: ")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_file_exits_2() {
+    let output = baton(&["submit", "/nonexistent/spec.yaml"]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot read /nonexistent/spec.yaml: "),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_prints_the_id_alone_or_json() {
+    let (address, script) = common::start(common::Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "ok.yaml", VALID_SPEC);
+    let endpoints = address.to_string();
+
+    let output = baton(&["submit", &file, "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "7\n");
+
+    let output = baton(&[
+        "submit",
+        &file,
+        "--endpoints",
+        &endpoints,
+        "-o",
+        "json",
+        "--idempotency-key",
+        "k1",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["workflow_id"], 7);
+    assert_eq!(json["created"], true);
+
+    let submits = script.submits.lock().unwrap();
+    assert_eq!(submits[1].idempotency_key, "k1");
+    assert_eq!(submits[0].spec.as_ref().unwrap().steps.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_submit_outcome_exits_3_and_names_the_key_to_retry_with() {
+    let script = common::Script::default();
+    script.submit_internal.store(true, Ordering::SeqCst);
+    let (address, script) = common::start(script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "ok.yaml", VALID_SPEC);
+
+    let output = baton(&["submit", &file, "--endpoints", &address.to_string()]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    let key = script.submits.lock().unwrap()[0].idempotency_key.clone();
+    assert!(stderr.starts_with("error: outcome unknown: "), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--idempotency-key {key}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_a_workflow_or_says_it_is_not_found() {
+    let (address, _) = common::start(common::Script::default()).await;
+    let endpoints = address.to_string();
+
+    let output = baton(&["get", "42", "--endpoints", &endpoints]).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        stdout.starts_with("workflow 42  nightly-report  running"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("STEP"), "{stdout}");
+
+    let output = baton(&["get", "42", "--endpoints", &endpoints, "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["state"], "running");
+    assert_eq!(json["steps"][0]["agent"], "agent-1");
+
+    let output = baton(&["get", "43", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(text(&output.stderr), "error: workflow 43 not found\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_cluster_status_all() {
+    let script = common::Script {
+        node_id: 1,
+        ..Default::default()
+    };
+    *script.workflow_ids.lock().unwrap() = vec![5, 4, 3];
+    let (first, _) = common::start(script).await;
+    let (second, _) = common::start(common::Script {
+        node_id: 2,
+        ..Default::default()
+    })
+    .await;
+
+    let output = baton(&[
+        "list",
+        "--endpoints",
+        &first.to_string(),
+        "-o",
+        "json",
+        "--limit",
+        "2",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ids: Vec<u64> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [5, 4]);
+
+    let endpoints = format!("{first},{second}");
+    let output = baton(&["cluster", "status", "--all", "--endpoints", &endpoints]).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("leader") && stdout.contains("follower"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("state hashes agree"), "{stdout}");
+
+    let endpoints = format!("{first},{}", common::dead_address());
+    let output = baton(&[
+        "cluster",
+        "status",
+        "--all",
+        "--endpoints",
+        &endpoints,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json[0]["status"]["node_id"], 1);
+    assert!(
+        json[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot connect to"),
+        "{json}"
+    );
+    assert_eq!(text(&output.stderr), "error: 1 of 2 nodes did not answer\n");
+}

@@ -1,0 +1,230 @@
+//! A scripted in-process Baton server for client tests: real gRPC over loopback, fake answers.
+
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_client::proto::admin_service_server::{AdminService, AdminServiceServer};
+use baton_client::proto::workflow_service_server::{WorkflowService, WorkflowServiceServer};
+use baton_client::proto::*;
+use tonic::{Request, Response, Status};
+
+/// What the fake answers and what it was asked.
+#[derive(Default)]
+pub struct Script {
+    /// Submits answered UNAVAILABLE before one succeeds.
+    pub submits_unavailable: AtomicU32,
+    /// When set, every submit fails with INTERNAL (an unknown outcome that is not retried).
+    pub submit_internal: std::sync::atomic::AtomicBool,
+    /// Every submit request received, in order.
+    pub submits: Mutex<Vec<SubmitRequest>>,
+    /// Get requests received.
+    pub gets: AtomicU32,
+    /// How long Get takes before answering.
+    pub get_delay: Mutex<Duration>,
+    /// Workflow ids List pages through (newest first), two per page.
+    pub workflow_ids: Mutex<Vec<u64>>,
+    pub node_id: u64,
+}
+
+pub struct Fake(pub Arc<Script>);
+
+pub fn sample_workflow(id: u64) -> Workflow {
+    Workflow {
+        id,
+        name: "nightly-report".into(),
+        state: WorkflowState::Running as i32,
+        created_at_ms: 1_714_566_605_123,
+        steps: vec![Step {
+            name: "build".into(),
+            state: StepState::Running as i32,
+            attempts: 1,
+            attempt_id: 3,
+            agent: "agent-1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for Fake {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        self.0.submits.lock().unwrap().push(request.into_inner());
+        if self.0.submit_internal.load(Ordering::SeqCst) {
+            return Err(Status::internal("raft proposal dropped"));
+        }
+        let unavailable = &self.0.submits_unavailable;
+        if unavailable.load(Ordering::SeqCst) > 0 {
+            unavailable.fetch_sub(1, Ordering::SeqCst);
+            return Err(Status::unavailable("no leader yet"));
+        }
+        Ok(Response::new(SubmitResponse {
+            workflow_id: 7,
+            created: true,
+            log_index: 3,
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.0.gets.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.0.get_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let id = request.into_inner().workflow_id;
+        if id == 42 {
+            Ok(Response::new(GetResponse {
+                workflow: Some(sample_workflow(42)),
+            }))
+        } else {
+            Err(Status::not_found(format!("workflow {id} not found")))
+        }
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let request = request.into_inner();
+        let ids = self.0.workflow_ids.lock().unwrap().clone();
+        let start: usize = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("page_token: bad"))?
+        };
+        let end = (start + 2).min(ids.len());
+        let workflows = ids[start..end]
+            .iter()
+            .map(|id| Workflow {
+                steps: vec![],
+                ..sample_workflow(*id)
+            })
+            .collect();
+        let next_page_token = if end < ids.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListResponse {
+            workflows,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        match request.into_inner().workflow_id {
+            42 => Ok(Response::new(CancelResponse {
+                state: WorkflowState::Cancelled as i32,
+            })),
+            id => Err(Status::not_found(format!("workflow {id} not found"))),
+        }
+    }
+
+    type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WorkflowEvent, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        _request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let events = (1..=3).map(|index| {
+            Ok(WorkflowEvent {
+                index,
+                workflow_id: 42,
+                ..Default::default()
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(events))))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Fake {
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(ClusterStatusResponse {
+            node_id: self.0.node_id,
+            leader_id: 1,
+            term: 2,
+            role: if self.0.node_id == 1 {
+                "leader"
+            } else {
+                "follower"
+            }
+            .into(),
+            applied_index: 10,
+            committed_index: 10,
+            state_hash: "abc123".into(),
+            members: vec![Member {
+                node_id: 1,
+                address: "127.0.0.1:7101".into(),
+                voter: true,
+                matched_index: 10,
+            }],
+            ..Default::default()
+        }))
+    }
+    async fn add_member(
+        &self,
+        _r: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn remove_member(
+        &self,
+        _r: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn transfer_leader(
+        &self,
+        _r: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn trigger_snapshot(
+        &self,
+        _r: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        Ok(Response::new(TriggerSnapshotResponse {
+            snapshot_index: 10,
+        }))
+    }
+    async fn list_agents(
+        &self,
+        _r: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        Ok(Response::new(ListAgentsResponse::default()))
+    }
+}
+
+/// Starts a fake node on a free loopback port; it serves until the test's runtime ends.
+pub async fn start(script: Script) -> (SocketAddr, Arc<Script>) {
+    let script = Arc::new(script);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let address = listener.local_addr().expect("local address");
+    let server = tonic::transport::Server::builder()
+        .add_service(WorkflowServiceServer::new(Fake(script.clone())))
+        .add_service(AdminServiceServer::new(Fake(script.clone())))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    (address, script)
+}
+
+/// A loopback address nothing listens on (bound, then released), for "connection refused".
+pub fn dead_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address")
+}
