@@ -139,6 +139,12 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<WorkflowSpec, SpecPa
             text.len()
         )));
     }
+    // Both parsers would report something less clear (YAML reads nothing as an empty mapping).
+    if text.trim().is_empty() {
+        return Err(SpecParseError::without_location(
+            "spec text is empty".to_string(),
+        ));
+    }
     let document: WorkflowDoc = match format {
         SpecFormat::Yaml => serde_norway::from_str(text).map_err(SpecParseError::from_yaml)?,
         SpecFormat::Json => serde_json::from_str(text).map_err(SpecParseError::from_json)?,
@@ -178,7 +184,11 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(error("each unit needs a whole number before it"));
+            return Err(if rest.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                error("each unit needs a whole number before it")
+            } else {
+                error("it has a character that is not a digit or a unit")
+            });
         }
         let letters = rest[digits..]
             .bytes()
@@ -292,9 +302,28 @@ impl WorkflowDoc {
 
 /// A step, checked for exactly one task while parsing, so that the error carries the step's
 /// location.
-#[derive(Deserialize)]
-#[serde(try_from = "StepFields")]
 struct StepDoc(v1::StepSpec);
+
+impl<'de> Deserialize<'de> for StepDoc {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl<'de> Visitor<'de> for StepVisitor {
+            type Value = StepDoc;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a step: a mapping with a name and one task")
+            }
+
+            // The task check runs inside the mapping (not after it, as `#[serde(try_from)]`
+            // would), so serde_norway stamps its error with the step's line and path.
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<StepDoc, A::Error> {
+                let fields = StepFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                StepDoc::try_from(fields).map_err(de::Error::custom)
+            }
+        }
+        deserializer.deserialize_map(StepVisitor)
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -558,7 +587,10 @@ steps:
     }
 
     fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
-        entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -583,7 +615,11 @@ steps:
         assert_eq!(
             create.task,
             Some(Task::Exec(v1::ExecTask {
-                command: vec!["/opt/it/create-user".into(), "--name".into(), "{{ input.name }}".into()],
+                command: vec![
+                    "/opt/it/create-user".into(),
+                    "--name".into(),
+                    "{{ input.name }}".into()
+                ],
                 ..Default::default()
             }))
         );
@@ -591,11 +627,21 @@ steps:
             create.retry,
             Some(v1::RetryPolicy {
                 max_attempts: 3,
-                backoff: Some(v1::Backoff { initial_ms: 1000, multiplier: 2.0, max_ms: 30_000 }),
+                backoff: Some(v1::Backoff {
+                    initial_ms: 1000,
+                    multiplier: 2.0,
+                    max_ms: 30_000
+                }),
             })
         );
         assert_eq!(create.timeout_ms, 300_000);
-        assert_eq!(create.resources, Some(v1::Resources { cpu_millis: 500, memory_mb: 256 }));
+        assert_eq!(
+            create.resources,
+            Some(v1::Resources {
+                cpu_millis: 500,
+                memory_mb: 256
+            })
+        );
         assert_eq!(create.constraints, map(&[("zone", "eu")]));
         assert_eq!(create.when(), RunCondition::Unspecified);
 
@@ -697,7 +743,13 @@ steps:
         assert_eq!(one.lease_ttl_ms, 10_000);
         assert_eq!(one.schedule_to_start_timeout_ms, 120_000);
         assert_eq!(one.priority, Some(7));
-        assert_eq!(one.resources, Some(v1::Resources { cpu_millis: 250, memory_mb: 0 }));
+        assert_eq!(
+            one.resources,
+            Some(v1::Resources {
+                cpu_millis: 250,
+                memory_mb: 0
+            })
+        );
         let two = &spec.steps[1];
         assert_eq!(two.when(), RunCondition::Always);
         assert_eq!(
@@ -709,12 +761,24 @@ steps:
                 ..Default::default()
             }))
         );
-        assert_eq!(spec.steps[2].task, Some(Task::Sleep(v1::SleepTask { duration_ms: 1500 })));
+        assert_eq!(
+            spec.steps[2].task,
+            Some(Task::Sleep(v1::SleepTask { duration_ms: 1500 }))
+        );
         assert_eq!(
             spec.steps[3].task,
-            Some(Task::Custom(v1::CustomTask { r#type: "acme/create-user".into(), payload: "{\"name\": \"ada\"}".into() }))
+            Some(Task::Custom(v1::CustomTask {
+                r#type: "acme/create-user".into(),
+                payload: "{\"name\": \"ada\"}".into()
+            }))
         );
-        assert_eq!(spec.steps[3].retry, Some(v1::RetryPolicy { max_attempts: 2, backoff: None }));
+        assert_eq!(
+            spec.steps[3].retry,
+            Some(v1::RetryPolicy {
+                max_attempts: 2,
+                backoff: None
+            })
+        );
         assert_eq!(spec.steps[4].task, Some(Task::Noop(v1::NoopTask {})));
         assert_eq!(spec.steps[4].priority, None);
     }
@@ -723,9 +787,14 @@ steps:
     fn noop_forms() {
         for noop in ["noop:", "noop: null", "noop: ~", "noop: {}"] {
             let spec = yaml(&format!("name: w\nsteps:\n  - name: a\n    {noop}\n")).expect(noop);
-            assert_eq!(spec.steps[0].task, Some(Task::Noop(v1::NoopTask {})), "{noop}");
+            assert_eq!(
+                spec.steps[0].task,
+                Some(Task::Noop(v1::NoopTask {})),
+                "{noop}"
+            );
         }
-        let spec = json(r#"{"name": "w", "steps": [{"name": "a", "noop": null}]}"#).expect("parses");
+        let spec =
+            json(r#"{"name": "w", "steps": [{"name": "a", "noop": null}]}"#).expect("parses");
         assert_eq!(spec.steps[0].task, Some(Task::Noop(v1::NoopTask {})));
         assert_eq!(
             yaml_error("name: w\nsteps:\n  - name: a\n    noop: {x: 1}\n"),
@@ -748,11 +817,13 @@ steps:
         );
         assert_eq!(
             yaml_error("name: w\nsteps:\n  - name: a\n    exec: {command: [x], cwd: /}\n"),
-            "line 4, column 31: steps[0].exec: unknown field \"cwd\", expected one of \"command\", \"env\", \"working_dir\""
+            "line 4, column 26: steps[0].exec: unknown field \"cwd\", expected one of \"command\", \"env\", \"working_dir\""
         );
         assert_eq!(
-            json_error("{\"name\": \"w\",\n \"steps\": [{\"name\": \"a\", \"noop\": {},\n   \"timeout_ms\": 5}]}"),
-            "line 3, column 16: unknown field \"timeout_ms\", expected one of \"name\", \"depends_on\", \"when\", \
+            json_error(
+                "{\"name\": \"w\",\n \"steps\": [{\"name\": \"a\", \"noop\": {},\n   \"timeout_ms\": 5}]}"
+            ),
+            "line 3, column 15: unknown field \"timeout_ms\", expected one of \"name\", \"depends_on\", \"when\", \
              \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"retry\", \"timeout\", \"resources\", \"constraints\", \
              \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\""
         );
@@ -761,7 +832,9 @@ steps:
     #[test]
     fn task_count_errors_name_the_step() {
         assert_eq!(
-            yaml_error("name: w\nsteps:\n  - name: a\n    noop: {}\n  - name: b\n    depends_on: [a]\n"),
+            yaml_error(
+                "name: w\nsteps:\n  - name: a\n    noop: {}\n  - name: b\n    depends_on: [a]\n"
+            ),
             "line 5, column 5: steps[1]: step \"b\" has no task: give one of exec, http, noop, sleep, custom"
         );
         assert_eq!(
@@ -769,7 +842,10 @@ steps:
             "line 3, column 5: steps[0]: step \"a\" has 2 tasks (noop, sleep): give exactly one of exec, http, noop, sleep, custom"
         );
         let error = json(r#"{"name": "w", "steps": [{"name": "a"}]}"#).expect_err("no task");
-        assert_eq!(error.message, "step \"a\" has no task: give one of exec, http, noop, sleep, custom");
+        assert_eq!(
+            error.message,
+            "step \"a\" has no task: give one of exec, http, noop, sleep, custom"
+        );
         assert_eq!(error.line, Some(1));
     }
 
@@ -798,12 +874,19 @@ steps:
             "line 5, column 15: steps[0].priority: invalid type: string \"high\", expected i32"
         );
         assert_eq!(
-            yaml_error("name: w\nsteps:\n  - name: a\n    noop: {}\n    resources: {cpu_millis: -1}\n"),
-            "line 5, column 30: steps[0].resources.cpu_millis: invalid value: integer \"-1\", expected u32"
+            yaml_error(
+                "name: w\nsteps:\n  - name: a\n    noop: {}\n    resources: {cpu_millis: -1}\n"
+            ),
+            "line 5, column 29: steps[0].resources.cpu_millis: invalid type: integer \"-1\", expected u32"
         );
-        assert_eq!(yaml_error("steps: []\n"), "missing field \"name\"");
         assert_eq!(
-            json_error("{\"name\": \"w\", \"steps\": [{\"name\": \"a\", \"sleep\": {\"duration\": true}}]}"),
+            yaml_error("steps: []\n"),
+            "line 1, column 1: missing field \"name\""
+        );
+        assert_eq!(
+            json_error(
+                "{\"name\": \"w\", \"steps\": [{\"name\": \"a\", \"sleep\": {\"duration\": true}}]}"
+            ),
             "line 1, column 64: invalid type: boolean \"true\", expected a duration such as \"500ms\", \"30s\", \"5m\", \
              \"1h30m\" or an integer of milliseconds"
         );
@@ -812,15 +895,27 @@ steps:
     #[test]
     fn syntax_errors_carry_their_location() {
         assert_eq!(
-            yaml_error("name: w\nsteps:\n  - name: a\n   noop: {}\n"),
-            "line 4, column 8: mapping values are not allowed in this context"
+            yaml_error("name: w\nsteps:\n  - name: a\n    noop: {}\n  oops\n"),
+            "line 6, column 1: could not find expected ':', while scanning a simple key at line 5 column 3"
         );
         // Unquoted `{{ ... }}` in a flow sequence is a YAML flow mapping in a flow mapping.
-        let unquoted = "name: w\nsteps:\n  - name: a\n    exec: {command: [echo, {{ input.name }}]}\n";
-        assert!(yaml_error(unquoted).starts_with("line 4, column "), "{}", yaml_error(unquoted));
-        assert_eq!(json_error("{\"name\": \"w\",\n \"steps\": [}"), "line 2, column 12: expected value");
-        assert_eq!(json_error(""), "line 1, column 0: EOF while parsing a value");
-        assert_eq!(yaml_error(""), "EOF while parsing a value");
+        let unquoted =
+            "name: w\nsteps:\n  - name: a\n    exec: {command: [echo, {{ input.name }}]}\n";
+        assert!(
+            yaml_error(unquoted).starts_with("line 4, column "),
+            "{}",
+            yaml_error(unquoted)
+        );
+        assert_eq!(
+            json_error("{\"name\": \"w\",\n \"steps\": [}"),
+            "line 2, column 12: expected value"
+        );
+        assert_eq!(json_error(""), "spec text is empty");
+        assert_eq!(yaml_error(" \n"), "spec text is empty");
+        assert_eq!(
+            json_error("{"),
+            "line 1, column 1: EOF while parsing an object"
+        );
     }
 
     #[test]
@@ -828,7 +923,10 @@ steps:
         let text = format!("name: w\n#{}\nsteps: []\n", "x".repeat(SPEC_TEXT_BYTES_MAX));
         let error = yaml(&text).expect_err("too big");
         assert_eq!(error.line, None);
-        assert_eq!(error.to_string(), format!("spec text is {} bytes, more than 4194304", text.len()));
+        assert_eq!(
+            error.to_string(),
+            format!("spec text is {} bytes, more than 4194304", text.len())
+        );
     }
 
     #[test]
@@ -869,18 +967,27 @@ steps:
             ("s", "each unit needs a whole number before it"),
             ("1.5s", "it has a character that is not a digit or a unit"),
             ("1h 30m", "it has a character that is not a digit or a unit"),
-            ("-1s", "each unit needs a whole number before it"),
+            ("-1s", "it has a character that is not a digit or a unit"),
             ("1h30", "the last number has no unit"),
             ("3d", "units are h, m, s and ms"),
             ("5M", "units are h, m, s and ms"),
-            ("30m1h", "units must go from largest to smallest, each at most once"),
-            ("1m1m", "units must go from largest to smallest, each at most once"),
+            (
+                "30m1h",
+                "units must go from largest to smallest, each at most once",
+            ),
+            (
+                "1m1m",
+                "units must go from largest to smallest, each at most once",
+            ),
             ("99999999999999999999", "it is too large"),
             ("9999999999999999h", "it is too large"),
         ] {
             assert_eq!(
                 parse_duration_ms(text),
-                Err(DurationError { text: text.to_string(), reason }),
+                Err(DurationError {
+                    text: text.to_string(),
+                    reason
+                }),
                 "{text}"
             );
         }
@@ -890,7 +997,13 @@ steps:
                  integer of milliseconds"
                 .to_string())
         );
-        for (ms, text) in [(0, "0ms"), (500, "500ms"), (1500, "1s500ms"), (5_400_000, "1h30m"), (604_800_000, "168h")] {
+        for (ms, text) in [
+            (0, "0ms"),
+            (500, "500ms"),
+            (1500, "1s500ms"),
+            (5_400_000, "1h30m"),
+            (604_800_000, "168h"),
+        ] {
             assert_eq!(format_duration_ms(ms), text);
         }
     }
@@ -899,7 +1012,10 @@ steps:
     fn durations_in_json_may_be_text_or_integers() {
         let spec = json(r#"{"name": "w", "steps": [{"name": "a", "sleep": {"duration": "2s"}, "timeout": 90000}]}"#)
             .expect("parses");
-        assert_eq!(spec.steps[0].task, Some(Task::Sleep(v1::SleepTask { duration_ms: 2000 })));
+        assert_eq!(
+            spec.steps[0].task,
+            Some(Task::Sleep(v1::SleepTask { duration_ms: 2000 }))
+        );
         assert_eq!(spec.steps[0].timeout_ms, 90_000);
     }
 
@@ -908,14 +1024,18 @@ steps:
     fn examples_parse_and_validate() {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
         let mut checked = 0;
-        let entries = std::fs::read_dir(dir).unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()));
+        let entries = std::fs::read_dir(dir)
+            .unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()));
         for entry in entries {
             let path = entry.expect("a directory entry").path();
-            let Some(extension) = path.extension().and_then(|e| e.to_str()) else { continue };
+            let Some(extension) = path.extension().and_then(|e| e.to_str()) else {
+                continue;
+            };
             if !["yaml", "yml", "json"].contains(&extension) {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
             let spec = parse_spec(&text, SpecFormat::from_path(&path))
                 .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
             if let Err(error) = validate_spec(&spec) {
@@ -923,7 +1043,11 @@ steps:
             }
             checked += 1;
         }
-        assert!(checked >= 3, "expected at least 3 examples in {}, found {checked}", dir.display());
+        assert!(
+            checked >= 3,
+            "expected at least 3 examples in {}, found {checked}",
+            dir.display()
+        );
     }
 
     proptest! {

@@ -1,12 +1,13 @@
 //! Checks a workflow spec against Baton's rules and [`crate::limits`] before anything is
 //! committed, and the graph helpers the server uses on specs that passed.
 //!
-//! The server calls [`validate_spec`] on every submit (INVALID_ARGUMENT naming [`SpecError::field`]),
-//! the CLI calls it before sending. It returns the first problem found, in this order: encoded
-//! size, workflow fields, step count, step names, each step's fields, then the dependency graph
-//! (unknown, self and duplicate dependencies, edge count, cycles, depth). Every check is linear
-//! in the spec's size and iterative (no recursion), so a hostile spec can neither panic the
-//! validator nor overflow its stack; the size check comes first so that the rest is bounded.
+//! The server calls [`validate_spec`] on every submit (INVALID_ARGUMENT naming
+//! [`SpecError::field`]), the CLI calls it before sending. It returns the first problem found, in
+//! this order: encoded size, workflow fields, step count, step names, each step's fields, then
+//! the dependency graph (duplicate step names; unknown, self and duplicate dependencies; edge
+//! count; cycles; depth). Every check is linear in the spec's size and iterative (no recursion),
+//! so a hostile spec can neither panic the validator nor overflow its stack; the size check
+//! comes first so that the rest is bounded.
 //!
 //! Error tree: one type, [`SpecError`] `{ field, message }`; `field` is a path inside the spec
 //! using the proto field names (`steps[2].depends_on[0]`, `labels["team"]`), empty for the
@@ -171,10 +172,12 @@ pub fn backoff_delay_ms(step: &StepSpec, failed_attempts: u32) -> u64 {
         0 => BACKOFF_MAX_MS_DEFAULT.max(initial_ms),
         ms => ms.min(BACKOFF_MS_MAX),
     };
-    let multiplier = match backoff.map_or(0.0, |b| b.multiplier) {
-        m if m == 0.0 => BACKOFF_MULTIPLIER_DEFAULT,
-        m if m.is_finite() => m.clamp(1.0, BACKOFF_MULTIPLIER_MAX),
-        _ => BACKOFF_MULTIPLIER_DEFAULT,
+    let multiplier = backoff.map_or(0.0, |b| b.multiplier);
+    // 0 is proto3's "not set"; NaN and infinities cannot pass validation but must not leak here.
+    let multiplier = if multiplier == 0.0 || !multiplier.is_finite() {
+        BACKOFF_MULTIPLIER_DEFAULT
+    } else {
+        multiplier.clamp(1.0, BACKOFF_MULTIPLIER_MAX)
     };
     let mut delay_ms = initial_ms as f64;
     // Bounded by MAX_ATTEMPTS_MAX iterations, and stops as soon as the cap is reached.
@@ -916,13 +919,12 @@ fn check_url(url: &str) -> Result<(), &'static str> {
     {
         return Err("has a host with a character outside letters, digits, \"-\", \".\" and \"_\"");
     }
-    if let Some(port) = port {
-        if port.is_empty()
+    if let Some(port) = port
+        && (port.is_empty()
             || !port.bytes().all(|b| b.is_ascii_digit())
-            || port.parse::<u16>().is_err()
-        {
-            return Err("has an invalid port");
-        }
+            || port.parse::<u16>().is_err())
+    {
+        return Err("has an invalid port");
     }
     Ok(())
 }
