@@ -40,7 +40,24 @@ const FORMAT_V1: u8 = 1;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: mpsc::Sender<IoFlushed>,
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread. When the last store clone goes, it stops the thread and waits for it, so
+/// the database is closed (its lock released) by the time the store is gone: a node restarted in
+/// the same process can reopen it at once.
+struct Flusher {
+    queue: Option<mpsc::Sender<IoFlushed>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl LogStore {
@@ -65,11 +82,18 @@ impl LogStore {
     fn with_db(db: Arc<DB>, sync: fn(&DB) -> Result<(), rocksdb::Error>) -> Self {
         let (tx, rx) = mpsc::channel::<IoFlushed>();
         let flusher_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-flusher".into())
             .spawn(move || run_flusher(&flusher_db, &rx, sync))
             .expect("spawn the raft log flusher thread");
-        Self { db, flusher: tx }
+        let flusher = Flusher {
+            queue: Some(tx),
+            thread: Some(thread),
+        };
+        Self {
+            db,
+            flusher: Arc::new(flusher),
+        }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -252,6 +276,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         metrics::storage_append(count);
         self.db.write(batch).map_err(io_err)?;
         self.flusher
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the store")
             .send(callback)
             .map_err(|_| io::Error::other("the raft log flusher has stopped"))
     }
