@@ -458,7 +458,7 @@ fn wrap_attempts(error: ClientError, attempts: u32, any_unknown: bool) -> Client
     }
 }
 
-fn channel(endpoint: &Endpoint, config: &ClientConfig) -> Result<Channel, ClientError> {
+pub(crate) fn channel(endpoint: &Endpoint, config: &ClientConfig) -> Result<Channel, ClientError> {
     let uri = endpoint.uri();
     let builder = tonic::transport::Endpoint::from_shared(uri).map_err(|error| {
         ClientError::Endpoint(crate::endpoints::EndpointError::InvalidHost {

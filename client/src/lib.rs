@@ -14,18 +14,22 @@
 //! Code map: `endpoints` parses where the cluster is; `client` holds the channels and the retry
 //! loop; `error` is the one error type and the applied / not applied / unknown rule; `output`
 //! turns answers into the CLI's JSON and tables (public so that scripts and tests built on this
-//! crate print the same shapes).
+//! crate print the same shapes); `watch` follows a workflow's events across reconnects; `agent`
+//! is the agent runtime (`baton agent`, or embedded in an application with its own handlers).
 
+pub mod agent;
 mod client;
 mod endpoints;
 mod error;
 pub mod output;
+mod watch;
 
 pub use client::{
     Client, ClientConfig, DECODE_MESSAGE_BYTES_MAX, ENCODE_MESSAGE_BYTES_MAX, new_idempotency_key,
 };
 pub use endpoints::{ENDPOINTS_ENV, Endpoint, EndpointError, Endpoints};
 pub use error::{ClientError, Outcome, code_name, describe_status, outcome_of_code};
+pub use watch::{WatchUpdate, WorkflowWatch};
 
 /// The generated API types, re-exported so that users need not depend on `baton-proto` directly.
 pub use baton_proto::v1 as proto;

@@ -6,20 +6,29 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::args::Cli;
+use crate::cli::args::{Cli, Command};
 use crate::cli::failure::{EXIT_FAILED, EXIT_OK, report};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs (retries, failovers) go to stderr, quiet unless RUST_LOG asks for more.
+    // Logs (retries, failovers) go to stderr, quiet unless RUST_LOG asks for more; an agent is
+    // a service, whose operators want to see what it runs.
+    let default_filter = if matches!(cli.command, Command::Agent(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    // One thread is plenty for a CLI making a handful of calls.
+    // One thread is plenty for a CLI making a handful of calls, and for an agent too: its steps
+    // are other processes or async I/O. (It is also the thread that forks step processes, and
+    // PR_SET_PDEATHSIG fires when the forking *thread* exits: the main thread lives as long as
+    // the process.)
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -132,6 +132,7 @@ pub fn step_json(step: &Step) -> Value {
         "started_at_ms": time_json(step.started_at_ms),
         "finished_at_ms": time_json(step.finished_at_ms),
         "retry_at_ms": time_json(step.retry_at_ms),
+        "pending_reason": step.pending_reason,
         "output": step.output,
         "error": step.error,
         "exit_code": step.exit_code,
@@ -591,11 +592,12 @@ fn hash_agreement(nodes: &[NodeStatus<'_>]) -> Option<String> {
     }
 }
 
-/// The `baton agents` view.
+/// The `baton agents` view: one row per agent, usage as used/total, running steps as
+/// `WORKFLOW/STEP`.
 pub fn render_agents(agents: &[AgentInfo]) -> String {
     let mut table = Table::new([
-        "ID",
         "NAME",
+        "ID",
         "CONNECTED",
         "SLOTS",
         "CPU (m)",
@@ -604,18 +606,64 @@ pub fn render_agents(agents: &[AgentInfo]) -> String {
         "LABELS",
     ]);
     for agent in agents {
+        let running: Vec<String> = agent
+            .running
+            .iter()
+            .map(|attempt| format!("{}/{}", attempt.workflow_id, attempt.step))
+            .collect();
         table.row([
-            agent.agent_id.to_string(),
             agent.name.clone(),
+            agent.agent_id.to_string(),
             if agent.connected { "yes" } else { "no" }.to_string(),
             format!("{}/{}", agent.slots_used, agent.slots),
             format!("{}/{}", agent.cpu_millis_used, agent.cpu_millis),
             format!("{}/{}", agent.memory_mb_used, agent.memory_mb),
-            agent.running.len().to_string(),
+            or_dash(&one_line(&running.join(" "), 60)),
             labels_text(&agent.labels),
         ]);
     }
     table.render()
+}
+
+/// One line per event for `baton watch` and `baton submit --wait`:
+/// `TIME  STEP  KIND  attempt N  AGENT  MESSAGE`, with `-` for what the event lacks.
+pub fn render_event_line(event: &WorkflowEvent) -> String {
+    let attempt = if event.attempt_id == 0 {
+        "-".to_string()
+    } else {
+        format!("attempt {}", event.attempt_id)
+    };
+    let kind = event_kind_name(event.kind);
+    // A workflow's own events say how it stands; step events say how the step does.
+    let message = match EventKind::try_from(event.kind) {
+        Ok(EventKind::WorkflowFinished) => {
+            let state = workflow_state_name(event.workflow_state);
+            if event.message.is_empty() {
+                state.to_string()
+            } else {
+                format!("{state}: {}", one_line(&event.message, 200))
+            }
+        }
+        Ok(EventKind::StepFinished) => {
+            let state = step_state_name(event.step_state);
+            if event.message.is_empty() {
+                state.to_string()
+            } else {
+                format!("{state}: {}", one_line(&event.message, 200))
+            }
+        }
+        _ => one_line(&event.message, 200),
+    };
+    let line = format!(
+        "{}  {:<20}  {:<18}  {:<14}  {:<16}  {}",
+        format_time_ms(event.time_ms),
+        or_dash(&event.step),
+        kind,
+        attempt,
+        or_dash(&event.agent),
+        message
+    );
+    line.trim_end().to_string()
 }
 
 #[cfg(test)]
@@ -665,6 +713,7 @@ mod tests {
                     error: String::new(),
                     exit_code: Some(0),
                     retry_at_ms: 0,
+                    pending_reason: String::new(),
                 },
                 Step {
                     name: "order-laptop".into(),
@@ -695,13 +744,13 @@ mod tests {
                     "name": "create-account", "state": "succeeded", "attempts": 1,
                     "attempt_id": 7, "agent": "agent-eu-1",
                     "ready_at_ms": 1_714_566_605_200u64, "started_at_ms": 1_714_566_605_300u64,
-                    "finished_at_ms": 1_714_566_606_000u64, "retry_at_ms": null,
+                    "finished_at_ms": 1_714_566_606_000u64, "retry_at_ms": null, "pending_reason": "",
                     "output": "uid=1001", "error": "", "exit_code": 0
                 },
                 {
                     "name": "order-laptop", "state": "waiting", "attempts": 0,
                     "attempt_id": null, "agent": null, "ready_at_ms": null,
-                    "started_at_ms": null, "finished_at_ms": null, "retry_at_ms": null,
+                    "started_at_ms": null, "finished_at_ms": null, "retry_at_ms": null, "pending_reason": "",
                     "output": "", "error": "", "exit_code": null
                 }
             ],

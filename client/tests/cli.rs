@@ -237,3 +237,147 @@ async fn list_and_cluster_status_all() {
     );
     assert_eq!(text(&output.stderr), "error: 1 of 2 nodes did not answer\n");
 }
+
+#[tokio::test]
+async fn submit_wait_follows_the_workflow_and_exits_by_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "spec.yaml", VALID_SPEC);
+    for (state, code) in [
+        (baton_client::proto::WorkflowState::Succeeded, 0),
+        (baton_client::proto::WorkflowState::Failed, 1),
+    ] {
+        let script = common::Script::default();
+        *script.events.lock().unwrap() = common::workflow_7_events(state);
+        // The stream breaks once: the wait resumes where it was and misses nothing.
+        script.watch_breaks.store(1, Ordering::SeqCst);
+        *script.workflow_state.lock().unwrap() = baton_client::proto::WorkflowState::Running;
+        let (address, script) = common::start(script).await;
+        let output = baton(&[
+            "submit",
+            &file,
+            "--wait",
+            "--endpoints",
+            &address.to_string(),
+        ])
+        .await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{stderr}");
+        assert_eq!(text(&output.stdout), "7\n");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines[0].contains("build") && lines[0].contains("step_ready"),
+            "{stderr}"
+        );
+        assert!(
+            lines[1].contains("step_assigned") && lines[1].contains("attempt 11"),
+            "{stderr}"
+        );
+        assert!(lines[3].contains("workflow_finished"), "{stderr}");
+        if code == 1 {
+            assert_eq!(lines.last().unwrap(), &"error: workflow 7 failed");
+        }
+        let from: Vec<u64> = script
+            .watch_requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|request| request.from_index)
+            .collect();
+        // From the submit's log index, then from the event after the last one seen.
+        assert_eq!(from, [3, 4]);
+    }
+}
+
+#[tokio::test]
+async fn a_wait_that_finds_the_workflow_finished_after_a_reconnect_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "spec.yaml", VALID_SPEC);
+    let script = common::Script::default();
+    *script.events.lock().unwrap() =
+        common::workflow_7_events(baton_client::proto::WorkflowState::Failed);
+    script.watch_breaks.store(1, Ordering::SeqCst);
+    // Get already says it failed: the wait ends on that, with its reason.
+    *script.workflow_state.lock().unwrap() = baton_client::proto::WorkflowState::Failed;
+    let (address, _) = common::start(script).await;
+    let output = baton(&[
+        "submit",
+        &file,
+        "--wait",
+        "--endpoints",
+        &address.to_string(),
+    ])
+    .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.ends_with("error: workflow 7 failed: step \"build\" failed\n"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn watch_prints_lines_or_json_lines_until_the_end() {
+    let script = common::Script::default();
+    *script.events.lock().unwrap() =
+        common::workflow_7_events(baton_client::proto::WorkflowState::Succeeded);
+    let (address, _) = common::start(script).await;
+    let endpoints = address.to_string();
+
+    let output = baton(&["watch", "7", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert!(lines[0].starts_with("2024-05-01 12:30:08  -"), "{stdout}");
+    assert!(lines[4].ends_with("succeeded"), "{stdout}");
+
+    let output = baton(&[
+        "watch",
+        "7",
+        "--from-index",
+        "6",
+        "--endpoints",
+        &endpoints,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let events: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["kind"], "step_finished");
+    assert_eq!(events[0]["step_state"], "succeeded");
+    assert_eq!(events[1]["workflow_state"], "succeeded");
+}
+
+#[tokio::test]
+async fn agents_shows_usage_and_running_steps() {
+    let (address, _) = common::start(common::Script::default()).await;
+    let output = baton(&["agents", "--endpoints", &address.to_string()]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let row = stdout.lines().nth(1).unwrap();
+    for cell in ["worker-1", "yes", "1/4", "500/4000", "256/8192", "42/build"] {
+        assert!(row.contains(cell), "{cell} missing from {row:?}");
+    }
+    let output = baton(&["agents", "--endpoints", &address.to_string(), "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json[0]["running"][0]["step"], "build");
+}
+
+#[tokio::test]
+async fn agent_refuses_a_bad_name_before_connecting() {
+    let output = baton(&[
+        "agent",
+        "--name",
+        "bad name",
+        "--endpoints",
+        &common::dead_address().to_string(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("name \"bad name\""));
+}

@@ -59,8 +59,13 @@ pub enum Command {
     /// Cluster status and administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Follow a workflow's events as they happen, until it ends.
+    Watch(WatchArgs),
     /// List the agents known to the cluster and what they run.
     Agents,
+    /// Run an agent on this machine: take steps from the cluster and run them, until
+    /// SIGINT or SIGTERM (which stops the running steps first).
+    Agent(AgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -72,8 +77,44 @@ pub struct SubmitArgs {
     /// of creating another. Generated when absent (and printed if the outcome is unknown).
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
-    // `--wait` (follow the workflow until it ends, exit by its outcome) comes with `baton watch`
-    // in a later issue; it belongs here, next to the key it must reuse on reconnect.
+
+    /// Follow the workflow until it ends, printing step events to stderr; exit 0 only if it
+    /// succeeded, 1 if it failed or was cancelled.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// Start at this Raft log index (e.g. a submit's log_index); 0 = from the beginning.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub from_index: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This agent's name, unique in the cluster: [A-Za-z0-9._-], up to 128 characters.
+    #[arg(long)]
+    pub name: String,
+
+    /// Labels that steps' constraints match: KEY=VALUE, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_label, value_name = "KEY=VALUE,...")]
+    pub labels: Vec<(String, String)>,
+
+    /// Steps run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub slots: u32,
+
+    /// CPU this agent offers, in thousandths of a core.
+    #[arg(long, default_value_t = 4000)]
+    pub cpu_millis: u32,
+
+    /// Memory this agent offers, in MiB.
+    #[arg(long, default_value_t = 8192)]
+    pub memory_mb: u32,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +315,48 @@ mod tests {
             cli.command,
             Command::Cluster(ClusterCommand::Status { all: true })
         ));
+    }
+
+    #[test]
+    fn agent_watch_and_wait_parse() {
+        let cli = parse(&[
+            "agent",
+            "--name",
+            "worker-1",
+            "--labels",
+            "zone=eu,tier=gpu",
+            "--slots",
+            "8",
+        ])
+        .unwrap();
+        let Command::Agent(agent) = cli.command else {
+            panic!("not an agent")
+        };
+        assert_eq!(agent.name, "worker-1");
+        assert_eq!(
+            agent.labels,
+            [("zone".into(), "eu".into()), ("tier".into(), "gpu".into())]
+        );
+        assert_eq!(
+            (agent.slots, agent.cpu_millis, agent.memory_mb),
+            (8, 4000, 8192)
+        );
+
+        let cli = parse(&["watch", "42", "--from-index", "7"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Watch(WatchArgs {
+                id: 42,
+                from_index: 7
+            })
+        ));
+        let cli = parse(&["submit", "f.yaml", "--wait"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Submit(SubmitArgs { wait: true, .. })
+        ));
+        assert!(parse(&["agent"]).is_err(), "--name is required");
+        assert!(parse(&["agent", "--name", "a", "--slots", "0"]).is_err());
     }
 
     #[test]

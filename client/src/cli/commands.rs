@@ -7,9 +7,14 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
+use baton_client::agent::Agent;
 use baton_client::output::{self, NodeStatus};
-use baton_client::proto::{ListRequest, ReadConsistency, Workflow, WorkflowSpec, WorkflowState};
-use baton_client::{Client, ClientConfig, new_idempotency_key};
+use baton_client::proto::{
+    EventKind, ListRequest, ReadConsistency, Workflow, WorkflowEvent, WorkflowSpec, WorkflowState,
+};
+use baton_client::{
+    Client, ClientConfig, Endpoints, WatchUpdate, WorkflowWatch, new_idempotency_key,
+};
 use baton_proto::limits::SPEC_TEXT_BYTES_MAX;
 use baton_proto::spec::{SpecFormat, parse_spec};
 use baton_proto::validate::{validate_idempotency_key, validate_spec};
@@ -17,7 +22,8 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use crate::cli::args::{
-    CancelArgs, Cli, ClusterCommand, Command, GetArgs, ListArgs, OutputFormat, SubmitArgs,
+    AgentArgs, CancelArgs, Cli, ClusterCommand, Command, GetArgs, ListArgs, OutputFormat,
+    SubmitArgs, WatchArgs,
 };
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
@@ -28,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ..ClientConfig::default()
     };
     let endpoints = cli.endpoints;
+    let endpoints_for_agent = endpoints.clone();
     // Built on demand, so that submit checks its input first and bad input never waits on a node.
     let connect = move || {
         Client::with_config(endpoints, config)
@@ -41,6 +48,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => cancel(&connect()?, &out, args).await,
         Command::Cluster(command) => cluster(&connect()?, &out, command).await,
         Command::Agents => agents(&connect()?, &out).await,
+        Command::Watch(args) => watch(&connect()?, &out, args).await,
+        Command::Agent(args) => agent(endpoints_for_agent, args).await,
     }
 }
 
@@ -74,6 +83,19 @@ impl Printer {
                 stdout.write_all(b"\n").context("writing to stdout")?;
             }
         }
+        stdout.flush().context("writing to stdout")
+    }
+
+    /// One event as one line: compact JSON (JSON lines) or the text form.
+    fn print_line(&self, event: &WorkflowEvent) -> anyhow::Result<()> {
+        let line = if self.json() {
+            serde_json::to_string(&output::event_json(event))
+                .context("encoding the event as json")?
+        } else {
+            output::render_event_line(event)
+        };
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}").context("writing to stdout")?;
         stdout.flush().context("writing to stdout")
     }
 }
@@ -112,11 +134,164 @@ async fn submit(
                 Some(hint),
             )
         })?;
-    // --wait (later issue): follow the new workflow from `response.log_index` until it ends.
+    // The id first, so that a script has it even while it waits (and if the wait fails).
     out.print(
         || output::submit_json(&response),
         || response.workflow_id.to_string(),
-    )
+    )?;
+    if !args.wait {
+        return Ok(());
+    }
+    wait_for_end(&client, response.workflow_id, response.log_index).await
+}
+
+/// Follows a workflow from `from_index` until it ends, printing step events to stderr; Ok only
+/// if it succeeded. After a reconnect, or when the watch fails, the workflow's state is read
+/// with Get, since the stream may have missed nothing yet the end may be known already.
+async fn wait_for_end(client: &Client, workflow_id: u64, from_index: u64) -> anyhow::Result<()> {
+    let mut watch = WorkflowWatch::new(client.clone(), workflow_id, from_index);
+    loop {
+        match watch.next().await {
+            Ok(Some(WatchUpdate::Event(event))) => {
+                let finished = event.kind == EventKind::WorkflowFinished as i32;
+                if !event.step.is_empty() || finished {
+                    eprintln!("{}", output::render_event_line(&event));
+                }
+                if finished {
+                    return outcome(workflow_id, event.workflow_state, &event.message);
+                }
+            }
+            Ok(Some(WatchUpdate::Resumed { .. })) => {
+                if let Some(done) = finished_state(client, workflow_id).await? {
+                    return done;
+                }
+            }
+            Ok(None) => {
+                // The watch saw the end; only reachable if that event was not handled above.
+                return finished_state(client, workflow_id)
+                    .await?
+                    .unwrap_or_else(|| {
+                        Err(Failure::failed(format!(
+                            "workflow {workflow_id}: the watch ended early"
+                        )))
+                    });
+            }
+            Err(error) => {
+                if let Ok(Some(done)) = finished_state(client, workflow_id).await {
+                    return done;
+                }
+                let hint = format!(
+                    "the workflow was submitted; follow it with `baton watch {workflow_id}`"
+                );
+                let mut failure = client_failure(
+                    error,
+                    CallKind::Read,
+                    Some(&format!("watching workflow {workflow_id}")),
+                    None,
+                );
+                if let Some(failure) = failure.downcast_mut::<Failure>() {
+                    failure.hint = Some(hint);
+                }
+                return Err(failure);
+            }
+        }
+    }
+}
+
+/// The wait's result when the workflow has finished, from a Get; `None` while it runs.
+async fn finished_state(
+    client: &Client,
+    workflow_id: u64,
+) -> anyhow::Result<Option<anyhow::Result<()>>> {
+    let workflow = client
+        .get(workflow_id, ReadConsistency::Linearizable)
+        .await
+        .map_err(|error| {
+            client_failure(
+                error,
+                CallKind::Read,
+                Some(&format!("workflow {workflow_id}")),
+                None,
+            )
+        })?;
+    if workflow.state == WorkflowState::Running as i32
+        || workflow.state == WorkflowState::Unspecified as i32
+    {
+        return Ok(None);
+    }
+    Ok(Some(outcome(workflow_id, workflow.state, &workflow.reason)))
+}
+
+fn outcome(workflow_id: u64, state: i32, reason: &str) -> anyhow::Result<()> {
+    if state == WorkflowState::Succeeded as i32 {
+        return Ok(());
+    }
+    let state = output::workflow_state_name(state);
+    let reason = reason.trim();
+    Err(Failure::failed(if reason.is_empty() {
+        format!("workflow {workflow_id} {state}")
+    } else {
+        format!("workflow {workflow_id} {state}: {reason}")
+    }))
+}
+
+async fn watch(client: &Client, out: &Printer, args: WatchArgs) -> anyhow::Result<()> {
+    let mut watch = WorkflowWatch::new(client.clone(), args.id, args.from_index);
+    loop {
+        match watch.next().await {
+            Ok(Some(WatchUpdate::Event(event))) => out.print_line(&event)?,
+            Ok(Some(WatchUpdate::Resumed { from_index, reason })) => {
+                eprintln!("watch resumed from log index {from_index} after: {reason}");
+            }
+            Ok(None) => return Ok(()),
+            Err(error) if error.code() == Some(tonic::Code::NotFound) => {
+                return Err(Failure::failed(format!("workflow {} not found", args.id)));
+            }
+            Err(error) => {
+                return Err(client_failure(
+                    error,
+                    CallKind::Read,
+                    Some(&format!("watching workflow {}", args.id)),
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+/// `baton agent`: runs until SIGINT or SIGTERM, then stops its steps and returns.
+async fn agent(endpoints: Endpoints, args: AgentArgs) -> anyhow::Result<()> {
+    let agent = Agent::builder(endpoints)
+        .name(args.name)
+        .labels(args.labels)
+        .slots(args.slots)
+        .cpu_millis(args.cpu_millis)
+        .memory_mb(args.memory_mb)
+        .build()
+        .map_err(|error| match error {
+            baton_client::agent::AgentError::InvalidConfig(_) => Failure::usage(error.to_string()),
+            other => Failure::failed(other.to_string()),
+        })?;
+    tracing::info!(config = ?agent.config(), task_types = ?agent.task_types(), "agent starting");
+    agent.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            // Without a SIGTERM handler, SIGINT still works.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 /// Reads, parses and validates a spec file (`-`: stdin). Every problem is a usage error naming

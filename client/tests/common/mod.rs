@@ -29,6 +29,13 @@ pub struct Script {
     /// Workflow ids List pages through (newest first), two per page.
     pub workflow_ids: Mutex<Vec<u64>>,
     pub node_id: u64,
+    /// When not empty, what Watch serves: the events at or after `from_index` of the watched
+    /// workflow; Get then also knows workflow 7, in `workflow_state`.
+    pub events: Mutex<Vec<WorkflowEvent>>,
+    /// Watch streams that break (UNAVAILABLE) after their first event, before one that does not.
+    pub watch_breaks: AtomicU32,
+    pub watch_requests: Mutex<Vec<WatchRequest>>,
+    pub workflow_state: Mutex<WorkflowState>,
 }
 
 pub struct Fake(pub Arc<Script>);
@@ -78,6 +85,15 @@ impl WorkflowService for Fake {
         let delay = *self.0.get_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
         let id = request.into_inner().workflow_id;
+        if id == 7 && !self.0.events.lock().unwrap().is_empty() {
+            return Ok(Response::new(GetResponse {
+                workflow: Some(Workflow {
+                    state: *self.0.workflow_state.lock().unwrap() as i32,
+                    reason: "step \"build\" failed".into(),
+                    ..sample_workflow(7)
+                }),
+            }));
+        }
         if id == 42 {
             Ok(Response::new(GetResponse {
                 workflow: Some(sample_workflow(42)),
@@ -133,8 +149,34 @@ impl WorkflowService for Fake {
 
     async fn watch(
         &self,
-        _request: Request<WatchRequest>,
+        request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        self.0.watch_requests.lock().unwrap().push(request);
+        let scripted: Vec<WorkflowEvent> = self
+            .0
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| {
+                event.index >= request.from_index
+                    && (request.workflow_id == 0 || event.workflow_id == request.workflow_id)
+            })
+            .cloned()
+            .collect();
+        if !self.0.events.lock().unwrap().is_empty() {
+            let breaks = &self.0.watch_breaks;
+            let mut items: Vec<Result<WorkflowEvent, Status>> = Vec::new();
+            if breaks.load(Ordering::SeqCst) > 0 {
+                breaks.fetch_sub(1, Ordering::SeqCst);
+                items.extend(scripted.into_iter().take(1).map(Ok));
+                items.push(Err(Status::unavailable("node stepping down")));
+            } else {
+                items.extend(scripted.into_iter().map(Ok));
+            }
+            return Ok(Response::new(Box::pin(futures::stream::iter(items))));
+        }
         let events = (1..=3).map(|index| {
             Ok(WorkflowEvent {
                 index,
@@ -204,7 +246,25 @@ impl AdminService for Fake {
         &self,
         _r: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        Ok(Response::new(ListAgentsResponse::default()))
+        Ok(Response::new(ListAgentsResponse {
+            agents: vec![AgentInfo {
+                agent_id: 3,
+                name: "worker-1".into(),
+                connected: true,
+                slots: 4,
+                slots_used: 1,
+                cpu_millis: 4000,
+                cpu_millis_used: 500,
+                memory_mb: 8192,
+                memory_mb_used: 256,
+                running: vec![RunningAttempt {
+                    workflow_id: 42,
+                    step: "build".into(),
+                    attempt_id: 3,
+                }],
+                ..Default::default()
+            }],
+        }))
     }
 }
 
@@ -227,4 +287,40 @@ pub async fn start(script: Script) -> (SocketAddr, Arc<Script>) {
 pub fn dead_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("local address")
+}
+
+/// The events of workflow 7 from submit (index 3) to its end in `state`.
+pub fn workflow_7_events(state: WorkflowState) -> Vec<WorkflowEvent> {
+    let event = |index: u64, kind: EventKind, step: &str| WorkflowEvent {
+        index,
+        workflow_id: 7,
+        time_ms: 1_714_566_605_000 + index * 1000,
+        kind: kind as i32,
+        step: step.into(),
+        ..Default::default()
+    };
+    vec![
+        event(3, EventKind::WorkflowSubmitted, ""),
+        event(4, EventKind::StepReady, "build"),
+        WorkflowEvent {
+            attempt_id: 11,
+            agent: "worker-1".into(),
+            ..event(5, EventKind::StepAssigned, "build")
+        },
+        WorkflowEvent {
+            attempt_id: 11,
+            agent: "worker-1".into(),
+            step_state: if state == WorkflowState::Succeeded {
+                StepState::Succeeded
+            } else {
+                StepState::Failed
+            } as i32,
+            message: "exit 0".into(),
+            ..event(6, EventKind::StepFinished, "build")
+        },
+        WorkflowEvent {
+            workflow_state: state as i32,
+            ..event(7, EventKind::WorkflowFinished, "")
+        },
+    ]
 }

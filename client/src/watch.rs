@@ -1,0 +1,118 @@
+//! Following a workflow's events across disconnects and failovers.
+//!
+//! `Client::watch` opens one stream (with failover for the opening only). [`WorkflowWatch`]
+//! keeps a workflow's events coming: when the stream breaks, or ends before the workflow has
+//! finished, it reopens it, on whichever node answers, from the last index seen + 1, so that no
+//! event is missed or repeated. Reopening tells the caller ([`WatchUpdate::Resumed`]), because
+//! a caller waiting for the end may want to check the workflow's state itself then.
+
+use std::time::Duration;
+
+use baton_proto::v1::{EventKind, WorkflowEvent};
+use futures::StreamExt;
+
+use crate::agent::backoff::Backoff;
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// What [`WorkflowWatch::next`] yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchUpdate {
+    Event(WorkflowEvent),
+    /// The stream was reopened from `from_index` after `reason`.
+    Resumed {
+        from_index: u64,
+        reason: String,
+    },
+}
+
+/// Follows one workflow (or, with id 0, all of them) from a log index on.
+pub struct WorkflowWatch {
+    client: Client,
+    workflow_id: u64,
+    next_index: u64,
+    stream: Option<tonic::Streaming<WorkflowEvent>>,
+    finished: bool,
+    backoff: Backoff,
+    /// Why the stream was last lost, reported with the next `Resumed`.
+    lost: Option<String>,
+}
+
+impl WorkflowWatch {
+    pub fn new(client: Client, workflow_id: u64, from_index: u64) -> WorkflowWatch {
+        WorkflowWatch {
+            client,
+            workflow_id,
+            next_index: from_index,
+            stream: None,
+            finished: false,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            lost: None,
+        }
+    }
+
+    /// The index the stream resumes from if it is reopened.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// The next event or resumption; `Ok(None)` after the workflow's WORKFLOW_FINISHED event.
+    /// An error when the stream cannot be (re)opened, after the client's own retries, or the
+    /// node refuses the watch (NOT_FOUND, INVALID_ARGUMENT, ...).
+    pub async fn next(&mut self) -> Result<Option<WatchUpdate>, ClientError> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                let from_index = self.next_index;
+                let stream = self.client.watch(self.workflow_id, from_index).await?;
+                self.stream = Some(stream);
+                if let Some(reason) = self.lost.take() {
+                    return Ok(Some(WatchUpdate::Resumed { from_index, reason }));
+                }
+                continue;
+            };
+            let lost = match stream.next().await {
+                Some(Ok(event)) => {
+                    self.backoff.reset();
+                    self.next_index = self.next_index.max(event.index + 1);
+                    if self.workflow_id != 0
+                        && event.workflow_id == self.workflow_id
+                        && event.kind == EventKind::WorkflowFinished as i32
+                    {
+                        self.finished = true;
+                        self.stream = None;
+                    }
+                    return Ok(Some(WatchUpdate::Event(event)));
+                }
+                Some(Err(status)) => {
+                    let endpoint = self.client.preferred_endpoint().to_string();
+                    let error = ClientError::from_status(&endpoint, status, Duration::ZERO);
+                    if is_final(&error) {
+                        self.stream = None;
+                        return Err(error);
+                    }
+                    error.to_string()
+                }
+                None => "the stream ended before the workflow finished".to_string(),
+            };
+            tracing::debug!(workflow = self.workflow_id, from_index = self.next_index, reason = %lost, "watch lost; resuming");
+            self.stream = None;
+            self.lost = Some(lost);
+            tokio::time::sleep(self.backoff.next_delay()).await;
+        }
+    }
+}
+
+/// A refusal the node considered (NOT_FOUND, INVALID_ARGUMENT, UNIMPLEMENTED, ...) ends the
+/// watch; a broken connection, a node going away or a reset stream (which surfaces as
+/// UNKNOWN, INTERNAL or CANCELLED) is resumed elsewhere.
+fn is_final(error: &ClientError) -> bool {
+    use tonic::Code;
+    matches!(error, ClientError::Status { status, .. } if !matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+            | Code::Internal | Code::Aborted
+    ))
+}
