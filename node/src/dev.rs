@@ -42,13 +42,44 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let endpoints: Vec<String> = (1..=NODES).map(addr).collect();
     let endpoints = endpoints.join(",");
+    // One agent, from the `baton` binary built beside this one, so submitted steps run.
+    let baton = exe.with_file_name("baton");
+    if baton.exists() {
+        let log = std::fs::File::create(args.data_dir.join("agent.log"))
+            .context("creating the agent log file")?;
+        let mut command = Command::new(&baton);
+        command
+            .args([
+                "--endpoints",
+                &endpoints,
+                "agent",
+                "--name",
+                "dev-agent",
+                "--slots",
+                "4",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        children.push(command.spawn().context("starting the dev agent")?);
+    } else {
+        eprintln!(
+            "batond dev: no baton binary beside {}: no agent started (build baton-client)",
+            exe.display()
+        );
+    }
     println!(
-        "Baton dev cluster: {NODES} nodes on {endpoints} (data and logs in {data})\n\
+        "Baton dev cluster: {NODES} nodes on {endpoints} and one agent (data and logs in {data})\n\
          metrics: http://127.0.0.1:{m}/metrics (and the next two ports)\n\n\
          Try it in another terminal:\n  \
          export BATON_ENDPOINTS={endpoints}\n  \
          baton cluster status --all\n  \
-         baton submit examples/onboard-employee.yaml\n  \
+         baton submit --wait examples/onboard-employee.yaml\n  \
+         baton submit --wait examples/build-test-deploy.yaml\n  \
+         baton submit --wait examples/nightly-report.yaml\n  \
+         baton agents\n  \
          baton list\n\n\
          Ctrl-C stops the cluster; the data stays for the next run (--fresh starts over).",
         data = args.data_dir.display(),
@@ -58,7 +89,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let exited = async {
-        // Any node exiting on its own is a failure worth stopping for.
+        // Any node or the agent exiting on its own is a failure worth stopping for.
         let (status, index, _) =
             futures::future::select_all(children.iter_mut().map(|c| Box::pin(c.wait()))).await;
         (index + 1, status)
@@ -73,10 +104,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     match result {
         Ok(()) => Ok(()),
-        Err((node, status)) => bail!(
-            "node {node} exited ({status:?}); see {}",
-            args.data_dir.join(format!("node{node}.log")).display()
-        ),
+        Err((child, status)) => {
+            let (what, log) = if child as u64 <= NODES {
+                (format!("node {child}"), format!("node{child}.log"))
+            } else {
+                ("the agent".to_owned(), "agent.log".to_owned())
+            };
+            bail!(
+                "{what} exited ({status:?}); see {}",
+                args.data_dir.join(log).display()
+            )
+        }
     }
 }
 
@@ -105,7 +143,13 @@ fn spawn_node(
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
-    // The nodes die with `batond dev`, even if it is killed with SIGKILL.
+    die_with_parent(&mut command);
+    command.spawn()
+}
+
+/// The children die with `batond dev`, even if it is killed with SIGKILL.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
     unsafe {
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
@@ -114,7 +158,6 @@ fn spawn_node(
             Ok(())
         });
     }
-    command.spawn()
 }
 
 async fn stop(child: &mut Child) {

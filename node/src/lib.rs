@@ -7,6 +7,7 @@ pub mod dev;
 pub mod limits;
 pub mod metrics;
 pub mod raft;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -133,3 +133,19 @@ pub fn raft(m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>, leader_ch
         counter!(RAFT_LEADER_CHANGES).increment(1);
     }
 }
+
+pub const LEASES_EXPIRED: &str = "baton_lease_expirations_total";
+pub const ASSIGN_BATCH_SIZE: &str = "baton_scheduler_assign_batch_size";
+pub const REPORTS_REFUSED: &str = "baton_reports_refused_total";
+
+pub fn leases_expired(n: usize) {
+    counter!(LEASES_EXPIRED).increment(n as u64);
+}
+
+pub fn assign_batch(n: usize) {
+    histogram!(ASSIGN_BATCH_SIZE).record(n as f64);
+}
+
+pub fn report_refused() {
+    counter!(REPORTS_REFUSED).increment(1);
+}

@@ -22,6 +22,7 @@ use crate::config::{Config, check_data_dir};
 use crate::limits;
 use crate::raft::RaftNode;
 use crate::raft::service::RaftServiceImpl;
+use crate::scheduler::{self, Sessions};
 use crate::state::Command;
 
 /// A running node. Dropping it does not stop it: call [`Server::shutdown`].
@@ -31,6 +32,7 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<()>>,
     cluster_id_task: JoinHandle<()>,
+    scheduler_task: JoinHandle<()>,
 }
 
 impl Server {
@@ -47,6 +49,7 @@ impl Server {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let node =
             Arc::new(RaftNode::start(config.node_id, &config.data_dir, &config.timing).await?);
+        let sessions = Arc::new(Sessions::default());
 
         let router = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
@@ -62,14 +65,20 @@ impl Server {
                     .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             )
             .add_service(
-                AdminServiceServer::new(AdminServiceImpl { node: node.clone() })
-                    .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
-                    .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+                AdminServiceServer::new(AdminServiceImpl {
+                    node: node.clone(),
+                    sessions: sessions.clone(),
+                })
+                .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             )
             .add_service(
-                AgentServiceServer::new(AgentServiceImpl)
-                    .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
-                    .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+                AgentServiceServer::new(AgentServiceImpl {
+                    node: node.clone(),
+                    sessions: sessions.clone(),
+                })
+                .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -87,25 +96,35 @@ impl Server {
             node.bootstrap(&config.initial_cluster).await?;
         }
         let cluster_id_task = tokio::spawn(set_cluster_id_when_leader(node.clone()));
+        let scheduler_task = tokio::spawn(scheduler::run(node.clone(), sessions));
         Ok(Self {
             node,
             addr,
             stop: Some(stop_tx),
             serving: Some(serving),
             cluster_id_task,
+            scheduler_task,
         })
     }
 
     /// Stops serving and shuts Raft down; the data stays on disk.
     pub async fn shutdown(mut self) {
         self.cluster_id_task.abort();
+        self.scheduler_task.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         self.node.shutdown().await;
-        if let Some(serving) = self.serving.take() {
-            // In-flight streams end when Raft stops; don't wait on a client that never hangs up.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
+        if let Some(mut serving) = self.serving.take() {
+            // Streams that never end by themselves (agent sessions, watches) must not hold the
+            // node up: after a grace period, drop every connection.
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut serving)
+                .await
+                .is_err()
+            {
+                serving.abort();
+                let _ = serving.await;
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::{node_error, observed};
 use crate::raft::RaftNode;
+use crate::scheduler::Sessions;
 use crate::state::{Command, NodeId};
 
 /// How long AddMember waits for the new node to catch up before it becomes a voter.
@@ -22,6 +23,7 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct AdminServiceImpl {
     pub node: Arc<RaftNode>,
+    pub sessions: Arc<Sessions>,
 }
 
 impl AdminServiceImpl {
@@ -355,7 +357,46 @@ impl AdminService for AdminServiceImpl {
         &self,
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        // No agent can register until the scheduler lands: the fleet is empty, truthfully.
-        Ok(Response::new(pb::ListAgentsResponse { agents: Vec::new() }))
+        // Connection state is leader memory: ask the leader.
+        if let Some(mut leader) = self.leader_admin().await? {
+            return leader.list_agents(pb::ListAgentsRequest {}).await;
+        }
+        let connected = self.sessions.connected();
+        let agents = self.node.replica.read(|a| {
+            a.state
+                .agents()
+                .map(|agent| {
+                    let used = a.state.allocation(agent.id);
+                    let running = a
+                        .state
+                        .live_attempts()
+                        .filter(|(_, live)| live.agent_id == agent.id)
+                        .map(|(id, live)| pb::RunningAttempt {
+                            workflow_id: live.workflow_id.0,
+                            step: a
+                                .state
+                                .workflow(live.workflow_id)
+                                .map(|w| w.spec.steps[live.step as usize].name.clone())
+                                .unwrap_or_default(),
+                            attempt_id: id.0,
+                        })
+                        .collect();
+                    pb::AgentInfo {
+                        agent_id: agent.id.0,
+                        name: agent.name.clone(),
+                        labels: agent.labels.clone(),
+                        connected: connected.contains(&agent.id),
+                        slots: agent.slots,
+                        cpu_millis: agent.cpu_millis,
+                        memory_mb: agent.memory_mb,
+                        slots_used: used.slots,
+                        cpu_millis_used: used.cpu_millis,
+                        memory_mb_used: used.memory_mb,
+                        running,
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 }

@@ -1,22 +1,287 @@
-//! AgentService: the agents' bidirectional stream. Served by the scheduler (a later milestone);
-//! until then every call is refused with UNIMPLEMENTED, naming what is missing.
+//! AgentService: one bidirectional stream per agent, served by the leader only. The first message
+//! registers (through the log); then heartbeats renew leases in leader memory and are acked with
+//! the attempts renewed, and reports are proposed as `Complete` and acked once committed.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use baton_proto::limits::{LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, NAME_LEN_MAX};
+use baton_proto::v1 as pb;
 use baton_proto::v1::agent_service_server::AgentService;
-use baton_proto::v1::{AgentMessage, ServerMessage};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub struct AgentServiceImpl;
+use super::node_error;
+use crate::metrics;
+use crate::raft::{NodeError, RaftNode};
+use crate::scheduler::{self, OUTBOX_CAPACITY, Sessions};
+use crate::state::{
+    AgentId, AttemptId, Command, CompleteCommand, RegisterAgentCommand, Response as Applied,
+};
+
+/// The most slots one agent may offer (a typo of 100000 slots would starve nothing but confuse
+/// every utilization figure).
+pub const AGENT_SLOTS_MAX: u32 = 10_000;
+
+pub struct AgentServiceImpl {
+    pub node: Arc<RaftNode>,
+    pub sessions: Arc<Sessions>,
+}
+
+fn validate_register(r: &pb::Register) -> Result<(), Status> {
+    let name_ok = !r.name.is_empty()
+        && r.name.len() <= NAME_LEN_MAX
+        && r.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok {
+        return Err(Status::invalid_argument(format!(
+            "register.name: {:?} must be 1..={NAME_LEN_MAX} characters of [A-Za-z0-9._-]",
+            r.name
+        )));
+    }
+    if r.slots == 0 || r.slots > AGENT_SLOTS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "register.slots: {} is not in 1..={AGENT_SLOTS_MAX}",
+            r.slots
+        )));
+    }
+    if r.labels.len() > LABELS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "register.labels: more than {LABELS_MAX}"
+        )));
+    }
+    for (k, v) in &r.labels {
+        if k.is_empty() || k.len() > LABEL_KEY_LEN_MAX || v.len() > LABEL_VALUE_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "register.labels: {k:?} is too long or empty"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl AgentServiceImpl {
+    /// Refuses a session on a follower, naming the leader so the agent can go there.
+    async fn require_leader(&self) -> Result<(), Status> {
+        if self.node.is_leader() {
+            return Ok(());
+        }
+        let mut status =
+            Status::failed_precondition("this node is not the leader; connect to the leader");
+        if let Some(leader) = self.node.raft.current_leader().await
+            && let Some(addr) = self.node.member_addr(leader)
+            && let Ok(value) = addr.parse()
+        {
+            status.metadata_mut().insert("baton-leader", value);
+        }
+        Err(status)
+    }
+}
 
 #[tonic::async_trait]
 impl AgentService for AgentServiceImpl {
-    type SessionStream = tokio_stream::Empty<Result<ServerMessage, Status>>;
+    type SessionStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
 
     async fn session(
         &self,
-        _request: Request<Streaming<AgentMessage>>,
+        request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(Status::unimplemented(
-            "this batond does not schedule steps yet: agents cannot connect",
-        ))
+        self.require_leader().await?;
+        let mut inbound = request.into_inner();
+        let register = match inbound.next().await {
+            Some(Ok(pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Register(r)),
+            })) => r,
+            Some(Ok(_)) => {
+                return Err(Status::failed_precondition(
+                    "the first message of a session must be register: heartbeats and reports come from registered agents only",
+                ));
+            }
+            Some(Err(status)) => return Err(status),
+            None => return Err(Status::invalid_argument("empty session")),
+        };
+        validate_register(&register)?;
+        let proposed = self
+            .node
+            .propose(Command::RegisterAgent(RegisterAgentCommand {
+                name: register.name.clone(),
+                labels: register.labels.clone(),
+                slots: register.slots,
+                cpu_millis: register.cpu_millis,
+                memory_mb: register.memory_mb,
+            }))
+            .await
+            .map_err(node_error)?;
+        let Applied::AgentRegistered { agent_id } = proposed.response else {
+            return Err(Status::internal(format!(
+                "unexpected register result {:?}",
+                proposed.response
+            )));
+        };
+
+        // Reconcile: attach what the agent still runs and the cluster still leases to it; re-send
+        // what it should run but does not know of (lost in transit, or a leader change).
+        let view = self.node.replica.view();
+        let leased: BTreeSet<AttemptId> = scheduler::live_attempts_of(&view.state, agent_id)
+            .into_iter()
+            .collect();
+        let running: BTreeSet<AttemptId> = register
+            .running_attempts
+            .iter()
+            .map(|&a| AttemptId(a))
+            .collect();
+        let attached: Vec<u64> = leased.intersection(&running).map(|a| a.0).collect();
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let registered = pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Registered(pb::Registered {
+                agent_id: agent_id.0,
+                heartbeat_interval_ms: scheduler::HEARTBEAT_INTERVAL.as_millis() as u64,
+                attached_attempts: attached.clone(),
+            })),
+        };
+        tx.try_send(Ok(registered)).expect("fresh outbox has room");
+        for attempt in leased.difference(&running) {
+            if let Some(message) = scheduler::assignment_message(&view.state, *attempt) {
+                let _ = tx.try_send(Ok(pb::ServerMessage {
+                    msg: Some(pb::server_message::Msg::Assignment(message)),
+                }));
+            }
+        }
+        for &attempt in &attached {
+            if let Some(live) = view.state.live_attempt(AttemptId(attempt)) {
+                self.sessions
+                    .renew(AttemptId(attempt), agent_id, live.lease_ttl_ms);
+            }
+        }
+        let session_id = self.sessions.open(agent_id, tx.clone());
+        tracing::info!(
+            agent = %register.name, agent_id = %agent_id, slots = register.slots,
+            attached = attached.len(), "agent connected"
+        );
+
+        let node = self.node.clone();
+        let sessions = self.sessions.clone();
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                let Ok(pb::AgentMessage { msg: Some(msg) }) = message else {
+                    break;
+                };
+                sessions.seen(agent_id, session_id);
+                match msg {
+                    pb::agent_message::Msg::Heartbeat(hb) => {
+                        let renewed = renew(&node, &sessions, agent_id, &hb.running_attempts);
+                        let ack = pb::server_message::Msg::HeartbeatAck(pb::HeartbeatAck {
+                            seq: hb.seq,
+                            renewed_attempts: renewed,
+                        });
+                        if tx
+                            .send(Ok(pb::ServerMessage { msg: Some(ack) }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    pb::agent_message::Msg::Report(report) => {
+                        // Reports are proposed concurrently; each is acked once committed.
+                        let node = node.clone();
+                        let tx = tx.clone();
+                        let sessions = sessions.clone();
+                        tokio::spawn(async move {
+                            match complete(&node, agent_id, report).await {
+                                Ok(Some(reply)) => {
+                                    sessions.changed.notify_one();
+                                    let _ =
+                                        tx.send(Ok(pb::ServerMessage { msg: Some(reply) })).await;
+                                }
+                                Ok(None) => {}
+                                // This node can no longer commit (lost leadership, stopping):
+                                // end the session so the agent takes its report to the leader.
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                }
+                            }
+                        });
+                    }
+                    pb::agent_message::Msg::Register(_) => {
+                        let _ = tx
+                            .send(Err(Status::failed_precondition(
+                                "already registered on this session",
+                            )))
+                            .await;
+                        break;
+                    }
+                }
+            }
+            sessions.close(agent_id, session_id);
+            tracing::info!(agent_id = %agent_id, "agent disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Renews the leases an agent holds; returns the attempts renewed.
+fn renew(node: &RaftNode, sessions: &Sessions, agent: AgentId, running: &[u64]) -> Vec<u64> {
+    node.replica.read(|applied| {
+        running
+            .iter()
+            .filter_map(|&a| {
+                let live = applied.state.live_attempt(AttemptId(a))?;
+                (live.agent_id == agent).then(|| {
+                    sessions.renew(AttemptId(a), agent, live.lease_ttl_ms);
+                    a
+                })
+            })
+            .collect()
+    })
+}
+
+/// Proposes a report; the reply to send, None when the outcome is unknown (the agent keeps the
+/// report and re-sends it on its next session), or the status to end the session with.
+async fn complete(
+    node: &RaftNode,
+    agent: AgentId,
+    report: pb::Report,
+) -> Result<Option<pb::server_message::Msg>, Status> {
+    let attempt_id = report.attempt_id;
+    let command = Command::Complete(CompleteCommand {
+        attempt_id: AttemptId(attempt_id),
+        agent_id: agent,
+        success: report.success,
+        output: report.output,
+        error: report.error,
+        exit_code: report.exit_code,
+    });
+    match node.propose(command).await {
+        Ok(proposed) => match proposed.response {
+            Applied::Completed => {
+                tracing::info!(attempt = attempt_id, agent = %agent, success = report.success, "report accepted");
+                Ok(Some(pb::server_message::Msg::ReportAccepted(
+                    pb::ReportAccepted { attempt_id },
+                )))
+            }
+            Applied::ReportRefused { reason } => {
+                metrics::report_refused();
+                tracing::warn!(attempt = attempt_id, agent = %agent, %reason, "stale report refused");
+                Ok(Some(pb::server_message::Msg::Rejected(
+                    pb::ReportRejected { attempt_id, reason },
+                )))
+            }
+            other => {
+                tracing::error!(?other, "unexpected result of a report");
+                Ok(None)
+            }
+        },
+        Err(err @ NodeError::Unknown(_)) => {
+            tracing::warn!(attempt = attempt_id, error = %err, "report outcome unknown");
+            Ok(None)
+        }
+        Err(err) => {
+            tracing::warn!(attempt = attempt_id, error = %err, "report not committed; closing the session");
+            Err(node_error(err))
+        }
     }
 }

@@ -74,10 +74,20 @@ impl WorkflowServiceImpl {
         let workflow = self
             .node
             .replica
-            .read(|a| a.state.workflow(id).cloned())
+            .read(|a| {
+                let workflow = a.state.workflow(id)?;
+                let mut view = workflow.to_proto(true);
+                for (i, step) in view.steps.iter_mut().enumerate() {
+                    step.pending_reason = a
+                        .state
+                        .pending_reason(workflow, i as u32)
+                        .unwrap_or_default();
+                }
+                Some(view)
+            })
             .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
         Ok(pb::GetResponse {
-            workflow: Some(workflow.to_proto(true)),
+            workflow: Some(workflow),
         })
     }
 
@@ -193,14 +203,103 @@ impl WorkflowService for WorkflowServiceImpl {
             .map(Response::new)
     }
 
-    type WatchStream = tokio_stream::Empty<Result<pb::WorkflowEvent, Status>>;
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::WorkflowEvent, Status>> + Send + 'static>,
+    >;
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented(
-            "watch is not served by this batond yet: poll Get instead",
-        ))
+        let req = request.into_inner();
+        let only = (req.workflow_id != 0).then_some(WorkflowId(req.workflow_id));
+        let (past, mut live) = self.node.replica.events.subscribe(req.from_index);
+        // A watched workflow that has already ended, with its end no longer retained here (or
+        // from before this node started), still gets its final event so the stream ends.
+        let mut finished_event = None;
+        if let Some(id) = only {
+            let workflow = self
+                .node
+                .replica
+                .read(|a| a.state.workflow(id).cloned())
+                .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
+            let end_retained = past
+                .iter()
+                .any(|e| e.workflow_id == id.0 && e.kind == pb::EventKind::WorkflowFinished as i32);
+            if workflow.state.is_terminal() && !end_retained {
+                finished_event = Some(pb::WorkflowEvent {
+                    index: workflow.revision.max(req.from_index),
+                    workflow_id: id.0,
+                    time_ms: workflow.finished_at_ms,
+                    kind: pb::EventKind::WorkflowFinished as i32,
+                    workflow_state: workflow.state.to_proto() as i32,
+                    message: workflow.reason.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        let wanted = move |e: &pb::WorkflowEvent| only.is_none_or(|id| e.workflow_id == id.0);
+        let ends = move |e: &pb::WorkflowEvent| {
+            only.is_some() && e.kind == pb::EventKind::WorkflowFinished as i32
+        };
+        let stream = async_stream_events(
+            past,
+            finished_event,
+            move |tx| async move {
+                loop {
+                    match live.recv().await {
+                        Ok(event) if wanted(&event) => {
+                            let last = ends(&event);
+                            if tx.send(Ok(event)).await.is_err() || last {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx
+                            .send(Err(Status::aborted(
+                                "watcher fell behind the event stream; resume from the last index seen + 1",
+                            )))
+                            .await;
+                            return;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            },
+            wanted,
+            ends,
+        );
+        Ok(Response::new(stream))
     }
+}
+
+/// Sends the retained events, then (unless the watched workflow already ended) hands the channel
+/// to `follow` for live ones.
+fn async_stream_events<F, Fut>(
+    past: Vec<pb::WorkflowEvent>,
+    finished: Option<pb::WorkflowEvent>,
+    follow: F,
+    wanted: impl Fn(&pb::WorkflowEvent) -> bool + Send + Sync + 'static,
+    ends: impl Fn(&pb::WorkflowEvent) -> bool + Send + Sync + 'static,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WorkflowEvent, Status>> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::WorkflowEvent, Status>>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        for event in past.into_iter().filter(|e| wanted(e)) {
+            let last = ends(&event);
+            if tx.send(Ok(event)).await.is_err() || last {
+                return;
+            }
+        }
+        if let Some(event) = finished {
+            let _ = tx.send(Ok(event)).await;
+            return;
+        }
+        follow(tx).await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -202,6 +202,10 @@ impl RaftNode {
                 index: written.log_id.index,
                 response: written.data,
             }),
+            // This node is shutting down: the entry may or may not have been replicated.
+            Err(err) if matches!(err.fatal(), Some(openraft::error::Fatal::Stopped)) => Err(
+                NodeError::Unknown("the node stopped while the command was in flight".into()),
+            ),
             Err(err) => match err.into_api_error() {
                 Some(ClientWriteError::ForwardToLeader(f)) => Err(NodeError::NotLeader {
                     leader: f.leader_id,

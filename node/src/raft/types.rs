@@ -13,6 +13,8 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
+        // Standard Raft: at most one leader per term, so terms read the way operators expect.
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
 pub type RaftNodeId = u64;

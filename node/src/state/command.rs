@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{NodeId, WorkflowId};
+use super::ids::{AgentId, AttemptId, NodeId, WorkflowId};
 use super::workflow::WorkflowState;
 
 /// The version byte in front of every encoded entry.
@@ -37,6 +37,51 @@ pub enum Command {
     ReserveNodeId {
         node_id: NodeId,
     },
+    /// An agent (re)registers its capacity and labels; the same name keeps its id.
+    RegisterAgent(RegisterAgentCommand),
+    /// Leases ready steps to agents, in one batch. Each is re-checked at apply.
+    Assign {
+        assignments: Vec<Assignment>,
+    },
+    /// An agent's result for an attempt; applied only if the attempt is still current.
+    Complete(CompleteCommand),
+    /// Leases the leader saw lapse: their steps go back to the queue as new attempts.
+    ExpireLeases {
+        attempts: Vec<AttemptId>,
+    },
+    /// Moves time-driven work along: retries whose backoff ended, steps past their
+    /// schedule-to-start deadline. Proposed by the leader when something is due.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterAgentCommand {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub slots: u32,
+    pub cpu_millis: u32,
+    pub memory_mb: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub workflow_id: WorkflowId,
+    pub step: u32,
+    pub agent_id: AgentId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteCommand {
+    pub attempt_id: AttemptId,
+    pub agent_id: AgentId,
+    pub success: bool,
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 impl Command {
@@ -47,6 +92,11 @@ impl Command {
             Self::Submit(_) => "submit",
             Self::Cancel(_) => "cancel",
             Self::ReserveNodeId { .. } => "reserve_node_id",
+            Self::RegisterAgent(_) => "register_agent",
+            Self::Assign { .. } => "assign",
+            Self::Complete(_) => "complete",
+            Self::ExpireLeases { .. } => "expire_leases",
+            Self::Tick => "tick",
         }
     }
 }
@@ -84,6 +134,20 @@ pub enum Response {
     },
     NotFound {
         workflow_id: WorkflowId,
+    },
+    AgentRegistered {
+        agent_id: AgentId,
+    },
+    /// One entry per requested assignment: the attempt id, or None if it no longer applied
+    /// (step not ready any more, agent without room).
+    Assigned {
+        attempts: Vec<Option<AttemptId>>,
+    },
+    Completed,
+    /// A report that is not for the step's current attempt held by that agent. Counted; it
+    /// changes nothing else.
+    ReportRefused {
+        reason: String,
     },
     /// The command could not apply to the state (it passed validation on a node of another
     /// version, or raced with another command); nothing changed.

@@ -30,3 +30,12 @@ id_type!(
     /// A Raft member. Chosen by the operator, recorded in the state, never reused.
     NodeId
 );
+id_type!(
+    /// A registered agent, numbered from 1; its name maps to the same id on every registration.
+    AgentId
+);
+id_type!(
+    /// One attempt at running a step. Monotonic across the cluster, and the fencing token: a
+    /// report carrying an attempt that is not the step's current one is refused.
+    AttemptId
+);

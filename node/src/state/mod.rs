@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod ids;
+pub mod scheduling;
 pub mod workflow;
 
 use std::collections::BTreeMap;
@@ -21,9 +22,23 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use command::{CancelCommand, Command, LogEntry, Response, SubmitCommand};
-pub use ids::{NodeId, WorkflowId};
+pub use command::{
+    Assignment, CancelCommand, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response,
+    SubmitCommand,
+};
+pub use ids::{AgentId, AttemptId, NodeId, WorkflowId};
+pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
 pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
+
+/// Events produced by one apply, in order; they feed `Watch` (see `storage::events`).
+pub type Events = Vec<pb::WorkflowEvent>;
+
+/// What applying one entry yields.
+#[derive(Debug)]
+pub struct Applied {
+    pub response: Response,
+    pub events: Events,
+}
 
 /// Where and when an entry is applied.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +60,21 @@ pub struct ClusterState {
     idempotency_keys: OrdMap<String, WorkflowId>,
     /// Every node id ever reserved or made a member, so none is reused for an empty disk.
     used_node_ids: OrdSet<NodeId>,
+    last_agent_id: u64,
+    agents: OrdMap<AgentId, Arc<Agent>>,
+    agent_ids_by_name: OrdMap<String, AgentId>,
+    /// The last attempt id handed out: the fencing-token counter.
+    last_attempt_id: u64,
+    /// Attempts holding a lease, by id.
+    attempts: OrdMap<AttemptId, LiveAttempt>,
+    /// Sum of the live attempts' requests, per agent (derived; checked by the invariants).
+    allocated: OrdMap<AgentId, Allocation>,
+    /// Ready steps in scheduling order.
+    ready: OrdSet<ReadyKey>,
+    /// Steps in backoff: (retry at, workflow, step).
+    backoff: OrdSet<(u64, WorkflowId, u32)>,
+    /// Reports refused for a stale or foreign token.
+    reports_refused: u64,
 }
 
 /// Filters and paging of [`ClusterState::list`].
@@ -60,8 +90,9 @@ pub struct ListQuery {
 
 impl ClusterState {
     /// The only way replicated state changes.
-    pub fn apply(&mut self, ctx: ApplyCtx, entry: LogEntry) -> Response {
+    pub fn apply(&mut self, ctx: ApplyCtx, entry: LogEntry) -> Applied {
         self.now_ms = self.now_ms.max(entry.time_ms);
+        let mut events = Events::new();
         let response = match entry.command {
             Command::InitCluster { cluster_id } => {
                 if self.cluster_id.is_empty() {
@@ -69,16 +100,22 @@ impl ClusterState {
                 }
                 Response::Done
             }
-            Command::Submit(submit) => self.submit(ctx, submit),
-            Command::Cancel(cancel) => self.cancel(ctx, cancel),
+            Command::Submit(submit) => self.submit(ctx, submit, &mut events),
+            Command::Cancel(cancel) => self.cancel(ctx, cancel, &mut events),
             Command::ReserveNodeId { node_id } => {
                 self.used_node_ids.insert(node_id);
                 Response::Done
             }
+            Command::RegisterAgent(register) => self.register_agent(ctx, register, &mut events),
+            Command::Assign { assignments } => self.assign(ctx, assignments, &mut events),
+            Command::Complete(complete) => self.complete(ctx, complete, &mut events),
+            Command::ExpireLeases { attempts } => self.expire_leases(ctx, attempts, &mut events),
+            Command::Tick => self.tick(ctx, &mut events),
         };
-        #[cfg(debug_assertions)]
+        // O(state): on every apply in unit and property tests, where states are small.
+        #[cfg(test)]
         self.check_invariants();
-        response
+        Applied { response, events }
     }
 
     /// Membership entries are applied by the storage layer; it tells the state which ids are in
@@ -89,7 +126,7 @@ impl ClusterState {
         }
     }
 
-    fn submit(&mut self, ctx: ApplyCtx, submit: SubmitCommand) -> Response {
+    fn submit(&mut self, ctx: ApplyCtx, submit: SubmitCommand, events: &mut Events) -> Response {
         if !submit.idempotency_key.is_empty()
             && let Some(&workflow_id) = self.idempotency_keys.get(&submit.idempotency_key)
         {
@@ -127,6 +164,20 @@ impl ClusterState {
             step.state = StepState::Ready;
             step.ready_at_ms = self.now_ms;
         }
+        let roots: Vec<u32> = (0..workflow.steps.len() as u32)
+            .filter(|&i| workflow.steps[i as usize].state == StepState::Ready)
+            .collect();
+        events.push(self.event(ctx, id, pb::EventKind::WorkflowSubmitted, |e| {
+            e.workflow_state = pb::WorkflowState::Running as i32;
+            e.message = workflow.spec.name.clone();
+        }));
+        for &step in &roots {
+            self.ready.insert(scheduling::ready_key(&workflow, step));
+            events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
+                e.step = workflow.spec.steps[step as usize].name.clone();
+                e.step_state = pb::StepState::Ready as i32;
+            }));
+        }
         self.workflows.insert(id, Arc::new(workflow));
         if !submit.idempotency_key.is_empty() {
             self.idempotency_keys.insert(submit.idempotency_key, id);
@@ -137,9 +188,9 @@ impl ClusterState {
         }
     }
 
-    fn cancel(&mut self, ctx: ApplyCtx, cancel: CancelCommand) -> Response {
+    fn cancel(&mut self, ctx: ApplyCtx, cancel: CancelCommand, events: &mut Events) -> Response {
         let now_ms = self.now_ms;
-        let Some(workflow) = self.workflows.get_mut(&cancel.workflow_id) else {
+        let Some(workflow) = self.workflows.get(&cancel.workflow_id) else {
             return Response::NotFound {
                 workflow_id: cancel.workflow_id,
             };
@@ -149,7 +200,30 @@ impl ClusterState {
                 state: workflow.state,
             };
         }
-        let workflow = Arc::make_mut(workflow);
+        // Running attempts lose their leases; the leader tells their agents to stop them.
+        let mut released = Vec::new();
+        for (i, run) in workflow.steps.iter().enumerate() {
+            match run.state {
+                StepState::Running => released.push(AttemptId(run.attempt_id)),
+                StepState::Ready => {
+                    self.ready
+                        .remove(&scheduling::ready_key(workflow, i as u32));
+                }
+                StepState::Backoff => {
+                    self.backoff
+                        .remove(&(run.retry_at_ms, cancel.workflow_id, i as u32));
+                }
+                _ => {}
+            }
+        }
+        for attempt in released {
+            self.release(attempt);
+        }
+        let workflow = Arc::make_mut(
+            self.workflows
+                .get_mut(&cancel.workflow_id)
+                .expect("checked above"),
+        );
         workflow.state = WorkflowState::Cancelled;
         workflow.finished_at_ms = now_ms;
         workflow.reason = if cancel.reason.is_empty() {
@@ -162,6 +236,16 @@ impl ClusterState {
             step.state = StepState::Cancelled;
             step.finished_at_ms = now_ms;
         }
+        let reason = workflow.reason.clone();
+        events.push(self.event(
+            ctx,
+            cancel.workflow_id,
+            pb::EventKind::WorkflowFinished,
+            |e| {
+                e.workflow_state = pb::WorkflowState::Cancelled as i32;
+                e.message = reason;
+            },
+        ));
         Response::Cancelled {
             state: WorkflowState::Cancelled,
         }
@@ -235,8 +319,86 @@ impl ClusterState {
                 .unwrap_or_else(|| panic!("idempotency key {key:?} names missing workflow {id}"));
             assert_eq!(&workflow.idempotency_key, key);
         }
+        let mut allocated: BTreeMap<AgentId, Allocation> = BTreeMap::new();
+        for (attempt_id, live) in &self.attempts {
+            let workflow = &self.workflows[&live.workflow_id];
+            let run = &workflow.steps[live.step as usize];
+            assert_eq!(
+                run.state,
+                StepState::Running,
+                "live attempt {attempt_id} of a step not running"
+            );
+            assert_eq!(
+                run.attempt_id, attempt_id.0,
+                "live attempt {attempt_id} is not its step's current one"
+            );
+            assert!(attempt_id.0 <= self.last_attempt_id);
+            let a = allocated.entry(live.agent_id).or_default();
+            a.slots += live.request.slots;
+            a.cpu_millis += live.request.cpu_millis;
+            a.memory_mb += live.request.memory_mb;
+        }
+        for (agent_id, a) in &allocated {
+            assert_eq!(
+                self.allocated.get(agent_id),
+                Some(a),
+                "allocation of agent {agent_id} drifted"
+            );
+            let agent = &self.agents[agent_id];
+            assert!(
+                a.slots <= agent.slots
+                    && a.cpu_millis <= agent.cpu_millis
+                    && a.memory_mb <= agent.memory_mb,
+                "agent {agent_id} over-allocated: {a:?} of {agent:?}"
+            );
+        }
+        assert_eq!(
+            allocated.len(),
+            self.allocated.len(),
+            "allocation kept for an idle agent"
+        );
+        for key in &self.ready {
+            assert_eq!(
+                self.workflows[&key.workflow_id].steps[key.step as usize].state,
+                StepState::Ready
+            );
+        }
+        for (_, workflow_id, step) in &self.backoff {
+            assert_eq!(
+                self.workflows[workflow_id].steps[*step as usize].state,
+                StepState::Backoff
+            );
+        }
+        let mut leased: BTreeMap<WorkflowId, usize> = BTreeMap::new();
+        for live in self.attempts.values() {
+            *leased.entry(live.workflow_id).or_default() += 1;
+        }
+        let mut queued: BTreeMap<WorkflowId, usize> = BTreeMap::new();
+        for key in &self.ready {
+            *queued.entry(key.workflow_id).or_default() += 1;
+        }
         for (id, workflow) in &self.workflows {
             assert_eq!(*id, workflow.id);
+            let running = workflow
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Running)
+                .count();
+            assert_eq!(
+                running,
+                leased.get(id).copied().unwrap_or(0),
+                "workflow {id}: running steps without a lease"
+            );
+            let ready = workflow
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Ready)
+                .count();
+            assert_eq!(
+                ready,
+                queued.get(id).copied().unwrap_or(0),
+                "workflow {id}: ready steps missing from the queue"
+            );
             assert_eq!(workflow.steps.len(), workflow.spec.steps.len());
             if workflow.state.is_terminal() {
                 assert!(
@@ -282,6 +444,11 @@ fn resolve_steps(spec: &pb::WorkflowSpec) -> Result<Vec<StepRun>, String> {
             deps.push(i);
         }
         steps.push(StepRun::new(deps));
+    }
+    for i in 0..steps.len() {
+        for d in steps[i].deps.clone() {
+            steps[d as usize].dependents.push(i as u32);
+        }
     }
     // Kahn's algorithm: a DAG drains completely.
     let mut indegree: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();

@@ -44,10 +44,12 @@ impl Log {
 
     fn apply_at(&mut self, time_ms: u64, command: Command) -> Response {
         self.index += 1;
-        self.state.apply(
-            ApplyCtx { index: self.index },
-            LogEntry { time_ms, command },
-        )
+        self.state
+            .apply(
+                ApplyCtx { index: self.index },
+                LogEntry { time_ms, command },
+            )
+            .response
     }
 
     fn apply(&mut self, command: Command) -> Response {
@@ -332,7 +334,44 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
         })
     });
     let arb_init = "[a-c]".prop_map(|cluster_id| Command::InitCluster { cluster_id });
-    let command = prop_oneof![4 => arb_submit, 2 => arb_cancel, 1 => arb_init];
+    let arb_register = (prop::sample::select(vec!["x", "y"]), 1u32..3).prop_map(|(name, slots)| {
+        Command::RegisterAgent(RegisterAgentCommand {
+            name: name.into(),
+            labels: Default::default(),
+            slots,
+            cpu_millis: 1000,
+            memory_mb: 1000,
+        })
+    });
+    let arb_assign =
+        prop::collection::vec((1u64..6, 0u32..4, 1u64..3), 1..4).prop_map(|v| Command::Assign {
+            assignments: v
+                .into_iter()
+                .map(|(w, s, a)| Assignment {
+                    workflow_id: WorkflowId(w),
+                    step: s,
+                    agent_id: AgentId(a),
+                })
+                .collect(),
+        });
+    let arb_complete =
+        (1u64..12, 1u64..3, prop::bool::ANY).prop_map(|(attempt, agent, success)| {
+            Command::Complete(CompleteCommand {
+                attempt_id: AttemptId(attempt),
+                agent_id: AgentId(agent),
+                success,
+                output: String::new(),
+                error: String::new(),
+                exit_code: None,
+            })
+        });
+    let arb_expire = prop::collection::vec(1u64..12, 1..3).prop_map(|v| Command::ExpireLeases {
+        attempts: v.into_iter().map(AttemptId).collect(),
+    });
+    let command = prop_oneof![
+        4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
+        4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 1 => Just(Command::Tick),
+    ];
     (0u64..100_000, command)
 }
 
@@ -340,7 +379,7 @@ proptest! {
     /// Invariants hold after every command (apply checks them in debug builds), replicas that
     /// apply the same log agree byte for byte, and a snapshot taken anywhere restores the state.
     #[test]
-    fn replicas_applying_one_log_agree(commands in prop::collection::vec(arb_command(), 0..40)) {
+    fn replicas_applying_one_log_agree(commands in prop::collection::vec(arb_command(), 0..80)) {
         let mut a = Log::new();
         let mut b = Log::new();
         for (i, (time_ms, command)) in commands.iter().enumerate() {
@@ -363,4 +402,307 @@ proptest! {
             }
         }
     }
+}
+
+// --- scheduling: agents, leases, fencing, retries, conditions ---
+
+fn register(log: &mut Log, name: &str, slots: u32) -> AgentId {
+    match log.apply(Command::RegisterAgent(RegisterAgentCommand {
+        name: name.into(),
+        labels: Default::default(),
+        slots,
+        cpu_millis: 4000,
+        memory_mb: 4096,
+    })) {
+        Response::AgentRegistered { agent_id } => agent_id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn assign(log: &mut Log, workflow: u64, step: u32, agent: AgentId) -> Option<AttemptId> {
+    match log.apply(Command::Assign {
+        assignments: vec![Assignment {
+            workflow_id: WorkflowId(workflow),
+            step,
+            agent_id: agent,
+        }],
+    }) {
+        Response::Assigned { attempts } => attempts[0],
+        other => panic!("{other:?}"),
+    }
+}
+
+fn report(log: &mut Log, attempt: AttemptId, agent: AgentId, success: bool) -> Response {
+    log.apply(Command::Complete(CompleteCommand {
+        attempt_id: attempt,
+        agent_id: agent,
+        success,
+        output: format!("out-{attempt}"),
+        error: if success {
+            String::new()
+        } else {
+            "boom".into()
+        },
+        exit_code: Some(if success { 0 } else { 1 }),
+    }))
+}
+
+fn states(log: &Log, workflow: u64) -> Vec<StepState> {
+    log.state
+        .workflow(WorkflowId(workflow))
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| s.state)
+        .collect()
+}
+
+fn with_when(mut s: pb::StepSpec, when: pb::RunCondition) -> pb::StepSpec {
+    s.when = when as i32;
+    s
+}
+
+#[test]
+fn a_step_runs_only_after_its_dependencies_and_the_workflow_ends_once() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 4);
+    log.apply(submit(
+        &spec("w", vec![step("a", &[]), step("b", &["a"])]),
+        "",
+    ));
+    assert_eq!(
+        assign(&mut log, 1, 1, agent),
+        None,
+        "b is not ready before a finished"
+    );
+    let a = assign(&mut log, 1, 0, agent).unwrap();
+    assert_eq!(states(&log, 1), [StepState::Running, StepState::Waiting]);
+    assert_eq!(report(&mut log, a, agent, true), Response::Completed);
+    assert_eq!(states(&log, 1), [StepState::Succeeded, StepState::Ready]);
+    let b = assign(&mut log, 1, 1, agent).unwrap();
+    assert!(b > a, "attempt ids only grow");
+    report(&mut log, b, agent, true);
+    let wf = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(wf.state, WorkflowState::Succeeded);
+    assert_eq!(wf.steps[0].output, format!("out-{a}"));
+    assert_eq!(
+        log.state.allocation(agent),
+        Allocation::default(),
+        "capacity given back"
+    );
+}
+
+#[test]
+fn when_conditions_pick_which_steps_run_after_a_failure() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 4);
+    let steps = vec![
+        step("build", &[]),
+        step("deploy", &["build"]),
+        with_when(step("rollback", &["build"]), pb::RunCondition::Failure),
+        with_when(
+            step("cleanup", &["deploy", "rollback"]),
+            pb::RunCondition::Always,
+        ),
+        step("announce", &["deploy"]),
+    ];
+    log.apply(submit(&spec("w", steps), ""));
+    let build = assign(&mut log, 1, 0, agent).unwrap();
+    report(&mut log, build, agent, false); // no retry policy: one attempt
+    assert_eq!(
+        states(&log, 1),
+        [
+            StepState::Failed,
+            StepState::Skipped,
+            StepState::Ready,
+            StepState::Waiting,
+            StepState::Skipped
+        ]
+    );
+    let rollback = assign(&mut log, 1, 2, agent).unwrap();
+    report(&mut log, rollback, agent, true);
+    assert_eq!(
+        states(&log, 1)[3],
+        StepState::Ready,
+        "always runs whatever happened"
+    );
+    let cleanup = assign(&mut log, 1, 3, agent).unwrap();
+    report(&mut log, cleanup, agent, true);
+    let wf = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(wf.state, WorkflowState::Failed);
+    assert_eq!(wf.reason, "step(s) failed: build");
+}
+
+#[test]
+fn a_stale_or_foreign_report_is_refused_and_changes_nothing_but_the_count() {
+    let mut log = Log::new();
+    let a1 = register(&mut log, "a1", 1);
+    let a2 = register(&mut log, "a2", 1);
+    log.apply(submit(&spec("w", vec![step("a", &[])]), ""));
+    let first = assign(&mut log, 1, 0, a1).unwrap();
+    log.apply(Command::ExpireLeases {
+        attempts: vec![first],
+    });
+    assert_eq!(states(&log, 1), [StepState::Ready]);
+    let second = assign(&mut log, 1, 0, a2).unwrap();
+    let before = log.state.clone();
+    // The zombie holder of the first attempt reports late: refused.
+    assert!(matches!(
+        report(&mut log, first, a1, true),
+        Response::ReportRefused { .. }
+    ));
+    // Agent 1 tries to report agent 2's attempt: refused.
+    assert!(matches!(
+        report(&mut log, second, a1, true),
+        Response::ReportRefused { .. }
+    ));
+    assert_eq!(log.state.reports_refused(), 2);
+    let mut expected = before;
+    expected.reports_refused = 2;
+    expected.now_ms = log.state.now_ms;
+    assert_eq!(log.state, expected, "a refused report changed the state");
+    assert_eq!(report(&mut log, second, a2, true), Response::Completed);
+    let wf = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!((wf.steps[0].attempts, wf.steps[0].lease_expiries), (2, 1));
+}
+
+#[test]
+fn retries_follow_the_policy_with_backoff_through_ticks() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 1);
+    let mut s = step("flaky", &[]);
+    s.retry = Some(pb::RetryPolicy {
+        max_attempts: 3,
+        backoff: Some(pb::Backoff {
+            initial_ms: 1_000,
+            multiplier: 2.0,
+            max_ms: 1_500,
+        }),
+    });
+    log.apply_at(10_000, submit(&spec("w", vec![s]), ""));
+    let first = assign(&mut log, 1, 0, agent).unwrap();
+    log.apply_at(
+        20_000,
+        Command::Complete(CompleteCommand {
+            attempt_id: first,
+            agent_id: agent,
+            success: false,
+            output: String::new(),
+            error: "exit 1".into(),
+            exit_code: Some(1),
+        }),
+    );
+    let run = &log.state.workflow(WorkflowId(1)).unwrap().steps[0];
+    assert_eq!((run.state, run.retry_at_ms), (StepState::Backoff, 21_000));
+    assert_eq!(
+        assign(&mut log, 1, 0, agent),
+        None,
+        "not ready during backoff"
+    );
+    log.apply_at(20_999, Command::Tick);
+    assert_eq!(
+        states(&log, 1),
+        [StepState::Backoff],
+        "a tick before the time changes nothing"
+    );
+    log.apply_at(21_000, Command::Tick);
+    assert_eq!(states(&log, 1), [StepState::Ready]);
+    let second = assign(&mut log, 1, 0, agent).unwrap();
+    log.apply_at(
+        30_000,
+        Command::Complete(CompleteCommand {
+            attempt_id: second,
+            agent_id: agent,
+            success: false,
+            output: String::new(),
+            error: "exit 1".into(),
+            exit_code: Some(1),
+        }),
+    );
+    // The second delay is capped at max_ms (2,000 -> 1,500).
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().steps[0].retry_at_ms,
+        31_500
+    );
+    log.apply_at(31_500, Command::Tick);
+    let third = assign(&mut log, 1, 0, agent).unwrap();
+    report(&mut log, third, agent, false);
+    let wf = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(
+        (wf.steps[0].state, wf.steps[0].failures, wf.state),
+        (StepState::Failed, 3, WorkflowState::Failed)
+    );
+}
+
+#[test]
+fn capacity_is_never_over_allocated_and_cancel_releases_it() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 1);
+    log.apply(submit(&spec("w", vec![step("a", &[]), step("b", &[])]), ""));
+    let a = assign(&mut log, 1, 0, agent).unwrap();
+    assert_eq!(
+        assign(&mut log, 1, 1, agent),
+        None,
+        "one slot, already taken"
+    );
+    log.apply(Command::Cancel(CancelCommand {
+        workflow_id: WorkflowId(1),
+        reason: String::new(),
+    }));
+    assert!(log.state.live_attempt(a).is_none(), "cancel ends the lease");
+    assert_eq!(log.state.allocation(agent), Allocation::default());
+    assert!(matches!(
+        report(&mut log, a, agent, true),
+        Response::ReportRefused { .. }
+    ));
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().state,
+        WorkflowState::Cancelled
+    );
+}
+
+#[test]
+fn a_step_that_keeps_losing_its_lease_fails_instead_of_cycling_forever() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 1);
+    log.apply(submit(&spec("w", vec![step("a", &[])]), ""));
+    for _ in 0..scheduling::LEASE_EXPIRIES_PER_STEP_MAX {
+        let attempt = assign(&mut log, 1, 0, agent).unwrap();
+        log.apply(Command::ExpireLeases {
+            attempts: vec![attempt, attempt],
+        });
+    }
+    let wf = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(wf.steps[0].state, StepState::Failed);
+    assert!(wf.steps[0].error.contains("lease expired"));
+    assert_eq!(wf.state, WorkflowState::Failed);
+}
+
+#[test]
+fn a_ready_step_past_its_schedule_to_start_deadline_fails_visibly() {
+    let mut log = Log::new();
+    let mut s = step("a", &[]);
+    s.schedule_to_start_timeout_ms = 5_000;
+    s.constraints.insert("zone".into(), "mars".into());
+    log.apply_at(1_000, submit(&spec("w", vec![s]), ""));
+    let wf = log.state.workflow(WorkflowId(1)).unwrap().clone();
+    assert_eq!(
+        log.state.pending_reason(&wf, 0).unwrap(),
+        "no agent is registered"
+    );
+    register(&mut log, "a1", 1);
+    let wf = log.state.workflow(WorkflowId(1)).unwrap().clone();
+    assert_eq!(
+        log.state.pending_reason(&wf, 0).unwrap(),
+        "no registered agent has labels zone=mars"
+    );
+    assert!(!log.state.tick_due(5_999));
+    assert!(log.state.tick_due(6_000));
+    log.apply_at(6_000, Command::Tick);
+    let wf = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(
+        (wf.steps[0].state, wf.state),
+        (StepState::Failed, WorkflowState::Failed)
+    );
+    assert!(wf.steps[0].error.contains("schedule-to-start"));
 }

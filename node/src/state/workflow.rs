@@ -91,8 +91,19 @@ pub struct StepRun {
     pub state: StepState,
     /// Indexes (into the spec's steps) of the steps this one depends on.
     pub deps: Vec<u32>,
+    /// Indexes of the steps that depend on this one.
+    #[serde(default)]
+    pub dependents: Vec<u32>,
+    /// Attempts started (assigned to an agent).
     pub attempts: u32,
+    /// Attempts that ended in failure (what the retry policy counts).
+    #[serde(default)]
+    pub failures: u32,
+    /// Attempts lost to an expired lease (requeued without using a retry).
+    #[serde(default)]
+    pub lease_expiries: u32,
     pub attempt_id: u64,
+    /// Name of the agent of the current or last attempt.
     pub agent: String,
     pub ready_at_ms: u64,
     pub started_at_ms: u64,
@@ -108,7 +119,10 @@ impl StepRun {
         Self {
             state: StepState::Waiting,
             deps,
+            dependents: Vec::new(),
             attempts: 0,
+            failures: 0,
+            lease_expiries: 0,
             attempt_id: 0,
             agent: String::new(),
             ready_at_ms: 0,
@@ -144,6 +158,7 @@ impl Workflow {
                     error: run.error.clone(),
                     exit_code: run.exit_code,
                     retry_at_ms: run.retry_at_ms,
+                    pending_reason: String::new(),
                 })
                 .collect();
             (Some((*self.spec).clone()), steps)

@@ -1,6 +1,7 @@
 //! Durable storage: the RocksDB Raft log ([`LogStore`]), snapshot files, and the state machine
 //! store ([`StateMachineStore`]), which is the only caller of `state::ClusterState::apply`.
 
+pub mod events;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;

@@ -18,6 +18,7 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use parking_lot::{Mutex, RwLock};
 
+use super::events::EventLog;
 use super::snapshot;
 use crate::metrics;
 use crate::raft::types::{
@@ -39,6 +40,10 @@ pub struct Replica {
     applied: RwLock<Applied>,
     /// The state hash at an applied index, computed on demand and kept until the index moves.
     hash_cache: Mutex<Option<(u64, [u8; 32])>>,
+    /// Events of applied entries, for Watch.
+    pub events: EventLog,
+    /// Wakes leader loops when something was applied.
+    pub applied_notify: tokio::sync::Notify,
 }
 
 impl Replica {
@@ -98,6 +103,8 @@ impl StateMachineStore {
             replica: Arc::new(Replica {
                 applied: RwLock::new(applied),
                 hash_cache: Mutex::new(None),
+                events: EventLog::default(),
+                applied_notify: tokio::sync::Notify::new(),
             }),
             snapshot_dir: snapshot_dir.to_owned(),
         })
@@ -128,12 +135,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Response::Done,
-                    EntryPayload::Normal(log_entry) => applied.state.apply(
-                        ApplyCtx {
-                            index: entry.log_id.index,
-                        },
-                        log_entry,
-                    ),
+                    EntryPayload::Normal(log_entry) => {
+                        let result = applied.state.apply(
+                            ApplyCtx {
+                                index: entry.log_id.index,
+                            },
+                            log_entry,
+                        );
+                        self.replica.events.publish(result.events);
+                        result.response
+                    }
                     EntryPayload::Membership(membership) => {
                         let ids: Vec<_> = membership.nodes().map(|(id, _)| NodeId(*id)).collect();
                         applied.state.note_members(ids);
@@ -147,6 +158,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(response);
             }
         }
+        self.replica.applied_notify.notify_waiters();
         Ok(())
     }
 

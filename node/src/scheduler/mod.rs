@@ -1,0 +1,314 @@
+//! Leader only: the loop that proposes assignments, lease expiries and ticks, the agents'
+//! sessions (the outbox per agent), and the lease deadlines kept in leader memory.
+//!
+//! Heartbeats renew leases here, not in the log (design rule 3). Expiry goes through the log.
+//! A new leader remembers no renewals, so it grants every live lease a full TTL from the moment
+//! it wins (rule 4). Everything here is rebuilt from the replicated state; nothing in it needs to
+//! survive a crash.
+
+pub mod placement;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_proto::v1 as pb;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+use tonic::Status;
+
+use crate::metrics;
+use crate::raft::RaftNode;
+use crate::state::{AgentId, AttemptId, ClusterState, Command, Response, StepState};
+
+/// Assignments proposed in one log entry at most.
+pub const ASSIGN_BATCH_MAX: usize = 256;
+/// The leader waits this much past a lease's TTL before expiring it, so an agent that renewed at
+/// the last moment (or whose clock runs a little slow) is never fenced while still valid.
+pub const LEASE_EXPIRY_MARGIN: Duration = Duration::from_millis(1_000);
+/// How often agents heartbeat; several heartbeats fit in the shortest lease TTL.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
+/// The loop runs at least this often even when nothing wakes it (deadlines, backoff).
+const ROUND_INTERVAL: Duration = Duration::from_millis(50);
+/// Messages buffered per agent before the session is considered stuck and closed.
+pub const OUTBOX_CAPACITY: usize = 4_096;
+
+const _: () = assert!(
+    HEARTBEAT_INTERVAL.as_millis() * 3 <= baton_proto::limits::LEASE_TTL_MS_MIN as u128,
+    "several heartbeats must fit in the shortest lease"
+);
+
+pub type Outbox = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+struct Session {
+    id: u64,
+    outbox: Outbox,
+    /// When the agent last sent anything. A session can look open long after its agent died
+    /// (a half-open TCP connection behind a partition); a silent agent gets no new work.
+    last_seen: Instant,
+}
+
+/// An agent silent this long is not offered new steps (its leases run out on their own).
+pub const SESSION_SILENCE_MAX: Duration = Duration::from_millis(3_000);
+
+/// Connected agents and the lease deadlines, shared by the loop and the session handlers.
+#[derive(Default)]
+pub struct Sessions {
+    sessions: Mutex<HashMap<AgentId, Session>>,
+    /// Lease deadline and holder of every live attempt this leader knows of.
+    leases: Mutex<HashMap<AttemptId, (Instant, AgentId)>>,
+    next_session_id: AtomicU64,
+    /// Wakes the loop: an agent connected or capacity freed.
+    pub changed: Notify,
+}
+
+impl Sessions {
+    /// Registers an agent's session, replacing (and so closing) an older one. Returns its id.
+    pub fn open(&self, agent: AgentId, outbox: Outbox) -> u64 {
+        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.sessions.lock().insert(
+            agent,
+            Session {
+                id,
+                outbox,
+                last_seen: Instant::now(),
+            },
+        );
+        self.changed.notify_one();
+        id
+    }
+
+    /// Removes the session if it is still the agent's current one.
+    pub fn close(&self, agent: AgentId, session_id: u64) {
+        let mut sessions = self.sessions.lock();
+        if sessions.get(&agent).is_some_and(|s| s.id == session_id) {
+            sessions.remove(&agent);
+        }
+    }
+
+    /// Agents with an open session that spoke recently.
+    pub fn connected(&self) -> BTreeSet<AgentId> {
+        let now = Instant::now();
+        self.sessions
+            .lock()
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_seen) <= SESSION_SILENCE_MAX)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Records that an agent's session is alive.
+    pub fn seen(&self, agent: AgentId, session_id: u64) {
+        if let Some(session) = self.sessions.lock().get_mut(&agent)
+            && session.id == session_id
+        {
+            session.last_seen = Instant::now();
+        }
+    }
+
+    /// Queues a message for an agent; false if it is not connected or its outbox is full (the
+    /// session is then closed: the agent reconnects and is reconciled).
+    pub fn send(&self, agent: AgentId, msg: pb::server_message::Msg) -> bool {
+        let mut sessions = self.sessions.lock();
+        let Some(session) = sessions.get(&agent) else {
+            return false;
+        };
+        match session
+            .outbox
+            .try_send(Ok(pb::ServerMessage { msg: Some(msg) }))
+        {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(agent = %agent, "agent outbox full or closed: dropping the session");
+                sessions.remove(&agent);
+                false
+            }
+        }
+    }
+
+    /// Starts or renews a lease for a full TTL from now.
+    pub fn renew(&self, attempt: AttemptId, agent: AgentId, ttl_ms: u64) {
+        self.leases.lock().insert(
+            attempt,
+            (Instant::now() + Duration::from_millis(ttl_ms), agent),
+        );
+    }
+
+    fn close_all(&self) {
+        self.sessions.lock().clear();
+        self.leases.lock().clear();
+    }
+}
+
+/// The Assignment message for a live attempt, built from the state (also used to re-send it to
+/// an agent that reconnects without it).
+pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb::Assignment> {
+    let live = state.live_attempt(attempt)?;
+    let workflow = state.workflow(live.workflow_id)?;
+    let step = live.step as usize;
+    let spec_step = workflow.spec.steps.get(step)?;
+    let run = &workflow.steps[step];
+    let inputs = run
+        .deps
+        .iter()
+        .map(|&d| {
+            (
+                workflow.spec.steps[d as usize].name.clone(),
+                workflow.steps[d as usize].output.clone(),
+            )
+        })
+        .collect();
+    Some(pb::Assignment {
+        workflow_id: live.workflow_id.0,
+        step: spec_step.name.clone(),
+        attempt_id: attempt.0,
+        attempt_number: run.attempts,
+        spec: Some(spec_step.clone()),
+        lease_ttl_ms: live.lease_ttl_ms,
+        timeout_ms: spec_step.timeout_ms,
+        inputs,
+        workflow_input: workflow.spec.input.clone(),
+    })
+}
+
+/// Runs for the life of the node; acts only while it is the leader.
+pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = node.replica.applied_notify.notified() => {}
+            _ = sessions.changed.notified() => {}
+            _ = tokio::time::sleep(ROUND_INTERVAL) => {}
+        }
+        if !node.is_leader() {
+            if was_leader {
+                tracing::info!("lost leadership: closing agent sessions");
+                sessions.close_all();
+                was_leader = false;
+            }
+            continue;
+        }
+        let view = node.replica.view();
+        if !was_leader {
+            // Rule 4: no memory of renewals, so every live lease gets a full TTL from now.
+            let grace: Vec<_> = view
+                .state
+                .live_attempts()
+                .map(|(id, a)| (*id, a.agent_id, a.lease_ttl_ms))
+                .collect();
+            tracing::info!(
+                leases = grace.len(),
+                "became leader: granting every live lease a full TTL"
+            );
+            for (attempt, agent, ttl_ms) in grace {
+                sessions.renew(attempt, agent, ttl_ms);
+            }
+            was_leader = true;
+        }
+        if let Err(err) = round(&node, &sessions, &view.state).await {
+            tracing::debug!(error = %err, "scheduling round cut short");
+        }
+    }
+}
+
+/// One pass: expire lapsed leases, move time along, place ready steps, tell agents.
+async fn round(
+    node: &RaftNode,
+    sessions: &Sessions,
+    state: &ClusterState,
+) -> Result<(), crate::raft::NodeError> {
+    let now = Instant::now();
+    // Leases: forget finished attempts, adopt ones this leader has no deadline for (assigned by a
+    // predecessor and not yet renewed here), and collect the lapsed.
+    let mut ended = Vec::new();
+    let expired: Vec<AttemptId> = {
+        let mut leases = sessions.leases.lock();
+        leases.retain(|id, (_, agent)| {
+            let live = state.live_attempt(*id).is_some();
+            if !live {
+                ended.push((*id, *agent));
+            }
+            live
+        });
+        for (id, live) in state.live_attempts() {
+            leases.entry(*id).or_insert_with(|| {
+                (
+                    now + Duration::from_millis(live.lease_ttl_ms),
+                    live.agent_id,
+                )
+            });
+        }
+        leases
+            .iter()
+            .filter(|(_, (deadline, _))| now > *deadline + LEASE_EXPIRY_MARGIN)
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    // Attempts that no longer hold a lease: reported (the agent is done with them; a stop is a
+    // no-op there), or cancelled or expired (the agent must stop now, not at its next heartbeat).
+    for (attempt, agent) in ended {
+        sessions.send(
+            agent,
+            pb::server_message::Msg::Stop(pb::StopAttempt {
+                attempt_id: attempt.0,
+                reason: "the attempt no longer holds a lease".into(),
+            }),
+        );
+    }
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), attempts = ?expired, "leases expired");
+        metrics::leases_expired(expired.len());
+        node.propose(Command::ExpireLeases { attempts: expired })
+            .await?;
+        return Ok(());
+    }
+    if state.tick_due(crate::raft::node::wall_clock_ms()) {
+        node.propose(Command::Tick).await?;
+    }
+    let assignments = placement::place(state, &sessions.connected(), ASSIGN_BATCH_MAX);
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    let batch = assignments.clone();
+    metrics::assign_batch(batch.len());
+    let proposed = node.propose(Command::Assign { assignments }).await?;
+    let Response::Assigned { attempts } = proposed.response else {
+        return Ok(());
+    };
+    // Dispatch from the state as of this entry, so the message matches what was committed.
+    let view = node.replica.view();
+    for (assignment, attempt) in batch.iter().zip(attempts) {
+        let Some(attempt) = attempt else { continue };
+        let Some(message) = assignment_message(&view.state, attempt) else {
+            continue;
+        };
+        sessions.renew(attempt, assignment.agent_id, message.lease_ttl_ms);
+        tracing::info!(
+            workflow = %assignment.workflow_id, step = %message.step, attempt = %attempt,
+            agent = %assignment.agent_id, "step assigned"
+        );
+        if !sessions.send(
+            assignment.agent_id,
+            pb::server_message::Msg::Assignment(message),
+        ) {
+            // The agent went away: its lease runs out and the step is requeued.
+            tracing::warn!(attempt = %attempt, agent = %assignment.agent_id, "assigned agent is gone");
+        }
+    }
+    Ok(())
+}
+
+/// Running attempts of `agent` in the state, with their step state checked.
+pub fn live_attempts_of(state: &ClusterState, agent: AgentId) -> Vec<AttemptId> {
+    state
+        .live_attempts()
+        .filter(|(_, live)| live.agent_id == agent)
+        .filter(|(_, live)| {
+            state
+                .workflow(live.workflow_id)
+                .is_some_and(|w| w.steps[live.step as usize].state == StepState::Running)
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}

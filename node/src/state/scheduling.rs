@@ -1,0 +1,700 @@
+//! The replicated half of scheduling: agents and their capacity, leased attempts, the ready and
+//! backoff queues, and how a step's end moves its workflow along. Deterministic like the rest of
+//! `state/`; the leader-only loop that decides *what* to propose lives in `scheduler/`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use baton_proto::limits::OUTPUT_BYTES_MAX;
+use baton_proto::v1 as pb;
+use baton_proto::validate::{
+    backoff_delay_ms, effective_lease_ttl_ms, effective_max_attempts, effective_priority,
+};
+use serde::{Deserialize, Serialize};
+
+use super::command::{Assignment, CompleteCommand, RegisterAgentCommand, Response};
+use super::ids::{AgentId, AttemptId, WorkflowId};
+use super::workflow::{StepState, Workflow, WorkflowState};
+use super::{ApplyCtx, ClusterState, Events};
+
+/// A step lost to this many expired leases fails instead of being requeued again: a step that
+/// kills every agent it runs on must not cycle through the fleet forever.
+pub const LEASE_EXPIRIES_PER_STEP_MAX: u32 = 5;
+
+/// A registered agent: what it offers. Whether it is connected is leader memory, not state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: AgentId,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    pub cpu_millis: u32,
+    pub memory_mb: u32,
+}
+
+/// What is leased out of an agent's capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub slots: u32,
+    pub cpu_millis: u32,
+    pub memory_mb: u32,
+}
+
+impl Allocation {
+    /// Whether `request` fits beside this allocation on `agent`.
+    pub fn fits(&self, agent: &Agent, request: Allocation) -> bool {
+        self.slots + request.slots <= agent.slots
+            && self.cpu_millis as u64 + request.cpu_millis as u64 <= agent.cpu_millis as u64
+            && self.memory_mb as u64 + request.memory_mb as u64 <= agent.memory_mb as u64
+    }
+
+    fn add(&mut self, other: Allocation) {
+        self.slots += other.slots;
+        self.cpu_millis += other.cpu_millis;
+        self.memory_mb += other.memory_mb;
+    }
+
+    fn sub(&mut self, other: Allocation) {
+        self.slots -= other.slots;
+        self.cpu_millis -= other.cpu_millis;
+        self.memory_mb -= other.memory_mb;
+    }
+}
+
+/// A step's demand on an agent.
+pub fn step_request(step: &pb::StepSpec) -> Allocation {
+    let resources = step.resources.unwrap_or_default();
+    Allocation {
+        slots: 1,
+        cpu_millis: resources.cpu_millis,
+        memory_mb: resources.memory_mb,
+    }
+}
+
+/// Whether an agent's labels satisfy a step's constraints (exact match of every key).
+pub fn labels_match(
+    constraints: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    constraints.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// An attempt that holds a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveAttempt {
+    pub workflow_id: WorkflowId,
+    pub step: u32,
+    pub agent_id: AgentId,
+    pub request: Allocation,
+    pub lease_ttl_ms: u64,
+    pub assigned_at_ms: u64,
+}
+
+/// Queue order: higher priority first, then older, then workflow and step for determinism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReadyKey {
+    /// Negated priority, so ascending order is highest priority first.
+    pub neg_priority: i32,
+    pub ready_at_ms: u64,
+    pub workflow_id: WorkflowId,
+    pub step: u32,
+}
+
+impl ClusterState {
+    pub(super) fn register_agent(
+        &mut self,
+        ctx: ApplyCtx,
+        cmd: RegisterAgentCommand,
+        events: &mut Events,
+    ) -> Response {
+        let id = match self.agent_ids_by_name.get(&cmd.name) {
+            Some(&id) => id,
+            None => {
+                self.last_agent_id += 1;
+                let id = AgentId(self.last_agent_id);
+                self.agent_ids_by_name.insert(cmd.name.clone(), id);
+                id
+            }
+        };
+        self.agents.insert(
+            id,
+            Arc::new(Agent {
+                id,
+                name: cmd.name,
+                labels: cmd.labels,
+                slots: cmd.slots,
+                cpu_millis: cmd.cpu_millis,
+                memory_mb: cmd.memory_mb,
+            }),
+        );
+        // An agent back with less capacity than it holds (restarted with fewer slots): requeue
+        // its newest attempts until the rest fit, so no agent is ever over-allocated.
+        loop {
+            let agent = &self.agents[&id];
+            let used = self.allocation(id);
+            let over = used.slots > agent.slots
+                || used.cpu_millis > agent.cpu_millis
+                || used.memory_mb > agent.memory_mb;
+            if !over {
+                break;
+            }
+            let newest = self
+                .attempts
+                .iter()
+                .rev()
+                .find(|(_, live)| live.agent_id == id)
+                .map(|(attempt, _)| *attempt)
+                .expect("an over-allocated agent holds attempts");
+            self.expire_leases(ctx, vec![newest], events);
+        }
+        Response::AgentRegistered { agent_id: id }
+    }
+
+    pub(super) fn assign(
+        &mut self,
+        ctx: ApplyCtx,
+        batch: Vec<Assignment>,
+        events: &mut Events,
+    ) -> Response {
+        let mut attempts = Vec::with_capacity(batch.len());
+        for a in batch {
+            attempts.push(self.assign_one(ctx, a, events));
+        }
+        Response::Assigned { attempts }
+    }
+
+    fn assign_one(
+        &mut self,
+        ctx: ApplyCtx,
+        a: Assignment,
+        events: &mut Events,
+    ) -> Option<AttemptId> {
+        let agent = self.agents.get(&a.agent_id)?.clone();
+        let workflow = self.workflows.get(&a.workflow_id)?;
+        if workflow.state != WorkflowState::Running {
+            return None;
+        }
+        let spec_step = workflow.spec.steps.get(a.step as usize)?;
+        let run = &workflow.steps[a.step as usize];
+        if run.state != StepState::Ready || !labels_match(&spec_step.constraints, &agent.labels) {
+            return None;
+        }
+        let request = step_request(spec_step);
+        let allocated = self.allocated.get(&a.agent_id).copied().unwrap_or_default();
+        if !allocated.fits(&agent, request) {
+            return None;
+        }
+        let key = ready_key(workflow, a.step);
+        let lease_ttl_ms = effective_lease_ttl_ms(spec_step);
+        self.last_attempt_id += 1;
+        let attempt_id = AttemptId(self.last_attempt_id);
+        let now_ms = self.now_ms;
+        let workflow = Arc::make_mut(
+            self.workflows
+                .get_mut(&a.workflow_id)
+                .expect("checked above"),
+        );
+        workflow.revision = ctx.index;
+        let run = &mut workflow.steps[a.step as usize];
+        run.state = StepState::Running;
+        run.attempts += 1;
+        run.attempt_id = attempt_id.0;
+        run.agent = agent.name.clone();
+        run.started_at_ms = now_ms;
+        run.finished_at_ms = 0;
+        let step_name = workflow.spec.steps[a.step as usize].name.clone();
+        self.ready.remove(&key);
+        self.attempts.insert(
+            attempt_id,
+            LiveAttempt {
+                workflow_id: a.workflow_id,
+                step: a.step,
+                agent_id: a.agent_id,
+                request,
+                lease_ttl_ms,
+                assigned_at_ms: now_ms,
+            },
+        );
+        self.allocated.entry(a.agent_id).or_default().add(request);
+        events.push(
+            self.event(ctx, a.workflow_id, pb::EventKind::StepAssigned, |e| {
+                e.step = step_name;
+                e.attempt_id = attempt_id.0;
+                e.agent = agent.name.clone();
+                e.step_state = pb::StepState::Running as i32;
+            }),
+        );
+        Some(attempt_id)
+    }
+
+    pub(super) fn complete(
+        &mut self,
+        ctx: ApplyCtx,
+        cmd: CompleteCommand,
+        events: &mut Events,
+    ) -> Response {
+        let Some(live) = self.attempts.get(&cmd.attempt_id) else {
+            self.reports_refused += 1;
+            return Response::ReportRefused {
+                reason: format!(
+                    "attempt {} is not running (unknown, finished, expired or cancelled)",
+                    cmd.attempt_id
+                ),
+            };
+        };
+        if live.agent_id != cmd.agent_id {
+            self.reports_refused += 1;
+            return Response::ReportRefused {
+                reason: format!(
+                    "attempt {} is leased to agent {}, not agent {}",
+                    cmd.attempt_id, live.agent_id, cmd.agent_id
+                ),
+            };
+        }
+        let live = self.release(cmd.attempt_id).expect("checked above");
+        let now_ms = self.now_ms;
+        let workflow = Arc::make_mut(
+            self.workflows
+                .get_mut(&live.workflow_id)
+                .expect("live attempt's workflow exists"),
+        );
+        workflow.revision = ctx.index;
+        let step = live.step as usize;
+        let spec_step = workflow.spec.steps[step].clone();
+        let run = &mut workflow.steps[step];
+        debug_assert_eq!(
+            run.attempt_id, cmd.attempt_id.0,
+            "a live attempt is its step's current one"
+        );
+        run.finished_at_ms = now_ms;
+        run.output = truncate_utf8(cmd.output, OUTPUT_BYTES_MAX);
+        run.error = truncate_utf8(cmd.error, OUTPUT_BYTES_MAX);
+        run.exit_code = cmd.exit_code;
+        let name = spec_step.name.clone();
+        if cmd.success {
+            run.state = StepState::Succeeded;
+            events.push(
+                self.event(ctx, live.workflow_id, pb::EventKind::StepFinished, |e| {
+                    e.step = name;
+                    e.attempt_id = cmd.attempt_id.0;
+                    e.step_state = pb::StepState::Succeeded as i32;
+                }),
+            );
+            self.step_finished(ctx, live.workflow_id, live.step, events);
+            return Response::Completed;
+        }
+        run.failures += 1;
+        if run.failures < effective_max_attempts(&spec_step) {
+            let delay_ms = backoff_delay_ms(&spec_step, run.failures);
+            run.state = StepState::Backoff;
+            run.retry_at_ms = now_ms.saturating_add(delay_ms);
+            let retry_at_ms = run.retry_at_ms;
+            let message = format!(
+                "attempt failed: {}; retrying in {delay_ms} ms",
+                last_line(&run.error)
+            );
+            self.backoff
+                .insert((retry_at_ms, live.workflow_id, live.step));
+            events.push(
+                self.event(ctx, live.workflow_id, pb::EventKind::StepRetrying, |e| {
+                    e.step = name;
+                    e.attempt_id = cmd.attempt_id.0;
+                    e.step_state = pb::StepState::Backoff as i32;
+                    e.message = message;
+                }),
+            );
+        } else {
+            run.state = StepState::Failed;
+            let message = last_line(&run.error).to_owned();
+            events.push(
+                self.event(ctx, live.workflow_id, pb::EventKind::StepFinished, |e| {
+                    e.step = name;
+                    e.attempt_id = cmd.attempt_id.0;
+                    e.step_state = pb::StepState::Failed as i32;
+                    e.message = message;
+                }),
+            );
+            self.step_finished(ctx, live.workflow_id, live.step, events);
+        }
+        Response::Completed
+    }
+
+    pub(super) fn expire_leases(
+        &mut self,
+        ctx: ApplyCtx,
+        attempts: Vec<AttemptId>,
+        events: &mut Events,
+    ) -> Response {
+        for attempt_id in attempts {
+            // Already reported, cancelled, or expired by an earlier entry: nothing to do.
+            let Some(live) = self.release(attempt_id) else {
+                continue;
+            };
+            let now_ms = self.now_ms;
+            let workflow = Arc::make_mut(
+                self.workflows
+                    .get_mut(&live.workflow_id)
+                    .expect("live attempt's workflow exists"),
+            );
+            workflow.revision = ctx.index;
+            let step = live.step as usize;
+            let name = workflow.spec.steps[step].name.clone();
+            let run = &mut workflow.steps[step];
+            run.lease_expiries += 1;
+            run.finished_at_ms = now_ms;
+            let give_up = run.lease_expiries >= LEASE_EXPIRIES_PER_STEP_MAX;
+            if give_up {
+                run.state = StepState::Failed;
+                run.error = format!(
+                    "lease expired {} times; the step's agents keep dying or losing contact",
+                    run.lease_expiries
+                );
+            } else {
+                run.state = StepState::Ready;
+                run.ready_at_ms = now_ms;
+            }
+            let expired = self.event(
+                ctx,
+                live.workflow_id,
+                pb::EventKind::StepLeaseExpired,
+                |e| {
+                    e.step = name.clone();
+                    e.attempt_id = attempt_id.0;
+                    e.message = format!(
+                        "lease of attempt {attempt_id} expired on agent {}",
+                        live.agent_id
+                    );
+                },
+            );
+            events.push(expired);
+            if give_up {
+                self.step_finished(ctx, live.workflow_id, live.step, events);
+            } else {
+                let workflow = self.workflows.get(&live.workflow_id).expect("exists");
+                self.ready.insert(ready_key(workflow, live.step));
+                events.push(
+                    self.event(ctx, live.workflow_id, pb::EventKind::StepReady, |e| {
+                        e.step = name;
+                        e.step_state = pb::StepState::Ready as i32;
+                    }),
+                );
+            }
+        }
+        Response::Done
+    }
+
+    pub(super) fn tick(&mut self, ctx: ApplyCtx, events: &mut Events) -> Response {
+        let now_ms = self.now_ms;
+        // Retries whose backoff has run out.
+        while let Some(&(retry_at_ms, workflow_id, step)) = self.backoff.get_min() {
+            if retry_at_ms > now_ms {
+                break;
+            }
+            self.backoff.remove(&(retry_at_ms, workflow_id, step));
+            let Some(workflow) = self.workflows.get_mut(&workflow_id) else {
+                continue;
+            };
+            let workflow = Arc::make_mut(workflow);
+            workflow.revision = ctx.index;
+            let name = workflow.spec.steps[step as usize].name.clone();
+            let run = &mut workflow.steps[step as usize];
+            run.state = StepState::Ready;
+            run.ready_at_ms = now_ms;
+            let key = ready_key(workflow, step);
+            self.ready.insert(key);
+            events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
+                e.step = name;
+                e.step_state = pb::StepState::Ready as i32;
+            }));
+        }
+        // Ready steps past their schedule-to-start deadline fail, visibly, instead of waiting
+        // forever (no agent matches, or the fleet is full).
+        for key in self.overdue_ready() {
+            self.ready.remove(&key);
+            let workflow = Arc::make_mut(
+                self.workflows
+                    .get_mut(&key.workflow_id)
+                    .expect("ready step's workflow exists"),
+            );
+            workflow.revision = ctx.index;
+            let spec_step = &workflow.spec.steps[key.step as usize];
+            let name = spec_step.name.clone();
+            let message = format!(
+                "not started within {} ms of becoming ready (schedule-to-start timeout)",
+                spec_step.schedule_to_start_timeout_ms
+            );
+            let run = &mut workflow.steps[key.step as usize];
+            run.state = StepState::Failed;
+            run.finished_at_ms = now_ms;
+            run.error = message.clone();
+            events.push(
+                self.event(ctx, key.workflow_id, pb::EventKind::StepFinished, |e| {
+                    e.step = name;
+                    e.step_state = pb::StepState::Failed as i32;
+                    e.message = message;
+                }),
+            );
+            self.step_finished(ctx, key.workflow_id, key.step, events);
+        }
+        Response::Done
+    }
+
+    /// Ready steps whose schedule-to-start deadline has passed at the state's time.
+    pub fn overdue_ready(&self) -> Vec<ReadyKey> {
+        let now_ms = self.now_ms;
+        self.overdue_ready_at(now_ms)
+    }
+
+    /// Ready steps whose schedule-to-start deadline has passed at `now_ms` (the leader asks with
+    /// its clock to decide whether a Tick is due).
+    pub fn overdue_ready_at(&self, now_ms: u64) -> Vec<ReadyKey> {
+        self.ready
+            .iter()
+            .filter(|key| {
+                let workflow = &self.workflows[&key.workflow_id];
+                let timeout_ms =
+                    workflow.spec.steps[key.step as usize].schedule_to_start_timeout_ms;
+                timeout_ms > 0 && key.ready_at_ms.saturating_add(timeout_ms) <= now_ms
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Whether a Tick at `now_ms` would change anything.
+    pub fn tick_due(&self, now_ms: u64) -> bool {
+        self.backoff
+            .get_min()
+            .is_some_and(|&(at, _, _)| at <= now_ms)
+            || !self.overdue_ready_at(now_ms).is_empty()
+    }
+
+    /// Removes a live attempt and gives its capacity back.
+    pub(super) fn release(&mut self, attempt_id: AttemptId) -> Option<LiveAttempt> {
+        let live = self.attempts.remove(&attempt_id)?;
+        if let Some(allocated) = self.allocated.get_mut(&live.agent_id) {
+            allocated.sub(live.request);
+            if *allocated == Allocation::default() {
+                self.allocated.remove(&live.agent_id);
+            }
+        }
+        Some(live)
+    }
+
+    /// A step reached a terminal state: decide its waiting dependents (ready or skipped, by their
+    /// `when`), and end the workflow when every step has ended.
+    pub(super) fn step_finished(
+        &mut self,
+        ctx: ApplyCtx,
+        workflow_id: WorkflowId,
+        step: u32,
+        events: &mut Events,
+    ) {
+        let now_ms = self.now_ms;
+        let workflow = Arc::make_mut(
+            self.workflows
+                .get_mut(&workflow_id)
+                .expect("workflow exists"),
+        );
+        // Iterative: a skip can cascade down a long chain.
+        let mut finished = vec![step];
+        let mut newly_ready = Vec::new();
+        let mut skipped = Vec::new();
+        while let Some(done) = finished.pop() {
+            let dependents = workflow.steps[done as usize].dependents.clone();
+            for d in dependents {
+                let run = &workflow.steps[d as usize];
+                if run.state != StepState::Waiting {
+                    continue;
+                }
+                let deps: Vec<StepState> = run
+                    .deps
+                    .iter()
+                    .map(|&i| workflow.steps[i as usize].state)
+                    .collect();
+                if !deps.iter().all(|s| s.is_terminal()) {
+                    continue;
+                }
+                let when = pb::RunCondition::try_from(workflow.spec.steps[d as usize].when)
+                    .unwrap_or_default();
+                let runs = match when {
+                    pb::RunCondition::Always => true,
+                    pb::RunCondition::Failure => deps.contains(&StepState::Failed),
+                    pb::RunCondition::Unspecified | pb::RunCondition::Success => {
+                        deps.iter().all(|&s| s == StepState::Succeeded)
+                    }
+                };
+                let run = &mut workflow.steps[d as usize];
+                if runs {
+                    run.state = StepState::Ready;
+                    run.ready_at_ms = now_ms;
+                    newly_ready.push(d);
+                } else {
+                    run.state = StepState::Skipped;
+                    run.finished_at_ms = now_ms;
+                    skipped.push(d);
+                    finished.push(d);
+                }
+            }
+        }
+        let all_done = workflow.steps.iter().all(|s| s.state.is_terminal());
+        if all_done {
+            let failed = workflow.steps.iter().any(|s| s.state == StepState::Failed);
+            workflow.state = if failed {
+                WorkflowState::Failed
+            } else {
+                WorkflowState::Succeeded
+            };
+            workflow.finished_at_ms = now_ms;
+            if failed {
+                let names: Vec<&str> = workflow
+                    .steps
+                    .iter()
+                    .zip(&workflow.spec.steps)
+                    .filter(|(run, _)| run.state == StepState::Failed)
+                    .map(|(_, spec)| spec.name.as_str())
+                    .collect();
+                workflow.reason = format!("step(s) failed: {}", names.join(", "));
+            }
+        }
+        let workflow = self.workflows.get(&workflow_id).expect("exists").clone();
+        for d in skipped {
+            events.push(
+                self.event(ctx, workflow_id, pb::EventKind::StepSkipped, |e| {
+                    e.step = workflow.spec.steps[d as usize].name.clone();
+                    e.step_state = pb::StepState::Skipped as i32;
+                }),
+            );
+        }
+        for d in newly_ready {
+            self.ready.insert(ready_key(&workflow, d));
+            events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
+                e.step = workflow.spec.steps[d as usize].name.clone();
+                e.step_state = pb::StepState::Ready as i32;
+            }));
+        }
+        if all_done {
+            events.push(
+                self.event(ctx, workflow_id, pb::EventKind::WorkflowFinished, |e| {
+                    e.workflow_state = workflow.state.to_proto() as i32;
+                    e.message = workflow.reason.clone();
+                }),
+            );
+        }
+    }
+
+    /// An event at this entry's index and the state's time.
+    pub(super) fn event(
+        &self,
+        ctx: ApplyCtx,
+        workflow_id: WorkflowId,
+        kind: pb::EventKind,
+        fill: impl FnOnce(&mut pb::WorkflowEvent),
+    ) -> pb::WorkflowEvent {
+        let mut event = pb::WorkflowEvent {
+            index: ctx.index,
+            workflow_id: workflow_id.0,
+            time_ms: self.now_ms,
+            kind: kind as i32,
+            ..Default::default()
+        };
+        fill(&mut event);
+        event
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.agents.values()
+    }
+
+    pub fn agent(&self, id: AgentId) -> Option<&Arc<Agent>> {
+        self.agents.get(&id)
+    }
+
+    pub fn allocation(&self, id: AgentId) -> Allocation {
+        self.allocated.get(&id).copied().unwrap_or_default()
+    }
+
+    pub fn live_attempts(&self) -> impl Iterator<Item = (&AttemptId, &LiveAttempt)> {
+        self.attempts.iter()
+    }
+
+    pub fn live_attempt(&self, id: AttemptId) -> Option<&LiveAttempt> {
+        self.attempts.get(&id)
+    }
+
+    /// The ready queue in scheduling order.
+    pub fn ready_queue(&self) -> impl Iterator<Item = &ReadyKey> {
+        self.ready.iter()
+    }
+
+    pub fn reports_refused(&self) -> u64 {
+        self.reports_refused
+    }
+
+    /// Why a ready step is still waiting, when it can be told from the state alone.
+    pub fn pending_reason(&self, workflow: &Workflow, step: u32) -> Option<String> {
+        if workflow.steps[step as usize].state != StepState::Ready {
+            return None;
+        }
+        let spec_step = &workflow.spec.steps[step as usize];
+        let request = step_request(spec_step);
+        let matching: Vec<&Agent> = self
+            .agents
+            .values()
+            .filter(|a| labels_match(&spec_step.constraints, &a.labels))
+            .map(|a| a.as_ref())
+            .collect();
+        if self.agents.is_empty() {
+            return Some("no agent is registered".to_owned());
+        }
+        if matching.is_empty() {
+            let constraints: Vec<String> = spec_step
+                .constraints
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            return Some(format!(
+                "no registered agent has labels {}",
+                constraints.join(",")
+            ));
+        }
+        if !matching
+            .iter()
+            .any(|a| Allocation::default().fits(a, request))
+        {
+            return Some(format!(
+                "no matching agent is large enough (needs {} cpu millis, {} MB)",
+                request.cpu_millis, request.memory_mb
+            ));
+        }
+        Some("waiting for a free agent".to_owned())
+    }
+}
+
+pub(super) fn ready_key(workflow: &Workflow, step: u32) -> ReadyKey {
+    ReadyKey {
+        neg_priority: -effective_priority(&workflow.spec.steps[step as usize], &workflow.spec),
+        ready_at_ms: workflow.steps[step as usize].ready_at_ms,
+        workflow_id: workflow.id,
+        step,
+    }
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+}
+
+/// Keeps the last `max` bytes (the end of a log is what explains a failure), on a char boundary.
+fn truncate_utf8(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text.drain(..start);
+    text
+}
