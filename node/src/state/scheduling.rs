@@ -253,12 +253,7 @@ impl ClusterState {
         }
         let live = self.release(cmd.attempt_id).expect("checked above");
         let now_ms = self.now_ms;
-        let workflow = Arc::make_mut(
-            self.workflows
-                .get_mut(&live.workflow_id)
-                .expect("live attempt's workflow exists"),
-        );
-        workflow.revision = ctx.index;
+        let workflow = self.workflow_changed(live.workflow_id, ctx);
         let step = live.step as usize;
         let spec_step = workflow.spec.steps[step].clone();
         let run = &mut workflow.steps[step];
@@ -331,12 +326,7 @@ impl ClusterState {
                 continue;
             };
             let now_ms = self.now_ms;
-            let workflow = Arc::make_mut(
-                self.workflows
-                    .get_mut(&live.workflow_id)
-                    .expect("live attempt's workflow exists"),
-            );
-            workflow.revision = ctx.index;
+            let workflow = self.workflow_changed(live.workflow_id, ctx);
             let step = live.step as usize;
             let name = workflow.spec.steps[step].name.clone();
             let run = &mut workflow.steps[step];
@@ -580,6 +570,19 @@ impl ClusterState {
                 }),
             );
         }
+    }
+
+    /// A workflow this entry changes, made unique for writing and stamped with the entry's index.
+    /// Only for workflows the state references (live attempts, queued steps): a missing one is a
+    /// broken invariant.
+    fn workflow_changed(&mut self, id: WorkflowId, ctx: ApplyCtx) -> &mut Workflow {
+        let workflow = Arc::make_mut(
+            self.workflows
+                .get_mut(&id)
+                .expect("a workflow the state references exists"),
+        );
+        workflow.revision = ctx.index;
+        workflow
     }
 
     /// An event at this entry's index and the state's time.
