@@ -159,17 +159,16 @@ async fn dependency_order_conditions_and_retries_hold() {
 
     // Order: every execution started after all its dependencies' successful executions ended,
     // and each saw its dependencies' outputs.
-    let journal = agent.journal.lock();
+    let executions = agent.executions();
     let finished_ok = |name: &str| {
-        journal
-            .executions
+        executions
             .iter()
             .filter(|e| e.step == name)
             .filter_map(|e| e.finished)
             .max()
             .unwrap_or_else(|| panic!("{name} never finished"))
     };
-    for e in &journal.executions {
+    for e in &executions {
         let deps: &[&str] = match e.step.as_str() {
             "flaky" | "broken" => &["build"],
             "test" => &["flaky"],
@@ -190,8 +189,7 @@ async fn dependency_order_conditions_and_retries_hold() {
             );
         }
     }
-    let flaky_attempts: Vec<u64> = journal
-        .executions
+    let flaky_attempts: Vec<u64> = executions
         .iter()
         .filter(|e| e.step == "flaky")
         .map(|e| e.attempt_id)
@@ -200,12 +198,11 @@ async fn dependency_order_conditions_and_retries_hold() {
         flaky_attempts[1] > flaky_attempts[0],
         "a retry is a new attempt with a new token"
     );
+    let running_max = agent.journal.lock().running_max;
     assert!(
-        journal.running_max <= 2,
-        "agent ran {} at once with 2 slots",
-        journal.running_max
+        running_max <= 2,
+        "agent ran {running_max} at once with 2 slots"
     );
-    drop(journal);
     cluster.shutdown().await;
 }
 
@@ -412,11 +409,12 @@ async fn cancel_stops_running_steps_and_capacity_is_respected() {
         || async { (agent.journal.lock().stopped.len() == 2).then_some(()) },
     )
     .await;
-    let journal = agent.journal.lock();
-    assert!(journal.running.is_empty());
-    assert_eq!(journal.running_max, 2, "capacity exceeded");
-    assert_eq!(journal.executions.len(), 2, "cancelled steps were started");
-    // The agent's tasks take this lock; never hold it across an await.
-    drop(journal);
+    {
+        // The agent's tasks take this lock; never hold it across an await.
+        let journal = agent.journal.lock();
+        assert!(journal.running.is_empty());
+        assert_eq!(journal.running_max, 2, "capacity exceeded");
+        assert_eq!(journal.executions.len(), 2, "cancelled steps were started");
+    }
     cluster.shutdown().await;
 }

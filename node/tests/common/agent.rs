@@ -61,6 +61,11 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// A copy of every execution so far, so that no caller holds the journal's lock.
+    pub fn executions(&self) -> Vec<Execution> {
+        self.journal.lock().executions.clone()
+    }
+
     /// Connects to whichever of `endpoints` is the leader (following `baton-leader` hints), and
     /// keeps reconnecting, re-attaching its running attempts, until killed.
     pub fn start(
