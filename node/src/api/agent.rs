@@ -63,22 +63,20 @@ fn validate_register(r: &pb::Register) -> Result<(), Status> {
     Ok(())
 }
 
-impl AgentServiceImpl {
-    /// Refuses a session on a follower, naming the leader so the agent can go there.
-    async fn require_leader(&self) -> Result<(), Status> {
-        if self.node.is_leader() {
-            return Ok(());
-        }
-        let mut status =
-            Status::failed_precondition("this node is not the leader; connect to the leader");
-        if let Some(leader) = self.node.raft.current_leader().await
-            && let Some(addr) = self.node.member_addr(leader)
-            && let Ok(value) = addr.parse()
-        {
-            status.metadata_mut().insert("baton-leader", value);
-        }
-        Err(status)
+/// Refuses a session (or ends one) on a follower, naming the leader so the agent can go there.
+async fn require_leader(node: &RaftNode) -> Result<(), Status> {
+    if node.is_leader() {
+        return Ok(());
     }
+    let mut status =
+        Status::failed_precondition("this node is not the leader; connect to the leader");
+    if let Some(leader) = node.raft.current_leader().await
+        && let Some(addr) = node.member_addr(leader)
+        && let Ok(value) = addr.parse()
+    {
+        status.metadata_mut().insert("baton-leader", value);
+    }
+    Err(status)
 }
 
 #[tonic::async_trait]
@@ -89,7 +87,7 @@ impl AgentService for AgentServiceImpl {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        self.require_leader().await?;
+        require_leader(&self.node).await?;
         let mut inbound = request.into_inner();
         let register = match inbound.next().await {
             Some(Ok(pb::AgentMessage {
@@ -172,6 +170,13 @@ impl AgentService for AgentServiceImpl {
                 sessions.seen(agent_id, session_id);
                 match msg {
                     pb::agent_message::Msg::Heartbeat(hb) => {
+                        // Leases live on the leader: after a leader change, send the agent to
+                        // the new one rather than renew here what nobody enforces.
+                        if let Err(status) = require_leader(&node).await {
+                            tracing::info!(agent_id = %agent_id, "no longer the leader: ending the agent's session");
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
                         let renewed = renew(&node, &sessions, agent_id, &hb.running_attempts);
                         let ack = pb::server_message::Msg::HeartbeatAck(pb::HeartbeatAck {
                             seq: hb.seq,
