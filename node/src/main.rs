@@ -27,15 +27,11 @@ async fn main() -> ExitCode {
         }
     };
     baton_node::init_tracing(config.log_format);
-    if let Some(addr) = config.metrics_listen {
-        let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install();
-        if let Err(err) = installed {
-            eprintln!("batond: --metrics-listen {addr}: {err}");
-            return ExitCode::FAILURE;
-        }
-        baton_node::metrics::describe();
+    if let Some(addr) = config.metrics_listen
+        && let Err(err) = baton_node::metrics::install(addr)
+    {
+        eprintln!("batond: {err}");
+        return ExitCode::FAILURE;
     }
     let server = match Server::start(&config, None).await {
         Ok(server) => server,

@@ -357,9 +357,20 @@ impl AdminService for AdminServiceImpl {
         &self,
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        observed("ListAgents", self.list_agents_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+impl AdminServiceImpl {
+    async fn list_agents_inner(&self) -> Result<pb::ListAgentsResponse, Status> {
         // Connection state is leader memory: ask the leader.
         if let Some(mut leader) = self.leader_admin().await? {
-            return leader.list_agents(pb::ListAgentsRequest {}).await;
+            return Ok(leader
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner());
         }
         let connected = self.sessions.connected();
         let agents = self.node.replica.read(|a| {
@@ -397,6 +408,6 @@ impl AdminService for AdminServiceImpl {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        Ok(pb::ListAgentsResponse { agents })
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::node_error;
+use super::{node_error, observed};
 use crate::metrics;
 use crate::raft::{NodeError, RaftNode};
 use crate::scheduler::{self, OUTBOX_CAPACITY, Sessions};
@@ -79,14 +79,26 @@ async fn require_leader(node: &RaftNode) -> Result<(), Status> {
     Err(status)
 }
 
+type SessionStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+
 #[tonic::async_trait]
 impl AgentService for AgentServiceImpl {
-    type SessionStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+    type SessionStream = SessionStream;
 
     async fn session(
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        observed("Session", self.open_session(request)).await
+    }
+}
+
+impl AgentServiceImpl {
+    /// Registers the agent and starts serving its session.
+    async fn open_session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
         require_leader(&self.node).await?;
         let mut inbound = request.into_inner();
         let register = match inbound.next().await {

@@ -10,12 +10,14 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{node_error, observed};
-use crate::metrics;
 use crate::raft::RaftNode;
 use crate::state::{
     CancelCommand, Command, ListQuery, Response as Applied, SubmitCommand, WorkflowId,
     WorkflowState,
 };
+
+type WatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WorkflowEvent, Status>> + Send>>;
 
 pub struct WorkflowServiceImpl {
     pub node: Arc<RaftNode>,
@@ -52,7 +54,6 @@ impl WorkflowServiceImpl {
                 created,
             } => {
                 if created {
-                    metrics::workflow_submitted();
                     tracing::info!(workflow = %workflow_id, index = proposed.index, "workflow submitted");
                 }
                 Ok(pb::SubmitResponse {
@@ -203,15 +204,20 @@ impl WorkflowService for WorkflowServiceImpl {
             .map(Response::new)
     }
 
-    type WatchStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<pb::WorkflowEvent, Status>> + Send + 'static>,
-    >;
+    type WatchStream = WatchStream;
 
     async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = request.into_inner();
+        observed("Watch", self.watch_inner(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+}
+
+impl WorkflowServiceImpl {
+    async fn watch_inner(&self, req: pb::WatchRequest) -> Result<WatchStream, Status> {
         let only = (req.workflow_id != 0).then_some(WorkflowId(req.workflow_id));
         let (past, mut live) = self.node.replica.events.subscribe(req.from_index);
         // A watched workflow that has already ended, with its end no longer retained here (or
@@ -270,7 +276,7 @@ impl WorkflowService for WorkflowServiceImpl {
             wanted,
             ends,
         );
-        Ok(Response::new(stream))
+        Ok(stream)
     }
 }
 

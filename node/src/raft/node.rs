@@ -116,6 +116,11 @@ impl RaftNode {
         )
         .await
         .map_err(|e| format!("raft did not start: {e}"))?;
+        let leadership = raft.metrics();
+        replica.set_leader_term(Box::new(move || {
+            let m = leadership.borrow_watched();
+            (m.state == ServerState::Leader).then_some(m.current_term)
+        }));
         let mut node = Self {
             id,
             raft,
@@ -370,16 +375,24 @@ pub fn wall_clock_ms() -> u64 {
 /// Mirrors openraft's metrics into Prometheus gauges and logs leader changes.
 async fn watch_metrics(raft: Raft) {
     let mut rx = raft.metrics();
+    let mut last_seen = None;
     let mut last_leader = None;
+    let mut followers_reported = std::collections::BTreeSet::new();
     loop {
         {
             let m = rx.borrow_watched();
-            let leader_changed = m.current_leader != last_leader;
-            if leader_changed {
+            if m.current_leader != last_seen {
                 tracing::info!(node = m.id, leader = ?m.current_leader, term = m.current_term, "leader changed");
+                last_seen = m.current_leader;
+            }
+            // A new leader, not the gap of an election: losing one and finding the next is one
+            // change.
+            let new_leader = m.current_leader.is_some() && m.current_leader != last_leader;
+            if m.current_leader.is_some() {
                 last_leader = m.current_leader;
             }
-            metrics::raft(&m, leader_changed);
+            metrics::raft(&m, new_leader);
+            metrics::replication_lag(&m, &mut followers_reported);
         }
         if rx.changed().await.is_err() {
             return;

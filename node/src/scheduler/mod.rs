@@ -175,6 +175,7 @@ pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb
 /// Runs for the life of the node; acts only while it is the leader.
 pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
     let mut was_leader = false;
+    let mut gauges = metrics::LeaderGauges::default();
     loop {
         tokio::select! {
             _ = node.replica.applied_notify.notified() => {}
@@ -182,6 +183,7 @@ pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
             _ = tokio::time::sleep(ROUND_INTERVAL) => {}
         }
         if !node.is_leader() {
+            gauges.clear();
             if was_leader {
                 tracing::info!("lost leadership: closing agent sessions");
                 sessions.close_all();
@@ -206,6 +208,7 @@ pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
             }
             was_leader = true;
         }
+        gauges.update(&view.state, &sessions.connected(), Instant::now());
         if let Err(err) = round(&node, &sessions, &view.state).await {
             tracing::debug!(error = %err, "scheduling round cut short");
         }
@@ -257,8 +260,18 @@ async fn round(
         );
     }
     if !expired.is_empty() {
-        tracing::info!(count = expired.len(), attempts = ?expired, "leases expired");
-        metrics::leases_expired(expired.len());
+        for attempt in &expired {
+            if let Some(live) = state.live_attempt(*attempt) {
+                let step = state
+                    .workflow(live.workflow_id)
+                    .and_then(|w| w.spec.steps.get(live.step as usize))
+                    .map_or("", |s| s.name.as_str());
+                tracing::warn!(
+                    workflow = %live.workflow_id, step, attempt = %attempt, agent = %live.agent_id,
+                    "lease not renewed in time: expiring it"
+                );
+            }
+        }
         node.propose(Command::ExpireLeases { attempts: expired })
             .await?;
         return Ok(());

@@ -274,7 +274,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             count += 1;
         }
         metrics::storage_append(count);
+        let started = Instant::now();
         self.db.write(batch).map_err(io_err)?;
+        metrics::storage_write(started.elapsed());
         self.flusher
             .queue
             .as_ref()

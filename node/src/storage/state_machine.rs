@@ -11,7 +11,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::TryStreamExt;
 use openraft::EntryPayload;
@@ -44,7 +44,13 @@ pub struct Replica {
     pub events: EventLog,
     /// Wakes leader loops when something was applied.
     pub applied_notify: tokio::sync::Notify,
+    /// The term this node currently leads, if it leads (set once Raft runs). Decides which
+    /// applied entries this node counts in the workflow metrics (see `metrics`).
+    leader_term: OnceLock<LeaderTerm>,
 }
+
+/// Reads this node's current leadership from Raft: `Some(term)` while it is the leader.
+pub type LeaderTerm = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl Replica {
     /// Runs `f` on the applied state under a read lock. Keep `f` short: apply waits for it.
@@ -55,6 +61,21 @@ impl Replica {
     /// An O(1) point-in-time copy, for work too long to do under the lock.
     pub fn view(&self) -> Applied {
         self.applied.read().clone()
+    }
+
+    /// Connects the replica to Raft's view of leadership; later calls are ignored.
+    pub fn set_leader_term(&self, leader_term: LeaderTerm) {
+        let _ = self.leader_term.set(leader_term);
+    }
+
+    /// Whether this node counts an entry of `term` in the workflow metrics: only the leader of
+    /// that term does, while it still leads. So every entry is counted at most once in the
+    /// cluster, and a node re-applying its log after a restart (it leads no old term) counts
+    /// nothing twice.
+    fn counts_entry_of(&self, term: u64) -> bool {
+        self.leader_term
+            .get()
+            .is_some_and(|leader_term| leader_term() == Some(term))
     }
 
     pub fn last_applied_index(&self) -> u64 {
@@ -105,6 +126,7 @@ impl StateMachineStore {
                 hash_cache: Mutex::new(None),
                 events: EventLog::default(),
                 applied_notify: tokio::sync::Notify::new(),
+                leader_term: OnceLock::new(),
             }),
             snapshot_dir: snapshot_dir.to_owned(),
         })
@@ -142,6 +164,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             },
                             log_entry,
                         );
+                        // Metrics come from what apply returned, never from inside it.
+                        if self.replica.counts_entry_of(entry.log_id.leader_id.term) {
+                            metrics::applied_events(&applied.state, &result.events);
+                        }
                         self.replica.events.publish(result.events);
                         result.response
                     }
