@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::args::{Cli, Command};
+use crate::cli::args::{Cli, Command, LogFormat};
 use crate::cli::failure::{EXIT_FAILED, EXIT_OK, report};
 
 fn main() -> ExitCode {
@@ -18,13 +18,16 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // One thread is plenty for a CLI making a handful of calls, and for an agent too: its steps
     // are other processes or async I/O. (It is also the thread that forks step processes, and
     // PR_SET_PDEATHSIG fires when the forking *thread* exits: the main thread lives as long as

@@ -22,7 +22,8 @@
 //! Code map: `runtime` is the event loop (sessions, attempts, reports); `lease` the pure
 //! self-fencing rules; `executor/` how each task type runs; `template` the `BATON_*`
 //! environment and `{{ ... }}` templates; `handler` the application's side (`Handler`,
-//! `TaskContext`); `tail` and `backoff` small pieces with their own tests.
+//! `TaskContext`); `metrics` every metric the agent emits; `tail` and `backoff` small pieces
+//! with their own tests.
 //!
 //! Architecture invariant: the agent never runs an attempt past the moment its lease could
 //! have expired on the leader. Every path that loses the lease (an ack that omits it, a
@@ -33,6 +34,7 @@ pub mod backoff;
 pub mod executor;
 mod handler;
 pub mod lease;
+pub mod metrics;
 mod runtime;
 pub mod tail;
 pub mod template;

@@ -38,6 +38,7 @@ use crate::agent::backoff::Backoff;
 use crate::agent::executor::{Executors, PreparedTask, TaskResult};
 use crate::agent::handler::{AttemptControl, StopReason, TaskContext, TaskContextParts};
 use crate::agent::lease::LeaseTable;
+use crate::agent::metrics;
 use crate::agent::template::{StepIdentity, TemplateValues, step_env};
 use crate::client::{DECODE_MESSAGE_BYTES_MAX, ENCODE_MESSAGE_BYTES_MAX, channel};
 use crate::endpoints::{Endpoint, Endpoints};
@@ -146,6 +147,7 @@ impl Runtime {
         executors: Arc<Executors>,
     ) -> Runtime {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        metrics::slots(config.slots);
         Runtime {
             config,
             executors,
@@ -193,7 +195,10 @@ impl Runtime {
                 None => SessionEnd::Shutdown,
                 Some(Ok(session)) => {
                     backoff.reset();
-                    self.serve(session, &reported_running, &mut shutdown).await
+                    metrics::connected(true);
+                    let end = self.serve(session, &reported_running, &mut shutdown).await;
+                    metrics::connected(false);
+                    end
                 }
                 Some(Err(end)) => end,
             };
@@ -204,6 +209,7 @@ impl Runtime {
                     self.targets.redirect(leader);
                 }
                 SessionEnd::Lost(reason) => {
+                    metrics::session_failed();
                     warn!(agent = %self.config.name, %endpoint, error = %reason, "no session with the cluster; reconnecting");
                     self.targets.failed();
                 }
@@ -377,12 +383,16 @@ impl Runtime {
                 }
             }
             ServerMsg::ReportAccepted(accepted) => {
-                if self.reports.remove(&accepted.attempt_id).is_some() {
+                let removed = self.reports.remove(&accepted.attempt_id).is_some();
+                metrics::reports_pending(self.reports.len());
+                if removed {
                     debug!(agent = %self.config.name, attempt = accepted.attempt_id, "report accepted");
                 }
             }
             ServerMsg::Rejected(rejected) => {
                 self.reports.remove(&rejected.attempt_id);
+                metrics::report_rejected();
+                metrics::reports_pending(self.reports.len());
                 warn!(
                     agent = %self.config.name,
                     attempt = rejected.attempt_id,
@@ -440,6 +450,7 @@ impl Runtime {
                 stopped: None,
             },
         );
+        metrics::attempt_started(self.attempts.len());
         let executors = self.executors.clone();
         let finished_tx = self.finished_tx.clone();
         tokio::spawn(async move {
@@ -495,6 +506,7 @@ impl Runtime {
         self.leases.remove(attempt_id);
         let attempt = self.attempts.remove(&attempt_id)?;
         if let Some(reason) = attempt.stopped.filter(|reason| !reason.is_reported()) {
+            metrics::attempt_killed(self.attempts.len(), &reason);
             info!(
                 agent = %self.config.name,
                 workflow = attempt.workflow_id,
@@ -524,7 +536,17 @@ impl Runtime {
             started_at_ms: finished.started_at_ms,
             finished_at_ms: finished.finished_at_ms,
         };
+        metrics::attempt_reported(
+            self.attempts.len(),
+            report.success,
+            Duration::from_millis(
+                finished
+                    .finished_at_ms
+                    .saturating_sub(finished.started_at_ms),
+            ),
+        );
         self.reports.insert(attempt_id, report.clone());
+        metrics::reports_pending(self.reports.len());
         session.map(|_| report)
     }
 

@@ -34,6 +34,10 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
 
+    /// Format of the logs on stderr (an agent's, or a command's retries and failovers).
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,6 +47,14 @@ pub enum OutputFormat {
     /// Aligned columns for people.
     Table,
     /// Stable JSON for scripts: lowercase enum names, times in ms since the epoch, ids as numbers.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields included (for log collectors).
     Json,
 }
 
@@ -115,6 +127,10 @@ pub struct AgentArgs {
     /// Memory this agent offers, in MiB.
     #[arg(long, default_value_t = 8192)]
     pub memory_mb: u32,
+
+    /// Serve this agent's Prometheus metrics on this address (`/metrics`), e.g. 0.0.0.0:9200.
+    #[arg(long, env = "BATON_AGENT_METRICS_LISTEN", value_name = "IP:PORT", value_parser = parse_socket_addr)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +203,12 @@ pub enum ClusterCommand {
     },
     /// Build a snapshot now on the answering node, which lets it purge its log.
     Snapshot,
+}
+
+/// An `IP:PORT` listen address, with an error that says what is expected.
+fn parse_socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not IP:PORT (e.g. 127.0.0.1:9200)"))
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -357,6 +379,35 @@ mod tests {
         ));
         assert!(parse(&["agent"]).is_err(), "--name is required");
         assert!(parse(&["agent", "--name", "a", "--slots", "0"]).is_err());
+    }
+
+    #[test]
+    fn agent_metrics_address_and_log_format_parse() {
+        let cli = parse(&[
+            "--log-format",
+            "json",
+            "agent",
+            "--name",
+            "a",
+            "--metrics-listen",
+            "127.0.0.1:9200",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Agent(agent) = cli.command else {
+            panic!("not an agent")
+        };
+        assert_eq!(
+            agent.metrics_listen,
+            Some("127.0.0.1:9200".parse().unwrap())
+        );
+        let cli = parse(&["agent", "--name", "a"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+
+        let error = parse(&["agent", "--name", "a", "--metrics-listen", "localhost"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("is not IP:PORT"), "{error}");
+        assert!(parse(&["--log-format", "xml", "agents"]).is_err());
     }
 
     #[test]

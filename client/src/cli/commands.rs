@@ -272,6 +272,10 @@ async fn agent(endpoints: Endpoints, args: AgentArgs) -> anyhow::Result<()> {
             baton_client::agent::AgentError::InvalidConfig(_) => Failure::usage(error.to_string()),
             other => Failure::failed(other.to_string()),
         })?;
+    if let Some(addr) = args.metrics_listen {
+        baton_client::agent::metrics::install(addr).map_err(Failure::failed)?;
+        tracing::info!(%addr, "serving agent metrics on /metrics");
+    }
     tracing::info!(config = ?agent.config(), task_types = ?agent.task_types(), "agent starting");
     agent.run(shutdown_signal()).await;
     Ok(())
