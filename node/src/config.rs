@@ -37,7 +37,7 @@ pub struct DevArgs {
     /// gRPC port of node 1; nodes 2 and 3 take the next two.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
-    /// Metrics port of node 1; nodes 2 and 3 take the next two.
+    /// Metrics port of node 1; nodes 2 and 3 take the next two, the agent the one after.
     #[arg(long, default_value_t = 9101)]
     pub metrics_base_port: u16,
     /// Start from empty data folders.

@@ -42,7 +42,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let endpoints: Vec<String> = (1..=NODES).map(addr).collect();
     let endpoints = endpoints.join(",");
-    // One agent, from the `baton` binary built beside this one, so submitted steps run.
+    // One agent, from the `baton` binary built beside this one, so submitted steps run. Its
+    // metrics are on the port after the nodes'.
+    let agent_metrics = format!("127.0.0.1:{}", args.metrics_base_port as u64 + NODES);
     let baton = exe.with_file_name("baton");
     if baton.exists() {
         let log = std::fs::File::create(args.data_dir.join("agent.log"))
@@ -57,6 +59,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 "dev-agent",
                 "--slots",
                 "4",
+                "--metrics-listen",
+                &agent_metrics,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -72,7 +76,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!(
         "Baton dev cluster: {NODES} nodes on {endpoints} and one agent (data and logs in {data})\n\
-         metrics: http://127.0.0.1:{m}/metrics (and the next two ports)\n\n\
+         metrics: http://127.0.0.1:{m}/metrics (and the next two ports; the agent's: \
+         http://{agent_metrics}/metrics)\n\n\
          Try it in another terminal:\n  \
          export BATON_ENDPOINTS={endpoints}\n  \
          baton cluster status --all\n  \
