@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Installs what building Baton needs and a fresh Debian 12 machine lacks: libclang for bindgen
-# (run by the rocksdb crate), a C++ compiler and make for RocksDB. Sourced by the other scripts.
+# Installs what building and testing Baton needs and a fresh Debian 12 machine lacks: libclang for
+# bindgen (run by the rocksdb crate), a C++ compiler and make for RocksDB, and Prometheus
+# (`prometheus` and `promtool`) for the observability test, which checks the metrics, the alert
+# rules and the dashboard against a real Prometheus. Sourced by the other scripts.
+#
+# Debian's `prometheus` package may start a system service on :9090 (where the init system allows
+# it). Nothing in Baton uses that service: the test starts its own Prometheus on a free loopback
+# port with a temporary storage folder. Recommends (node-exporter) are not installed.
 set -euo pipefail
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 missing=()
-for pkg in libclang-dev g++ make; do
+for pkg in libclang-dev g++ make prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing build prerequisites: ${missing[*]}" >&2
+  echo "installing prerequisites: ${missing[*]}" >&2
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}"
 fi

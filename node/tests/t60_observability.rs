@@ -1,0 +1,848 @@
+//! The observability stack against the real thing: three `batond` processes and two `baton agent`
+//! processes (the binaries this workspace builds), a real Prometheus (Debian's `prometheus`
+//! package, which `scripts/prereqs.sh` installs) scraping them on loopback with the shipped scrape
+//! config and alert rules, and load on the cluster. Then:
+//!
+//! - `promtool check metrics` finds nothing on any node's or agent's `/metrics`;
+//! - `promtool check rules`, `promtool test rules` and `promtool check config` pass on `deploy/`;
+//! - the workflow counters move and are not counted three times (exact totals, fleet capacity);
+//! - every PromQL expression of the shipped dashboard parses and returns data, and every alert
+//!   expression parses, read from the files in `deploy/` so they cannot drift;
+//! - killing the leader moves the leader-change counter, and the "no leader" alert's expression
+//!   is empty once a new leader is elected;
+//! - JSON logs carry workflow, step, attempt and agent as fields.
+//!
+//! The `baton` binary is taken from beside `batond`: `cargo test --workspace` builds both; when
+//! running this test alone, build it first (`cargo build -p baton-client --bin baton`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use common::*;
+use serde_json::Value as Json;
+
+/// How long each phase may take before the test fails, naming what never happened.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A child process, killed when dropped so a failing test leaves nothing behind.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the node crate sits in the workspace")
+        .to_owned()
+}
+
+/// A Prometheus tool from PATH (or /usr/bin, where Debian puts it).
+fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` not found: install Debian's `prometheus` package \
+                 (scripts/prereqs.sh does, and .ci/run runs it)"
+            )
+        })
+}
+
+fn baton_binary() -> PathBuf {
+    let baton = Path::new(env!("CARGO_BIN_EXE_batond")).with_file_name("baton");
+    assert!(
+        baton.is_file(),
+        "{} not found: `cargo test --workspace` builds it; alone, run \
+         `cargo build -p baton-client --bin baton` first",
+        baton.display()
+    );
+    baton
+}
+
+/// Free loopback ports: bound to learn them, then released for the processes to bind.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn spawn_node(id: usize, grpc: &[u16], metrics: SocketAddr, dir: &Path) -> Proc {
+    let cluster: Vec<String> = grpc
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
+        .args(["--node-id", &id.to_string()])
+        .args(["--listen", &loopback(grpc[id - 1]).to_string()])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node{id}")))
+        .args(["--initial-cluster", &cluster.join(",")])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--log-format", "json"])
+        .args([
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-min-ms",
+            "300",
+            "--election-timeout-max-ms",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn batond");
+    Proc { child }
+}
+
+fn spawn_agent(name: &str, labels: &str, endpoints: &str, metrics: SocketAddr, dir: &Path) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(baton_binary())
+        .args(["--endpoints", endpoints, "--log-format", "json", "agent"])
+        .args(["--name", name, "--slots", "4", "--labels", labels])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn baton agent");
+    Proc { child }
+}
+
+/// The shipped static scrape config, with the test's targets, one-second intervals and the
+/// shipped alert rules by absolute path. Every job it names must be one the test can fill.
+fn prometheus_config(jobs: &BTreeMap<&str, Vec<SocketAddr>>) -> String {
+    use serde_norway::Value as Yaml;
+    let path = repo_root().join("deploy/prometheus/prometheus.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut config: Yaml = serde_norway::from_str(&text).unwrap();
+    config["global"]["scrape_interval"] = "1s".into();
+    config["global"]["evaluation_interval"] = "1s".into();
+    let rules = repo_root().join("deploy/prometheus/alerts.yml");
+    config["rule_files"] = Yaml::Sequence(vec![rules.to_str().unwrap().into()]);
+    let scrape = config["scrape_configs"]
+        .as_sequence_mut()
+        .expect("scrape_configs");
+    let mut seen = Vec::new();
+    for job in scrape.iter_mut() {
+        let name = job["job_name"].as_str().expect("job_name").to_owned();
+        let targets = jobs
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{}: unexpected job {name:?}", path.display()));
+        let targets: Vec<Yaml> = targets.iter().map(|a| a.to_string().into()).collect();
+        let mut static_config = serde_norway::Mapping::new();
+        static_config.insert("targets".into(), Yaml::Sequence(targets));
+        job["static_configs"] = Yaml::Sequence(vec![Yaml::Mapping(static_config)]);
+        seen.push(name);
+    }
+    seen.sort();
+    let mut expected: Vec<String> = jobs.keys().map(|j| j.to_string()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "{}: jobs", path.display());
+    serde_norway::to_string(&config).unwrap()
+}
+
+/// Runs a promtool subcommand; panics with its output unless it succeeds without a word of
+/// complaint on stdout beyond `SUCCESS` lines.
+fn promtool(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(tool("promtool"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+struct Prometheus {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Prometheus {
+    /// An instant query: the result vector, or Prometheus's error (a query that does not parse).
+    async fn query(&self, expr: &str) -> Result<Vec<Json>, String> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.base),
+            &[("query", expr)],
+        )
+        .unwrap();
+        let reply: Json = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("prometheus unreachable: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("prometheus answer cut short: {e}"))
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| format!("not json ({e}): {text}"))
+            })?;
+        if reply["status"] != "success" {
+            return Err(format!(
+                "{}: {}",
+                reply["errorType"].as_str().unwrap_or("?"),
+                reply["error"].as_str().unwrap_or("?")
+            ));
+        }
+        Ok(reply["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The single value of a query that must return one sample (NaN when it returns none).
+    async fn value(&self, expr: &str) -> f64 {
+        match self.query(expr).await {
+            Ok(result) if result.len() == 1 => sample_value(&result[0]),
+            Ok(_) => f64::NAN,
+            Err(e) => panic!("{expr}: {e}"),
+        }
+    }
+
+    /// Waits until `expr`'s single value satisfies `ok`; returns it.
+    async fn wait_value(&self, expr: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        wait_for(PHASE_TIMEOUT, expr, || async {
+            let value = self.value(expr).await;
+            ok(value).then_some(value)
+        })
+        .await
+    }
+}
+
+fn sample_value(sample: &Json) -> f64 {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Every PromQL expression of the dashboard, with Grafana's `$__rate_interval` made concrete.
+fn dashboard_expressions() -> Vec<(String, String)> {
+    let path = repo_root().join("deploy/grafana/dashboards/baton.json");
+    let dashboard: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    fn walk(panels: &Json, out: &mut Vec<(String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?").to_owned();
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("every target has an expr");
+                out.push((title.clone(), expr.replace("$__rate_interval", "1m")));
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    assert!(
+        out.len() >= 20,
+        "{}: only {} expressions",
+        path.display(),
+        out.len()
+    );
+    out
+}
+
+/// Every alert rule of the shipped rules file: (name, expression).
+fn alert_expressions() -> Vec<(String, String)> {
+    let path = repo_root().join("deploy/prometheus/alerts.yml");
+    let rules: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            if let Some(alert) = rule["alert"].as_str() {
+                out.push((alert.to_owned(), rule["expr"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+fn step(name: &str, task: pb::step_spec::Task) -> pb::StepSpec {
+    pb::StepSpec {
+        name: name.into(),
+        task: Some(task),
+        ..Default::default()
+    }
+}
+
+fn workflow(name: &str, steps: Vec<pb::StepSpec>) -> pb::WorkflowSpec {
+    pb::WorkflowSpec {
+        name: name.into(),
+        steps,
+        ..Default::default()
+    }
+}
+
+fn sleep(ms: u64) -> pb::step_spec::Task {
+    pb::step_spec::Task::Sleep(pb::SleepTask { duration_ms: ms })
+}
+
+/// Submits through any node that answers, retrying with the same key.
+async fn submit(addrs: &[SocketAddr], key: &str, spec: &pb::WorkflowSpec) -> u64 {
+    wait_for(PHASE_TIMEOUT, "an acknowledged submit", || async {
+        for addr in addrs {
+            let mut client = WorkflowServiceClient::new(channel(*addr));
+            let request = pb::SubmitRequest {
+                spec: Some(spec.clone()),
+                idempotency_key: key.into(),
+            };
+            if let Ok(reply) = client.submit(request).await {
+                return Some(reply.into_inner().workflow_id);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// JSON log lines of a process' log file, each checked to be one JSON object.
+fn json_logs(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: not a JSON line ({e}): {line}", path.display()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
+    init_logs();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let prometheus_bin = tool("prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(9);
+    let grpc = &ports[0..3];
+    let node_metrics: Vec<SocketAddr> = ports[3..6].iter().map(|p| loopback(*p)).collect();
+    let agent_metrics: Vec<SocketAddr> = ports[6..8].iter().map(|p| loopback(*p)).collect();
+    let prometheus_addr = loopback(ports[8]);
+    let addrs: Vec<SocketAddr> = grpc.iter().map(|p| loopback(*p)).collect();
+    let endpoints: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    let endpoints = endpoints.join(",");
+
+    tracing::info!("--- a three-node cluster, two agents, and Prometheus scraping them");
+    let mut nodes: Vec<Proc> = (1..=3)
+        .map(|id| spawn_node(id, grpc, node_metrics[id - 1], dir.path()))
+        .collect();
+    let mut agents = vec![
+        spawn_agent(
+            "agent-1",
+            "pool=main",
+            &endpoints,
+            agent_metrics[0],
+            dir.path(),
+        ),
+        spawn_agent(
+            "agent-2",
+            "pool=doomed",
+            &endpoints,
+            agent_metrics[1],
+            dir.path(),
+        ),
+    ];
+    let jobs = BTreeMap::from([
+        ("batond", node_metrics.clone()),
+        ("baton-agent", agent_metrics.clone()),
+    ]);
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, prometheus_config(&jobs)).unwrap();
+    promtool(&["check", "config", config_path.to_str().unwrap()], None);
+    let prometheus_log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prometheus = Proc {
+        child: Command::new(&prometheus_bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prometheus_addr}"))
+            .stdin(Stdio::null())
+            .stdout(prometheus_log.try_clone().unwrap())
+            .stderr(prometheus_log)
+            .spawn()
+            .expect("spawn prometheus"),
+    };
+    let prom = Prometheus {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        base: format!("http://{prometheus_addr}"),
+    };
+    wait_for(PHASE_TIMEOUT, "prometheus to be ready", || async {
+        let reply = prom.http.get(format!("{}/-/ready", prom.base)).send().await;
+        reply.ok()?.status().is_success().then_some(())
+    })
+    .await;
+    let targets = node_metrics.len() + agent_metrics.len();
+    prom.wait_value("sum(up)", |up| up == targets as f64).await;
+    // Exactly one node reports fleet capacity: both agents' 4 slots once, not three times.
+    prom.wait_value(r#"sum(baton_fleet_capacity{resource="slots"})"#, |v| {
+        v == 8.0
+    })
+    .await;
+    let term_before = prom.value("max(baton_raft_term)").await;
+
+    tracing::info!("--- load: successes, failures with retries, timeouts, slow steps");
+    let mut created = 0;
+    let mut submits = Vec::new();
+    for i in 0..30 {
+        submits.push((format!("ok-{i}"), noop_spec(&format!("ok-{i}"), 3)));
+    }
+    for i in 0..20 {
+        let mut s = step("work", sleep(300));
+        s.resources = Some(pb::Resources {
+            cpu_millis: 500,
+            memory_mb: 256,
+        });
+        submits.push((format!("slow-{i}"), workflow(&format!("slow-{i}"), vec![s])));
+    }
+    for i in 0..10 {
+        let mut s = step(
+            "flaky",
+            pb::step_spec::Task::Exec(pb::ExecTask {
+                command: vec!["false".into()],
+                ..Default::default()
+            }),
+        );
+        s.retry = Some(pb::RetryPolicy {
+            max_attempts: 2,
+            backoff: Some(pb::Backoff {
+                initial_ms: 100,
+                multiplier: 1.0,
+                max_ms: 100,
+            }),
+        });
+        submits.push((format!("fail-{i}"), workflow(&format!("fail-{i}"), vec![s])));
+    }
+    for i in 0..3 {
+        let mut s = step("nowhere", pb::step_spec::Task::Noop(pb::NoopTask {}));
+        s.constraints = BTreeMap::from([("pool".into(), "nowhere".into())]);
+        s.schedule_to_start_timeout_ms = 1_000;
+        submits.push((format!("late-{i}"), workflow(&format!("late-{i}"), vec![s])));
+    }
+    let mut tasks = Vec::new();
+    for (key, spec) in submits {
+        let addrs = addrs.clone();
+        tasks.push(tokio::spawn(
+            async move { submit(&addrs, &key, &spec).await },
+        ));
+        created += 1;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    tracing::info!("--- steps on agent-2, then agent-2 dies: its leases expire");
+    let mut doomed = Vec::new();
+    for i in 0..4 {
+        let mut s = step("hold", sleep(120_000));
+        s.constraints = BTreeMap::from([("pool".into(), "doomed".into())]);
+        s.lease_ttl_ms = 1_000;
+        let spec = workflow(&format!("doomed-{i}"), vec![s]);
+        doomed.push(submit(&addrs, &format!("doomed-{i}"), &spec).await);
+        created += 1;
+    }
+    prom.wait_value(
+        r#"sum(baton_fleet_agent_allocated{agent="agent-2",resource="slots"})"#,
+        |v| v == 4.0,
+    )
+    .await;
+    prom.wait_value("sum(baton_agent_attempts_running)", |v| v >= 4.0)
+        .await;
+
+    tracing::info!("--- promtool check metrics on every node and agent");
+    let mut scraped = Vec::new();
+    for addr in node_metrics.iter().chain(&agent_metrics) {
+        let text = prom
+            .http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let complaints = promtool(&["check", "metrics"], Some(&text));
+        assert!(
+            complaints.trim().is_empty(),
+            "promtool check metrics on {addr}:\n{complaints}"
+        );
+        scraped.push(text);
+    }
+    assert!(scraped[..3].iter().all(|t| t.contains("baton_raft_term")));
+    assert!(
+        scraped[3..]
+            .iter()
+            .all(|t| t.contains("baton_agent_attempts_running"))
+    );
+    agents[1].kill();
+
+    tracing::info!("--- the counters move, each event counted once");
+    let sum = |metric: &str| format!("sum({metric})");
+    prom.wait_value(&sum("baton_lease_expirations_total"), |v| v >= 4.0)
+        .await;
+    prom.wait_value(&sum("baton_scheduler_reschedules_total"), |v| v >= 4.0)
+        .await;
+    prom.wait_value(
+        r#"sum(baton_workflows_finished_total{outcome="succeeded"})"#,
+        |v| v >= 50.0,
+    )
+    .await;
+    prom.wait_value(
+        r#"sum(baton_workflows_finished_total{outcome="failed"})"#,
+        |v| v >= 13.0,
+    )
+    .await;
+    let workflows = WorkflowServiceClient::new(channel(addrs[0]));
+    for id in &doomed {
+        wait_for(PHASE_TIMEOUT, "a cancel", || {
+            let mut workflows = workflows.clone();
+            async move {
+                workflows
+                    .cancel(pb::CancelRequest {
+                        workflow_id: *id,
+                        reason: "agent-2 is gone".into(),
+                    })
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+    prom.wait_value(
+        r#"sum(baton_workflows_finished_total{outcome="cancelled"})"#,
+        |v| v >= 4.0,
+    )
+    .await;
+    prom.wait_value(
+        r#"sum(baton_step_attempts_finished_total{outcome="failed"})"#,
+        |v| v >= 20.0,
+    )
+    .await;
+    prom.wait_value(
+        &sum("baton_scheduler_schedule_to_start_timeouts_total"),
+        |v| v >= 3.0,
+    )
+    .await;
+    prom.wait_value(&sum("baton_workflow_cycle_time_seconds_count"), |v| {
+        v >= created as f64
+    })
+    .await;
+    // Agent-side counters moved too (agent-2's series are gone with it, so no exact total).
+    prom.wait_value(
+        r#"sum(baton_agent_attempts_finished_total{outcome="failed"})"#,
+        |v| v >= 1.0,
+    )
+    .await;
+    prom.wait_value(r#"sum(baton_fleet_capacity{resource="slots"})"#, |v| {
+        v == 4.0
+    })
+    .await;
+    // No leader change so far: then every entry was counted by its leader exactly once.
+    // (After a change, entries applied by no leader of their own term go uncounted: never more.)
+    let totals = [
+        (sum("baton_workflows_submitted_total"), created as f64),
+        (
+            r#"sum(baton_workflows_finished_total{outcome="succeeded"})"#.to_owned(),
+            50.0,
+        ),
+        (
+            r#"sum(baton_workflows_finished_total{outcome="failed"})"#.to_owned(),
+            13.0,
+        ),
+        (
+            r#"sum(baton_workflows_finished_total{outcome="cancelled"})"#.to_owned(),
+            4.0,
+        ),
+        (sum("baton_scheduler_schedule_to_start_timeouts_total"), 3.0),
+        (
+            sum("baton_workflow_cycle_time_seconds_count"),
+            created as f64,
+        ),
+    ];
+    let stable = prom.value("max(baton_raft_term)").await == term_before;
+    for (expr, expected) in &totals {
+        let value = prom.value(expr).await;
+        if stable {
+            assert_eq!(value, *expected, "{expr}");
+        } else {
+            assert!(value <= *expected, "{expr}: {value} > {expected}");
+        }
+    }
+
+    tracing::info!("--- the rules and configs in deploy/ pass promtool");
+    promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], None);
+    promtool(
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+        None,
+    );
+    promtool(
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        None,
+    );
+    let rules: Json = serde_json::from_str(
+        &prom
+            .http
+            .get(format!("{}/api/v1/rules", prom.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let loaded: Vec<&Json> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    let alerts = alert_expressions();
+    assert_eq!(loaded.len(), alerts.len(), "rules Prometheus loaded");
+
+    tracing::info!("--- every dashboard expression returns data; every alert parses");
+    let expressions = dashboard_expressions();
+    let mut missing = Vec::new();
+    for (panel, expr) in &expressions {
+        let got = wait_for(PHASE_TIMEOUT, expr, || async {
+            match prom.query(expr).await {
+                Err(e) => panic!("panel {panel:?}: {expr}: {e}"),
+                Ok(result) if !result.is_empty() => Some(true),
+                Ok(_) => None,
+            }
+        });
+        // Bounded: a missing series is reported with its panel, not as a bare timeout.
+        if tokio::time::timeout(Duration::from_secs(20), got)
+            .await
+            .is_err()
+        {
+            missing.push(format!("panel {panel:?}: {expr}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "dashboard expressions without data:\n{}",
+        missing.join("\n")
+    );
+    for (alert, expr) in &alerts {
+        if let Err(e) = prom.query(expr).await {
+            panic!("alert {alert}: {expr}: {e}");
+        }
+    }
+    for rule in &loaded {
+        assert_eq!(rule["health"], "ok", "rule {}", rule["name"]);
+    }
+    tracing::info!(
+        dashboard = expressions.len(),
+        alerts = alerts.len(),
+        "expressions checked"
+    );
+
+    tracing::info!("--- leadership moves: the old leader's cluster-wide gauges go to 0");
+    let leader_instance = || async {
+        let leaders = prom.query("baton_raft_is_leader == 1").await.ok()?;
+        let instance = leaders.first()?["metric"]["instance"].as_str()?.to_owned();
+        (leaders.len() == 1).then_some(instance)
+    };
+    let first_leader = wait_for(PHASE_TIMEOUT, "one leader", leader_instance).await;
+    let mut admin = baton_proto::v1::admin_service_client::AdminServiceClient::new(channel(
+        addrs[node_metrics
+            .iter()
+            .position(|a| a.to_string() == first_leader)
+            .unwrap()],
+    ));
+    admin
+        .transfer_leader(pb::TransferLeaderRequest { to_node_id: 0 })
+        .await
+        .expect("leader transfer");
+    wait_for(PHASE_TIMEOUT, "another leader", || async {
+        leader_instance().await.filter(|l| *l != first_leader)
+    })
+    .await;
+    // Agent-1 follows the leader; only the new leader counts its slots.
+    prom.wait_value(
+        r#"count(baton_fleet_capacity{resource="slots"} > 0)"#,
+        |v| v == 1.0,
+    )
+    .await;
+    prom.wait_value(r#"sum(baton_fleet_capacity{resource="slots"})"#, |v| {
+        v == 4.0
+    })
+    .await;
+    let old = prom
+        .value(&format!(
+            r#"sum(baton_fleet_agent_capacity{{instance="{first_leader}"}})"#
+        ))
+        .await;
+    assert_eq!(old, 0.0, "the old leader still reports agent capacity");
+
+    tracing::info!("--- kill the leader: leader changes counted, no-leader alert quiet again");
+    let leaders = prom.query("baton_raft_is_leader == 1").await.unwrap();
+    assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
+    let old_leader = leaders[0]["metric"]["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let survivors: Vec<String> = node_metrics
+        .iter()
+        .map(SocketAddr::to_string)
+        .filter(|a| *a != old_leader)
+        .collect();
+    let survivors = survivors.join("|");
+    let changes = format!(r#"sum(baton_raft_leader_changes_total{{instance=~"{survivors}"}})"#);
+    let changes_before = prom.value(&changes).await;
+    let index = node_metrics
+        .iter()
+        .position(|a| a.to_string() == old_leader)
+        .unwrap();
+    nodes[index].kill();
+    prom.wait_value(&changes, |v| v > changes_before).await;
+    let new_leader = wait_for(PHASE_TIMEOUT, "a new leader in Prometheus", || async {
+        let leaders = prom.query("baton_raft_is_leader == 1").await.ok()?;
+        let instance = leaders.first()?["metric"]["instance"].as_str()?.to_owned();
+        (leaders.len() == 1 && instance != old_leader).then_some(instance)
+    })
+    .await;
+    let (_, no_leader) = alerts
+        .iter()
+        .find(|(name, _)| name == "BatonNoLeader")
+        .expect("a BatonNoLeader rule");
+    wait_for(
+        PHASE_TIMEOUT,
+        "the no-leader expression to be empty",
+        || async {
+            prom.query(no_leader)
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    tracing::info!(old = %old_leader, new = %new_leader, "leader replaced");
+
+    tracing::info!("--- JSON logs carry workflow, step, attempt and agent");
+    let node_lines: Vec<Json> = (1..=3)
+        .flat_map(|id| json_logs(&dir.path().join(format!("node{id}.log"))))
+        .collect();
+    let assigned = node_lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "step assigned")
+        .expect("a `step assigned` log line");
+    for field in ["workflow", "step", "attempt", "agent"] {
+        assert!(
+            !assigned["fields"][field].is_null(),
+            "`step assigned` lacks {field}: {assigned}"
+        );
+    }
+    let agent_lines = json_logs(&dir.path().join("agent-1.log"));
+    let finished = agent_lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "attempt finished")
+        .expect("an `attempt finished` log line");
+    for field in ["workflow", "step", "attempt", "agent"] {
+        assert!(
+            !finished["fields"][field].is_null(),
+            "`attempt finished` lacks {field}: {finished}"
+        );
+    }
+    drop(agents);
+    drop(nodes);
+}
+
+/// Debian's Prometheus is built without Kubernetes discovery, so `promtool check config` cannot
+/// read the Kubernetes scrape config; its shape is checked here instead: the same jobs as the
+/// static config (the names the rules and dashboard expect), each discovering pods, and the
+/// same rule file.
+#[test]
+fn the_kubernetes_scrape_config_has_the_jobs_the_rules_expect() {
+    use serde_norway::Value as Yaml;
+    let read = |name: &str| -> Yaml {
+        let path = repo_root().join("deploy/prometheus").join(name);
+        serde_norway::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let jobs = |config: &Yaml| -> Vec<String> {
+        config["scrape_configs"]
+            .as_sequence()
+            .expect("scrape_configs")
+            .iter()
+            .map(|job| job["job_name"].as_str().expect("job_name").to_owned())
+            .collect()
+    };
+    let static_config = read("prometheus.yml");
+    let kubernetes = read("prometheus-kubernetes.yml");
+    assert_eq!(jobs(&kubernetes), jobs(&static_config));
+    assert_eq!(jobs(&kubernetes), ["batond", "baton-agent"]);
+    assert_eq!(kubernetes["rule_files"], static_config["rule_files"]);
+    for job in kubernetes["scrape_configs"].as_sequence().unwrap() {
+        assert_eq!(
+            job["kubernetes_sd_configs"][0]["role"], "pod",
+            "{job:?} discovers pods"
+        );
+        let keeps: Vec<&str> = job["relabel_configs"]
+            .as_sequence()
+            .expect("relabel_configs")
+            .iter()
+            .filter(|r| r["action"] == "keep")
+            .filter_map(|r| r["regex"].as_str())
+            .collect();
+        assert_eq!(
+            keeps,
+            [job["job_name"].as_str().unwrap(), "metrics"],
+            "{job:?} keeps its own pods' metrics port"
+        );
+    }
+}
