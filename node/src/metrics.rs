@@ -396,9 +396,10 @@ pub fn replication_lag(
     reported.extend(current.keys());
 }
 
-/// Derives the workflow and step counters from the events of one applied entry. Called by the
-/// state machine store after [`ClusterState::apply`] (never inside it), on the node that counts
-/// the entry (see the module doc), with the state as of after the entry.
+/// Derives the workflow and step counters from the events of one applied entry, and logs each
+/// workflow's end. Called by the state machine store after [`ClusterState::apply`] (never inside
+/// it), on the node that counts the entry (see the module doc), with the state as of after the
+/// entry.
 pub fn applied_events(state: &ClusterState, events: &[pb::WorkflowEvent]) {
     use pb::EventKind;
     let seconds = |from_ms: u64, to_ms: u64| to_ms.saturating_sub(from_ms) as f64 / 1000.0;
@@ -418,8 +419,14 @@ pub fn applied_events(state: &ClusterState, events: &[pb::WorkflowEvent]) {
                 };
                 counter!(WORKFLOWS_FINISHED, "outcome" => outcome).increment(1);
                 if let Some(workflow) = workflow {
+                    let cycle_ms = event.time_ms.saturating_sub(workflow.created_at_ms);
                     histogram!(WORKFLOW_CYCLE_SECONDS, "outcome" => outcome)
-                        .record(seconds(workflow.created_at_ms, event.time_ms));
+                        .record(cycle_ms as f64 / 1000.0);
+                    // Logged here, once in the cluster (by the counting leader), with its figures.
+                    tracing::info!(
+                        workflow = %workflow.id, name = %workflow.spec.name, outcome, cycle_ms,
+                        "workflow finished"
+                    );
                 }
             }
             EventKind::StepAssigned => {

@@ -777,16 +777,29 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     let node_lines: Vec<Json> = (1..=3)
         .flat_map(|id| json_logs(&dir.path().join(format!("node{id}.log"))))
         .collect();
-    let assigned = node_lines
-        .iter()
-        .find(|l| l["fields"]["message"] == "step assigned")
-        .expect("a `step assigned` log line");
-    for field in ["workflow", "step", "attempt", "agent"] {
-        assert!(
-            !assigned["fields"][field].is_null(),
-            "`step assigned` lacks {field}: {assigned}"
-        );
+    for message in ["step assigned", "report accepted"] {
+        let line = node_lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("a `{message}` log line"));
+        for field in ["workflow", "step", "attempt", "agent"] {
+            assert!(
+                !line["fields"][field].is_null(),
+                "`{message}` lacks {field}: {line}"
+            );
+        }
     }
+    let finished: Vec<&Json> = node_lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "workflow finished")
+        .collect();
+    // Logged once per workflow, by the leader that counts it (the same rule as the counters).
+    if stable {
+        assert_eq!(finished.len(), created, "`workflow finished` lines");
+    } else {
+        assert!(finished.len() <= created, "`workflow finished` lines");
+    }
+    assert!(finished.iter().all(|l| l["fields"]["outcome"].is_string()));
     let agent_lines = json_logs(&dir.path().join("agent-1.log"));
     let finished = agent_lines
         .iter()

@@ -31,7 +31,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::agent::AgentConfig;
 use crate::agent::backoff::Backoff;
@@ -453,11 +453,22 @@ impl Runtime {
         metrics::attempt_started(self.attempts.len());
         let executors = self.executors.clone();
         let finished_tx = self.finished_tx.clone();
-        tokio::spawn(async move {
-            let finished = run_attempt(&executors, assignment, control).await;
-            // The receiver lives as long as the runtime; after it, nobody wants the result.
-            let _ = finished_tx.send(finished);
-        });
+        // Whatever the executors log about this attempt carries its identity.
+        let span = info_span!(
+            "attempt",
+            agent = %self.config.name,
+            workflow = assignment.workflow_id,
+            step = %assignment.step,
+            attempt = attempt_id,
+        );
+        tokio::spawn(
+            async move {
+                let finished = run_attempt(&executors, assignment, control).await;
+                // The receiver lives as long as the runtime; after it, nobody wants the result.
+                let _ = finished_tx.send(finished);
+            }
+            .instrument(span),
+        );
     }
 
     /// Stops an attempt for `reason`: its lease is no longer renewed (heartbeats stop listing

@@ -264,6 +264,18 @@ async fn complete(
     report: pb::Report,
 ) -> Result<Option<pb::server_message::Msg>, Status> {
     let attempt_id = report.attempt_id;
+    // For the logs: which workflow and step the report is about, if the attempt is still live.
+    let (workflow, step) = node.replica.read(|a| {
+        let Some(live) = a.state.live_attempt(AttemptId(attempt_id)) else {
+            return (0, String::new());
+        };
+        let step = a
+            .state
+            .workflow(live.workflow_id)
+            .and_then(|w| w.spec.steps.get(live.step as usize))
+            .map_or_else(String::new, |s| s.name.clone());
+        (live.workflow_id.0, step)
+    });
     let command = Command::Complete(CompleteCommand {
         attempt_id: AttemptId(attempt_id),
         agent_id: agent,
@@ -275,14 +287,14 @@ async fn complete(
     match node.propose(command).await {
         Ok(proposed) => match proposed.response {
             Applied::Completed => {
-                tracing::info!(attempt = attempt_id, agent = %agent, success = report.success, "report accepted");
+                tracing::info!(workflow, step, attempt = attempt_id, agent = %agent, success = report.success, "report accepted");
                 Ok(Some(pb::server_message::Msg::ReportAccepted(
                     pb::ReportAccepted { attempt_id },
                 )))
             }
             Applied::ReportRefused { reason } => {
                 metrics::report_refused();
-                tracing::warn!(attempt = attempt_id, agent = %agent, %reason, "stale report refused");
+                tracing::warn!(workflow, step, attempt = attempt_id, agent = %agent, %reason, "stale report refused");
                 Ok(Some(pb::server_message::Msg::Rejected(
                     pb::ReportRejected { attempt_id, reason },
                 )))
