@@ -506,6 +506,31 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
         doomed.push(submit(&addrs, &format!("doomed-{i}"), &spec).await);
         created += 1;
     }
+    // All four run on agent-2, which then holds nothing else (4 slots): the leases that expire
+    // when it dies are exactly these four.
+    let workflows = WorkflowServiceClient::new(channel(addrs[0]));
+    for id in &doomed {
+        wait_for(PHASE_TIMEOUT, "a doomed step running on agent-2", || {
+            let mut workflows = workflows.clone();
+            async move {
+                let step = workflows
+                    .get(pb::GetRequest {
+                        workflow_id: *id,
+                        consistency: 0,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .workflow?
+                    .steps
+                    .into_iter()
+                    .next()?;
+                (step.state == pb::StepState::Running as i32 && step.agent == "agent-2")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
     prom.wait_value(
         r#"sum(baton_fleet_agent_allocated{agent="agent-2",resource="slots"})"#,
         |v| v == 4.0,
@@ -542,7 +567,6 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     agents[1].kill();
 
     tracing::info!("--- the work ends as it should (asked through the API)");
-    let workflows = WorkflowServiceClient::new(channel(addrs[0]));
     let running = || {
         let mut workflows = workflows.clone();
         async move {
@@ -642,6 +666,15 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
         (sum("baton_scheduler_schedule_to_start_timeouts_total"), 3.0),
         // 30 x 3 no-op steps, 20 slow, 10 x 2 failing attempts, 4 on agent-2.
         (sum("baton_scheduler_assignments_total"), 134.0),
+        (
+            sum("baton_scheduler_ready_to_assigned_seconds_count"),
+            134.0,
+        ),
+        // One first start per workflow that started: all but the 3 that timed out waiting.
+        (
+            sum("baton_scheduler_submit_to_start_seconds_count"),
+            (created - 3) as f64,
+        ),
     ];
     for (expr, truth) in &expected {
         // Prometheus scrapes every second: give it a few scrapes to catch up.
