@@ -329,7 +329,6 @@ async fn a_dead_agents_step_moves_to_another_agent_and_the_stale_copy_is_fenced(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: about one run in two the workflow does not finish after the failover; under investigation (issue 3)"]
 async fn running_steps_keep_their_leases_across_a_leader_failover() {
     init_logs();
     let mut cluster = TestCluster::start(3, test_timing()).await;

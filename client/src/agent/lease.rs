@@ -113,6 +113,11 @@ impl LeaseTable {
         attempts
     }
 
+    /// When the oldest heartbeat still awaiting its ack was sent, if any awaits one.
+    pub fn oldest_unacked(&self) -> Option<Instant> {
+        self.heartbeats.front().map(|sent| sent.sent_at)
+    }
+
     /// The leader acknowledged heartbeat `seq`, renewing `renewed`. Renewed attempts get a
     /// deadline counted from that heartbeat's send time. An attempt that heartbeat listed but
     /// the ack does not is no longer leased to us: it is removed and returned, to be killed.
@@ -196,6 +201,22 @@ mod tests {
         assert_eq!(table.take_expired(t0 + ms(4000)), [7]);
         assert!(!table.contains(7));
         assert_eq!(table.next_deadline(), Some(t0 + ms(8100)));
+    }
+
+    #[test]
+    fn the_oldest_unacked_heartbeat_is_tracked_until_acked_or_a_new_session() {
+        let t0 = Instant::now();
+        let mut table = LeaseTable::new();
+        assert_eq!(table.oldest_unacked(), None);
+        table.heartbeat_sent(1, t0);
+        table.heartbeat_sent(2, t0 + ms(300));
+        table.heartbeat_sent(3, t0 + ms(600));
+        assert_eq!(table.oldest_unacked(), Some(t0));
+        // An ack answers for every older heartbeat.
+        table.acknowledged(2, &[]);
+        assert_eq!(table.oldest_unacked(), Some(t0 + ms(600)));
+        table.new_session();
+        assert_eq!(table.oldest_unacked(), None);
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub const LEADER_METADATA_KEY: &str = "baton-leader";
 /// this loop from enforcing lease deadlines.
 const OUTBOUND_QUEUE_MAX: usize = 1024;
 
+/// How long a heartbeat may go unacknowledged before the session is given up: a node that
+/// is paused, or a leader that lost its quorum, keeps the connection open but stops renewing.
+/// Leases are enforced by their own deadlines either way; this only makes the agent look for
+/// the leader elsewhere instead of waiting on a node that cannot serve it.
+fn ack_patience(heartbeat_interval: Duration) -> Duration {
+    (heartbeat_interval * 5).max(Duration::from_secs(2))
+}
+
 /// Heartbeat interval when the server sends 0, and the least the agent accepts.
 const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 const HEARTBEAT_INTERVAL_MIN: Duration = Duration::from_millis(20);
@@ -345,8 +353,17 @@ impl Runtime {
                     }
                 }
                 _ = ticker.tick() => {
+                    let now = Instant::now();
+                    if let Some(sent_at) = self.leases.oldest_unacked()
+                        && now.duration_since(sent_at) > ack_patience(interval)
+                    {
+                        return SessionEnd::Lost(format!(
+                            "no heartbeat acknowledged for {} ms",
+                            now.duration_since(sent_at).as_millis()
+                        ));
+                    }
                     seq += 1;
-                    let running_attempts = self.leases.heartbeat_sent(seq, Instant::now());
+                    let running_attempts = self.leases.heartbeat_sent(seq, now);
                     if let Err(end) = send(&session, AgentMsg::Heartbeat(Heartbeat { running_attempts, seq })) {
                         return end;
                     }

@@ -175,21 +175,42 @@ impl AgentServiceImpl {
         let node = self.node.clone();
         let sessions = self.sessions.clone();
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                let Ok(pb::AgentMessage { msg: Some(msg) }) = message else {
+            // Leases live on the leader: once this node stops leading (deposed, or stopping),
+            // send the agent to the new leader rather than renew here what nobody enforces.
+            let lost = node.leadership_lost();
+            tokio::pin!(lost);
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = &mut lost => {
+                        tracing::info!(agent_id = %agent_id, "no longer the leader: ending the agent's session");
+                        let status = require_leader(&node).await.err().unwrap_or_else(|| {
+                            Status::unavailable("this node stopped leading")
+                        });
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let Some(Ok(pb::AgentMessage { msg: Some(msg) })) = message else {
                     break;
                 };
                 sessions.seen(agent_id, session_id);
                 match msg {
                     pb::agent_message::Msg::Heartbeat(hb) => {
-                        // Leases live on the leader: after a leader change, send the agent to
-                        // the new one rather than renew here what nobody enforces.
                         if let Err(status) = require_leader(&node).await {
                             tracing::info!(agent_id = %agent_id, "no longer the leader: ending the agent's session");
                             let _ = tx.send(Err(status)).await;
                             break;
                         }
                         let renewed = renew(&node, &sessions, agent_id, &hb.running_attempts);
+                        // A leader that a quorum has not acknowledged lately may already be
+                        // deposed without knowing: it keeps its own books but promises the agent
+                        // nothing. The agent's leases then run out on its side first, and it
+                        // gives up this session when acks stay away (see the agent runtime).
+                        if !node.leadership_confirmed() {
+                            tracing::debug!(agent_id = %agent_id, seq = hb.seq, "leadership unconfirmed: heartbeat not acknowledged");
+                            continue;
+                        }
                         let ack = pb::server_message::Msg::HeartbeatAck(pb::HeartbeatAck {
                             seq: hb.seq,
                             renewed_attempts: renewed,

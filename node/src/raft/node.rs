@@ -346,6 +346,42 @@ impl RaftNode {
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
+
+    /// Whether this node is the leader and a quorum acknowledged it recently enough that no
+    /// other leader can have been elected since: followers wait at least the minimum election
+    /// timeout after the last heartbeat they acknowledged before they campaign, and openraft's
+    /// `last_quorum_acked` is the *send* time of that heartbeat. A deposed leader that has not
+    /// noticed yet (partitioned away, paused) answers false here, so it never tells an agent
+    /// that a lease was renewed after a new leader may already be counting it down.
+    pub fn leadership_confirmed(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return false;
+        }
+        // A single voter is its own quorum: no other leader can exist.
+        let mut voters = m.membership_config.membership().voter_ids();
+        if voters.next() == Some(self.id) && voters.next().is_none() {
+            return true;
+        }
+        let window = Duration::from_millis(self.raft.config().election_timeout_min);
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| openraft::Instant::elapsed(&acked.into_inner()) < window)
+    }
+
+    /// Resolves once this node is no longer the leader (or its Raft core stopped).
+    pub async fn leadership_lost(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_watched().state != ServerState::Leader {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Maps a status from the leader's internal RPC: whether the command may have been applied.

@@ -107,6 +107,7 @@ impl Drop for TestAgent {
 }
 
 type Behave = Arc<dyn Fn(&str) -> Behavior + Send + Sync>;
+type Outbox = Arc<Mutex<Option<mpsc::Sender<pb::AgentMessage>>>>;
 
 async fn run(
     name: String,
@@ -119,12 +120,15 @@ async fn run(
     let mut hint: Option<SocketAddr> = None;
     // Reports not yet acknowledged, re-sent on every new session.
     let pending: Arc<Mutex<BTreeMap<u64, pb::Report>>> = Arc::default();
+    // The current session's outbox: a step that outlives its session reports on the next one.
+    let outbox: Outbox = Arc::default();
     loop {
         let addr = hint.take().unwrap_or_else(|| {
             next = (next + 1) % endpoints.len();
             endpoints[next]
         });
-        if let Err(leader) = session(&name, slots, addr, &behave, &journal, &pending).await {
+        if let Err(leader) = session(&name, slots, addr, &behave, &journal, &pending, &outbox).await
+        {
             hint = leader;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -139,6 +143,7 @@ async fn session(
     behave: &Behave,
     journal: &Arc<Mutex<Journal>>,
     pending: &Arc<Mutex<BTreeMap<u64, pb::Report>>>,
+    outbox: &Outbox,
 ) -> Result<(), Option<SocketAddr>> {
     let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);
     let running: Vec<u64> = journal.lock().running.iter().copied().collect();
@@ -165,6 +170,7 @@ async fn session(
                 .and_then(|v| v.parse().ok())
         })?;
     let mut inbound = response.into_inner();
+    *outbox.lock() = Some(out_tx.clone());
     let heartbeat = {
         let out_tx = out_tx.clone();
         let journal = journal.clone();
@@ -224,7 +230,7 @@ async fn session(
                         inputs: a.inputs.clone(),
                     });
                 }
-                let out_tx = out_tx.clone();
+                let outbox = outbox.clone();
                 let journal = journal.clone();
                 let pending = pending.clone();
                 let worker_journal = journal.clone();
@@ -271,9 +277,13 @@ async fn session(
                         return;
                     }
                     pending.lock().insert(a.attempt_id, report.clone());
-                    let _ = out_tx
-                        .send(msg(pb::agent_message::Msg::Report(report)))
-                        .await;
+                    // Whichever session is current now; with none, the next one re-sends it.
+                    let out_tx = outbox.lock().clone();
+                    if let Some(out_tx) = out_tx {
+                        let _ = out_tx
+                            .send(msg(pb::agent_message::Msg::Report(report)))
+                            .await;
+                    }
                 });
                 worker_journal.lock().tasks.push(worker.abort_handle());
             }
