@@ -5,70 +5,20 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use common::procs::{Proc, free_ports, loopbacks, spawn_node};
 use common::*;
 
-/// Free loopback ports: bound to learn them, then released for the process to bind.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-/// A node process, killed when dropped so a failing test leaves nothing behind.
-struct Node {
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(id: u64, ports: &[u16], dir: &Path) -> Node {
-    let cluster: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
-        .args(["--node-id", &id.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{}", ports[id as usize - 1])])
-        .arg("--data-dir")
-        .arg(dir.join(format!("node{id}")))
-        .args(["--initial-cluster", &cluster.join(",")])
-        .args([
-            "--heartbeat-ms",
-            "50",
-            "--election-timeout-min-ms",
-            "300",
-            "--election-timeout-max-ms",
-            "600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn batond");
-    Node { child }
+fn spawn(id: u64, ports: &[u16], dir: &Path) -> Proc {
+    spawn_node(id as usize, ports, dir, &[])
 }
 
 fn endpoints(ports: &[u16]) -> Vec<std::net::SocketAddr> {
-    ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
-        .collect()
+    loopbacks(ports)
 }
 
 /// Submits through whichever node answers, retrying with the same key.
@@ -99,7 +49,7 @@ async fn sigkill_of_every_node_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
     let addrs = endpoints(&ports);
-    let mut nodes: Vec<Node> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
+    let mut nodes: Vec<Proc> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
 
     let mut acked = BTreeMap::new();
     for i in 0..200 {
@@ -116,7 +66,7 @@ async fn sigkill_of_every_node_loses_nothing_acknowledged() {
     drop(nodes);
 
     tracing::info!("--- restart on the same data");
-    let _nodes: Vec<Node> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
+    let _nodes: Vec<Proc> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
     for (key, id) in &acked {
         // Same key, same id, nothing new created.
         let reply = submit(&addrs, key, "resubmitted").await;

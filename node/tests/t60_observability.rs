@@ -20,34 +20,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use common::procs::{self, Proc, baton_binary, free_ports, loopback};
 use common::*;
 use serde_json::Value as Json;
 
 /// How long each phase may take before the test fails, naming what never happened.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A child process, killed when dropped so a failing test leaves nothing behind.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,75 +54,32 @@ fn tool(name: &str) -> PathBuf {
         })
 }
 
-fn baton_binary() -> PathBuf {
-    let baton = Path::new(env!("CARGO_BIN_EXE_batond")).with_file_name("baton");
-    assert!(
-        baton.is_file(),
-        "{} not found: `cargo test --workspace` builds it; alone, run \
-         `cargo build -p baton-client --bin baton` first",
-        baton.display()
-    );
-    baton
-}
-
-/// Free loopback ports: bound to learn them, then released for the processes to bind.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 fn spawn_node(id: usize, grpc: &[u16], metrics: SocketAddr, dir: &Path) -> Proc {
-    let cluster: Vec<String> = grpc
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let log = std::fs::File::create(dir.join(format!("node{id}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
-        .args(["--node-id", &id.to_string()])
-        .args(["--listen", &loopback(grpc[id - 1]).to_string()])
-        .arg("--data-dir")
-        .arg(dir.join(format!("node{id}")))
-        .args(["--initial-cluster", &cluster.join(",")])
-        .args(["--metrics-listen", &metrics.to_string()])
-        .args(["--log-format", "json"])
-        .args([
-            "--heartbeat-ms",
-            "50",
-            "--election-timeout-min-ms",
-            "300",
-            "--election-timeout-max-ms",
-            "600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn batond");
-    Proc { child }
+    let metrics = metrics.to_string();
+    procs::spawn_node(
+        id,
+        grpc,
+        dir,
+        &["--metrics-listen", &metrics, "--log-format", "json"],
+    )
 }
 
 fn spawn_agent(name: &str, labels: &str, endpoints: &str, metrics: SocketAddr, dir: &Path) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(baton_binary())
-        .args(["--endpoints", endpoints, "--log-format", "json", "agent"])
-        .args(["--name", name, "--slots", "4", "--labels", labels])
-        .args(["--metrics-listen", &metrics.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn baton agent");
-    Proc { child }
+    let metrics = metrics.to_string();
+    procs::spawn_agent(
+        name,
+        endpoints,
+        dir,
+        &["--log-format", "json"],
+        &[
+            "--slots",
+            "4",
+            "--labels",
+            labels,
+            "--metrics-listen",
+            &metrics,
+        ],
+    )
 }
 
 /// The shipped static scrape config, with the test's targets, one-second intervals and the

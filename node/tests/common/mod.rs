@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod procs;
 
 use std::collections::BTreeMap;
 use std::future::Future;
