@@ -3,13 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::admin_service_server::AdminService;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
+use openraft::metrics::WaitError;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
@@ -252,27 +253,45 @@ impl AdminServiceImpl {
         })
     }
 
+    /// Builds a snapshot covering at least everything applied when the call arrived. openraft
+    /// ignores a trigger while a build is under way (one started by the snapshot policy, say),
+    /// and that build may end below the wanted index; so the trigger is repeated until a
+    /// snapshot covers it.
     async fn trigger_snapshot(&self) -> Result<pb::TriggerSnapshotResponse, Status> {
+        const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(120);
+        const RETRIGGER_EVERY: Duration = Duration::from_millis(500);
         let applied = self.node.replica.last_applied_index();
-        self.node
-            .raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let metrics = self
-            .node
-            .raft
-            .wait(Some(Duration::from_secs(120)))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                "snapshot built",
-            )
-            .await
-            .map_err(|e| Status::deadline_exceeded(format!("snapshot not built: {e}")))?;
-        Ok(pb::TriggerSnapshotResponse {
-            snapshot_index: metrics.snapshot.map_or(0, |s| s.index),
-        })
+        let deadline = Instant::now() + SNAPSHOT_WAIT_MAX;
+        loop {
+            self.node
+                .raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let built = self
+                .node
+                .raft
+                .wait(Some(RETRIGGER_EVERY))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                    "snapshot built",
+                )
+                .await;
+            match built {
+                Ok(metrics) => {
+                    return Ok(pb::TriggerSnapshotResponse {
+                        snapshot_index: metrics.snapshot.map_or(0, |s| s.index),
+                    });
+                }
+                Err(WaitError::Timeout(..)) if Instant::now() < deadline => {}
+                Err(e) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "snapshot not built: {e}"
+                    )));
+                }
+            }
+        }
     }
 }
 
