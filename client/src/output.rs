@@ -420,7 +420,7 @@ pub fn render_workflow(workflow: &Workflow) -> String {
     if !workflow.steps.is_empty() {
         out.push('\n');
         let mut steps = Table::new([
-            "STEP", "STATE", "ATTEMPTS", "AGENT", "STARTED", "FINISHED", "ERROR",
+            "STEP", "STATE", "ATTEMPTS", "AGENT", "STARTED", "FINISHED", "DETAIL",
         ]);
         for step in &workflow.steps {
             steps.row([
@@ -430,16 +430,23 @@ pub fn render_workflow(workflow: &Workflow) -> String {
                 or_dash(&step.agent),
                 format_time_ms(step.started_at_ms),
                 format_time_ms(step.finished_at_ms),
-                if step.error.is_empty() {
-                    "-".to_string()
-                } else {
-                    one_line(&step.error, 60)
-                },
+                step_detail(step),
             ]);
         }
         out.push_str(&steps.render());
     }
     out
+}
+
+/// The last error of a step, or why a ready step has not started yet, or "-".
+fn step_detail(step: &Step) -> String {
+    if !step.error.is_empty() {
+        one_line(&step.error, 60)
+    } else if !step.pending_reason.is_empty() {
+        format!("waiting: {}", one_line(&step.pending_reason, 80))
+    } else {
+        "-".to_string()
+    }
 }
 
 /// The `baton list` view.
@@ -775,6 +782,29 @@ mod tests {
             }
         });
         assert_eq!(value, expected);
+    }
+
+    #[test]
+    fn the_step_table_says_why_a_ready_step_waits() {
+        let mut workflow = sample_workflow();
+        workflow.steps[1].state = StepState::Ready as i32;
+        workflow.steps[1].pending_reason = "no registered agent has labels gpu=a100".into();
+        let text = render_workflow(&workflow);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("order-laptop"))
+            .unwrap();
+        assert!(
+            row.ends_with("waiting: no registered agent has labels gpu=a100"),
+            "{row}"
+        );
+        workflow.steps[1].error = "exit code 3".into();
+        let text = render_workflow(&workflow);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("order-laptop"))
+            .unwrap();
+        assert!(row.ends_with("exit code 3"), "an error comes first: {row}");
     }
 
     #[test]
