@@ -17,7 +17,7 @@ use crate::proxy::Mode;
 use crate::schedule::{self, Fault, Planned};
 
 const AGENTS: [&str; 3] = ["agent-1", "agent-2", "agent-3"];
-const LIVENESS_PATIENCE: Duration = Duration::from_secs(120);
+const LIVENESS_PATIENCE: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
     SystemTime::now()
