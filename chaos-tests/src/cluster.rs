@@ -163,10 +163,15 @@ impl Cluster {
         )?)
     }
 
-    /// The leader that a majority-reachable live node names, if any (asked directly).
+    /// A live node that says it leads, if any (asked directly).
     pub async fn leader(&self) -> Option<u64> {
+        self.leader_other_than(None).await
+    }
+
+    /// As `leader`, ignoring node `old`: a deposed or isolated leader may still believe it leads.
+    pub async fn leader_other_than(&self, old: Option<u64>) -> Option<u64> {
         for (&id, proc) in &self.nodes {
-            if !proc.alive() || proc.paused {
+            if !proc.alive() || proc.paused || Some(id) == old {
                 continue;
             }
             let Ok(client) = self.direct_client(Some(id)) else {

@@ -139,9 +139,7 @@ async fn workload(
 /// Waits until a leader other than `old` is seen (asked directly, not through the proxies).
 async fn failover_ms(cluster: &Cluster, old: u64, since: Instant) -> Option<u64> {
     while since.elapsed() < Duration::from_secs(15) {
-        if let Some(id) = cluster.leader().await
-            && id != old
-        {
+        if cluster.leader_other_than(Some(old)).await.is_some() {
             return Some(since.elapsed().as_millis() as u64);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
