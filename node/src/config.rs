@@ -95,6 +95,10 @@ pub struct NodeArgs {
     /// Log entries kept behind a snapshot for slow followers [default: 2000].
     #[arg(long, env = "BATON_LOG_KEPT_BEHIND_SNAPSHOT")]
     pub log_kept_behind_snapshot: Option<u64>,
+    /// Dial other members at different addresses than the membership lists,
+    /// `MEMBER_ADDR=DIAL_ADDR,...` (testing: the chaos suite puts a proxy on every link).
+    #[arg(long, env = "BATON_PEER_DIAL")]
+    pub peer_dial: Option<String>,
 }
 
 /// A validated node configuration.
@@ -108,6 +112,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub timing: RaftTiming,
+    /// Member address -> address actually dialled (`--peer-dial`); empty unless testing.
+    pub peer_dial: BTreeMap<String, String>,
 }
 
 impl NodeArgs {
@@ -138,7 +144,8 @@ impl NodeArgs {
             election_timeout_min_ms,
             election_timeout_max_ms,
             snapshot_every_entries,
-            log_kept_behind_snapshot
+            log_kept_behind_snapshot,
+            peer_dial
         );
     }
 
@@ -205,6 +212,10 @@ impl NodeArgs {
         if timing.snapshot_every_entries == 0 {
             return Err("--snapshot-every-entries: must be at least 1".into());
         }
+        let peer_dial = match &self.peer_dial {
+            None => BTreeMap::new(),
+            Some(text) => parse_peer_dial(text)?,
+        };
         Ok(Config {
             node_id,
             listen,
@@ -213,8 +224,25 @@ impl NodeArgs {
             metrics_listen,
             log_format: self.log_format.unwrap_or_default(),
             timing,
+            peer_dial,
         })
     }
+}
+
+/// Parses `--peer-dial`: `MEMBER_HOST:PORT=DIAL_HOST:PORT,...`.
+pub fn parse_peer_dial(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut dial = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (member, target) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--peer-dial: {item:?} is not MEMBER_ADDR=DIAL_ADDR"))?;
+        for addr in [member, target] {
+            addr.parse::<SocketAddr>()
+                .map_err(|_| format!("--peer-dial: {addr:?} is not IP:PORT"))?;
+        }
+        dial.insert(member.to_owned(), target.to_owned());
+    }
+    Ok(dial)
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.

@@ -47,8 +47,15 @@ impl Server {
                 .map_err(|e| format!("--listen {}: {e}", config.listen))?,
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let node =
-            Arc::new(RaftNode::start(config.node_id, &config.data_dir, &config.timing).await?);
+        let node = Arc::new(
+            RaftNode::start(
+                config.node_id,
+                &config.data_dir,
+                &config.timing,
+                config.peer_dial.clone(),
+            )
+            .await?,
+        );
         let sessions = Arc::new(Sessions::default());
 
         let router = tonic::transport::Server::builder()

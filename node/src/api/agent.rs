@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{node_error, observed};
 use crate::metrics;
-use crate::raft::{NodeError, RaftNode};
+use crate::raft::RaftNode;
 use crate::scheduler::{self, OUTBOX_CAPACITY, Sessions};
 use crate::state::{
     AgentId, AttemptId, Command, CompleteCommand, RegisterAgentCommand, Response as Applied,
@@ -325,10 +325,10 @@ async fn complete(
                 Ok(None)
             }
         },
-        Err(err @ NodeError::Unknown(_)) => {
-            tracing::warn!(attempt = attempt_id, error = %err, "report outcome unknown");
-            Ok(None)
-        }
+        // Unknown too ends the session (found by baton-chaos seed 1): kept open, the agent would
+        // hold the report unacknowledged until its next Register, which never came, and the step
+        // stayed RUNNING for good. Re-sent after re-registering, a report that did commit is
+        // refused as stale and dropped by the agent, so ending the session is always safe.
         Err(err) => {
             tracing::warn!(attempt = attempt_id, error = %err, "report not committed; closing the session");
             Err(node_error(err))

@@ -6,7 +6,7 @@
 //! `raft.proto`). Snapshots stream in chunks, the stream built before the call so the request
 //! body flows while the call is awaited.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +32,28 @@ use crate::raft::types::{RaftNodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Member address -> the address this node actually dials (`--peer-dial`). Empty in
+    /// production; the chaos suite routes every directed link through its own proxy with it,
+    /// while the membership (replicated, the same on every node) keeps the real addresses.
+    dial: Arc<BTreeMap<String, String>>,
 }
 
 impl Peers {
+    pub fn with_dial_overrides(dial: BTreeMap<String, String>) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            dial: Arc::new(dial),
+        }
+    }
+
     /// A channel to `addr` (HOST:PORT); connects on first use and reconnects by itself.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let dial = self.dial.get(addr).map_or(addr, String::as_str);
+        let channel = Endpoint::from_shared(format!("http://{dial}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

@@ -85,6 +85,7 @@ impl RaftNode {
         id: RaftNodeId,
         data_dir: &Path,
         timing: &RaftTiming,
+        peer_dial: BTreeMap<String, String>,
     ) -> Result<Self, String> {
         let log_store = LogStore::open(&data_dir.join("raft"))?;
         let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
@@ -104,7 +105,7 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| format!("invalid raft timing: {e}"))?;
-        let peers = Peers::default();
+        let peers = Peers::with_dial_overrides(peer_dial);
         let raft = Raft::new(
             id,
             Arc::new(config),

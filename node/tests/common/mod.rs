@@ -67,6 +67,7 @@ impl TestCluster {
                 metrics_listen: None,
                 log_format: LogFormat::Text,
                 timing: timing.clone(),
+                peer_dial: BTreeMap::new(),
             };
             let server = Server::start(&config, Some(listener))
                 .await
@@ -88,6 +89,7 @@ impl TestCluster {
             metrics_listen: None,
             log_format: LogFormat::Text,
             timing,
+            peer_dial: BTreeMap::new(),
         };
         let server = Server::start(&config, Some(listener))
             .await

@@ -1,0 +1,216 @@
+//! The supervised cluster: `batond` nodes whose every directed link (node i -> node j) runs
+//! through its own proxy (`--peer-dial`), a proxy per node for the harness's client, and agents.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use baton_client::{Client, ClientConfig, Endpoint, Endpoints};
+
+use crate::procs::Proc;
+use crate::proxy::{Mode, Proxy};
+
+pub const SLOTS_PER_AGENT: usize = 2;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    bin: PathBuf,
+    pub node_addrs: BTreeMap<u64, SocketAddr>,
+    pub nodes: BTreeMap<u64, Proc>,
+    /// (from, to) -> the proxy `from` dials to reach `to`.
+    pub links: BTreeMap<(u64, u64), Proxy>,
+    /// node -> the proxy the harness's workload client dials.
+    pub client_links: BTreeMap<u64, Proxy>,
+    pub agents: BTreeMap<String, Proc>,
+    pub journal: PathBuf,
+}
+
+/// Free loopback ports: bound to learn them, released for the process to bind (tiny race, the
+/// same the node tests accept).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
+}
+
+impl Cluster {
+    pub async fn start(bin: &Path, dir: &Path, nodes: u64) -> anyhow::Result<Cluster> {
+        let ports = free_ports(nodes as usize)?;
+        let node_addrs: BTreeMap<u64, SocketAddr> = (1..=nodes)
+            .map(|id| {
+                (
+                    id,
+                    SocketAddr::from(([127, 0, 0, 1], ports[id as usize - 1])),
+                )
+            })
+            .collect();
+        let mut links = BTreeMap::new();
+        let mut client_links = BTreeMap::new();
+        for (&to, &addr) in &node_addrs {
+            for from in 1..=nodes {
+                if from != to {
+                    links.insert((from, to), Proxy::start(addr).await?);
+                }
+            }
+            client_links.insert(to, Proxy::start(addr).await?);
+        }
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            node_addrs,
+            nodes: BTreeMap::new(),
+            links,
+            client_links,
+            agents: BTreeMap::new(),
+            journal: dir.join("journal"),
+        };
+        for id in 1..=nodes {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts, on the same data) node `id`.
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let initial: Vec<String> = self
+            .node_addrs
+            .iter()
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect();
+        let dial: Vec<String> = self
+            .links
+            .iter()
+            .filter(|((from, _), _)| *from == id)
+            .map(|((_, to), proxy)| format!("{}={}", self.node_addrs[to], proxy.addr))
+            .collect();
+        let mut command = Command::new(self.bin.join("batond"));
+        command
+            .args(["--node-id", &id.to_string()])
+            .args(["--listen", &self.node_addrs[&id].to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node{id}")))
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--peer-dial", &dial.join(",")])
+            .args(["--heartbeat-ms", "50"])
+            .args(["--election-timeout-min-ms", "300"])
+            .args(["--election-timeout-max-ms", "600"])
+            // Small, so a snapshot catch-up happens within a short run.
+            .args(["--snapshot-every-entries", "500"])
+            .args(["--log-kept-behind-snapshot", "20"])
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(command, &self.dir.join(format!("node{id}.log")))?;
+        self.nodes.insert(id, proc);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let endpoints: Vec<String> = self.node_addrs.values().map(|a| a.to_string()).collect();
+        let mut command = Command::new(self.bin.join("baton"));
+        command
+            .args(["agent", "--name", name])
+            .args(["--slots", &SLOTS_PER_AGENT.to_string()])
+            .env("BATON_ENDPOINTS", endpoints.join(","))
+            .env("CHAOS_AGENT", name)
+            .env("CHAOS_JOURNAL", &self.journal)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(command, &self.dir.join(format!("{name}.log")))?;
+        self.agents.insert(name.to_owned(), proc);
+        Ok(())
+    }
+
+    /// A client through the client proxies (so partitions reach it too), with short deadlines
+    /// so that faults produce unknown outcomes rather than long waits.
+    pub fn workload_client(&self) -> anyhow::Result<Client> {
+        let endpoints = self
+            .client_links
+            .values()
+            .map(|p| Endpoint::parse(&p.addr.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client::with_config(
+            Endpoints::new(endpoints)?,
+            ClientConfig {
+                call_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_millis(500),
+                attempts_max: 4,
+                retry_budget: Duration::from_secs(5),
+                ..ClientConfig::default()
+            },
+        )?)
+    }
+
+    /// A client straight to the nodes (no proxy): the harness's own view, e.g. who leads.
+    pub fn direct_client(&self, only: Option<u64>) -> anyhow::Result<Client> {
+        let endpoints = self
+            .node_addrs
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == **id))
+            .map(|(_, a)| Endpoint::parse(&a.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client::with_config(
+            Endpoints::new(endpoints)?,
+            ClientConfig {
+                call_timeout: Duration::from_millis(500),
+                connect_timeout: Duration::from_millis(300),
+                attempts_max: 1,
+                ..ClientConfig::default()
+            },
+        )?)
+    }
+
+    /// A live node that says it leads, if any (asked directly).
+    pub async fn leader(&self) -> Option<u64> {
+        self.leader_other_than(None).await
+    }
+
+    /// As `leader`, ignoring node `old`: a deposed or isolated leader may still believe it leads.
+    pub async fn leader_other_than(&self, old: Option<u64>) -> Option<u64> {
+        for (&id, proc) in &self.nodes {
+            if !proc.alive() || proc.paused || Some(id) == old {
+                continue;
+            }
+            let Ok(client) = self.direct_client(Some(id)) else {
+                continue;
+            };
+            if let Ok(status) = client.cluster_status().await
+                && status.leader_id != 0
+                && status.leader_id == status.node_id
+            {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub async fn wait_for_leader(&self, patience: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(id) = self.leader().await {
+                return Ok(id);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no leader within {patience:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every link touching `node` (both directions, and the client's link) set to `mode`.
+    pub fn set_node_links(&self, node: u64, mode: Mode) {
+        for ((from, to), proxy) in &self.links {
+            if *from == node || *to == node {
+                proxy.set(mode);
+            }
+        }
+        self.client_links[&node].set(mode);
+    }
+
+    pub fn heal_network(&self) {
+        for proxy in self.links.values().chain(self.client_links.values()) {
+            proxy.set(Mode::Pass);
+        }
+    }
+}

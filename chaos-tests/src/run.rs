@@ -1,0 +1,564 @@
+//! One run: start the cluster, the workload and the fault schedule (safety phase), heal
+//! everything (liveness phase), collect the evidence, check it, print the summary.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_client::proto as pb;
+use baton_client::{Client, ClientError, Outcome as ClientOutcome};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::checker::{self, Evidence, FinalStep, FinalWorkflow, Outcome, ReplicaStatus, Request};
+use crate::cluster::{Cluster, SLOTS_PER_AGENT};
+use crate::proxy::Mode;
+use crate::schedule::{self, Fault, Planned};
+
+const AGENTS: [&str; 3] = ["agent-1", "agent-2", "agent-3"];
+const LIVENESS_PATIENCE: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// A fault as it happened.
+#[derive(Debug)]
+struct FaultRecord {
+    at_ms: u64,
+    fault: Fault,
+    target: String,
+    installed: bool,
+    /// For faults on the leader: ms until another leader was seen.
+    failover_ms: Option<u64>,
+}
+
+/// Each step appends `start` and `end` lines to the journal (O_APPEND, one short write each,
+/// so lines never interleave) and prints its token as its output. A flaky step fails its first
+/// attempt (after recording it) so retries happen.
+fn spec(n: u64, flaky: bool) -> pb::WorkflowSpec {
+    let script = r#"line() { echo "$1 $BATON_WORKFLOW_ID $BATON_STEP $BATON_ATTEMPT $CHAOS_AGENT $(date +%s%3N)" >> "$CHAOS_JOURNAL"; }
+line start; sleep 0.3; line end
+if [ "$1" = 1 ] && [ "$BATON_ATTEMPT_NUMBER" = 1 ]; then exit 1; fi
+echo "$BATON_ATTEMPT""#;
+    let step = |name: &str, deps: &[&str], flaky: bool| pb::StepSpec {
+        name: name.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        task: Some(pb::step_spec::Task::Exec(pb::ExecTask {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+                "step".into(),
+                if flaky { "1" } else { "0" }.into(),
+            ],
+            ..Default::default()
+        })),
+        retry: Some(pb::RetryPolicy {
+            max_attempts: 4,
+            backoff: Some(pb::Backoff {
+                initial_ms: 200,
+                multiplier: 2.0,
+                max_ms: 1_000,
+            }),
+        }),
+        lease_ttl_ms: 2_000,
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    pb::WorkflowSpec {
+        name: format!("chaos-{n}"),
+        steps: vec![
+            step("a", &[], false),
+            step("b", &["a"], flaky),
+            step("c", &["a"], false),
+            step("d", &["b", "c"], false),
+        ],
+        ..Default::default()
+    }
+}
+
+fn classify(result: &Result<pb::SubmitResponse, ClientError>) -> Outcome {
+    match result {
+        Ok(reply) => Outcome::Acked(reply.workflow_id),
+        Err(error) => match error.outcome() {
+            ClientOutcome::NotApplied => Outcome::Failed,
+            // Applied without an id in hand: as good as unknown, resubmitting finds the id.
+            ClientOutcome::Applied | ClientOutcome::Unknown => Outcome::Unknown,
+        },
+    }
+}
+
+/// Submits a workflow every ~300 ms until `stop`; keys whose outcome was not an ack are
+/// re-submitted (same key) until acked, also after `stop`, until `drain` says give up.
+async fn workload(
+    client: Client,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    drain_deadline: Arc<Mutex<Option<Instant>>>,
+    history: Arc<Mutex<Vec<Request>>>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut pending: BTreeMap<String, pb::WorkflowSpec> = BTreeMap::new();
+    let mut n = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let deadline = *drain_deadline.lock().expect("not poisoned");
+        if stopping && (pending.is_empty() || deadline.is_some_and(|d| Instant::now() > d)) {
+            return;
+        }
+        let mut batch: Vec<(String, pb::WorkflowSpec)> = pending
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        if !stopping {
+            n += 1;
+            batch.push((format!("s{seed}-wf{n}"), spec(n, rng.random_bool(0.3))));
+        }
+        for (key, spec) in batch {
+            let result = client.submit(spec.clone(), Some(key.clone())).await;
+            let outcome = classify(&result);
+            if matches!(outcome, Outcome::Acked(_)) {
+                pending.remove(&key);
+            } else {
+                pending.insert(key.clone(), spec);
+            }
+            history
+                .lock()
+                .expect("not poisoned")
+                .push(Request { key, outcome });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits until a leader other than `old` is seen (asked directly, not through the proxies).
+async fn failover_ms(cluster: &Cluster, old: u64, since: Instant) -> Option<u64> {
+    while since.elapsed() < Duration::from_secs(15) {
+        if cluster.leader_other_than(Some(old)).await.is_some() {
+            return Some(since.elapsed().as_millis() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+/// Installs one fault, holds it, heals it. Agent pauses are returned as zombie windows.
+async fn apply_fault(
+    cluster: &mut Cluster,
+    planned: &Planned,
+    zombie_windows: &mut Vec<(String, u64, u64)>,
+) -> FaultRecord {
+    let at_ms = now_ms();
+    let leader = cluster.leader().await;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| Some(*id) != leader)
+        .collect();
+    let follower = followers[(planned.pick % followers.len() as u64) as usize];
+    let agent = AGENTS[(planned.pick % AGENTS.len() as u64) as usize].to_string();
+    let hold = Duration::from_millis(planned.hold_ms);
+    let mut record = FaultRecord {
+        at_ms,
+        fault: planned.fault,
+        target: String::new(),
+        installed: false,
+        failover_ms: None,
+    };
+    let since = Instant::now();
+    match planned.fault {
+        Fault::KillLeader | Fault::PauseLeader | Fault::IsolateLeader => {
+            let Some(leader) = leader else {
+                record.target = "no leader known".into();
+                return record;
+            };
+            record.target = format!("node {leader}");
+            let node = cluster.nodes.get_mut(&leader).expect("known node");
+            match planned.fault {
+                Fault::KillLeader => node.kill(),
+                Fault::PauseLeader => node.pause(),
+                _ => cluster.set_node_links(leader, Mode::Blackhole),
+            }
+            record.installed = true;
+            record.failover_ms = failover_ms(cluster, leader, since).await;
+            tokio::time::sleep(hold.saturating_sub(since.elapsed())).await;
+            match planned.fault {
+                Fault::KillLeader => {
+                    if let Err(error) = cluster.start_node(leader) {
+                        record.target += &format!(" (restart failed: {error})");
+                    }
+                }
+                Fault::PauseLeader => cluster.nodes.get_mut(&leader).expect("known").resume(),
+                _ => cluster.set_node_links(leader, Mode::Pass),
+            }
+        }
+        Fault::KillFollower => {
+            record.target = format!("node {follower}");
+            cluster.nodes.get_mut(&follower).expect("known").kill();
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            if let Err(error) = cluster.start_node(follower) {
+                record.target += &format!(" (restart failed: {error})");
+            }
+        }
+        Fault::IsolateFollower => {
+            record.target = format!("node {follower}");
+            cluster.set_node_links(follower, Mode::Blackhole);
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            cluster.set_node_links(follower, Mode::Pass);
+        }
+        Fault::OneWayDrop => {
+            let links: Vec<(u64, u64)> = cluster.links.keys().copied().collect();
+            let link = links[(planned.pick % links.len() as u64) as usize];
+            record.target = format!("link {} -> {}", link.0, link.1);
+            cluster.links[&link].set(Mode::Drop);
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            cluster.links[&link].set(Mode::Pass);
+        }
+        Fault::DelayAll => {
+            let ms = 20 + planned.pick % 180;
+            record.target = format!("all node links +{ms} ms per chunk");
+            for proxy in cluster.links.values() {
+                proxy.set(Mode::Delay(ms));
+            }
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            cluster.heal_network();
+        }
+        Fault::KillAgent | Fault::PauseAgent => {
+            record.target = agent.clone();
+            let proc = cluster.agents.get_mut(&agent).expect("known agent");
+            if planned.fault == Fault::KillAgent {
+                proc.kill();
+            } else {
+                proc.pause();
+            }
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            if planned.fault == Fault::KillAgent {
+                if let Err(error) = cluster.start_agent(&agent) {
+                    record.target += &format!(" (restart failed: {error})");
+                }
+            } else {
+                cluster.agents.get_mut(&agent).expect("known").resume();
+                zombie_windows.push((agent, at_ms, now_ms()));
+            }
+        }
+        Fault::SnapshotCatchUp => {
+            let Some(leader) = leader else {
+                record.target = "no leader known".into();
+                return record;
+            };
+            record.target = format!("node {follower} behind a snapshot of node {leader}");
+            cluster.set_node_links(follower, Mode::Blackhole);
+            tokio::time::sleep(hold / 2).await;
+            // The leader snapshots and purges its log behind it (20 entries kept), so the cut
+            // follower can only catch up by receiving the snapshot.
+            let snapshot = match cluster.direct_client(Some(leader)) {
+                Ok(client) => client.trigger_snapshot().await.is_ok(),
+                Err(_) => false,
+            };
+            record.installed = snapshot;
+            tokio::time::sleep(hold / 2).await;
+            cluster.set_node_links(follower, Mode::Pass);
+        }
+    }
+    record
+}
+
+async fn replica_statuses(cluster: &Cluster) -> Vec<ReplicaStatus> {
+    let mut out = Vec::new();
+    for &id in cluster.nodes.keys() {
+        if let Ok(client) = cluster.direct_client(Some(id))
+            && let Ok(status) = client.cluster_status().await
+        {
+            out.push(ReplicaStatus {
+                node_id: id,
+                applied_index: status.applied_index,
+                state_hash: status.state_hash,
+            });
+        }
+    }
+    out
+}
+
+/// Every workflow the cluster holds, with its steps.
+async fn collect(client: &Client) -> anyhow::Result<Vec<pb::Workflow>> {
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?;
+        ids.extend(page.workflows.iter().map(|w| w.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(client.get(id, pb::ReadConsistency::Linearizable).await?);
+    }
+    Ok(out)
+}
+
+fn is_finished(state: i32) -> bool {
+    state != pb::WorkflowState::Running as i32 && state != pb::WorkflowState::Unspecified as i32
+}
+
+fn final_workflow(workflow: &pb::Workflow) -> FinalWorkflow {
+    let deps: BTreeMap<&str, Vec<String>> = workflow
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.steps
+                .iter()
+                .map(|st| (st.name.as_str(), st.depends_on.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    FinalWorkflow {
+        id: workflow.id,
+        key: workflow.idempotency_key.clone(),
+        finished: is_finished(workflow.state),
+        steps: workflow
+            .steps
+            .iter()
+            .map(|step| FinalStep {
+                name: step.name.clone(),
+                depends_on: deps.get(step.name.as_str()).cloned().unwrap_or_default(),
+                succeeded: step.state == pb::StepState::Succeeded as i32,
+                attempt_id: step.attempt_id,
+                output_token: step
+                    .output
+                    .split_whitespace()
+                    .last()
+                    .and_then(|t| t.parse().ok()),
+            })
+            .collect(),
+    }
+}
+
+/// Runs one seed; true when the checker found nothing.
+pub async fn run(seed: u64, duration: Duration, nodes: u64, keep: bool) -> anyhow::Result<bool> {
+    let plan = schedule::plan(seed, duration.as_millis() as u64);
+    println!("schedule ({} faults):", plan.len());
+    for planned in &plan {
+        println!(
+            "  +{:>6} ms  {:?} for {} ms (pick {})",
+            planned.at_ms, planned.fault, planned.hold_ms, planned.pick
+        );
+    }
+    let dir = tempfile::Builder::new().prefix("baton-chaos-").tempdir()?;
+    let bin = crate::procs::bin_dir()?;
+    let mut cluster = Cluster::start(&bin, dir.path(), nodes).await?;
+    let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    for agent in AGENTS {
+        cluster.start_agent(agent)?;
+    }
+    println!(
+        "cluster up in {}, first leader node {first_leader}",
+        dir.path().display()
+    );
+
+    // ---- safety phase: workload under faults.
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain_deadline = Arc::new(Mutex::new(None));
+    let workload = tokio::spawn(workload(
+        cluster.workload_client()?,
+        seed,
+        stop.clone(),
+        drain_deadline.clone(),
+        history.clone(),
+    ));
+    let start = Instant::now();
+    let run_start_ms = now_ms();
+    let mut records = Vec::new();
+    let mut zombie_windows = Vec::new();
+    for planned in &plan {
+        tokio::time::sleep(Duration::from_millis(planned.at_ms).saturating_sub(start.elapsed()))
+            .await;
+        let record = apply_fault(&mut cluster, planned, &mut zombie_windows).await;
+        println!(
+            "  +{:>6} ms fault {:?} on {}: installed {} failover {:?}",
+            record.at_ms.saturating_sub(run_start_ms),
+            record.fault,
+            record.target,
+            record.installed,
+            record.failover_ms
+        );
+        records.push(record);
+    }
+    tokio::time::sleep(duration.saturating_sub(start.elapsed())).await;
+
+    // ---- liveness phase: everything healed; unknown outcomes resubmitted until acked.
+    println!("--- liveness phase");
+    cluster.heal_network();
+    let down: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .filter(|(_, p)| !p.alive())
+        .map(|(id, _)| *id)
+        .collect();
+    for id in down {
+        cluster.start_node(id)?;
+    }
+    for proc in cluster
+        .nodes
+        .values_mut()
+        .chain(cluster.agents.values_mut())
+    {
+        if proc.paused {
+            proc.resume();
+        }
+    }
+    let liveness_deadline = Instant::now() + LIVENESS_PATIENCE;
+    *drain_deadline.lock().expect("not poisoned") = Some(liveness_deadline);
+    stop.store(true, Ordering::Relaxed);
+    workload.await?;
+    let reader = cluster.direct_client(None)?;
+    let recovery = Instant::now();
+    let workflows = loop {
+        let all = collect(&reader).await;
+        if let Ok(all) = &all
+            && all.iter().all(|w| is_finished(w.state))
+        {
+            break all.clone();
+        }
+        if Instant::now() > liveness_deadline {
+            break all.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let recovery_ms = recovery.elapsed().as_millis();
+    let converge_deadline = Instant::now() + Duration::from_secs(30);
+    let replicas = loop {
+        let statuses = replica_statuses(&cluster).await;
+        let agree = statuses.len() == cluster.nodes.len()
+            && statuses.windows(2).all(|w| {
+                (w[0].applied_index, &w[0].state_hash) == (w[1].applied_index, &w[1].state_hash)
+            });
+        if agree || Instant::now() > converge_deadline {
+            break statuses;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let journal_text = std::fs::read_to_string(&cluster.journal).unwrap_or_default();
+    let journal = checker::parse_journal(&journal_text).map_err(anyhow::Error::msg)?;
+    let requests = history.lock().expect("not poisoned").clone();
+    let evidence = Evidence {
+        requests,
+        journal,
+        workflows: workflows.iter().map(final_workflow).collect(),
+        replicas,
+        slots_per_agent: SLOTS_PER_AGENT,
+        zombie_windows,
+    };
+    let verdict = checker::check(&evidence);
+    summary(seed, &records, &evidence, &verdict, recovery_ms);
+    let passed = verdict.violations.is_empty();
+    drop(cluster);
+    if !passed || keep {
+        let kept = dir.keep();
+        println!("logs and journal kept in {}", kept.display());
+    }
+    Ok(passed)
+}
+
+fn summary(
+    seed: u64,
+    records: &[FaultRecord],
+    evidence: &Evidence,
+    verdict: &checker::Verdict,
+    recovery_ms: u128,
+) {
+    println!("--- summary, seed {seed}");
+    let mut by_fault: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for record in records {
+        let entry = by_fault.entry(format!("{:?}", record.fault)).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(record.installed);
+    }
+    println!("{:<20} {:>8} {:>10}", "fault", "planned", "installed");
+    for (fault, (planned, installed)) in &by_fault {
+        println!("{fault:<20} {planned:>8} {installed:>10}");
+    }
+    let failovers: Vec<u64> = records.iter().filter_map(|r| r.failover_ms).collect();
+    let missed = records
+        .iter()
+        .filter(|r| r.installed && r.failover_ms.is_none())
+        .filter(|r| {
+            matches!(
+                r.fault,
+                Fault::KillLeader | Fault::PauseLeader | Fault::IsolateLeader
+            )
+        })
+        .count();
+    if failovers.is_empty() {
+        println!("failover: none measured ({missed} without a new leader in 15 s)");
+    } else {
+        let mut sorted = failovers.clone();
+        sorted.sort_unstable();
+        println!(
+            "failover ms: n={} min={} median={} max={} ({missed} without a new leader in 15 s)",
+            sorted.len(),
+            sorted[0],
+            sorted[sorted.len() / 2],
+            sorted[sorted.len() - 1]
+        );
+    }
+    let count =
+        |f: fn(&Outcome) -> bool| evidence.requests.iter().filter(|r| f(&r.outcome)).count();
+    println!(
+        "requests: {} (acked {}, failed {}, unknown {}); workflows {}; keys acked {}",
+        evidence.requests.len(),
+        count(|o| matches!(o, Outcome::Acked(_))),
+        count(|o| matches!(o, Outcome::Failed)),
+        count(|o| matches!(o, Outcome::Unknown)),
+        evidence.workflows.len(),
+        evidence
+            .requests
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Acked(_)))
+            .map(|r| &r.key)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+    println!(
+        "executions: {} ({} re-executions, {} overlaps with a fenced attempt, {} with a paused \
+         agent's zombie); liveness reached in {recovery_ms} ms",
+        evidence.journal.len(),
+        verdict.re_executions,
+        verdict.fenced_overlaps,
+        verdict.zombie_overlaps
+    );
+    if let Some(r) = evidence.replicas.first() {
+        println!(
+            "replicas: {} at applied index {} hash {}",
+            evidence.replicas.len(),
+            r.applied_index,
+            &r.state_hash[..r.state_hash.len().min(16)]
+        );
+    }
+    println!("{:<45} {:>10}", "invariant", "violations");
+    for (name, n) in &verdict.invariants {
+        println!("{name:<45} {n:>10}");
+    }
+    for violation in verdict.violations.iter().take(20) {
+        println!("VIOLATION {violation}");
+    }
+}
