@@ -340,6 +340,19 @@ pub fn check_data_dir(dir: &Path, node_id: u64) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn peer_dial_maps_member_addresses_and_names_bad_items() {
+        let dial = parse_peer_dial("127.0.0.1:7001=127.0.0.1:9001, 127.0.0.1:7002=127.0.0.1:9002")
+            .unwrap();
+        assert_eq!(dial["127.0.0.1:7001"], "127.0.0.1:9001");
+        assert_eq!(dial.len(), 2);
+        assert!(parse_peer_dial("").unwrap().is_empty());
+        let err = parse_peer_dial("127.0.0.1:7001").unwrap_err();
+        assert!(err.contains("is not MEMBER_ADDR=DIAL_ADDR"), "{err}");
+        let err = parse_peer_dial("127.0.0.1:7001=proxy:1").unwrap_err();
+        assert!(err.contains("\"proxy:1\" is not IP:PORT"), "{err}");
+    }
+
     fn args(list: &[&str]) -> Result<Config, String> {
         let mut argv = vec!["batond"];
         argv.extend_from_slice(list);
