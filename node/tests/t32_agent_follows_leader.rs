@@ -1,5 +1,5 @@
 //! Agent sessions follow the leader when leadership moves without a crash (a leader transfer): the
-//! old leader ends the session with a redirect at the agent's next heartbeat, the agent registers
+//! old leader ends the session with a redirect as soon as it stops leading, the agent registers
 //! with the new leader, and work keeps flowing to it.
 
 mod common;
@@ -86,22 +86,7 @@ async fn an_agent_moves_to_the_new_leader_after_a_leader_transfer() {
         .unwrap()
         .into_inner()
         .workflow_id;
-    wait_for(Duration::from_secs(10), "the workflow to succeed", || {
-        let mut workflows = workflows.clone();
-        async move {
-            let workflow = workflows
-                .get(pb::GetRequest {
-                    workflow_id: id,
-                    consistency: 0,
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .workflow?;
-            (workflow.state == pb::WorkflowState::Succeeded as i32).then_some(())
-        }
-    })
-    .await;
+    wait_for_success(&workflows, id, Duration::from_secs(10)).await;
     let _ = stop.send(());
     running.await.unwrap();
     cluster.shutdown().await;

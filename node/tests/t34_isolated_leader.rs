@@ -136,22 +136,7 @@ async fn an_agent_on_a_leader_without_quorum_stops_its_step() {
     }
     let leader = cluster.leader(Duration::from_secs(20)).await;
     let workflows = cluster.workflows(leader).await;
-    let workflow = wait_for(Duration::from_secs(20), "the workflow to succeed", || {
-        let mut workflows = workflows.clone();
-        async move {
-            let workflow = workflows
-                .get(pb::GetRequest {
-                    workflow_id,
-                    consistency: 0,
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .workflow?;
-            (workflow.state == pb::WorkflowState::Succeeded as i32).then_some(workflow)
-        }
-    })
-    .await;
+    let workflow = wait_for_success(&workflows, workflow_id, Duration::from_secs(20)).await;
     {
         let runs = runs.lock();
         assert_eq!(runs.executions.len(), 2, "{:?}", runs.executions);

@@ -143,14 +143,7 @@ async fn a_killed_agents_step_process_dies_and_the_step_runs_on_another_agent() 
     )
     .await;
 
-    let workflow = wait_for(Duration::from_secs(30), "the workflow to succeed", || {
-        let mut client = client.clone();
-        async move {
-            let workflow = get(&mut client, workflow_id).await?;
-            (workflow.state == pb::WorkflowState::Succeeded as i32).then_some(workflow)
-        }
-    })
-    .await;
+    let workflow = wait_for_success(&client, workflow_id, Duration::from_secs(30)).await;
     let step = &workflow.steps[0];
     let survivor = &agents[1 - index].0;
     assert_eq!(

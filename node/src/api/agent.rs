@@ -197,15 +197,11 @@ impl AgentServiceImpl {
                 sessions.seen(agent_id, session_id);
                 match msg {
                     pb::agent_message::Msg::Heartbeat(hb) => {
-                        if let Err(status) = require_leader(&node).await {
-                            tracing::info!(agent_id = %agent_id, "no longer the leader: ending the agent's session");
-                            let _ = tx.send(Err(status)).await;
-                            break;
-                        }
                         let renewed = renew(&node, &sessions, agent_id, &hb.running_attempts);
                         // A leader that a quorum has not acknowledged lately may already be
                         // deposed without knowing: it keeps its own books but promises the agent
-                        // nothing. The agent's leases then run out on its side first, and it
+                        // nothing (a node that knows it no longer leads answers false too, and
+                        // `lost` ends the session on the next turn of the loop). The agent's leases then run out on its side first, and it
                         // gives up this session when acks stay away (see the agent runtime).
                         if !node.leadership_confirmed() {
                             tracing::debug!(agent_id = %agent_id, seq = hb.seq, "leadership unconfirmed: heartbeat not acknowledged");

@@ -208,6 +208,30 @@ where
     }
 }
 
+/// Polls `client` until workflow `id` has succeeded, and returns it.
+pub async fn wait_for_success(
+    client: &WorkflowServiceClient<Channel>,
+    id: u64,
+    timeout: Duration,
+) -> pb::Workflow {
+    wait_for(timeout, "the workflow to succeed", || {
+        let mut client = client.clone();
+        async move {
+            let workflow = client
+                .get(pb::GetRequest {
+                    workflow_id: id,
+                    consistency: 0,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .workflow?;
+            (workflow.state == pb::WorkflowState::Succeeded as i32).then_some(workflow)
+        }
+    })
+    .await
+}
+
 pub fn noop_spec(name: &str, steps: usize) -> pb::WorkflowSpec {
     pb::WorkflowSpec {
         name: name.into(),
