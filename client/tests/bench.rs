@@ -72,6 +72,15 @@ fn single_step_workflows_all_finish_and_add_up() {
         assert!(node["rss_mib"].as_f64().unwrap() > 0.0, "{node}");
         assert!(node["cpu_percent"].as_f64().unwrap() >= 0.0, "{node}");
     }
+    // The bench and the agents did work: they cannot have used no CPU at all.
+    assert!(
+        report["bench_cpu_percent"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["agents_cpu_percent"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
 }
 
 #[test]

@@ -132,6 +132,10 @@ impl LocalCluster {
             .collect()
     }
 
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents.iter().filter_map(Child::id).collect()
+    }
+
     /// SIGTERM to every child (agents first, so that they do not retry against dying nodes),
     /// then SIGKILL to any still running after 5 s.
     pub async fn stop(mut self) {

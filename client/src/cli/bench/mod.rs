@@ -182,9 +182,13 @@ pub async fn run(
             Some((agents, slots)) => {
                 eprintln!("bench: starting 3 nodes and {agents} agents ({slots} slots each)");
                 let started = cluster.insert(LocalCluster::start(agents, slots).await?);
-                (started.endpoints.clone(), started.node_pids())
+                let pids = Pids {
+                    nodes: started.node_pids(),
+                    agents: Some(started.agent_pids()),
+                };
+                (started.endpoints.clone(), pids)
             }
-            None => (endpoints, Vec::new()),
+            None => (endpoints, Pids::default()),
         };
         let client = Client::with_config(endpoints, config)
             .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
@@ -228,7 +232,25 @@ struct Submitters {
     pacer: Option<tokio::sync::Mutex<tokio::time::Interval>>,
 }
 
-async fn measure(client: &Client, plan: &Plan, pids: &[(u64, u32)]) -> anyhow::Result<Report> {
+/// The processes whose resources the report shows.
+#[derive(Default)]
+struct Pids {
+    /// `(node id, pid)`: self-started nodes only.
+    nodes: Vec<(u64, u32)>,
+    /// Self-started agents; `None` against `--endpoints`.
+    agents: Option<Vec<u32>>,
+}
+
+/// CPU seconds that `pids` used so far, from /proc; `None` if one cannot be read.
+fn cpu_seconds(pids: &[u32], ticks_per_second: u64) -> Option<f64> {
+    let ticks = pids
+        .iter()
+        .map(|&pid| cluster::sample(pid).map(|s| s.cpu_ticks))
+        .sum::<Option<u64>>()?;
+    Some(ticks as f64 / ticks_per_second as f64)
+}
+
+async fn measure(client: &Client, plan: &Plan, pids: &Pids) -> anyhow::Result<Report> {
     let status = client
         .cluster_status()
         .await
@@ -239,7 +261,17 @@ async fn measure(client: &Client, plan: &Plan, pids: &[(u64, u32)]) -> anyhow::R
         events_tx,
     ));
     let ticks_per_second = cluster::clock_ticks_per_second();
-    let before: Vec<_> = pids.iter().map(|&(_, pid)| cluster::sample(pid)).collect();
+    let before: Vec<_> = pids
+        .nodes
+        .iter()
+        .map(|&(_, pid)| cluster::sample(pid))
+        .collect();
+    let own_pid = [std::process::id()];
+    let bench_before = cpu_seconds(&own_pid, ticks_per_second);
+    let agents_before = pids
+        .agents
+        .as_deref()
+        .and_then(|agents| cpu_seconds(agents, ticks_per_second));
     let started = Instant::now();
 
     let spec = shape::build_spec(
@@ -309,7 +341,19 @@ async fn measure(client: &Client, plan: &Plan, pids: &[(u64, u32)]) -> anyhow::R
     let tracks = tracking.await.context("the bench tracker panicked")?;
     watch.abort();
     let wall_seconds = started.elapsed().as_secs_f64();
+    let percent = |before: Option<f64>, after: Option<f64>| {
+        Some(100.0 * (after? - before?).max(0.0) / wall_seconds)
+    };
+    let bench_cpu_percent =
+        percent(bench_before, cpu_seconds(&own_pid, ticks_per_second)).unwrap_or(0.0);
+    let agents_cpu_percent = percent(
+        agents_before,
+        pids.agents
+            .as_deref()
+            .and_then(|agents| cpu_seconds(agents, ticks_per_second)),
+    );
     let nodes = pids
+        .nodes
         .iter()
         .zip(before)
         .filter_map(|(&(node_id, pid), before)| {
@@ -336,6 +380,8 @@ async fn measure(client: &Client, plan: &Plan, pids: &[(u64, u32)]) -> anyhow::R
     report.workflows_accepted_per_second = per_second(accepted, submit_seconds);
     report.submit_ack = LatencySummary::of(&acks);
     report.nodes = nodes;
+    report.agents_cpu_percent = agents_cpu_percent;
+    report.bench_cpu_percent = bench_cpu_percent;
     Ok(report)
 }
 
@@ -508,6 +554,8 @@ pub fn summarise(tracks: &HashMap<u64, Track>, plan: &Plan) -> Report {
         submit_to_start: LatencySummary::of(&to_start),
         submit_to_end: LatencySummary::of(&to_end),
         nodes: Vec::new(),
+        agents_cpu_percent: None,
+        bench_cpu_percent: 0.0,
     }
 }
 

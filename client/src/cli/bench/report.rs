@@ -88,6 +88,10 @@ pub struct Report {
     pub submit_to_end: LatencySummary,
     /// Self-started nodes only (empty against `--endpoints`).
     pub nodes: Vec<NodeUsage>,
+    /// The self-started agents together (absent against `--endpoints`): 100 = one core.
+    pub agents_cpu_percent: Option<f64>,
+    /// This bench process (the load generator and the watch) over the run: 100 = one core.
+    pub bench_cpu_percent: f64,
 }
 
 /// `part / seconds`, 0 when no time passed.
@@ -161,6 +165,14 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
+    let agents = report
+        .agents_cpu_percent
+        .map_or(String::new(), |cpu| format!("agents {cpu:.1}, "));
+    let _ = writeln!(
+        out,
+        "cpu % of the rest: {agents}bench {:.1} (100 = one core)",
+        report.bench_cpu_percent
+    );
     out
 }
 
