@@ -102,3 +102,29 @@ fn bad_arguments_fail_before_starting_anything() {
     assert!(stderr.contains("--agents"), "{stderr}");
     assert!(stderr.contains("--start-cluster"), "{stderr}");
 }
+
+#[test]
+fn kill_leader_counts_every_kill_and_loses_no_accepted_workflow() {
+    let (report, stderr) = bench(&[
+        "--duration",
+        "5s",
+        "--rate",
+        "50",
+        "--kill-leader",
+        "--kill-every",
+        "1500ms",
+    ]);
+    let kills = report["leader_kills"].as_u64().unwrap();
+    assert!(kills >= 1, "{report}\n{stderr}");
+    let measured = report["kill_to_assignment"]["count"].as_u64().unwrap();
+    let missed = report["kills_without_assignment"].as_u64().unwrap();
+    assert_eq!(measured + missed, kills, "{report}");
+    // Submits may fail with an unknown outcome while the leader is down; every one that was
+    // acknowledged must still run to its end.
+    assert_eq!(
+        report["workflows_succeeded"], report["accepted"],
+        "{report}"
+    );
+    assert_eq!(report["workflows_unfinished"], 0);
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 0, "{report}");
+}

@@ -18,6 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct LocalCluster {
     nodes: Vec<(u64, Child)>,
+    /// `batond` and its arguments, per node (same order as `nodes`), to restart one.
+    node_commands: Vec<(PathBuf, Vec<String>)>,
     agents: Vec<Child>,
     pub endpoints: Endpoints,
     /// Kept until the end: dropping it removes the nodes' data and logs.
@@ -45,23 +47,29 @@ impl LocalCluster {
         let initial_cluster = initial_cluster.join(",");
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
+            node_commands: Vec::new(),
             agents: Vec::new(),
             endpoints: Endpoints::parse(&(1..=NODES).map(addr).collect::<Vec<_>>().join(","))?,
             data,
         };
         for id in 1..=NODES {
-            let log = log_file(cluster.data.path(), &format!("node{id}.log"))?;
-            let mut command = Command::new(&batond);
-            command
-                .arg("--node-id")
-                .arg(id.to_string())
-                .arg("--listen")
-                .arg(addr(id))
-                .arg("--data-dir")
-                .arg(cluster.data.path().join(format!("node{id}")))
-                .arg("--initial-cluster")
-                .arg(&initial_cluster);
-            let child = spawn(command, log).with_context(|| format!("starting node {id}"))?;
+            let node_args = vec![
+                "--node-id".to_string(),
+                id.to_string(),
+                "--listen".to_string(),
+                addr(id),
+                "--data-dir".to_string(),
+                cluster
+                    .data
+                    .path()
+                    .join(format!("node{id}"))
+                    .display()
+                    .to_string(),
+                "--initial-cluster".to_string(),
+                initial_cluster.clone(),
+            ];
+            cluster.node_commands.push((batond.clone(), node_args));
+            let child = cluster.spawn_node(id)?;
             cluster.nodes.push((id, child));
         }
         for i in 1..=agents {
@@ -81,6 +89,31 @@ impl LocalCluster {
         }
         cluster.wait_ready(agents).await?;
         Ok(cluster)
+    }
+
+    fn spawn_node(&self, id: u64) -> anyhow::Result<Child> {
+        let (batond, args) = &self.node_commands[id as usize - 1];
+        let path = self.data.path().join(format!("node{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut command = Command::new(batond);
+        command.args(args);
+        spawn(command, log).with_context(|| format!("starting node {id}"))
+    }
+
+    /// SIGKILLs node `id` and starts it again on its data (it rejoins as a follower).
+    pub async fn kill_and_restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let index = self
+            .nodes
+            .iter()
+            .position(|(node, _)| *node == id)
+            .with_context(|| format!("no bench node {id}"))?;
+        self.nodes[index].1.kill().await.context("killing a node")?;
+        self.nodes[index].1 = self.spawn_node(id)?;
+        Ok(())
     }
 
     /// Waits for a leader and for every agent to be connected, and for no child to have died.

@@ -81,6 +81,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PER_SECOND")]
     pub rate: Option<f64>,
 
+    /// With --start-cluster: every --kill-every, SIGKILL the leader and restart it, and report
+    /// the time from each kill to the next committed step assignment (node CPU is then not
+    /// reported: the killed nodes are new processes).
+    #[arg(long)]
+    pub kill_leader: bool,
+
+    /// How often --kill-leader kills the leader.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub kill_every: Duration,
+
     /// After the last submit, how long to wait for the workflows to finish.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -112,6 +122,8 @@ pub struct Plan {
     pub drain_timeout: Duration,
     /// `(agents, slots each)` when the bench starts its own cluster.
     pub local_cluster: Option<(u32, u32)>,
+    /// With `--kill-leader`: how often.
+    pub kill_every: Option<Duration>,
 }
 
 impl Plan {
@@ -155,7 +167,11 @@ impl Plan {
             }
             None
         };
+        if args.kill_leader && local_cluster.is_none() {
+            return Err("--kill-leader needs --start-cluster".to_string());
+        }
         Ok(Plan {
+            kill_every: args.kill_leader.then_some(args.kill_every),
             shape: args.shape,
             steps_per_workflow,
             clients: args.clients,
@@ -183,7 +199,12 @@ pub async fn run(
                 eprintln!("bench: starting 3 nodes and {agents} agents ({slots} slots each)");
                 let started = cluster.insert(LocalCluster::start(agents, slots).await?);
                 let pids = Pids {
-                    nodes: started.node_pids(),
+                    // Restarted nodes are new processes: no CPU figure spans the run.
+                    nodes: if plan.kill_every.is_some() {
+                        Vec::new()
+                    } else {
+                        started.node_pids()
+                    },
                     agents: Some(started.agent_pids()),
                 };
                 (started.endpoints.clone(), pids)
@@ -192,7 +213,8 @@ pub async fn run(
         };
         let client = Client::with_config(endpoints, config)
             .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
-        measure(&client, &plan, &pids).await
+        let killer = plan.kill_every.zip(cluster.as_mut());
+        measure(&client, &plan, &pids, killer).await
     };
     let result = tokio::select! {
         result = work => result,
@@ -250,7 +272,12 @@ fn cpu_seconds(pids: &[u32], ticks_per_second: u64) -> Option<f64> {
     Some(ticks as f64 / ticks_per_second as f64)
 }
 
-async fn measure(client: &Client, plan: &Plan, pids: &Pids) -> anyhow::Result<Report> {
+async fn measure(
+    client: &Client,
+    plan: &Plan,
+    pids: &Pids,
+    killer: Option<(Duration, &mut LocalCluster)>,
+) -> anyhow::Result<Report> {
     let status = client
         .cluster_status()
         .await
@@ -332,13 +359,26 @@ async fn measure(client: &Client, plan: &Plan, pids: &Pids) -> anyhow::Result<Re
     }
     drop(ids_tx);
     let tracking = tokio::spawn(track(events_rx, ids_rx, shared.clone(), plan.drain_timeout));
-    let mut acks = new_histogram();
-    for worker in workers {
-        acks.add(worker.await.context("a bench client panicked")?)
-            .expect("histograms of equal bounds add");
-    }
+    let submitting = tokio_util::sync::CancellationToken::new();
+    let kills = async {
+        match killer {
+            Some((every, cluster)) => kill_leaders(cluster, client, every, &submitting).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let submits = async {
+        let mut acks = new_histogram();
+        for worker in workers {
+            acks.add(worker.await.context("a bench client panicked")?)
+                .expect("histograms of equal bounds add");
+        }
+        submitting.cancel();
+        anyhow::Ok(acks)
+    };
+    let (kills, acks) = tokio::join!(kills, submits);
+    let (kills, acks) = (kills?, acks?);
     let submit_seconds = started.elapsed().as_secs_f64();
-    let tracks = tracking.await.context("the bench tracker panicked")?;
+    let (tracks, assigned_ms) = tracking.await.context("the bench tracker panicked")?;
     watch.abort();
     let wall_seconds = started.elapsed().as_secs_f64();
     let percent = |before: Option<f64>, after: Option<f64>| {
@@ -380,9 +420,63 @@ async fn measure(client: &Client, plan: &Plan, pids: &Pids) -> anyhow::Result<Re
     report.workflows_accepted_per_second = per_second(accepted, submit_seconds);
     report.submit_ack = LatencySummary::of(&acks);
     report.nodes = nodes;
+    if plan.kill_every.is_some() {
+        let mut failover = new_histogram();
+        let times = failovers_ms(&kills, &assigned_ms);
+        for ms in times.iter().flatten() {
+            record(&mut failover, ms * 1000);
+        }
+        report.leader_kills = Some(kills.len() as u64);
+        report.kills_without_assignment = Some(times.iter().filter(|t| t.is_none()).count() as u64);
+        report.kill_to_assignment = Some(LatencySummary::of(&failover));
+    }
     report.agents_cpu_percent = agents_cpu_percent;
     report.bench_cpu_percent = bench_cpu_percent;
     Ok(report)
+}
+
+/// Until the submitting ends: every `every`, SIGKILL the leader and restart it. Returns the
+/// wall-clock times (ms since the epoch) of the kills.
+async fn kill_leaders(
+    cluster: &mut LocalCluster,
+    client: &Client,
+    every: Duration,
+    submitting: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<u64>> {
+    let mut kills = Vec::new();
+    loop {
+        tokio::select! {
+            _ = submitting.cancelled() => return Ok(kills),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let leader = match client.cluster_status().await {
+            Ok(status) if status.leader_id != 0 => status.leader_id,
+            _ => continue, // no leader yet: try again next round
+        };
+        kills.push(now_ms());
+        cluster.kill_and_restart(leader).await?;
+        eprintln!("bench: killed and restarted node {leader} (the leader)");
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// For each kill, the time to the first step assignment proposed after it (leader time and
+/// kill time are one machine's clock); `None` when no assignment followed.
+pub fn failovers_ms(kills_ms: &[u64], assigned_ms: &[u64]) -> Vec<Option<u64>> {
+    let mut assigned = assigned_ms.to_vec();
+    assigned.sort_unstable();
+    kills_ms
+        .iter()
+        .map(|&kill| {
+            let next = assigned.partition_point(|&a| a <= kill);
+            assigned.get(next).map(|&a| a - kill)
+        })
+        .collect()
 }
 
 /// Keeps the watch of all workflows going, into a channel (so that the tracker's select never
@@ -441,8 +535,10 @@ async fn track(
     mut ids: mpsc::UnboundedReceiver<u64>,
     shared: Arc<Submitters>,
     drain_timeout: Duration,
-) -> HashMap<u64, Track> {
+) -> (HashMap<u64, Track>, Vec<u64>) {
     let mut tracks: HashMap<u64, Track> = HashMap::new();
+    // Every assignment's time, any workflow's: what --kill-leader measures failover against.
+    let mut assigned_ms = Vec::new();
     let mut ours: HashSet<u64> = HashSet::new();
     let mut open = 0usize; // ours, not finished
     let mut finished = 0u64;
@@ -465,6 +561,9 @@ async fn track(
             },
             event = events.recv() => {
                 let Some(event) = event else { break };
+                if event.kind == EventKind::StepAssigned as i32 {
+                    assigned_ms.push(event.time_ms);
+                }
                 let track = tracks.entry(event.workflow_id).or_default();
                 let was_finished = track.finished.is_some();
                 track.apply(&event);
@@ -496,7 +595,7 @@ async fn track(
     for id in ours {
         tracks.entry(id).or_default();
     }
-    tracks
+    (tracks, assigned_ms)
 }
 
 /// The latency and completion part of the report, from the tracks of the accepted workflows.
@@ -556,6 +655,9 @@ pub fn summarise(tracks: &HashMap<u64, Track>, plan: &Plan) -> Report {
         nodes: Vec::new(),
         agents_cpu_percent: None,
         bench_cpu_percent: 0.0,
+        leader_kills: None,
+        kills_without_assignment: None,
+        kill_to_assignment: None,
     }
 }
 
@@ -621,6 +723,7 @@ mod tests {
                 rate: Some(250.5),
                 drain_timeout: Duration::from_secs(5),
                 local_cluster: Some((3, 8)),
+                kill_every: None,
             }
         );
     }
@@ -639,12 +742,30 @@ mod tests {
             (&["--shape", "chain", "--steps", "0"], "--steps"),
             (&["--shape", "tree"], "--shape"),
             (&["--agents", "2"], "--agents"),
+            (&["--kill-leader"], "--kill-leader"),
+            (
+                &["--start-cluster", "--kill-leader", "--kill-every", "0s"],
+                "--kill-every",
+            ),
             (&["--start-cluster", "--agents", "0"], "--agents"),
             (&["--start-cluster", "--agent-slots", "0"], "--agent-slots"),
         ] {
             let error = plan(args).unwrap_err();
             assert!(error.contains(flag), "{args:?}: {error}");
         }
+    }
+
+    #[test]
+    fn kill_leader_plan_and_failover_times() {
+        let p = plan(&["--start-cluster", "--kill-leader", "--kill-every", "2s"]).unwrap();
+        assert_eq!(p.kill_every, Some(Duration::from_secs(2)));
+        // Kills at 100, 200, 300; assignments at 90, 100 (before or at the first kill), 350,
+        // 360: the first two kills wait for 350, the third too; a kill at 400 sees none.
+        assert_eq!(
+            failovers_ms(&[100, 200, 300, 400], &[360, 90, 350, 100]),
+            [Some(250), Some(150), Some(50), None]
+        );
+        assert!(failovers_ms(&[], &[1, 2]).is_empty());
     }
 
     fn event(kind: EventKind, workflow_id: u64, time_ms: u64) -> WorkflowEvent {

@@ -92,6 +92,13 @@ pub struct Report {
     pub agents_cpu_percent: Option<f64>,
     /// This bench process (the load generator and the watch) over the run: 100 = one core.
     pub bench_cpu_percent: f64,
+    /// `--kill-leader` only: leaders SIGKILLed (and restarted) during the run.
+    pub leader_kills: Option<u64>,
+    /// `--kill-leader` only: kills that no step assignment followed before the run ended.
+    pub kills_without_assignment: Option<u64>,
+    /// `--kill-leader` only: from the kill (bench clock) to the next step assignment proposed
+    /// (leader clock; one machine, one clock).
+    pub kill_to_assignment: Option<LatencySummary>,
 }
 
 /// `part / seconds`, 0 when no time passed.
@@ -164,6 +171,18 @@ pub fn render(report: &Report) -> String {
                 n.node_id, n.cpu_percent, n.rss_mib, n.rss_peak_mib
             );
         }
+    }
+    if let (Some(kills), Some(missed), Some(f)) = (
+        report.leader_kills,
+        report.kills_without_assignment,
+        &report.kill_to_assignment,
+    ) {
+        let _ = writeln!(
+            out,
+            "\nleader kills {kills} ({missed} with no assignment after them); kill to next \
+             assignment ms: p50 {:.0}, p99 {:.0}, max {:.0}",
+            f.p50_ms, f.p99_ms, f.max_ms
+        );
     }
     let agents = report
         .agents_cpu_percent
