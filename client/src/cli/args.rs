@@ -78,6 +78,9 @@ pub enum Command {
     /// Run an agent on this machine: take steps from the cluster and run them, until
     /// SIGINT or SIGTERM (which stops the running steps first).
     Agent(AgentArgs),
+    /// Load a cluster with noop workflows and report throughput, latency and node resources
+    /// (against --endpoints, or a throwaway local cluster with --start-cluster).
+    Bench(crate::cli::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

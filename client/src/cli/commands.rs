@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let endpoints = cli.endpoints;
     let endpoints_for_agent = endpoints.clone();
+    let bench_setup = (endpoints.clone(), config.clone());
     // Built on demand, so that submit checks its input first and bad input never waits on a node.
     let connect = move || {
         Client::with_config(endpoints, config)
@@ -50,6 +51,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agents => agents(&connect()?, &out).await,
         Command::Watch(args) => watch(&connect()?, &out, args).await,
         Command::Agent(args) => agent(endpoints_for_agent, args).await,
+        Command::Bench(args) => {
+            let (endpoints, config) = bench_setup;
+            crate::cli::bench::run(endpoints, config, out.json(), args).await
+        }
     }
 }
 
