@@ -88,7 +88,10 @@ impl Server {
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; without it
+        // here every small response waits out Nagle against the peer's delayed ACK (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let serving = tokio::spawn(async move {
             let stopped = async {
                 let _ = stop_rx.await;
