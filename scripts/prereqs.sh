@@ -2,15 +2,17 @@
 # Installs what building and testing Baton needs and a fresh Debian 12 machine lacks: libclang for
 # bindgen (run by the rocksdb crate), a C++ compiler and make for RocksDB, and Prometheus
 # (`prometheus` and `promtool`) for the observability test, which checks the metrics, the alert
-# rules and the dashboard against a real Prometheus. Sourced by the other scripts.
+# rules and the dashboard against a real Prometheus, and etcd (`etcd-server`, 3.4 on Debian 12), the
+# yardstick `baton bench --compare-etcd` runs beside Baton. Sourced by the other scripts.
 #
 # Debian's `prometheus` package may start a system service on :9090 (where the init system allows
 # it). Nothing in Baton uses that service: the test starts its own Prometheus on a free loopback
-# port with a temporary storage folder. Recommends (node-exporter) are not installed.
+# port with a temporary storage folder. The same holds for `etcd-server`: the bench starts its own
+# three members on free loopback ports. Recommends (node-exporter) are not installed.
 set -euo pipefail
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 missing=()
-for pkg in libclang-dev g++ make prometheus; do
+for pkg in libclang-dev g++ make prometheus etcd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -128,3 +128,22 @@ fn kill_leader_counts_every_kill_and_loses_no_accepted_workflow() {
     assert_eq!(report["workflows_unfinished"], 0);
     assert_eq!(report["nodes"].as_array().unwrap().len(), 0, "{report}");
 }
+
+#[test]
+fn compare_etcd_runs_the_same_load_against_etcd() {
+    let (report, stderr) = bench(&["--count", "40", "--clients", "4", "--compare-etcd"]);
+    assert_eq!(report["accepted"], 40, "{report}\n{stderr}");
+    let etcd = &report["etcd"];
+    assert_eq!(etcd["puts"], 40, "{etcd}\n{stderr}");
+    assert_eq!(etcd["put_errors"], 0, "{etcd}");
+    assert!(etcd["version"].as_str().unwrap().contains("etcd"), "{etcd}");
+    latency_measured(etcd, "put_ack", 40);
+    assert_eq!(etcd["members"].as_array().unwrap().len(), 3, "{etcd}");
+    let ratio = etcd["baton_to_etcd_ratio"].as_f64().unwrap();
+    let expected = report["workflows_accepted_per_second"].as_f64().unwrap()
+        / etcd["puts_per_second"].as_f64().unwrap();
+    assert!(
+        (ratio - expected).abs() < 1e-9 * expected,
+        "{ratio} vs {expected}"
+    );
+}

@@ -181,12 +181,12 @@ impl LocalCluster {
     }
 }
 
-fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+pub(super) fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     let path: PathBuf = dir.join(name);
     std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
 }
 
-fn spawn(mut command: Command, log: std::fs::File) -> anyhow::Result<Child> {
+pub(super) fn spawn(mut command: Command, log: std::fs::File) -> anyhow::Result<Child> {
     command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -206,7 +206,7 @@ fn spawn(mut command: Command, log: std::fs::File) -> anyhow::Result<Child> {
     Ok(command.spawn()?)
 }
 
-async fn stop(child: &mut Child) {
+pub(super) async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill has no memory effects; the pid is our own child, not yet reaped.
         unsafe {
@@ -223,7 +223,7 @@ async fn stop(child: &mut Child) {
 }
 
 /// Free loopback ports: bound to learn them, then released for the nodes to bind.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(super) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()

@@ -12,6 +12,7 @@
 //! summarises and prints.
 
 pub mod cluster;
+pub mod etcd;
 pub mod report;
 pub mod shape;
 
@@ -91,6 +92,16 @@ pub struct BenchArgs {
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub kill_every: Duration,
 
+    /// After the run, start a three-member etcd on this machine (free loopback ports, a
+    /// temporary folder) and put keys into it with the same clients, count or duration and
+    /// rate; report both and Baton's accepted workflows/s over etcd's puts/s.
+    #[arg(long, conflicts_with = "kill_leader")]
+    pub compare_etcd: bool,
+
+    /// The etcd binary for --compare-etcd (Debian: the etcd-server package).
+    #[arg(long, default_value = "etcd", value_name = "PATH")]
+    pub etcd_binary: std::path::PathBuf,
+
     /// After the last submit, how long to wait for the workflows to finish.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -124,6 +135,8 @@ pub struct Plan {
     pub local_cluster: Option<(u32, u32)>,
     /// With `--kill-leader`: how often.
     pub kill_every: Option<Duration>,
+    /// With `--compare-etcd`: the etcd binary.
+    pub compare_etcd: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -172,6 +185,7 @@ impl Plan {
         }
         Ok(Plan {
             kill_every: args.kill_leader.then_some(args.kill_every),
+            compare_etcd: args.compare_etcd.then(|| args.etcd_binary.clone()),
             shape: args.shape,
             steps_per_workflow,
             clients: args.clients,
@@ -223,7 +237,20 @@ pub async fn run(
     if let Some(cluster) = cluster.take() {
         cluster.stop().await;
     }
-    let report = result?;
+    let mut report = result?;
+    if let Some(binary) = plan.compare_etcd.clone() {
+        let etcd = etcd::run(
+            binary,
+            plan.clients,
+            plan.stop,
+            plan.rate,
+            report.workflows_accepted_per_second,
+        );
+        report.etcd = Some(tokio::select! {
+            result = etcd => result?,
+            _ = tokio::signal::ctrl_c() => return Err(Failure::failed("bench: interrupted")),
+        });
+    }
     let mut stdout = std::io::stdout().lock();
     if json {
         let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
@@ -658,6 +685,7 @@ pub fn summarise(tracks: &HashMap<u64, Track>, plan: &Plan) -> Report {
         leader_kills: None,
         kills_without_assignment: None,
         kill_to_assignment: None,
+        etcd: None,
     }
 }
 
@@ -724,6 +752,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(5),
                 local_cluster: Some((3, 8)),
                 kill_every: None,
+                compare_etcd: None,
             }
         );
     }
@@ -743,6 +772,10 @@ mod tests {
             (&["--shape", "tree"], "--shape"),
             (&["--agents", "2"], "--agents"),
             (&["--kill-leader"], "--kill-leader"),
+            (
+                &["--start-cluster", "--kill-leader", "--compare-etcd"],
+                "--compare-etcd",
+            ),
             (
                 &["--start-cluster", "--kill-leader", "--kill-every", "0s"],
                 "--kill-every",
@@ -766,6 +799,13 @@ mod tests {
             [Some(250), Some(150), Some(50), None]
         );
         assert!(failovers_ms(&[], &[1, 2]).is_empty());
+    }
+
+    #[test]
+    fn compare_etcd_plan() {
+        let p = plan(&["--compare-etcd", "--etcd-binary", "/opt/etcd"]).unwrap();
+        assert_eq!(p.compare_etcd, Some(std::path::PathBuf::from("/opt/etcd")));
+        assert_eq!(plan(&[]).unwrap().compare_etcd, None);
     }
 
     fn event(kind: EventKind, workflow_id: u64, time_ms: u64) -> WorkflowEvent {

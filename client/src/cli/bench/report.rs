@@ -99,6 +99,8 @@ pub struct Report {
     /// `--kill-leader` only: from the kill (bench clock) to the next step assignment proposed
     /// (leader clock; one machine, one clock).
     pub kill_to_assignment: Option<LatencySummary>,
+    /// `--compare-etcd` only: the same load as puts into a three-member etcd.
+    pub etcd: Option<super::etcd::EtcdReport>,
 }
 
 /// `part / seconds`, 0 when no time passed.
@@ -182,6 +184,34 @@ pub fn render(report: &Report) -> String {
             "\nleader kills {kills} ({missed} with no assignment after them); kill to next \
              assignment ms: p50 {:.0}, p99 {:.0}, max {:.0}",
             f.p50_ms, f.p99_ms, f.max_ms
+        );
+    }
+    if let Some(etcd) = &report.etcd {
+        let _ = writeln!(
+            out,
+            "\netcd ({}): {} puts, {} errors{}, {:.1} puts/s; put ack ms p50 {:.2}, p99 {:.2}, \
+             max {:.2}",
+            etcd.version,
+            etcd.puts,
+            etcd.put_errors,
+            etcd.first_put_error
+                .as_deref()
+                .map_or(String::new(), |e| format!(" (first: {e})")),
+            etcd.puts_per_second,
+            etcd.put_ack.p50_ms,
+            etcd.put_ack.p99_ms,
+            etcd.put_ack.max_ms
+        );
+        let members: Vec<String> = etcd
+            .members
+            .iter()
+            .map(|m| format!("{} {:.1}% {:.1} MiB", m.node_id, m.cpu_percent, m.rss_mib))
+            .collect();
+        let _ = writeln!(out, "etcd members (cpu, rss): {}", members.join("; "));
+        let _ = writeln!(
+            out,
+            "baton accepted workflows/s : etcd puts/s = {:.2}",
+            etcd.baton_to_etcd_ratio
         );
     }
     let agents = report

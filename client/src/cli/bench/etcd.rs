@@ -1,0 +1,337 @@
+//! `baton bench --compare-etcd`: the yardstick. After Baton's run, the same machine runs a
+//! three-member etcd (the `etcd` binary on PATH, e.g. Debian's etcd-server 3.4) on free loopback
+//! ports with a temporary data folder, and the same number of clients put keys into it the same
+//! way the bench submits workflows (closed loop, or the shared `--rate` ticker), through one gRPC
+//! channel to member 1 (which forwards to its leader, as a Baton node forwards submits).
+//!
+//! Only etcd's `KV.Put` is used, so its two messages are declared here (field numbers from
+//! etcd's `rpc.proto`); nothing of the rest of etcd's API is needed, and no protoc.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+
+use super::Stop;
+use super::cluster::{self, clock_ticks_per_second, free_ports, log_file, sample, spawn, stop};
+use super::report::{LatencySummary, NodeUsage, new_histogram, per_second, record};
+
+const MEMBERS: usize = 3;
+/// How long the members may take to elect a leader and answer a put.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of each value: about a single-step workflow's spec, so both sides carry similar loads.
+const VALUE_BYTES: usize = 128;
+const PUT_PATH: &str = "/etcdserverpb.KV/Put";
+
+/// `etcdserverpb.PutRequest`, the fields used here.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PutRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `etcdserverpb.PutResponse`; its fields are not read (prost skips them).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PutResponse {}
+
+/// What the etcd run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EtcdReport {
+    pub binary: String,
+    pub version: String,
+    pub puts: u64,
+    pub put_errors: u64,
+    pub first_put_error: Option<String>,
+    pub seconds: f64,
+    pub puts_per_second: f64,
+    pub put_ack: LatencySummary,
+    pub members: Vec<NodeUsage>,
+    /// Baton's accepted workflows/s over etcd's puts/s in the same run.
+    pub baton_to_etcd_ratio: f64,
+}
+
+struct EtcdCluster {
+    members: Vec<Child>,
+    client_url: String,
+    /// Kept until the end: dropping it removes the members' data and logs.
+    _data: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    async fn start(binary: &PathBuf) -> anyhow::Result<EtcdCluster> {
+        let data = tempfile::Builder::new()
+            .prefix("baton-bench-etcd-")
+            .tempdir()
+            .context("creating a temporary data folder for etcd")?;
+        let ports = free_ports(2 * MEMBERS)?;
+        let client_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial_cluster = (0..MEMBERS)
+            .map(|i| format!("e{i}={}", peer_url(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for i in 0..MEMBERS {
+            let mut command = Command::new(binary);
+            command.args([
+                "--name".to_string(),
+                format!("e{i}"),
+                "--data-dir".to_string(),
+                data.path().join(format!("e{i}")).display().to_string(),
+                "--listen-client-urls".to_string(),
+                client_url(i),
+                "--advertise-client-urls".to_string(),
+                client_url(i),
+                "--listen-peer-urls".to_string(),
+                peer_url(i),
+                "--initial-advertise-peer-urls".to_string(),
+                peer_url(i),
+                "--initial-cluster".to_string(),
+                initial_cluster.clone(),
+                "--initial-cluster-state".to_string(),
+                "new".to_string(),
+                "--initial-cluster-token".to_string(),
+                "baton-bench".to_string(),
+            ]);
+            let log = log_file(data.path(), &format!("etcd{i}.log"))?;
+            members.push(
+                spawn(command, log).with_context(|| {
+                    format!("starting {} (is etcd installed?)", binary.display())
+                })?,
+            );
+        }
+        Ok(EtcdCluster {
+            members,
+            client_url: client_url(0),
+            _data: data,
+        })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(Child::id).collect()
+    }
+
+    async fn stop(mut self) {
+        for member in &mut self.members {
+            stop(member).await;
+        }
+    }
+}
+
+async fn put(channel: Channel, request: PutRequest) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<PutRequest, PutResponse>::default();
+    grpc.unary(
+        tonic::Request::new(request),
+        PathAndQuery::from_static(PUT_PATH),
+        codec,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Puts until one succeeds: the members have elected a leader and commit.
+async fn wait_ready(cluster: &mut EtcdCluster, channel: &Channel) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        for member in &mut cluster.members {
+            if let Some(status) = member.try_wait()? {
+                bail!("an etcd member exited at start ({status}); see its log");
+            }
+        }
+        let probe = PutRequest {
+            key: b"baton-bench/ready".to_vec(),
+            value: Vec::new(),
+        };
+        let last =
+            match tokio::time::timeout(Duration::from_secs(2), put(channel.clone(), probe)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(status)) => status.to_string(),
+                Err(_) => "no answer within 2 s".to_string(),
+            };
+        if Instant::now() > deadline {
+            bail!("etcd did not accept a put within {READY_TIMEOUT:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn version(binary: &PathBuf) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Starts etcd, puts from `clients` concurrent clients until `stop`, stops etcd.
+pub async fn run(
+    binary: PathBuf,
+    clients: u32,
+    stop_at: Stop,
+    rate: Option<f64>,
+    baton_accepted_per_second: f64,
+) -> anyhow::Result<EtcdReport> {
+    eprintln!(
+        "bench: starting a {MEMBERS}-member etcd ({}) for comparison",
+        binary.display()
+    );
+    let mut etcd = EtcdCluster::start(&binary).await?;
+    let result = measure(&mut etcd, clients, stop_at, rate).await;
+    etcd.stop().await;
+    let (puts, errors, first_error, seconds, acks, members) = result?;
+    let puts_per_second = per_second(puts, seconds);
+    Ok(EtcdReport {
+        version: version(&binary),
+        binary: binary.display().to_string(),
+        puts,
+        put_errors: errors,
+        first_put_error: first_error,
+        seconds,
+        puts_per_second,
+        put_ack: LatencySummary::of(&acks),
+        members,
+        baton_to_etcd_ratio: if puts_per_second > 0.0 {
+            baton_accepted_per_second / puts_per_second
+        } else {
+            0.0
+        },
+    })
+}
+
+type Measured = (
+    u64,
+    u64,
+    Option<String>,
+    f64,
+    hdrhistogram::Histogram<u64>,
+    Vec<NodeUsage>,
+);
+
+async fn measure(
+    etcd: &mut EtcdCluster,
+    clients: u32,
+    stop_at: Stop,
+    rate: Option<f64>,
+) -> anyhow::Result<Measured> {
+    let channel = Channel::from_shared(etcd.client_url.clone())
+        .context("etcd client address")?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    wait_ready(etcd, &channel).await?;
+    let pids = etcd.pids();
+    let before: Vec<_> = pids.iter().map(|&pid| sample(pid)).collect();
+    let claimed = Arc::new(AtomicU64::new(0));
+    let pacer = rate.map(|rate| {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        Arc::new(tokio::sync::Mutex::new(interval))
+    });
+    let started = Instant::now();
+    let deadline = match stop_at {
+        Stop::Duration(d) => Some(started + d),
+        Stop::Count(_) => None,
+    };
+    let mut workers = Vec::new();
+    for client in 0..clients {
+        let (channel, claimed, pacer) = (channel.clone(), claimed.clone(), pacer.clone());
+        workers.push(tokio::spawn(async move {
+            let mut acks = new_histogram();
+            let (mut puts, mut errors, mut first_error) = (0u64, 0u64, None);
+            let value = vec![b'x'; VALUE_BYTES];
+            let mut n = 0u64;
+            loop {
+                let more = match stop_at {
+                    Stop::Count(total) => claimed.fetch_add(1, Ordering::Relaxed) < total,
+                    Stop::Duration(_) => deadline.is_some_and(|d| Instant::now() < d),
+                };
+                if !more {
+                    break;
+                }
+                if let Some(pacer) = &pacer {
+                    pacer.lock().await.tick().await;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                }
+                n += 1;
+                let request = PutRequest {
+                    key: format!("bench/{client}/{n}").into_bytes(),
+                    value: value.clone(),
+                };
+                let sent = Instant::now();
+                match put(channel.clone(), request).await {
+                    Ok(()) => {
+                        record(&mut acks, sent.elapsed().as_micros() as u64);
+                        puts += 1;
+                    }
+                    Err(status) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| status.to_string());
+                    }
+                }
+            }
+            (puts, errors, first_error, acks)
+        }));
+    }
+    let (mut puts, mut errors, mut first_error, mut acks) = (0, 0, None, new_histogram());
+    for worker in workers {
+        let (p, e, first, a) = worker.await.context("an etcd bench client panicked")?;
+        puts += p;
+        errors += e;
+        first_error = first_error.or(first);
+        acks.add(a).expect("histograms of equal bounds add");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ticks = clock_ticks_per_second() as f64;
+    let members = pids
+        .iter()
+        .zip(before)
+        .enumerate()
+        .filter_map(|(i, (&pid, before))| {
+            let (before, after) = (before?, cluster::sample(pid)?);
+            let cpu_seconds = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks;
+            Some(NodeUsage {
+                node_id: i as u64 + 1,
+                cpu_percent: 100.0 * cpu_seconds / seconds,
+                rss_mib: after.rss_kib as f64 / 1024.0,
+                rss_peak_mib: after.rss_peak_kib as f64 / 1024.0,
+            })
+        })
+        .collect();
+    Ok((puts, errors, first_error, seconds, acks, members))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn put_request_encodes_as_etcd_expects() {
+        // etcd's PutRequest: key = 1 (bytes), value = 2 (bytes).
+        let bytes = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }
+        .encode_to_vec();
+        assert_eq!(bytes, [0x0a, 1, b'k', 0x12, 1, b'v']);
+        // A real PutResponse carries a header (field 1) and maybe prev_kv: both are skipped.
+        let response = [0x0a, 2, 0x08, 7];
+        assert_eq!(PutResponse::decode(&response[..]).unwrap(), PutResponse {});
+    }
+}
