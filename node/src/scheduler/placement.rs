@@ -23,11 +23,18 @@ pub fn place(
         .map(|&id| (id, state.allocation(id)))
         .collect();
     let mut out = Vec::new();
-    if planned.is_empty() {
-        return out;
-    }
+    // Every step takes one slot: once none is free, nothing further in the queue can be placed,
+    // so a backlog behind a full fleet costs nothing per round instead of a scan.
+    let mut free_slots: u64 = planned
+        .iter()
+        .filter_map(|(id, used)| {
+            Some(u64::from(
+                state.agent(*id)?.slots.saturating_sub(used.slots),
+            ))
+        })
+        .sum();
     for key in state.ready_queue().take(READY_SCANNED_PER_ROUND_MAX) {
-        if out.len() == batch_max {
+        if out.len() == batch_max || free_slots == 0 {
             break;
         }
         let Some(workflow) = state.workflow(key.workflow_id) else {
@@ -49,6 +56,7 @@ pub fn place(
             used.slots += request.slots;
             used.cpu_millis += request.cpu_millis;
             used.memory_mb += request.memory_mb;
+            free_slots -= u64::from(request.slots);
             out.push(Assignment {
                 workflow_id: key.workflow_id,
                 step: key.step,
