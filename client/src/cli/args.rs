@@ -204,8 +204,22 @@ pub enum ClusterCommand {
         /// The node to become leader; omitted: any up-to-date voter.
         node_id: Option<u64>,
     },
-    /// Build a snapshot now on the answering node, which lets it purge its log.
-    Snapshot,
+    /// Without a subcommand: build a snapshot now on the answering node, which lets it purge
+    /// its log. `snapshot save FILE`: write a backup.
+    Snapshot {
+        #[command(subcommand)]
+        action: Option<SnapshotAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Write a consistent backup of the cluster's state (everything acknowledged before the
+    /// call) to FILE, for `batond restore`. The whole transfer must fit in --timeout.
+    Save {
+        /// Where to write it (written to FILE.tmp, synced, then renamed).
+        file: PathBuf,
+    },
 }
 
 /// An `IP:PORT` listen address, with an error that says what is expected.
