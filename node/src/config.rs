@@ -400,6 +400,44 @@ mod tests {
             .resolve()
     }
 
+    /// docs/OPERATIONS.md's configuration reference names every flag, environment variable and
+    /// config-file key the clap definitions have, so the two cannot drift apart.
+    #[test]
+    fn every_setting_is_in_the_operations_guide() {
+        use clap::CommandFactory;
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/OPERATIONS.md"
+        ))
+        .expect("docs/OPERATIONS.md");
+        let mut missing = Vec::new();
+        let command = Cli::command();
+        let subcommands = command.get_subcommands().flat_map(|s| s.get_arguments());
+        for arg in command.get_arguments().chain(subcommands) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            if !doc.contains(&format!("`--{long}")) {
+                missing.push(format!("--{long}"));
+            }
+            if let Some(env) = arg.get_env()
+                && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+            {
+                missing.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let key = long.replace('-', "_");
+            if !matches!(long, "config" | "help" | "version") && !doc.contains(&format!("`{key}`"))
+            {
+                missing.push(format!("file key {key}"));
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/OPERATIONS.md: {missing:?}");
+    }
+
     #[test]
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;

@@ -256,6 +256,38 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// docs/OPERATIONS.md documents every global flag and every `baton agent` flag with its
+    /// environment variable.
+    #[test]
+    fn global_and_agent_flags_are_in_the_operations_guide() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/OPERATIONS.md"
+        ))
+        .expect("docs/OPERATIONS.md");
+        let command = Cli::command();
+        let agent = command
+            .get_subcommands()
+            .find(|s| s.get_name() == "agent")
+            .expect("agent subcommand");
+        let mut missing = Vec::new();
+        for arg in command.get_arguments().chain(agent.get_arguments()) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            if !doc.contains(&format!("`--{long}")) {
+                missing.push(format!("--{long}"));
+            }
+            if let Some(env) = arg.get_env()
+                && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+            {
+                missing.push(env.to_string_lossy().into_owned());
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/OPERATIONS.md: {missing:?}");
+    }
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied()))
     }
