@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_proto::v1 as pb;
@@ -209,14 +209,17 @@ async fn a_rolling_restart_under_load_loses_nothing() {
 
     tracing::info!("--- submit load: one workflow every 25 ms");
     let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn({
         let stop = stop.clone();
+        let acked_count = acked_count.clone();
         let addrs = addrs.clone();
         async move {
             let mut acked = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 acked.push(submit(&addrs, &format!("load-{i}")).await);
+                acked_count.fetch_add(1, Ordering::Relaxed);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -227,18 +230,38 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     let restarts_began_ms = baton_node::raft::node::wall_clock_ms();
     for id in 1..=3usize {
         tracing::info!(node = id, "--- SIGTERM, then restart on the same data");
+        let acked_before = acked_count.load(Ordering::Relaxed);
         sigterm(&nodes[id - 1]);
         let code = exit_code(&mut nodes[id - 1], Duration::from_secs(30)).await;
         assert_eq!(code, Some(0), "node {id} exits 0 after its drain");
         nodes[id - 1] = spawn_node(id, &ports, dir.path(), &[]);
-        // Back in the cluster: it hears the leader and has applied what it knows is committed.
+        // Back in the cluster: it follows a leader and has applied what that leader had
+        // committed when it came back; and the load went on meanwhile.
+        let leader_committed = wait_for(Duration::from_secs(30), "the node to rejoin", || async {
+            let s = status(addrs[id - 1]).await?;
+            if s.leader_id == 0 {
+                return None;
+            }
+            Some(
+                status(addrs[s.leader_id as usize - 1])
+                    .await?
+                    .committed_index,
+            )
+        })
+        .await;
         wait_for(
             Duration::from_secs(30),
             "the restarted node to catch up",
             || async {
                 let s = status(addrs[id - 1]).await?;
-                (s.leader_id != 0 && s.applied_index >= s.committed_index).then_some(())
+                (s.applied_index >= leader_committed).then_some(())
             },
+        )
+        .await;
+        wait_for(
+            Duration::from_secs(30),
+            "more submits acknowledged",
+            || async { (acked_count.load(Ordering::Relaxed) >= acked_before + 10).then_some(()) },
         )
         .await;
     }
