@@ -171,3 +171,41 @@ async fn reflection_lists_the_public_services() {
     assert!(!files.file_descriptor_proto.is_empty());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_leader_is_not_ready_and_hands_leadership_over() {
+    init_logs();
+    let cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let addr = cluster.addr(leader);
+    wait_health(addr, "", ServingStatus::Serving, "the leader to be ready").await;
+
+    tracing::info!(
+        leader,
+        "--- drain the leader (what SIGTERM does before stopping)"
+    );
+    cluster.servers[&leader].drain().await;
+    assert_eq!(health(addr, "").await, Some(ServingStatus::NotServing));
+    assert_eq!(health(addr, "liveness").await, Some(ServingStatus::Serving));
+    // drain returns once this node has seen the new leader commit in its term.
+    let status = cluster
+        .admin(leader)
+        .await
+        .cluster_status(baton_proto::v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.leader_id != 0 && status.leader_id != leader,
+        "{status:?}"
+    );
+    let new_leader = cluster.addr(status.leader_id);
+    wait_health(
+        new_leader,
+        "",
+        ServingStatus::Serving,
+        "the new leader to be ready",
+    )
+    .await;
+    cluster.shutdown().await;
+}
