@@ -9,10 +9,13 @@
 # it). Nothing in Baton uses that service: the test starts its own Prometheus on a free loopback
 # port with a temporary storage folder. The same holds for `etcd-server`: the bench starts its own
 # three members on free loopback ports. Recommends (node-exporter) are not installed.
+#
+# scripts/validate-deploy checks the Kubernetes manifests with kubernetes-validate (PyPI), kept in
+# a venv under ~/.cache (Debian's Python refuses system-wide pip installs, PEP 668).
 set -euo pipefail
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 missing=()
-for pkg in libclang-dev g++ make prometheus etcd-server; do
+for pkg in libclang-dev g++ make prometheus etcd-server python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -22,4 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
     "${missing[@]}"
+fi
+
+BATON_VENV="${BATON_VENV:-$HOME/.cache/baton-venv}"
+export BATON_VENV
+if ! "$BATON_VENV/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+  echo "installing kubernetes-validate into $BATON_VENV" >&2
+  python3 -m venv "$BATON_VENV"
+  "$BATON_VENV/bin/pip" install -q kubernetes-validate==1.37.0
 fi

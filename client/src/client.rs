@@ -22,9 +22,10 @@ use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use baton_proto::v1::{
     AddMemberRequest, AddMemberResponse, CancelRequest, CancelResponse, ClusterStatusRequest,
     ClusterStatusResponse, GetRequest, ListAgentsRequest, ListAgentsResponse, ListRequest,
-    ListResponse, ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, SubmitRequest,
-    SubmitResponse, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
-    TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent, WorkflowSpec,
+    ListResponse, ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, SaveSnapshotRequest,
+    SnapshotInfo, SubmitRequest, SubmitResponse, TransferLeaderRequest, TransferLeaderResponse,
+    TriggerSnapshotRequest, TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent,
+    WorkflowSpec,
 };
 use futures::Stream;
 use tonic::transport::Channel;
@@ -353,6 +354,38 @@ impl Client {
         })
         .await
         .map(|(_, response)| response)
+    }
+
+    /// A backup of the replicated state (`AdminService.SaveSnapshot`): its description and the
+    /// bytes of the snapshot file, checked for length (the caller checks the SHA-256 trailer).
+    /// Read-only, so a stream that breaks midway is fetched again whole from the next endpoint;
+    /// `ClientConfig::call_timeout` bounds each whole transfer.
+    pub async fn save_snapshot(&self) -> Result<(SnapshotInfo, Vec<u8>), ClientError> {
+        self.unary(|channel| async move {
+            let mut stream = admin_client(channel)
+                .save_snapshot(SaveSnapshotRequest {})
+                .await?
+                .into_inner();
+            let mut info = None;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                if info.is_none() {
+                    info = chunk.info;
+                }
+                bytes.extend_from_slice(&chunk.data);
+            }
+            let info = info.ok_or_else(|| tonic::Status::data_loss("the snapshot had no info"))?;
+            if bytes.len() as u64 != info.file_bytes {
+                return Err(tonic::Status::data_loss(format!(
+                    "the snapshot stream ended after {} of {} bytes",
+                    bytes.len(),
+                    info.file_bytes
+                )));
+            }
+            Ok(tonic::Response::new((info, bytes)))
+        })
+        .await
+        .map(|(_, answer)| answer)
     }
 
     pub async fn list_agents(&self) -> Result<ListAgentsResponse, ClientError> {

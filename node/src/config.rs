@@ -27,6 +27,44 @@ pub struct Cli {
 pub enum Subcommands {
     /// Start a local three-node cluster for trying Baton (data in ./.baton-dev).
     Dev(DevArgs),
+    /// Seed an empty data dir from a backup (`baton cluster snapshot save FILE`) as one member of
+    /// a new cluster. Run it for every member with the same --from and --initial-cluster, then
+    /// start the nodes as usual. See docs/OPERATIONS.md.
+    Restore(RestoreArgs),
+    /// Disaster recovery when a majority is lost for good: rewrite this survivor's data dir into
+    /// a single-voter cluster of this node (everything in its log is kept), then start it and add
+    /// new nodes with `baton cluster add`. Stop the node first. See docs/OPERATIONS.md.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The new node's data dir: must be empty or absent.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The new node's id.
+    #[arg(long)]
+    pub node_id: u64,
+    /// The new cluster's members, `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (as in `batond
+    /// --initial-cluster`); the same on every member.
+    #[arg(long)]
+    pub initial_cluster: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// The surviving node's data dir (kept as a copy beside it before the rewrite).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The surviving node's id (the one its data dir belongs to).
+    #[arg(long)]
+    pub node_id: u64,
+    /// HOST:PORT where the other nodes will reach this node (its --listen, or a name for it).
+    #[arg(long)]
+    pub address: String,
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +398,44 @@ mod tests {
             .map_err(|e| e.to_string())?
             .node
             .resolve()
+    }
+
+    /// docs/OPERATIONS.md's configuration reference names every flag, environment variable and
+    /// config-file key the clap definitions have, so the two cannot drift apart.
+    #[test]
+    fn every_setting_is_in_the_operations_guide() {
+        use clap::CommandFactory;
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/OPERATIONS.md"
+        ))
+        .expect("docs/OPERATIONS.md");
+        let mut missing = Vec::new();
+        let command = Cli::command();
+        let subcommands = command.get_subcommands().flat_map(|s| s.get_arguments());
+        for arg in command.get_arguments().chain(subcommands) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            if !doc.contains(&format!("`--{long}")) {
+                missing.push(format!("--{long}"));
+            }
+            if let Some(env) = arg.get_env()
+                && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+            {
+                missing.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let key = long.replace('-', "_");
+            if !matches!(long, "config" | "help" | "version") && !doc.contains(&format!("`{key}`"))
+            {
+                missing.push(format!("file key {key}"));
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/OPERATIONS.md: {missing:?}");
     }
 
     #[test]

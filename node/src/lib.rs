@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod dev;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod raft;

@@ -19,6 +19,36 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Subcommands::Restore(args)) = &cli.command {
+        baton_node::init_tracing(Default::default());
+        let seeded = match baton_node::config::parse_initial_cluster(&args.initial_cluster) {
+            Ok(members) => {
+                baton_node::storage::seed::restore(
+                    &args.from,
+                    &args.data_dir,
+                    args.node_id,
+                    &members,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        return report_seeded("restore", seeded);
+    }
+    if let Some(Subcommands::Recover(args)) = &cli.command {
+        baton_node::init_tracing(Default::default());
+        let seeded = match baton_node::config::parse_initial_cluster(&format!(
+            "{}={}",
+            args.node_id, args.address
+        )) {
+            Ok(_) => {
+                baton_node::storage::seed::recover(&args.data_dir, args.node_id, &args.address)
+                    .await
+            }
+            Err(err) => Err(err.replace("--initial-cluster", "--address")),
+        };
+        return report_seeded("recover", seeded);
+    }
     let config = match cli.node.resolve() {
         Ok(config) => config,
         Err(err) => {
@@ -41,9 +71,46 @@ async fn main() -> ExitCode {
         }
     };
     wait_for_stop_signal().await;
-    tracing::info!("stopping");
+    tracing::info!("stopping: draining first");
+    server.drain().await;
     server.shutdown().await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+fn report_seeded(
+    what: &str,
+    seeded: Result<baton_node::storage::seed::Seeded, String>,
+) -> ExitCode {
+    match seeded {
+        Ok(s) => {
+            let members: Vec<String> = s
+                .members
+                .iter()
+                .map(|(id, a)| format!("{id}={a}"))
+                .collect();
+            println!(
+                "{what}: data dir seeded at log index {} (term {}), state hash {}, members {}{}",
+                s.index,
+                s.term,
+                s.state_hash,
+                members.join(","),
+                if what == "recover" {
+                    format!(
+                        ", {} log entries beyond the snapshot kept",
+                        s.log_entries_applied
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("batond {what}: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_stop_signal() {

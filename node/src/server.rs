@@ -33,6 +33,8 @@ pub struct Server {
     serving: Option<JoinHandle<()>>,
     cluster_id_task: JoinHandle<()>,
     scheduler_task: JoinHandle<()>,
+    health: Arc<crate::health::Health>,
+    health_task: JoinHandle<()>,
 }
 
 impl Server {
@@ -57,6 +59,13 @@ impl Server {
             .await?,
         );
         let sessions = Arc::new(Sessions::default());
+        let (health, health_service, health_task) =
+            crate::health::Health::start(node.clone()).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| format!("grpc reflection: {e}"))?;
 
         let router = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
@@ -86,7 +95,9 @@ impl Server {
                 })
                 .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
-            );
+            )
+            .add_service(health_service)
+            .add_service(reflection);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; without it
         // here every small response waits out Nagle against the peer's delayed ACK (~40 ms).
@@ -114,11 +125,69 @@ impl Server {
             serving: Some(serving),
             cluster_id_task,
             scheduler_task,
+            health,
+            health_task,
         })
+    }
+
+    /// The first half of a graceful stop (SIGTERM): report not ready, and if this node leads,
+    /// hand leadership to the most up-to-date voter and wait until that node leads (it has
+    /// committed an entry of its own term, seen from here). Agent sessions end as leadership
+    /// leaves (FAILED_PRECONDITION with the `baton-leader` hint), so agents move at once.
+    /// Gives up after [`DRAIN_TIMEOUT`]; then the stop is an ordinary one and the others elect a
+    /// leader after their election timeout.
+    pub async fn drain(&self) {
+        self.health.start_draining().await;
+        let metrics = self.node.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return;
+        }
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let matched = |id: &u64| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map(|l| l.index)
+        };
+        let Some(to) = voters
+            .iter()
+            .filter(|&&id| id != self.node.id)
+            .max_by_key(|&id| matched(id))
+            .copied()
+        else {
+            tracing::info!("drain: the only voter; nobody to hand leadership to");
+            return;
+        };
+        tracing::info!(to, "drain: transferring leadership");
+        if let Err(err) = self.node.raft.trigger().transfer_leader(to).await {
+            tracing::warn!(error = %err, "drain: leader transfer failed");
+            return;
+        }
+        let moved = self
+            .node
+            .raft
+            .wait(Some(DRAIN_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some_and(|l| l != self.node.id)
+                        && m.local_committed
+                            .is_some_and(|c| c.leader_id.term == m.current_term)
+                },
+                "a new leader commits",
+            )
+            .await;
+        match moved {
+            Ok(m) => {
+                tracing::info!(leader = ?m.current_leader, term = m.current_term, "drain: leadership handed over")
+            }
+            Err(err) => tracing::warn!(error = %err, "drain: leadership did not move in time"),
+        }
     }
 
     /// Stops serving and shuts Raft down; the data stays on disk.
     pub async fn shutdown(mut self) {
+        self.health_task.abort();
         self.cluster_id_task.abort();
         self.scheduler_task.abort();
         if let Some(stop) = self.stop.take() {
@@ -138,6 +207,9 @@ impl Server {
         }
     }
 }
+
+/// How long a draining leader waits for leadership to move before it stops anyway.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The first leader of a new cluster names it, once; the id shows in `cluster status`.
 async fn set_cluster_id_when_leader(node: Arc<RaftNode>) {

@@ -204,8 +204,22 @@ pub enum ClusterCommand {
         /// The node to become leader; omitted: any up-to-date voter.
         node_id: Option<u64>,
     },
-    /// Build a snapshot now on the answering node, which lets it purge its log.
-    Snapshot,
+    /// Without a subcommand: build a snapshot now on the answering node, which lets it purge
+    /// its log. `snapshot save FILE`: write a backup.
+    Snapshot {
+        #[command(subcommand)]
+        action: Option<SnapshotAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Write a consistent backup of the cluster's state (everything acknowledged before the
+    /// call) to FILE, for `batond restore`. The whole transfer must fit in --timeout.
+    Save {
+        /// Where to write it (written to FILE.tmp, synced, then renamed).
+        file: PathBuf,
+    },
 }
 
 /// An `IP:PORT` listen address, with an error that says what is expected.
@@ -241,6 +255,38 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// docs/OPERATIONS.md documents every global flag and every `baton agent` flag with its
+    /// environment variable.
+    #[test]
+    fn global_and_agent_flags_are_in_the_operations_guide() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/OPERATIONS.md"
+        ))
+        .expect("docs/OPERATIONS.md");
+        let command = Cli::command();
+        let agent = command
+            .get_subcommands()
+            .find(|s| s.get_name() == "agent")
+            .expect("agent subcommand");
+        let mut missing = Vec::new();
+        for arg in command.get_arguments().chain(agent.get_arguments()) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            if !doc.contains(&format!("`--{long}")) {
+                missing.push(format!("--{long}"));
+            }
+            if let Some(env) = arg.get_env()
+                && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+            {
+                missing.push(env.to_string_lossy().into_owned());
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/OPERATIONS.md: {missing:?}");
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied()))

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::cli::args::{
     AgentArgs, CancelArgs, Cli, ClusterCommand, Command, GetArgs, ListArgs, OutputFormat,
-    SubmitArgs, WatchArgs,
+    SnapshotAction, SubmitArgs, WatchArgs,
 };
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
@@ -488,7 +488,10 @@ async fn cluster(client: &Client, out: &Printer, command: ClusterCommand) -> any
                 || format!("leader is now node {}", response.leader_id),
             )
         }
-        ClusterCommand::Snapshot => {
+        ClusterCommand::Snapshot {
+            action: Some(SnapshotAction::Save { file }),
+        } => save_snapshot(client, out, &file).await,
+        ClusterCommand::Snapshot { action: None } => {
             let response = client.trigger_snapshot().await.map_err(|error| {
                 let hint = "see the snapshot index with `baton cluster status`";
                 client_failure(
@@ -504,6 +507,62 @@ async fn cluster(client: &Client, out: &Printer, command: ClusterCommand) -> any
             )
         }
     }
+}
+
+/// Fetches a backup, checks its SHA-256 trailer, and writes it crash-safely to `file`.
+async fn save_snapshot(client: &Client, out: &Printer, file: &Path) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let (info, bytes) = client.save_snapshot().await.map_err(|error| {
+        client_failure(error, CallKind::Read, Some("cannot save a snapshot"), None)
+    })?;
+    let intact = bytes.len() > 32 && {
+        let (body, trailer) = bytes.split_at(bytes.len() - 32);
+        sha2::Sha256::digest(body).as_slice() == trailer
+    };
+    if !intact {
+        return Err(Failure::failed(
+            "the snapshot received does not match its SHA-256 trailer; nothing written",
+        ));
+    }
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    written.map_err(|e| Failure::failed(format!("{}: {e}", file.display())))?;
+    out.print(
+        || {
+            serde_json::json!({
+                "file": file.display().to_string(),
+                "index": info.index,
+                "term": info.term,
+                "state_hash": info.state_hash,
+                "cluster_id": info.cluster_id,
+                "bytes": info.file_bytes,
+                "node_id": info.node_id,
+            })
+        },
+        || {
+            format!(
+                "saved {} bytes to {}: log index {} (term {}), state hash {}, cluster {}, from node {}",
+                info.file_bytes,
+                file.display(),
+                info.index,
+                info.term,
+                info.state_hash,
+                info.cluster_id,
+                info.node_id
+            )
+        },
+    )
 }
 
 /// Asks every endpoint at once; prints every answer, then fails if any node did not answer.

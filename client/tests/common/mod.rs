@@ -242,6 +242,15 @@ impl AdminService for Fake {
             snapshot_index: 10,
         }))
     }
+    type SaveSnapshotStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<baton_proto::v1::SnapshotChunk, Status>> + Send>,
+    >;
+    async fn save_snapshot(
+        &self,
+        _r: Request<baton_proto::v1::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn list_agents(
         &self,
         _r: Request<ListAgentsRequest>,

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod log_store;
+pub mod seed;
 pub mod snapshot;
 pub mod state_machine;
 

@@ -26,9 +26,9 @@ pub struct SnapshotFile {
     pub data: Vec<u8>,
 }
 
-/// Writes `meta` and `data` as the newest snapshot in `dir`, then removes older ones.
-pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf> {
-    let index = meta.last_log_id.map_or(0, |id| id.index);
+/// The bytes of a snapshot file holding `meta` and `data`. Backups (`SaveSnapshot`) are these
+/// same bytes, so a backup is a snapshot file and `batond restore` reads it like one.
+pub fn encode(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
     let meta_bytes = rmp_serde::to_vec_named(meta).map_err(io::Error::other)?;
     let mut bytes = Vec::with_capacity(8 + 1 + 4 + meta_bytes.len() + 8 + data.len() + HASH_LEN);
     bytes.extend_from_slice(MAGIC);
@@ -39,7 +39,13 @@ pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf
     bytes.extend_from_slice(data);
     let hash = Sha256::digest(&bytes);
     bytes.extend_from_slice(&hash);
+    Ok(bytes)
+}
 
+/// Writes `meta` and `data` as the newest snapshot in `dir`, then removes older ones.
+pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf> {
+    let index = meta.last_log_id.map_or(0, |id| id.index);
+    let bytes = encode(meta, data)?;
     let path = dir.join(format!("snapshot-{index:020}.bin"));
     let tmp = path.with_extension("tmp");
     {
@@ -92,6 +98,12 @@ fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
         .collect();
     paths.sort();
     Ok(paths)
+}
+
+/// Reads one snapshot file (a backup, say), checking its trailer.
+pub fn read_file(path: &Path) -> Result<SnapshotFile, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn decode(bytes: &[u8]) -> Result<SnapshotFile, String> {

@@ -130,3 +130,51 @@ pub fn spawn_agent(
         .expect("spawn baton agent");
     Proc { child }
 }
+
+/// Asks process `proc` to stop (SIGTERM), as systemd, Kubernetes or docker would.
+pub fn sigterm(proc: &Proc) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(proc.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill -TERM {}", proc.pid());
+}
+
+/// `batond` with arbitrary arguments (a node outside `spawn_node`'s shape, e.g. one that joins
+/// a running cluster), logging to `dir/{name}.log`.
+pub fn spawn_batond(name: &str, dir: &Path, args: &[&str]) -> Proc {
+    let (stdout, stderr) = log_file(dir, name);
+    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
+        .args(args)
+        .args([
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-min-ms",
+            "300",
+            "--election-timeout-max-ms",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn batond");
+    Proc { child }
+}
+
+/// Runs a one-shot command (`batond restore`, `baton cluster ...`) to its end: exit code,
+/// stdout, stderr.
+pub fn run_to_end(program: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn batond_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_batond"))
+}

@@ -1,0 +1,373 @@
+//! Backup, restore and disaster recovery with the real binaries: `baton cluster snapshot save`
+//! from a loaded cluster, `batond restore` into a fresh three-node cluster with the same state
+//! hash; `batond recover` from the one survivor after two nodes' data is destroyed, workflows
+//! kept, new members added, new work accepted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
+use common::agent::{Behavior, TestAgent};
+use common::procs::{
+    Proc, baton_binary, batond_binary, endpoints_flag, free_ports, loopback, loopbacks, run_to_end,
+    spawn_batond, spawn_node,
+};
+use common::*;
+
+async fn status(addr: SocketAddr) -> Option<pb::ClusterStatusResponse> {
+    let mut admin = AdminServiceClient::new(channel(addr));
+    Some(
+        admin
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
+
+/// Waits until every node in `addrs` knows the same leader and has applied the same index, and
+/// returns their statuses.
+async fn converged(addrs: &[SocketAddr]) -> Vec<pb::ClusterStatusResponse> {
+    wait_for(Duration::from_secs(60), "the nodes to converge", || async {
+        let mut statuses = Vec::new();
+        for addr in addrs {
+            statuses.push(status(*addr).await?);
+        }
+        let first = &statuses[0];
+        let agreed = first.leader_id != 0
+            && statuses.iter().all(|s| {
+                s.leader_id == first.leader_id
+                    && s.applied_index == first.applied_index
+                    && s.state_hash == first.state_hash
+            });
+        agreed.then_some(statuses)
+    })
+    .await
+}
+
+async fn submit(addrs: &[SocketAddr], key: &str, steps: usize) -> u64 {
+    wait_for(
+        Duration::from_secs(30),
+        "an acknowledged submit",
+        || async {
+            for addr in addrs {
+                let mut client = WorkflowServiceClient::new(channel(*addr));
+                let request = pb::SubmitRequest {
+                    spec: Some(noop_spec(key, steps)),
+                    idempotency_key: key.into(),
+                };
+                if let Ok(reply) = client.submit(request).await {
+                    return Some(reply.into_inner().workflow_id);
+                }
+            }
+            None
+        },
+    )
+    .await
+}
+
+async fn get(addr: SocketAddr, id: u64) -> pb::Workflow {
+    WorkflowServiceClient::new(channel(addr))
+        .get(pb::GetRequest {
+            workflow_id: id,
+            consistency: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("workflow {id}: {e}"))
+        .into_inner()
+        .workflow
+        .unwrap()
+}
+
+fn cluster_flag(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}={}", i + 1, loopback(*p)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_a_fresh_cluster_with_the_same_state_hash() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let old_dir = dir.path().join("old");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let ports = free_ports(3);
+    let addrs = loopbacks(&ports);
+    let _old: Vec<Proc> = (1..=3)
+        .map(|id| spawn_node(id, &ports, &old_dir, &[]))
+        .collect();
+
+    tracing::info!("--- load: 30 workflows run to success, 10 more wait with no agent");
+    let agent = TestAgent::start("agent-1", 4, addrs.clone(), |_| Behavior::Succeed);
+    let mut done = Vec::new();
+    for i in 0..30 {
+        done.push(submit(&addrs, &format!("done-{i}"), 2).await);
+    }
+    for &id in &done {
+        wait_for_success(
+            &WorkflowServiceClient::new(channel(addrs[0])),
+            id,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    agent.kill();
+    wait_for(
+        Duration::from_secs(20),
+        "the agent to be disconnected",
+        || async {
+            let agents = AdminServiceClient::new(channel(addrs[0]))
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .agents;
+            agents.iter().all(|a| !a.connected).then_some(())
+        },
+    )
+    .await;
+    let mut waiting = Vec::new();
+    for i in 0..10 {
+        waiting.push(submit(&addrs, &format!("waiting-{i}"), 2).await);
+    }
+    let before = converged(&addrs).await;
+
+    tracing::info!("--- baton cluster snapshot save");
+    let backup = dir.path().join("backup.snap");
+    let (code, stdout, stderr) = run_to_end(
+        &baton_binary(),
+        &[
+            "--endpoints",
+            &endpoints_flag(&ports),
+            "-o",
+            "json",
+            "cluster",
+            "snapshot",
+            "save",
+            path_str(&backup),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let saved: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+    assert_eq!(
+        saved["index"].as_u64(),
+        Some(before[0].applied_index),
+        "{saved}"
+    );
+    assert_eq!(
+        saved["state_hash"].as_str(),
+        Some(before[0].state_hash.as_str())
+    );
+    assert_eq!(
+        saved["bytes"].as_u64(),
+        Some(std::fs::metadata(&backup).unwrap().len())
+    );
+
+    tracing::info!("--- batond restore into three empty data dirs, on new ports");
+    let new_dir = dir.path().join("new");
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let new_ports = free_ports(3);
+    let new_addrs = loopbacks(&new_ports);
+    for id in 1..=3 {
+        let data = new_dir.join(format!("node{id}"));
+        let (code, stdout, stderr) = run_to_end(
+            &batond_binary(),
+            &[
+                "restore",
+                "--from",
+                path_str(&backup),
+                "--data-dir",
+                path_str(&data),
+                "--node-id",
+                &id.to_string(),
+                "--initial-cluster",
+                &cluster_flag(&new_ports),
+            ],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains(&before[0].state_hash), "{stdout}");
+    }
+    // A data dir in use is never overwritten.
+    let (code, _, stderr) = run_to_end(
+        &batond_binary(),
+        &[
+            "restore",
+            "--from",
+            path_str(&backup),
+            "--data-dir",
+            path_str(&old_dir.join("node1")),
+            "--node-id",
+            "1",
+            "--initial-cluster",
+            &cluster_flag(&new_ports),
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("is not empty"), "{stderr}");
+
+    let _new: Vec<Proc> = (1..=3)
+        .map(|id| spawn_node(id, &new_ports, &new_dir, &[]))
+        .collect();
+    let after = converged(&new_addrs).await;
+    tracing::info!(
+        old_index = before[0].applied_index,
+        new_index = after[0].applied_index,
+        "--- same state hash"
+    );
+    assert_eq!(after[0].state_hash, before[0].state_hash);
+    assert_eq!(after[0].cluster_id, before[0].cluster_id);
+    assert!(after[0].applied_index >= before[0].applied_index);
+    let members: Vec<String> = after[0].members.iter().map(|m| m.address.clone()).collect();
+    let want: Vec<String> = new_addrs.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        members, want,
+        "the new cluster's members come from --initial-cluster"
+    );
+
+    tracing::info!(
+        "--- the restored cluster has every workflow, runs the waiting ones and new work"
+    );
+    for &id in &done {
+        assert_eq!(
+            get(new_addrs[1], id).await.state,
+            pb::WorkflowState::Succeeded as i32
+        );
+    }
+    let _agent = TestAgent::start("agent-2", 4, new_addrs.clone(), |_| Behavior::Succeed);
+    let fresh = submit(&new_addrs, "after-restore", 2).await;
+    let client = WorkflowServiceClient::new(channel(new_addrs[0]));
+    for id in waiting.into_iter().chain([fresh]) {
+        wait_for_success(&client, id, Duration::from_secs(60)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_recovers_from_one_survivor() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let addrs = loopbacks(&ports);
+    let mut nodes: Vec<Proc> = (1..=3)
+        .map(|id| spawn_node(id, &ports, dir.path(), &[]))
+        .collect();
+    let agent = TestAgent::start("agent-1", 4, addrs.clone(), |_| Behavior::Succeed);
+    let mut done = Vec::new();
+    for i in 0..20 {
+        done.push(submit(&addrs, &format!("done-{i}"), 2).await);
+    }
+    let client = WorkflowServiceClient::new(channel(addrs[0]));
+    for &id in &done {
+        wait_for_success(&client, id, Duration::from_secs(60)).await;
+    }
+    agent.kill();
+    let before = converged(&addrs).await;
+
+    tracing::info!("--- every node dies; nodes 2 and 3 lose their data for good");
+    for node in &mut nodes {
+        node.kill();
+    }
+    drop(nodes);
+    for id in [2, 3] {
+        std::fs::remove_dir_all(dir.path().join(format!("node{id}"))).unwrap();
+    }
+
+    tracing::info!("--- batond recover on node 1's data");
+    let survivor = dir.path().join("node1");
+    let address = loopback(ports[0]).to_string();
+    let (code, stdout, stderr) = run_to_end(
+        &batond_binary(),
+        &[
+            "recover",
+            "--data-dir",
+            path_str(&survivor),
+            "--node-id",
+            "1",
+            "--address",
+            &address,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&before[0].state_hash), "{stdout}");
+    let copies = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("node1.before-recover-")
+        })
+        .count();
+    assert_eq!(copies, 1, "a copy of the data dir as it was is kept");
+
+    let mut nodes = vec![spawn_node(1, &ports[..1], dir.path(), &[])];
+    let alone = wait_for(Duration::from_secs(30), "node 1 to lead alone", || async {
+        let s = status(addrs[0]).await?;
+        (s.leader_id == 1 && s.members.len() == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(alone.state_hash, before[0].state_hash);
+    for &id in &done {
+        assert_eq!(
+            get(addrs[0], id).await.state,
+            pb::WorkflowState::Succeeded as i32
+        );
+    }
+
+    tracing::info!("--- new nodes 4 and 5 join; old ids stay retired");
+    let new_ports = free_ports(2);
+    for (id, port) in [(4u64, new_ports[0]), (5, new_ports[1])] {
+        let data = dir.path().join(format!("node{id}"));
+        nodes.push(spawn_batond(
+            &format!("node{id}"),
+            dir.path(),
+            &[
+                "--node-id",
+                &id.to_string(),
+                "--listen",
+                &loopback(port).to_string(),
+                "--data-dir",
+                path_str(&data),
+            ],
+        ));
+        AdminServiceClient::new(channel(addrs[0]))
+            .add_member(pb::AddMemberRequest {
+                node_id: id,
+                address: loopback(port).to_string(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("add node {id}: {e}"));
+    }
+    let refused = AdminServiceClient::new(channel(addrs[0]))
+        .add_member(pb::AddMemberRequest {
+            node_id: 2,
+            address: loopback(ports[1]).to_string(),
+        })
+        .await
+        .expect_err("node id 2 is never reused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+
+    let all = vec![addrs[0], loopback(new_ports[0]), loopback(new_ports[1])];
+    let after = converged(&all).await;
+    assert_eq!(after[0].members.len(), 3);
+    let _agent = TestAgent::start("agent-2", 4, all.clone(), |_| Behavior::Succeed);
+    let fresh = submit(&all, "after-recovery", 2).await;
+    wait_for_success(
+        &WorkflowServiceClient::new(channel(all[2])),
+        fresh,
+        Duration::from_secs(60),
+    )
+    .await;
+}
