@@ -60,7 +60,12 @@ impl Server {
 
         let router = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
+            .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
+            .http2_max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX)
             .tcp_nodelay(true)
+            .layer(tower::util::MapResponseLayer::new(
+                crate::api::size_status::<tonic::body::Body>,
+            ))
             .add_service(
                 RaftServiceServer::new(RaftServiceImpl { node: node.clone() })
                     .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
@@ -84,7 +89,7 @@ impl Server {
                     node: node.clone(),
                     sessions: sessions.clone(),
                 })
-                .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                .max_decoding_message_size(limits::AGENT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -73,8 +73,9 @@ pub struct ClusterState {
     ready: OrdSet<ReadyKey>,
     /// Steps in backoff: (retry at, workflow, step).
     backoff: OrdSet<(u64, WorkflowId, u32)>,
-    /// Reports refused for a stale or foreign token.
-    reports_refused: u64,
+    // A refused report changes nothing here (it is counted by the node's metrics instead), so
+    // an agent cannot move the state with reports about attempts that are not its own. Snapshots
+    // of earlier releases carry a `reports_refused` count; decoding ignores it.
 }
 
 /// Filters and paging of [`ClusterState::list`].
