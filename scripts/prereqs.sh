@@ -21,3 +21,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
     "${missing[@]}"
 fi
+# cargo-fuzz, for scripts/fuzz, only where the nightly toolchain is installed (the fuzz targets
+# need it); a stable-only machine skips fuzzing and needs neither.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz (nightly toolchain found)" >&2
+  cargo install cargo-fuzz --locked --target-dir "$HOME/.cache/cargo-fuzz-build"
+fi
