@@ -37,6 +37,9 @@ pub fn snapshot_send_timeout(bytes: usize) -> Duration {
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1024;
 /// Agent sessions one node serves at once (each holds a task, an outbox and leases).
 pub const AGENT_SESSIONS_MAX: usize = 4096;
+/// Time an agent session may take to send its register message before it is closed (and its
+/// session slot freed).
+pub const REGISTER_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Watch streams one node serves at once (each may buffer up to 1024 events).
 pub const WATCHES_MAX: usize = 1024;
 /// Attempts named in one heartbeat or register (an agent runs at most its slots).

@@ -350,6 +350,18 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("reason"));
 
+    // Request headers past 16 KiB: refused by HTTP/2 before any handler runs.
+    let mut request = tonic::Request::new(pb::GetRequest {
+        workflow_id: 1,
+        consistency: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("x-padding", "p".repeat(20 * 1024).parse().unwrap());
+    let status = client.get(request).await.expect_err("refused");
+    // HTTP 431 Request Header Fields Too Large, which tonic's client shows as UNKNOWN.
+    assert!(status.message().contains("431"), "{status:?}");
+
     // A malformed agent: a bad name, and a heartbeat naming more attempts than any agent runs.
     let (tx, rx) = mpsc::channel(4);
     tx.send(pb::AgentMessage {

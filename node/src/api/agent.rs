@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{inbound_error, node_error, observed};
-use crate::limits::{AGENT_SESSIONS_MAX, RUNNING_ATTEMPTS_PER_MESSAGE_MAX};
+use crate::limits::{AGENT_SESSIONS_MAX, REGISTER_WAIT_MAX, RUNNING_ATTEMPTS_PER_MESSAGE_MAX};
 use crate::metrics;
 use crate::raft::RaftNode;
 use crate::scheduler::{self, OUTBOX_CAPACITY, Sessions};
@@ -122,7 +122,15 @@ impl AgentServiceImpl {
             ))
         })?;
         let mut inbound = request.into_inner();
-        let register = match inbound.next().await {
+        // A session that never registers must not hold its slot.
+        let first = tokio::time::timeout(REGISTER_WAIT_MAX, inbound.next())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no register message within {REGISTER_WAIT_MAX:?} of opening the session"
+                ))
+            })?;
+        let register = match first {
             Some(Ok(pb::AgentMessage {
                 msg: Some(pb::agent_message::Msg::Register(r)),
             })) => r,
