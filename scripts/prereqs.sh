@@ -34,3 +34,9 @@ if ! "$BATON_VENV/bin/kubernetes-validate" --version >/dev/null 2>&1; then
   python3 -m venv "$BATON_VENV"
   "$BATON_VENV/bin/pip" install -q kubernetes-validate==1.37.0
 fi
+# cargo-fuzz, for scripts/fuzz, only where the nightly toolchain is installed (the fuzz targets
+# need it); a stable-only machine skips fuzzing and needs neither.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz (nightly toolchain found)" >&2
+  cargo install cargo-fuzz --locked --target-dir "$HOME/.cache/cargo-fuzz-build"
+fi

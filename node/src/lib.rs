@@ -1,18 +1,33 @@
 //! batond: the Baton server. See ARCHITECTURE.md for the map; data flows
 //! `api` -> `raft` (propose) -> `storage` (log, then apply) -> `state`.
 
+//!
+//! Without the default `server` feature only the pure core builds (`state`, `limits`,
+//! `fuzzing`): what the fuzz targets exercise, with no RocksDB to compile.
+
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod dev;
+pub mod fuzzing;
+#[cfg(feature = "server")]
 pub mod health;
 pub mod limits;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod raft;
+#[cfg(feature = "server")]
 pub mod scheduler;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod state;
+#[cfg(feature = "server")]
 pub mod storage;
 
+#[cfg(feature = "server")]
 /// Logging for binaries: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.
 pub fn init_tracing(format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;

@@ -26,3 +26,101 @@ const _: () = assert!(baton_proto::limits::SPEC_BYTES_MAX + 4096 <= PUBLIC_REQUE
 pub fn snapshot_send_timeout(bytes: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis((bytes / (8 * 1024)) as u64)
 }
+
+// ---- counted limits: refused with RESOURCE_EXHAUSTED when full, never queued ----
+
+/// Client proposals (submit, cancel, agent register and report, admin changes) a node has in
+/// flight at once, its own and those forwarded to it as leader. Past it a proposal is refused
+/// before it reaches Raft: openraft's write queue is unbounded, so without this bound a burst
+/// would grow the leader's memory and every caller's latency instead of failing fast. The
+/// scheduler's own proposals (assign, expire, tick) are not counted: they must go through.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1024;
+/// Agent sessions one node serves at once (each holds a task, an outbox and leases).
+pub const AGENT_SESSIONS_MAX: usize = 4096;
+/// Time an agent session may take to send its register message before it is closed (and its
+/// session slot freed).
+pub const REGISTER_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Watch streams one node serves at once (each may buffer up to 1024 events).
+pub const WATCHES_MAX: usize = 1024;
+/// Attempts named in one heartbeat or register (an agent runs at most its slots).
+pub const RUNNING_ATTEMPTS_PER_MESSAGE_MAX: usize = 10_000;
+/// Largest message an agent may send (register, heartbeat, report). A report's output and
+/// error are kept to `OUTPUT_BYTES_MAX` each (the tail), so this leaves room for both.
+pub const AGENT_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Total size of the request headers (gRPC metadata) of one call: tokens and tracing headers
+/// fit in far less.
+pub const REQUEST_HEADERS_BYTES_MAX: u32 = 16 * 1024;
+/// HTTP/2 streams (concurrent calls) one connection may open: the requests served per
+/// connection plus as many waiting their turn; past it the client's HTTP/2 layer holds new
+/// calls back, so they cost the server nothing.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 2 * REQUESTS_PER_CONNECTION_MAX as u32;
+/// A cancel's reason, kept in the workflow.
+pub const CANCEL_REASON_BYTES_MAX: usize = 1024;
+/// A `List` filter: at most this many states and labels (there are four states; labels are
+/// bounded like a workflow's).
+pub const LIST_FILTER_STATES_MAX: usize = 4;
+
+const _: () = assert!(2 * baton_proto::limits::OUTPUT_BYTES_MAX + 4096 <= AGENT_MESSAGE_BYTES_MAX);
+
+/// The counted limits of one node, shared by every service. A permit is held for as long as
+/// the proposal, session or watch lasts; when none is left the caller is refused at once.
+pub struct Admission {
+    proposals: std::sync::Arc<tokio::sync::Semaphore>,
+    agent_sessions: std::sync::Arc<tokio::sync::Semaphore>,
+    watches: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Held while an admitted proposal, session or watch lasts.
+pub type Permit = tokio::sync::OwnedSemaphorePermit;
+
+impl Default for Admission {
+    fn default() -> Self {
+        use std::sync::Arc;
+        use tokio::sync::Semaphore;
+        Self {
+            proposals: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
+            agent_sessions: Arc::new(Semaphore::new(AGENT_SESSIONS_MAX)),
+            watches: Arc::new(Semaphore::new(WATCHES_MAX)),
+        }
+    }
+}
+
+impl Admission {
+    /// A slot for one client proposal, or None when `PROPOSALS_IN_FLIGHT_MAX` are in flight.
+    pub fn proposal(&self) -> Option<Permit> {
+        self.proposals.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for one agent session, or None when `AGENT_SESSIONS_MAX` are open.
+    pub fn agent_session(&self) -> Option<Permit> {
+        self.agent_sessions.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for one watch, or None when `WATCHES_MAX` are open.
+    pub fn watch(&self) -> Option<Permit> {
+        self.watches.clone().try_acquire_owned().ok()
+    }
+
+    /// Takes up to `n` proposal slots away (tests simulate a saturated node with it); returns
+    /// how many, to give back with [`Admission::restore_proposals`].
+    pub fn withhold_proposals(&self, n: usize) -> usize {
+        self.proposals.forget_permits(n)
+    }
+
+    pub fn restore_proposals(&self, n: usize) {
+        self.proposals.add_permits(n);
+    }
+
+    /// Same as [`Admission::withhold_proposals`] for agent sessions and watches.
+    pub fn withhold_streams(&self, n: usize) -> (usize, usize) {
+        (
+            self.agent_sessions.forget_permits(n),
+            self.watches.forget_permits(n),
+        )
+    }
+
+    pub fn restore_streams(&self, sessions: usize, watches: usize) {
+        self.agent_sessions.add_permits(sessions);
+        self.watches.add_permits(watches);
+    }
+}

@@ -69,7 +69,12 @@ impl Server {
 
         let router = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
+            .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
+            .http2_max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX)
             .tcp_nodelay(true)
+            .layer(tower::util::MapResponseLayer::new(
+                crate::api::size_status::<tonic::body::Body>,
+            ))
             .add_service(
                 RaftServiceServer::new(RaftServiceImpl { node: node.clone() })
                     .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
@@ -93,7 +98,7 @@ impl Server {
                     node: node.clone(),
                     sessions: sessions.clone(),
                 })
-                .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                .max_decoding_message_size(limits::AGENT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             )
             .add_service(health_service)

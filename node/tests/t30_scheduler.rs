@@ -266,9 +266,6 @@ async fn a_dead_agents_step_moves_to_another_agent_and_the_stale_copy_is_fenced(
     assert_eq!(workflow.steps[0].agent, "rescuer");
 
     tracing::info!("--- the zombie copy reports late: refused, nothing changes");
-    let before = cluster.converged(Duration::from_secs(10)).await[0]
-        .state_hash
-        .clone();
     let zombie = TestAgent::start("doomed", 1, endpoints(&cluster), |_| Behavior::Succeed);
     // A late report from the first attempt, sent by the agent that once held it.
     {
@@ -314,17 +311,13 @@ async fn a_dead_agents_step_moves_to_another_agent_and_the_stale_copy_is_fenced(
         assert_eq!(rejected.attempt_id, first);
     }
     drop(zombie);
-    let after = cluster.converged(Duration::from_secs(10)).await;
+    cluster.converged(Duration::from_secs(10)).await;
     let workflow = get(&cluster, submitted.workflow_id).await;
     assert_eq!(
         workflow.steps[0].attempt_id, second,
         "the stale report changed the step"
     );
     assert_eq!(workflow.steps[0].output, format!("work#{second}"));
-    assert_ne!(
-        after[0].state_hash, before,
-        "the refusal is counted in the replicated state"
-    );
     cluster.shutdown().await;
 }
 

@@ -136,7 +136,7 @@ impl AdminServiceImpl {
             )));
         }
         self.node
-            .propose(Command::ReserveNodeId {
+            .propose_client(Command::ReserveNodeId {
                 node_id: NodeId(id),
             })
             .await

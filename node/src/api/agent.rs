@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use baton_proto::limits::{LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, NAME_LEN_MAX};
+use baton_proto::limits::{
+    LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, NAME_LEN_MAX, OUTPUT_BYTES_MAX,
+};
 use baton_proto::v1 as pb;
 use baton_proto::v1::agent_service_server::AgentService;
 use futures::StreamExt;
@@ -13,10 +15,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{node_error, observed};
+use super::{inbound_error, node_error, observed};
+use crate::limits::{AGENT_SESSIONS_MAX, REGISTER_WAIT_MAX, RUNNING_ATTEMPTS_PER_MESSAGE_MAX};
 use crate::metrics;
 use crate::raft::RaftNode;
 use crate::scheduler::{self, OUTBOX_CAPACITY, Sessions};
+use crate::state::scheduling::truncate_utf8;
 use crate::state::{
     AgentId, AttemptId, Command, CompleteCommand, RegisterAgentCommand, Response as Applied,
 };
@@ -60,6 +64,17 @@ fn validate_register(r: &pb::Register) -> Result<(), Status> {
             )));
         }
     }
+    check_running("register.running_attempts", &r.running_attempts)
+}
+
+/// An agent runs at most its slots: a longer list is a broken or hostile agent.
+fn check_running(field: &str, attempts: &[u64]) -> Result<(), Status> {
+    if attempts.len() > RUNNING_ATTEMPTS_PER_MESSAGE_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {} attempts, more than {RUNNING_ATTEMPTS_PER_MESSAGE_MAX}",
+            attempts.len()
+        )));
+    }
     Ok(())
 }
 
@@ -100,8 +115,22 @@ impl AgentServiceImpl {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         require_leader(&self.node).await?;
+        // Held until the session's task ends.
+        let permit = self.node.admission.agent_session().ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "this node serves {AGENT_SESSIONS_MAX} agent sessions already"
+            ))
+        })?;
         let mut inbound = request.into_inner();
-        let register = match inbound.next().await {
+        // A session that never registers must not hold its slot.
+        let first = tokio::time::timeout(REGISTER_WAIT_MAX, inbound.next())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no register message within {REGISTER_WAIT_MAX:?} of opening the session"
+                ))
+            })?;
+        let register = match first {
             Some(Ok(pb::AgentMessage {
                 msg: Some(pb::agent_message::Msg::Register(r)),
             })) => r,
@@ -110,13 +139,13 @@ impl AgentServiceImpl {
                     "the first message of a session must be register: heartbeats and reports come from registered agents only",
                 ));
             }
-            Some(Err(status)) => return Err(status),
+            Some(Err(status)) => return Err(inbound_error(status)),
             None => return Err(Status::invalid_argument("empty session")),
         };
         validate_register(&register)?;
         let proposed = self
             .node
-            .propose(Command::RegisterAgent(RegisterAgentCommand {
+            .propose_client(Command::RegisterAgent(RegisterAgentCommand {
                 name: register.name.clone(),
                 labels: register.labels.clone(),
                 slots: register.slots,
@@ -175,6 +204,7 @@ impl AgentServiceImpl {
         let node = self.node.clone();
         let sessions = self.sessions.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             // Leases live on the leader: once this node stops leading (deposed, or stopping),
             // send the agent to the new leader rather than renew here what nobody enforces.
             let lost = node.leadership_lost();
@@ -191,12 +221,24 @@ impl AgentServiceImpl {
                         break;
                     }
                 };
-                let Some(Ok(pb::AgentMessage { msg: Some(msg) })) = message else {
-                    break;
+                let msg = match message {
+                    Some(Ok(pb::AgentMessage { msg: Some(msg) })) => msg,
+                    // An oversized or undecodable message: say why, then end the session.
+                    Some(Err(status)) => {
+                        let _ = tx.send(Err(inbound_error(status))).await;
+                        break;
+                    }
+                    Some(Ok(pb::AgentMessage { msg: None })) | None => break,
                 };
                 sessions.seen(agent_id, session_id);
                 match msg {
                     pb::agent_message::Msg::Heartbeat(hb) => {
+                        if let Err(status) =
+                            check_running("heartbeat.running_attempts", &hb.running_attempts)
+                        {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
                         let renewed = renew(&node, &sessions, agent_id, &hb.running_attempts);
                         // A leader that a quorum has not acknowledged lately may already be
                         // deposed without knowing: it keeps its own books but promises the agent
@@ -281,6 +323,19 @@ async fn complete(
     report: pb::Report,
 ) -> Result<Option<pb::server_message::Msg>, Status> {
     let attempt_id = report.attempt_id;
+    // Refused without a log entry when the applied state already proves the report stale or
+    // foreign (the state machine re-checks identity and token at apply either way): another
+    // agent's attempt cannot even cost the cluster a log entry.
+    let refusal = node
+        .replica
+        .read(|a| a.state.report_refusal(AttemptId(attempt_id), agent));
+    if let Some(reason) = refusal {
+        metrics::report_refused();
+        tracing::warn!(attempt = attempt_id, agent = %agent, %reason, "report refused before proposing");
+        return Ok(Some(pb::server_message::Msg::Rejected(
+            pb::ReportRejected { attempt_id, reason },
+        )));
+    }
     // For the logs: which workflow and step the report is about, if the attempt is still live.
     let (workflow, step) = node.replica.read(|a| {
         let Some(live) = a.state.live_attempt(AttemptId(attempt_id)) else {
@@ -297,10 +352,15 @@ async fn complete(
         attempt_id: AttemptId(attempt_id),
         agent_id: agent,
         success: report.success,
-        output: report.output,
-        error: report.error,
+        // Kept to the tail the state keeps anyway, so that a large output does not travel
+        // through the log only to be cut at apply.
+        output: truncate_utf8(report.output, OUTPUT_BYTES_MAX),
+        error: truncate_utf8(report.error, OUTPUT_BYTES_MAX),
         exit_code: report.exit_code,
     });
+    // Not counted against `PROPOSALS_IN_FLIGHT_MAX`: a report ends work and frees capacity, so
+    // refusing it under load would only make the load last longer. Reports in flight are
+    // bounded anyway, by sessions times slots.
     match node.propose(command).await {
         Ok(proposed) => match proposed.response {
             Applied::Completed => {

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use baton_proto::limits::{LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX};
+use baton_proto::limits::{
+    LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX,
+    NAME_LEN_MAX,
+};
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_server::WorkflowService;
 use baton_proto::validate::{validate_idempotency_key, validate_spec};
@@ -10,6 +13,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{node_error, observed};
+use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX};
 use crate::raft::RaftNode;
 use crate::state::{
     CancelCommand, Command, ListQuery, Response as Applied, SubmitCommand, WorkflowId,
@@ -47,7 +51,11 @@ impl WorkflowServiceImpl {
             spec: spec.encode_to_vec(),
             idempotency_key: req.idempotency_key,
         });
-        let proposed = self.node.propose(command).await.map_err(node_error)?;
+        let proposed = self
+            .node
+            .propose_client(command)
+            .await
+            .map_err(node_error)?;
         match proposed.response {
             Applied::Submitted {
                 workflow_id,
@@ -113,6 +121,7 @@ impl WorkflowServiceImpl {
             })?;
             Some(WorkflowId(id))
         };
+        check_list_filters(&req)?;
         let mut states = Vec::with_capacity(req.states.len());
         for (i, &raw) in req.states.iter().enumerate() {
             states.push(match pb::WorkflowState::try_from(raw) {
@@ -143,17 +152,22 @@ impl WorkflowServiceImpl {
     }
 
     async fn cancel_inner(&self, req: pb::CancelRequest) -> Result<pb::CancelResponse, Status> {
-        if req.reason.len() > baton_proto::limits::NAME_LEN_MAX * 8 {
-            return Err(Status::invalid_argument(
-                "reason: too long (at most 1024 bytes)",
-            ));
+        if req.reason.len() > CANCEL_REASON_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "reason: {} bytes, more than {CANCEL_REASON_BYTES_MAX}",
+                req.reason.len()
+            )));
         }
         let id = WorkflowId(req.workflow_id);
         let command = Command::Cancel(CancelCommand {
             workflow_id: id,
             reason: req.reason,
         });
-        let proposed = self.node.propose(command).await.map_err(node_error)?;
+        let proposed = self
+            .node
+            .propose_client(command)
+            .await
+            .map_err(node_error)?;
         match proposed.response {
             Applied::Cancelled { state } => Ok(pb::CancelResponse {
                 state: state.to_proto() as i32,
@@ -218,6 +232,10 @@ impl WorkflowService for WorkflowServiceImpl {
 
 impl WorkflowServiceImpl {
     async fn watch_inner(&self, req: pb::WatchRequest) -> Result<WatchStream, Status> {
+        // Held by the stream: dropping the stream (the client went) frees the slot.
+        let permit = self.node.admission.watch().ok_or_else(|| {
+            Status::resource_exhausted(format!("this node serves {WATCHES_MAX} watches already"))
+        })?;
         let only = (req.workflow_id != 0).then_some(WorkflowId(req.workflow_id));
         let (past, mut live) = self.node.replica.events.subscribe(req.from_index);
         // A watched workflow that has already ended, with its end no longer retained here (or
@@ -276,8 +294,44 @@ impl WorkflowServiceImpl {
             wanted,
             ends,
         );
-        Ok(stream)
+        Ok(Box::pin(futures::StreamExt::map(stream, move |item| {
+            let _held = &permit;
+            item
+        })))
     }
+}
+
+/// Bounds a `List` request's filters like the fields they filter on.
+fn check_list_filters(req: &pb::ListRequest) -> Result<(), Status> {
+    if req.name_prefix.len() > NAME_LEN_MAX {
+        return Err(Status::invalid_argument(format!(
+            "name_prefix: {} bytes, more than {NAME_LEN_MAX}",
+            req.name_prefix.len()
+        )));
+    }
+    if req.states.len() > LIST_FILTER_STATES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "states: {} states, more than {LIST_FILTER_STATES_MAX}",
+            req.states.len()
+        )));
+    }
+    if req.labels.len() > LABELS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "labels: {} labels, more than {LABELS_MAX}",
+            req.labels.len()
+        )));
+    }
+    for (k, v) in &req.labels {
+        if k.len() > LABEL_KEY_LEN_MAX || v.len() > LABEL_VALUE_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "labels[{k:?}]: key or value too long (at most {LABEL_KEY_LEN_MAX} and {LABEL_VALUE_LEN_MAX} bytes)"
+            )));
+        }
+    }
+    if req.page_token.len() > 20 {
+        return Err(Status::invalid_argument("page_token: not a page token"));
+    }
+    Ok(())
 }
 
 /// Sends the retained events, then (unless the watched workflow already ended) hands the channel

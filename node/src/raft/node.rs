@@ -59,6 +59,10 @@ pub enum NodeError {
     /// The Raft core or storage failed; the node cannot serve.
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// Certainly not applied: the node (or the leader it forwards to) has
+    /// `limits::PROPOSALS_IN_FLIGHT_MAX` proposals in flight. Retry with backoff.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 /// What a committed proposal returns.
@@ -73,6 +77,8 @@ pub struct RaftNode {
     pub raft: Raft,
     pub replica: Arc<Replica>,
     pub peers: Peers,
+    /// Counted limits: proposals, agent sessions, watches.
+    pub admission: crate::limits::Admission,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -127,6 +133,7 @@ impl RaftNode {
             raft,
             replica,
             peers,
+            admission: crate::limits::Admission::default(),
             tasks: Vec::new(),
         };
         node.tasks
@@ -170,6 +177,13 @@ impl RaftNode {
             }
         }
         Ok(())
+    }
+
+    /// A client's proposal: [`RaftNode::propose`] if this node has room for one more in flight,
+    /// else [`NodeError::Overloaded`] at once (nothing proposed).
+    pub async fn propose_client(&self, command: Command) -> Result<Proposed, NodeError> {
+        let _permit = self.admission.proposal().ok_or_else(overloaded)?;
+        self.propose(command).await
     }
 
     /// Proposes `command` through the leader and waits until it is committed and applied.
@@ -386,8 +400,18 @@ impl RaftNode {
 }
 
 /// Maps a status from the leader's internal RPC: whether the command may have been applied.
+/// The refusal of a proposal past `PROPOSALS_IN_FLIGHT_MAX`.
+pub fn overloaded() -> NodeError {
+    NodeError::Overloaded(format!(
+        "{} proposals in flight on this node; retry with backoff",
+        crate::limits::PROPOSALS_IN_FLIGHT_MAX
+    ))
+}
+
 fn status_to_error(status: tonic::Status) -> NodeError {
     match status.code() {
+        // The leader refused before proposing: it is saturated.
+        tonic::Code::ResourceExhausted => NodeError::Overloaded(status.message().to_owned()),
         // The leader refused before proposing (it is no longer the leader, or has no quorum).
         tonic::Code::FailedPrecondition => NodeError::NotLeader { leader: None },
         // Refused before the request left: the leader is down or restarting.

@@ -110,6 +110,12 @@ impl RaftService for RaftServiceImpl {
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let command: Command = decode(request.get_ref()).map_err(bad_payload)?;
+        // Forwarded proposals count against this leader's bound like its own clients' do.
+        let Some(_permit) = self.node.admission.proposal() else {
+            return Err(Status::resource_exhausted(
+                crate::raft::node::overloaded().to_string(),
+            ));
+        };
         match self.node.propose_local(command).await {
             Ok(proposed) => Ok(Response::new(encode(&proposed))),
             Err(NodeError::NotLeader { .. } | NodeError::NoLeader(_)) => {
@@ -117,6 +123,7 @@ impl RaftService for RaftServiceImpl {
             }
             Err(NodeError::Unknown(e)) => Err(Status::aborted(e)),
             Err(NodeError::Fatal(e)) => Err(Status::internal(e)),
+            Err(NodeError::Overloaded(e)) => Err(Status::resource_exhausted(e)),
         }
     }
 

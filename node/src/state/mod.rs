@@ -56,25 +56,69 @@ pub struct ClusterState {
     now_ms: u64,
     /// The last id handed out; ids start at 1.
     last_workflow_id: u64,
+    // Every persistent map and set decodes through `cautious` (see there): the encoding is
+    // imbl's own, unchanged.
+    #[serde(deserialize_with = "cautious::map")]
     workflows: OrdMap<WorkflowId, Arc<Workflow>>,
+    #[serde(deserialize_with = "cautious::map")]
     idempotency_keys: OrdMap<String, WorkflowId>,
     /// Every node id ever reserved or made a member, so none is reused for an empty disk.
+    #[serde(deserialize_with = "cautious::set")]
     used_node_ids: OrdSet<NodeId>,
     last_agent_id: u64,
+    #[serde(deserialize_with = "cautious::map")]
     agents: OrdMap<AgentId, Arc<Agent>>,
+    #[serde(deserialize_with = "cautious::map")]
     agent_ids_by_name: OrdMap<String, AgentId>,
     /// The last attempt id handed out: the fencing-token counter.
     last_attempt_id: u64,
     /// Attempts holding a lease, by id.
+    #[serde(deserialize_with = "cautious::map")]
     attempts: OrdMap<AttemptId, LiveAttempt>,
     /// Sum of the live attempts' requests, per agent (derived; checked by the invariants).
+    #[serde(deserialize_with = "cautious::map")]
     allocated: OrdMap<AgentId, Allocation>,
     /// Ready steps in scheduling order.
+    #[serde(deserialize_with = "cautious::set")]
     ready: OrdSet<ReadyKey>,
     /// Steps in backoff: (retry at, workflow, step).
+    #[serde(deserialize_with = "cautious::set")]
     backoff: OrdSet<(u64, WorkflowId, u32)>,
-    /// Reports refused for a stale or foreign token.
-    reports_refused: u64,
+    // A refused report changes nothing here (it is counted by the node's metrics instead), so
+    // an agent cannot move the state with reports about attempts that are not its own. Snapshots
+    // of earlier releases carry a `reports_refused` count; decoding ignores it.
+}
+
+/// Decoding of imbl collections that does not trust the length the input declares. imbl's own
+/// `Deserialize` reserves `Vec::with_capacity(size_hint)` up front, so a 25-byte snapshot
+/// declaring a map of 2^31 entries made the decoder allocate 28 GB and abort the process (found
+/// by the `snapshot` fuzz target; kept as `fuzz/corpus/snapshot/crash-oom-map-length`). serde's
+/// std collections cap their pre-allocation (`size_hint::cautious`), so decode into one of those,
+/// then build the persistent collection from it.
+mod cautious {
+    use std::collections::BTreeMap;
+
+    use imbl::{OrdMap, OrdSet};
+    use serde::{Deserialize, Deserializer};
+
+    pub fn map<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        Ok(BTreeMap::<K, V>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+
+    pub fn set<'de, D, T>(deserializer: D) -> Result<OrdSet<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Ord + Clone,
+    {
+        Ok(Vec::<T>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 /// Filters and paging of [`ClusterState::list`].

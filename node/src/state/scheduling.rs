@@ -233,8 +233,9 @@ impl ClusterState {
         cmd: CompleteCommand,
         events: &mut Events,
     ) -> Response {
+        // Identity and fencing token together: the attempt must be live (its token current) AND
+        // leased to the reporting agent. A refusal changes nothing.
         let Some(live) = self.attempts.get(&cmd.attempt_id) else {
-            self.reports_refused += 1;
             return Response::ReportRefused {
                 reason: format!(
                     "attempt {} is not running (unknown, finished, expired or cancelled)",
@@ -243,7 +244,6 @@ impl ClusterState {
             };
         };
         if live.agent_id != cmd.agent_id {
-            self.reports_refused += 1;
             return Response::ReportRefused {
                 reason: format!(
                     "attempt {} is leased to agent {}, not agent {}",
@@ -629,8 +629,25 @@ impl ClusterState {
         self.ready.iter()
     }
 
-    pub fn reports_refused(&self) -> u64 {
-        self.reports_refused
+    /// Whether a report by `agent` about `attempt` would certainly be refused, judged on this
+    /// (possibly older) state: the attempt id was handed out and is no longer live, or it is live
+    /// and leased to another agent. Attempt ids are never reused and an attempt never changes
+    /// agent, so a refusal seen on an older state holds on every later one; an attempt this
+    /// state has not seen yet is not judged (None).
+    pub fn report_refusal(&self, attempt: AttemptId, agent: AgentId) -> Option<String> {
+        if attempt.0 == 0 || attempt.0 > self.last_attempt_id {
+            return None;
+        }
+        match self.attempts.get(&attempt) {
+            None => Some(format!(
+                "attempt {attempt} is not running (finished, expired or cancelled)"
+            )),
+            Some(live) if live.agent_id != agent => Some(format!(
+                "attempt {attempt} is leased to agent {}, not agent {agent}",
+                live.agent_id
+            )),
+            Some(_) => None,
+        }
     }
 
     /// Why a ready step is still waiting, when it can be told from the state alone.
@@ -690,7 +707,7 @@ fn last_line(text: &str) -> &str {
 }
 
 /// Keeps the last `max` bytes (the end of a log is what explains a failure), on a char boundary.
-fn truncate_utf8(mut text: String, max: usize) -> String {
+pub fn truncate_utf8(mut text: String, max: usize) -> String {
     if text.len() <= max {
         return text;
     }

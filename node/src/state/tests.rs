@@ -534,7 +534,7 @@ fn when_conditions_pick_which_steps_run_after_a_failure() {
 }
 
 #[test]
-fn a_stale_or_foreign_report_is_refused_and_changes_nothing_but_the_count() {
+fn a_stale_or_foreign_report_is_refused_and_changes_nothing() {
     let mut log = Log::new();
     let a1 = register(&mut log, "a1", 1);
     let a2 = register(&mut log, "a2", 1);
@@ -546,24 +546,50 @@ fn a_stale_or_foreign_report_is_refused_and_changes_nothing_but_the_count() {
     assert_eq!(states(&log, 1), [StepState::Ready]);
     let second = assign(&mut log, 1, 0, a2).unwrap();
     let before = log.state.clone();
+    let hash = log.state.state_hash();
+    let now_ms = log.state.now_ms();
+    let refused = |log: &mut Log, attempt, agent| {
+        log.index += 1;
+        let applied = log.state.apply(
+            ApplyCtx { index: log.index },
+            LogEntry {
+                time_ms: now_ms,
+                command: Command::Complete(CompleteCommand {
+                    attempt_id: attempt,
+                    agent_id: agent,
+                    success: true,
+                    output: "forged".into(),
+                    error: String::new(),
+                    exit_code: Some(0),
+                }),
+            },
+        );
+        assert!(
+            matches!(applied.response, Response::ReportRefused { .. }),
+            "{:?}",
+            applied.response
+        );
+        assert!(applied.events.is_empty());
+    };
     // The zombie holder of the first attempt reports late: refused.
-    assert!(matches!(
-        report(&mut log, first, a1, true),
-        Response::ReportRefused { .. }
-    ));
-    // Agent 1 tries to report agent 2's attempt: refused.
-    assert!(matches!(
-        report(&mut log, second, a1, true),
-        Response::ReportRefused { .. }
-    ));
-    assert_eq!(log.state.reports_refused(), 2);
-    let mut expected = before;
-    expected.reports_refused = 2;
-    expected.now_ms = log.state.now_ms;
-    assert_eq!(log.state, expected, "a refused report changed the state");
+    assert!(log.state.report_refusal(first, a1).is_some());
+    refused(&mut log, first, a1);
+    // Agent 1 reports agent 2's live attempt (right fencing token, wrong identity): refused.
+    assert!(log.state.report_refusal(second, a1).is_some());
+    refused(&mut log, second, a1);
+    // Agent 2 reports agent 1's stale attempt (its identity, a stale token): refused.
+    refused(&mut log, first, a2);
+    // An agent that does not exist, and an attempt id never handed out.
+    refused(&mut log, second, AgentId(99));
+    assert_eq!(log.state.report_refusal(AttemptId(99), a1), None);
+    refused(&mut log, AttemptId(99), a1);
+    assert_eq!(log.state, before, "a refused report changed the state");
+    assert_eq!(log.state.state_hash(), hash);
+    assert_eq!(log.state.report_refusal(second, a2), None);
     assert_eq!(report(&mut log, second, a2, true), Response::Completed);
     let wf = log.state.workflow(WorkflowId(1)).unwrap();
     assert_eq!((wf.steps[0].attempts, wf.steps[0].lease_expiries), (2, 1));
+    assert_eq!(wf.steps[0].output, format!("out-{second}"));
 }
 
 #[test]
