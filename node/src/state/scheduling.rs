@@ -452,10 +452,24 @@ impl ClusterState {
 
     /// Whether a Tick at `now_ms` would change anything.
     pub fn tick_due(&self, now_ms: u64) -> bool {
+        self.backoff_due(now_ms) || self.any_overdue_ready_at(now_ms)
+    }
+
+    /// Whether a retry's backoff has ended by `now_ms`. O(log n).
+    pub fn backoff_due(&self, now_ms: u64) -> bool {
         self.backoff
             .get_min()
             .is_some_and(|&(at, _, _)| at <= now_ms)
-            || !self.overdue_ready_at(now_ms).is_empty()
+    }
+
+    /// Whether a ready step is past its schedule-to-start deadline at `now_ms`. Scans the ready
+    /// queue (until the first overdue step): the leader calls it on a timer, not every round.
+    pub fn any_overdue_ready_at(&self, now_ms: u64) -> bool {
+        self.ready.iter().any(|key| {
+            let workflow = &self.workflows[&key.workflow_id];
+            let timeout_ms = workflow.spec.steps[key.step as usize].schedule_to_start_timeout_ms;
+            timeout_ms > 0 && key.ready_at_ms.saturating_add(timeout_ms) <= now_ms
+        })
     }
 
     /// Removes a live attempt and gives its capacity back.
