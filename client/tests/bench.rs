@@ -72,15 +72,14 @@ fn single_step_workflows_all_finish_and_add_up() {
         assert!(node["rss_mib"].as_f64().unwrap() > 0.0, "{node}");
         assert!(node["cpu_percent"].as_f64().unwrap() >= 0.0, "{node}");
     }
-    // The bench and the agents did work: they cannot have used no CPU at all.
-    assert!(
-        report["bench_cpu_percent"].as_f64().unwrap() > 0.0,
-        "{report}"
-    );
-    assert!(
-        report["agents_cpu_percent"].as_f64().unwrap() > 0.0,
-        "{report}"
-    );
+    // Measured for the bench and (self-started) the agents. The kernel counts CPU time in clock
+    // ticks (10 ms), so a short run's agents can show 0; the figure must exist and be sane.
+    for key in ["bench_cpu_percent", "agents_cpu_percent"] {
+        let cpu = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {report}"));
+        assert!((0.0..=400.0).contains(&cpu), "{key}: {report}");
+    }
 }
 
 #[test]
