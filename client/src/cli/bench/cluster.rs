@@ -252,6 +252,25 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// A process's CPU over `seconds` of wall time since `before`, and its memory now; `None` if
+/// either sample is missing (the process is gone).
+pub fn usage(
+    node_id: u64,
+    pid: u32,
+    before: Option<ProcSample>,
+    seconds: f64,
+) -> Option<super::report::NodeUsage> {
+    let (before, after) = (before?, sample(pid)?);
+    let cpu_seconds =
+        after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks_per_second() as f64;
+    Some(super::report::NodeUsage {
+        node_id,
+        cpu_percent: 100.0 * cpu_seconds / seconds,
+        rss_mib: after.rss_kib as f64 / 1024.0,
+        rss_peak_mib: after.rss_peak_kib as f64 / 1024.0,
+    })
+}
+
 /// utime + stime from /proc/PID/stat. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted after its last ')': utime and stime are fields 14 and 15.
 pub fn cpu_ticks(stat: &str) -> Option<u64> {

@@ -19,7 +19,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 use super::Stop;
-use super::cluster::{self, clock_ticks_per_second, free_ports, log_file, sample, spawn, stop};
+use super::cluster::{self, free_ports, log_file, sample, spawn, stop};
 use super::report::{LatencySummary, NodeUsage, new_histogram, per_second, record};
 
 const MEMBERS: usize = 3;
@@ -296,21 +296,11 @@ async fn measure(
         acks.add(a).expect("histograms of equal bounds add");
     }
     let seconds = started.elapsed().as_secs_f64();
-    let ticks = clock_ticks_per_second() as f64;
     let members = pids
         .iter()
         .zip(before)
         .enumerate()
-        .filter_map(|(i, (&pid, before))| {
-            let (before, after) = (before?, cluster::sample(pid)?);
-            let cpu_seconds = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks;
-            Some(NodeUsage {
-                node_id: i as u64 + 1,
-                cpu_percent: 100.0 * cpu_seconds / seconds,
-                rss_mib: after.rss_kib as f64 / 1024.0,
-                rss_peak_mib: after.rss_peak_kib as f64 / 1024.0,
-            })
-        })
+        .filter_map(|(i, (&pid, before))| cluster::usage(i as u64 + 1, pid, before, seconds))
         .collect();
     Ok((puts, errors, first_error, seconds, acks, members))
 }

@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 use self::cluster::LocalCluster;
-use self::report::{LatencySummary, NodeUsage, Report, new_histogram, per_second, record};
+use self::report::{LatencySummary, Report, new_histogram, per_second, record};
 use self::shape::Shape;
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
@@ -423,17 +423,7 @@ async fn measure(
         .nodes
         .iter()
         .zip(before)
-        .filter_map(|(&(node_id, pid), before)| {
-            let (before, after) = (before?, cluster::sample(pid)?);
-            let cpu_seconds =
-                after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks_per_second as f64;
-            Some(NodeUsage {
-                node_id,
-                cpu_percent: 100.0 * cpu_seconds / wall_seconds,
-                rss_mib: after.rss_kib as f64 / 1024.0,
-                rss_peak_mib: after.rss_peak_kib as f64 / 1024.0,
-            })
-        })
+        .filter_map(|(&(node_id, pid), before)| cluster::usage(node_id, pid, before, wall_seconds))
         .collect();
     let accepted = shared.accepted.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
