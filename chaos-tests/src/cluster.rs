@@ -91,7 +91,7 @@ impl Cluster {
             .collect();
         let mut command = Command::new(self.bin.join("batond"));
         command
-            .args(["--node-id", &id.to_string()])
+            .args(["--insecure", "--node-id", &id.to_string()])
             .args(["--listen", &self.node_addrs[&id].to_string()])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node{id}")))

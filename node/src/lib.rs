@@ -8,6 +8,7 @@ pub mod limits;
 pub mod metrics;
 pub mod raft;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod storage;

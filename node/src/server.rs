@@ -23,6 +23,8 @@ use crate::limits;
 use crate::raft::RaftNode;
 use crate::raft::service::RaftServiceImpl;
 use crate::scheduler::{self, Sessions};
+use crate::security::Security;
+use crate::security::auth::AuthLayer;
 use crate::state::Command;
 
 /// A running node. Dropping it does not stop it: call [`Server::shutdown`].
@@ -32,6 +34,7 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<()>>,
     cluster_id_task: JoinHandle<()>,
+    bootstrap_token_task: Option<JoinHandle<()>>,
     scheduler_task: JoinHandle<()>,
 }
 
@@ -47,12 +50,14 @@ impl Server {
                 .map_err(|e| format!("--listen {}: {e}", config.listen))?,
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let security = Security::load(&config.security)?;
         let node = Arc::new(
             RaftNode::start(
                 config.node_id,
                 &config.data_dir,
                 &config.timing,
                 config.peer_dial.clone(),
+                security.tls().cloned(),
             )
             .await?,
         );
@@ -61,6 +66,10 @@ impl Server {
         let router = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
             .tcp_nodelay(true)
+            .layer(AuthLayer::new(
+                node.replica.clone(),
+                matches!(security, Security::Secure { .. }),
+            ))
             .add_service(
                 RaftServiceServer::new(RaftServiceImpl { node: node.clone() })
                     .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
@@ -88,21 +97,49 @@ impl Server {
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let tls = security.tls().cloned();
         let serving = tokio::spawn(async move {
             let stopped = async {
                 let _ = stop_rx.await;
             };
-            if let Err(err) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+            let served = match tls {
+                Some(tls) => {
+                    let incoming = baton_security::server::incoming(listener, tls);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            };
+            if let Err(err) = served {
                 tracing::error!(error = %err, "grpc server failed");
             }
         });
-        tracing::info!(node = config.node_id, %addr, "serving gRPC");
+        match &security {
+            Security::Insecure => tracing::warn!(
+                node = config.node_id,
+                %addr,
+                "serving plaintext gRPC with no authentication (--insecure)"
+            ),
+            Security::Secure { tls, .. } => {
+                tracing::info!(node = config.node_id, %addr, identity = %tls.identity(), "serving gRPC over mutual TLS")
+            }
+        }
 
         if !config.initial_cluster.is_empty() {
             node.bootstrap(&config.initial_cluster).await?;
         }
         let cluster_id_task = tokio::spawn(set_cluster_id_when_leader(node.clone()));
+        let bootstrap_token_task = match security {
+            Security::Secure {
+                bootstrap_token: Some(token),
+                ..
+            } => Some(tokio::spawn(
+                crate::security::tokens::bootstrap_when_leader(node.clone(), token),
+            )),
+            _ => None,
+        };
         let scheduler_task = tokio::spawn(scheduler::run(node.clone(), sessions));
         Ok(Self {
             node,
@@ -110,6 +147,7 @@ impl Server {
             stop: Some(stop_tx),
             serving: Some(serving),
             cluster_id_task,
+            bootstrap_token_task,
             scheduler_task,
         })
     }
@@ -117,6 +155,9 @@ impl Server {
     /// Stops serving and shuts Raft down; the data stays on disk.
     pub async fn shutdown(mut self) {
         self.cluster_id_task.abort();
+        if let Some(task) = &self.bootstrap_token_task {
+            task.abort();
+        }
         self.scheduler_task.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

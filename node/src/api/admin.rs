@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::{node_error, observed};
 use crate::raft::RaftNode;
 use crate::scheduler::Sessions;
+use crate::security::tokens;
 use crate::state::{Command, NodeId};
 
 /// How long AddMember waits for the new node to catch up before it becomes a voter.
@@ -379,6 +380,39 @@ impl AdminService for AdminServiceImpl {
         observed("ListAgents", self.list_agents_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        observed(
+            "CreateToken",
+            tokens::create(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        observed("ListTokens", tokens::list(&self.node))
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        observed(
+            "RevokeToken",
+            tokens::revoke(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 }
 

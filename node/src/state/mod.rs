@@ -11,6 +11,7 @@
 pub mod command;
 pub mod ids;
 pub mod scheduling;
+pub mod tokens;
 pub mod workflow;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use command::CreateTokenCommand;
 pub use command::{
     Assignment, CancelCommand, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response,
     SubmitCommand,
@@ -75,6 +77,9 @@ pub struct ClusterState {
     backoff: OrdSet<(u64, WorkflowId, u32)>,
     /// Reports refused for a stale or foreign token.
     reports_refused: u64,
+    /// Bearer tokens by id, revoked ones included (ids are never reused). See `tokens.rs`.
+    #[serde(default)]
+    tokens: OrdMap<String, tokens::TokenRecord>,
 }
 
 /// Filters and paging of [`ClusterState::list`].
@@ -111,6 +116,8 @@ impl ClusterState {
             Command::Complete(complete) => self.complete(ctx, complete, &mut events),
             Command::ExpireLeases { attempts } => self.expire_leases(ctx, attempts, &mut events),
             Command::Tick => self.tick(ctx, &mut events),
+            Command::CreateToken(create) => self.create_token(create),
+            Command::RevokeToken { id } => self.revoke_token(&id),
         };
         // O(state): on every apply in unit and property tests, where states are small.
         #[cfg(test)]
