@@ -257,7 +257,7 @@ impl DevCredentials {
             return Ok(());
         }
         let admin = std::fs::read_to_string(self.client_dir.join("token"))?;
-        let header: tonic::metadata::MetadataValue<_> =
+        let header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
             format!("Bearer {}", admin.trim()).parse()?;
         let tls = TlsSettings::load(TlsFiles {
             ca: self.client_dir.join("ca.pem"),
@@ -269,7 +269,7 @@ impl DevCredentials {
         let mut client =
             AdminServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
                 req.metadata_mut().insert("authorization", header.clone());
-                Ok(req)
+                Ok::<_, tonic::Status>(req)
             });
         // The cluster needs a leader, and the leader needs to record the bootstrap token.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

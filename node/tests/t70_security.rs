@@ -148,7 +148,7 @@ async fn roles_tokens_and_certificates_are_enforced() {
         wait_for(
             TIMEOUT,
             "the submitter token to work on every node",
-            || async { one.get(1).await.ok() },
+            || async { one.get(1, Default::default()).await.ok() },
         )
         .await;
     }
@@ -158,7 +158,10 @@ async fn roles_tokens_and_certificates_are_enforced() {
         wait_for(
             TIMEOUT,
             "the revoked token to be refused on every node",
-            || async { (code(one.get(1).await) == Some(Code::Unauthenticated)).then_some(()) },
+            || async {
+                (code(one.get(1, Default::default()).await) == Some(Code::Unauthenticated))
+                    .then_some(())
+            },
         )
         .await;
     }
