@@ -1,5 +1,10 @@
 //! The supervised cluster: `batond` nodes whose every directed link (node i -> node j) runs
 //! through its own proxy (`--peer-dial`), a proxy per node for the harness's client, and agents.
+//!
+//! Secured as in production unless `--insecure`: a CA of the run's own, mutual TLS on every link
+//! (the proxies pass TLS through untouched), the harness's clients with an admin token recorded
+//! through `--bootstrap-token-file`, and each agent with a certificate naming it and an agent
+//! token.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use baton_client::{Client, ClientConfig, Endpoint, Endpoints};
+use baton_client::{Client, ClientConfig, Credentials, Endpoint, Endpoints};
+use baton_security::devcerts::{self, DevCa};
+use baton_security::{PeerIdentity, PeerRole, TlsFiles, TlsSettings};
 
 use crate::procs::Proc;
 use crate::proxy::{Mode, Proxy};
@@ -25,6 +32,40 @@ pub struct Cluster {
     pub client_links: BTreeMap<u64, Proxy>,
     pub agents: BTreeMap<String, Proc>,
     pub journal: PathBuf,
+    /// `None`: `--insecure` everywhere.
+    pki: Option<Pki>,
+}
+
+/// The run's credentials.
+struct Pki {
+    dir: PathBuf,
+    ca: DevCa,
+    /// What the harness's clients present: the `chaos` client certificate and the admin token.
+    client: Credentials,
+    /// The agents' token, created once the cluster is up ([`Cluster::prepare_agents`]).
+    agent_token: Option<String>,
+}
+
+impl Pki {
+    fn create(dir: &Path, nodes: u64) -> anyhow::Result<Pki> {
+        let ca = DevCa::open_or_create(dir)?;
+        for id in 1..=nodes {
+            ca.issue(dir, &PeerIdentity::new(PeerRole::Node, id.to_string()))?;
+        }
+        let files = ca.issue(dir, &PeerIdentity::new(PeerRole::Client, "chaos"))?;
+        let admin = baton_security::token::generate()
+            .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+        std::fs::write(dir.join("bootstrap-token"), &admin.text)?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            client: Credentials {
+                tls: Some(TlsSettings::load(files)?),
+                token: Some(admin.text),
+            },
+            agent_token: None,
+        })
+    }
 }
 
 /// Free loopback ports: bound to learn them, released for the process to bind (tiny race, the
@@ -40,7 +81,15 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 impl Cluster {
-    pub async fn start(bin: &Path, dir: &Path, nodes: u64) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        nodes: u64,
+        secure: bool,
+    ) -> anyhow::Result<Cluster> {
+        let pki = secure
+            .then(|| Pki::create(&dir.join("pki"), nodes))
+            .transpose()?;
         let ports = free_ports(nodes as usize)?;
         let node_addrs: BTreeMap<u64, SocketAddr> = (1..=nodes)
             .map(|id| {
@@ -69,6 +118,7 @@ impl Cluster {
             client_links,
             agents: BTreeMap::new(),
             journal: dir.join("journal"),
+            pki,
         };
         for id in 1..=nodes {
             cluster.start_node(id)?;
@@ -90,6 +140,23 @@ impl Cluster {
             .map(|((_, to), proxy)| format!("{}={}", self.node_addrs[to], proxy.addr))
             .collect();
         let mut command = Command::new(self.bin.join("batond"));
+        match &self.pki {
+            None => {
+                command.arg("--insecure");
+            }
+            Some(pki) => {
+                let files = TlsFiles::in_dir(&pki.dir, &format!("node-{id}"));
+                command
+                    .arg("--tls-ca")
+                    .arg(&files.ca)
+                    .arg("--tls-cert")
+                    .arg(&files.cert)
+                    .arg("--tls-key")
+                    .arg(&files.key)
+                    .arg("--bootstrap-token-file")
+                    .arg(pki.dir.join("bootstrap-token"));
+            }
+        }
         command
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &self.node_addrs[&id].to_string()])
@@ -109,9 +176,53 @@ impl Cluster {
         Ok(())
     }
 
+    /// With security on, creates the agents' token (with the admin token, which the first
+    /// leader records): call once a leader is there, before the first [`Cluster::start_agent`].
+    pub async fn prepare_agents(&mut self, patience: Duration) -> anyhow::Result<()> {
+        let Some(client) = self
+            .pki
+            .is_some()
+            .then(|| self.direct_client(None))
+            .transpose()?
+        else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + patience;
+        let token = loop {
+            match client.create_token("chaos-agents", "agent").await {
+                Ok(created) => break created.token,
+                // Until the first leader has recorded the bootstrap admin token.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => anyhow::bail!("creating the agents' token: {error}"),
+            }
+        };
+        if let Some(pki) = &mut self.pki {
+            pki.agent_token = Some(token);
+        }
+        Ok(())
+    }
+
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
         let endpoints: Vec<String> = self.node_addrs.values().map(|a| a.to_string()).collect();
         let mut command = Command::new(self.bin.join("baton"));
+        if let Some(pki) = &self.pki {
+            // A certificate naming this agent (it may register under no other name), and the
+            // agents' token, in a credentials folder of its own.
+            let identity = PeerIdentity::new(PeerRole::Agent, name);
+            let creds = self.dir.join(format!("credentials-{name}"));
+            if !creds.join("token").exists() {
+                let token = pki
+                    .agent_token
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("start_agent before prepare_agents"))?;
+                pki.ca.issue(&pki.dir, &identity)?;
+                devcerts::credentials_folder(&pki.dir, &identity, &creds)?;
+                std::fs::write(creds.join("token"), token)?;
+            }
+            command.arg("--credentials").arg(&creds);
+        }
         command
             .args(["agent", "--name", name])
             .args(["--slots", &SLOTS_PER_AGENT.to_string()])
@@ -139,6 +250,7 @@ impl Cluster {
                 connect_timeout: Duration::from_millis(500),
                 attempts_max: 4,
                 retry_budget: Duration::from_secs(5),
+                credentials: self.credentials(),
                 ..ClientConfig::default()
             },
         )?)
@@ -158,9 +270,17 @@ impl Cluster {
                 call_timeout: Duration::from_millis(500),
                 connect_timeout: Duration::from_millis(300),
                 attempts_max: 1,
+                credentials: self.credentials(),
                 ..ClientConfig::default()
             },
         )?)
+    }
+
+    /// What the harness's own clients present (nothing with `--insecure`).
+    fn credentials(&self) -> Credentials {
+        self.pki
+            .as_ref()
+            .map_or_else(Credentials::default, |pki| pki.client.clone())
     }
 
     /// A live node that says it leads, if any (asked directly).

@@ -33,6 +33,9 @@ struct Cli {
     /// Keep the temporary folder (logs, journal) even when the run passes.
     #[arg(long)]
     keep: bool,
+    /// Run the cluster with `--insecure` (plaintext, no tokens) instead of mutual TLS and tokens.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -75,10 +78,15 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut failed = Vec::new();
     for (seed, duration, nodes) in runs {
-        println!("=== baton-chaos seed {seed} duration {duration:?} nodes {nodes}");
+        let security = if cli.insecure {
+            "insecure"
+        } else {
+            "mTLS+tokens"
+        };
+        println!("=== baton-chaos seed {seed} duration {duration:?} nodes {nodes} ({security})");
         let passed = runtime.block_on(async {
             tokio::select! {
-                result = run::run(seed, duration, nodes, cli.keep) => result,
+                result = run::run(seed, duration, nodes, !cli.insecure, cli.keep) => result,
                 _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             }
         });

@@ -353,7 +353,13 @@ fn final_workflow(workflow: &pb::Workflow) -> FinalWorkflow {
 }
 
 /// Runs one seed; true when the checker found nothing.
-pub async fn run(seed: u64, duration: Duration, nodes: u64, keep: bool) -> anyhow::Result<bool> {
+pub async fn run(
+    seed: u64,
+    duration: Duration,
+    nodes: u64,
+    secure: bool,
+    keep: bool,
+) -> anyhow::Result<bool> {
     let plan = schedule::plan(seed, duration.as_millis() as u64);
     println!("schedule ({} faults):", plan.len());
     for planned in &plan {
@@ -364,8 +370,9 @@ pub async fn run(seed: u64, duration: Duration, nodes: u64, keep: bool) -> anyho
     }
     let dir = tempfile::Builder::new().prefix("baton-chaos-").tempdir()?;
     let bin = crate::procs::bin_dir()?;
-    let mut cluster = Cluster::start(&bin, dir.path(), nodes).await?;
+    let mut cluster = Cluster::start(&bin, dir.path(), nodes, secure).await?;
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    cluster.prepare_agents(Duration::from_secs(30)).await?;
     for agent in AGENTS {
         cluster.start_agent(agent)?;
     }

@@ -17,18 +17,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::tls::{Credentials, TokenInterceptor, Transport};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use baton_proto::v1::{
     AddMemberRequest, AddMemberResponse, CancelRequest, CancelResponse, ClusterStatusRequest,
-    ClusterStatusResponse, GetRequest, ListAgentsRequest, ListAgentsResponse, ListRequest,
-    ListResponse, ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, SaveSnapshotRequest,
-    SnapshotInfo, SubmitRequest, SubmitResponse, TransferLeaderRequest, TransferLeaderResponse,
-    TriggerSnapshotRequest, TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent,
-    WorkflowSpec,
+    ClusterStatusResponse, CreateTokenRequest, CreateTokenResponse, GetRequest, ListAgentsRequest,
+    ListAgentsResponse, ListRequest, ListResponse, ListTokensRequest, ListTokensResponse,
+    ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, RevokeTokenRequest,
+    RevokeTokenResponse, SaveSnapshotRequest, SnapshotInfo, SubmitRequest, SubmitResponse,
+    TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    WatchRequest, Workflow, WorkflowEvent, WorkflowSpec,
 };
 use futures::Stream;
-use tonic::transport::Channel;
 
 use crate::endpoints::{Endpoint, Endpoints};
 use crate::error::{ClientError, Outcome};
@@ -55,6 +56,8 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// No new attempt starts once this much time has passed since the call began.
     pub retry_budget: Duration,
+    /// TLS and token; the default is plaintext without a token.
+    pub credentials: Credentials,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +72,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             retry_budget: Duration::from_secs(30),
+            credentials: Credentials::default(),
         }
     }
 }
@@ -83,7 +87,7 @@ struct Inner {
     endpoints: Endpoints,
     /// One per endpoint, same order. Lazily connected: creating the client never blocks or
     /// fails on a down node, and a channel reconnects by itself after a failure.
-    channels: Vec<Channel>,
+    channels: Vec<Transport>,
     /// Index of the endpoint the next call tries first.
     preferred: AtomicUsize,
     config: ClientConfig,
@@ -398,13 +402,59 @@ impl Client {
         .map(|(_, response)| response)
     }
 
+    // ---- tokens (AdminService, admin role) ----
+
+    /// Creates a token; the answer holds its text, shown this once. One attempt only: a token
+    /// is not idempotent (a repeat would make a second one), so after an unknown outcome check
+    /// `list_tokens` and revoke what is not wanted.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+    ) -> Result<CreateTokenResponse, ClientError> {
+        let inner = &*self.inner;
+        let index = inner.preferred.load(Ordering::Relaxed) % inner.endpoints.len();
+        let endpoint = inner.endpoints.as_slice()[index].to_string();
+        let request = CreateTokenRequest {
+            name: name.to_owned(),
+            role: role.to_owned(),
+        };
+        let channel = inner.channels[index].clone();
+        self.attempt(&endpoint, admin_client(channel).create_token(request))
+            .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<ListTokensResponse, ClientError> {
+        self.unary(|channel| async move {
+            admin_client(channel)
+                .list_tokens(ListTokensRequest {})
+                .await
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Revokes a token everywhere (through the log); revoking twice is harmless.
+    pub async fn revoke_token(&self, id: &str) -> Result<RevokeTokenResponse, ClientError> {
+        self.unary(|channel| {
+            let id = id.to_owned();
+            async move {
+                admin_client(channel)
+                    .revoke_token(RevokeTokenRequest { id })
+                    .await
+            }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
     // ---- the retry loop ----
 
     /// Runs `call` on the preferred endpoint, failing over and backing off on retryable errors.
     /// Returns the endpoint that answered with the answer.
     async fn unary<T, F, Fut>(&self, mut call: F) -> Result<(&Endpoint, T), ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let inner = &*self.inner;
@@ -491,29 +541,38 @@ fn wrap_attempts(error: ClientError, attempts: u32, any_unknown: bool) -> Client
     }
 }
 
-pub(crate) fn channel(endpoint: &Endpoint, config: &ClientConfig) -> Result<Channel, ClientError> {
+pub(crate) fn channel(
+    endpoint: &Endpoint,
+    config: &ClientConfig,
+) -> Result<Transport, ClientError> {
     let uri = endpoint.uri();
     let builder = tonic::transport::Endpoint::from_shared(uri).map_err(|error| {
         ClientError::Endpoint(crate::endpoints::EndpointError::InvalidHost {
             endpoint: format!("{endpoint} ({error})"),
         })
     })?;
-    Ok(builder
+    let builder = builder
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
         // Pings notice a silently dead peer (a paused or partitioned node) on long watches.
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = match &config.credentials.tls {
+        Some(tls) => builder
+            .connect_with_connector_lazy(baton_security::connector::TlsDialer::new(tls.clone())),
+        None => builder.connect_lazy(),
+    };
+    let interceptor = TokenInterceptor::new(config.credentials.token.as_deref())?;
+    Ok(Transport::new(channel, interceptor))
 }
 
-fn workflow_client(channel: Channel) -> WorkflowServiceClient<Channel> {
+fn workflow_client(channel: Transport) -> WorkflowServiceClient<Transport> {
     WorkflowServiceClient::new(channel)
         .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
 }
 
-fn admin_client(channel: Channel) -> AdminServiceClient<Channel> {
+fn admin_client(channel: Transport) -> AdminServiceClient<Transport> {
     AdminServiceClient::new(channel)
         .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)

@@ -22,6 +22,7 @@ mod client;
 mod endpoints;
 mod error;
 pub mod output;
+pub mod tls;
 mod watch;
 
 pub use client::{
@@ -29,6 +30,7 @@ pub use client::{
 };
 pub use endpoints::{ENDPOINTS_ENV, Endpoint, EndpointError, Endpoints};
 pub use error::{ClientError, Outcome, code_name, describe_status, outcome_of_code};
+pub use tls::{CredentialSources, Credentials};
 pub use watch::{WatchUpdate, WorkflowWatch};
 
 /// The generated API types, re-exported so that users need not depend on `baton-proto` directly.

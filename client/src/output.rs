@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use baton_proto::v1::{
     AgentInfo, ClusterStatusResponse, EventKind, Member, RunCondition, Step, StepSpec, StepState,
-    SubmitResponse, Workflow, WorkflowEvent, WorkflowSpec, WorkflowState, step_spec::Task,
+    SubmitResponse, TokenInfo, Workflow, WorkflowEvent, WorkflowSpec, WorkflowState,
+    step_spec::Task,
 };
 use serde_json::{Map, Value, json};
 
@@ -601,6 +602,34 @@ fn hash_agreement(nodes: &[NodeStatus<'_>]) -> Option<String> {
 
 /// The `baton agents` view: one row per agent, usage as used/total, running steps as
 /// `WORKFLOW/STEP`.
+pub fn token_json(token: &TokenInfo) -> Value {
+    json!({
+        "id": token.id,
+        "name": token.name,
+        "role": token.role,
+        "created_at_ms": time_json(token.created_ms),
+        "revoked_at_ms": time_json(token.revoked_ms),
+    })
+}
+
+pub fn render_tokens(tokens: &[TokenInfo]) -> String {
+    let mut table = Table::new(["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
+    for token in tokens {
+        table.row([
+            token.id.clone(),
+            token.name.clone(),
+            token.role.clone(),
+            format_time_ms(token.created_ms),
+            if token.revoked_ms == 0 {
+                "-".to_owned()
+            } else {
+                format_time_ms(token.revoked_ms)
+            },
+        ]);
+    }
+    table.render()
+}
+
 pub fn render_agents(agents: &[AgentInfo]) -> String {
     let mut table = Table::new([
         "NAME",

@@ -17,6 +17,7 @@ fn fast_config() -> ClientConfig {
         backoff_initial: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
         retry_budget: Duration::from_secs(10),
+        ..ClientConfig::default()
     }
 }
 

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use baton_security::TlsFiles;
+
 use crate::raft::RaftTiming;
+pub use crate::security::SecurityConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +38,29 @@ pub enum Subcommands {
     /// a single-voter cluster of this node (everything in its log is kept), then start it and add
     /// new nodes with `baton cluster add`. Stop the node first. See docs/OPERATIONS.md.
     Recover(RecoverArgs),
+    /// Make a CA and the certificates a deployment needs (nodes, agents, clients) and a
+    /// bootstrap admin token, in one folder; files already there are kept. See docs/SECURITY.md.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// The folder to write to (created if needed): `ca.pem` and `ca-key.pem`, `node-ID.pem` and
+    /// `node-ID-key.pem` per node, a credentials folder `agent-NAME/` or `client-NAME/` (ca.pem,
+    /// cert.pem, key.pem) per agent and client, and `bootstrap-token`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A node, `ID=HOST[,HOST...]`: its id and the names or addresses other parties dial it by
+    /// (loopback names are always included). Repeat for each node.
+    #[arg(long = "node", value_name = "ID=HOSTS")]
+    pub nodes: Vec<String>,
+    /// An agent's name (the `baton agent --name` it runs with; its certificate allows that name
+    /// and `NAME.anything`, for a pool of agents sharing one certificate). Repeatable.
+    #[arg(long = "agent", value_name = "NAME")]
+    pub agents: Vec<String>,
+    /// A client's name (a person or a program using the CLI or the API). Repeatable.
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +141,11 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Also serve `grpc.health.v1` alone on this address, in plaintext and without
+    /// authentication: for probes that cannot present a certificate (Kubernetes gRPC probes,
+    /// load balancers). It answers only health checks.
+    #[arg(long, env = "BATON_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
     /// Log format [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -137,6 +168,25 @@ pub struct NodeArgs {
     /// `MEMBER_ADDR=DIAL_ADDR,...` (testing: the chaos suite puts a proxy on every link).
     #[arg(long, env = "BATON_PEER_DIAL")]
     pub peer_dial: Option<String>,
+    /// Serve plaintext gRPC with no authentication at all. Without it batond requires
+    /// --tls-ca, --tls-cert and --tls-key (see docs/SECURITY.md).
+    #[arg(long, env = "BATON_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
+    /// PEM bundle of the CA that every peer, agent and client certificate must chain to
+    /// (re-read when it changes).
+    #[arg(long, env = "BATON_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate chain of this node, with the URI SAN `spiffe://baton/node/ID`.
+    #[arg(long, env = "BATON_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BATON_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A file holding the first admin token (`baton_ID_SECRET`, e.g. from `baton token
+    /// generate`), recorded by the first leader while the cluster has no token.
+    #[arg(long, env = "BATON_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 /// A validated node configuration.
@@ -148,10 +198,12 @@ pub struct Config {
     /// Empty when the node joins an existing cluster.
     pub initial_cluster: BTreeMap<u64, String>,
     pub metrics_listen: Option<SocketAddr>,
+    pub health_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub timing: RaftTiming,
     /// Member address -> address actually dialled (`--peer-dial`); empty unless testing.
     pub peer_dial: BTreeMap<String, String>,
+    pub security: SecurityConfig,
 }
 
 impl NodeArgs {
@@ -177,17 +229,24 @@ impl NodeArgs {
             data_dir,
             initial_cluster,
             metrics_listen,
+            health_listen,
             log_format,
             heartbeat_ms,
             election_timeout_min_ms,
             election_timeout_max_ms,
             snapshot_every_entries,
             log_kept_behind_snapshot,
-            peer_dial
+            peer_dial,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            bootstrap_token_file
         );
+        self.insecure |= file.insecure;
     }
 
     fn validate(self) -> Result<Config, String> {
+        let security = self.security()?;
         let node_id = self
             .node_id
             .ok_or("--node-id is required (or BATON_NODE_ID, or node_id in the config file)")?;
@@ -214,9 +273,18 @@ impl NodeArgs {
         }
         let metrics_listen = self
             .metrics_listen
+            .as_ref()
             .map(|text| {
                 text.parse()
                     .map_err(|_| format!("--metrics-listen: {text:?} is not IP:PORT"))
+            })
+            .transpose()?;
+        let health_listen = self
+            .health_listen
+            .as_ref()
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| format!("--health-listen: {text:?} is not IP:PORT"))
             })
             .transpose()?;
         let defaults = RaftTiming::default();
@@ -260,10 +328,59 @@ impl NodeArgs {
             data_dir,
             initial_cluster,
             metrics_listen,
+            health_listen,
             log_format: self.log_format.unwrap_or_default(),
             timing,
             peer_dial,
+            security,
         })
+    }
+
+    /// Secure by default: TLS files are required unless `--insecure` says otherwise.
+    fn security(&self) -> Result<SecurityConfig, String> {
+        let tls_flags = [
+            ("--tls-ca", &self.tls_ca),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--bootstrap-token-file", &self.bootstrap_token_file),
+        ];
+        if self.insecure {
+            let given: Vec<&str> = tls_flags
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(flag, _)| *flag)
+                .collect();
+            if !given.is_empty() {
+                return Err(format!(
+                    "--insecure serves plaintext without authentication; it cannot be combined \
+                     with {}",
+                    given.join(", ")
+                ));
+            }
+            return Ok(SecurityConfig::Insecure);
+        }
+        let missing: Vec<&str> = tls_flags[..3]
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(flag, _)| *flag)
+            .collect();
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(SecurityConfig::Secure {
+                tls: TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                bootstrap_token_file: self.bootstrap_token_file.clone(),
+            }),
+            _ => Err(format!(
+                "batond serves mutual TLS only, and {} {} missing; give them (see \
+                 docs/SECURITY.md; `batond dev` makes a local CA), or pass --insecure to serve \
+                 plaintext with no authentication",
+                missing.join(", "),
+                if missing.len() == 1 { "is" } else { "are" }
+            )),
+        }
     }
 }
 
@@ -392,7 +509,7 @@ mod tests {
     }
 
     fn args(list: &[&str]) -> Result<Config, String> {
-        let mut argv = vec!["batond"];
+        let mut argv = vec!["batond", "--insecure"];
         argv.extend_from_slice(list);
         Cli::try_parse_from(argv)
             .map_err(|e| e.to_string())?
@@ -524,6 +641,31 @@ mod tests {
             let err = args(argv).expect_err(expected);
             assert!(err.contains(expected), "{argv:?}: {err}");
         }
+    }
+
+    #[test]
+    fn plaintext_needs_insecure_and_the_error_names_the_missing_flags() {
+        let parse = |list: &[&str]| {
+            let mut argv = vec!["batond", "--node-id", "1", "--data-dir", "/x"];
+            argv.extend_from_slice(list);
+            Cli::try_parse_from(argv).unwrap().node.resolve()
+        };
+        let err = parse(&[]).unwrap_err();
+        assert!(
+            err.contains("--tls-ca, --tls-cert, --tls-key are missing")
+                && err.contains("--insecure"),
+            "{err}"
+        );
+        let err = parse(&["--tls-ca", "/ca.pem", "--tls-key", "/k.pem"]).unwrap_err();
+        assert!(err.contains("--tls-cert is missing"), "{err}");
+        let config = parse(&["--tls-ca", "/c", "--tls-cert", "/n", "--tls-key", "/k"]).unwrap();
+        assert!(matches!(config.security, SecurityConfig::Secure { .. }));
+        let err = parse(&["--insecure", "--tls-ca", "/c"]).unwrap_err();
+        assert!(err.contains("cannot be combined with --tls-ca"), "{err}");
+        assert!(matches!(
+            parse(&["--insecure"]).unwrap().security,
+            SecurityConfig::Insecure
+        ));
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! `batond dev`: a real three-node cluster on this machine, as three `batond` processes (this same
 //! binary) with data under one folder, for trying Baton with one command.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
+
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_security::devcerts;
+use baton_security::{PeerIdentity, PeerRole, TlsFiles, TlsSettings};
 
 use crate::config::DevArgs;
 
@@ -18,6 +22,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let creds = DevCredentials::prepare(&args.data_dir)?;
     let exe = std::env::current_exe().context("finding the batond binary")?;
     let addr = |i: u64| format!("127.0.0.1:{}", args.base_port as u64 + i - 1);
     let initial_cluster: Vec<String> = (1..=NODES).map(|i| format!("{i}={}", addr(i))).collect();
@@ -25,17 +30,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let mut children = Vec::new();
     for i in 1..=NODES {
-        let data = args.data_dir.join(format!("node{i}"));
-        let log = std::fs::File::create(args.data_dir.join(format!("node{i}.log")))
-            .context("creating the node log file")?;
         let child = spawn_node(
             &exe,
             i,
             &addr(i),
-            &data,
+            &args.data_dir,
             &initial_cluster,
             args.metrics_base_port as u64 + i - 1,
-            log,
+            &creds,
         )
         .with_context(|| format!("starting node {i}"))?;
         children.push(child);
@@ -47,10 +49,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let agent_metrics = format!("127.0.0.1:{}", args.metrics_base_port as u64 + NODES);
     let baton = exe.with_file_name("baton");
     if baton.exists() {
+        creds
+            .ensure_agent_token(&addr(1))
+            .await
+            .context("creating the dev agent's token")?;
         let log = std::fs::File::create(args.data_dir.join("agent.log"))
             .context("creating the agent log file")?;
         let mut command = Command::new(&baton);
         command
+            .arg("--credentials")
+            .arg(&creds.agent_dir)
             .args([
                 "--endpoints",
                 &endpoints,
@@ -78,8 +86,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "Baton dev cluster: {NODES} nodes on {endpoints} and one agent (data and logs in {data})\n\
          metrics: http://127.0.0.1:{m}/metrics (and the next two ports; the agent's: \
          http://{agent_metrics}/metrics)\n\n\
+         Mutual TLS and tokens are on: the CA and certificates are in {tls}, the admin token \
+         and client certificate in {client} (see docs/SECURITY.md).\n\n\
          Try it in another terminal:\n  \
          export BATON_ENDPOINTS={endpoints}\n  \
+         export BATON_CREDENTIALS={client}\n  \
          baton cluster status --all\n  \
          baton submit --wait examples/onboard-employee.yaml\n  \
          baton submit --wait examples/build-test-deploy.yaml\n  \
@@ -89,6 +100,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          Ctrl-C stops the cluster; the data stays for the next run (--fresh starts over).",
         data = args.data_dir.display(),
         m = args.metrics_base_port,
+        tls = creds.pki_dir.display(),
+        client = creds.client_dir.display(),
     );
 
     use tokio::signal::unix::{SignalKind, signal};
@@ -123,23 +136,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Node `id`, with its data in `dev_dir/node{id}` and its log in `dev_dir/node{id}.log`.
 fn spawn_node(
     exe: &Path,
     id: u64,
     addr: &str,
-    data: &Path,
+    dev_dir: &Path,
     initial_cluster: &str,
     metrics_port: u64,
-    log: std::fs::File,
+    creds: &DevCredentials,
 ) -> std::io::Result<Child> {
+    let data = dev_dir.join(format!("node{id}"));
+    let log = std::fs::File::create(dev_dir.join(format!("node{id}.log")))?;
+    let tls = TlsFiles::in_dir(&creds.pki_dir, &format!("node-{id}"));
     let mut command = Command::new(exe);
     command
+        .arg("--tls-ca")
+        .arg(&tls.ca)
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
+        .arg("--bootstrap-token-file")
+        .arg(creds.client_dir.join("token"))
         .arg("--node-id")
         .arg(id.to_string())
         .arg("--listen")
         .arg(addr)
         .arg("--data-dir")
-        .arg(data)
+        .arg(&data)
         .arg("--initial-cluster")
         .arg(initial_cluster)
         .arg("--metrics-listen")
@@ -179,4 +204,96 @@ async fn stop(child: &mut Child) {
         }
     }
     let _ = child.kill().await;
+}
+
+/// The dev cluster's credentials, all under the data folder: a CA and a certificate per node
+/// (`tls/`), and a credentials folder each for the CLI (`client/`: admin token) and the agent
+/// (`agent/`), in the layout `baton --credentials` reads. Kept across runs; `--fresh` drops them.
+struct DevCredentials {
+    pki_dir: PathBuf,
+    client_dir: PathBuf,
+    agent_dir: PathBuf,
+}
+
+const DEV_AGENT: &str = "dev-agent";
+
+impl DevCredentials {
+    fn prepare(data_dir: &Path) -> anyhow::Result<DevCredentials> {
+        let data_dir = std::path::absolute(data_dir).context("resolving the data folder")?;
+        let creds = DevCredentials {
+            pki_dir: data_dir.join("tls"),
+            client_dir: data_dir.join("client"),
+            agent_dir: data_dir.join("agent"),
+        };
+        let client = PeerIdentity::new(PeerRole::Client, "dev");
+        let agent = PeerIdentity::new(PeerRole::Agent, DEV_AGENT);
+        let mut identities: Vec<PeerIdentity> = (1..=NODES)
+            .map(|i| PeerIdentity::new(PeerRole::Node, i.to_string()))
+            .collect();
+        identities.extend([client.clone(), agent.clone()]);
+        devcerts::ensure(&creds.pki_dir, &identities).context("creating the dev certificates")?;
+        for (dir, identity) in [(&creds.client_dir, &client), (&creds.agent_dir, &agent)] {
+            devcerts::credentials_folder(&creds.pki_dir, identity, dir)?;
+        }
+        let admin_token = creds.client_dir.join("token");
+        if !admin_token.exists() {
+            let token = baton_security::token::generate()
+                .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+            write_secret(&admin_token, &token.text)?;
+        }
+        Ok(creds)
+    }
+
+    /// Creates the agent's token through node `addr` with the admin token, unless it exists.
+    async fn ensure_agent_token(&self, addr: &str) -> anyhow::Result<()> {
+        let path = self.agent_dir.join("token");
+        if path.exists() {
+            return Ok(());
+        }
+        let admin = std::fs::read_to_string(self.client_dir.join("token"))?;
+        let header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", admin.trim()).parse()?;
+        let tls = TlsSettings::load(TlsFiles {
+            ca: self.client_dir.join("ca.pem"),
+            cert: self.client_dir.join("cert.pem"),
+            key: self.client_dir.join("key.pem"),
+        })?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_with_connector_lazy(baton_security::connector::TlsDialer::new(tls));
+        let mut client =
+            AdminServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", header.clone());
+                Ok::<_, tonic::Status>(req)
+            });
+        // The cluster needs a leader, and the leader needs to record the bootstrap token.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let request = baton_proto::v1::CreateTokenRequest {
+                name: DEV_AGENT.into(),
+                role: "agent".into(),
+            };
+            match client.create_token(request).await {
+                Ok(created) => return write_secret(&path, &created.into_inner().token),
+                Err(status) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(%status, "agent token not created yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                Err(status) => bail!("node {addr}: {status}"),
+            }
+        }
+    }
+}
+
+/// Writes a token readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
 }

@@ -8,6 +8,8 @@
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
+pub mod certs;
+#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod dev;
@@ -21,6 +23,8 @@ pub mod metrics;
 pub mod raft;
 #[cfg(feature = "server")]
 pub mod scheduler;
+#[cfg(feature = "server")]
+pub mod security;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod state;

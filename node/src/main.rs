@@ -19,6 +19,18 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Subcommands::Certs(args)) = &cli.command {
+        return match baton_node::certs::run(args) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("batond certs: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Subcommands::Restore(args)) = &cli.command {
         baton_node::init_tracing(Default::default());
         let seeded = match baton_node::config::parse_initial_cluster(&args.initial_cluster) {

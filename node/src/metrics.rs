@@ -47,6 +47,8 @@ pub const SCHEDULE_TO_START_TIMEOUTS: &str = "baton_scheduler_schedule_to_start_
 pub const LEASES_LIVE: &str = "baton_leases_live";
 pub const LEASES_EXPIRED: &str = "baton_lease_expirations_total";
 pub const REPORTS_REFUSED: &str = "baton_reports_refused_total";
+// --- security ---
+pub const AUTH_REFUSED: &str = "baton_auth_refused_total";
 // --- fleet (utilization) ---
 pub const FLEET_CAPACITY: &str = "baton_fleet_capacity";
 pub const FLEET_ALLOCATED: &str = "baton_fleet_allocated";
@@ -182,6 +184,10 @@ pub fn describe() {
     describe_counter!(
         REPORTS_REFUSED,
         "Reports refused for a stale or foreign fencing token."
+    );
+    describe_counter!(
+        AUTH_REFUSED,
+        "Calls refused by authorization, by code (unauthenticated, permission_denied)."
     );
     describe_gauge!(
         FLEET_CAPACITY,
@@ -343,6 +349,14 @@ pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) 
 
 pub fn assign_batch(n: usize) {
     histogram!(ASSIGN_BATCH_SIZE).record(n as f64);
+}
+
+pub fn auth_refused(code: tonic::Code) {
+    let code = match code {
+        tonic::Code::Unauthenticated => "unauthenticated",
+        _ => "permission_denied",
+    };
+    counter!(AUTH_REFUSED, "code" => code).increment(1);
 }
 
 pub fn report_refused() {

@@ -23,6 +23,8 @@ use crate::limits;
 use crate::raft::RaftNode;
 use crate::raft::service::RaftServiceImpl;
 use crate::scheduler::{self, Sessions};
+use crate::security::Security;
+use crate::security::auth::AuthLayer;
 use crate::state::Command;
 
 /// A running node. Dropping it does not stop it: call [`Server::shutdown`].
@@ -32,9 +34,12 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<()>>,
     cluster_id_task: JoinHandle<()>,
+    bootstrap_token_task: Option<JoinHandle<()>>,
     scheduler_task: JoinHandle<()>,
     health: Arc<crate::health::Health>,
     health_task: JoinHandle<()>,
+    /// The plaintext health-only server (`--health-listen`), if any.
+    health_only_task: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -49,18 +54,44 @@ impl Server {
                 .map_err(|e| format!("--listen {}: {e}", config.listen))?,
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let security = Security::load(&config.security)?;
         let node = Arc::new(
             RaftNode::start(
                 config.node_id,
                 &config.data_dir,
                 &config.timing,
                 config.peer_dial.clone(),
+                security.tls().cloned(),
             )
             .await?,
         );
         let sessions = Arc::new(Sessions::default());
         let (health, health_service, health_task) =
             crate::health::Health::start(node.clone()).await;
+        let health_listener = match config.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("--health-listen {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        // Probes that cannot do mutual TLS (Kubernetes gRPC probes) ask here: the health
+        // service alone, plaintext, no authentication. It reveals only SERVING/NOT_SERVING.
+        let health_only_task = health_listener.map(|listener| {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let router = tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
+                .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
+                .http2_max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX)
+                .add_service(health_service.clone());
+            tokio::spawn(async move {
+                if let Err(err) = router.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %err, "health listener failed");
+                }
+            })
+        });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -75,6 +106,7 @@ impl Server {
             .layer(tower::util::MapResponseLayer::new(
                 crate::api::size_status::<tonic::body::Body>,
             ))
+            .layer(AuthLayer::new(node.replica.clone(), security.is_secure()))
             .add_service(
                 RaftServiceServer::new(RaftServiceImpl { node: node.clone() })
                     .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
@@ -104,24 +136,53 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; without it
-        // here every small response waits out Nagle against the peer's delayed ACK (~40 ms).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let tls = security.tls().cloned();
         let serving = tokio::spawn(async move {
             let stopped = async {
                 let _ = stop_rx.await;
             };
-            if let Err(err) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+            let served = match tls {
+                Some(tls) => {
+                    let incoming = baton_security::server::incoming(listener, tls);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                None => {
+                    // The builder's `tcp_nodelay` applies only to listeners tonic binds itself;
+                    // without it every small response waits out Nagle against the peer's delayed
+                    // ACK (~40 ms). The TLS accept loop sets it on each connection itself.
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            };
+            if let Err(err) = served {
                 tracing::error!(error = %err, "grpc server failed");
             }
         });
-        tracing::info!(node = config.node_id, %addr, "serving gRPC");
+        match &security {
+            Security::Insecure => tracing::warn!(
+                node = config.node_id,
+                %addr,
+                "serving plaintext gRPC with no authentication (--insecure)"
+            ),
+            Security::Secure { tls, .. } => {
+                tracing::info!(node = config.node_id, %addr, identity = %tls.identity(), "serving gRPC over mutual TLS")
+            }
+        }
 
         if !config.initial_cluster.is_empty() {
             node.bootstrap(&config.initial_cluster).await?;
         }
         let cluster_id_task = tokio::spawn(set_cluster_id_when_leader(node.clone()));
+        let bootstrap_token_task = match security {
+            Security::Secure {
+                bootstrap_token: Some(token),
+                ..
+            } => Some(tokio::spawn(
+                crate::security::tokens::bootstrap_when_leader(node.clone(), token),
+            )),
+            _ => None,
+        };
         let scheduler_task = tokio::spawn(scheduler::run(node.clone(), sessions));
         Ok(Self {
             node,
@@ -129,9 +190,11 @@ impl Server {
             stop: Some(stop_tx),
             serving: Some(serving),
             cluster_id_task,
+            bootstrap_token_task,
             scheduler_task,
             health,
             health_task,
+            health_only_task,
         })
     }
 
@@ -193,7 +256,13 @@ impl Server {
     /// Stops serving and shuts Raft down; the data stays on disk.
     pub async fn shutdown(mut self) {
         self.health_task.abort();
+        if let Some(task) = &self.health_only_task {
+            task.abort();
+        }
         self.cluster_id_task.abort();
+        if let Some(task) = &self.bootstrap_token_task {
+            task.abort();
+        }
         self.scheduler_task.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

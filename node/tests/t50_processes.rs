@@ -98,6 +98,7 @@ async fn sigkill_of_every_node_loses_nothing_acknowledged() {
 
 fn run_to_exit(args: &[&str], data_dir: &PathBuf) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_batond"))
+        .arg("--insecure")
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)

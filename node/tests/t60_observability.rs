@@ -891,6 +891,7 @@ fn a_metrics_address_in_use_is_a_clear_start_error() {
     let listen = loopback(free_ports(1)[0]).to_string();
     let node = Command::new(env!("CARGO_BIN_EXE_batond"))
         .args([
+            "--insecure",
             "--node-id",
             "1",
             "--listen",

@@ -334,6 +334,7 @@ async fn a_cluster_recovers_from_one_survivor() {
             &format!("node{id}"),
             dir.path(),
             &[
+                "--insecure",
                 "--node-id",
                 &id.to_string(),
                 "--listen",

@@ -84,6 +84,9 @@ pub struct AgentConfig {
     /// Reconnect backoff: doubles from `backoff_initial` to `backoff_max`, jittered.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// An agent certificate (`spiffe://baton/agent/NAME`) and an `agent` token, unless the
+    /// cluster runs `--insecure`.
+    pub credentials: crate::tls::Credentials,
 }
 
 impl Default for AgentConfig {
@@ -98,6 +101,7 @@ impl Default for AgentConfig {
             connect_timeout: Duration::from_secs(3),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            credentials: Default::default(),
         }
     }
 }
@@ -106,6 +110,7 @@ impl AgentConfig {
     fn client_config(&self) -> ClientConfig {
         ClientConfig {
             connect_timeout: self.connect_timeout,
+            credentials: self.credentials.clone(),
             ..ClientConfig::default()
         }
     }
@@ -186,6 +191,12 @@ impl AgentBuilder {
 
     pub fn memory_mb(mut self, memory_mb: u32) -> Self {
         self.config.memory_mb = memory_mb;
+        self
+    }
+
+    /// TLS and token for the cluster (see [`crate::tls`]).
+    pub fn credentials(mut self, credentials: crate::tls::Credentials) -> Self {
+        self.config.credentials = credentials;
         self
     }
 

@@ -20,6 +20,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::tls::Transport;
 use baton_proto::v1::agent_message::Msg as AgentMsg;
 use baton_proto::v1::agent_service_client::AgentServiceClient;
 use baton_proto::v1::server_message::Msg as ServerMsg;
@@ -30,7 +31,6 @@ use baton_proto::v1::{
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::agent::AgentConfig;
@@ -137,7 +137,7 @@ pub(crate) struct Runtime {
     config: Arc<AgentConfig>,
     executors: Arc<Executors>,
     targets: Targets,
-    channels: HashMap<Endpoint, Channel>,
+    channels: HashMap<Endpoint, Transport>,
     attempts: HashMap<u64, RunningAttempt>,
     leases: LeaseTable,
     /// Finished attempts' reports not yet acknowledged by ReportAccepted or ReportRejected.
@@ -229,7 +229,7 @@ impl Runtime {
         self.shut_down().await;
     }
 
-    fn channel(&mut self, endpoint: &Endpoint) -> Result<Channel, String> {
+    fn channel(&mut self, endpoint: &Endpoint) -> Result<Transport, String> {
         if let Some(channel) = self.channels.get(endpoint) {
             return Ok(channel.clone());
         }
@@ -605,7 +605,7 @@ impl Runtime {
 /// Opens a session on `endpoint`: sends Register first (the server reads it before it
 /// answers), then waits for Registered.
 async fn open_session(
-    channel: Channel,
+    channel: Transport,
     endpoint: Endpoint,
     register: Register,
     register_timeout: Duration,

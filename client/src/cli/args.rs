@@ -34,6 +34,27 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
 
+    /// Folder with `ca.pem`, `cert.pem`, `key.pem` and `token` (mutual TLS and bearer token);
+    /// `batond dev` prints the one it made. Without credentials the client speaks plaintext.
+    #[arg(long, global = true, env = "BATON_CREDENTIALS", value_name = "DIR")]
+    pub credentials: Option<PathBuf>,
+
+    /// PEM CA bundle the nodes' certificates chain to (beats the one in --credentials).
+    #[arg(long, global = true, env = "BATON_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// PEM client (or, for `baton agent`, agent) certificate.
+    #[arg(long, global = true, env = "BATON_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "BATON_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// File holding the bearer token (`baton_ID_SECRET`).
+    #[arg(long, global = true, env = "BATON_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Format of the logs on stderr (an agent's, or a command's retries and failovers).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -78,9 +99,35 @@ pub enum Command {
     /// Run an agent on this machine: take steps from the cluster and run them, until
     /// SIGINT or SIGTERM (which stops the running steps first).
     Agent(AgentArgs),
+    /// Bearer tokens: create, list, revoke (admin role), or generate one offline.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Load a cluster with noop workflows and report throughput, latency and node resources
     /// (against --endpoints, or a throwaway local cluster with --start-cluster).
     Bench(crate::cli::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token in the cluster and print it (shown once; the cluster keeps its hash).
+    Create {
+        /// A label for people, e.g. who holds it.
+        #[arg(long)]
+        name: String,
+        /// admin, operator, submitter, reader or agent.
+        #[arg(long)]
+        role: String,
+    },
+    /// List tokens (id, name, role, created, revoked); never their secrets.
+    List,
+    /// Revoke a token on every node (through the Raft log).
+    Revoke {
+        /// The token's id, as `baton token list` shows it.
+        id: String,
+    },
+    /// Print a fresh random token without contacting any node, e.g. for
+    /// `batond --bootstrap-token-file`.
+    Generate,
 }
 
 #[derive(Debug, Args)]

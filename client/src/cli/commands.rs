@@ -13,7 +13,8 @@ use baton_client::proto::{
     EventKind, ListRequest, ReadConsistency, Workflow, WorkflowEvent, WorkflowSpec, WorkflowState,
 };
 use baton_client::{
-    Client, ClientConfig, Endpoints, WatchUpdate, WorkflowWatch, new_idempotency_key,
+    Client, ClientConfig, CredentialSources, Credentials, Endpoints, WatchUpdate, WorkflowWatch,
+    new_idempotency_key,
 };
 use baton_proto::limits::SPEC_TEXT_BYTES_MAX;
 use baton_proto::spec::{SpecFormat, parse_spec};
@@ -23,16 +24,34 @@ use serde_json::Value;
 
 use crate::cli::args::{
     AgentArgs, CancelArgs, Cli, ClusterCommand, Command, GetArgs, ListArgs, OutputFormat,
-    SnapshotAction, SubmitArgs, WatchArgs,
+    SnapshotAction, SubmitArgs, TokenCommand, WatchArgs,
 };
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let credentials = CredentialSources {
+        dir: cli.credentials.clone(),
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        token_file: cli.token_file.clone(),
+    };
+    if let Command::Token(TokenCommand::Generate) = cli.command {
+        let token = baton_security::token::generate()
+            .map_err(|e| Failure::failed(format!("no randomness for a token: {e}")))?;
+        println!("{}", token.text);
+        return Ok(());
+    }
+    let credentials = credentials
+        .load()
+        .map_err(|error| Failure::usage(error.to_string()))?;
     let config = ClientConfig {
         call_timeout: cli.timeout,
+        credentials,
         ..ClientConfig::default()
     };
+    let agent_credentials = config.credentials.clone();
     let endpoints = cli.endpoints;
     let endpoints_for_agent = endpoints.clone();
     let bench_setup = (endpoints.clone(), config.clone());
@@ -50,7 +69,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => cluster(&connect()?, &out, command).await,
         Command::Agents => agents(&connect()?, &out).await,
         Command::Watch(args) => watch(&connect()?, &out, args).await,
-        Command::Agent(args) => agent(endpoints_for_agent, args).await,
+        Command::Agent(args) => agent(endpoints_for_agent, agent_credentials, args).await,
+        Command::Token(command) => token(&connect()?, &out, command).await,
         Command::Bench(args) => {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await
@@ -265,8 +285,13 @@ async fn watch(client: &Client, out: &Printer, args: WatchArgs) -> anyhow::Resul
 }
 
 /// `baton agent`: runs until SIGINT or SIGTERM, then stops its steps and returns.
-async fn agent(endpoints: Endpoints, args: AgentArgs) -> anyhow::Result<()> {
+async fn agent(
+    endpoints: Endpoints,
+    credentials: Credentials,
+    args: AgentArgs,
+) -> anyhow::Result<()> {
     let agent = Agent::builder(endpoints)
+        .credentials(credentials)
         .name(args.name)
         .labels(args.labels)
         .slots(args.slots)
@@ -614,6 +639,54 @@ async fn cluster_status_all(client: &Client, out: &Printer) -> anyhow::Result<()
         )));
     }
     Ok(())
+}
+
+/// `baton token ...`.
+async fn token(client: &Client, out: &Printer, command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { name, role } => {
+            let created = client
+                .create_token(&name, &role)
+                .await
+                .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
+            out.print(
+                || serde_json::json!({"id": created.id, "token": created.token}),
+                || {
+                    format!(
+                        "id:    {}\ntoken: {}\n(shown once: store it now)",
+                        created.id, created.token
+                    )
+                },
+            )
+        }
+        TokenCommand::List => {
+            let listed = client
+                .list_tokens()
+                .await
+                .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+            out.print(
+                || Value::Array(listed.tokens.iter().map(output::token_json).collect()),
+                || output::render_tokens(&listed.tokens),
+            )
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked = client
+                .revoke_token(&id)
+                .await
+                .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
+            out.print(
+                || serde_json::json!({"id": id, "was_live": revoked.was_live}),
+                || {
+                    if revoked.was_live {
+                        format!("token {id} revoked")
+                    } else {
+                        format!("token {id} was already revoked")
+                    }
+                },
+            )
+        }
+        TokenCommand::Generate => unreachable!("handled before connecting"),
+    }
 }
 
 async fn agents(client: &Client, out: &Printer) -> anyhow::Result<()> {

@@ -251,6 +251,24 @@ impl AdminService for Fake {
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn create_token(
+        &self,
+        _r: Request<baton_proto::v1::CreateTokenRequest>,
+    ) -> Result<Response<baton_proto::v1::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_tokens(
+        &self,
+        _r: Request<baton_proto::v1::ListTokensRequest>,
+    ) -> Result<Response<baton_proto::v1::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn revoke_token(
+        &self,
+        _r: Request<baton_proto::v1::RevokeTokenRequest>,
+    ) -> Result<Response<baton_proto::v1::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn list_agents(
         &self,
         _r: Request<ListAgentsRequest>,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use baton_proto::v1 as pb;
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::admin_service_server::AdminService;
+use baton_security::TOKEN_METADATA_KEY;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::metrics::WaitError;
@@ -18,10 +19,32 @@ use tonic::{Request, Response, Status};
 use super::{node_error, observed};
 use crate::raft::RaftNode;
 use crate::scheduler::Sessions;
+use crate::security::tokens;
 use crate::state::{Command, NodeId};
 
 /// How long AddMember waits for the new node to catch up before it becomes a voter.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The caller's bearer token, carried along when a follower forwards a call to the leader: the
+/// leader authorizes the call again, on the caller's token (the forwarding node's certificate
+/// is no client credential).
+struct Caller(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Caller {
+        Caller(request.metadata().get(TOKEN_METADATA_KEY).cloned())
+    }
+
+    fn forward<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(TOKEN_METADATA_KEY, token.clone());
+        }
+        request
+    }
+}
 
 pub struct AdminServiceImpl {
     pub node: Arc<RaftNode>,
@@ -101,13 +124,17 @@ impl AdminServiceImpl {
         })
     }
 
-    async fn add_member(&self, req: pb::AddMemberRequest) -> Result<pb::AddMemberResponse, Status> {
+    async fn add_member(
+        &self,
+        caller: Caller,
+        req: pb::AddMemberRequest,
+    ) -> Result<pb::AddMemberResponse, Status> {
         if req.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be at least 1"));
         }
         validate_address(&req.address)?;
         if let Some(mut leader) = self.leader_admin().await? {
-            return Ok(leader.add_member(req).await?.into_inner());
+            return Ok(leader.add_member(caller.forward(req)).await?.into_inner());
         }
         let id = req.node_id;
         let existing = self.members().into_iter().find(|m| m.node_id == id);
@@ -170,10 +197,14 @@ impl AdminServiceImpl {
 
     async fn remove_member(
         &self,
+        caller: Caller,
         req: pb::RemoveMemberRequest,
     ) -> Result<pb::RemoveMemberResponse, Status> {
         if let Some(mut leader) = self.leader_admin().await? {
-            return Ok(leader.remove_member(req).await?.into_inner());
+            return Ok(leader
+                .remove_member(caller.forward(req))
+                .await?
+                .into_inner());
         }
         let id = req.node_id;
         let members = self.members();
@@ -204,10 +235,14 @@ impl AdminServiceImpl {
 
     async fn transfer_leader(
         &self,
+        caller: Caller,
         req: pb::TransferLeaderRequest,
     ) -> Result<pb::TransferLeaderResponse, Status> {
         if let Some(mut leader) = self.leader_admin().await? {
-            return Ok(leader.transfer_leader(req).await?.into_inner());
+            return Ok(leader
+                .transfer_leader(caller.forward(req))
+                .await?
+                .into_inner());
         }
         let members = self.members();
         let to = if req.to_node_id == 0 {
@@ -341,7 +376,8 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        observed("AddMember", self.add_member(request.into_inner()))
+        let caller = Caller::of(&request);
+        observed("AddMember", self.add_member(caller, request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -350,18 +386,26 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        observed("RemoveMember", self.remove_member(request.into_inner()))
-            .await
-            .map(Response::new)
+        let caller = Caller::of(&request);
+        observed(
+            "RemoveMember",
+            self.remove_member(caller, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn transfer_leader(
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        observed("TransferLeader", self.transfer_leader(request.into_inner()))
-            .await
-            .map(Response::new)
+        let caller = Caller::of(&request);
+        observed(
+            "TransferLeader",
+            self.transfer_leader(caller, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn trigger_snapshot(
@@ -386,11 +430,44 @@ impl AdminService for AdminServiceImpl {
 
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        observed("ListAgents", self.list_agents_inner())
+        observed("ListAgents", self.list_agents_inner(Caller::of(&request)))
             .await
             .map(Response::new)
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        observed(
+            "CreateToken",
+            tokens::create(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        observed("ListTokens", tokens::list(&self.node))
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        observed(
+            "RevokeToken",
+            tokens::revoke(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 }
 
@@ -441,11 +518,11 @@ impl AdminServiceImpl {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
-    async fn list_agents_inner(&self) -> Result<pb::ListAgentsResponse, Status> {
+    async fn list_agents_inner(&self, caller: Caller) -> Result<pb::ListAgentsResponse, Status> {
         // Connection state is leader memory: ask the leader.
         if let Some(mut leader) = self.leader_admin().await? {
             return Ok(leader
-                .list_agents(pb::ListAgentsRequest {})
+                .list_agents(caller.forward(pb::ListAgentsRequest {}))
                 .await?
                 .into_inner());
         }

@@ -10,6 +10,7 @@ use baton_proto::limits::{
 };
 use baton_proto::v1 as pb;
 use baton_proto::v1::agent_service_server::AgentService;
+use baton_security::server::PeerInfo;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -96,6 +97,15 @@ async fn require_leader(node: &RaftNode) -> Result<(), Status> {
 
 type SessionStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
 
+/// Whether an agent whose certificate names `certified` may register as `name`: the name
+/// itself, or a member `certified.SUFFIX` of the pool it names.
+pub fn agent_name_allowed(certified: &str, name: &str) -> bool {
+    name == certified
+        || name
+            .strip_prefix(certified)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentServiceImpl {
     type SessionStream = SessionStream;
@@ -121,6 +131,17 @@ impl AgentServiceImpl {
                 "this node serves {AGENT_SESSIONS_MAX} agent sessions already"
             ))
         })?;
+        // With TLS on, the certificate names the agent (`spiffe://baton/agent/NAME`): it may
+        // register as NAME, or as `NAME.anything` (a pool of agents sharing one certificate, which
+        // can tell its members apart no better than the key they share). The name keys the
+        // agent's leases, so an agent registered under another's name could renew, report or
+        // cancel that agent's attempts.
+        let certified_name = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|info| info.identity.as_ref())
+            .map(|identity| identity.name.clone());
+        let token_id = crate::security::authorized_token_id(&request);
         let mut inbound = request.into_inner();
         // A session that never registers must not hold its slot.
         let first = tokio::time::timeout(REGISTER_WAIT_MAX, inbound.next())
@@ -143,6 +164,14 @@ impl AgentServiceImpl {
             None => return Err(Status::invalid_argument("empty session")),
         };
         validate_register(&register)?;
+        if let Some(certified) = certified_name
+            && !agent_name_allowed(&certified, &register.name)
+        {
+            return Err(Status::permission_denied(format!(
+                "register.name: {:?} is not the name in this agent's certificate",
+                register.name
+            )));
+        }
         let proposed = self
             .node
             .propose_client(Command::RegisterAgent(RegisterAgentCommand {
@@ -230,6 +259,18 @@ impl AgentServiceImpl {
                     }
                     Some(Ok(pb::AgentMessage { msg: None })) | None => break,
                 };
+                // A revoked token ends the session at the agent's next message (heartbeats come
+                // every few seconds); its leases then run out as for any lost agent.
+                if token_id
+                    .as_deref()
+                    .is_some_and(|id| !crate::security::token_live(&node.replica, id))
+                {
+                    tracing::info!(agent_id = %agent_id, "the agent's token was revoked: ending its session");
+                    let _ = tx
+                        .send(Err(Status::unauthenticated("unauthenticated")))
+                        .await;
+                    break;
+                }
                 sessions.seen(agent_id, session_id);
                 match msg {
                     pb::agent_message::Msg::Heartbeat(hb) => {
@@ -389,5 +430,21 @@ async fn complete(
             tracing::warn!(attempt = attempt_id, error = %err, "report not committed; closing the session");
             Err(node_error(err))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_name_allowed;
+
+    #[test]
+    fn a_certificate_allows_its_name_and_its_pool_only() {
+        assert!(agent_name_allowed("gpu", "gpu"));
+        assert!(agent_name_allowed("gpu", "gpu.pod-7f9c"));
+        assert!(!agent_name_allowed("gpu", "gpu."));
+        assert!(!agent_name_allowed("gpu", "gpu2"));
+        assert!(!agent_name_allowed("gpu", "gpu-b"));
+        assert!(!agent_name_allowed("gpu", "cpu"));
+        assert!(!agent_name_allowed("gpu.a", "gpu"));
     }
 }

@@ -224,14 +224,21 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        observed("Watch", self.watch_inner(request.into_inner()))
+        let token_id = crate::security::authorized_token_id(&request);
+        observed("Watch", self.watch_inner(request.into_inner(), token_id))
             .await
             .map(Response::new)
     }
 }
 
 impl WorkflowServiceImpl {
-    async fn watch_inner(&self, req: pb::WatchRequest) -> Result<WatchStream, Status> {
+    /// `token_id`: the token the watch was opened with (TLS only); the stream ends, UNAUTHENTICATED,
+    /// at the first event after the token's revocation is applied here.
+    async fn watch_inner(
+        &self,
+        req: pb::WatchRequest,
+        token_id: Option<String>,
+    ) -> Result<WatchStream, Status> {
         // Held by the stream: dropping the stream (the client went) frees the slot.
         let permit = self.node.admission.watch().ok_or_else(|| {
             Status::resource_exhausted(format!("this node serves {WATCHES_MAX} watches already"))
@@ -266,12 +273,23 @@ impl WorkflowServiceImpl {
         let ends = move |e: &pb::WorkflowEvent| {
             only.is_some() && e.kind == pb::EventKind::WorkflowFinished as i32
         };
+        let replica = self.node.replica.clone();
         let stream = async_stream_events(
             past,
             finished_event,
             move |tx| async move {
                 loop {
                     match live.recv().await {
+                        Ok(_)
+                            if token_id
+                                .as_deref()
+                                .is_some_and(|id| !crate::security::token_live(&replica, id)) =>
+                        {
+                            let _ = tx
+                                .send(Err(Status::unauthenticated("unauthenticated")))
+                                .await;
+                            return;
+                        }
                         Ok(event) if wanted(&event) => {
                             let last = ends(&event);
                             if tx.send(Ok(event)).await.is_err() || last {

@@ -29,20 +29,26 @@ use crate::limits;
 use crate::raft::types::{RaftNodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 /// Lazily connected channels to peers, shared by replication and forwarding.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Member address -> the address this node actually dials (`--peer-dial`). Empty in
     /// production; the chaos suite routes every directed link through its own proxy with it,
     /// while the membership (replicated, the same on every node) keeps the real addresses.
     dial: Arc<BTreeMap<String, String>>,
+    /// Mutual TLS with this node's certificate; `None` with `--insecure`.
+    tls: Option<Arc<baton_security::TlsSettings>>,
 }
 
 impl Peers {
-    pub fn with_dial_overrides(dial: BTreeMap<String, String>) -> Peers {
+    pub fn new(
+        dial: BTreeMap<String, String>,
+        tls: Option<Arc<baton_security::TlsSettings>>,
+    ) -> Peers {
         Peers {
             channels: Arc::default(),
             dial: Arc::new(dial),
+            tls,
         }
     }
 
@@ -53,12 +59,17 @@ impl Peers {
             return Ok(channel.clone());
         }
         let dial = self.dial.get(addr).map_or(addr, String::as_str);
-        let channel = Endpoint::from_shared(format!("http://{dial}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{dial}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(
+                baton_security::connector::TlsDialer::new(tls.clone()),
+            ),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

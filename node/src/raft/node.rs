@@ -92,6 +92,7 @@ impl RaftNode {
         data_dir: &Path,
         timing: &RaftTiming,
         peer_dial: BTreeMap<String, String>,
+        tls: Option<std::sync::Arc<baton_security::TlsSettings>>,
     ) -> Result<Self, String> {
         let log_store = LogStore::open(&data_dir.join("raft"))?;
         let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
@@ -111,7 +112,7 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| format!("invalid raft timing: {e}"))?;
-        let peers = Peers::with_dial_overrides(peer_dial);
+        let peers = Peers::new(peer_dial, tls);
         let raft = Raft::new(
             id,
             Arc::new(config),

@@ -52,6 +52,26 @@ pub enum Command {
     /// Moves time-driven work along: retries whose backoff ended, steps past their
     /// schedule-to-start deadline. Proposed by the leader when something is due.
     Tick,
+    /// Records a bearer token (its id, role and the SHA-256 of its secret; never the secret).
+    CreateToken(CreateTokenCommand),
+    /// Revokes a token on every replica at once: it stops authenticating as this entry applies.
+    RevokeToken {
+        id: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateTokenCommand {
+    /// 16 hex digits, chosen at random by the creator; refused if already used.
+    pub id: String,
+    pub name: String,
+    pub role: baton_security::TokenRole,
+    /// SHA-256 of the token's secret.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// The first admin token from `--bootstrap-token-file`: refused once any token exists.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +117,8 @@ impl Command {
             Self::Complete(_) => "complete",
             Self::ExpireLeases { .. } => "expire_leases",
             Self::Tick => "tick",
+            Self::CreateToken(_) => "create_token",
+            Self::RevokeToken { .. } => "revoke_token",
         }
     }
 }
@@ -137,6 +159,11 @@ pub enum Response {
     },
     AgentRegistered {
         agent_id: AgentId,
+    },
+    TokenCreated,
+    /// `was_live` false: the token was already revoked.
+    TokenRevoked {
+        was_live: bool,
     },
     /// One entry per requested assignment: the attempt id, or None if it no longer applied
     /// (step not ready any more, agent without room).

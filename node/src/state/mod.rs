@@ -11,6 +11,7 @@
 pub mod command;
 pub mod ids;
 pub mod scheduling;
+pub mod tokens;
 pub mod workflow;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use command::CreateTokenCommand;
 pub use command::{
     Assignment, CancelCommand, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response,
     SubmitCommand,
@@ -87,6 +89,9 @@ pub struct ClusterState {
     // A refused report changes nothing here (it is counted by the node's metrics instead), so
     // an agent cannot move the state with reports about attempts that are not its own. Snapshots
     // of earlier releases carry a `reports_refused` count; decoding ignores it.
+    /// Bearer tokens by id, revoked ones included (ids are never reused). See `tokens.rs`.
+    #[serde(default, deserialize_with = "cautious::map")]
+    tokens: OrdMap<String, tokens::TokenRecord>,
 }
 
 /// Decoding of imbl collections that does not trust the length the input declares. imbl's own
@@ -155,6 +160,8 @@ impl ClusterState {
             Command::Complete(complete) => self.complete(ctx, complete, &mut events),
             Command::ExpireLeases { attempts } => self.expire_leases(ctx, attempts, &mut events),
             Command::Tick => self.tick(ctx, &mut events),
+            Command::CreateToken(create) => self.create_token(create),
+            Command::RevokeToken { id } => self.revoke_token(&id),
         };
         // O(state): on every apply in unit and property tests, where states are small.
         #[cfg(test)]

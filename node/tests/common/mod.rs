@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_node::config::{Config, LogFormat};
+use baton_node::config::{Config, LogFormat, SecurityConfig};
 use baton_node::raft::RaftTiming;
 use baton_node::server::Server;
 use baton_proto::v1 as pb;
@@ -43,6 +43,15 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(n: u64, timing: RaftTiming) -> Self {
+        Self::start_with(n, timing, |_| SecurityConfig::Insecure).await
+    }
+
+    /// Like [`TestCluster::start`], each node with the security `security(id)` gives it.
+    pub async fn start_with(
+        n: u64,
+        timing: RaftTiming,
+        security: impl Fn(u64) -> SecurityConfig,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -65,9 +74,11 @@ impl TestCluster {
                 data_dir: cluster.dir.path().join(format!("node{id}")),
                 initial_cluster: initial_cluster.clone(),
                 metrics_listen: None,
+                health_listen: None,
                 log_format: LogFormat::Text,
                 timing: timing.clone(),
                 peer_dial: BTreeMap::new(),
+                security: security(id),
             };
             let server = Server::start(&config, Some(listener))
                 .await
@@ -87,9 +98,11 @@ impl TestCluster {
             data_dir: self.dir.path().join(format!("node{id}")),
             initial_cluster: BTreeMap::new(),
             metrics_listen: None,
+            health_listen: None,
             log_format: LogFormat::Text,
             timing,
             peer_dial: BTreeMap::new(),
+            security: SecurityConfig::Insecure,
         };
         let server = Server::start(&config, Some(listener))
             .await

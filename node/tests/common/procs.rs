@@ -86,7 +86,7 @@ pub fn spawn_node(id: usize, grpc: &[u16], dir: &Path, extra: &[&str]) -> Proc {
         .collect();
     let (stdout, stderr) = log_file(dir, &format!("node{id}"));
     let child = Command::new(env!("CARGO_BIN_EXE_batond"))
-        .args(["--node-id", &id.to_string()])
+        .args(["--insecure", "--node-id", &id.to_string()])
         .args(["--listen", &loopback(grpc[id - 1]).to_string()])
         .arg("--data-dir")
         .arg(dir.join(format!("node{id}")))

@@ -53,7 +53,9 @@ impl LocalCluster {
             data,
         };
         for id in 1..=NODES {
+            // A throwaway loopback cluster measures the scheduler, not TLS: plaintext.
             let node_args = vec![
+                "--insecure".to_string(),
                 "--node-id".to_string(),
                 id.to_string(),
                 "--listen".to_string(),

@@ -1,0 +1,207 @@
+//! `batond certs`: everything a secured deployment needs, from one command, into one folder: a CA,
+//! a certificate per node valid for the host names peers dial it by, a credentials folder per
+//! agent and client, and a bootstrap admin token. Files already there are kept, so the command
+//! can be re-run to add parties; delete a party's files to re-issue them.
+
+use std::path::Path;
+
+use baton_security::devcerts::{self, DevCa};
+use baton_security::{PeerIdentity, PeerRole, TlsFiles};
+
+use crate::config::CertsArgs;
+
+/// The file name of the bootstrap admin token in the output folder.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
+
+/// Writes the files; returns what it wrote, for the operator. Errors name the flag or the file.
+pub fn run(args: &CertsArgs) -> Result<String, String> {
+    let nodes = args
+        .nodes
+        .iter()
+        .map(|text| parse_node(text).map_err(|e| format!("--node {text:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if nodes.is_empty() && args.agents.is_empty() && args.clients.is_empty() {
+        return Err("nothing to make: give at least one --node, --agent or --client".into());
+    }
+    let out = &args.out;
+    let ca = DevCa::open_or_create(out).map_err(|e| format!("--out {}: {e}", out.display()))?;
+    let mut made = Vec::new();
+    for (id, hosts) in &nodes {
+        let identity = PeerIdentity::new(PeerRole::Node, id.to_string());
+        if issue_unless_there(&ca, out, &identity, hosts)? {
+            made.push(format!(
+                "node {id}: node-{id}.pem, node-{id}-key.pem ({})",
+                hosts.join(", ")
+            ));
+        }
+    }
+    for (role, names) in [
+        (PeerRole::Agent, &args.agents),
+        (PeerRole::Client, &args.clients),
+    ] {
+        for name in names {
+            let identity = PeerIdentity::new(role, name.clone());
+            let flag = format!("--{role}");
+            if issue_unless_there(&ca, out, &identity, &[])? {
+                let folder = out.join(devcerts::stem(&identity));
+                devcerts::credentials_folder(out, &identity, &folder)
+                    .map_err(|e| format!("{flag} {name}: {}: {e}", folder.display()))?;
+                made.push(format!("{role} {name}: {}/", devcerts::stem(&identity)));
+            }
+        }
+    }
+    let token_path = out.join(BOOTSTRAP_TOKEN_FILE);
+    if !token_path.exists() {
+        let token = baton_security::token::generate()
+            .map_err(|e| format!("no randomness for a token: {e}"))?;
+        write_secret(&token_path, &token.text)
+            .map_err(|e| format!("{}: {e}", token_path.display()))?;
+        made.push(format!(
+            "{BOOTSTRAP_TOKEN_FILE}: an admin token for --bootstrap-token-file"
+        ));
+    }
+    Ok(if made.is_empty() {
+        format!("everything asked for is already in {}", out.display())
+    } else {
+        format!("in {}:\n  {}", out.display(), made.join("\n  "))
+    })
+}
+
+/// `ID=HOST[,HOST...]`.
+fn parse_node(text: &str) -> Result<(u64, Vec<String>), String> {
+    let (id, hosts) = text
+        .split_once('=')
+        .ok_or("expected ID=HOST[,HOST...], e.g. 1=baton-1")?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&id| id >= 1)
+        .ok_or_else(|| format!("{id:?} is not a node id (1 or more)"))?;
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hosts.is_empty() {
+        return Err("no host name after '='".into());
+    }
+    for host in &hosts {
+        let ok = host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*'));
+        if !ok {
+            return Err(format!("{host:?} is not a host name or IP address"));
+        }
+    }
+    Ok((id, hosts))
+}
+
+/// Issues `identity`'s certificate unless its files exist; true if it issued one.
+fn issue_unless_there(
+    ca: &DevCa,
+    out: &Path,
+    identity: &PeerIdentity,
+    hosts: &[String],
+) -> Result<bool, String> {
+    let files = TlsFiles::in_dir(out, &devcerts::stem(identity));
+    if files.cert.exists() && files.key.exists() {
+        return Ok(false);
+    }
+    ca.issue_for_hosts(out, identity, hosts)
+        .map_err(|e| format!("--{} {}: {e}", identity.role, identity.name))?;
+    Ok(true)
+}
+
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_security::TlsSettings;
+
+    fn args(out: &Path, nodes: &[&str], agents: &[&str], clients: &[&str]) -> CertsArgs {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        CertsArgs {
+            out: out.to_owned(),
+            nodes: owned(nodes),
+            agents: owned(agents),
+            clients: owned(clients),
+        }
+    }
+
+    #[test]
+    fn makes_loadable_credentials_for_every_party_and_keeps_them_on_a_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let a = args(
+            &out,
+            &["1=baton-1", "2=baton-2,10.0.0.2"],
+            &["gpu"],
+            &["ops"],
+        );
+        run(&a).unwrap();
+        let node2 = TlsSettings::load(TlsFiles::in_dir(&out, "node-2")).unwrap();
+        assert_eq!(node2.identity(), PeerIdentity::new(PeerRole::Node, "2"));
+        let agent_dir = out.join("agent-gpu");
+        let agent = TlsSettings::load(TlsFiles {
+            ca: agent_dir.join("ca.pem"),
+            cert: agent_dir.join("cert.pem"),
+            key: agent_dir.join("key.pem"),
+        })
+        .unwrap();
+        assert_eq!(agent.identity(), PeerIdentity::new(PeerRole::Agent, "gpu"));
+        let token = std::fs::read_to_string(out.join(BOOTSTRAP_TOKEN_FILE)).unwrap();
+        assert!(baton_security::token::parse(token.trim()).is_some());
+        use std::os::unix::fs::PermissionsExt;
+        for secret in [out.join(BOOTSTRAP_TOKEN_FILE), agent_dir.join("key.pem")] {
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", secret.display());
+        }
+
+        // A re-run keeps every file and adds only what is new.
+        let before = std::fs::read(out.join("node-1.pem")).unwrap();
+        let more = args(&out, &["1=baton-1", "3=baton-3"], &[], &[]);
+        let said = run(&more).unwrap();
+        assert!(
+            said.contains("node 3") && !said.contains("node 1"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read(out.join("node-1.pem")).unwrap(), before);
+        assert_eq!(
+            std::fs::read_to_string(out.join(BOOTSTRAP_TOKEN_FILE)).unwrap(),
+            token
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for (node, says) in [
+            ("baton-1", "ID=HOST"),
+            ("0=baton-1", "not a node id"),
+            ("1=", "no host name"),
+            ("1=bad host", "not a host name"),
+        ] {
+            let err = run(&args(dir.path(), &[node], &[], &[])).unwrap_err();
+            assert!(
+                err.contains("--node") && err.contains(says),
+                "{node}: {err}"
+            );
+        }
+        let err = run(&args(dir.path(), &[], &["no/slash"], &[])).unwrap_err();
+        assert!(err.contains("--agent"), "{err}");
+        let err = run(&args(dir.path(), &[], &[], &[])).unwrap_err();
+        assert!(err.contains("nothing to make"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Transport security and authorization of the node (see docs/SECURITY.md):
+//!
+//! - mutual TLS on the one gRPC port, from `baton_security` (certificates reload from disk);
+//! - [`auth`]: the tower layer that checks, for every RPC, the caller's certificate role and
+//!   bearer token against the method table;
+//! - [`tokens`]: the AdminService token RPCs and the bootstrap admin token.
+//!
+//! `--insecure` turns all of it off (plaintext, no tokens); nothing else does.
+
+pub mod auth;
+pub mod tokens;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use baton_security::server::PeerInfo;
+use baton_security::{TOKEN_METADATA_KEY, TlsFiles, TlsSettings};
+
+use crate::storage::Replica;
+
+/// The id of the bearer token a call was authorized with: set when the call came over TLS
+/// (where [`auth`] checked the token) and carried one. Long-lived streams (agent sessions,
+/// watches) keep it and end themselves once the token is revoked, rather than outlive it.
+pub fn authorized_token_id<T>(request: &tonic::Request<T>) -> Option<String> {
+    request.extensions().get::<PeerInfo>()?;
+    let value = request.metadata().get(TOKEN_METADATA_KEY)?.to_str().ok()?;
+    baton_security::token::from_bearer(value).map(|token| token.id)
+}
+
+/// Whether the token with this id is live in this node's applied state (not revoked).
+pub fn token_live(replica: &Replica, id: &str) -> bool {
+    replica.read(|applied| applied.state.live_token(id).is_some())
+}
+
+/// How the node protects its port, resolved from the flags.
+#[derive(Clone, Debug)]
+pub enum SecurityConfig {
+    /// `--insecure`: plaintext, no authentication. For tests and trusted networks only.
+    Insecure,
+    Secure {
+        tls: TlsFiles,
+        /// A file holding the first admin token (`baton_ID_SECRET`), recorded by the first
+        /// leader when the cluster has no token yet.
+        bootstrap_token_file: Option<PathBuf>,
+    },
+}
+
+/// The loaded form of [`SecurityConfig`].
+#[derive(Clone, Debug)]
+pub enum Security {
+    Insecure,
+    Secure {
+        tls: Arc<TlsSettings>,
+        bootstrap_token: Option<baton_security::token::PresentedToken>,
+    },
+}
+
+impl Security {
+    /// Loads the TLS files and the bootstrap token; errors name the file.
+    pub fn load(config: &SecurityConfig) -> Result<Security, String> {
+        match config {
+            SecurityConfig::Insecure => Ok(Security::Insecure),
+            SecurityConfig::Secure {
+                tls,
+                bootstrap_token_file,
+            } => {
+                let tls = TlsSettings::load(tls.clone()).map_err(|e| e.to_string())?;
+                let bootstrap_token = bootstrap_token_file
+                    .as_ref()
+                    .map(|path| {
+                        let text = std::fs::read_to_string(path).map_err(|e| {
+                            format!("--bootstrap-token-file {}: {e}", path.display())
+                        })?;
+                        warn_if_others_can_read(path);
+                        baton_security::token::parse(&text).ok_or_else(|| {
+                            format!(
+                                "--bootstrap-token-file {}: not a Baton token (baton_ID_SECRET)",
+                                path.display()
+                            )
+                        })
+                    })
+                    .transpose()?;
+                Ok(Security::Secure {
+                    tls,
+                    bootstrap_token,
+                })
+            }
+        }
+    }
+
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Security::Secure { .. })
+    }
+
+    pub fn tls(&self) -> Option<&Arc<TlsSettings>> {
+        match self {
+            Security::Insecure => None,
+            Security::Secure { tls, .. } => Some(tls),
+        }
+    }
+}
+
+/// The bootstrap token is an admin credential: say so when its file is open to group or others
+/// (a Kubernetes Secret mounted without `defaultMode: 0400`, say). A warning, not a refusal: the
+/// operator may have reasons (a dedicated group), and the token should be revoked soon anyway.
+fn warn_if_others_can_read(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "--bootstrap-token-file is readable by others than its owner; it holds an admin token (chmod 600, and revoke the bootstrap token once real admin tokens exist)"
+        );
+    }
+}

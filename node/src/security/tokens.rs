@@ -1,0 +1,121 @@
+//! Token management: the AdminService token RPCs (admin role; the method table in `auth.rs`
+//! enforces it) and the bootstrap admin token. Every change goes through the Raft log.
+
+use std::sync::Arc;
+
+use baton_proto::v1 as pb;
+use baton_security::TokenRole;
+use baton_security::identity::valid_name;
+use baton_security::token::{self, PresentedToken};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use tonic::Status;
+
+use crate::api::node_error;
+use crate::raft::RaftNode;
+use crate::state::{Command, CreateTokenCommand, Response};
+
+pub async fn create(
+    node: &RaftNode,
+    req: pb::CreateTokenRequest,
+) -> Result<pb::CreateTokenResponse, Status> {
+    if !valid_name(&req.name) {
+        return Err(Status::invalid_argument(
+            "name: must be 1-128 of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    let role = TokenRole::parse(&req.role).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "role: {:?} is not one of admin, operator, submitter, reader, agent",
+            req.role
+        ))
+    })?;
+    let new = token::generate()
+        .map_err(|e| Status::internal(format!("no randomness for a token: {e}")))?;
+    let command = Command::CreateToken(CreateTokenCommand {
+        id: new.id.clone(),
+        name: req.name,
+        role,
+        digest: new.digest.to_vec(),
+        bootstrap: false,
+    });
+    match node.propose(command).await.map_err(node_error)?.response {
+        Response::TokenCreated => Ok(pb::CreateTokenResponse {
+            id: new.id,
+            token: new.text,
+        }),
+        Response::Rejected { reason } => Err(Status::failed_precondition(reason)),
+        other => Err(Status::internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+pub async fn list(node: &RaftNode) -> Result<pb::ListTokensResponse, Status> {
+    node.linearize().await.map_err(node_error)?;
+    let tokens = node.replica.read(|a| {
+        a.state
+            .tokens()
+            .map(|t| pb::TokenInfo {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                role: t.role.to_string(),
+                created_ms: t.created_ms,
+                revoked_ms: t.revoked_ms.unwrap_or(0),
+            })
+            .collect()
+    });
+    Ok(pb::ListTokensResponse { tokens })
+}
+
+pub async fn revoke(
+    node: &RaftNode,
+    req: pb::RevokeTokenRequest,
+) -> Result<pb::RevokeTokenResponse, Status> {
+    if req.id.is_empty() {
+        return Err(Status::invalid_argument(
+            "id: required (see `baton token list`)",
+        ));
+    }
+    match node
+        .propose(Command::RevokeToken { id: req.id })
+        .await
+        .map_err(node_error)?
+        .response
+    {
+        Response::TokenRevoked { was_live } => Ok(pb::RevokeTokenResponse { was_live }),
+        Response::Rejected { reason } => Err(Status::not_found(reason)),
+        other => Err(Status::internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+/// While this node leads a cluster that has no token yet, records `bootstrap` as the first
+/// admin token. Every node may be given the same file: whichever leads first records it, and
+/// the state machine refuses a bootstrap token once any token exists, so a later leader (or a
+/// restart with the file still configured) changes nothing, and a revoked bootstrap token stays
+/// revoked.
+pub async fn bootstrap_when_leader(node: Arc<RaftNode>, bootstrap: PresentedToken) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if node.replica.read(|a| a.state.has_tokens()) {
+            return;
+        }
+        if metrics.borrow_watched().state == ServerState::Leader {
+            let command = Command::CreateToken(CreateTokenCommand {
+                id: bootstrap.id.clone(),
+                name: "bootstrap".into(),
+                role: TokenRole::Admin,
+                digest: bootstrap.digest.to_vec(),
+                bootstrap: true,
+            });
+            match node.propose_local(command).await {
+                Ok(_) => {
+                    tracing::info!(id = %bootstrap.id, "bootstrap admin token recorded");
+                    return;
+                }
+                Err(err) => tracing::debug!(error = %err, "bootstrap token not recorded yet"),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
