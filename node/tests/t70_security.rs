@@ -44,6 +44,12 @@ async fn start() -> Secure {
     let admin = baton_security::token::generate().unwrap();
     let token_file = pki.path().join("bootstrap-token");
     std::fs::write(&token_file, &admin.text).unwrap();
+    // An admin credential: owner-only, as batond asks of it.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let dir = pki.path().to_owned();
     let cluster = TestCluster::start_with(3, test_timing(), move |id| SecurityConfig::Secure {
         tls: TlsFiles::in_dir(&dir, &format!("node-{id}")),
