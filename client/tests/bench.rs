@@ -91,6 +91,15 @@ fn fan_out_counts_every_step() {
 }
 
 #[test]
+fn a_secured_cluster_runs_the_same_load() {
+    let (report, stderr) = bench(&["--count", "20", "--clients", "4", "--tls"]);
+    assert!(stderr.contains("mTLS+tokens"), "{stderr}");
+    assert_eq!(report["accepted"], 20, "{report}\n{stderr}");
+    assert_eq!(report["submit_errors"], 0);
+    assert_eq!(report["workflows_succeeded"], 20, "{report}\n{stderr}");
+}
+
+#[test]
 fn bad_arguments_fail_before_starting_anything() {
     let out = Command::new(BATON)
         .args(["bench", "--agents", "2"])

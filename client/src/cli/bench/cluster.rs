@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use baton_client::{Client, Endpoints};
+use baton_client::{Client, ClientConfig, CredentialSources, Credentials, Endpoints};
 use tokio::process::{Child, Command};
 
 const NODES: u64 = 3;
@@ -22,12 +22,18 @@ pub struct LocalCluster {
     node_commands: Vec<(PathBuf, Vec<String>)>,
     agents: Vec<Child>,
     pub endpoints: Endpoints,
+    /// What clients of this cluster present: nothing (plaintext), or with `tls` the `bench`
+    /// client certificate and the bootstrap admin token.
+    pub credentials: Credentials,
     /// Kept until the end: dropping it removes the nodes' data and logs.
     data: tempfile::TempDir,
 }
 
 impl LocalCluster {
-    pub async fn start(agents: u32, agent_slots: u32) -> anyhow::Result<LocalCluster> {
+    /// With `tls`, the cluster is secured as in production (`batond certs` into the data
+    /// folder, mutual TLS, the bootstrap admin token, agents with an agent token), so a run
+    /// measures what TLS and token checks cost; otherwise plaintext (`--insecure`).
+    pub async fn start(agents: u32, agent_slots: u32, tls: bool) -> anyhow::Result<LocalCluster> {
         let baton = std::env::current_exe().context("finding the baton binary")?;
         let batond = baton.with_file_name("batond");
         if !batond.is_file() {
@@ -45,17 +51,61 @@ impl LocalCluster {
         let initial_cluster: Vec<String> =
             (1..=NODES).map(|i| format!("{i}={}", addr(i))).collect();
         let initial_cluster = initial_cluster.join(",");
+        let pki = data.path().join("pki");
+        let security_args: Vec<String> = if tls {
+            let mut certs = std::process::Command::new(&batond);
+            certs.arg("certs").arg("--out").arg(&pki);
+            for id in 1..=NODES {
+                certs.args(["--node", &format!("{id}=127.0.0.1")]);
+            }
+            let out = certs
+                .args(["--agent", "bench", "--client", "bench"])
+                .output()
+                .context("running batond certs")?;
+            if !out.status.success() {
+                bail!("batond certs: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let file = |name: &str| pki.join(name).display().to_string();
+            vec![
+                "--tls-ca".into(),
+                file("ca.pem"),
+                "--bootstrap-token-file".into(),
+                file("bootstrap-token"),
+            ]
+        } else {
+            vec!["--insecure".to_string()]
+        };
+        let credentials = if tls {
+            CredentialSources {
+                dir: Some(pki.join("client-bench")),
+                token_file: Some(pki.join("bootstrap-token")),
+                ..CredentialSources::default()
+            }
+            .load()?
+        } else {
+            Credentials::default()
+        };
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             node_commands: Vec::new(),
             agents: Vec::new(),
             endpoints: Endpoints::parse(&(1..=NODES).map(addr).collect::<Vec<_>>().join(","))?,
+            credentials,
             data,
         };
         for id in 1..=NODES {
-            // A throwaway loopback cluster measures the scheduler, not TLS: plaintext.
-            let node_args = vec![
-                "--insecure".to_string(),
+            let mut node_args = security_args.clone();
+            if tls {
+                for (flag, suffix) in [("--tls-cert", ""), ("--tls-key", "-key")] {
+                    node_args.push(flag.into());
+                    node_args.push(
+                        pki.join(format!("node-{id}{suffix}.pem"))
+                            .display()
+                            .to_string(),
+                    );
+                }
+            }
+            node_args.extend([
                 "--node-id".to_string(),
                 id.to_string(),
                 "--listen".to_string(),
@@ -69,20 +119,31 @@ impl LocalCluster {
                     .to_string(),
                 "--initial-cluster".to_string(),
                 initial_cluster.clone(),
-            ];
+            ]);
             cluster.node_commands.push((batond.clone(), node_args));
             let child = cluster.spawn_node(id)?;
             cluster.nodes.push((id, child));
         }
+        let agent_credentials = pki.join("agent-bench");
+        if tls {
+            // The agents' token, made with the admin token once a leader has recorded it.
+            let token = cluster.create_agent_token().await?;
+            std::fs::write(agent_credentials.join("token"), token)
+                .context("writing the agents' token")?;
+        }
         for i in 1..=agents {
             let log = log_file(cluster.data.path(), &format!("agent{i}.log"))?;
             let mut command = Command::new(&baton);
+            if tls {
+                command.arg("--credentials").arg(&agent_credentials);
+            }
             command.args([
                 "--endpoints",
                 &cluster.endpoints.to_string(),
                 "agent",
                 "--name",
-                &format!("bench-agent-{i}"),
+                // The `bench` certificate names a pool: its agents register as bench.N.
+                &format!("bench.agent-{i}"),
                 "--slots",
                 &agent_slots.to_string(),
             ]);
@@ -118,9 +179,35 @@ impl LocalCluster {
         Ok(())
     }
 
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::with_config(
+            self.endpoints.clone(),
+            ClientConfig {
+                credentials: self.credentials.clone(),
+                ..ClientConfig::default()
+            },
+        )?)
+    }
+
+    async fn create_agent_token(&mut self) -> anyhow::Result<String> {
+        let client = self.client()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            match client.create_token("bench-agents", "agent").await {
+                Ok(created) => return Ok(created.token),
+                Err(error) if Instant::now() > deadline => {
+                    bail!("creating the agents' token within {READY_TIMEOUT:?}: {error}")
+                }
+                // No leader yet, or the bootstrap token not recorded yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// Waits for a leader and for every agent to be connected, and for no child to have died.
     async fn wait_ready(&mut self, agents: u32) -> anyhow::Result<()> {
-        let client = Client::new(self.endpoints.clone())?;
+        let client = self.client()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             self.check_alive()?;

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub start_cluster: bool,
 
+    /// With --start-cluster: secure the cluster as in production (mutual TLS on every link,
+    /// bearer tokens checked on every call) instead of plaintext, to measure what that costs.
+    #[arg(long, requires = "start_cluster")]
+    pub tls: bool,
+
     /// Agents to start with --start-cluster [default: 2].
     #[arg(long, value_name = "N")]
     pub agents: Option<u32>,
@@ -133,6 +138,8 @@ pub struct Plan {
     pub drain_timeout: Duration,
     /// `(agents, slots each)` when the bench starts its own cluster.
     pub local_cluster: Option<(u32, u32)>,
+    /// The started cluster is secured (`--tls`).
+    pub tls: bool,
     /// With `--kill-leader`: how often.
     pub kill_every: Option<Duration>,
     /// With `--compare-etcd`: the etcd binary.
@@ -193,6 +200,7 @@ impl Plan {
             rate: args.rate,
             drain_timeout: args.drain_timeout,
             local_cluster,
+            tls: args.tls,
         })
     }
 }
@@ -201,7 +209,7 @@ impl Plan {
 /// Ctrl-C included.
 pub async fn run(
     endpoints: Endpoints,
-    config: ClientConfig,
+    mut config: ClientConfig,
     json: bool,
     args: BenchArgs,
 ) -> anyhow::Result<()> {
@@ -210,8 +218,12 @@ pub async fn run(
     let work = async {
         let (endpoints, pids) = match plan.local_cluster {
             Some((agents, slots)) => {
-                eprintln!("bench: starting 3 nodes and {agents} agents ({slots} slots each)");
-                let started = cluster.insert(LocalCluster::start(agents, slots).await?);
+                let security = if plan.tls { "mTLS+tokens" } else { "plaintext" };
+                eprintln!(
+                    "bench: starting 3 nodes and {agents} agents ({slots} slots each, {security})"
+                );
+                let started = cluster.insert(LocalCluster::start(agents, slots, plan.tls).await?);
+                config.credentials = started.credentials.clone();
                 let pids = Pids {
                     // Restarted nodes are new processes: no CPU figure spans the run.
                     nodes: if plan.kill_every.is_some() {
@@ -741,6 +753,7 @@ mod tests {
                 rate: Some(250.5),
                 drain_timeout: Duration::from_secs(5),
                 local_cluster: Some((3, 8)),
+                tls: false,
                 kill_every: None,
                 compare_etcd: None,
             }
