@@ -55,7 +55,12 @@ impl Pki {
         let files = ca.issue(dir, &PeerIdentity::new(PeerRole::Client, "chaos"))?;
         let admin = baton_security::token::generate()
             .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
-        std::fs::write(dir.join("bootstrap-token"), &admin.text)?;
+        let token_file = dir.join("bootstrap-token");
+        std::fs::write(&token_file, &admin.text)?;
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         Ok(Pki {
             dir: dir.to_path_buf(),
             ca,

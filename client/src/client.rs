@@ -562,6 +562,13 @@ pub(crate) fn channel(
             .connect_with_connector_lazy(baton_security::connector::TlsDialer::new(tls.clone())),
         None => builder.connect_lazy(),
     };
+    // A bearer token is a password: it never goes over plaintext, whoever built the config.
+    if config.credentials.tls.is_none() && config.credentials.token.is_some() {
+        return Err(ClientError::InvalidRequest(
+            "credentials: a token is sent only over TLS; give a CA, a certificate and a key too"
+                .into(),
+        ));
+    }
     let interceptor = TokenInterceptor::new(config.credentials.token.as_deref())?;
     Ok(Transport::new(channel, interceptor))
 }

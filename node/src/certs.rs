@@ -40,6 +40,16 @@ pub fn run(args: &CertsArgs) -> Result<String, String> {
         (PeerRole::Client, &args.clients),
     ] {
         for name in names {
+            if role == PeerRole::Agent && name.contains('.') {
+                return Err(format!(
+                    "--agent {name}: no dots in an agent certificate's name (it may register as NAME.anything, so a dot would overlap another certificate's agents)"
+                ));
+            }
+            if name.ends_with("-key") {
+                return Err(format!(
+                    "--{role} {name}: a name may not end in -key (its files would collide with another party's key)"
+                ));
+            }
             let identity = PeerIdentity::new(role, name.clone());
             let flag = format!("--{role}");
             if issue_unless_there(&ca, out, &identity, &[])? {
@@ -203,5 +213,12 @@ mod tests {
         assert!(err.contains("--agent"), "{err}");
         let err = run(&args(dir.path(), &[], &[], &[])).unwrap_err();
         assert!(err.contains("nothing to make"), "{err}");
+        let err = run(&args(dir.path(), &[], &["pool.a"], &[])).unwrap_err();
+        assert!(
+            err.contains("--agent pool.a") && err.contains("dots"),
+            "{err}"
+        );
+        let err = run(&args(dir.path(), &[], &[], &["x-key"])).unwrap_err();
+        assert!(err.contains("--client x-key"), "{err}");
     }
 }

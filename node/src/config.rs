@@ -189,6 +189,15 @@ pub struct NodeArgs {
     pub bootstrap_token_file: Option<PathBuf>,
 }
 
+/// An optional `IP:PORT` setting; the error names the flag.
+fn optional_addr(flag: &str, text: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    text.map(|text| {
+        text.parse()
+            .map_err(|_| format!("{flag}: {text:?} is not IP:PORT"))
+    })
+    .transpose()
+}
+
 /// A validated node configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -271,22 +280,8 @@ impl NodeArgs {
                 ids.join(", ")
             ));
         }
-        let metrics_listen = self
-            .metrics_listen
-            .as_ref()
-            .map(|text| {
-                text.parse()
-                    .map_err(|_| format!("--metrics-listen: {text:?} is not IP:PORT"))
-            })
-            .transpose()?;
-        let health_listen = self
-            .health_listen
-            .as_ref()
-            .map(|text| {
-                text.parse()
-                    .map_err(|_| format!("--health-listen: {text:?} is not IP:PORT"))
-            })
-            .transpose()?;
+        let metrics_listen = optional_addr("--metrics-listen", self.metrics_listen.as_deref())?;
+        let health_listen = optional_addr("--health-listen", self.health_listen.as_deref())?;
         let defaults = RaftTiming::default();
         let timing = RaftTiming {
             heartbeat_ms: self.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),

@@ -38,8 +38,8 @@ pub struct Server {
     scheduler_task: JoinHandle<()>,
     health: Arc<crate::health::Health>,
     health_task: JoinHandle<()>,
-    /// The plaintext health-only server (`--health-listen`), if any.
-    health_only_task: Option<JoinHandle<()>>,
+    /// The plaintext health-only server (`--health-listen`), if any, and its stop signal.
+    health_only: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Server {
@@ -54,6 +54,15 @@ impl Server {
                 .map_err(|e| format!("--listen {}: {e}", config.listen))?,
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Bound before Raft starts, so a taken port fails the start with nothing to undo.
+        let health_listener = match config.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("--health-listen {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         let security = Security::load(&config.security)?;
         let node = Arc::new(
             RaftNode::start(
@@ -68,17 +77,9 @@ impl Server {
         let sessions = Arc::new(Sessions::default());
         let (health, health_service, health_task) =
             crate::health::Health::start(node.clone()).await;
-        let health_listener = match config.health_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("--health-listen {addr}: {e}"))?,
-            ),
-            None => None,
-        };
         // Probes that cannot do mutual TLS (Kubernetes gRPC probes) ask here: the health
         // service alone, plaintext, no authentication. It reveals only SERVING/NOT_SERVING.
-        let health_only_task = health_listener.map(|listener| {
+        let health_only = health_listener.map(|listener| {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let router = tonic::transport::Server::builder()
@@ -86,11 +87,16 @@ impl Server {
                 .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
                 .http2_max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX)
                 .add_service(health_service.clone());
-            tokio::spawn(async move {
-                if let Err(err) = router.serve_with_incoming(incoming).await {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                if let Err(err) = router.serve_with_incoming_shutdown(incoming, stopped).await {
                     tracing::error!(error = %err, "health listener failed");
                 }
-            })
+            });
+            (stop, task)
         });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
@@ -194,7 +200,7 @@ impl Server {
             scheduler_task,
             health,
             health_task,
-            health_only_task,
+            health_only,
         })
     }
 
@@ -256,8 +262,15 @@ impl Server {
     /// Stops serving and shuts Raft down; the data stays on disk.
     pub async fn shutdown(mut self) {
         self.health_task.abort();
-        if let Some(task) = &self.health_only_task {
-            task.abort();
+        if let Some((stop, mut task)) = self.health_only.take() {
+            let _ = stop.send(());
+            // A probe's Watch stream never ends by itself: give the rest a moment, then drop it.
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         self.cluster_id_task.abort();
         if let Some(task) = &self.bootstrap_token_task {

@@ -109,7 +109,7 @@ async fn roles_tokens_and_certificates_are_enforced() {
     tracing::info!(
         "--- no certificate: the TLS handshake fails; a certificate but no token: unauthenticated"
     );
-    let plaintext = secure.client(&[1], false, Some(&secure.admin_token));
+    let plaintext = secure.client(&[1], false, None);
     let err = plaintext.list_tokens().await.unwrap_err();
     assert_ne!(err.code(), Some(Code::Ok), "{err}");
     let no_token = secure.client(&[1], true, None);

@@ -98,12 +98,15 @@ async fn require_leader(node: &RaftNode) -> Result<(), Status> {
 type SessionStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
 
 /// Whether an agent whose certificate names `certified` may register as `name`: the name
-/// itself, or a member `certified.SUFFIX` of the pool it names.
+/// itself, or a member `certified.SUFFIX` of the pool it names. A certificate name with a dot
+/// is refused outright: otherwise the certificate `gpu` could register as `gpu.a`, the name the
+/// certificate `gpu.a` owns (`batond certs` refuses such names too).
 pub fn agent_name_allowed(certified: &str, name: &str) -> bool {
-    name == certified
-        || name
-            .strip_prefix(certified)
-            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+    !certified.contains('.')
+        && (name == certified
+            || name
+                .strip_prefix(certified)
+                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')))
 }
 
 #[tonic::async_trait]
@@ -446,5 +449,7 @@ mod tests {
         assert!(!agent_name_allowed("gpu", "gpu-b"));
         assert!(!agent_name_allowed("gpu", "cpu"));
         assert!(!agent_name_allowed("gpu.a", "gpu"));
+        // A dotted certificate name would overlap another certificate's pool.
+        assert!(!agent_name_allowed("gpu.a", "gpu.a"));
     }
 }

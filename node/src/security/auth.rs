@@ -9,7 +9,8 @@
 //!
 //! Nodes call one another's Raft transport with their node certificate and no token. A call a
 //! follower forwards to the leader (AdminService) carries the original caller's token, which the
-//! leader checks again: a node certificate alone is no client credential.
+//! leader checks again. (A node certificate can still propose any command over the Raft
+//! transport: a node key is an admin credential; see docs/SECURITY.md.)
 
 use std::future::Future;
 use std::pin::Pin;

@@ -100,18 +100,18 @@ impl Security {
     }
 }
 
-/// The bootstrap token is an admin credential: say so when its file is open to group or others
-/// (a Kubernetes Secret mounted without `defaultMode: 0400`, say). A warning, not a refusal: the
-/// operator may have reasons (a dedicated group), and the token should be revoked soon anyway.
+/// The bootstrap token is an admin credential: say so when its file is readable by every user
+/// of the machine. Group access is left alone (a Kubernetes Secret reaches a non-root process
+/// only through `fsGroup`). A warning, not a refusal: the token should be revoked soon anyway.
 fn warn_if_others_can_read(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o007 != 0
     {
         tracing::warn!(
             file = %path.display(),
             mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "--bootstrap-token-file is readable by others than its owner; it holds an admin token (chmod 600, and revoke the bootstrap token once real admin tokens exist)"
+            "--bootstrap-token-file is readable by every user; it holds an admin token (chmod 600, and revoke the bootstrap token once real admin tokens exist)"
         );
     }
 }
