@@ -124,7 +124,9 @@ fn issue_unless_there(
     Ok(true)
 }
 
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a secret (a token) to a new file readable by its owner only; an existing file is an
+/// error, never overwritten.
+pub(crate) fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

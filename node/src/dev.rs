@@ -11,6 +11,7 @@ use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_security::devcerts;
 use baton_security::{PeerIdentity, PeerRole, TlsFiles, TlsSettings};
 
+use crate::certs::write_secret;
 use crate::config::DevArgs;
 
 const NODES: u64 = 3;
@@ -239,7 +240,8 @@ impl DevCredentials {
         if !admin_token.exists() {
             let token = baton_security::token::generate()
                 .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
-            write_secret(&admin_token, &token.text)?;
+            write_secret(&admin_token, &token.text)
+                .with_context(|| format!("writing {}", admin_token.display()))?;
         }
         Ok(creds)
     }
@@ -273,7 +275,10 @@ impl DevCredentials {
                 role: "agent".into(),
             };
             match client.create_token(request).await {
-                Ok(created) => return write_secret(&path, &created.into_inner().token),
+                Ok(created) => {
+                    return write_secret(&path, &created.into_inner().token)
+                        .with_context(|| format!("writing {}", path.display()));
+                }
                 Err(status) if std::time::Instant::now() < deadline => {
                     tracing::debug!(%status, "agent token not created yet");
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -282,18 +287,4 @@ impl DevCredentials {
             }
         }
     }
-}
-
-/// Writes a token readable by its owner only.
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(file, "{text}")?;
-    Ok(())
 }
