@@ -13,6 +13,7 @@ pub mod certs;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod dev;
+pub mod faults;
 pub mod fuzzing;
 #[cfg(feature = "server")]
 pub mod health;

@@ -69,6 +69,17 @@ async fn main() -> ExitCode {
         }
     };
     baton_node::init_tracing(config.log_format);
+    match baton_node::faults::chosen() {
+        Ok(None) => {}
+        Ok(Some(broken)) => tracing::warn!(
+            broken = broken.name(),
+            "FAULT INJECTION: this node is deliberately broken (chaos checker tests only)"
+        ),
+        Err(err) => {
+            eprintln!("batond: {err}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(addr) = config.metrics_listen
         && let Err(err) = baton_node::metrics::install(addr)
     {

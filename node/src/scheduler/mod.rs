@@ -283,6 +283,8 @@ async fn round(
                 );
             }
         }
+        // A no-op but in a broken build (faults::Broken::ExpireOffLog).
+        crate::faults::expiring_here(expired.iter().map(|a| a.0));
         node.propose(Command::ExpireLeases { attempts: expired })
             .await?;
         return Ok(());

@@ -92,6 +92,11 @@ pub struct ClusterState {
     /// Bearer tokens by id, revoked ones included (ids are never reused). See `tokens.rs`.
     #[serde(default, deserialize_with = "cautious::map")]
     tokens: OrdMap<String, tokens::TokenRecord>,
+    /// Broken builds only ([`crate::faults::Broken::UnfencedReports`]): the step of every attempt
+    /// ever assigned, so a stale report can be applied to it. Neither hashed nor snapshotted.
+    #[cfg(feature = "fault-injection")]
+    #[serde(skip)]
+    fault_attempt_steps: OrdMap<AttemptId, (WorkflowId, u32)>,
 }
 
 /// Decoding of imbl collections that does not trust the length the input declares. imbl's own

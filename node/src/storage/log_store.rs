@@ -25,6 +25,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
+use crate::faults::{self, Broken};
 use crate::metrics;
 use crate::raft::types::{Entry, IoFlushed, LogId, TypeConfig, Vote};
 
@@ -70,11 +71,35 @@ impl LogStore {
         // may have acknowledged.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
         opts.set_paranoid_checks(true);
+        let ack_before_sync = faults::active(Broken::AckBeforeSync);
+        if ack_before_sync {
+            // Broken build: appends wait in the in-process WAL buffer, flushed once a second.
+            opts.set_manual_wal_flush(true);
+        }
         let cfs =
             [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| format!("cannot open the raft log at {}: {e}", dir.display()))?;
-        Ok(Self::with_db(Arc::new(db), sync_wal))
+        let store = Self::with_db(Arc::new(db), sync_wal);
+        if ack_before_sync {
+            store.flush_late();
+        }
+        Ok(store)
+    }
+
+    /// Broken builds only ([`Broken::AckBeforeSync`]): the WAL reaches the disk once a second.
+    fn flush_late(&self) {
+        let db = Arc::downgrade(&self.db);
+        std::thread::Builder::new()
+            .name("raft-log-late-flusher".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    let Some(db) = db.upgrade() else { return };
+                    let _ = db.flush_wal(true);
+                }
+            })
+            .expect("spawn the late flusher thread");
     }
 
     /// `sync` is what makes appended entries durable; tests substitute a gated one to prove
@@ -277,6 +302,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let started = Instant::now();
         self.db.write(batch).map_err(io_err)?;
         metrics::storage_write(started.elapsed());
+        if faults::active(Broken::AckBeforeSync) {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
         self.flusher
             .queue
             .as_ref()

@@ -1,0 +1,157 @@
+//! Deliberately broken behaviours, for proving the chaos checker (docs/CHAOS.md, "Broken
+//! builds"). They are compiled in only with the `fault-injection` feature and chosen when the
+//! node starts, by `BATON_FAULT_INJECTION=<name>`. Without the feature [`active`] is a constant
+//! `false`, every broken branch folds away, and `batond` refuses to start if the variable is set
+//! (so a harness cannot believe it runs a broken build when it does not).
+
+/// The environment variable that names the broken behaviour.
+pub const ENV: &str = "BATON_FAULT_INJECTION";
+
+/// The bugs a broken build can carry, one at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// A report is applied to its step without checking its fencing token: a stale attempt's
+    /// result replaces the current attempt's (or overwrites the step's accepted result).
+    UnfencedReports,
+    /// A lease expiry takes effect on the leader that decided it and nowhere else, as if the
+    /// leader had expired the lease in its own memory instead of through the log.
+    ExpireOffLog,
+    /// Appended log entries are acknowledged at once and reach the disk up to a second later
+    /// (they wait in RocksDB's in-process WAL buffer), so a crash loses acknowledged entries.
+    AckBeforeSync,
+}
+
+impl Broken {
+    pub const ALL: [Broken; 3] = [
+        Broken::UnfencedReports,
+        Broken::ExpireOffLog,
+        Broken::AckBeforeSync,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Broken::UnfencedReports => "unfenced-reports",
+            Broken::ExpireOffLog => "expire-off-log",
+            Broken::AckBeforeSync => "ack-before-sync",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Broken, String> {
+        Broken::ALL
+            .into_iter()
+            .find(|b| b.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = Broken::ALL.iter().map(|b| b.name()).collect();
+                format!("{ENV}={text:?}: not one of {}", names.join(", "))
+            })
+    }
+}
+
+/// What the environment asks for, checked once at start: an error when the variable names no
+/// known behaviour, or when this build has no fault injection compiled in.
+pub fn chosen() -> Result<Option<Broken>, String> {
+    let Some(text) = std::env::var_os(ENV) else {
+        return Ok(None);
+    };
+    let text = text
+        .into_string()
+        .map_err(|_| format!("{ENV} is not UTF-8"))?;
+    let broken = Broken::parse(&text)?;
+    if cfg!(feature = "fault-injection") {
+        Ok(Some(broken))
+    } else {
+        Err(format!(
+            "{ENV}={text} is set, but this batond was built without the fault-injection feature"
+        ))
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+mod enabled {
+    use std::collections::BTreeSet;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::Broken;
+
+    static CHOSEN: OnceLock<Option<Broken>> = OnceLock::new();
+    static EXPIRED_HERE: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+    pub fn active(broken: Broken) -> bool {
+        *CHOSEN.get_or_init(|| super::chosen().ok().flatten()) == Some(broken)
+    }
+
+    pub fn expiring_here(attempts: impl IntoIterator<Item = u64>) {
+        EXPIRED_HERE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(attempts);
+    }
+
+    pub fn expired_here(attempt: u64) -> bool {
+        EXPIRED_HERE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&attempt)
+    }
+}
+
+/// Whether this node runs with `broken`. Always `false` without the `fault-injection` feature.
+#[inline]
+pub fn active(broken: Broken) -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        enabled::active(broken)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = broken;
+        false
+    }
+}
+
+/// [`Broken::ExpireOffLog`]: the leader notes the attempts whose expiry it decided...
+pub fn expiring_here(attempts: impl IntoIterator<Item = u64>) {
+    #[cfg(feature = "fault-injection")]
+    enabled::expiring_here(attempts);
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = attempts.into_iter();
+}
+
+/// ...and only that node applies those expiries.
+pub fn expired_here(attempt: u64) -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        enabled::expired_here(attempt)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = attempt;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for broken in Broken::ALL {
+            assert_eq!(Broken::parse(broken.name()), Ok(broken));
+        }
+        let err = Broken::parse("drop-everything").unwrap_err();
+        assert!(
+            err.contains("drop-everything") && err.contains("ack-before-sync"),
+            "{err}"
+        );
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[test]
+    fn a_build_without_the_feature_is_never_broken() {
+        for broken in Broken::ALL {
+            assert!(!active(broken));
+        }
+        assert!(!expired_here(1));
+    }
+}
