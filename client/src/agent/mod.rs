@@ -49,7 +49,7 @@ pub use handler::{Handler, StopReason, TaskContext, TaskContextParts, TaskError}
 pub use runtime::LEADER_METADATA_KEY;
 
 use crate::client::ClientConfig;
-use crate::endpoints::Endpoints;
+use crate::endpoints::{Endpoint, Endpoints};
 use handler::{DynHandler, Erased};
 
 /// Why an agent could not be built.
@@ -87,6 +87,9 @@ pub struct AgentConfig {
     /// An agent certificate (`spiffe://baton/agent/NAME`) and an `agent` token, unless the
     /// cluster runs `--insecure`.
     pub credentials: crate::tls::Credentials,
+    /// Member address -> address dialled instead, applied to the leader a follower names
+    /// (testing: the chaos suite puts a proxy between each agent and each node).
+    pub dial: HashMap<Endpoint, Endpoint>,
 }
 
 impl Default for AgentConfig {
@@ -102,6 +105,7 @@ impl Default for AgentConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             credentials: Default::default(),
+            dial: HashMap::new(),
         }
     }
 }
@@ -197,6 +201,12 @@ impl AgentBuilder {
     /// TLS and token for the cluster (see [`crate::tls`]).
     pub fn credentials(mut self, credentials: crate::tls::Credentials) -> Self {
         self.config.credentials = credentials;
+        self
+    }
+
+    /// Dial `to` wherever the cluster names member address `from` (see [`AgentConfig::dial`]).
+    pub fn dial(mut self, dial: impl IntoIterator<Item = (Endpoint, Endpoint)>) -> Self {
+        self.config.dial.extend(dial);
         self
     }
 

@@ -120,8 +120,8 @@ impl Targets {
         }
     }
 
-    fn redirect(&mut self, leader: Endpoint) {
-        self.leader = Some(leader);
+    fn redirect(&mut self, leader: Endpoint, dial: &HashMap<Endpoint, Endpoint>) {
+        self.leader = Some(dial.get(&leader).cloned().unwrap_or(leader));
     }
 
     /// The current target failed: a named leader is forgotten (back to the list where we left
@@ -214,7 +214,7 @@ impl Runtime {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Redirect(leader) => {
                     info!(agent = %self.config.name, from = %endpoint, leader = %leader, "redirected to the leader");
-                    self.targets.redirect(leader);
+                    self.targets.redirect(leader, &self.config.dial);
                 }
                 SessionEnd::Lost(reason) => {
                     metrics::session_failed();
@@ -774,5 +774,32 @@ pub(crate) async fn run_attempt(
         result: result.bounded(),
         started_at_ms,
         finished_at_ms: now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(text: &str) -> Endpoint {
+        Endpoint::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_named_leader_is_dialled_where_the_dial_map_says() {
+        let mut targets = Targets {
+            endpoints: Endpoints::parse("127.0.0.1:9001,127.0.0.1:9002").unwrap(),
+            next: 0,
+            leader: None,
+        };
+        let dial = HashMap::from([(endpoint("127.0.0.1:7002"), endpoint("127.0.0.1:9002"))]);
+        targets.redirect(endpoint("127.0.0.1:7002"), &dial);
+        assert_eq!(targets.current(), endpoint("127.0.0.1:9002"));
+        // An address the map does not know is dialled as named.
+        targets.redirect(endpoint("127.0.0.1:7003"), &dial);
+        assert_eq!(targets.current(), endpoint("127.0.0.1:7003"));
+        // A failed leader is forgotten: back to the list.
+        targets.failed();
+        assert_eq!(targets.current(), endpoint("127.0.0.1:9001"));
     }
 }

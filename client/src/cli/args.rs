@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_client::proto::WorkflowState;
-use baton_client::{ENDPOINTS_ENV, Endpoints};
+use baton_client::{ENDPOINTS_ENV, Endpoint, Endpoints};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -181,6 +181,11 @@ pub struct AgentArgs {
     /// Serve this agent's Prometheus metrics on this address (`/metrics`), e.g. 0.0.0.0:9200.
     #[arg(long, env = "BATON_AGENT_METRICS_LISTEN", value_name = "IP:PORT", value_parser = parse_socket_addr)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Dial other addresses than the members' own when a node names the leader,
+    /// MEMBER_ADDR=DIAL_ADDR,... (testing: the chaos suite puts a proxy on every agent link).
+    #[arg(long, env = "BATON_AGENT_DIAL", value_delimiter = ',', value_parser = parse_dial, value_name = "MEMBER=DIAL,...")]
+    pub dial: Vec<(Endpoint, Endpoint)>,
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +294,15 @@ fn parse_state(text: &str) -> Result<WorkflowState, String> {
     })
 }
 
+fn parse_dial(text: &str) -> Result<(Endpoint, Endpoint), String> {
+    let (member, dial) = text
+        .split_once('=')
+        .ok_or_else(|| format!("dial {text:?} must be MEMBER_ADDR=DIAL_ADDR"))?;
+    let parse =
+        |addr: &str| Endpoint::parse(addr.trim()).map_err(|e| format!("dial {text:?}: {e}"));
+    Ok((parse(member)?, parse(dial)?))
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
@@ -337,6 +351,35 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn agent_dial_pairs_parse_and_bad_ones_name_the_pair() {
+        let cli = parse(&[
+            "agent",
+            "--name",
+            "a1",
+            "--dial",
+            "127.0.0.1:7001=127.0.0.1:9001, 127.0.0.1:7002=127.0.0.1:9002",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent command")
+        };
+        let pairs: Vec<(String, String)> = args
+            .dial
+            .iter()
+            .map(|(from, to)| (from.to_string(), to.to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("127.0.0.1:7001".into(), "127.0.0.1:9001".into()),
+                ("127.0.0.1:7002".into(), "127.0.0.1:9002".into())
+            ]
+        );
+        let err = parse(&["agent", "--name", "a1", "--dial", "127.0.0.1:7001"]).unwrap_err();
+        assert!(err.to_string().contains("MEMBER_ADDR=DIAL_ADDR"), "{err}");
     }
 
     #[test]

@@ -297,6 +297,7 @@ async fn agent(
         .slots(args.slots)
         .cpu_millis(args.cpu_millis)
         .memory_mb(args.memory_mb)
+        .dial(args.dial)
         .build()
         .map_err(|error| match error {
             baton_client::agent::AgentError::InvalidConfig(_) => Failure::usage(error.to_string()),
