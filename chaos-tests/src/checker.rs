@@ -65,6 +65,8 @@ pub struct Evidence {
     pub workflows: Vec<FinalWorkflow>,
     /// Statuses after the liveness phase; empty when the check is skipped.
     pub replicas: Vec<ReplicaStatus>,
+    /// How many replicas should have answered (the cluster's size); a silent one is a failure.
+    pub replicas_expected: usize,
     pub slots_per_agent: usize,
     /// (agent, from_ms, to_ms): the agent was SIGSTOPped. Its steps kept running and it could
     /// not fence them, so an overlap with its executions is the zombie case fencing tokens exist
@@ -301,6 +303,17 @@ pub fn check(evidence: &Evidence) -> Verdict {
             );
         }
     }
+    if evidence.replicas.len() < evidence.replicas_expected {
+        let answered: Vec<u64> = evidence.replicas.iter().map(|r| r.node_id).collect();
+        fail(
+            INVARIANTS[7],
+            format!(
+                "only nodes {answered:?} of {} reported their state after the faults healed",
+                evidence.replicas_expected
+            ),
+            &mut verdict,
+        );
+    }
     if let Some(first) = evidence.replicas.first() {
         for replica in &evidence.replicas[1..] {
             if (replica.applied_index, &replica.state_hash)
@@ -428,6 +441,7 @@ mod tests {
                     state_hash: "abc".into(),
                 })
                 .collect(),
+            replicas_expected: 3,
             slots_per_agent: 1,
             zombie_windows: Vec::new(),
         }
@@ -516,6 +530,13 @@ mod tests {
         evidence.journal[2].end_ms = Some(160);
         evidence.workflows[0].steps[1].depends_on.clear();
         assert_eq!(violated(&evidence), vec![INVARIANTS[6]]);
+    }
+
+    #[test]
+    fn catches_a_replica_that_never_came_back() {
+        let mut evidence = clean();
+        evidence.replicas.pop();
+        assert_eq!(violated(&evidence), vec![INVARIANTS[7]]);
     }
 
     #[test]

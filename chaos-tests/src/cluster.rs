@@ -1,5 +1,6 @@
 //! The supervised cluster: `batond` nodes whose every directed link (node i -> node j) runs
-//! through its own proxy (`--peer-dial`), a proxy per node for the harness's client, and agents.
+//! through its own proxy (`--peer-dial`), a proxy per node for the harness's client, and agents
+//! that reach each node through a proxy of their own (`baton agent --dial`).
 //!
 //! Secured as in production unless `--insecure`: a CA of the run's own, mutual TLS on every link
 //! (the proxies pass TLS through untouched), the harness's clients with an admin token recorded
@@ -21,19 +22,32 @@ use crate::proxy::{Mode, Proxy};
 
 pub const SLOTS_PER_AGENT: usize = 2;
 
+/// Node ids beyond the founding members, each with an address, certificate and proxies made at
+/// the start, for nodes added during the run (membership change under load).
+pub const SPARE_NODES: u64 = 4;
+
 pub struct Cluster {
     pub dir: PathBuf,
     bin: PathBuf,
+    /// The current members (founding ones, minus the removed, plus the added).
     pub node_addrs: BTreeMap<u64, SocketAddr>,
+    /// Every address a node of this run may have, the spare ones included.
+    all_addrs: BTreeMap<u64, SocketAddr>,
+    founding: u64,
     pub nodes: BTreeMap<u64, Proc>,
-    /// (from, to) -> the proxy `from` dials to reach `to`.
+    /// (from, to) -> the proxy `from` dials to reach `to` (spare nodes included).
     pub links: BTreeMap<(u64, u64), Proxy>,
     /// node -> the proxy the harness's workload client dials.
     pub client_links: BTreeMap<u64, Proxy>,
+    /// (agent, node) -> the proxy that agent dials to reach that node (`baton agent --dial`
+    /// maps the leader a follower names onto it too).
+    pub agent_links: BTreeMap<(String, u64), Proxy>,
     pub agents: BTreeMap<String, Proc>,
     pub journal: PathBuf,
     /// `None`: `--insecure` everywhere.
     pki: Option<Pki>,
+    /// `BATON_FAULT_INJECTION` for every node: a deliberately broken build.
+    broken: Option<&'static str>,
 }
 
 /// The run's credentials.
@@ -91,12 +105,14 @@ impl Cluster {
         dir: &Path,
         nodes: u64,
         secure: bool,
+        broken: Option<&'static str>,
     ) -> anyhow::Result<Cluster> {
         let pki = secure
-            .then(|| Pki::create(&dir.join("pki"), nodes))
+            .then(|| Pki::create(&dir.join("pki"), nodes + SPARE_NODES))
             .transpose()?;
-        let ports = free_ports(nodes as usize)?;
-        let node_addrs: BTreeMap<u64, SocketAddr> = (1..=nodes)
+        let all = nodes + SPARE_NODES;
+        let ports = free_ports(all as usize)?;
+        let all_addrs: BTreeMap<u64, SocketAddr> = (1..=all)
             .map(|id| {
                 (
                     id,
@@ -106,24 +122,29 @@ impl Cluster {
             .collect();
         let mut links = BTreeMap::new();
         let mut client_links = BTreeMap::new();
-        for (&to, &addr) in &node_addrs {
-            for from in 1..=nodes {
+        for (&to, &addr) in &all_addrs {
+            for from in 1..=all {
                 if from != to {
                     links.insert((from, to), Proxy::start(addr).await?);
                 }
             }
             client_links.insert(to, Proxy::start(addr).await?);
         }
+        let node_addrs = all_addrs.range(1..=nodes).map(|(i, a)| (*i, *a)).collect();
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
             node_addrs,
+            all_addrs,
+            founding: nodes,
             nodes: BTreeMap::new(),
             links,
             client_links,
+            agent_links: BTreeMap::new(),
             agents: BTreeMap::new(),
             journal: dir.join("journal"),
             pki,
+            broken,
         };
         for id in 1..=nodes {
             cluster.start_node(id)?;
@@ -131,20 +152,24 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts (or restarts, on the same data) node `id`.
+    /// Starts (or restarts, on the same data) node `id`. A founding member gets
+    /// `--initial-cluster`; a spare starts empty, to be added by [`Cluster::replace_node`].
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
         let initial: Vec<String> = self
-            .node_addrs
-            .iter()
+            .all_addrs
+            .range(1..=self.founding)
             .map(|(i, a)| format!("{i}={a}"))
             .collect();
         let dial: Vec<String> = self
             .links
             .iter()
             .filter(|((from, _), _)| *from == id)
-            .map(|((_, to), proxy)| format!("{}={}", self.node_addrs[to], proxy.addr))
+            .map(|((_, to), proxy)| format!("{}={}", self.all_addrs[to], proxy.addr))
             .collect();
         let mut command = Command::new(self.bin.join("batond"));
+        if id <= self.founding {
+            command.args(["--initial-cluster", &initial.join(",")]);
+        }
         match &self.pki {
             None => {
                 command.arg("--insecure");
@@ -164,10 +189,9 @@ impl Cluster {
         }
         command
             .args(["--node-id", &id.to_string()])
-            .args(["--listen", &self.node_addrs[&id].to_string()])
+            .args(["--listen", &self.all_addrs[&id].to_string()])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node{id}")))
-            .args(["--initial-cluster", &initial.join(",")])
             .args(["--peer-dial", &dial.join(",")])
             .args(["--heartbeat-ms", "50"])
             .args(["--election-timeout-min-ms", "300"])
@@ -176,6 +200,9 @@ impl Cluster {
             .args(["--snapshot-every-entries", "500"])
             .args(["--log-kept-behind-snapshot", "20"])
             .env("RUST_LOG", "info");
+        if let Some(broken) = self.broken {
+            command.env("BATON_FAULT_INJECTION", broken);
+        }
         let proc = Proc::spawn(command, &self.dir.join(format!("node{id}.log")))?;
         self.nodes.insert(id, proc);
         Ok(())
@@ -209,8 +236,22 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
-        let endpoints: Vec<String> = self.node_addrs.values().map(|a| a.to_string()).collect();
+    /// Starts (or restarts) agent `name`, which reaches every node through a proxy of its own.
+    pub async fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut endpoints = Vec::new();
+        let mut dial = Vec::new();
+        for (&id, &addr) in &self.all_addrs {
+            let key = (name.to_owned(), id);
+            if !self.agent_links.contains_key(&key) {
+                self.agent_links
+                    .insert(key.clone(), Proxy::start(addr).await?);
+            }
+            let proxy = self.agent_links[&key].addr;
+            if self.node_addrs.contains_key(&id) {
+                endpoints.push(proxy.to_string());
+            }
+            dial.push(format!("{addr}={proxy}"));
+        }
         let mut command = Command::new(self.bin.join("baton"));
         if let Some(pki) = &self.pki {
             // A certificate naming this agent (it may register under no other name), and the
@@ -231,6 +272,7 @@ impl Cluster {
         command
             .args(["agent", "--name", name])
             .args(["--slots", &SLOTS_PER_AGENT.to_string()])
+            .args(["--dial", &dial.join(",")])
             .env("BATON_ENDPOINTS", endpoints.join(","))
             .env("CHAOS_AGENT", name)
             .env("CHAOS_JOURNAL", &self.journal)
@@ -288,6 +330,66 @@ impl Cluster {
             .map_or_else(Credentials::default, |pki| pki.client.clone())
     }
 
+    /// Membership change under load: starts the next spare node, adds it (learner, caught up,
+    /// then voter), removes `victim` and stops it for good. Returns the new node's id, or `None`
+    /// when the spares are used up.
+    pub async fn replace_node(&mut self, victim: u64) -> anyhow::Result<Option<u64>> {
+        let Some(new) = self
+            .all_addrs
+            .keys()
+            .copied()
+            .find(|id| *id > self.founding && !self.dir.join(format!("node{id}")).exists())
+        else {
+            return Ok(None);
+        };
+        self.start_node(new)?;
+        self.node_addrs.insert(new, self.all_addrs[&new]);
+        let admin = self.admin_client()?;
+        admin
+            .add_member(new, self.all_addrs[&new].to_string())
+            .await
+            .map_err(|e| anyhow::anyhow!("adding node {new}: {e}"))?;
+        admin
+            .remove_member(victim)
+            .await
+            .map_err(|e| anyhow::anyhow!("removing node {victim}: {e}"))?;
+        if let Some(mut proc) = self.nodes.remove(&victim) {
+            proc.kill();
+        }
+        self.node_addrs.remove(&victim);
+        Ok(Some(new))
+    }
+
+    /// A client straight to the current members, patient enough for a membership change (a
+    /// learner catching up before it is promoted).
+    fn admin_client(&self) -> anyhow::Result<Client> {
+        let endpoints = self
+            .node_addrs
+            .values()
+            .map(|a| Endpoint::parse(&a.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client::with_config(
+            Endpoints::new(endpoints)?,
+            ClientConfig {
+                call_timeout: Duration::from_secs(20),
+                connect_timeout: Duration::from_millis(500),
+                attempts_max: 6,
+                retry_budget: Duration::from_secs(30),
+                credentials: self.credentials(),
+                ..ClientConfig::default()
+            },
+        )?)
+    }
+
+    /// The links between current members (what a link fault may pick).
+    pub fn member_links(&self) -> Vec<(u64, u64)> {
+        self.links
+            .keys()
+            .copied()
+            .filter(|(from, to)| self.nodes.contains_key(from) && self.nodes.contains_key(to))
+            .collect()
+    }
+
     /// A live node that says it leads, if any (asked directly).
     pub async fn leader(&self) -> Option<u64> {
         self.leader_other_than(None).await
@@ -333,8 +435,27 @@ impl Cluster {
         self.client_links[&node].set(mode);
     }
 
+    /// Every link between agent `name` and the nodes set to `mode`; with `uplink_only`, only
+    /// what the agent sends (heartbeats, reports) is affected.
+    pub fn set_agent_links(&self, name: &str, mode: Mode, uplink_only: bool) {
+        for ((agent, _), proxy) in &self.agent_links {
+            if agent == name {
+                if uplink_only {
+                    proxy.set_towards_target(mode);
+                } else {
+                    proxy.set(mode);
+                }
+            }
+        }
+    }
+
     pub fn heal_network(&self) {
-        for proxy in self.links.values().chain(self.client_links.values()) {
+        for proxy in self
+            .links
+            .values()
+            .chain(self.client_links.values())
+            .chain(self.agent_links.values())
+        {
             proxy.set(Mode::Pass);
         }
     }

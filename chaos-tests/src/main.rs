@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::run::RunOptions;
+use crate::schedule::Broken;
+
 #[derive(Parser, Debug)]
 #[command(about = "Baton's fault-injection suite")]
 struct Cli {
@@ -33,10 +36,22 @@ struct Cli {
     /// Keep the temporary folder (logs, journal) even when the run passes.
     #[arg(long)]
     keep: bool,
+    /// Print the seed's fault schedule (what a run would install, and when) and exit.
+    #[arg(long)]
+    print_schedule: bool,
     /// Run the cluster with `--insecure` (plaintext, no tokens) instead of mutual TLS and tokens.
     #[arg(long)]
     insecure: bool,
+    /// Test the checker: run these deliberately broken builds (needs a `batond` built with
+    /// `--features baton-node/fault-injection`, e.g. by `scripts/chaos-broken`), each under the
+    /// faults that expose it. Passes when the checker catches every one.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "profile")]
+    broken: Vec<Broken>,
 }
+
+/// The quick profile's seeds: between them, every kind of fault in `schedule::FAULTS` (see
+/// `--print-schedule`; a test keeps it so).
+const QUICK_SEEDS: [u64; 3] = [1, 10, 50];
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Profile {
@@ -57,10 +72,120 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// SIGINT or SIGTERM: the run is abandoned and its processes and folder cleaned up.
+async fn interrupted() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(_) = async { terminate.as_mut()?.recv().await } => {}
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.print_schedule {
+        let seed = cli.seed.unwrap_or(1);
+        let plan = schedule::plan(seed, cli.duration.as_millis() as u64);
+        println!("seed {seed}, {:?} of faults:", cli.duration);
+        for planned in plan {
+            println!(
+                "  +{:>6} ms  {:?} for {} ms (pick {})",
+                planned.at_ms, planned.fault, planned.hold_ms, planned.pick
+            );
+        }
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let security = if cli.insecure {
+        "insecure"
+    } else {
+        "mTLS+tokens"
+    };
+    let run = |options: RunOptions| {
+        runtime.block_on(async {
+            tokio::select! {
+                result = run::run(&options) => result,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            }
+        })
+    };
+    if !cli.broken.is_empty() {
+        let mut missed = Vec::new();
+        for broken in cli.broken {
+            println!(
+                "=== baton-chaos broken build {} duration {:?} nodes {} ({security})",
+                broken.env_value(),
+                cli.duration,
+                cli.nodes
+            );
+            let options = |inject| RunOptions {
+                seed: cli.seed.unwrap_or(1),
+                duration: cli.duration,
+                nodes: cli.nodes,
+                secure: !cli.insecure,
+                keep: cli.keep,
+                targeted: Some(broken),
+                inject,
+            };
+            // The control: the same schedule on the same binary, nothing injected, must pass, or
+            // a catch below would prove nothing.
+            println!("--- control run: the same faults, nothing injected");
+            match run(options(false)) {
+                Ok(violated) if violated.is_empty() => println!("--- control run: PASS"),
+                Ok(violated) => {
+                    println!(
+                        "=== broken build {}: CONTROL RUN FAILED {violated:?}",
+                        broken.env_value()
+                    );
+                    missed.push(broken.env_value());
+                    continue;
+                }
+                Err(error) => {
+                    println!(
+                        "=== broken build {}: CONTROL RUN ERROR {error:#}",
+                        broken.env_value()
+                    );
+                    missed.push(broken.env_value());
+                    continue;
+                }
+            }
+            println!(
+                "--- broken run: BATON_FAULT_INJECTION={}",
+                broken.env_value()
+            );
+            match run(options(true)) {
+                Ok(violated) if violated.iter().any(|v| broken.caught_by().contains(v)) => {
+                    println!(
+                        "=== broken build {}: CAUGHT by {violated:?}",
+                        broken.env_value()
+                    );
+                }
+                Ok(violated) => {
+                    println!(
+                        "=== broken build {}: NOT CAUGHT (expected one of {:?}, violated {violated:?})",
+                        broken.env_value(),
+                        broken.caught_by()
+                    );
+                    missed.push(broken.env_value());
+                }
+                Err(error) => {
+                    println!("=== broken build {}: ERROR {error:#}", broken.env_value());
+                    missed.push(broken.env_value());
+                }
+            }
+        }
+        if missed.is_empty() {
+            return Ok(());
+        }
+        eprintln!("broken builds the checker did not catch: {missed:?}");
+        std::process::exit(1);
+    }
     let runs: Vec<(u64, Duration, u64)> = match cli.profile {
-        Some(Profile::Quick) => [11, 22, 33]
+        Some(Profile::Quick) => QUICK_SEEDS
             .map(|seed| (seed, Duration::from_secs(25), 3))
             .to_vec(),
         Some(Profile::Soak) => (1..=20)
@@ -72,27 +197,21 @@ fn main() -> anyhow::Result<()> {
             cli.nodes,
         )],
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut failed = Vec::new();
     for (seed, duration, nodes) in runs {
-        let security = if cli.insecure {
-            "insecure"
-        } else {
-            "mTLS+tokens"
-        };
         println!("=== baton-chaos seed {seed} duration {duration:?} nodes {nodes} ({security})");
-        let passed = runtime.block_on(async {
-            tokio::select! {
-                result = run::run(seed, duration, nodes, !cli.insecure, cli.keep) => result,
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-            }
+        let violated = run(RunOptions {
+            seed,
+            duration,
+            nodes,
+            secure: !cli.insecure,
+            keep: cli.keep,
+            targeted: None,
+            inject: false,
         });
-        match passed {
-            Ok(true) => println!("=== seed {seed}: PASS"),
-            Ok(false) => {
+        match violated {
+            Ok(violated) if violated.is_empty() => println!("=== seed {seed}: PASS"),
+            Ok(_) => {
                 println!(
                     "=== seed {seed}: FAIL (replay: baton-chaos --seed {seed} --duration {}s --nodes {nodes})",
                     duration.as_secs()
@@ -110,5 +229,23 @@ fn main() -> anyhow::Result<()> {
     } else {
         eprintln!("failing seeds: {failed:?}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_quick_profile_installs_every_kind_of_fault() {
+        let planned: BTreeSet<String> = QUICK_SEEDS
+            .iter()
+            .flat_map(|seed| schedule::plan(*seed, 25_000))
+            .map(|p| format!("{:?}", p.fault))
+            .collect();
+        let all: BTreeSet<String> = schedule::FAULTS.iter().map(|f| format!("{f:?}")).collect();
+        assert_eq!(planned, all);
     }
 }

@@ -48,7 +48,10 @@ impl Mode {
 /// One link. Dropping it stops its listener and every connection (they share the abort).
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The mode of bytes towards the target (and of new connections).
     mode: Arc<AtomicU64>,
+    /// The mode of bytes coming back from the target.
+    back: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,7 +66,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mode = Arc::new(AtomicU64::new(PASS));
+        let back = Arc::new(AtomicU64::new(PASS));
         let shared = mode.clone();
+        let shared_back = back.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -71,6 +76,7 @@ impl Proxy {
                     continue;
                 };
                 let mode = shared.clone();
+                let back = shared_back.clone();
                 connections.spawn(async move {
                     if Mode::decode(mode.load(Ordering::Relaxed)) == Mode::Drop {
                         return;
@@ -84,18 +90,31 @@ impl Proxy {
                     let (out_read, out_write) = outbound.into_split();
                     // Either direction ending ends both (dropping the halves closes them).
                     tokio::select! {
-                        _ = pipe(in_read, out_write, mode.clone()) => {}
-                        _ = pipe(out_read, in_write, mode) => {}
+                        _ = pipe(in_read, out_write, mode) => {}
+                        _ = pipe(out_read, in_write, back) => {}
                     }
                 });
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(Proxy { addr, mode, task })
+        Ok(Proxy {
+            addr,
+            mode,
+            back,
+            task,
+        })
     }
 
+    /// Both directions.
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode.encode(), Ordering::Relaxed);
+        self.back.store(mode.encode(), Ordering::Relaxed);
+    }
+
+    /// Only the bytes towards the target; the way back passes.
+    pub fn set_towards_target(&self, mode: Mode) {
+        self.mode.store(mode.encode(), Ordering::Relaxed);
+        self.back.store(Mode::Pass.encode(), Ordering::Relaxed);
     }
 }
 

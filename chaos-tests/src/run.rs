@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker::{self, Evidence, FinalStep, FinalWorkflow, Outcome, ReplicaStatus, Request};
 use crate::cluster::{Cluster, SLOTS_PER_AGENT};
 use crate::proxy::Mode;
-use crate::schedule::{self, Fault, Planned};
+use crate::schedule::{self, Broken, Fault, Planned};
 
 const AGENTS: [&str; 3] = ["agent-1", "agent-2", "agent-3"];
 const LIVENESS_PATIENCE: Duration = Duration::from_secs(60);
@@ -215,7 +215,7 @@ async fn apply_fault(
             cluster.set_node_links(follower, Mode::Pass);
         }
         Fault::OneWayDrop => {
-            let links: Vec<(u64, u64)> = cluster.links.keys().copied().collect();
+            let links = cluster.member_links();
             let link = links[(planned.pick % links.len() as u64) as usize];
             record.target = format!("link {} -> {}", link.0, link.1);
             cluster.links[&link].set(Mode::Drop);
@@ -244,12 +244,72 @@ async fn apply_fault(
             record.installed = true;
             tokio::time::sleep(hold).await;
             if planned.fault == Fault::KillAgent {
-                if let Err(error) = cluster.start_agent(&agent) {
+                if let Err(error) = cluster.start_agent(&agent).await {
                     record.target += &format!(" (restart failed: {error})");
                 }
             } else {
                 cluster.agents.get_mut(&agent).expect("known").resume();
                 zombie_windows.push((agent, at_ms, now_ms()));
+            }
+        }
+        Fault::IsolateAgent => {
+            record.target = agent.clone();
+            cluster.set_agent_links(&agent, Mode::Blackhole, false);
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            cluster.set_agent_links(&agent, Mode::Pass, false);
+        }
+        Fault::DelayAgent => {
+            // Past the 2 s lease and the leader's 1 s margin: assignments arrive at once, but
+            // heartbeats and reports only after the lease lapsed.
+            let ms = 3_500 + planned.pick % 1_000;
+            record.target = format!("{agent} uplink +{ms} ms per chunk");
+            cluster.set_agent_links(&agent, Mode::Delay(ms), true);
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            cluster.set_agent_links(&agent, Mode::Pass, false);
+        }
+        Fault::ReplaceNode => {
+            // Any member, the leader included: removing the leader makes it step down.
+            let members: Vec<u64> = cluster.nodes.keys().copied().collect();
+            let victim = members[(planned.pick % members.len() as u64) as usize];
+            let role = if Some(victim) == leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            match cluster.replace_node(victim).await {
+                Ok(Some(new)) => {
+                    record.target = format!("{role} node {victim} replaced by node {new}");
+                    record.installed = true;
+                }
+                Ok(None) => record.target = "no spare node left".into(),
+                Err(error) => record.target = format!("{role} node {victim}: {error:#}"),
+            }
+            tokio::time::sleep(hold.saturating_sub(since.elapsed())).await;
+        }
+        Fault::KillAll => {
+            record.target = "every node".into();
+            let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+            for node in cluster.nodes.values_mut() {
+                node.kill();
+            }
+            record.installed = true;
+            tokio::time::sleep(hold).await;
+            for id in ids {
+                if let Err(error) = cluster.start_node(id) {
+                    record.target += &format!(" (node {id} restart failed: {error})");
+                }
+            }
+            let restarted = Instant::now();
+            match cluster.wait_for_leader(Duration::from_secs(15)).await {
+                Ok(leader) => {
+                    record.target += &format!(
+                        " (node {leader} leads {} ms after the restart)",
+                        restarted.elapsed().as_millis()
+                    );
+                }
+                Err(_) => record.target += " (no leader within 15 s of the restart)",
             }
         }
         Fault::SnapshotCatchUp => {
@@ -352,15 +412,36 @@ fn final_workflow(workflow: &pb::Workflow) -> FinalWorkflow {
     }
 }
 
-/// Runs one seed; true when the checker found nothing.
-pub async fn run(
-    seed: u64,
-    duration: Duration,
-    nodes: u64,
-    secure: bool,
-    keep: bool,
-) -> anyhow::Result<bool> {
-    let plan = schedule::plan(seed, duration.as_millis() as u64);
+/// What one run is.
+pub struct RunOptions {
+    pub seed: u64,
+    pub duration: Duration,
+    pub nodes: u64,
+    pub secure: bool,
+    pub keep: bool,
+    /// The faults that expose this broken behaviour, instead of the seed's schedule.
+    pub targeted: Option<Broken>,
+    /// And the nodes run with it (`batond` built with `fault-injection`); without it the same
+    /// schedule is the control run, which a correct build must pass.
+    pub inject: bool,
+}
+
+/// Runs one schedule; returns the invariants violated (empty: the run passed).
+pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
+    let RunOptions {
+        seed,
+        duration,
+        nodes,
+        secure,
+        keep,
+        targeted,
+        inject,
+    } = *options;
+    let broken = targeted.filter(|_| inject);
+    let plan = match targeted {
+        None => schedule::plan(seed, duration.as_millis() as u64),
+        Some(broken) => broken.plan(duration.as_millis() as u64),
+    };
     println!("schedule ({} faults):", plan.len());
     for planned in &plan {
         println!(
@@ -370,11 +451,18 @@ pub async fn run(
     }
     let dir = tempfile::Builder::new().prefix("baton-chaos-").tempdir()?;
     let bin = crate::procs::bin_dir()?;
-    let mut cluster = Cluster::start(&bin, dir.path(), nodes, secure).await?;
+    let mut cluster = Cluster::start(
+        &bin,
+        dir.path(),
+        nodes,
+        secure,
+        broken.map(Broken::env_value),
+    )
+    .await?;
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     cluster.prepare_agents(Duration::from_secs(30)).await?;
     for agent in AGENTS {
-        cluster.start_agent(agent)?;
+        cluster.start_agent(agent).await?;
     }
     println!(
         "cluster up in {}, first leader node {first_leader}",
@@ -472,18 +560,24 @@ pub async fn run(
         journal,
         workflows: workflows.iter().map(final_workflow).collect(),
         replicas,
+        replicas_expected: cluster.nodes.len(),
         slots_per_agent: SLOTS_PER_AGENT,
         zombie_windows,
     };
     let verdict = checker::check(&evidence);
     summary(seed, &records, &evidence, &verdict, recovery_ms);
-    let passed = verdict.violations.is_empty();
+    let violated: Vec<&'static str> = verdict
+        .invariants
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, _)| *name)
+        .collect();
     drop(cluster);
-    if !passed || keep {
+    if !violated.is_empty() || keep {
         let kept = dir.keep();
         println!("logs and journal kept in {}", kept.display());
     }
-    Ok(passed)
+    Ok(violated)
 }
 
 fn summary(

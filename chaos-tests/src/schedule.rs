@@ -25,9 +25,21 @@ pub enum Fault {
     /// A follower is cut off while the leader snapshots and purges, then rejoins: it must catch
     /// up by snapshot.
     SnapshotCatchUp,
+    /// Every link between one agent and the nodes blackholed: the agent is cut off while its
+    /// steps keep running (it must stop them when its leases run out).
+    IsolateAgent,
+    /// What one agent sends delayed past the lease TTL (assignments still reach it at once):
+    /// its heartbeats and reports arrive after the lease lapsed, and such a report is stale.
+    DelayAgent,
+    /// Membership change under load: a spare node is added (learner, then voter) and a member,
+    /// perhaps the leader, removed and stopped for good.
+    ReplaceNode,
+    /// SIGKILL of every node at once (a power loss of the whole cluster), restarted on the same
+    /// data after the hold: only what was synced survives.
+    KillAll,
 }
 
-pub const FAULTS: [Fault; 10] = [
+pub const FAULTS: [Fault; 14] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::KillAgent,
@@ -38,6 +50,10 @@ pub const FAULTS: [Fault; 10] = [
     Fault::OneWayDrop,
     Fault::DelayAll,
     Fault::SnapshotCatchUp,
+    Fault::IsolateAgent,
+    Fault::DelayAgent,
+    Fault::ReplaceNode,
+    Fault::KillAll,
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +84,93 @@ pub fn plan(seed: u64, safety_ms: u64) -> Vec<Planned> {
     out
 }
 
+/// The deliberately broken builds of `batond` (node/src/faults.rs, feature `fault-injection`):
+/// each is run under the fault that exposes its bug, and the checker must catch it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// Reports applied without checking their fencing token. Exposed by an agent's links
+    /// delayed past its lease: its reports arrive after the step was run again elsewhere.
+    UnfencedReports,
+    /// Lease expiries applied only on the leader that decided them. Exposed by agents killed
+    /// mid-step: their leases lapse, and the replicas part ways.
+    ExpireOffLog,
+    /// Appends acknowledged before they are synced. Exposed by killing every node at once.
+    AckBeforeSync,
+}
+
+impl Broken {
+    #[cfg(test)]
+    pub const ALL: [Broken; 3] = [
+        Broken::UnfencedReports,
+        Broken::ExpireOffLog,
+        Broken::AckBeforeSync,
+    ];
+
+    /// The value of `BATON_FAULT_INJECTION` that selects it in `batond`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            Broken::UnfencedReports => "unfenced-reports",
+            Broken::ExpireOffLog => "expire-off-log",
+            Broken::AckBeforeSync => "ack-before-sync",
+        }
+    }
+
+    /// The schedule that exposes it. Pauses and kills outlast the chaos workload's 2 s lease
+    /// plus the leader's 1 s margin.
+    pub fn plan(self, safety_ms: u64) -> Vec<Planned> {
+        match self {
+            Broken::UnfencedReports => repeated(Fault::DelayAgent, 5_000, safety_ms),
+            Broken::ExpireOffLog => repeated(Fault::KillAgent, 4_000, safety_ms),
+            Broken::AckBeforeSync => repeated(Fault::KillAll, 1_000, safety_ms),
+        }
+    }
+
+    /// The invariants that must report it (at least one of them).
+    pub fn caught_by(self) -> &'static [&'static str] {
+        match self {
+            Broken::UnfencedReports => &[
+                "accepted result carries the current token",
+                "no stale report accepted",
+            ],
+            Broken::ExpireOffLog => &["every workflow ends, replicas agree"],
+            Broken::AckBeforeSync => &[
+                "no acknowledged workflow lost",
+                "one workflow per idempotency key",
+            ],
+        }
+    }
+}
+
+/// One fault over and over, for a broken build (`--broken`): each held `hold_ms`, 2 s apart,
+/// with the pick moving on each time (another agent, another follower).
+pub fn repeated(fault: Fault, hold_ms: u64, safety_ms: u64) -> Vec<Planned> {
+    let mut out = Vec::new();
+    let mut at_ms = 2_000;
+    while at_ms + hold_ms < safety_ms {
+        out.push(Planned {
+            at_ms,
+            fault,
+            hold_ms,
+            pick: out.len() as u64,
+        });
+        at_ms += hold_ms + 2_000;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broken_builds_are_caught_by_invariants_the_checker_has() {
+        for broken in Broken::ALL {
+            assert!(broken.plan(20_000).len() >= 2, "{broken:?}");
+            for name in broken.caught_by() {
+                assert!(crate::checker::INVARIANTS.contains(name), "{name}");
+            }
+        }
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
