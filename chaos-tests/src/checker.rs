@@ -63,7 +63,7 @@ pub struct Evidence {
     pub journal: Vec<Execution>,
     /// Every workflow the cluster lists at the end.
     pub workflows: Vec<FinalWorkflow>,
-    /// Statuses after the liveness phase; empty when the check is skipped.
+    /// Statuses after the liveness phase, one per member that answered.
     pub replicas: Vec<ReplicaStatus>,
     /// How many replicas should have answered (the cluster's size); a silent one is a failure.
     pub replicas_expected: usize,
@@ -88,7 +88,7 @@ pub struct Verdict {
     pub invariants: Vec<(&'static str, usize)>,
 }
 
-pub const INVARIANTS: [&str; 8] = [
+pub const INVARIANTS: [&str; 9] = [
     "no acknowledged workflow lost",
     "one workflow per idempotency key",
     "accepted result carries the current token",
@@ -96,7 +96,8 @@ pub const INVARIANTS: [&str; 8] = [
     "dependency order held",
     "no overlap of two live leases",
     "capacity never exceeded",
-    "every workflow ends, replicas agree",
+    "every workflow ends",
+    "replicas agree (same index and hash)",
 ];
 
 pub fn check(evidence: &Evidence) -> Verdict {
@@ -293,7 +294,7 @@ pub fn check(evidence: &Evidence) -> Verdict {
         }
     }
 
-    // 8: liveness: everything ended and the replicas agree.
+    // 8: liveness: everything ended. 9: every member answers, all at one index with one hash.
     for workflow in &evidence.workflows {
         if !workflow.finished {
             fail(
@@ -306,7 +307,7 @@ pub fn check(evidence: &Evidence) -> Verdict {
     if evidence.replicas.len() < evidence.replicas_expected {
         let answered: Vec<u64> = evidence.replicas.iter().map(|r| r.node_id).collect();
         fail(
-            INVARIANTS[7],
+            INVARIANTS[8],
             format!(
                 "only nodes {answered:?} of {} reported their state after the faults healed",
                 evidence.replicas_expected
@@ -320,7 +321,7 @@ pub fn check(evidence: &Evidence) -> Verdict {
                 != (first.applied_index, &first.state_hash)
             {
                 fail(
-                    INVARIANTS[7],
+                    INVARIANTS[8],
                     format!(
                         "node {} at {} hash {} vs node {} at {} hash {}",
                         replica.node_id,
@@ -523,7 +524,7 @@ mod tests {
         evidence.replicas[2].state_hash = "abd".into();
         let found = violated(&evidence);
         assert!(found.contains(&INVARIANTS[4]), "{found:?}");
-        assert!(found.contains(&INVARIANTS[7]), "{found:?}");
+        assert!(found.contains(&INVARIANTS[8]), "{found:?}");
         let mut evidence = clean();
         evidence.journal[2].agent = "agent-2".into();
         evidence.journal[2].start_ms = 150;
@@ -536,7 +537,7 @@ mod tests {
     fn catches_a_replica_that_never_came_back() {
         let mut evidence = clean();
         evidence.replicas.pop();
-        assert_eq!(violated(&evidence), vec![INVARIANTS[7]]);
+        assert_eq!(violated(&evidence), vec![INVARIANTS[8]]);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Cluster {
     /// Every address a node of this run may have, the spare ones included.
     all_addrs: BTreeMap<u64, SocketAddr>,
     founding: u64,
+    /// The spare id [`Cluster::replace_node`] uses next.
+    next_spare: u64,
     pub nodes: BTreeMap<u64, Proc>,
     /// (from, to) -> the proxy `from` dials to reach `to` (spare nodes included).
     pub links: BTreeMap<(u64, u64), Proxy>,
@@ -137,6 +139,7 @@ impl Cluster {
             node_addrs,
             all_addrs,
             founding: nodes,
+            next_spare: nodes + 1,
             nodes: BTreeMap::new(),
             links,
             client_links,
@@ -246,10 +249,9 @@ impl Cluster {
                 self.agent_links
                     .insert(key.clone(), Proxy::start(addr).await?);
             }
+            // Spares too: an agent that outlives a membership change still finds the members.
             let proxy = self.agent_links[&key].addr;
-            if self.node_addrs.contains_key(&id) {
-                endpoints.push(proxy.to_string());
-            }
+            endpoints.push(proxy.to_string());
             dial.push(format!("{addr}={proxy}"));
         }
         let mut command = Command::new(self.bin.join("baton"));
@@ -282,13 +284,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// A client through the client proxies (so partitions reach it too), with short deadlines
-    /// so that faults produce unknown outcomes rather than long waits.
+    /// A client to the current members through the client proxies (so partitions reach it
+    /// too), with short deadlines so that faults produce unknown outcomes rather than long waits.
+    /// Made again after a membership change.
     pub fn workload_client(&self) -> anyhow::Result<Client> {
         let endpoints = self
             .client_links
-            .values()
-            .map(|p| Endpoint::parse(&p.addr.to_string()))
+            .iter()
+            .filter(|(id, _)| self.node_addrs.contains_key(id))
+            .map(|(_, p)| Endpoint::parse(&p.addr.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client::with_config(
             Endpoints::new(endpoints)?,
@@ -332,32 +336,68 @@ impl Cluster {
 
     /// Membership change under load: starts the next spare node, adds it (learner, caught up,
     /// then voter), removes `victim` and stops it for good. Returns the new node's id, or `None`
-    /// when the spares are used up.
+    /// when the spares are used up. Whatever happens, the members are then taken from the
+    /// cluster itself, and a process that is not one is stopped.
     pub async fn replace_node(&mut self, victim: u64) -> anyhow::Result<Option<u64>> {
-        let Some(new) = self
-            .all_addrs
-            .keys()
-            .copied()
-            .find(|id| *id > self.founding && !self.dir.join(format!("node{id}")).exists())
-        else {
+        let new = self.next_spare;
+        let Some(&addr) = self.all_addrs.get(&new) else {
             return Ok(None);
         };
-        self.start_node(new)?;
-        self.node_addrs.insert(new, self.all_addrs[&new]);
+        // Offered once, whatever happens next: an id is never reused for an empty disk.
+        self.next_spare += 1;
         let admin = self.admin_client()?;
-        admin
-            .add_member(new, self.all_addrs[&new].to_string())
-            .await
-            .map_err(|e| anyhow::anyhow!("adding node {new}: {e}"))?;
-        admin
-            .remove_member(victim)
-            .await
-            .map_err(|e| anyhow::anyhow!("removing node {victim}: {e}"))?;
-        if let Some(mut proc) = self.nodes.remove(&victim) {
-            proc.kill();
+        self.start_node(new)?;
+        let changed = async {
+            admin
+                .add_member(new, addr.to_string())
+                .await
+                .map_err(|e| anyhow::anyhow!("adding node {new}: {e}"))?;
+            admin
+                .remove_member(victim)
+                .await
+                .map_err(|e| anyhow::anyhow!("removing node {victim}: {e}"))
         }
-        self.node_addrs.remove(&victim);
+        .await;
+        let synced = self.sync_members(Duration::from_secs(15)).await;
+        changed?;
+        synced?;
         Ok(Some(new))
+    }
+
+    /// Takes the membership from the leader (with `patience`): `node_addrs` becomes it, and a
+    /// running process outside it is stopped for good.
+    async fn sync_members(&mut self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        let members: Vec<u64> = loop {
+            if let Some(leader) = self.leader().await
+                && let Ok(client) = self.direct_client(Some(leader))
+                && let Ok(status) = client.cluster_status().await
+                && status.leader_id == leader
+            {
+                break status.members.iter().map(|m| m.node_id).collect();
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no leader to ask for the membership within {patience:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let outside: Vec<u64> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| !members.contains(id))
+            .collect();
+        for id in outside {
+            if let Some(mut proc) = self.nodes.remove(&id) {
+                proc.kill();
+            }
+        }
+        self.node_addrs = members
+            .iter()
+            .filter_map(|id| self.all_addrs.get(id).map(|a| (*id, *a)))
+            .collect();
+        Ok(())
     }
 
     /// A client straight to the current members, patient enough for a membership change (a
@@ -441,7 +481,7 @@ impl Cluster {
         for ((agent, _), proxy) in &self.agent_links {
             if agent == name {
                 if uplink_only {
-                    proxy.set_towards_target(mode);
+                    proxy.set_uplink_only(mode);
                 } else {
                     proxy.set(mode);
                 }

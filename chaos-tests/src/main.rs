@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long)]
     keep: bool,
     /// Print the seed's fault schedule (what a run would install, and when) and exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broken")]
     print_schedule: bool,
     /// Run the cluster with `--insecure` (plaintext, no tokens) instead of mutual TLS and tokens.
     #[arg(long)]
@@ -71,6 +71,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => Err(format!("{text:?}: unit must be ms, s or m")),
     }
 }
+
+/// A run ended by SIGINT or SIGTERM: the suite stops (exit status 130) rather than going on.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// SIGINT or SIGTERM: the run is abandoned and its processes and folder cleaned up.
 async fn interrupted() {
@@ -106,12 +118,19 @@ fn main() -> anyhow::Result<()> {
         "mTLS+tokens"
     };
     let run = |options: RunOptions| {
-        runtime.block_on(async {
+        let result = runtime.block_on(async {
             tokio::select! {
                 result = run::run(&options) => result,
-                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+                _ = interrupted() => Err(Interrupted.into()),
             }
-        })
+        });
+        if let Err(error) = &result
+            && error.is::<Interrupted>()
+        {
+            eprintln!("baton-chaos: interrupted; stopped everything it started");
+            std::process::exit(130);
+        }
+        result
     };
     if !cli.broken.is_empty() {
         let mut missed = Vec::new();

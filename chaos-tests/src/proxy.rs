@@ -49,7 +49,7 @@ impl Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     /// The mode of bytes towards the target (and of new connections).
-    mode: Arc<AtomicU64>,
+    towards: Arc<AtomicU64>,
     /// The mode of bytes coming back from the target.
     back: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -65,9 +65,9 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let mode = Arc::new(AtomicU64::new(PASS));
+        let towards = Arc::new(AtomicU64::new(PASS));
         let back = Arc::new(AtomicU64::new(PASS));
-        let shared = mode.clone();
+        let shared = towards.clone();
         let shared_back = back.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
@@ -99,7 +99,7 @@ impl Proxy {
         });
         Ok(Proxy {
             addr,
-            mode,
+            towards,
             back,
             task,
         })
@@ -107,13 +107,13 @@ impl Proxy {
 
     /// Both directions.
     pub fn set(&self, mode: Mode) {
-        self.mode.store(mode.encode(), Ordering::Relaxed);
+        self.towards.store(mode.encode(), Ordering::Relaxed);
         self.back.store(mode.encode(), Ordering::Relaxed);
     }
 
-    /// Only the bytes towards the target; the way back passes.
-    pub fn set_towards_target(&self, mode: Mode) {
-        self.mode.store(mode.encode(), Ordering::Relaxed);
+    /// `mode` for the bytes towards the target only; the way back is set to pass.
+    pub fn set_uplink_only(&self, mode: Mode) {
+        self.towards.store(mode.encode(), Ordering::Relaxed);
         self.back.store(Mode::Pass.encode(), Ordering::Relaxed);
     }
 }
@@ -177,5 +177,33 @@ mod tests {
             .expect("a dropped link closes")
             .unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn an_uplink_only_delay_leaves_the_way_back_alone() {
+        // A target that greets first, then echoes: each direction is observed on its own.
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            s.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        });
+        let proxy = Proxy::start(target).await.unwrap();
+        // A minute: far longer than any wait below, so neither check depends on timing luck.
+        proxy.set_uplink_only(Mode::Delay(60_000));
+        let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut got))
+            .await
+            .expect("the way back passes")
+            .unwrap();
+        assert_eq!(&got, b"hello");
+        conn.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        let early = tokio::time::timeout(Duration::from_secs(1), conn.read_exact(&mut echo)).await;
+        assert!(early.is_err(), "the uplink is held for its delay");
     }
 }

@@ -10,6 +10,7 @@ use baton_client::proto as pb;
 use baton_client::{Client, ClientError, Outcome as ClientOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
 
 use crate::checker::{self, Evidence, FinalStep, FinalWorkflow, Outcome, ReplicaStatus, Request};
 use crate::cluster::{Cluster, SLOTS_PER_AGENT};
@@ -94,9 +95,10 @@ fn classify(result: &Result<pb::SubmitResponse, ClientError>) -> Outcome {
 }
 
 /// Submits a workflow every ~300 ms until `stop`; keys whose outcome was not an ack are
-/// re-submitted (same key) until acked, also after `stop`, until `drain` says give up.
+/// re-submitted (same key) until acked, also after `stop`, until `drain` says give up. The
+/// client is the latest `clients` holds (a new one after each membership change).
 async fn workload(
-    client: Client,
+    clients: watch::Receiver<Client>,
     seed: u64,
     stop: Arc<AtomicBool>,
     drain_deadline: Arc<Mutex<Option<Instant>>>,
@@ -119,6 +121,7 @@ async fn workload(
             n += 1;
             batch.push((format!("s{seed}-wf{n}"), spec(n, rng.random_bool(0.3))));
         }
+        let client = clients.borrow().clone();
         for (key, spec) in batch {
             let result = client.submit(spec.clone(), Some(key.clone())).await;
             let outcome = classify(&result);
@@ -152,6 +155,7 @@ async fn apply_fault(
     cluster: &mut Cluster,
     planned: &Planned,
     zombie_windows: &mut Vec<(String, u64, u64)>,
+    workload_client: &watch::Sender<Client>,
 ) -> FaultRecord {
     let at_ms = now_ms();
     let leader = cluster.leader().await;
@@ -285,6 +289,12 @@ async fn apply_fault(
                 }
                 Ok(None) => record.target = "no spare node left".into(),
                 Err(error) => record.target = format!("{role} node {victim}: {error:#}"),
+            }
+            match cluster.workload_client() {
+                Ok(client) => {
+                    workload_client.send_replace(client);
+                }
+                Err(error) => record.target += &format!(" (no new workload client: {error:#})"),
             }
             tokio::time::sleep(hold.saturating_sub(since.elapsed())).await;
         }
@@ -473,8 +483,9 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let drain_deadline = Arc::new(Mutex::new(None));
+    let (workload_client, clients) = watch::channel(cluster.workload_client()?);
     let workload = tokio::spawn(workload(
-        cluster.workload_client()?,
+        clients,
         seed,
         stop.clone(),
         drain_deadline.clone(),
@@ -487,7 +498,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     for planned in &plan {
         tokio::time::sleep(Duration::from_millis(planned.at_ms).saturating_sub(start.elapsed()))
             .await;
-        let record = apply_fault(&mut cluster, planned, &mut zombie_windows).await;
+        let record =
+            apply_fault(&mut cluster, planned, &mut zombie_windows, &workload_client).await;
         println!(
             "  +{:>6} ms fault {:?} on {}: installed {} failover {:?}",
             record.at_ms.saturating_sub(run_start_ms),
@@ -573,7 +585,12 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         .map(|(name, _)| *name)
         .collect();
     drop(cluster);
-    if !violated.is_empty() || keep {
+    // A broken build is expected to fail: its folder is kept only when it was not caught.
+    let as_expected = match broken {
+        Some(broken) => violated.iter().any(|v| broken.caught_by().contains(v)),
+        None => violated.is_empty(),
+    };
+    if !as_expected || keep {
         let kept = dir.keep();
         println!("logs and journal kept in {}", kept.display());
     }

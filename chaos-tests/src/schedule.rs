@@ -132,7 +132,7 @@ impl Broken {
                 "accepted result carries the current token",
                 "no stale report accepted",
             ],
-            Broken::ExpireOffLog => &["every workflow ends, replicas agree"],
+            Broken::ExpireOffLog => &["replicas agree (same index and hash)"],
             Broken::AckBeforeSync => &[
                 "no acknowledged workflow lost",
                 "one workflow per idempotency key",

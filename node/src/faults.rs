@@ -50,7 +50,11 @@ impl Broken {
 /// What the environment asks for, checked once at start: an error when the variable names no
 /// known behaviour, or when this build has no fault injection compiled in.
 pub fn chosen() -> Result<Option<Broken>, String> {
-    let Some(text) = std::env::var_os(ENV) else {
+    chosen_from(std::env::var_os(ENV))
+}
+
+fn chosen_from(value: Option<std::ffi::OsString>) -> Result<Option<Broken>, String> {
+    let Some(text) = value else {
         return Ok(None);
     };
     let text = text
@@ -146,12 +150,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_variable_chooses_only_in_a_build_with_the_feature() {
+        assert_eq!(chosen_from(None), Ok(None));
+        let chosen = chosen_from(Some("ack-before-sync".into()));
+        if cfg!(feature = "fault-injection") {
+            assert_eq!(chosen, Ok(Some(Broken::AckBeforeSync)));
+        } else {
+            let err = chosen.unwrap_err();
+            assert!(err.contains("without the fault-injection feature"), "{err}");
+        }
+        assert!(chosen_from(Some("nonsense".into())).is_err());
+    }
+
     #[cfg(not(feature = "fault-injection"))]
     #[test]
     fn a_build_without_the_feature_is_never_broken() {
+        // The variable set or not: nothing reads it in this build.
         for broken in Broken::ALL {
             assert!(!active(broken));
         }
+        expiring_here([1]);
         assert!(!expired_here(1));
     }
 }

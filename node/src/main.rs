@@ -9,6 +9,15 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything else, subcommands included: a fault-injection variable in a build that
+    // cannot honour it (or naming nothing) stops batond rather than being ignored.
+    let broken = match baton_node::faults::chosen() {
+        Ok(broken) => broken,
+        Err(err) => {
+            eprintln!("batond: {err}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(Subcommands::Dev(args)) = cli.command {
         baton_node::init_tracing(Default::default());
         return match baton_node::dev::run(args).await {
@@ -69,16 +78,11 @@ async fn main() -> ExitCode {
         }
     };
     baton_node::init_tracing(config.log_format);
-    match baton_node::faults::chosen() {
-        Ok(None) => {}
-        Ok(Some(broken)) => tracing::warn!(
+    if let Some(broken) = broken {
+        tracing::warn!(
             broken = broken.name(),
             "FAULT INJECTION: this node is deliberately broken (chaos checker tests only)"
-        ),
-        Err(err) => {
-            eprintln!("batond: {err}");
-            return ExitCode::from(2);
-        }
+        );
     }
     if let Some(addr) = config.metrics_listen
         && let Err(err) = baton_node::metrics::install(addr)

@@ -219,6 +219,7 @@ impl ClusterState {
         self.allocated.entry(a.agent_id).or_default().add(request);
         #[cfg(feature = "fault-injection")]
         self.fault_attempt_steps
+            .0
             .insert(attempt_id, (a.workflow_id, a.step));
         events.push(
             self.event(ctx, a.workflow_id, pb::EventKind::StepAssigned, |e| {
@@ -338,7 +339,7 @@ impl ClusterState {
         {
             return Ok(cmd);
         }
-        let Some(&(workflow_id, step)) = self.fault_attempt_steps.get(&cmd.attempt_id) else {
+        let Some(&(workflow_id, step)) = self.fault_attempt_steps.0.get(&cmd.attempt_id) else {
             return Ok(cmd);
         };
         let Some(workflow) = self.workflows.get(&workflow_id) else {
