@@ -102,8 +102,8 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     for name in ["batond", "baton"] {
         anyhow::ensure!(
             dir.join(name).exists(),
-            "{} not found: build it first (cargo build -p baton-node -p baton-client) or set \
-             BATON_BIN_DIR",
+            "{} not found: build it first (cargo build --workspace --bins --examples, the test \
+             build's features) or set BATON_BIN_DIR",
             dir.join(name).display()
         );
     }
