@@ -178,14 +178,8 @@ impl Cluster {
                 command.arg("--insecure");
             }
             Some(pki) => {
-                let files = TlsFiles::in_dir(&pki.dir, &format!("node-{id}"));
                 command
-                    .arg("--tls-ca")
-                    .arg(&files.ca)
-                    .arg("--tls-cert")
-                    .arg(&files.cert)
-                    .arg("--tls-key")
-                    .arg(&files.key)
+                    .args(TlsFiles::in_dir(&pki.dir, &format!("node-{id}")).batond_args())
                     .arg("--bootstrap-token-file")
                     .arg(pki.dir.join("bootstrap-token"));
             }

@@ -149,15 +149,9 @@ fn spawn_node(
 ) -> std::io::Result<Child> {
     let data = dev_dir.join(format!("node{id}"));
     let log = std::fs::File::create(dev_dir.join(format!("node{id}.log")))?;
-    let tls = TlsFiles::in_dir(&creds.pki_dir, &format!("node-{id}"));
     let mut command = Command::new(exe);
     command
-        .arg("--tls-ca")
-        .arg(&tls.ca)
-        .arg("--tls-cert")
-        .arg(&tls.cert)
-        .arg("--tls-key")
-        .arg(&tls.key)
+        .args(TlsFiles::in_dir(&creds.pki_dir, &format!("node-{id}")).batond_args())
         .arg("--bootstrap-token-file")
         .arg(creds.client_dir.join("token"))
         .arg("--node-id")

@@ -61,6 +61,18 @@ impl TlsFiles {
             key: dir.join(format!("{stem}-key.pem")),
         }
     }
+
+    /// These files as `batond`'s flags: `--tls-ca CA --tls-cert CERT --tls-key KEY`.
+    pub fn batond_args(&self) -> [std::ffi::OsString; 6] {
+        [
+            "--tls-ca".into(),
+            self.ca.clone().into(),
+            "--tls-cert".into(),
+            self.cert.clone().into(),
+            "--tls-key".into(),
+            self.key.clone().into(),
+        ]
+    }
 }
 
 /// The current TLS configurations built from [`TlsFiles`], reloaded when the files change.

@@ -4,12 +4,14 @@
 //! bench: stopped by [`LocalCluster::stop`], SIGKILLed when dropped on an error path, and sent
 //! SIGTERM by the kernel if the bench itself is killed.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_client::{Client, ClientConfig, CredentialSources, Credentials, Endpoints};
+use baton_security::TlsFiles;
 use tokio::process::{Child, Command};
 
 const NODES: u64 = 3;
@@ -19,7 +21,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct LocalCluster {
     nodes: Vec<(u64, Child)>,
     /// `batond` and its arguments, per node (same order as `nodes`), to restart one.
-    node_commands: Vec<(PathBuf, Vec<String>)>,
+    node_commands: Vec<(PathBuf, Vec<OsString>)>,
     agents: Vec<Child>,
     pub endpoints: Endpoints,
     /// What clients of this cluster present: nothing (plaintext), or with `tls` the `bench`
@@ -52,7 +54,7 @@ impl LocalCluster {
             (1..=NODES).map(|i| format!("{i}={}", addr(i))).collect();
         let initial_cluster = initial_cluster.join(",");
         let pki = data.path().join("pki");
-        let security_args: Vec<String> = if tls {
+        let security_args: Vec<OsString> = if tls {
             let mut certs = std::process::Command::new(&batond);
             certs.arg("certs").arg("--out").arg(&pki);
             for id in 1..=NODES {
@@ -65,15 +67,12 @@ impl LocalCluster {
             if !out.status.success() {
                 bail!("batond certs: {}", String::from_utf8_lossy(&out.stderr));
             }
-            let file = |name: &str| pki.join(name).display().to_string();
             vec![
-                "--tls-ca".into(),
-                file("ca.pem"),
                 "--bootstrap-token-file".into(),
-                file("bootstrap-token"),
+                pki.join("bootstrap-token").into(),
             ]
         } else {
-            vec!["--insecure".to_string()]
+            vec!["--insecure".into()]
         };
         let credentials = if tls {
             CredentialSources {
@@ -96,30 +95,27 @@ impl LocalCluster {
         for id in 1..=NODES {
             let mut node_args = security_args.clone();
             if tls {
-                for (flag, suffix) in [("--tls-cert", ""), ("--tls-key", "-key")] {
-                    node_args.push(flag.into());
-                    node_args.push(
-                        pki.join(format!("node-{id}{suffix}.pem"))
-                            .display()
-                            .to_string(),
-                    );
-                }
+                // `batond certs` writes the layout `TlsFiles::in_dir` reads.
+                node_args.extend(TlsFiles::in_dir(&pki, &format!("node-{id}")).batond_args());
             }
-            node_args.extend([
-                "--node-id".to_string(),
-                id.to_string(),
-                "--listen".to_string(),
-                addr(id),
-                "--data-dir".to_string(),
-                cluster
-                    .data
-                    .path()
-                    .join(format!("node{id}"))
-                    .display()
-                    .to_string(),
-                "--initial-cluster".to_string(),
-                initial_cluster.clone(),
-            ]);
+            node_args.extend(
+                [
+                    "--node-id".to_string(),
+                    id.to_string(),
+                    "--listen".to_string(),
+                    addr(id),
+                    "--data-dir".to_string(),
+                    cluster
+                        .data
+                        .path()
+                        .join(format!("node{id}"))
+                        .display()
+                        .to_string(),
+                    "--initial-cluster".to_string(),
+                    initial_cluster.clone(),
+                ]
+                .map(OsString::from),
+            );
             cluster.node_commands.push((batond.clone(), node_args));
             let child = cluster.spawn_node(id)?;
             cluster.nodes.push((id, child));
