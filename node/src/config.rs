@@ -164,6 +164,10 @@ pub struct NodeArgs {
     /// Log entries kept behind a snapshot for slow followers [default: 2000].
     #[arg(long, env = "BATON_LOG_KEPT_BEHIND_SNAPSHOT")]
     pub log_kept_behind_snapshot: Option<u64>,
+    /// Most commands (submits, reports, ...) the leader groups into one log entry while earlier
+    /// entries are in flight; 1 writes every command in an entry of its own [default: 1024].
+    #[arg(long, env = "BATON_MAX_COMMANDS_PER_ENTRY")]
+    pub max_commands_per_entry: Option<usize>,
     /// Dial other members at different addresses than the membership lists,
     /// `MEMBER_ADDR=DIAL_ADDR,...` (testing: the chaos suite puts a proxy on every link).
     #[arg(long, env = "BATON_PEER_DIAL")]
@@ -245,6 +249,7 @@ impl NodeArgs {
             election_timeout_max_ms,
             snapshot_every_entries,
             log_kept_behind_snapshot,
+            max_commands_per_entry,
             peer_dial,
             tls_ca,
             tls_cert,
@@ -297,6 +302,9 @@ impl NodeArgs {
             log_kept_behind_snapshot: self
                 .log_kept_behind_snapshot
                 .unwrap_or(defaults.log_kept_behind_snapshot),
+            commands_per_entry_max: self
+                .max_commands_per_entry
+                .unwrap_or(defaults.commands_per_entry_max),
         };
         if timing.election_timeout_min_ms <= timing.heartbeat_ms * 2 {
             return Err(format!(
@@ -312,6 +320,13 @@ impl NodeArgs {
         }
         if timing.snapshot_every_entries == 0 {
             return Err("--snapshot-every-entries: must be at least 1".into());
+        }
+        if !(1..=crate::limits::COMMANDS_PER_ENTRY_MAX).contains(&timing.commands_per_entry_max) {
+            return Err(format!(
+                "--max-commands-per-entry ({}) must be between 1 and {}",
+                timing.commands_per_entry_max,
+                crate::limits::COMMANDS_PER_ENTRY_MAX
+            ));
         }
         let peer_dial = match &self.peer_dial {
             None => BTreeMap::new(),
@@ -619,6 +634,17 @@ mod tests {
                     "1=a",
                 ],
                 "\"a\" in \"1=a\" is not HOST:PORT",
+            ),
+            (
+                &[
+                    "--node-id",
+                    "1",
+                    "--data-dir",
+                    "/x",
+                    "--max-commands-per-entry",
+                    "0",
+                ],
+                "--max-commands-per-entry (0) must be between 1 and 65536",
             ),
             (
                 &[

@@ -12,6 +12,9 @@ pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;
 /// Shortest deadline of a Raft RPC, whatever openraft asks: under load an append that waits on a
 /// follower's fsync takes longer than a heartbeat interval, and that is not unreachability.
 pub const RAFT_RPC_TIMEOUT_MIN: Duration = Duration::from_millis(1_000);
+/// Highest `--max-commands-per-entry`: an entry of this many commands is applied, and its
+/// responses sent, in one go on every node.
+pub const COMMANDS_PER_ENTRY_MAX: usize = 65_536;
 /// Largest public request a node decodes (a spec is at most `SPEC_BYTES_MAX` of it).
 pub const PUBLIC_REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest public response a node encodes (a page of workflows).

@@ -66,6 +66,7 @@ pub const RAFT_APPLIED_INDEX: &str = "baton_raft_applied_index";
 pub const RAFT_APPLY_LAG: &str = "baton_raft_apply_lag_entries";
 pub const RAFT_REPLICATION_LAG: &str = "baton_raft_replication_lag_entries";
 pub const RAFT_SNAPSHOT_INDEX: &str = "baton_raft_snapshot_index";
+pub const RAFT_COMMANDS_PER_ENTRY: &str = "baton_raft_commands_per_entry";
 // --- storage ---
 pub const STORAGE_WRITE_SECONDS: &str = "baton_storage_write_seconds";
 pub const STORAGE_SYNC_SECONDS: &str = "baton_storage_sync_seconds";
@@ -117,6 +118,8 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         .set_buckets_for_metric(Matcher::Full(SUBMIT_TO_START_SECONDS.into()), WAIT_BUCKETS)
         .map_err(bucket_err)?
         .set_buckets_for_metric(Matcher::Full(ASSIGN_BATCH_SIZE.into()), COUNT_BUCKETS)
+        .map_err(bucket_err)?
+        .set_buckets_for_metric(Matcher::Full(RAFT_COMMANDS_PER_ENTRY.into()), COUNT_BUCKETS)
         .map_err(bucket_err)?
         .set_buckets_for_metric(
             Matcher::Full(STORAGE_GROUP_COMMIT_APPENDS.into()),
@@ -214,6 +217,10 @@ pub fn describe() {
         "1 if the agent has a live session with the leader (leader only; 0 elsewhere)."
     );
     describe_gauge!(RAFT_TERM, "Current Raft term of this node.");
+    describe_histogram!(
+        RAFT_COMMANDS_PER_ENTRY,
+        "Commands the leader wrote in one log entry (group commit of submits, reports and the rest)."
+    );
     describe_gauge!(RAFT_IS_LEADER, "1 if this node is the Raft leader, else 0.");
     describe_counter!(
         RAFT_LEADER_CHANGES,
@@ -297,6 +304,7 @@ fn initialize() {
     let _ = histogram!(READY_TO_ASSIGNED_SECONDS);
     let _ = histogram!(SUBMIT_TO_START_SECONDS);
     let _ = histogram!(ASSIGN_BATCH_SIZE);
+    let _ = histogram!(RAFT_COMMANDS_PER_ENTRY);
     counter!(ASSIGNMENTS).absolute(0);
     counter!(RESCHEDULES).absolute(0);
     counter!(SCHEDULE_TO_START_TIMEOUTS).absolute(0);
@@ -345,6 +353,10 @@ pub fn snapshot_built(index: u64, bytes: usize, elapsed: Duration) {
 pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
     counter!(GRPC_REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
     histogram!(GRPC_REQUEST_SECONDS, "method" => method).record(elapsed.as_secs_f64());
+}
+
+pub fn commands_per_entry(n: usize) {
+    histogram!(RAFT_COMMANDS_PER_ENTRY).record(n as f64);
 }
 
 pub fn assign_batch(n: usize) {

@@ -353,3 +353,100 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
     );
     cluster.shutdown().await;
 }
+
+/// 300 submits at once, half through a follower: the leader groups them into far fewer log
+/// entries than submits (`raft::batcher`), and still every caller gets the answer to its own
+/// command: its own workflow, with its own name, and within a burst a repeated idempotency key
+/// makes one workflow, created for exactly one of its callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
+    init_logs();
+    let cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    let index_before = cluster.converged(Duration::from_secs(10)).await[0].applied_index;
+
+    const SUBMITS: usize = 300;
+    // Submits 2k and 2k+1 share a key for k < 20: 20 pairs racing in one burst.
+    let key = |i: usize| {
+        if i < 40 {
+            format!("pair-{}", i / 2)
+        } else {
+            format!("single-{i}")
+        }
+    };
+    let mut calls = Vec::new();
+    for i in 0..SUBMITS {
+        let mut client = cluster
+            .workflows(if i % 2 == 0 { leader } else { follower })
+            .await;
+        let request = pb::SubmitRequest {
+            spec: Some(noop_spec(&format!("burst-{i}"), 1)),
+            idempotency_key: key(i),
+        };
+        calls.push(tokio::spawn(async move {
+            client.submit(request).await.map(|r| r.into_inner())
+        }));
+    }
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap().expect("submit"));
+    }
+
+    let statuses = cluster.converged(Duration::from_secs(10)).await;
+    let entries = statuses[0].applied_index - index_before;
+    assert!(
+        entries < (SUBMITS / 2) as u64,
+        "{SUBMITS} concurrent submits took {entries} entries: not batched"
+    );
+
+    let mut reader = cluster.workflows(leader).await;
+    for pair in 0..20 {
+        let (a, b) = (&answers[2 * pair], &answers[2 * pair + 1]);
+        assert_eq!(
+            a.workflow_id, b.workflow_id,
+            "pair {pair}: one key, one workflow"
+        );
+        assert!(
+            a.created != b.created,
+            "pair {pair}: created for exactly one caller"
+        );
+        let creator = if a.created { 2 * pair } else { 2 * pair + 1 };
+        let got = reader
+            .get(pb::GetRequest {
+                workflow_id: a.workflow_id,
+                consistency: 0,
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .workflow
+            .unwrap();
+        assert_eq!(got.name, format!("burst-{creator}"), "pair {pair}");
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, answer) in answers.iter().enumerate().skip(40) {
+        assert!(answer.created, "submit {i}");
+        assert!(ids.insert(answer.workflow_id), "submit {i}: id given twice");
+        let got = reader
+            .get(pb::GetRequest {
+                workflow_id: answer.workflow_id,
+                consistency: 0,
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .workflow
+            .unwrap();
+        assert_eq!(
+            got.name,
+            format!("burst-{i}"),
+            "submit {i} got another's workflow"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -1,7 +1,9 @@
 //! openraft glue: the type config, the transport (client in `network`, server in `service`), and
-//! the running member (`node`: bootstrap, propose, linearizable reads). The rest of the node
+//! the running member (`node`: bootstrap, propose, linearizable reads), and the leader's group
+//! commit of proposals into entries (`batcher`). The rest of the node
 //! reaches openraft only through this module and `storage`, so an openraft bump stays here.
 
+mod batcher;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -14,6 +14,7 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use super::batcher::Batcher;
 use super::network::{self, NetworkFactory, Peers};
 use super::types::{Raft, RaftNodeId};
 use crate::metrics;
@@ -30,6 +31,8 @@ pub struct RaftTiming {
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     pub log_kept_behind_snapshot: u64,
+    /// Commands the leader groups into one entry at most (`batcher`); 1 turns grouping off.
+    pub commands_per_entry_max: usize,
 }
 
 impl Default for RaftTiming {
@@ -40,12 +43,13 @@ impl Default for RaftTiming {
             election_timeout_max_ms: 600,
             snapshot_every_entries: 20_000,
             log_kept_behind_snapshot: 2_000,
+            commands_per_entry_max: 1_024,
         }
     }
 }
 
 /// Why a proposal or read did not go through. Says whether the command may have been applied.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NodeError {
     /// Certainly not applied: no leader is known (election under way, or no quorum).
     #[error("no leader is available: {0}")]
@@ -79,6 +83,7 @@ pub struct RaftNode {
     pub peers: Peers,
     /// Counted limits: proposals, agent sessions, watches.
     pub admission: crate::limits::Admission,
+    batcher: Batcher,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -129,13 +134,15 @@ impl RaftNode {
             let m = leadership.borrow_watched();
             (m.state == ServerState::Leader).then_some(m.current_term)
         }));
+        let (batcher, batcher_task) = Batcher::start(raft.clone(), timing.commands_per_entry_max);
         let mut node = Self {
             id,
             raft,
             replica,
             peers,
             admission: crate::limits::Admission::default(),
-            tasks: Vec::new(),
+            batcher,
+            tasks: vec![batcher_task],
         };
         node.tasks
             .push(tokio::spawn(watch_metrics(node.raft.clone())));
@@ -212,32 +219,10 @@ impl RaftNode {
         }
     }
 
-    /// Proposes on this node, which must be the leader. Stamps the leader's clock.
+    /// Proposes on this node, which must be the leader: queued for the next entry the leader
+    /// writes, with whatever other commands are waiting (see `batcher`).
     pub async fn propose_local(&self, command: Command) -> Result<Proposed, NodeError> {
-        let entry = LogEntry {
-            time_ms: wall_clock_ms(),
-            command,
-        };
-        match self.raft.client_write(entry).await {
-            Ok(written) => Ok(Proposed {
-                index: written.log_id.index,
-                response: written.data,
-            }),
-            // This node is shutting down: the entry may or may not have been replicated.
-            Err(err) if matches!(err.fatal(), Some(openraft::error::Fatal::Stopped)) => Err(
-                NodeError::Unknown("the node stopped while the command was in flight".into()),
-            ),
-            Err(err) => match err.into_api_error() {
-                Some(ClientWriteError::ForwardToLeader(f)) => Err(NodeError::NotLeader {
-                    leader: f.leader_id,
-                }),
-                Some(ClientWriteError::LogEntryDiscarded(_)) => Err(NodeError::Unknown(
-                    "leadership changed before the entry was committed".into(),
-                )),
-                Some(other) => Err(NodeError::Fatal(other.to_string())),
-                None => Err(NodeError::Fatal("raft stopped".into())),
-            },
-        }
+        self.batcher.propose(command).await
     }
 
     async fn forward(&self, leader: RaftNodeId, command: &Command) -> Result<Proposed, NodeError> {
@@ -426,6 +411,35 @@ fn status_to_error(status: tonic::Status) -> NodeError {
 
 fn is_connect_error(status: &tonic::Status) -> bool {
     status.message().contains("connect")
+}
+
+/// Writes one entry holding `command` through Raft, stamped with this node's clock, and waits
+/// until it is applied here. Only the batcher calls it, so every write on the leader is batched.
+pub(super) async fn write_entry(raft: &Raft, command: Command) -> Result<Proposed, NodeError> {
+    let entry = LogEntry {
+        time_ms: wall_clock_ms(),
+        command,
+    };
+    match raft.client_write(entry).await {
+        Ok(written) => Ok(Proposed {
+            index: written.log_id.index,
+            response: written.data,
+        }),
+        // This node is shutting down: the entry may or may not have been replicated.
+        Err(err) if matches!(err.fatal(), Some(openraft::error::Fatal::Stopped)) => Err(
+            NodeError::Unknown("the node stopped while the command was in flight".into()),
+        ),
+        Err(err) => match err.into_api_error() {
+            Some(ClientWriteError::ForwardToLeader(f)) => Err(NodeError::NotLeader {
+                leader: f.leader_id,
+            }),
+            Some(ClientWriteError::LogEntryDiscarded(_)) => Err(NodeError::Unknown(
+                "leadership changed before the entry was committed".into(),
+            )),
+            Some(other) => Err(NodeError::Fatal(other.to_string())),
+            None => Err(NodeError::Fatal("raft stopped".into())),
+        },
+    }
 }
 
 pub fn wall_clock_ms() -> u64 {

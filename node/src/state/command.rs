@@ -58,6 +58,10 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// Commands the leader grouped into one entry (see `raft::batcher`). They apply in order,
+    /// exactly as consecutive entries would, with this entry's index and time; the response is
+    /// [`Response::Batch`], one response per command. A batch inside a batch is refused.
+    Batch(Vec<Command>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +123,7 @@ impl Command {
             Self::Tick => "tick",
             Self::CreateToken(_) => "create_token",
             Self::RevokeToken { .. } => "revoke_token",
+            Self::Batch(_) => "batch",
         }
     }
 }
@@ -181,6 +186,8 @@ pub enum Response {
     Rejected {
         reason: String,
     },
+    /// The responses to a [`Command::Batch`], in its order.
+    Batch(Vec<Response>),
 }
 
 /// An entry that is not a Baton entry of a version this node knows. Never expected in a healthy
@@ -252,6 +259,26 @@ mod tests {
         assert_eq!(
             hex(&bytes),
             "0182a774696d655f6d7305a7636f6d6d616e6481a663616e63656c82ab776f726b666c6f775f696407a6726561736f6ea0"
+        );
+        assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn golden_batch_entry_bytes() {
+        let entry = LogEntry {
+            time_ms: 5,
+            command: Command::Batch(vec![
+                Command::Cancel(CancelCommand {
+                    workflow_id: WorkflowId(7),
+                    reason: String::new(),
+                }),
+                Command::Tick,
+            ]),
+        };
+        let bytes = entry.encode();
+        assert_eq!(
+            hex(&bytes),
+            "0182a774696d655f6d7305a7636f6d6d616e6481a562617463689281a663616e63656c82ab776f726b666c6f775f696407a6726561736f6ea0a47469636b"
         );
         assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
     }

@@ -161,30 +161,46 @@ impl ClusterState {
         self.now_ms = self.now_ms.max(entry.time_ms);
         let mut events = Events::new();
         let response = match entry.command {
+            Command::Batch(commands) => Response::Batch(
+                commands
+                    .into_iter()
+                    .map(|command| self.execute(ctx, command, &mut events))
+                    .collect(),
+            ),
+            command => self.execute(ctx, command, &mut events),
+        };
+        // O(state): on every apply in unit and property tests, where states are small.
+        #[cfg(test)]
+        self.check_invariants();
+        Applied { response, events }
+    }
+
+    /// Applies one command; a batch here is one nested in another, and is refused.
+    fn execute(&mut self, ctx: ApplyCtx, command: Command, events: &mut Events) -> Response {
+        match command {
             Command::InitCluster { cluster_id } => {
                 if self.cluster_id.is_empty() {
                     self.cluster_id = cluster_id;
                 }
                 Response::Done
             }
-            Command::Submit(submit) => self.submit(ctx, submit, &mut events),
-            Command::Cancel(cancel) => self.cancel(ctx, cancel, &mut events),
+            Command::Submit(submit) => self.submit(ctx, submit, events),
+            Command::Cancel(cancel) => self.cancel(ctx, cancel, events),
             Command::ReserveNodeId { node_id } => {
                 self.used_node_ids.insert(node_id);
                 Response::Done
             }
-            Command::RegisterAgent(register) => self.register_agent(ctx, register, &mut events),
-            Command::Assign { assignments } => self.assign(ctx, assignments, &mut events),
-            Command::Complete(complete) => self.complete(ctx, complete, &mut events),
-            Command::ExpireLeases { attempts } => self.expire_leases(ctx, attempts, &mut events),
-            Command::Tick => self.tick(ctx, &mut events),
+            Command::RegisterAgent(register) => self.register_agent(ctx, register, events),
+            Command::Assign { assignments } => self.assign(ctx, assignments, events),
+            Command::Complete(complete) => self.complete(ctx, complete, events),
+            Command::ExpireLeases { attempts } => self.expire_leases(ctx, attempts, events),
+            Command::Tick => self.tick(ctx, events),
             Command::CreateToken(create) => self.create_token(create),
             Command::RevokeToken { id } => self.revoke_token(&id),
-        };
-        // O(state): on every apply in unit and property tests, where states are small.
-        #[cfg(test)]
-        self.check_invariants();
-        Applied { response, events }
+            Command::Batch(_) => Response::Rejected {
+                reason: "a batch inside a batch".into(),
+            },
+        }
     }
 
     /// Membership entries are applied by the storage layer; it tells the state which ids are in

@@ -404,6 +404,53 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A batch entry is the same as its commands applied one by one at its index and time: the
+    /// same responses in order, the same events in order, the same state. So the leader's group
+    /// commit (`raft::batcher`) changes how many entries there are, never what they do.
+    #[test]
+    fn a_batch_applies_as_its_commands_in_order(
+        entries in prop::collection::vec(prop::collection::vec(arb_command(), 1..6), 0..30),
+    ) {
+        let mut batched = ClusterState::default();
+        let mut single = ClusterState::default();
+        for (i, commands) in entries.into_iter().enumerate() {
+            let ctx = ApplyCtx { index: i as u64 + 1 };
+            // Each group takes its first command's time, as one entry has one time.
+            let time_ms = commands[0].0;
+            let commands: Vec<Command> = commands.into_iter().map(|(_, c)| c).collect();
+            let mut responses = Vec::new();
+            let mut events = Vec::new();
+            for command in commands.clone() {
+                let applied = single.apply(ctx, LogEntry { time_ms, command });
+                responses.push(applied.response);
+                events.extend(applied.events);
+            }
+            let applied = batched.apply(ctx, LogEntry { time_ms, command: Command::Batch(commands) });
+            prop_assert_eq!(applied.response, Response::Batch(responses));
+            prop_assert_eq!(applied.events, events);
+            prop_assert_eq!(&batched, &single);
+        }
+    }
+}
+
+#[test]
+fn a_batch_inside_a_batch_is_refused_and_changes_nothing() {
+    let mut log = Log::new();
+    let before = log.state.clone();
+    let inner = Command::Batch(vec![submit(&spec("w", vec![step("a", &[])]), "")]);
+    let response = log.apply(Command::Batch(vec![inner]));
+    assert_eq!(
+        response,
+        Response::Batch(vec![Response::Rejected {
+            reason: "a batch inside a batch".into()
+        }])
+    );
+    // Only the clock moved.
+    assert_eq!(log.state.workflows.len(), before.workflows.len());
+    assert_eq!(log.state.last_workflow_id, 0);
+}
+
 // --- scheduling: agents, leases, fencing, retries, conditions ---
 
 fn register(log: &mut Log, name: &str, slots: u32) -> AgentId {

@@ -1,0 +1,172 @@
+//! Group commit of commands into log entries, on the leader.
+//!
+//! Every command proposed on the leader (its own, and those followers forward) goes through one
+//! queue. Up to [`ENTRIES_IN_FLIGHT`] entries are being written at a time; while they are, new
+//! commands wait in the queue, and the next free slot takes all of them (up to
+//! `--max-commands-per-entry` and [`ENTRY_BYTES_MAX`]) as one [`Command::Batch`] entry. So a quiet
+//! cluster writes each command at once in an entry of its own, and a loaded one pays the
+//! per-entry costs (log id, WAL record, replication framing, apply bookkeeping, the responder)
+//! once per batch instead of once per submit or report. The batch's commands apply in order, as
+//! consecutive entries would; each caller gets its own command's response.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::node::{NodeError, Proposed};
+use super::types::Raft;
+use crate::metrics;
+use crate::state::{Command, Response};
+
+/// Entries written at once. A new one starts as soon as one is committed and applied; the queue
+/// builds up only while all are in flight, which is what makes batches under load and none when
+/// idle. Enough to keep replication and the WAL busy while an entry is being applied.
+pub const ENTRIES_IN_FLIGHT: usize = 4;
+/// The commands' encoded size in one entry (a single larger command still gets an entry of its
+/// own): keeps one append well under `limits::RAFT_MESSAGE_BYTES_MAX`.
+pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
+
+type Reply = oneshot::Sender<Result<Proposed, NodeError>>;
+
+struct Queued {
+    command: Command,
+    reply: Reply,
+}
+
+/// The queue's sending end; the writer task ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl Batcher {
+    /// Starts the writer task over `raft`.
+    pub fn start(raft: Raft, commands_max: usize) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write_batches(raft, rx, commands_max));
+        (Self { queue }, task)
+    }
+
+    /// Proposes `command` in the next entry and waits until that entry is applied. Must be
+    /// called on the leader; a batch written on a node that is not gets `NotLeader` for each.
+    pub async fn propose(&self, command: Command) -> Result<Proposed, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Queued { command, reply })
+            .map_err(|_| NodeError::Unknown("the node is shutting down".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(NodeError::Unknown("the node is shutting down".into())))
+    }
+}
+
+/// The writer: takes what is queued whenever an in-flight slot frees, and writes it as one entry.
+/// The queue is unbounded, but what feeds it is not: client proposals are capped by
+/// `limits::PROPOSALS_IN_FLIGHT_MAX`, reports by sessions times slots, and the scheduler waits for
+/// its own proposals.
+async fn write_batches(
+    raft: Raft,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    commands_max: usize,
+) {
+    let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    // A command that did not fit the previous batch opens the next one.
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(queued) => queued,
+            None => match queue.recv().await {
+                Some(queued) => queued,
+                None => return,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Whatever arrived while waiting for the slot joins this entry.
+        let mut bytes = encoded_len(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < commands_max {
+            let Ok(next) = queue.try_recv() else { break };
+            let len = encoded_len(&next.command);
+            if bytes + len > ENTRY_BYTES_MAX {
+                carried = Some(next);
+                break;
+            }
+            bytes += len;
+            batch.push(next);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            write(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Writes one entry: the command itself when alone, else a [`Command::Batch`]; answers each
+/// caller.
+async fn write(raft: &Raft, mut batch: Vec<Queued>) {
+    metrics::commands_per_entry(batch.len());
+    if batch.len() == 1 {
+        let Queued { command, reply } = batch.pop().expect("one command");
+        let _ = reply.send(super::node::write_entry(raft, command).await);
+        return;
+    }
+    let (commands, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|queued| (queued.command, queued.reply))
+        .unzip();
+    match super::node::write_entry(raft, Command::Batch(commands)).await {
+        Ok(Proposed {
+            index,
+            response: Response::Batch(responses),
+        }) if responses.len() == replies.len() => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok(Proposed { index, response }));
+            }
+        }
+        Ok(other) => {
+            // Cannot happen with a state machine of this version; say so to every caller
+            // rather than guess which response is whose.
+            let error = format!("a batch of {} applied as {:?}", replies.len(), other);
+            tracing::error!(%error, "batched entry answered out of shape");
+            for reply in replies {
+                let _ = reply.send(Err(NodeError::Fatal(error.clone())));
+            }
+        }
+        Err(err) => {
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// A command's size in the entry, near enough to bound a batch: the spec or output bytes
+/// dominate, the rest is a few dozen bytes.
+fn encoded_len(command: &Command) -> usize {
+    const FRAME: usize = 64;
+    FRAME
+        + match command {
+            Command::Submit(submit) => submit.spec.len() + submit.idempotency_key.len(),
+            Command::Complete(complete) => complete.output.len() + complete.error.len(),
+            Command::Cancel(cancel) => cancel.reason.len(),
+            Command::Assign { assignments } => assignments.len() * 32,
+            Command::ExpireLeases { attempts } => attempts.len() * 16,
+            Command::CreateToken(create) => create.name.len() + create.digest.len(),
+            Command::RegisterAgent(register) => {
+                register.name.len()
+                    + register
+                        .labels
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
+            Command::Batch(commands) => commands.iter().map(encoded_len).sum(),
+            Command::InitCluster { .. }
+            | Command::ReserveNodeId { .. }
+            | Command::Tick
+            | Command::RevokeToken { .. } => 0,
+        }
+}
