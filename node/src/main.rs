@@ -6,6 +6,12 @@ use baton_node::config::{Cli, Subcommands};
 use baton_node::server::Server;
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the leader allocates and frees small objects at a high rate
+/// across threads (entries, events, gRPC messages), and glibc's malloc and free were 17% of its CPU
+/// under load (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,8 +25,10 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(Subcommands::Dev(args)) = cli.command {
-        baton_node::init_tracing(Default::default());
-        return match baton_node::dev::run(args).await {
+        let logs = baton_node::init_tracing(Default::default());
+        let result = baton_node::dev::run(args).await;
+        drop(logs);
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("batond dev: {err:#}");
@@ -41,7 +49,7 @@ async fn main() -> ExitCode {
         };
     }
     if let Some(Subcommands::Restore(args)) = &cli.command {
-        baton_node::init_tracing(Default::default());
+        let logs = baton_node::init_tracing(Default::default());
         let seeded = match baton_node::config::parse_initial_cluster(&args.initial_cluster) {
             Ok(members) => {
                 baton_node::storage::seed::restore(
@@ -54,10 +62,11 @@ async fn main() -> ExitCode {
             }
             Err(err) => Err(err),
         };
+        drop(logs);
         return report_seeded("restore", seeded);
     }
     if let Some(Subcommands::Recover(args)) = &cli.command {
-        baton_node::init_tracing(Default::default());
+        let logs = baton_node::init_tracing(Default::default());
         let seeded = match baton_node::config::parse_initial_cluster(&format!(
             "{}={}",
             args.node_id, args.address
@@ -68,6 +77,7 @@ async fn main() -> ExitCode {
             }
             Err(err) => Err(err.replace("--initial-cluster", "--address")),
         };
+        drop(logs);
         return report_seeded("recover", seeded);
     }
     let config = match cli.node.resolve() {
@@ -77,7 +87,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    baton_node::init_tracing(config.log_format);
+    // Dropped before a final error is printed, so the log lines before it come first.
+    let logs = baton_node::init_tracing(config.log_format);
     if let Some(broken) = broken {
         tracing::warn!(
             broken = broken.name(),
@@ -87,12 +98,14 @@ async fn main() -> ExitCode {
     if let Some(addr) = config.metrics_listen
         && let Err(err) = baton_node::metrics::install(addr)
     {
+        drop(logs);
         eprintln!("batond: {err}");
         return ExitCode::FAILURE;
     }
     let server = match Server::start(&config, None).await {
         Ok(server) => server,
         Err(err) => {
+            drop(logs);
             eprintln!("batond: {err}");
             return ExitCode::FAILURE;
         }
@@ -102,6 +115,7 @@ async fn main() -> ExitCode {
     server.drain().await;
     server.shutdown().await;
     tracing::info!("stopped");
+    drop(logs);
     ExitCode::SUCCESS
 }
 

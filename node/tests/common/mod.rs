@@ -21,7 +21,10 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub fn init_logs() {
-    baton_node::init_tracing(LogFormat::Text);
+    // The first call installs the logger; its writer thread lives as long as the test binary.
+    if let Some(guard) = baton_node::init_tracing(LogFormat::Text) {
+        std::mem::forget(guard);
+    }
 }
 
 /// Timing for tests: elections fast enough to keep tests short, slow enough not to flap on a
