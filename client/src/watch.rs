@@ -2,8 +2,10 @@
 //!
 //! `Client::watch` opens one stream (with failover for the opening only). [`WorkflowWatch`]
 //! keeps a workflow's events coming: when the stream breaks, or ends before the workflow has
-//! finished, it reopens it, on whichever node answers, from the last index seen + 1, so that no
-//! event is missed or repeated. Reopening tells the caller ([`WatchUpdate::Resumed`]), because
+//! finished, it reopens it, on whichever node answers, so that no event is missed or repeated.
+//! One log index can carry many events (an entry holds a batch of commands, or assignments), in
+//! the same order on every node, so a stream lost partway through an index is reopened at that
+//! index and skips the events of it already seen ([`ResumePoint`]). Reopening tells the caller ([`WatchUpdate::Resumed`]), because
 //! a caller waiting for the end may want to check the workflow's state itself then.
 
 use std::time::Duration;
@@ -26,11 +28,36 @@ pub enum WatchUpdate {
     },
 }
 
+/// Where a watch stands: the last event's index and how many events of that index were seen.
+/// Every node holds an index's events in the same order (apply order), so skipping `seen` of them
+/// on another node drops exactly those. (A node whose event ring has just dropped the start of
+/// that index would make the skip drop others: the ring holds the latest 100,000 events, so that
+/// takes a watcher more than 100,000 events behind.)
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct ResumePoint {
+    index: u64,
+    seen: usize,
+}
+
+impl ResumePoint {
+    fn record(&mut self, index: u64) {
+        if index == self.index {
+            self.seen += 1;
+        } else {
+            *self = Self { index, seen: 1 };
+        }
+    }
+}
+
 /// Follows one workflow (or, with id 0, all of them) from a log index on.
 pub struct WorkflowWatch {
     client: Client,
     workflow_id: u64,
     next_index: u64,
+    /// The last event received, if any: a reopened stream starts at its index.
+    last: Option<ResumePoint>,
+    /// Events of a reopened stream still to drop: the ones of `last.index` seen before.
+    skip: Option<ResumePoint>,
     stream: Option<tonic::Streaming<WorkflowEvent>>,
     finished: bool,
     backoff: Backoff,
@@ -44,6 +71,8 @@ impl WorkflowWatch {
             client,
             workflow_id,
             next_index: from_index,
+            last: None,
+            skip: None,
             stream: None,
             finished: false,
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
@@ -65,9 +94,10 @@ impl WorkflowWatch {
                 return Ok(None);
             }
             let Some(stream) = self.stream.as_mut() else {
-                let from_index = self.next_index;
+                let from_index = self.last.map_or(self.next_index, |last| last.index);
                 let stream = self.client.watch(self.workflow_id, from_index).await?;
                 self.stream = Some(stream);
+                self.skip = self.last;
                 if let Some(reason) = self.lost.take() {
                     return Ok(Some(WatchUpdate::Resumed { from_index, reason }));
                 }
@@ -76,11 +106,21 @@ impl WorkflowWatch {
             let lost = match stream.next().await {
                 Some(Ok(event)) => {
                     self.backoff.reset();
-                    self.next_index = self.next_index.max(event.index + 1);
-                    if self.workflow_id != 0
+                    // The watched workflow's end is never a repeat (seen, it ends the watch); a
+                    // node that no longer holds it sends it again at the resume index.
+                    let end = self.workflow_id != 0
                         && event.workflow_id == self.workflow_id
-                        && event.kind == EventKind::WorkflowFinished as i32
-                    {
+                        && event.kind == EventKind::WorkflowFinished as i32;
+                    if let Some(skip) = self.skip.as_mut() {
+                        if event.index == skip.index && skip.seen > 0 && !end {
+                            skip.seen -= 1;
+                            continue;
+                        }
+                        self.skip = None;
+                    }
+                    self.last.get_or_insert_default().record(event.index);
+                    self.next_index = self.next_index.max(event.index + 1);
+                    if end {
                         self.finished = true;
                         self.stream = None;
                     }

@@ -1,5 +1,6 @@
-//! `WorkflowWatch` against a fake node: resumes after a broken stream from the last index + 1,
-//! yields every event once, ends after the workflow's finish, and resumes a stream that ends early.
+//! `WorkflowWatch` against a fake node: resumes after a broken stream at the last index seen,
+//! skipping the events of it already seen, yields every event once (also when one index carries
+//! several), ends after the workflow's finish, and resumes a stream that ends early.
 
 mod common;
 
@@ -34,7 +35,9 @@ async fn resumes_after_breaks_without_losing_or_repeating_events() {
         }
     }
     assert_eq!(indexes, [3, 4, 5, 6, 7]);
-    assert_eq!(resumed, [4, 5]);
+    // The fake breaks each stream after one event: the first break loses nothing past index 3,
+    // the second comes right after the skipped repeat of it.
+    assert_eq!(resumed, [3, 3]);
     let from: Vec<u64> = script
         .watch_requests
         .lock()
@@ -42,8 +45,43 @@ async fn resumes_after_breaks_without_losing_or_repeating_events() {
         .iter()
         .map(|request| request.from_index)
         .collect();
-    assert_eq!(from, [0, 4, 5]);
+    assert_eq!(from, [0, 3, 3]);
     assert!(watch.next().await.unwrap().is_none(), "stays finished");
+}
+
+/// One index with several events (a batched entry): a stream lost after the first of them resumes
+/// at that index and yields the rest, each once.
+#[tokio::test]
+async fn a_break_inside_an_index_loses_and_repeats_nothing() {
+    let script = common::Script::default();
+    let event = |index: u64, kind: EventKind, step: &str| baton_client::proto::WorkflowEvent {
+        index,
+        workflow_id: 7,
+        kind: kind as i32,
+        step: step.into(),
+        ..Default::default()
+    };
+    let events = vec![
+        event(3, EventKind::WorkflowSubmitted, ""),
+        event(3, EventKind::StepReady, "a"),
+        event(3, EventKind::StepReady, "b"),
+        event(4, EventKind::StepAssigned, "a"),
+        event(5, EventKind::StepFinished, "a"),
+        event(5, EventKind::WorkflowFinished, ""),
+    ];
+    *script.events.lock().unwrap() = events.clone();
+    script.watch_breaks.store(1, Ordering::SeqCst);
+    let (address, _) = common::start(script).await;
+    let client = Client::new(Endpoints::parse(&address.to_string()).unwrap()).unwrap();
+
+    let mut watch = WorkflowWatch::new(client, 7, 0);
+    let mut got = Vec::new();
+    while let Some(update) = watch.next().await.unwrap() {
+        if let WatchUpdate::Event(event) = update {
+            got.push(event);
+        }
+    }
+    assert_eq!(got, events);
 }
 
 #[tokio::test]
@@ -56,7 +94,7 @@ async fn a_stream_that_ends_before_the_finish_is_resumed() {
     while events < 6 {
         match watch.next().await.unwrap() {
             Some(WatchUpdate::Event(_)) => events += 1,
-            Some(WatchUpdate::Resumed { from_index, .. }) => assert_eq!(from_index, 4),
+            Some(WatchUpdate::Resumed { from_index, .. }) => assert_eq!(from_index, 3),
             None => panic!("a workflow that never finished cannot end the watch"),
         }
     }

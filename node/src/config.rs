@@ -165,7 +165,8 @@ pub struct NodeArgs {
     #[arg(long, env = "BATON_LOG_KEPT_BEHIND_SNAPSHOT")]
     pub log_kept_behind_snapshot: Option<u64>,
     /// Most commands (submits, reports, ...) the leader groups into one log entry while earlier
-    /// entries are in flight; 1 writes every command in an entry of its own [default: 1024].
+    /// entries are in flight; 1 turns grouping off: every command is written at once, in an entry
+    /// of its own [default: 1024].
     #[arg(long, env = "BATON_MAX_COMMANDS_PER_ENTRY")]
     pub max_commands_per_entry: Option<usize>,
     /// Dial other members at different addresses than the membership lists,

@@ -22,7 +22,24 @@ pub const PUBLIC_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Concurrent requests served per connection before callers queue.
 pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
 
+/// Log entries in one append to a follower. An entry is at most one command of up to
+/// `SPEC_BYTES_MAX` or a batch of up to `ENTRY_BATCH_BYTES_MAX`, so an append of this many stays
+/// under `RAFT_MESSAGE_BYTES_MAX` (asserted below): a follower far behind catches up in many
+/// appends rather than being sent one it must refuse, again and again.
+pub const RAFT_ENTRIES_PER_APPEND_MAX: usize = 48;
+/// The commands' encoded size in one batched entry (the leader's group commit, `raft::batcher`).
+pub const ENTRY_BATCH_BYTES_MAX: usize = 1024 * 1024;
+
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 4096 <= RAFT_MESSAGE_BYTES_MAX);
+const _: () = {
+    let entry_max = if ENTRY_BATCH_BYTES_MAX > baton_proto::limits::SPEC_BYTES_MAX {
+        ENTRY_BATCH_BYTES_MAX
+    } else {
+        baton_proto::limits::SPEC_BYTES_MAX
+    };
+    // 64 KiB per entry for its other fields, the entry's framing and the message's.
+    assert!(RAFT_ENTRIES_PER_APPEND_MAX * (entry_max + 64 * 1024) <= RAFT_MESSAGE_BYTES_MAX);
+};
 const _: () = assert!(baton_proto::limits::SPEC_BYTES_MAX + 4096 <= PUBLIC_REQUEST_BYTES_MAX);
 
 /// Time allowed to send a snapshot of `bytes`: a floor, plus the time at a pessimistic 8 MiB/s.

@@ -379,11 +379,14 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
             format!("single-{i}")
         }
     };
+    // One connection per node, as a real client has: calls are concurrent HTTP/2 streams on it.
+    let via = [
+        cluster.workflows(leader).await,
+        cluster.workflows(follower).await,
+    ];
     let mut calls = Vec::new();
     for i in 0..SUBMITS {
-        let mut client = cluster
-            .workflows(if i % 2 == 0 { leader } else { follower })
-            .await;
+        let mut client = via[i % 2].clone();
         let request = pb::SubmitRequest {
             spec: Some(noop_spec(&format!("burst-{i}"), 1)),
             idempotency_key: key(i),
@@ -399,6 +402,7 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
 
     let statuses = cluster.converged(Duration::from_secs(10)).await;
     let entries = statuses[0].applied_index - index_before;
+    tracing::info!(entries, "{SUBMITS} concurrent submits written");
     assert!(
         entries < (SUBMITS / 2) as u64,
         "{SUBMITS} concurrent submits took {entries} entries: not batched"

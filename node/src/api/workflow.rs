@@ -300,7 +300,7 @@ impl WorkflowServiceImpl {
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let _ = tx
                             .send(Err(Status::aborted(
-                                "watcher fell behind the event stream; resume from the last index seen + 1",
+                                "watcher fell behind the event stream; resume from the last index seen, skipping its events already received",
                             )))
                             .await;
                             return;

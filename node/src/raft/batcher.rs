@@ -3,11 +3,17 @@
 //! Every command proposed on the leader (its own, and those followers forward) goes through one
 //! queue. Up to [`ENTRIES_IN_FLIGHT`] entries are being written at a time; while they are, new
 //! commands wait in the queue, and the next free slot takes all of them (up to
-//! `--max-commands-per-entry` and [`ENTRY_BYTES_MAX`]) as one [`Command::Batch`] entry. So a quiet
-//! cluster writes each command at once in an entry of its own, and a loaded one pays the
-//! per-entry costs (log id, WAL record, replication framing, apply bookkeeping, the responder)
-//! once per batch instead of once per submit or report. The batch's commands apply in order, as
-//! consecutive entries would; each caller gets its own command's response.
+//! `--max-commands-per-entry` and [`ENTRY_BATCH_BYTES_MAX`]; a single larger command gets an
+//! entry of its own) as one [`Command::Batch`] entry. So a quiet cluster writes each command at
+//! once in an entry of its own, and a loaded one pays the per-entry costs (log id, WAL record,
+//! replication framing, apply bookkeeping, the responder) once per batch instead of once per
+//! submit or report. The batch's commands apply in order, at the entry's index and time; each
+//! caller gets its own command's response. A batch commits or fails whole, so an error (not the
+//! leader, outcome unknown) means the same for every command in it.
+//!
+//! Callers that gave up while queued (their request was cancelled or timed out) are dropped
+//! before the batch is made: nothing is written for a caller that is no longer waiting, so a
+//! timed-out client's retry does not pile up behind its own first attempt.
 
 use std::sync::Arc;
 
@@ -15,16 +21,15 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::node::{NodeError, Proposed};
 use super::types::Raft;
+use crate::limits::ENTRY_BATCH_BYTES_MAX;
 use crate::metrics;
 use crate::state::{Command, Response};
 
 /// Entries written at once. A new one starts as soon as one is committed and applied; the queue
 /// builds up only while all are in flight, which is what makes batches under load and none when
-/// idle. Enough to keep replication and the WAL busy while an entry is being applied.
+/// idle. Enough to keep replication and the WAL busy while an entry is being applied; measured
+/// against 2, 8 and 16 in docs/PERFORMANCE.md.
 pub const ENTRIES_IN_FLIGHT: usize = 4;
-/// The commands' encoded size in one entry (a single larger command still gets an entry of its
-/// own): keeps one append well under `limits::RAFT_MESSAGE_BYTES_MAX`.
-pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 
 type Reply = oneshot::Sender<Result<Proposed, NodeError>>;
 
@@ -69,7 +74,13 @@ async fn write_batches(
     mut queue: mpsc::UnboundedReceiver<Queued>,
     commands_max: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    // Without grouping, a bound on entries in flight would only hold commands back.
+    let in_flight = if commands_max == 1 {
+        Semaphore::MAX_PERMITS
+    } else {
+        ENTRIES_IN_FLIGHT
+    };
+    let slots = Arc::new(Semaphore::new(in_flight));
     // A command that did not fit the previous batch opens the next one.
     let mut carried: Option<Queued> = None;
     loop {
@@ -84,17 +95,27 @@ async fn write_batches(
             return;
         };
         // Whatever arrived while waiting for the slot joins this entry.
-        let mut bytes = encoded_len(&first.command);
-        let mut batch = vec![first];
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        if !first.reply.is_closed() {
+            bytes = encoded_len(&first.command);
+            batch.push(first);
+        }
         while batch.len() < commands_max {
             let Ok(next) = queue.try_recv() else { break };
+            if next.reply.is_closed() {
+                continue;
+            }
             let len = encoded_len(&next.command);
-            if bytes + len > ENTRY_BYTES_MAX {
+            if bytes + len > ENTRY_BATCH_BYTES_MAX {
                 carried = Some(next);
                 break;
             }
             bytes += len;
             batch.push(next);
+        }
+        if batch.is_empty() {
+            continue;
         }
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -144,9 +165,9 @@ async fn write(raft: &Raft, mut batch: Vec<Queued>) {
 }
 
 /// A command's size in the entry, near enough to bound a batch: the spec or output bytes
-/// dominate, the rest is a few dozen bytes.
+/// dominate; field names and values are under 128 bytes for every command.
 fn encoded_len(command: &Command) -> usize {
-    const FRAME: usize = 64;
+    const FRAME: usize = 128;
     FRAME
         + match command {
             Command::Submit(submit) => submit.spec.len() + submit.idempotency_key.len(),

@@ -110,7 +110,7 @@ impl RaftNode {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every_entries),
             max_in_snapshot_log_to_keep: timing.log_kept_behind_snapshot,
             purge_batch_size: 256,
-            max_payload_entries: 1024,
+            max_payload_entries: crate::limits::RAFT_ENTRIES_PER_APPEND_MAX as u64,
             install_snapshot_timeout: 2_000,
             enable_pre_vote: Some(true),
             ..Default::default()
