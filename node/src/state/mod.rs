@@ -86,6 +86,10 @@ pub struct ClusterState {
     /// Steps in backoff: (retry at, workflow, step).
     #[serde(deserialize_with = "cautious::set")]
     backoff: OrdSet<(u64, WorkflowId, u32)>,
+    /// `ready`'s steps that have a schedule-to-start deadline, by deadline (derived: rebuilt by
+    /// `decode`, checked by the invariants, not encoded, so not in snapshots or the hash).
+    #[serde(skip)]
+    ready_deadlines: scheduling::Deadlines,
     // A refused report changes nothing here (it is counted by the node's metrics instead), so
     // an agent cannot move the state with reports about attempts that are not its own. Snapshots
     // of earlier releases carry a `reports_refused` count; decoding ignores it.
@@ -257,7 +261,10 @@ impl ClusterState {
             e.message = workflow.spec.name.clone();
         }));
         for &step in &roots {
-            self.ready.insert(scheduling::ready_key(&workflow, step));
+            let key = scheduling::ready_key(&workflow, step);
+            self.ready.insert(key);
+            self.ready_deadlines
+                .insert(key, scheduling::start_timeout_ms(&workflow, step));
             events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
                 e.step = workflow.spec.steps[step as usize].name.clone();
                 e.step_state = pb::StepState::Ready as i32;
@@ -291,8 +298,9 @@ impl ClusterState {
             match run.state {
                 StepState::Running => released.push(AttemptId(run.attempt_id)),
                 StepState::Ready => {
-                    self.ready
-                        .remove(&scheduling::ready_key(workflow, i as u32));
+                    let key = scheduling::ready_key(workflow, i as u32);
+                    self.ready.remove(&key);
+                    self.ready_deadlines.remove(&key);
                 }
                 StepState::Backoff => {
                     self.backoff
@@ -380,7 +388,9 @@ impl ClusterState {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
-        rmp_serde::from_slice(bytes)
+        let mut state: Self = rmp_serde::from_slice(bytes)?;
+        state.ready_deadlines = state.derive_deadlines();
+        Ok(state)
     }
 
     /// SHA-256 of the canonical encoding. O(state): callers cache it per applied index.
@@ -448,6 +458,11 @@ impl ClusterState {
                 StepState::Ready
             );
         }
+        assert_eq!(
+            self.ready_deadlines,
+            self.derive_deadlines(),
+            "the deadline index does not match the ready queue"
+        );
         for (_, workflow_id, step) in &self.backoff {
             assert_eq!(
                 self.workflows[workflow_id].steps[*step as usize].state,

@@ -320,8 +320,16 @@ fn encoding_round_trips_and_the_hash_follows_the_state() {
 /// A random command, drawn so that many of them interact (few names, few keys, small ids).
 fn arb_command() -> impl Strategy<Value = (u64, Command)> {
     let names = prop::sample::select(vec!["a", "b", "c", "d"]);
-    let arb_step = (names.clone(), prop::collection::vec(names, 0..3))
-        .prop_map(|(name, deps)| step(name, &deps));
+    let arb_step = (
+        names.clone(),
+        prop::collection::vec(names, 0..3),
+        prop::sample::select(vec![0u64, 0, 500, 20_000]),
+    )
+        .prop_map(|(name, deps, start_timeout_ms)| {
+            let mut s = step(name, &deps);
+            s.schedule_to_start_timeout_ms = start_timeout_ms;
+            s
+        });
     let arb_submit = (
         prop::collection::vec(arb_step, 0..5),
         prop::sample::select(vec!["", "", "k1", "k2", "k3"]),
