@@ -31,11 +31,6 @@ pub const LEASE_EXPIRY_MARGIN: Duration = Duration::from_millis(1_000);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 /// The loop runs at least this often even when nothing wakes it (deadlines, backoff).
 const ROUND_INTERVAL: Duration = Duration::from_millis(50);
-/// How often the loop looks for ready steps past their schedule-to-start deadline. That check
-/// scans the ready queue, so it runs on this timer rather than every round (under load a round
-/// runs per applied entry, and the scan was a quarter of the leader's CPU with a backlog): a
-/// schedule-to-start timeout fires at most this much late.
-const OVERDUE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Messages buffered per agent before the session is considered stuck and closed.
 pub const OUTBOX_CAPACITY: usize = 4_096;
 
@@ -181,7 +176,6 @@ pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb
 pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
     let mut was_leader = false;
     let mut gauges = metrics::LeaderGauges::default();
-    let mut overdue_checked = Instant::now();
     loop {
         tokio::select! {
             _ = node.replica.applied_notify.notified() => {}
@@ -215,11 +209,7 @@ pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
             was_leader = true;
         }
         gauges.update(&view.state, &sessions.connected(), Instant::now());
-        let check_overdue = overdue_checked.elapsed() >= OVERDUE_CHECK_INTERVAL;
-        if check_overdue {
-            overdue_checked = Instant::now();
-        }
-        if let Err(err) = round(&node, &sessions, &view.state, check_overdue).await {
+        if let Err(err) = round(&node, &sessions, &view.state).await {
             tracing::debug!(error = %err, "scheduling round cut short");
         }
     }
@@ -230,7 +220,6 @@ async fn round(
     node: &RaftNode,
     sessions: &Sessions,
     state: &ClusterState,
-    check_overdue: bool,
 ) -> Result<(), crate::raft::NodeError> {
     let now = Instant::now();
     // Leases: forget finished attempts, adopt ones this leader has no deadline for (assigned by a
@@ -290,7 +279,8 @@ async fn round(
         return Ok(());
     }
     let now_ms = crate::raft::node::wall_clock_ms();
-    if state.backoff_due(now_ms) || (check_overdue && state.any_overdue_ready_at(now_ms)) {
+    // Both O(log n): the state indexes backoffs and schedule-to-start deadlines.
+    if state.tick_due(now_ms) {
         node.propose(Command::Tick).await?;
     }
     let assignments = placement::place(state, &sessions.connected(), ASSIGN_BATCH_MAX);
