@@ -5,8 +5,9 @@
 //! finished, it reopens it, on whichever node answers, so that no event is missed or repeated.
 //! One log index can carry many events (an entry holds a batch of commands, or assignments), in
 //! the same order on every node, so a stream lost partway through an index is reopened at that
-//! index and skips the events of it already seen ([`ResumePoint`]). Reopening tells the caller ([`WatchUpdate::Resumed`]), because
-//! a caller waiting for the end may want to check the workflow's state itself then.
+//! index and skips the events of it already seen (`ResumePoint`). Reopening tells the caller
+//! ([`WatchUpdate::Resumed`]), because a caller waiting for the end may want to check the
+//! workflow's state itself then.
 
 use std::time::Duration;
 
@@ -53,7 +54,8 @@ impl ResumePoint {
 pub struct WorkflowWatch {
     client: Client,
     workflow_id: u64,
-    next_index: u64,
+    /// Where the watch started.
+    from_index: u64,
     /// The last event received, if any: a reopened stream starts at its index.
     last: Option<ResumePoint>,
     /// Events of a reopened stream still to drop: the ones of `last.index` seen before.
@@ -70,7 +72,7 @@ impl WorkflowWatch {
         WorkflowWatch {
             client,
             workflow_id,
-            next_index: from_index,
+            from_index,
             last: None,
             skip: None,
             stream: None,
@@ -80,9 +82,10 @@ impl WorkflowWatch {
         }
     }
 
-    /// The index the stream resumes from if it is reopened.
+    /// The index the stream resumes from if it is reopened: the last event's (the events of it
+    /// already received are skipped), or where the watch started.
     pub fn next_index(&self) -> u64 {
-        self.next_index
+        self.last.map_or(self.from_index, |last| last.index)
     }
 
     /// The next event or resumption; `Ok(None)` after the workflow's WORKFLOW_FINISHED event.
@@ -94,7 +97,7 @@ impl WorkflowWatch {
                 return Ok(None);
             }
             let Some(stream) = self.stream.as_mut() else {
-                let from_index = self.last.map_or(self.next_index, |last| last.index);
+                let from_index = self.next_index();
                 let stream = self.client.watch(self.workflow_id, from_index).await?;
                 self.stream = Some(stream);
                 self.skip = self.last;
@@ -119,7 +122,6 @@ impl WorkflowWatch {
                         self.skip = None;
                     }
                     self.last.get_or_insert_default().record(event.index);
-                    self.next_index = self.next_index.max(event.index + 1);
                     if end {
                         self.finished = true;
                         self.stream = None;
@@ -137,7 +139,7 @@ impl WorkflowWatch {
                 }
                 None => "the stream ended before the workflow finished".to_string(),
             };
-            tracing::debug!(workflow = self.workflow_id, from_index = self.next_index, reason = %lost, "watch lost; resuming");
+            tracing::debug!(workflow = self.workflow_id, from_index = self.next_index(), reason = %lost, "watch lost; resuming");
             self.stream = None;
             self.lost = Some(lost);
             tokio::time::sleep(self.backoff.next_delay()).await;
