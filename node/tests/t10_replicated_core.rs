@@ -420,37 +420,39 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
             "pair {pair}: created for exactly one caller"
         );
         let creator = if a.created { 2 * pair } else { 2 * pair + 1 };
-        let got = reader
-            .get(pb::GetRequest {
-                workflow_id: a.workflow_id,
-                consistency: 0,
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .workflow
-            .unwrap();
-        assert_eq!(got.name, format!("burst-{creator}"), "pair {pair}");
+        let got = workflow_name(&mut reader, a.workflow_id).await;
+        assert_eq!(got, format!("burst-{creator}"), "pair {pair}");
     }
     let mut ids = std::collections::BTreeSet::new();
     for (i, answer) in answers.iter().enumerate().skip(40) {
         assert!(answer.created, "submit {i}");
         assert!(ids.insert(answer.workflow_id), "submit {i}: id given twice");
-        let got = reader
-            .get(pb::GetRequest {
-                workflow_id: answer.workflow_id,
-                consistency: 0,
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .workflow
-            .unwrap();
+        let got = workflow_name(&mut reader, answer.workflow_id).await;
         assert_eq!(
-            got.name,
+            got,
             format!("burst-{i}"),
             "submit {i} got another's workflow"
         );
     }
     cluster.shutdown().await;
+}
+
+/// A workflow's name, by a linearizable read.
+async fn workflow_name(
+    client: &mut baton_proto::v1::workflow_service_client::WorkflowServiceClient<
+        tonic::transport::Channel,
+    >,
+    workflow_id: u64,
+) -> String {
+    client
+        .get(pb::GetRequest {
+            workflow_id,
+            consistency: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .workflow
+        .expect("the workflow")
+        .name
 }
