@@ -6,7 +6,12 @@
 //! memory per retained workflow, the snapshot's size per workflow, and the time to encode and
 //! decode the snapshot (what a restarting node spends before it can apply the log tail).
 //!
-//! `cargo run --release -p baton-node --example retained_state -- 1000000`
+//! Every workflow is submitted with the same spec bytes, as runs of one definition are, so the
+//! replica shares one decoded spec between them (`state::specs`). With `--distinct-specs` each
+//! spec carries its own `input` value, so none is shared: the cost of workflows that are all
+//! different.
+//!
+//! `cargo run --release -p baton-node --example retained_state -- 1000000 [--distinct-specs]`
 
 use std::time::Instant;
 
@@ -48,13 +53,22 @@ impl Log {
 }
 
 fn main() {
-    let workflows: u64 = match std::env::args().nth(1) {
-        None => 1_000_000,
-        Some(text) => text.parse().unwrap_or_else(|_| {
-            eprintln!("usage: retained_state [WORKFLOWS]  (a count, not {text:?})");
-            std::process::exit(2)
-        }),
-    };
+    let mut workflows: u64 = 1_000_000;
+    let mut distinct_specs = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--distinct-specs" => distinct_specs = true,
+            text => {
+                workflows = text.parse().unwrap_or_else(|_| {
+                    eprintln!(
+                        "usage: retained_state [WORKFLOWS] [--distinct-specs]  \
+                         (a count, not {text:?})"
+                    );
+                    std::process::exit(2)
+                })
+            }
+        }
+    }
     let spec = pb::WorkflowSpec {
         name: "bench-single".into(),
         steps: vec![pb::StepSpec {
@@ -63,8 +77,14 @@ fn main() {
             ..Default::default()
         }],
         ..Default::default()
-    }
-    .encode_to_vec();
+    };
+    let spec_of = |i: u64| {
+        let mut spec = spec.clone();
+        if distinct_specs {
+            spec.input.insert("run".into(), i.to_string());
+        }
+        spec.encode_to_vec()
+    };
 
     let mut log = Log {
         state: ClusterState::default(),
@@ -85,7 +105,7 @@ fn main() {
     let started = Instant::now();
     for i in 0..workflows {
         let Response::Submitted { workflow_id, .. } = log.apply(Command::Submit(SubmitCommand {
-            spec: spec.clone(),
+            spec: spec_of(i),
             idempotency_key: format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15),
         })) else {
             panic!("submit {i} refused")
@@ -113,7 +133,14 @@ fn main() {
     let decode = started.elapsed();
     assert_eq!(decoded.workflow_count() as u64, workflows);
 
-    println!("workflows retained        {workflows}");
+    println!(
+        "workflows retained        {workflows}, {}",
+        if distinct_specs {
+            "every spec distinct"
+        } else {
+            "one spec shared"
+        }
+    );
     println!(
         "applied                   {} entries in {:.2} s ({:.0} entries/s)",
         log.index,

@@ -11,6 +11,7 @@
 pub mod command;
 pub mod ids;
 pub mod scheduling;
+mod specs;
 pub mod tokens;
 pub mod workflow;
 
@@ -19,7 +20,6 @@ use std::sync::Arc;
 
 use baton_proto::v1 as pb;
 use imbl::{OrdMap, OrdSet};
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -224,7 +224,7 @@ impl ClusterState {
                 created: false,
             };
         }
-        let spec = match pb::WorkflowSpec::decode(submit.spec.as_slice()) {
+        let spec = match specs::decode_shared(&submit.spec) {
             Ok(spec) => spec,
             Err(err) => {
                 return Response::Rejected {
@@ -240,7 +240,7 @@ impl ClusterState {
         let id = WorkflowId(self.last_workflow_id);
         let mut workflow = Workflow {
             id,
-            spec: Arc::new(spec),
+            spec,
             idempotency_key: submit.idempotency_key.clone(),
             state: WorkflowState::Running,
             created_at_ms: self.now_ms,

@@ -1,6 +1,7 @@
 //! Unit and property tests of `apply`: command in, response and state out.
 
 use proptest::prelude::*;
+use prost::Message;
 
 use super::*;
 
@@ -786,4 +787,46 @@ fn a_ready_step_past_its_schedule_to_start_deadline_fails_visibly() {
         (StepState::Failed, WorkflowState::Failed)
     );
     assert!(wf.steps[0].error.contains("schedule-to-start"));
+}
+
+#[test]
+fn workflows_of_one_spec_share_it_and_still_read_as_their_own() {
+    let mut log = Log::new();
+    let nightly = spec(
+        "nightly",
+        vec![step("extract", &[]), step("load", &["extract"])],
+    );
+    let mut other = nightly.clone();
+    other.input.insert("day".into(), "monday".into());
+    for (i, spec) in [&nightly, &nightly, &other].into_iter().enumerate() {
+        assert!(matches!(
+            log.apply(submit(spec, &format!("run-{i}"))),
+            Response::Submitted { created: true, .. }
+        ));
+    }
+    let spec_of = |state: &ClusterState, id| state.workflow(WorkflowId(id)).unwrap().spec.clone();
+    let shared = |state: &ClusterState| {
+        (
+            Arc::ptr_eq(&spec_of(state, 1), &spec_of(state, 2)),
+            Arc::ptr_eq(&spec_of(state, 1), &spec_of(state, 3)),
+        )
+    };
+    assert_eq!(shared(&log.state), (true, false));
+    assert_eq!(*spec_of(&log.state, 1), nightly);
+    assert_eq!(*spec_of(&log.state, 3), other);
+    // A replica restarting from a snapshot shares the same way, and is the same state.
+    let restored = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(shared(&restored), (true, false));
+    assert_eq!(restored, log.state);
+    assert_eq!(restored.state_hash(), log.state.state_hash());
+    // Finishing one run changes that run only.
+    let agent = register(&mut log, "a1", 4);
+    assert!(assign(&mut log, 1, 0, agent).is_some());
+    let run = |state: &ClusterState, id| state.workflow(WorkflowId(id)).unwrap().steps[0].state;
+    assert_eq!(run(&log.state, 1), StepState::Running);
+    assert_eq!(run(&log.state, 2), StepState::Ready);
+    assert!(Arc::ptr_eq(
+        &spec_of(&log.state, 1),
+        &spec_of(&log.state, 2)
+    ));
 }

@@ -182,9 +182,15 @@ impl Workflow {
 }
 
 /// Serializes a protobuf message as its encoded bytes, which are deterministic for our messages
-/// (maps are BTreeMaps) and tolerate fields added in later releases.
+/// (maps are BTreeMaps) and tolerate fields added in later releases. Decoding shares equal specs
+/// (see `specs`) and reads the bytes in place, without a copy.
 mod proto_bytes {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+
     use super::*;
+    use crate::state::specs;
 
     pub fn serialize<S: Serializer>(
         spec: &Arc<pb::WorkflowSpec>,
@@ -196,9 +202,20 @@ mod proto_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Arc<pb::WorkflowSpec>, D::Error> {
-        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
-        pb::WorkflowSpec::decode(bytes.as_slice())
-            .map(Arc::new)
-            .map_err(serde::de::Error::custom)
+        struct SpecBytes;
+
+        impl Visitor<'_> for SpecBytes {
+            type Value = Arc<pb::WorkflowSpec>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an encoded workflow spec")
+            }
+
+            fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+                specs::decode_shared(bytes).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_bytes(SpecBytes)
     }
 }

@@ -1,0 +1,152 @@
+//! Decoded workflow specs shared between the workflows submitted with the same spec bytes.
+//!
+//! Most workflows are runs of a few definitions (the nightly job, the onboarding flow, a bench),
+//! and the decoded spec is the largest part of a retained workflow: about 450 bytes for one noop
+//! step, more with commands, arguments and labels. Decoding is a pure function of the bytes, so
+//! workflows whose spec bytes are equal can hold one `Arc` of it. The state is the same value
+//! either way: equality, the encoding and the state hash do not see the sharing, so `apply` stays
+//! deterministic, and a replica that shares less (it restarted, or its memo started over) is equal
+//! to one that shares more.
+//!
+//! Both ways a spec enters the state go through [`decode_shared`]: a Submit being applied, and a
+//! snapshot being decoded (so a restarted node shares what its peers share, and decodes each
+//! distinct spec once instead of once per workflow).
+//!
+//! The memo is process-wide and bounded. When it is full it starts over: specs already shared stay
+//! shared, and a workload of more distinct specs than the bound only shares less. Specs differing
+//! only in their `input` are distinct here; sharing their steps would need a spec split in two.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use baton_proto::v1 as pb;
+use prost::Message;
+
+/// Larger specs are decoded per workflow: they are rarely repeated and would crowd the memo out.
+const SHARED_SPEC_BYTES_MAX: usize = 16 * 1024;
+/// Distinct specs the memo holds before it starts over.
+const SHARED_SPECS_MAX: usize = 1024;
+/// The memo's encoded bytes (its keys) before it starts over; the decoded specs are shared with
+/// the workflows holding them, so they cost nothing the workflows would not cost alone.
+const SHARED_SPECS_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(SHARED_SPEC_BYTES_MAX <= SHARED_SPECS_BYTES_MAX);
+const _: () = assert!(SHARED_SPEC_BYTES_MAX <= baton_proto::limits::SPEC_BYTES_MAX);
+
+#[derive(Default)]
+struct Memo {
+    // Looked up, never iterated: its order cannot reach the state.
+    specs: HashMap<Box<[u8]>, Arc<pb::WorkflowSpec>>,
+    bytes: usize,
+}
+
+/// Decodes a spec without the spare capacity decoding leaves: repeated fields grow as they are
+/// read, and a one-step spec's steps would otherwise hold room for four (1,120 bytes).
+fn decode_compact(bytes: &[u8]) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
+    let mut spec = pb::WorkflowSpec::decode(bytes)?;
+    spec.steps.shrink_to_fit();
+    for step in &mut spec.steps {
+        step.depends_on.shrink_to_fit();
+    }
+    Ok(Arc::new(spec))
+}
+
+impl Memo {
+    fn decode(&mut self, bytes: &[u8]) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
+        if bytes.len() > SHARED_SPEC_BYTES_MAX {
+            return decode_compact(bytes);
+        }
+        if let Some(spec) = self.specs.get(bytes) {
+            return Ok(spec.clone());
+        }
+        let spec = decode_compact(bytes)?;
+        if self.specs.len() == SHARED_SPECS_MAX || self.bytes + bytes.len() > SHARED_SPECS_BYTES_MAX
+        {
+            *self = Self::default();
+        }
+        self.bytes += bytes.len();
+        self.specs.insert(bytes.into(), spec.clone());
+        Ok(spec)
+    }
+}
+
+static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Default::default);
+
+/// Decodes a spec, sharing the result with every earlier spec of the same bytes.
+pub fn decode_shared(bytes: &[u8]) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
+    // The memo holds no invariant a panic could break halfway, so a poisoned lock is still good.
+    MEMO.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, input: &str) -> Vec<u8> {
+        pb::WorkflowSpec {
+            name: name.into(),
+            steps: vec![pb::StepSpec {
+                name: "s".into(),
+                task: Some(pb::step_spec::Task::Noop(pb::NoopTask {})),
+                ..Default::default()
+            }],
+            input: [("k".to_string(), input.to_string())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn equal_bytes_share_one_spec_and_different_bytes_do_not() {
+        let mut memo = Memo::default();
+        let a = memo.decode(&spec("shared", "1")).unwrap();
+        let again = memo.decode(&spec("shared", "1")).unwrap();
+        let other = memo.decode(&spec("shared", "2")).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(a.input["k"], "1");
+        assert_eq!(a.steps.capacity(), 1, "no spare room kept");
+        assert_eq!(other.input["k"], "2");
+    }
+
+    #[test]
+    fn a_full_memo_starts_over_and_still_decodes_right() {
+        let mut memo = Memo::default();
+        for i in 0..SHARED_SPECS_MAX + 10 {
+            let decoded = memo.decode(&spec("many", &i.to_string())).unwrap();
+            assert_eq!(decoded.input["k"], i.to_string());
+            assert!(memo.specs.len() <= SHARED_SPECS_MAX);
+        }
+        assert_eq!(memo.specs.len(), 10, "started over once, at the bound");
+        let last = spec("many", &(SHARED_SPECS_MAX + 9).to_string());
+        assert!(Arc::ptr_eq(
+            &memo.decode(&last).unwrap(),
+            &memo.decode(&last).unwrap()
+        ));
+        // The bytes bound: a few specs near the size limit fill it before the count does.
+        let mut memo = Memo::default();
+        for i in 0..SHARED_SPECS_BYTES_MAX / SHARED_SPEC_BYTES_MAX + 2 {
+            let pad = "p".repeat(SHARED_SPEC_BYTES_MAX - 100);
+            memo.decode(&spec(&format!("big{i}"), &pad)).unwrap();
+            assert!(memo.bytes <= SHARED_SPECS_BYTES_MAX);
+        }
+    }
+
+    #[test]
+    fn large_and_malformed_specs_are_not_kept() {
+        let mut big = pb::WorkflowSpec::decode(spec("big", "x").as_slice()).unwrap();
+        big.input
+            .insert("pad".into(), "p".repeat(SHARED_SPEC_BYTES_MAX));
+        let bytes = big.encode_to_vec();
+        let mut memo = Memo::default();
+        let a = memo.decode(&bytes).unwrap();
+        let b = memo.decode(&bytes).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b), "a large spec is decoded per workflow");
+        assert_eq!(*a, big);
+        assert!(memo.decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(memo.decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(memo.specs.is_empty());
+    }
+}
