@@ -217,24 +217,33 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let mut client = self.client()?;
         let header =
             rmp_serde::to_vec_named(&(&vote, &snapshot.meta)).expect("snapshot header encodes");
-        let data = snapshot.snapshot.into_inner();
+        let data = tokio::task::spawn_blocking(move || snapshot.snapshot.into_bytes())
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .map_err(|e| {
+                // Replaced by a newer snapshot since openraft named it, most likely: openraft
+                // asks for the current one and tries again.
+                StreamingError::Network(NetworkError::new(&e))
+            })?;
         let chunk_bytes = option
             .snapshot_chunk_size()
             .unwrap_or(limits::SNAPSHOT_CHUNK_BYTES)
             .clamp(1, limits::SNAPSHOT_CHUNK_BYTES);
-        let mut chunks = Vec::with_capacity(data.len() / chunk_bytes + 1);
-        let mut first = true;
+        // Chunks are copied out one at a time as the stream is polled, not all up front.
         // An empty snapshot still sends one chunk: the header.
-        for piece in data
-            .chunks(chunk_bytes)
-            .chain(data.is_empty().then_some(&[][..]))
-        {
-            chunks.push(pb::SnapshotChunk {
-                header: if first { header.clone() } else { Vec::new() },
-                data: piece.to_vec(),
-            });
-            first = false;
-        }
+        let data = Arc::new(data);
+        let chunk_count = data.len().div_ceil(chunk_bytes).max(1);
+        let chunks = {
+            let data = data.clone();
+            (0..chunk_count).map(move |i| {
+                let start = (i * chunk_bytes).min(data.len());
+                let end = (start + chunk_bytes).min(data.len());
+                pb::SnapshotChunk {
+                    header: if i == 0 { header.clone() } else { Vec::new() },
+                    data: data[start..end].to_vec(),
+                }
+            })
+        };
         let total = data.len();
         // Sized to the snapshot: a big state legitimately takes longer than one heartbeat RPC.
         let ttl = option.hard_ttl().max(limits::snapshot_send_timeout(total));

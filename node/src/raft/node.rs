@@ -99,9 +99,12 @@ impl RaftNode {
         peer_dial: BTreeMap<String, String>,
         tls: Option<std::sync::Arc<baton_security::TlsSettings>>,
     ) -> Result<Self, String> {
+        let started = Instant::now();
         let log_store = LogStore::open(&data_dir.join("raft"))?;
+        let log_opened_ms = started.elapsed().as_millis() as u64;
         let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
         let replica = state_machine.replica();
+        let storage_opened = Instant::now();
         let config = openraft::Config {
             cluster_name: "baton".into(),
             heartbeat_interval: timing.heartbeat_ms,
@@ -129,6 +132,15 @@ impl RaftNode {
         )
         .await
         .map_err(|e| format!("raft did not start: {e}"))?;
+        // Where a restart's time goes: the log store, the snapshot (logged by the store), and
+        // openraft re-applying the committed log after the snapshot.
+        tracing::info!(
+            log_open_ms = log_opened_ms,
+            snapshot_load_ms = (storage_opened - started).as_millis() as u64 - log_opened_ms,
+            log_replay_ms = storage_opened.elapsed().as_millis() as u64,
+            applied = replica.last_applied_index(),
+            "storage opened"
+        );
         let leadership = raft.metrics();
         replica.set_leader_term(Box::new(move || {
             let m = leadership.borrow_watched();

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::network::{decode, encode};
 use super::node::{NodeError, RaftNode};
-use super::types::{Snapshot, SnapshotMeta, Vote};
+use super::types::{Snapshot, SnapshotData, SnapshotMeta, Vote};
 use crate::limits;
 use crate::state::Command;
 
@@ -80,7 +80,7 @@ impl RaftService for RaftServiceImpl {
         );
         let snapshot = Snapshot {
             meta,
-            snapshot: std::io::Cursor::new(data),
+            snapshot: SnapshotData::Bytes(data),
         };
         let resp = self
             .node

@@ -24,8 +24,9 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-/// Snapshots travel and rest as the encoded state (see `storage::snapshot`).
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// Snapshots travel and rest as the encoded state, named by their file at rest (see
+/// `storage::snapshot`).
+pub type SnapshotData = crate::storage::snapshot::SnapshotData;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type IoFlushed = openraft::storage::IOFlushed<TypeConfig>;
 pub type StorageError = openraft::StorageError<TypeConfig>;

@@ -59,7 +59,7 @@ pub async fn restore(
         .meta
         .last_log_id
         .ok_or_else(|| format!("{}: the backup holds no log position", backup.display()))?;
-    let state = ClusterState::decode(&file.data).map_err(|e| {
+    let state = ClusterState::decode(file.data()).map_err(|e| {
         format!(
             "{}: the backup's state does not decode: {e}",
             backup.display()

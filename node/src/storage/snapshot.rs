@@ -9,7 +9,8 @@
 //! the old snapshot or the new one, never half of one. Only the newest file is kept.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -19,38 +20,94 @@ use crate::raft::types::SnapshotMeta;
 const MAGIC: &[u8; 8] = b"BATONSNP";
 const VERSION: u8 = 1;
 const HASH_LEN: usize = 32;
+/// Bytes before the metadata: magic, version and the metadata's length.
+const PREFIX_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// A snapshot read back from disk.
 pub struct SnapshotFile {
     pub meta: SnapshotMeta,
-    pub data: Vec<u8>,
+    /// The whole file; the data is `bytes[data]`, kept in place rather than copied out.
+    bytes: Vec<u8>,
+    data: Range<usize>,
+}
+
+impl SnapshotFile {
+    /// The encoded state.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.data.clone()]
+    }
+
+    /// The encoded state, owned (moved within the file's buffer, not copied to a new one).
+    pub fn into_data(mut self) -> Vec<u8> {
+        self.bytes.truncate(self.data.end);
+        self.bytes.drain(..self.data.start);
+        self.bytes
+    }
+}
+
+/// A snapshot's data as openraft carries it. openraft asks for the current snapshot at every
+/// start-up for its metadata alone, and builds one at every trigger: neither needs the data in
+/// memory, which at a million workflows is hundreds of MiB. So a snapshot at rest is named by its
+/// file, and read (and its checksum checked) only when it is sent to a follower or installed.
+pub enum SnapshotData {
+    /// Received from the leader, not yet installed.
+    Bytes(Vec<u8>),
+    /// A snapshot file this node wrote or checked. A newer snapshot may replace it before it is
+    /// read; reading it then fails, and openraft asks for the current one again.
+    File(PathBuf),
+}
+
+impl SnapshotData {
+    /// The encoded state. Reads the file for `File`: blocking I/O.
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            Self::Bytes(bytes) => Ok(bytes),
+            Self::File(path) => read_file(&path)
+                .map(SnapshotFile::into_data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
+
+/// Everything before the data: magic, version, metadata, and the data's length.
+fn header(meta: &SnapshotMeta, data_len: usize) -> io::Result<Vec<u8>> {
+    let meta_bytes = rmp_serde::to_vec_named(meta).map_err(io::Error::other)?;
+    let mut header = Vec::with_capacity(PREFIX_LEN + meta_bytes.len() + 8);
+    header.extend_from_slice(MAGIC);
+    header.push(VERSION);
+    header.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
+    header.extend_from_slice(&meta_bytes);
+    header.extend_from_slice(&(data_len as u64).to_be_bytes());
+    Ok(header)
 }
 
 /// The bytes of a snapshot file holding `meta` and `data`. Backups (`SaveSnapshot`) are these
 /// same bytes, so a backup is a snapshot file and `batond restore` reads it like one.
 pub fn encode(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
-    let meta_bytes = rmp_serde::to_vec_named(meta).map_err(io::Error::other)?;
-    let mut bytes = Vec::with_capacity(8 + 1 + 4 + meta_bytes.len() + 8 + data.len() + HASH_LEN);
-    bytes.extend_from_slice(MAGIC);
-    bytes.push(VERSION);
-    bytes.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(&meta_bytes);
-    bytes.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    let mut bytes = header(meta, data.len())?;
+    bytes.reserve_exact(data.len() + HASH_LEN);
     bytes.extend_from_slice(data);
     let hash = Sha256::digest(&bytes);
     bytes.extend_from_slice(&hash);
     Ok(bytes)
 }
 
-/// Writes `meta` and `data` as the newest snapshot in `dir`, then removes older ones.
+/// Writes `meta` and `data` as the newest snapshot in `dir`, then removes older ones. The file
+/// holds [`encode`]'s bytes, written piece by piece: the data is not copied.
 pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf> {
     let index = meta.last_log_id.map_or(0, |id| id.index);
-    let bytes = encode(meta, data)?;
+    let header = header(meta, data.len())?;
+    let mut hasher = Sha256::new();
+    hasher.update(&header);
+    hasher.update(data);
+    let hash = hasher.finalize();
     let path = dir.join(format!("snapshot-{index:020}.bin"));
     let tmp = path.with_extension("tmp");
     {
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        file.write_all(&header)?;
+        file.write_all(data)?;
+        file.write_all(&hash)?;
         file.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
@@ -67,23 +124,53 @@ pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf
 /// The newest snapshot in `dir`, if any. A corrupt newest file is an error, not a reason to fall
 /// back silently: the log before it may already be purged.
 pub fn read_latest(dir: &Path) -> io::Result<Option<SnapshotFile>> {
-    // Half-written files from a crash are never referenced; clear them.
+    clear_tmp(dir)?;
+    let Some(path) = list(dir)?.pop() else {
+        return Ok(None);
+    };
+    let bytes = fs::read(&path)?;
+    decode(bytes).map(Some).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+/// The metadata and path of the newest snapshot in `dir`, read from the file's header alone: the
+/// checksum is checked when the data is read ([`SnapshotData::into_bytes`]).
+pub fn latest_meta(dir: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+    let Some(path) = list(dir)?.pop() else {
+        return Ok(None);
+    };
+    let invalid = |e: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    };
+    let mut file = fs::File::open(&path)?;
+    let mut prefix = [0u8; PREFIX_LEN];
+    file.read_exact(&mut prefix)
+        .map_err(|e| invalid(format!("snapshot header: {e}")))?;
+    let meta_len = check_prefix(&prefix).map_err(invalid)?;
+    let mut meta_bytes = vec![0; meta_len];
+    file.read_exact(&mut meta_bytes)
+        .map_err(|e| invalid(format!("snapshot metadata: {e}")))?;
+    let meta = rmp_serde::from_slice(&meta_bytes)
+        .map_err(|e| invalid(format!("snapshot metadata: {e}")))?;
+    Ok(Some((meta, path)))
+}
+
+/// Half-written files from a crash are never referenced; clears them.
+fn clear_tmp(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "tmp") {
             fs::remove_file(path)?;
         }
     }
-    let Some(path) = list(dir)?.pop() else {
-        return Ok(None);
-    };
-    let bytes = fs::read(&path)?;
-    decode(&bytes).map(Some).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
-        )
-    })
+    Ok(())
 }
 
 /// Snapshot files in `dir`, oldest first (names sort by index).
@@ -103,23 +190,34 @@ fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Reads one snapshot file (a backup, say), checking its trailer.
 pub fn read_file(path: &Path) -> Result<SnapshotFile, String> {
     let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    decode(bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn decode(bytes: &[u8]) -> Result<SnapshotFile, String> {
-    if bytes.len() < MAGIC.len() + 1 + 4 + 8 + HASH_LEN || &bytes[..8] != MAGIC {
+/// Checks magic and version; returns the metadata's length.
+fn check_prefix(prefix: &[u8]) -> Result<usize, String> {
+    if prefix.len() < PREFIX_LEN || &prefix[..MAGIC.len()] != MAGIC {
+        return Err("not a baton snapshot file".into());
+    }
+    if prefix[MAGIC.len()] != VERSION {
+        return Err(format!(
+            "snapshot format {} is not supported",
+            prefix[MAGIC.len()]
+        ));
+    }
+    let len = &prefix[MAGIC.len() + 1..PREFIX_LEN];
+    Ok(u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize)
+}
+
+fn decode(bytes: Vec<u8>) -> Result<SnapshotFile, String> {
+    if bytes.len() < PREFIX_LEN + 8 + HASH_LEN || &bytes[..MAGIC.len()] != MAGIC {
         return Err("not a baton snapshot file".into());
     }
     let (body, hash) = bytes.split_at(bytes.len() - HASH_LEN);
     if Sha256::digest(body).as_slice() != hash {
         return Err("snapshot checksum mismatch: the file is corrupt".into());
     }
-    if body[8] != VERSION {
-        return Err(format!("snapshot format {} is not supported", body[8]));
-    }
-    let rest = &body[9..];
-    let meta_len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-    let rest = &rest[4..];
+    let meta_len = check_prefix(body)?;
+    let rest = &body[PREFIX_LEN..];
     if rest.len() < meta_len + 8 {
         return Err("truncated snapshot metadata".into());
     }
@@ -127,13 +225,14 @@ fn decode(bytes: &[u8]) -> Result<SnapshotFile, String> {
         rmp_serde::from_slice(&rest[..meta_len]).map_err(|e| format!("snapshot metadata: {e}"))?;
     let rest = &rest[meta_len..];
     let data_len = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
-    let data = &rest[8..];
-    if data.len() != data_len {
+    if rest.len() - 8 != data_len {
         return Err("truncated snapshot data".into());
     }
+    let start = PREFIX_LEN + meta_len + 8;
     Ok(SnapshotFile {
         meta,
-        data: data.to_vec(),
+        bytes,
+        data: start..start + data_len,
     })
 }
 
@@ -164,7 +263,15 @@ mod tests {
         .unwrap();
         let latest = read_latest(dir.path()).unwrap().unwrap();
         assert_eq!(latest.meta, meta(12));
-        assert_eq!(latest.data, b"twelve");
+        assert_eq!(latest.data(), b"twelve");
+        let (newest, path) = latest_meta(dir.path()).unwrap().unwrap();
+        assert_eq!(newest, meta(12));
+        assert_eq!(
+            SnapshotData::File(path).into_bytes().unwrap(),
+            b"twelve",
+            "the named file reads back as the data"
+        );
+        assert_eq!(latest.into_data(), b"twelve");
         assert_eq!(list(dir.path()).unwrap().len(), 1);
         assert!(
             !dir.path()
@@ -188,7 +295,20 @@ mod tests {
             b"BATONSNP",
             b"something else entirely, long enough to pass",
         ] {
-            assert!(decode(garbage).is_err());
+            assert!(decode(garbage.to_vec()).is_err());
         }
+        // Read by its name, the flipped file is refused too: a named snapshot is checked when
+        // its data is read.
+        let err = SnapshotData::File(path).into_bytes().unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_written_file_holds_the_encoded_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let path = write(dir.path(), &meta(7), &data).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), encode(&meta(7), &data).unwrap());
+        assert_eq!(read_file(&path).unwrap().into_data(), data);
     }
 }

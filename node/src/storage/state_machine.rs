@@ -110,17 +110,27 @@ impl StateMachineStore {
         std::fs::create_dir_all(snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
         let mut applied = Applied::default();
+        let started = std::time::Instant::now();
         if let Some(file) = snapshot::read_latest(snapshot_dir)
             .map_err(|e| format!("cannot read the latest snapshot: {e}"))?
         {
-            applied.state = ClusterState::decode(&file.data).map_err(|e| {
+            let read = started.elapsed();
+            applied.state = ClusterState::decode(file.data()).map_err(|e| {
                 format!(
                     "snapshot in {} does not decode: {e}",
                     snapshot_dir.display()
                 )
             })?;
             applied.last_applied = file.meta.last_log_id;
-            applied.membership = file.meta.last_membership;
+            applied.membership = file.meta.last_membership.clone();
+            tracing::info!(
+                index = file.meta.last_log_id.map_or(0, |id| id.index),
+                bytes = file.data().len(),
+                workflows = applied.state.workflow_count(),
+                read_ms = read.as_millis() as u64,
+                decode_ms = (started.elapsed() - read).as_millis() as u64,
+                "state loaded from snapshot"
+            );
         }
         Ok(Self {
             replica: Arc::new(Replica {
@@ -202,19 +212,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
-        // Decode before touching anything: a bad snapshot leaves the replica as it was.
-        let state = ClusterState::decode(&data).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("received snapshot does not decode: {e}"),
-            )
-        })?;
+        // Decode before touching anything: a bad snapshot leaves the replica as it was. Off the
+        // runtime: a big state takes seconds.
         let dir = self.snapshot_dir.clone();
         let file_meta = meta.clone();
-        tokio::task::spawn_blocking(move || snapshot::write(&dir, &file_meta, &data))
-            .await
-            .map_err(io::Error::other)??;
+        let state = tokio::task::spawn_blocking(move || -> io::Result<ClusterState> {
+            let data = snapshot.into_bytes()?;
+            let state = ClusterState::decode(&data).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("received snapshot does not decode: {e}"),
+                )
+            })?;
+            snapshot::write(&dir, &file_meta, &data)?;
+            Ok(state)
+        })
+        .await
+        .map_err(io::Error::other)??;
         let mut applied = self.replica.applied.write();
         applied.state = state;
         applied.last_applied = meta.last_log_id;
@@ -225,12 +239,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let dir = self.snapshot_dir.clone();
-        let file = tokio::task::spawn_blocking(move || snapshot::read_latest(&dir))
+        let latest = tokio::task::spawn_blocking(move || snapshot::latest_meta(&dir))
             .await
             .map_err(io::Error::other)??;
-        Ok(file.map(|file| Snapshot {
-            meta: file.meta,
-            snapshot: std::io::Cursor::new(file.data),
+        Ok(latest.map(|(meta, path)| Snapshot {
+            meta,
+            snapshot: SnapshotData::File(path),
         }))
     }
 }
@@ -253,26 +267,26 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.snapshot_dir.clone();
         let file_meta = meta.clone();
         let started = std::time::Instant::now();
-        let data = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        // The data is dropped once written: openraft keeps only the metadata of what it built.
+        let (path, bytes) = tokio::task::spawn_blocking(move || -> io::Result<(PathBuf, usize)> {
             let data = state.encode();
-            snapshot::write(&dir, &file_meta, &data)?;
-            Ok(data)
+            Ok((snapshot::write(&dir, &file_meta, &data)?, data.len()))
         })
         .await
         .map_err(io::Error::other)??;
         metrics::snapshot_built(
             meta.last_log_id.map_or(0, |id| id.index),
-            data.len(),
+            bytes,
             started.elapsed(),
         );
         tracing::info!(
             index = meta.last_log_id.map_or(0, |id| id.index),
-            bytes = data.len(),
+            bytes,
             "snapshot built"
         );
         Ok(Snapshot {
             meta,
-            snapshot: std::io::Cursor::new(data),
+            snapshot: SnapshotData::File(path),
         })
     }
 }
