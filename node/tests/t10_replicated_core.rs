@@ -54,14 +54,19 @@ async fn acknowledged_submissions_survive_a_leader_stop() {
                     match client.submit(request.clone()).await {
                         Ok(reply) => break reply.into_inner().workflow_id,
                         Err(status) => {
+                            // A status with a source is the connection failing (the stopping
+                            // leader's GOAWAY can surface as INTERNAL), not a node's answer; the
+                            // client library retries those too.
+                            let transport = std::error::Error::source(&status).is_some();
                             assert!(
-                                matches!(
-                                    status.code(),
-                                    Code::Unavailable
-                                        | Code::Unknown
-                                        | Code::Cancelled
-                                        | Code::DeadlineExceeded
-                                ),
+                                transport
+                                    || matches!(
+                                        status.code(),
+                                        Code::Unavailable
+                                            | Code::Unknown
+                                            | Code::Cancelled
+                                            | Code::DeadlineExceeded
+                                    ),
                                 "submission {i}: unexpected {status:?}"
                             );
                             node = (node + 1) % addrs.len();
