@@ -70,6 +70,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K")]
     pub steps: Option<u32>,
 
+    /// Give every workflow its own spec (an `input` value `run: N`), so the cluster shares no
+    /// decoded spec between them: what workflows that all differ cost. By default every
+    /// workflow is submitted with the same spec, as runs of one definition are.
+    #[arg(long)]
+    pub distinct_specs: bool,
+
     /// Concurrent clients, each with one submit in flight.
     #[arg(short = 'c', long, default_value_t = 16, value_name = "C")]
     pub clients: u32,
@@ -132,6 +138,8 @@ pub enum Stop {
 pub struct Plan {
     pub shape: Shape,
     pub steps_per_workflow: u32,
+    /// Every workflow's spec differs (`--distinct-specs`).
+    pub distinct_specs: bool,
     pub clients: u32,
     pub stop: Stop,
     pub rate: Option<f64>,
@@ -195,6 +203,7 @@ impl Plan {
             compare_etcd: args.compare_etcd.then(|| args.etcd_binary.clone()),
             shape: args.shape,
             steps_per_workflow,
+            distinct_specs: args.distinct_specs,
             clients: args.clients,
             stop,
             rate: args.rate,
@@ -285,6 +294,8 @@ pub async fn run(
 /// What the submitting clients share.
 struct Submitters {
     claimed: AtomicU64,
+    /// Numbers the specs of `--distinct-specs`.
+    sequence: AtomicU64,
     accepted: AtomicU64,
     errors: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
@@ -347,6 +358,7 @@ async fn measure(
     );
     let shared = Arc::new(Submitters {
         claimed: AtomicU64::new(0),
+        sequence: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         first_error: std::sync::Mutex::new(None),
@@ -366,6 +378,7 @@ async fn measure(
         let (client, spec, shared, ids_tx) =
             (client.clone(), spec.clone(), shared.clone(), ids_tx.clone());
         let stop = plan.stop;
+        let distinct_specs = plan.distinct_specs;
         workers.push(tokio::spawn(async move {
             let mut acks = new_histogram();
             let more = |shared: &Submitters| match stop {
@@ -379,8 +392,13 @@ async fn measure(
                         break;
                     }
                 }
+                let mut spec = spec.clone();
+                if distinct_specs {
+                    let run = shared.sequence.fetch_add(1, Ordering::Relaxed);
+                    spec.input.insert("run".to_string(), run.to_string());
+                }
                 let sent = Instant::now();
-                match client.submit(spec.clone(), None).await {
+                match client.submit(spec, None).await {
                     Ok(response) => {
                         record(&mut acks, sent.elapsed().as_micros() as u64);
                         shared.accepted.fetch_add(1, Ordering::Relaxed);
@@ -664,6 +682,7 @@ pub fn summarise(tracks: &HashMap<u64, Track>, plan: &Plan) -> Report {
     Report {
         shape: format!("{:?}", plan.shape).to_lowercase(),
         steps_per_workflow: plan.steps_per_workflow,
+        distinct_specs: plan.distinct_specs,
         clients: plan.clients,
         rate: plan.rate,
         submitted: 0,
@@ -748,6 +767,7 @@ mod tests {
             Plan {
                 shape: Shape::Chain,
                 steps_per_workflow: 6,
+                distinct_specs: false,
                 clients: 4,
                 stop: Stop::Duration(Duration::from_secs(120)),
                 rate: Some(250.5),

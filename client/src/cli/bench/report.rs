@@ -62,6 +62,8 @@ pub struct NodeUsage {
 pub struct Report {
     pub shape: String,
     pub steps_per_workflow: u32,
+    /// Every workflow had its own spec (`--distinct-specs`).
+    pub distinct_specs: bool,
     pub clients: u32,
     /// Workflows per second asked for with `--rate`; absent: as fast as the clients go.
     pub rate: Option<f64>,
@@ -120,8 +122,15 @@ pub fn render(report: &Report) -> String {
         .map_or("unbounded".to_string(), |r| format!("{r}/s"));
     let _ = writeln!(
         out,
-        "shape {} ({} steps), {} clients, rate {rate}",
-        report.shape, report.steps_per_workflow, report.clients
+        "shape {} ({} steps{}), {} clients, rate {rate}",
+        report.shape,
+        report.steps_per_workflow,
+        if report.distinct_specs {
+            ", every spec distinct"
+        } else {
+            ""
+        },
+        report.clients
     );
     let _ = writeln!(
         out,
