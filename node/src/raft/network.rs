@@ -217,13 +217,23 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let mut client = self.client()?;
         let header =
             rmp_serde::to_vec_named(&(&vote, &snapshot.meta)).expect("snapshot header encodes");
+        let signature = snapshot.meta.signature();
         let data = tokio::task::spawn_blocking(move || snapshot.snapshot.into_bytes())
             .await
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
             .map_err(|e| {
-                // Replaced by a newer snapshot since openraft named it, most likely: openraft
-                // asks for the current one and tries again.
-                StreamingError::Network(NetworkError::new(&e))
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // Replaced by a newer snapshot since openraft named it: openraft asks for
+                    // the current one and tries again.
+                    StreamingError::Network(NetworkError::new(&e))
+                } else {
+                    // Corrupt or unreadable: retrying cannot help, and corruption stops the node
+                    // loudly rather than being retried as a network fault.
+                    StreamingError::StorageError(openraft::StorageError::read_snapshot(
+                        Some(signature),
+                        openraft::errors::ErrorSource::from_error(&e),
+                    ))
+                }
             })?;
         let chunk_bytes = option
             .snapshot_chunk_size()

@@ -12,12 +12,14 @@
 //! snapshot being decoded (so a restarted node shares what its peers share, and decodes each
 //! distinct spec once instead of once per workflow).
 //!
-//! The memo is process-wide and bounded. When it is full it starts over: specs already shared stay
-//! shared, and a workload of more distinct specs than the bound only shares less. Specs differing
-//! only in their `input` are distinct here; sharing their steps would need a spec split in two.
+//! The memo is process-wide and bounded, and holds its specs weakly: a spec whose workflows are
+//! all gone (or that no workflow took: `apply` refused its steps) is freed, and the next equal
+//! spec is decoded again. When the memo is full it starts over: specs already shared stay shared,
+//! and a workload of more distinct specs than the bound only shares less. Specs differing only in
+//! their `input` are distinct here; sharing their steps would need a spec split in two.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use baton_proto::v1 as pb;
 use prost::Message;
@@ -26,8 +28,8 @@ use prost::Message;
 const SHARED_SPEC_BYTES_MAX: usize = 16 * 1024;
 /// Distinct specs the memo holds before it starts over.
 const SHARED_SPECS_MAX: usize = 1024;
-/// The memo's encoded bytes (its keys) before it starts over; the decoded specs are shared with
-/// the workflows holding them, so they cost nothing the workflows would not cost alone.
+/// The memo's encoded bytes (its keys) before it starts over. The decoded specs are held weakly,
+/// so they cost nothing the workflows holding them would not cost alone.
 const SHARED_SPECS_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 const _: () = assert!(SHARED_SPEC_BYTES_MAX <= SHARED_SPECS_BYTES_MAX);
@@ -36,7 +38,7 @@ const _: () = assert!(SHARED_SPEC_BYTES_MAX <= baton_proto::limits::SPEC_BYTES_M
 #[derive(Default)]
 struct Memo {
     // Looked up, never iterated: its order cannot reach the state.
-    specs: HashMap<Box<[u8]>, Arc<pb::WorkflowSpec>>,
+    specs: HashMap<Box<[u8]>, Weak<pb::WorkflowSpec>>,
     bytes: usize,
 }
 
@@ -56,24 +58,35 @@ impl Memo {
         if bytes.len() > SHARED_SPEC_BYTES_MAX {
             return decode_compact(bytes);
         }
-        if let Some(spec) = self.specs.get(bytes) {
-            return Ok(spec.clone());
+        if let Some(spec) = self.specs.get(bytes).and_then(Weak::upgrade) {
+            return Ok(spec);
         }
         let spec = decode_compact(bytes)?;
-        if self.specs.len() == SHARED_SPECS_MAX || self.bytes + bytes.len() > SHARED_SPECS_BYTES_MAX
-        {
-            *self = Self::default();
+        match self.specs.get_mut(bytes) {
+            // Its last holder is gone; the key is already counted.
+            Some(weak) => *weak = Arc::downgrade(&spec),
+            None => {
+                if self.specs.len() == SHARED_SPECS_MAX
+                    || self.bytes + bytes.len() > SHARED_SPECS_BYTES_MAX
+                {
+                    *self = Self::default();
+                }
+                self.bytes += bytes.len();
+                self.specs.insert(bytes.into(), Arc::downgrade(&spec));
+            }
         }
-        self.bytes += bytes.len();
-        self.specs.insert(bytes.into(), spec.clone());
         Ok(spec)
     }
 }
 
 static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Default::default);
 
-/// Decodes a spec, sharing the result with every earlier spec of the same bytes.
+/// Decodes a spec, sharing the result with every live earlier spec of the same bytes.
 pub fn decode_shared(bytes: &[u8]) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
+    if bytes.len() > SHARED_SPEC_BYTES_MAX {
+        // Not kept: decoded outside the lock.
+        return decode_compact(bytes);
+    }
     // The memo holds no invariant a panic could break halfway, so a poisoned lock is still good.
     MEMO.lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -148,5 +161,20 @@ mod tests {
         assert!(memo.decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(memo.decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(memo.specs.is_empty());
+    }
+
+    #[test]
+    fn a_spec_no_workflow_holds_any_more_is_freed_and_decoded_again() {
+        let mut memo = Memo::default();
+        let bytes = spec("gone", "1");
+        let first = memo.decode(&bytes).unwrap();
+        let weak = Arc::downgrade(&first);
+        drop(first);
+        assert!(weak.upgrade().is_none(), "the memo does not keep it alive");
+        let again = memo.decode(&bytes).unwrap();
+        assert_eq!(again.input["k"], "1");
+        assert_eq!(memo.specs.len(), 1, "the key was reused, not added twice");
+        assert_eq!(memo.bytes, bytes.len());
+        assert!(Arc::ptr_eq(&again, &memo.decode(&bytes).unwrap()));
     }
 }

@@ -37,7 +37,8 @@ impl SnapshotFile {
         &self.bytes[self.data.clone()]
     }
 
-    /// The encoded state, owned (moved within the file's buffer, not copied to a new one).
+    /// The encoded state, owned: moved to the front of the file's buffer (a memmove), not copied
+    /// to a new one.
     pub fn into_data(mut self) -> Vec<u8> {
         self.bytes.truncate(self.data.end);
         self.bytes.drain(..self.data.start);
@@ -53,7 +54,7 @@ pub enum SnapshotData {
     /// Received from the leader, not yet installed.
     Bytes(Vec<u8>),
     /// A snapshot file this node wrote or checked. A newer snapshot may replace it before it is
-    /// read; reading it then fails, and openraft asks for the current one again.
+    /// read; reading it then fails with `NotFound`, and openraft asks for the current one again.
     File(PathBuf),
 }
 
@@ -62,9 +63,17 @@ impl SnapshotData {
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         match self {
             Self::Bytes(bytes) => Ok(bytes),
-            Self::File(path) => read_file(&path)
-                .map(SnapshotFile::into_data)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Self::File(path) => {
+                // Kept apart from decoding: a missing file (`NotFound`: replaced by a newer
+                // snapshot) is retried, a corrupt one (`InvalidData`) is not.
+                let bytes = fs::read(&path)?;
+                decode(bytes).map(SnapshotFile::into_data).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })
+            }
         }
     }
 }
@@ -112,8 +121,10 @@ pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf
     }
     fs::rename(&tmp, &path)?;
     fs::File::open(dir)?.sync_all()?;
+    // Only older files go: a build that finishes after a newer snapshot was installed must not
+    // remove that one (the log before it may be purged). Names sort by index.
     for old in list(dir)? {
-        if old != path {
+        if old < path {
             // A leftover old file is harmless (the newest wins); don't fail the snapshot on it.
             let _ = fs::remove_file(old);
         }
@@ -140,26 +151,41 @@ pub fn read_latest(dir: &Path) -> io::Result<Option<SnapshotFile>> {
 /// The metadata and path of the newest snapshot in `dir`, read from the file's header alone: the
 /// checksum is checked when the data is read ([`SnapshotData::into_bytes`]).
 pub fn latest_meta(dir: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
-    let Some(path) = list(dir)?.pop() else {
-        return Ok(None);
-    };
+    // A snapshot written meanwhile removes the file just listed: list again.
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let Some(path) = list(dir)?.pop() else {
+            return Ok(None);
+        };
+        match read_meta(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < ATTEMPTS => continue,
+            result => return result.map(|meta| Some((meta, path))),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// The metadata in a snapshot file's header, its length checked against the file's.
+fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
     let invalid = |e: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: {e}", path.display()),
         )
     };
-    let mut file = fs::File::open(&path)?;
+    let mut file = fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
     let mut prefix = [0u8; PREFIX_LEN];
     file.read_exact(&mut prefix)
         .map_err(|e| invalid(format!("snapshot header: {e}")))?;
     let meta_len = check_prefix(&prefix).map_err(invalid)?;
+    if (PREFIX_LEN + meta_len + 8 + HASH_LEN) as u64 > file_len {
+        return Err(invalid("truncated snapshot metadata".into()));
+    }
     let mut meta_bytes = vec![0; meta_len];
     file.read_exact(&mut meta_bytes)
         .map_err(|e| invalid(format!("snapshot metadata: {e}")))?;
-    let meta = rmp_serde::from_slice(&meta_bytes)
-        .map_err(|e| invalid(format!("snapshot metadata: {e}")))?;
-    Ok(Some((meta, path)))
+    rmp_serde::from_slice(&meta_bytes).map_err(|e| invalid(format!("snapshot metadata: {e}")))
 }
 
 /// Half-written files from a crash are never referenced; clears them.
@@ -301,6 +327,46 @@ mod tests {
         // its data is read.
         let err = SnapshotData::File(path).into_bytes().unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_build_finishing_after_a_newer_install_leaves_the_newer_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &meta(200), b"installed").unwrap();
+        write(dir.path(), &meta(100), b"built from an older view").unwrap();
+        let latest = read_latest(dir.path()).unwrap().unwrap();
+        assert_eq!(latest.meta, meta(200));
+        assert_eq!(latest_meta(dir.path()).unwrap().unwrap().0, meta(200));
+        // The next snapshot clears both.
+        write(dir.path(), &meta(300), b"next").unwrap();
+        assert_eq!(list(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_header_that_lies_about_its_length_is_refused_without_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot-00000000000000000007.bin");
+        for bytes in [
+            // Claims 4 GiB of metadata in a 20-byte file.
+            [&MAGIC[..], &[VERSION], &u32::MAX.to_be_bytes(), b"tiny...."].concat(),
+            // Shorter than the fixed header.
+            b"BATONSN".to_vec(),
+            // Another version.
+            [&MAGIC[..], &[VERSION + 1], &0u32.to_be_bytes(), &[0; 40]].concat(),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let err = latest_meta(dir.path()).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            let err = SnapshotData::File(path.clone()).into_bytes().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        }
+        fs::remove_file(&path).unwrap();
+        let err = SnapshotData::File(path).into_bytes().unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::NotFound,
+            "a replaced snapshot: {err}"
+        );
     }
 
     #[test]
