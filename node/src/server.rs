@@ -205,18 +205,29 @@ impl Server {
     }
 
     /// The first half of a graceful stop (SIGTERM): report not ready, and if this node leads,
-    /// hand leadership to the most up-to-date voter and wait until that node leads (it has
-    /// committed an entry of its own term, seen from here). Agent sessions end as leadership
-    /// leaves (FAILED_PRECONDITION with the `baton-leader` hint), so agents move at once.
-    /// Gives up after [`DRAIN_TIMEOUT`]; then the stop is an ordinary one and the others elect a
-    /// leader after their election timeout.
-    pub async fn drain(&self) {
+    /// hand leadership to the most up-to-date voter that answered within the last election
+    /// timeout, and wait until that node leads (it has committed an entry of its own term, seen
+    /// from here). Agent sessions end as leadership leaves (FAILED_PRECONDITION with the
+    /// `baton-leader` hint), so agents move at once. With no voter answering (the others are
+    /// already stopped, or cut off) there is nobody to hand over to, and the stop goes on at
+    /// once. Gives up after [`DRAIN_TIMEOUT`]; then the stop is an ordinary one and the others
+    /// elect a leader after their election timeout.
+    pub async fn drain(&self) -> Drained {
         self.health.start_draining().await;
         let metrics = self.node.raft.metrics().borrow_watched().clone();
         if metrics.state != ServerState::Leader {
-            return;
+            return Drained::NotLeader;
         }
-        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let others: Vec<u64> = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|&id| id != self.node.id)
+            .collect();
+        if others.is_empty() {
+            tracing::info!("drain: the only voter; nobody to hand leadership to");
+            return Drained::OnlyVoter;
+        }
         let matched = |id: &u64| {
             metrics
                 .replication
@@ -224,19 +235,20 @@ impl Server {
                 .and_then(|r| r.get(id).copied().flatten())
                 .map(|l| l.index)
         };
-        let Some(to) = voters
-            .iter()
-            .filter(|&&id| id != self.node.id)
-            .max_by_key(|&id| matched(id))
-            .copied()
-        else {
-            tracing::info!("drain: the only voter; nobody to hand leadership to");
-            return;
+        // A voter that has not acknowledged a heartbeat for an election timeout would not take
+        // leadership either: asking it only waits out DRAIN_TIMEOUT.
+        let answering = self.node.voters_answering();
+        let Some(to) = answering.iter().max_by_key(|id| matched(id)).copied() else {
+            tracing::info!(
+                voters = ?others,
+                "drain: no other voter answered within an election timeout; stopping without a handover"
+            );
+            return Drained::NoVoterAnswering;
         };
         tracing::info!(to, "drain: transferring leadership");
         if let Err(err) = self.node.raft.trigger().transfer_leader(to).await {
             tracing::warn!(error = %err, "drain: leader transfer failed");
-            return;
+            return Drained::TransferFailed;
         }
         let moved = self
             .node
@@ -253,9 +265,15 @@ impl Server {
             .await;
         match moved {
             Ok(m) => {
-                tracing::info!(leader = ?m.current_leader, term = m.current_term, "drain: leadership handed over")
+                tracing::info!(leader = ?m.current_leader, term = m.current_term, "drain: leadership handed over");
+                Drained::HandedOver {
+                    to: m.current_leader.unwrap_or(to),
+                }
             }
-            Err(err) => tracing::warn!(error = %err, "drain: leadership did not move in time"),
+            Err(err) => {
+                tracing::warn!(error = %err, "drain: leadership did not move in time");
+                Drained::TimedOut
+            }
         }
     }
 
@@ -293,6 +311,23 @@ impl Server {
             }
         }
     }
+}
+
+/// What [`Server::drain`] did about leadership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// A follower (or candidate, learner): nothing to hand over.
+    NotLeader,
+    /// The leader of a one-voter cluster.
+    OnlyVoter,
+    /// The leader, but no other voter acknowledged a heartbeat within an election timeout.
+    NoVoterAnswering,
+    /// Leadership moved; a leader of a newer term committed an entry, seen from here.
+    HandedOver { to: u64 },
+    /// openraft refused the transfer (its core stopped, say).
+    TransferFailed,
+    /// The transfer was asked for, but no new leader committed within [`DRAIN_TIMEOUT`].
+    TimedOut,
 }
 
 /// How long a draining leader waits for leadership to move before it stops anyway.

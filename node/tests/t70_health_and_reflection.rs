@@ -8,6 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_node::server::Drained;
 use common::*;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -184,7 +185,11 @@ async fn a_draining_leader_is_not_ready_and_hands_leadership_over() {
         leader,
         "--- drain the leader (what SIGTERM does before stopping)"
     );
-    cluster.servers[&leader].drain().await;
+    let drained = cluster.servers[&leader].drain().await;
+    assert!(
+        matches!(drained, Drained::HandedOver { to } if to != leader),
+        "{drained:?}"
+    );
     assert_eq!(health(addr, "").await, Some(ServingStatus::NotServing));
     assert_eq!(health(addr, "liveness").await, Some(ServingStatus::Serving));
     // drain returns once this node has seen the new leader commit in its term.
@@ -207,5 +212,48 @@ async fn a_draining_leader_is_not_ready_and_hands_leadership_over() {
         "the new leader to be ready",
     )
     .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_voters_are_gone_stops_without_waiting_for_a_handover() {
+    init_logs();
+    let mut cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let node = cluster.servers[&leader].node.clone();
+    wait_for(Duration::from_secs(10), "both followers to answer", || {
+        let answering = node.voters_answering();
+        async move { (answering.len() == 2).then_some(()) }
+    })
+    .await;
+
+    tracing::info!(
+        leader,
+        "--- stop both followers, as `batond dev` does on Ctrl-C"
+    );
+    for id in [1, 2, 3].into_iter().filter(|&id| id != leader) {
+        cluster.stop(id).await;
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "the leader to notice that no voter answers",
+        || {
+            let answering = node.voters_answering();
+            let leads = node.is_leader();
+            async move { (answering.is_empty() || !leads).then_some(()) }
+        },
+    )
+    .await;
+    // Still the leader (openraft does not step down for lack of a quorum) or not, the drain
+    // asks nobody to take over, so the stop does not wait out DRAIN_TIMEOUT on dead peers.
+    let drained = cluster.servers[&leader].drain().await;
+    assert!(
+        matches!(drained, Drained::NoVoterAnswering | Drained::NotLeader),
+        "{drained:?}"
+    );
+    assert_eq!(
+        health(cluster.addr(leader), "").await,
+        Some(ServingStatus::NotServing)
+    );
     cluster.shutdown().await;
 }

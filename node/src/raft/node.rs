@@ -383,6 +383,28 @@ impl RaftNode {
             .is_some_and(|acked| openraft::Instant::elapsed(&acked.into_inner()) < window)
     }
 
+    /// On the leader: the other voters that acknowledged a heartbeat within the last minimum
+    /// election timeout, so are up and reachable now. Empty on a follower.
+    pub fn voters_answering(&self) -> Vec<RaftNodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let window = Duration::from_millis(self.raft.config().election_timeout_min);
+        let answered = |id: RaftNodeId| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|acked| acked.get(&id).copied().flatten())
+                .is_some_and(|at| openraft::Instant::elapsed(&at.into_inner()) < window)
+        };
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(|&id| id != self.id && answered(id))
+            .collect()
+    }
+
     /// Resolves once this node is no longer the leader (or its Raft core stopped).
     pub async fn leadership_lost(&self) {
         let mut metrics = self.raft.metrics();
