@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_proto::raft::v1::raft_service_server::RaftServiceServer;
 use baton_proto::v1::admin_service_server::AdminServiceServer;
@@ -246,14 +247,37 @@ impl Server {
             return Drained::NoVoterAnswering;
         };
         tracing::info!(to, "drain: transferring leadership");
+        let term = metrics.current_term;
+        let started = std::time::Instant::now();
         if let Err(err) = self.node.raft.trigger().transfer_leader(to).await {
             tracing::warn!(error = %err, "drain: leader transfer failed");
             return Drained::TransferFailed;
         }
+        // The voter asked campaigns at once, so a newer term shows within an election or two. If
+        // none does, it is not taking over (it is stopping too, as every node of `batond dev`
+        // does on Ctrl-C): waiting longer would only hold this stop up. The leader sends no
+        // heartbeats while it transfers, so this is the signal left to watch.
+        let takeover_timeout =
+            Duration::from_millis(3 * self.node.raft.config().election_timeout_max)
+                .min(DRAIN_TIMEOUT);
+        let campaigned = self
+            .node
+            .raft
+            .wait(Some(takeover_timeout))
+            .metrics(|m| m.current_term > term, "a newer term")
+            .await;
+        if campaigned.is_err() {
+            tracing::warn!(
+                to,
+                waited_ms = takeover_timeout.as_millis() as u64,
+                "drain: the voter asked did not take over; stopping without a handover"
+            );
+            return Drained::NotTakenOver;
+        }
         let moved = self
             .node
             .raft
-            .wait(Some(DRAIN_TIMEOUT))
+            .wait(Some(DRAIN_TIMEOUT.saturating_sub(started.elapsed())))
             .metrics(
                 |m| {
                     m.current_leader.is_some_and(|l| l != self.node.id)
@@ -283,7 +307,7 @@ impl Server {
         if let Some((stop, mut task)) = self.health_only.take() {
             let _ = stop.send(());
             // A probe's Watch stream never ends by itself: give the rest a moment, then drop it.
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
             {
@@ -302,7 +326,7 @@ impl Server {
         if let Some(mut serving) = self.serving.take() {
             // Streams that never end by themselves (agent sessions, watches) must not hold the
             // node up: after a grace period, drop every connection.
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut serving)
+            if tokio::time::timeout(Duration::from_secs(2), &mut serving)
                 .await
                 .is_err()
             {
@@ -326,6 +350,8 @@ pub enum Drained {
     HandedOver { to: u64 },
     /// openraft refused the transfer (its core stopped, say).
     TransferFailed,
+    /// The voter asked did not campaign within three election timeouts (it is stopping too).
+    NotTakenOver,
     /// The transfer was asked for, but no new leader committed within [`DRAIN_TIMEOUT`].
     TimedOut,
 }
