@@ -122,7 +122,7 @@ mod tests {
             };
             self.apply(Command::Submit(SubmitCommand {
                 spec: spec.encode_to_vec(),
-                idempotency_key: String::new(),
+                idempotency_key: "".into(),
             }));
         }
     }

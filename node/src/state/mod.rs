@@ -62,8 +62,10 @@ pub struct ClusterState {
     // imbl's own, unchanged.
     #[serde(deserialize_with = "cautious::map")]
     workflows: OrdMap<WorkflowId, Arc<Workflow>>,
+    /// Keys shared with their workflows: an insert into a map node that a reader's clone still
+    /// holds copies the node, and a node of `Arc`s copies without allocating (encoded as strings).
     #[serde(deserialize_with = "cautious::map")]
-    idempotency_keys: OrdMap<String, WorkflowId>,
+    idempotency_keys: OrdMap<Arc<str>, WorkflowId>,
     /// Every node id ever reserved or made a member, so none is reused for an empty disk.
     #[serde(deserialize_with = "cautious::set")]
     used_node_ids: OrdSet<NodeId>,
@@ -217,7 +219,7 @@ impl ClusterState {
 
     fn submit(&mut self, ctx: ApplyCtx, submit: SubmitCommand, events: &mut Events) -> Response {
         if !submit.idempotency_key.is_empty()
-            && let Some(&workflow_id) = self.idempotency_keys.get(&submit.idempotency_key)
+            && let Some(&workflow_id) = self.idempotency_keys.get(submit.idempotency_key.as_str())
         {
             return Response::Submitted {
                 workflow_id,
@@ -241,7 +243,7 @@ impl ClusterState {
         let mut workflow = Workflow {
             id,
             spec,
-            idempotency_key: submit.idempotency_key.clone(),
+            idempotency_key: Arc::from(submit.idempotency_key),
             state: WorkflowState::Running,
             created_at_ms: self.now_ms,
             finished_at_ms: 0,
@@ -270,9 +272,10 @@ impl ClusterState {
                 e.step_state = pb::StepState::Ready as i32;
             }));
         }
+        let key = workflow.idempotency_key.clone();
         self.workflows.insert(id, Arc::new(workflow));
-        if !submit.idempotency_key.is_empty() {
-            self.idempotency_keys.insert(submit.idempotency_key, id);
+        if !key.is_empty() {
+            self.idempotency_keys.insert(key, id);
         }
         Response::Submitted {
             workflow_id: id,

@@ -74,7 +74,8 @@ pub struct Workflow {
     /// Shared with snapshot builders and readers; never mutated after submit.
     #[serde(with = "proto_bytes")]
     pub spec: Arc<pb::WorkflowSpec>,
-    pub idempotency_key: String,
+    /// Shared with the state's index of keys.
+    pub idempotency_key: Arc<str>,
     pub state: WorkflowState,
     pub created_at_ms: u64,
     pub finished_at_ms: u64,
@@ -170,7 +171,7 @@ impl Workflow {
             name: self.spec.name.clone(),
             labels: self.spec.labels.clone(),
             state: self.state.to_proto() as i32,
-            idempotency_key: self.idempotency_key.clone(),
+            idempotency_key: self.idempotency_key.to_string(),
             created_at_ms: self.created_at_ms,
             finished_at_ms: self.finished_at_ms,
             spec,
