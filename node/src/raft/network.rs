@@ -241,20 +241,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             .clamp(1, limits::SNAPSHOT_CHUNK_BYTES);
         // Chunks are copied out one at a time as the stream is polled, not all up front.
         // An empty snapshot still sends one chunk: the header.
-        let data = Arc::new(data);
-        let chunk_count = data.len().div_ceil(chunk_bytes).max(1);
-        let chunks = {
-            let data = data.clone();
-            (0..chunk_count).map(move |i| {
-                let start = (i * chunk_bytes).min(data.len());
-                let end = (start + chunk_bytes).min(data.len());
-                pb::SnapshotChunk {
-                    header: if i == 0 { header.clone() } else { Vec::new() },
-                    data: data[start..end].to_vec(),
-                }
-            })
-        };
         let total = data.len();
+        let chunk_count = total.div_ceil(chunk_bytes).max(1);
+        let chunks = (0..chunk_count).map(move |i| {
+            let start = (i * chunk_bytes).min(total);
+            let end = (start + chunk_bytes).min(total);
+            pb::SnapshotChunk {
+                header: if i == 0 { header.clone() } else { Vec::new() },
+                data: data[start..end].to_vec(),
+            }
+        });
         // Sized to the snapshot: a big state legitimately takes longer than one heartbeat RPC.
         let ttl = option.hard_ttl().max(limits::snapshot_send_timeout(total));
         let call = client.install_snapshot(tokio_stream::iter(chunks));

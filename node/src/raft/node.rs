@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::batcher::Batcher;
 use super::network::{self, NetworkFactory, Peers};
-use super::types::{Raft, RaftNodeId};
+use super::types::{Raft, RaftNodeId, TypeConfig};
 use crate::metrics;
 use crate::state::{Command, LogEntry, Response};
 use crate::storage::{LogStore, Replica, StateMachineStore};
@@ -377,10 +377,17 @@ impl RaftNode {
         if voters.next() == Some(self.id) && voters.next().is_none() {
             return true;
         }
+        self.within_election_timeout(m.last_quorum_acked.map(|acked| acked.into_inner()))
+    }
+
+    /// Whether `sent` (the send time of an acknowledged heartbeat) is younger than the minimum
+    /// election timeout.
+    fn within_election_timeout(
+        &self,
+        sent: Option<openraft::alias::InstantOf<TypeConfig>>,
+    ) -> bool {
         let window = Duration::from_millis(self.raft.config().election_timeout_min);
-        m.last_quorum_acked
-            .as_ref()
-            .is_some_and(|acked| openraft::Instant::elapsed(&acked.into_inner()) < window)
+        sent.is_some_and(|at| openraft::Instant::elapsed(&at) < window)
     }
 
     /// On the leader: the other voters that acknowledged a heartbeat within the last minimum
@@ -391,12 +398,13 @@ impl RaftNode {
         if m.state != ServerState::Leader {
             return Vec::new();
         }
-        let window = Duration::from_millis(self.raft.config().election_timeout_min);
         let answered = |id: RaftNodeId| {
-            m.heartbeat
-                .as_ref()
-                .and_then(|acked| acked.get(&id).copied().flatten())
-                .is_some_and(|at| openraft::Instant::elapsed(&at.into_inner()) < window)
+            self.within_election_timeout(
+                m.heartbeat
+                    .as_ref()
+                    .and_then(|acked| acked.get(&id).copied().flatten())
+                    .map(|at| at.into_inner()),
+            )
         };
         m.membership_config
             .membership()

@@ -63,17 +63,7 @@ impl SnapshotData {
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         match self {
             Self::Bytes(bytes) => Ok(bytes),
-            Self::File(path) => {
-                // Kept apart from decoding: a missing file (`NotFound`: replaced by a newer
-                // snapshot) is retried, a corrupt one (`InvalidData`) is not.
-                let bytes = fs::read(&path)?;
-                decode(bytes).map(SnapshotFile::into_data).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
-                    )
-                })
-            }
+            Self::File(path) => read_checked(&path).map(SnapshotFile::into_data),
         }
     }
 }
@@ -139,8 +129,14 @@ pub fn read_latest(dir: &Path) -> io::Result<Option<SnapshotFile>> {
     let Some(path) = list(dir)?.pop() else {
         return Ok(None);
     };
-    let bytes = fs::read(&path)?;
-    decode(bytes).map(Some).map_err(|e| {
+    read_checked(&path).map(Some)
+}
+
+/// Reads and checks one snapshot file. The kinds stay apart: a missing file (`NotFound`: replaced
+/// by a newer snapshot) is worth asking again, a corrupt one (`InvalidData`) is not.
+fn read_checked(path: &Path) -> io::Result<SnapshotFile> {
+    let bytes = fs::read(path)?;
+    decode(bytes).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: {e}", path.display()),
