@@ -7,10 +7,11 @@
 //!
 //! Architecture invariant: every call made here is safe to repeat, which is what allows retrying
 //! after an unknown outcome. Reads are; `submit` always carries an idempotency key (generated
-//! when the caller has none), so a repeat returns the first workflow instead of a second one;
-//! `cancel` and the admin calls name a target state (cancelled, member present, member absent,
-//! leader elsewhere, a fresh snapshot), so doing them twice leaves the same state as once. A new
-//! call that is not idempotent must not go through `Client::unary` as it is.
+//! when the caller has none), so a repeat returns the first workflow instead of a second one, and
+//! `submit_batch` gives every item one; `cancel` and the admin calls name a target state
+//! (cancelled, member present, member absent, leader elsewhere, a fresh snapshot), so doing them
+//! twice leaves the same state as once. A new call that is not idempotent must not go through
+//! `Client::unary` as it is.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,9 +26,10 @@ use baton_proto::v1::{
     ClusterStatusResponse, CreateTokenRequest, CreateTokenResponse, GetRequest, ListAgentsRequest,
     ListAgentsResponse, ListRequest, ListResponse, ListTokensRequest, ListTokensResponse,
     ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, RevokeTokenRequest,
-    RevokeTokenResponse, SaveSnapshotRequest, SnapshotInfo, SubmitRequest, SubmitResponse,
-    TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
-    WatchRequest, Workflow, WorkflowEvent, WorkflowSpec,
+    RevokeTokenResponse, SaveSnapshotRequest, SnapshotInfo, SubmitBatchRequest, SubmitBatchResult,
+    SubmitRequest, SubmitResponse, TransferLeaderRequest, TransferLeaderResponse,
+    TriggerSnapshotRequest, TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent,
+    WorkflowSpec,
 };
 use futures::Stream;
 
@@ -170,6 +172,39 @@ impl Client {
         })
         .await
         .map(|(_, response)| response)
+    }
+
+    /// Submits many workflows in one call: they are committed together, in one log entry, or
+    /// the call fails and none is. Items without a key get one generated, so retrying after an
+    /// unknown outcome returns the first call's workflows. One result per item, in order; at most
+    /// `limits::SUBMIT_BATCH_ITEMS_MAX` items and `SUBMIT_BATCH_BYTES_MAX` of specs and keys.
+    pub async fn submit_batch(
+        &self,
+        items: Vec<(WorkflowSpec, Option<String>)>,
+    ) -> Result<Vec<SubmitBatchResult>, ClientError> {
+        let mut submits = Vec::with_capacity(items.len());
+        for (i, (spec, key)) in items.into_iter().enumerate() {
+            let idempotency_key = match key {
+                Some(key) if !key.is_empty() => {
+                    baton_proto::validate::validate_idempotency_key(&key).map_err(|error| {
+                        ClientError::InvalidRequest(format!("submits[{i}].{error}"))
+                    })?;
+                    key
+                }
+                _ => new_idempotency_key(),
+            };
+            submits.push(SubmitRequest {
+                spec: Some(spec),
+                idempotency_key,
+            });
+        }
+        let request = SubmitBatchRequest { submits };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).submit_batch(request).await }
+        })
+        .await
+        .map(|(_, response)| response.results)
     }
 
     /// One workflow with its steps. NOT_FOUND when there is no such workflow.

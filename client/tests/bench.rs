@@ -83,6 +83,20 @@ fn single_step_workflows_all_finish_and_add_up() {
 }
 
 #[test]
+fn batches_submit_every_workflow_once() {
+    // 45 in calls of 10: four full calls and one of the 5 left, whichever client makes them.
+    let (report, stderr) = bench(&["--count", "45", "--clients", "2", "--batch", "10"]);
+    assert_eq!(report["batch"], 10);
+    assert_eq!(report["accepted"], 45, "{report}\n{stderr}");
+    assert_eq!(report["submit_errors"], 0);
+    assert_eq!(report["workflows_succeeded"], 45, "{report}\n{stderr}");
+    // One acknowledgement per call; every workflow tracked from its submit.
+    latency_measured(&report, "submit_ack", 5);
+    latency_measured(&report, "submit_to_start", 45);
+    latency_measured(&report, "submit_to_end", 45);
+}
+
+#[test]
 fn fan_out_counts_every_step() {
     let (report, stderr) = bench(&["--count", "10", "--shape", "fanout", "--steps", "3"]);
     assert_eq!(report["steps_per_workflow"], 4);

@@ -66,6 +66,44 @@ async fn retries_submit_on_unavailable_with_one_generated_key() {
 }
 
 #[tokio::test]
+async fn retries_a_batch_on_unavailable_with_the_same_keys() {
+    let script = common::Script::default();
+    script.submits_unavailable.store(1, Ordering::SeqCst);
+    let (live, script) = common::start(script).await;
+    let client = client(&[live.to_string()]);
+
+    let items = vec![
+        (WorkflowSpec::default(), None),
+        (WorkflowSpec::default(), Some("order-1234".into())),
+        (WorkflowSpec::default(), None),
+    ];
+    let results = client.submit_batch(items).await.unwrap();
+    assert_eq!(results.len(), 3);
+    let batches = script.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 2, "one retry after UNAVAILABLE");
+    let keys = |b: &baton_client::proto::SubmitBatchRequest| -> Vec<String> {
+        b.submits
+            .iter()
+            .map(|s| s.idempotency_key.clone())
+            .collect()
+    };
+    let first = keys(&batches[0]);
+    assert_eq!(first, keys(&batches[1]), "the retry carries the same keys");
+    assert_eq!(first[1], "order-1234");
+    assert!(first[0].starts_with("baton-") && first[2].starts_with("baton-"));
+    assert_ne!(first[0], first[2], "every item has its own key");
+
+    let error = client
+        .submit_batch(vec![(WorkflowSpec::default(), Some("bad\nkey".into()))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::InvalidRequest(m) if m.starts_with("submits[0].idempotency_key")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn keeps_the_callers_key_and_refuses_a_bad_one_before_sending() {
     let (live, script) = common::start(common::Script::default()).await;
     let client = client(&[live.to_string()]);

@@ -41,6 +41,10 @@ const _: () = {
     assert!(RAFT_ENTRIES_PER_APPEND_MAX * (entry_max + 64 * 1024) <= RAFT_MESSAGE_BYTES_MAX);
 };
 const _: () = assert!(baton_proto::limits::SPEC_BYTES_MAX + 4096 <= PUBLIC_REQUEST_BYTES_MAX);
+// A `SubmitBatch` is one entry: its specs and keys fit a batched entry, and its commands'
+// framing (under 64 bytes each) the 64 KiB the append bound above allows an entry beyond that.
+const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_BYTES_MAX <= ENTRY_BATCH_BYTES_MAX);
+const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 64 <= 64 * 1024);
 
 /// Time allowed to send a snapshot of `bytes`: a floor, plus the time at a pessimistic 8 MiB/s.
 pub fn snapshot_send_timeout(bytes: usize) -> Duration {
@@ -108,7 +112,14 @@ impl Default for Admission {
 impl Admission {
     /// A slot for one client proposal, or None when `PROPOSALS_IN_FLIGHT_MAX` are in flight.
     pub fn proposal(&self) -> Option<Permit> {
-        self.proposals.clone().try_acquire_owned().ok()
+        self.proposals(1)
+    }
+
+    /// Slots for `n` client proposals (a batch counts as its commands), or None when fewer
+    /// than `n` are free.
+    pub fn proposals(&self, n: usize) -> Option<Permit> {
+        let n = u32::try_from(n).ok()?;
+        self.proposals.clone().try_acquire_many_owned(n).ok()
     }
 
     /// A slot for one agent session, or None when `AGENT_SESSIONS_MAX` are open.

@@ -442,6 +442,189 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
     cluster.shutdown().await;
 }
 
+/// SubmitBatch, through the leader and through a follower, while single submits run alongside:
+/// each batch commits in one entry (one log index for all its items) and answers every item
+/// with its own workflow, in order; a key repeated inside a batch makes one workflow; a retried
+/// batch returns the same workflows; one bad item, or too many items, refuses the whole call
+/// with the item or the limit named, and nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_commits_in_one_entry_and_answers_each_item() {
+    init_logs();
+    let cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    let via = [
+        cluster.workflows(leader).await,
+        cluster.workflows(follower).await,
+    ];
+
+    const BATCHES: usize = 4;
+    const ITEMS: usize = 50;
+    // Items 0 and 1 of every batch share a key; the rest have their own.
+    let batch = |b: usize| pb::SubmitBatchRequest {
+        submits: (0..ITEMS)
+            .map(|i| pb::SubmitRequest {
+                spec: Some(noop_spec(&format!("batch-{b}-{i}"), 1 + i % 3)),
+                idempotency_key: if i < 2 {
+                    format!("batch-{b}-pair")
+                } else {
+                    format!("batch-{b}-{i}")
+                },
+            })
+            .collect(),
+    };
+    let mut batches = Vec::new();
+    let mut singles = Vec::new();
+    for b in 0..BATCHES {
+        let mut client = via[b % 2].clone();
+        let request = batch(b);
+        batches.push(tokio::spawn(async move {
+            client.submit_batch(request).await.map(|r| r.into_inner())
+        }));
+        for i in 0..25 {
+            let mut client = via[(b + i) % 2].clone();
+            let request = pb::SubmitRequest {
+                spec: Some(noop_spec(&format!("single-{b}-{i}"), 1)),
+                idempotency_key: String::new(),
+            };
+            singles.push((
+                format!("single-{b}-{i}"),
+                tokio::spawn(async move { client.submit(request).await.map(|r| r.into_inner()) }),
+            ));
+        }
+    }
+    let mut answers = Vec::new();
+    for call in batches {
+        answers.push(call.await.unwrap().expect("submit batch").results);
+    }
+
+    let mut reader = cluster.workflows(leader).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (b, results) in answers.iter().enumerate() {
+        assert_eq!(results.len(), ITEMS, "batch {b}: one result per item");
+        let submitted: Vec<&pb::SubmitResponse> = results
+            .iter()
+            .map(|r| match &r.outcome {
+                Some(pb::submit_batch_result::Outcome::Submitted(s)) => s,
+                other => panic!("batch {b}: {other:?}"),
+            })
+            .collect();
+        let index = submitted[0].log_index;
+        assert!(
+            submitted.iter().all(|s| s.log_index == index),
+            "batch {b} spread over entries: {submitted:?}"
+        );
+        // The pair: the first item creates, the second finds it.
+        assert!(submitted[0].created && !submitted[1].created, "batch {b}");
+        assert_eq!(submitted[0].workflow_id, submitted[1].workflow_id);
+        for (i, s) in submitted.iter().enumerate().skip(1) {
+            let want = if i == 1 { 0 } else { i };
+            if i > 1 {
+                assert!(s.created, "batch {b} item {i}");
+                assert!(
+                    ids.insert(s.workflow_id),
+                    "batch {b} item {i}: id given twice"
+                );
+            }
+            assert_eq!(
+                workflow_name(&mut reader, s.workflow_id).await,
+                format!("batch-{b}-{want}"),
+                "batch {b} item {i} got another's workflow"
+            );
+        }
+    }
+    for (name, call) in singles {
+        let answer = call.await.unwrap().expect("submit");
+        assert!(answer.created && ids.insert(answer.workflow_id), "{name}");
+        assert_eq!(workflow_name(&mut reader, answer.workflow_id).await, name);
+    }
+
+    // The same batch again: the same workflows, none new.
+    let again = via[1]
+        .clone()
+        .submit_batch(batch(0))
+        .await
+        .expect("retry")
+        .into_inner();
+    for (first, second) in answers[0].iter().zip(&again.results) {
+        let (
+            Some(pb::submit_batch_result::Outcome::Submitted(first)),
+            Some(pb::submit_batch_result::Outcome::Submitted(second)),
+        ) = (&first.outcome, &second.outcome)
+        else {
+            panic!("{first:?} / {second:?}");
+        };
+        assert_eq!(first.workflow_id, second.workflow_id);
+        assert!(!second.created);
+    }
+
+    // One bad item refuses the call: named, and nothing of the batch is written.
+    let mut bad = batch(9);
+    bad.submits[3].spec.as_mut().unwrap().steps[0].depends_on = vec!["nowhere".into()];
+    let status = via[0].clone().submit_batch(bad).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("submits[3].steps[0].depends_on"),
+        "{}",
+        status.message()
+    );
+    let mut missing = batch(9);
+    missing.submits[7].spec = None;
+    let status = via[1]
+        .clone()
+        .submit_batch(missing)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.message(), "submits[7].spec: missing");
+    let too_many = pb::SubmitBatchRequest {
+        submits: (0..=baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX)
+            .map(|i| pb::SubmitRequest {
+                spec: Some(noop_spec(&format!("batch-9-{i}"), 1)),
+                idempotency_key: String::new(),
+            })
+            .collect(),
+    };
+    let status = via[0]
+        .clone()
+        .submit_batch(too_many)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("submits: 1001 items"),
+        "{}",
+        status.message()
+    );
+    let listed = reader
+        .list(pb::ListRequest {
+            name_prefix: "batch-9-".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        listed.workflows.is_empty(),
+        "a refused batch wrote: {listed:?}"
+    );
+
+    // An empty batch is an empty answer.
+    let empty = via[0]
+        .clone()
+        .submit_batch(pb::SubmitBatchRequest::default())
+        .await
+        .expect("empty batch")
+        .into_inner();
+    assert!(empty.results.is_empty());
+    cluster.shutdown().await;
+}
+
 /// A workflow's name, by a linearizable read.
 async fn workflow_name(
     client: &mut baton_proto::v1::workflow_service_client::WorkflowServiceClient<

@@ -503,5 +503,33 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
         .expect("accepted once the load is gone")
         .into_inner();
     assert!(submitted.created);
+
+    // A batch takes a slot per item: with 5 free, 6 items are refused whole and 5 go through.
+    let taken = admission.withhold_proposals(baton_node::limits::PROPOSALS_IN_FLIGHT_MAX - 5);
+    let batch = |n: usize| pb::SubmitBatchRequest {
+        submits: (0..n)
+            .map(|i| pb::SubmitRequest {
+                spec: Some(noop_spec(&format!("batched-{i}"), 1)),
+                idempotency_key: format!("batched-{i}"),
+            })
+            .collect(),
+    };
+    let before = fingerprint(&cluster).await;
+    let status = client.submit_batch(batch(6)).await.expect_err("refused");
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert_eq!(fingerprint(&cluster).await, before, "a refused batch wrote");
+    let results = client
+        .submit_batch(batch(5))
+        .await
+        .expect("five fit")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 5);
+    admission.restore_proposals(taken);
     cluster.shutdown().await;
 }

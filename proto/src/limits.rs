@@ -98,6 +98,10 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 pub const LIST_PAGE_SIZE_MAX: usize = 1000;
 /// Page size when a `List` request leaves it at 0.
 pub const LIST_PAGE_SIZE_DEFAULT: usize = 100;
+/// Workflows in one `SubmitBatch`.
+pub const SUBMIT_BATCH_ITEMS_MAX: usize = 1000;
+/// Encoded specs plus keys in one `SubmitBatch`: the batch is written as one log entry.
+pub const SUBMIT_BATCH_BYTES_MAX: usize = MIB;
 
 // ---- time ----
 
@@ -148,6 +152,8 @@ const _: () = assert!(ARG_BYTES_MAX < SPEC_BYTES_MAX);
 const _: () = assert!(ARG_BYTES_MAX <= 128 * KIB);
 // A SubmitRequest (spec + key + framing) fits tonic's default 4 MiB decode limit.
 const _: () = assert!(SPEC_BYTES_MAX + IDEMPOTENCY_KEY_LEN_MAX + KIB <= 4 * MIB);
+// A SubmitBatchRequest (specs, keys, and under 16 bytes of framing an item) fits it too.
+const _: () = assert!(SUBMIT_BATCH_BYTES_MAX + 16 * SUBMIT_BATCH_ITEMS_MAX <= 4 * MIB);
 // Output is passed on to dependents like input, so it must not be larger than input may be.
 const _: () = assert!(OUTPUT_BYTES_MAX <= INPUT_BYTES_MAX);
 const _: () = assert!(PRIORITY_MIN < 0 && 0 < PRIORITY_MAX);

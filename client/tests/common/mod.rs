@@ -22,6 +22,9 @@ pub struct Script {
     pub submit_internal: std::sync::atomic::AtomicBool,
     /// Every submit request received, in order.
     pub submits: Mutex<Vec<SubmitRequest>>,
+    /// Every SubmitBatch request received, in order; answered like submits (the same
+    /// `submits_unavailable` budget), item `i` as workflow `100 + i`.
+    pub batches: Mutex<Vec<SubmitBatchRequest>>,
     /// Get requests received.
     pub gets: AtomicU32,
     /// How long Get takes before answering.
@@ -78,6 +81,30 @@ impl WorkflowService for Fake {
             created: true,
             log_index: 3,
         }))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<SubmitBatchRequest>,
+    ) -> Result<Response<SubmitBatchResponse>, Status> {
+        let request = request.into_inner();
+        let items = request.submits.len();
+        self.0.batches.lock().unwrap().push(request);
+        let unavailable = &self.0.submits_unavailable;
+        if unavailable.load(Ordering::SeqCst) > 0 {
+            unavailable.fetch_sub(1, Ordering::SeqCst);
+            return Err(Status::unavailable("no leader yet"));
+        }
+        let results = (0..items as u64)
+            .map(|i| SubmitBatchResult {
+                outcome: Some(submit_batch_result::Outcome::Submitted(SubmitResponse {
+                    workflow_id: 100 + i,
+                    created: true,
+                    log_index: 3,
+                })),
+            })
+            .collect();
+        Ok(Response::new(SubmitBatchResponse { results }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

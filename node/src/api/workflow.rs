@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use baton_proto::limits::{
     LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX,
-    NAME_LEN_MAX,
+    NAME_LEN_MAX, SUBMIT_BATCH_BYTES_MAX, SUBMIT_BATCH_ITEMS_MAX,
 };
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_server::WorkflowService;
-use baton_proto::validate::{validate_idempotency_key, validate_spec};
+use baton_proto::validate::{SpecError, validate_idempotency_key, validate_spec};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -41,40 +41,79 @@ impl WorkflowServiceImpl {
     }
 
     async fn submit_inner(&self, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
-        let spec = req
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        validate_spec(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        validate_idempotency_key(&req.idempotency_key)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let command = Command::Submit(SubmitCommand {
-            spec: spec.encode_to_vec(),
-            idempotency_key: req.idempotency_key,
-        });
+        let command = submit_command(req).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let proposed = self
             .node
             .propose_client(command)
             .await
             .map_err(node_error)?;
-        match proposed.response {
-            Applied::Submitted {
-                workflow_id,
-                created,
-            } => {
-                if created {
-                    tracing::info!(workflow = %workflow_id, index = proposed.index, "workflow submitted");
-                }
-                Ok(pb::SubmitResponse {
-                    workflow_id: workflow_id.0,
-                    created,
-                    log_index: proposed.index,
-                })
-            }
-            Applied::Rejected { reason } => Err(Status::failed_precondition(reason)),
-            other => Err(Status::internal(format!(
-                "unexpected submit result {other:?}"
-            ))),
+        submitted(proposed.index, proposed.response).map_err(|outcome| match outcome {
+            Refused::Rejected(reason) => Status::failed_precondition(reason),
+            Refused::Unexpected(message) => Status::internal(message),
+        })
+    }
+
+    /// Every item checked before any is proposed; then all in one entry.
+    async fn submit_batch_inner(
+        &self,
+        req: pb::SubmitBatchRequest,
+    ) -> Result<pb::SubmitBatchResponse, Status> {
+        if req.submits.len() > SUBMIT_BATCH_ITEMS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "submits: {} items, more than {SUBMIT_BATCH_ITEMS_MAX}; split the batch",
+                req.submits.len()
+            )));
         }
+        let bytes: usize = req
+            .submits
+            .iter()
+            .map(|item| {
+                item.spec.as_ref().map_or(0, Message::encoded_len) + item.idempotency_key.len()
+            })
+            .sum();
+        if bytes > SUBMIT_BATCH_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "submits: {bytes} bytes of specs and keys, more than {SUBMIT_BATCH_BYTES_MAX}; \
+                 split the batch"
+            )));
+        }
+        if req.submits.is_empty() {
+            return Ok(pb::SubmitBatchResponse::default());
+        }
+        let commands = req
+            .submits
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                submit_command(item).map_err(|e| {
+                    Status::invalid_argument(match e.field.as_str() {
+                        "" => format!("submits[{i}]: {}", e.message),
+                        field => format!("submits[{i}].{field}: {}", e.message),
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (index, responses) = self
+            .node
+            .propose_client_batch(commands)
+            .await
+            .map_err(node_error)?;
+        let results = responses
+            .into_iter()
+            .map(|response| {
+                let outcome = match submitted(index, response) {
+                    Ok(response) => pb::submit_batch_result::Outcome::Submitted(response),
+                    Err(Refused::Rejected(reason)) => {
+                        pb::submit_batch_result::Outcome::Rejected(reason)
+                    }
+                    Err(Refused::Unexpected(message)) => return Err(Status::internal(message)),
+                };
+                Ok(pb::SubmitBatchResult {
+                    outcome: Some(outcome),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(pb::SubmitBatchResponse { results })
     }
 
     async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Status> {
@@ -180,6 +219,52 @@ impl WorkflowServiceImpl {
     }
 }
 
+/// A checked submit request as the command to propose; the error names the field as
+/// `baton_proto::validate` paths it (`steps[0].name`; empty for the spec as a whole).
+fn submit_command(req: pb::SubmitRequest) -> Result<Command, SpecError> {
+    let spec = req.spec.ok_or_else(|| SpecError {
+        field: "spec".into(),
+        message: "missing".into(),
+    })?;
+    validate_spec(&spec)?;
+    validate_idempotency_key(&req.idempotency_key)?;
+    Ok(Command::Submit(SubmitCommand {
+        spec: spec.encode_to_vec(),
+        idempotency_key: req.idempotency_key,
+    }))
+}
+
+/// Why an applied submit has no workflow to answer with.
+enum Refused {
+    /// The state machine refused it (the API's checks let through what apply cannot take).
+    Rejected(String),
+    /// An answer of another kind: a bug.
+    Unexpected(String),
+}
+
+/// The answer to one applied submit, committed at `index`.
+fn submitted(index: u64, response: Applied) -> Result<pb::SubmitResponse, Refused> {
+    match response {
+        Applied::Submitted {
+            workflow_id,
+            created,
+        } => {
+            if created {
+                tracing::info!(workflow = %workflow_id, index, "workflow submitted");
+            }
+            Ok(pb::SubmitResponse {
+                workflow_id: workflow_id.0,
+                created,
+                log_index: index,
+            })
+        }
+        Applied::Rejected { reason } => Err(Refused::Rejected(reason)),
+        other => Err(Refused::Unexpected(format!(
+            "unexpected submit result {other:?}"
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl WorkflowService for WorkflowServiceImpl {
     async fn submit(
@@ -187,6 +272,15 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         observed("Submit", self.submit_inner(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        observed("SubmitBatch", self.submit_batch_inner(request.into_inner()))
             .await
             .map(Response::new)
     }

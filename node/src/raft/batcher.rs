@@ -95,23 +95,25 @@ async fn write_batches(
             return;
         };
         // Whatever arrived while waiting for the slot joins this entry.
-        let mut bytes = 0;
+        let (mut bytes, mut commands) = (0, 0);
         let mut batch = Vec::new();
         if !first.reply.is_closed() {
             bytes = encoded_len(&first.command);
+            commands = first.command.count();
             batch.push(first);
         }
-        while batch.len() < commands_max {
+        while commands < commands_max {
             let Ok(next) = queue.try_recv() else { break };
             if next.reply.is_closed() {
                 continue;
             }
-            let len = encoded_len(&next.command);
-            if bytes + len > ENTRY_BATCH_BYTES_MAX {
+            let (len, count) = (encoded_len(&next.command), next.command.count());
+            if bytes + len > ENTRY_BATCH_BYTES_MAX || commands + count > commands_max {
                 carried = Some(next);
                 break;
             }
             bytes += len;
+            commands += count;
             batch.push(next);
         }
         if batch.is_empty() {
@@ -125,39 +127,59 @@ async fn write_batches(
     }
 }
 
-/// Writes one entry: the command itself when alone, else a [`Command::Batch`]; answers each
-/// caller.
+/// Writes one entry: the command itself when alone, else a [`Command::Batch`] of them all, a
+/// proposed batch's commands spliced in (a batch never nests); answers each caller with its own
+/// command's response, or its batch's responses as one [`Response::Batch`].
 async fn write(raft: &Raft, mut batch: Vec<Queued>) {
-    metrics::commands_per_entry(batch.len());
     if batch.len() == 1 {
         let Queued { command, reply } = batch.pop().expect("one command");
+        metrics::commands_per_entry(command.count());
         let _ = reply.send(super::node::write_entry(raft, command).await);
         return;
     }
-    let (commands, replies): (Vec<_>, Vec<_>) = batch
-        .into_iter()
-        .map(|queued| (queued.command, queued.reply))
-        .unzip();
+    // Each caller's share of the entry: how many commands, and whether they were a batch.
+    let mut shares = Vec::with_capacity(batch.len());
+    let mut commands = Vec::with_capacity(batch.len());
+    for Queued { command, reply } in batch {
+        match command {
+            Command::Batch(group) => {
+                shares.push((reply, group.len(), true));
+                commands.extend(group);
+            }
+            command => {
+                shares.push((reply, 1, false));
+                commands.push(command);
+            }
+        }
+    }
+    metrics::commands_per_entry(commands.len());
+    let count = commands.len();
     match super::node::write_entry(raft, Command::Batch(commands)).await {
         Ok(Proposed {
             index,
             response: Response::Batch(responses),
-        }) if responses.len() == replies.len() => {
-            for (reply, response) in replies.into_iter().zip(responses) {
+        }) if responses.len() == count => {
+            let mut responses = responses.into_iter();
+            for (reply, n, grouped) in shares {
+                let response = if grouped {
+                    Response::Batch(responses.by_ref().take(n).collect())
+                } else {
+                    responses.next().expect("one response per command")
+                };
                 let _ = reply.send(Ok(Proposed { index, response }));
             }
         }
         Ok(other) => {
             // Cannot happen with a state machine of this version; say so to every caller
             // rather than guess which response is whose.
-            let error = format!("a batch of {} applied as {:?}", replies.len(), other);
+            let error = format!("a batch of {count} applied as {other:?}");
             tracing::error!(%error, "batched entry answered out of shape");
-            for reply in replies {
+            for (reply, ..) in shares {
                 let _ = reply.send(Err(NodeError::Fatal(error.clone())));
             }
         }
         Err(err) => {
-            for reply in replies {
+            for (reply, ..) in shares {
                 let _ = reply.send(Err(err.clone()));
             }
         }

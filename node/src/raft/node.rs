@@ -202,8 +202,30 @@ impl RaftNode {
     /// A client's proposal: [`RaftNode::propose`] if this node has room for one more in flight,
     /// else [`NodeError::Overloaded`] at once (nothing proposed).
     pub async fn propose_client(&self, command: Command) -> Result<Proposed, NodeError> {
-        let _permit = self.admission.proposal().ok_or_else(overloaded)?;
+        let _permit = self
+            .admission
+            .proposals(command.count())
+            .ok_or_else(overloaded)?;
         self.propose(command).await
+    }
+
+    /// Proposes `commands` in one entry (admitted as that many client proposals), so they
+    /// commit together or not at all; returns the entry's index and one response per command,
+    /// in order.
+    pub async fn propose_client_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<(u64, Vec<Response>), NodeError> {
+        let count = commands.len();
+        let proposed = self.propose_client(Command::Batch(commands)).await?;
+        match proposed.response {
+            Response::Batch(responses) if responses.len() == count => {
+                Ok((proposed.index, responses))
+            }
+            other => Err(NodeError::Fatal(format!(
+                "a batch of {count} applied as {other:?}"
+            ))),
+        }
     }
 
     /// Proposes `command` through the leader and waits until it is committed and applied.

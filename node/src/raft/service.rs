@@ -111,7 +111,7 @@ impl RaftService for RaftServiceImpl {
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let command: Command = decode(request.get_ref()).map_err(bad_payload)?;
         // Forwarded proposals count against this leader's bound like its own clients' do.
-        let Some(_permit) = self.node.admission.proposal() else {
+        let Some(_permit) = self.node.admission.proposals(command.count()) else {
             return Err(Status::resource_exhausted(
                 crate::raft::node::overloaded().to_string(),
             ));

@@ -58,9 +58,10 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
-    /// Commands the leader grouped into one entry (see `raft::batcher`). They apply in order,
-    /// exactly as consecutive entries would, with this entry's index and time; the response is
-    /// [`Response::Batch`], one response per command. A batch inside a batch is refused.
+    /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
+    /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
+    /// entry's index and time; the response is [`Response::Batch`], one response per command. A
+    /// batch inside a batch is refused (the batcher splices a proposed batch into its entry).
     Batch(Vec<Command>),
 }
 
@@ -124,6 +125,14 @@ impl Command {
             Self::CreateToken(_) => "create_token",
             Self::RevokeToken { .. } => "revoke_token",
             Self::Batch(_) => "batch",
+        }
+    }
+
+    /// How many commands this is: a batch's length, else 1.
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Batch(commands) => commands.len(),
+            _ => 1,
         }
     }
 }

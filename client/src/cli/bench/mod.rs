@@ -80,6 +80,11 @@ pub struct BenchArgs {
     #[arg(short = 'c', long, default_value_t = 16, value_name = "C")]
     pub clients: u32,
 
+    /// Workflows per call: above 1, each client sends SubmitBatch calls of this many (one log
+    /// entry each) instead of one Submit per workflow.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub batch: u32,
+
     /// Submit this many workflows in all, then stop.
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     pub count: Option<u64>,
@@ -141,6 +146,8 @@ pub struct Plan {
     /// Every workflow's spec differs (`--distinct-specs`).
     pub distinct_specs: bool,
     pub clients: u32,
+    /// Workflows per submit call (`--batch`).
+    pub batch: u32,
     pub stop: Stop,
     pub rate: Option<f64>,
     pub drain_timeout: Duration,
@@ -162,6 +169,13 @@ impl Plan {
             return Err(format!(
                 "--clients must be 1..={CLIENTS_MAX}, not {}",
                 args.clients
+            ));
+        }
+        let batch_max = baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX as u32;
+        if args.batch == 0 || args.batch > batch_max {
+            return Err(format!(
+                "--batch must be 1..={batch_max}, not {}",
+                args.batch
             ));
         }
         let stop = match (args.count, args.duration) {
@@ -205,6 +219,7 @@ impl Plan {
             steps_per_workflow,
             distinct_specs: args.distinct_specs,
             clients: args.clients,
+            batch: args.batch,
             stop,
             rate: args.rate,
             drain_timeout: args.drain_timeout,
@@ -304,6 +319,25 @@ struct Submitters {
     pacer: Option<tokio::sync::Mutex<tokio::time::Interval>>,
 }
 
+impl Submitters {
+    /// Counts `n` workflows not accepted; the first reason is kept for the report.
+    fn failed(&self, n: u64, reason: String) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
+        let mut first = self.first_error.lock().expect("not poisoned");
+        first.get_or_insert(reason);
+    }
+}
+
+/// One SubmitBatch item: its workflow id, or why it was not accepted.
+fn batch_outcome(result: baton_proto::v1::SubmitBatchResult) -> Result<u64, String> {
+    use baton_proto::v1::submit_batch_result::Outcome;
+    match result.outcome {
+        Some(Outcome::Submitted(response)) => Ok(response.workflow_id),
+        Some(Outcome::Rejected(reason)) => Err(format!("rejected: {reason}")),
+        None => Err("a batch result without an outcome".to_string()),
+    }
+}
+
 /// The processes whose resources the report shows.
 #[derive(Default)]
 struct Pids {
@@ -378,37 +412,76 @@ async fn measure(
         let (client, spec, shared, ids_tx) =
             (client.clone(), spec.clone(), shared.clone(), ids_tx.clone());
         let stop = plan.stop;
-        let distinct_specs = plan.distinct_specs;
+        let (distinct_specs, batch) = (plan.distinct_specs, u64::from(plan.batch));
         workers.push(tokio::spawn(async move {
             let mut acks = new_histogram();
-            let more = |shared: &Submitters| match stop {
-                Stop::Count(n) => shared.claimed.fetch_add(1, Ordering::Relaxed) < n,
-                Stop::Duration(_) => deadline.is_some_and(|d| Instant::now() < d),
+            // How many workflows the next call carries: 0 when the run is over.
+            let claim = |shared: &Submitters| match stop {
+                Stop::Count(n) => {
+                    let first = shared.claimed.fetch_add(batch, Ordering::Relaxed);
+                    n.saturating_sub(first).min(batch)
+                }
+                Stop::Duration(_) => {
+                    if deadline.is_some_and(|d| Instant::now() < d) {
+                        batch
+                    } else {
+                        0
+                    }
+                }
             };
-            while more(&shared) {
+            loop {
+                let n = claim(&shared);
+                if n == 0 {
+                    break;
+                }
                 if let Some(pacer) = &shared.pacer {
-                    pacer.lock().await.tick().await;
+                    let mut pacer = pacer.lock().await;
+                    for _ in 0..n {
+                        pacer.tick().await;
+                    }
+                    drop(pacer);
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
                 }
-                let mut spec = spec.clone();
-                if distinct_specs {
-                    let run = shared.sequence.fetch_add(1, Ordering::Relaxed);
-                    spec.input.insert("run".to_string(), run.to_string());
-                }
+                let specs: Vec<_> = (0..n)
+                    .map(|_| {
+                        let mut spec = spec.clone();
+                        if distinct_specs {
+                            let run = shared.sequence.fetch_add(1, Ordering::Relaxed);
+                            spec.input.insert("run".to_string(), run.to_string());
+                        }
+                        spec
+                    })
+                    .collect();
                 let sent = Instant::now();
-                match client.submit(spec, None).await {
-                    Ok(response) => {
+                let result = if n == 1 && batch == 1 {
+                    let spec = specs.into_iter().next().expect("one spec");
+                    client
+                        .submit(spec, None)
+                        .await
+                        .map(|r| vec![Ok(r.workflow_id)])
+                } else {
+                    let items = specs.into_iter().map(|spec| (spec, None)).collect();
+                    client
+                        .submit_batch(items)
+                        .await
+                        .map(|results| results.into_iter().map(batch_outcome).collect())
+                };
+                match result {
+                    Ok(outcomes) => {
                         record(&mut acks, sent.elapsed().as_micros() as u64);
-                        shared.accepted.fetch_add(1, Ordering::Relaxed);
-                        let _ = ids_tx.send(response.workflow_id);
+                        for outcome in outcomes {
+                            match outcome {
+                                Ok(id) => {
+                                    shared.accepted.fetch_add(1, Ordering::Relaxed);
+                                    let _ = ids_tx.send(id);
+                                }
+                                Err(reason) => shared.failed(1, reason),
+                            }
+                        }
                     }
-                    Err(error) => {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
-                        let mut first = shared.first_error.lock().expect("not poisoned");
-                        first.get_or_insert_with(|| error.to_string());
-                    }
+                    Err(error) => shared.failed(n, error.to_string()),
                 }
             }
             acks
@@ -684,6 +757,7 @@ pub fn summarise(tracks: &HashMap<u64, Track>, plan: &Plan) -> Report {
         steps_per_workflow: plan.steps_per_workflow,
         distinct_specs: plan.distinct_specs,
         clients: plan.clients,
+        batch: plan.batch,
         rate: plan.rate,
         submitted: 0,
         accepted: 0,
@@ -731,6 +805,7 @@ mod tests {
         assert_eq!(p.shape, Shape::Single);
         assert_eq!(p.steps_per_workflow, 1);
         assert_eq!(p.clients, 16);
+        assert_eq!(p.batch, 1);
         assert_eq!(p.stop, Stop::Duration(DURATION_DEFAULT));
         assert_eq!(p.rate, None);
         assert_eq!(p.local_cluster, None);
@@ -754,6 +829,8 @@ mod tests {
             "6",
             "-c",
             "4",
+            "--batch",
+            "20",
             "--duration",
             "2m",
             "--rate",
@@ -769,6 +846,7 @@ mod tests {
                 steps_per_workflow: 6,
                 distinct_specs: false,
                 clients: 4,
+                batch: 20,
                 stop: Stop::Duration(Duration::from_secs(120)),
                 rate: Some(250.5),
                 drain_timeout: Duration::from_secs(5),
@@ -784,6 +862,8 @@ mod tests {
     fn bad_arguments_name_their_flag() {
         for (args, flag) in [
             (&["--clients", "0"][..], "--clients"),
+            (&["--batch", "0"], "--batch"),
+            (&["--batch", "1001"], "--batch"),
             (&["--count", "0"], "--count"),
             (&["--count", "5", "--duration", "1s"], "--duration"),
             (&["--duration", "0s"], "--duration"),

@@ -65,6 +65,8 @@ pub struct Report {
     /// Every workflow had its own spec (`--distinct-specs`).
     pub distinct_specs: bool,
     pub clients: u32,
+    /// Workflows per submit call (`--batch`); 1 = one Submit each.
+    pub batch: u32,
     /// Workflows per second asked for with `--rate`; absent: as fast as the clients go.
     pub rate: Option<f64>,
     pub submitted: u64,
@@ -122,7 +124,7 @@ pub fn render(report: &Report) -> String {
         .map_or("unbounded".to_string(), |r| format!("{r}/s"));
     let _ = writeln!(
         out,
-        "shape {} ({} steps{}), {} clients, rate {rate}",
+        "shape {} ({} steps{}), {} clients{}, rate {rate}",
         report.shape,
         report.steps_per_workflow,
         if report.distinct_specs {
@@ -130,7 +132,12 @@ pub fn render(report: &Report) -> String {
         } else {
             ""
         },
-        report.clients
+        report.clients,
+        if report.batch > 1 {
+            format!(" submitting batches of {}", report.batch)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         out,
