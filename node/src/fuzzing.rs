@@ -103,7 +103,7 @@ pub fn requests(data: &[u8]) {
         Some(message)
     }
     use baton_proto::raft::v1 as raft;
-    match which % 16 {
+    match which % 17 {
         0 => {
             if let Some(pb::SubmitRequest {
                 spec: Some(spec), ..
@@ -131,7 +131,14 @@ pub fn requests(data: &[u8]) {
         }
         13 => drop(decode::<raft::SnapshotChunk>(body)),
         14 => drop(decode::<raft::ReadIndexRequest>(body)),
-        _ => drop(decode::<raft::HelloRequest>(body)),
+        15 => drop(decode::<raft::HelloRequest>(body)),
+        _ => {
+            if let Some(batch) = decode::<pb::SubmitBatchRequest>(body) {
+                for spec in batch.submits.iter().filter_map(|s| s.spec.as_ref()) {
+                    check_spec(spec);
+                }
+            }
+        }
     }
 }
 
@@ -609,6 +616,22 @@ mod tests {
                 .encode_to_vec(),
             ),
             (8, pb::RemoveMemberRequest { node_id: 4 }.encode_to_vec()),
+            (
+                16,
+                pb::SubmitBatchRequest {
+                    submits: vec![
+                        pb::SubmitRequest {
+                            spec: Some(spec.clone()),
+                            idempotency_key: "k1".into(),
+                        },
+                        pb::SubmitRequest {
+                            spec: Some(spec.clone()),
+                            idempotency_key: String::new(),
+                        },
+                    ],
+                }
+                .encode_to_vec(),
+            ),
             (
                 12,
                 baton_proto::raft::v1::RaftPayload {

@@ -51,7 +51,9 @@ pub fn access(path: &str) -> Access {
         ("grpc.health.v1.Health", _) => Access::AnyPeer,
         (s, _) if s.starts_with("grpc.reflection.") => Access::AnyPeer,
         ("baton.v1.WorkflowService", "Get" | "List" | "Watch") => Access::Client(TokenRole::Reader),
-        ("baton.v1.WorkflowService", "Submit" | "Cancel") => Access::Client(TokenRole::Submitter),
+        ("baton.v1.WorkflowService", "Submit" | "SubmitBatch" | "Cancel") => {
+            Access::Client(TokenRole::Submitter)
+        }
         ("baton.v1.AdminService", "ClusterStatus" | "ListAgents") => {
             Access::Client(TokenRole::Reader)
         }
@@ -219,6 +221,10 @@ mod tests {
         assert_eq!(access("/baton.v1.AgentService/Session"), Access::Agent);
         assert_eq!(
             access("/baton.v1.WorkflowService/Submit"),
+            Access::Client(TokenRole::Submitter)
+        );
+        assert_eq!(
+            access("/baton.v1.WorkflowService/SubmitBatch"),
             Access::Client(TokenRole::Submitter)
         );
         assert_eq!(
