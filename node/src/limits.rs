@@ -45,6 +45,8 @@ const _: () = assert!(baton_proto::limits::SPEC_BYTES_MAX + 4096 <= PUBLIC_REQUE
 // framing (under 64 bytes each) the 64 KiB the append bound above allows an entry beyond that.
 const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_BYTES_MAX <= ENTRY_BATCH_BYTES_MAX);
 const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 64 <= 64 * 1024);
+// A batch takes a proposal slot per item: the largest must not need most of them.
+const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 4 <= PROPOSALS_IN_FLIGHT_MAX);
 
 /// Time allowed to send a snapshot of `bytes`: a floor, plus the time at a pessimistic 8 MiB/s.
 pub fn snapshot_send_timeout(bytes: usize) -> Duration {

@@ -443,10 +443,11 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
 }
 
 /// SubmitBatch, through the leader and through a follower, while single submits run alongside:
-/// each batch commits in one entry (one log index for all its items) and answers every item
-/// with its own workflow, in order; a key repeated inside a batch makes one workflow; a retried
-/// batch returns the same workflows; one bad item, or too many items, refuses the whole call
-/// with the item or the limit named, and nothing of it is written.
+/// each batch commits in one entry (every item's workflow created at one log index) and answers
+/// every item with its own workflow, in order; the leader splices batches into the entries it
+/// groups singles into, and each caller still gets its own answers; a key repeated inside a
+/// batch makes one workflow; a retried batch returns the same workflows; one bad item, or too
+/// many items, refuses the whole call with the item or the limit named, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_commits_in_one_entry_and_answers_each_item() {
     init_logs();
@@ -461,8 +462,8 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
         cluster.workflows(leader).await,
         cluster.workflows(follower).await,
     ];
+    let mut reader = cluster.workflows(leader).await;
 
-    const BATCHES: usize = 4;
     const ITEMS: usize = 50;
     // Items 0 and 1 of every batch share a key; the rest have their own.
     let batch = |b: usize| pb::SubmitBatchRequest {
@@ -477,71 +478,88 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
             })
             .collect(),
     };
-    let mut batches = Vec::new();
-    let mut singles = Vec::new();
-    for b in 0..BATCHES {
-        let mut client = via[b % 2].clone();
-        let request = batch(b);
-        batches.push(tokio::spawn(async move {
-            client.submit_batch(request).await.map(|r| r.into_inner())
-        }));
-        for i in 0..25 {
-            let mut client = via[(b + i) % 2].clone();
-            let request = pb::SubmitRequest {
-                spec: Some(noop_spec(&format!("single-{b}-{i}"), 1)),
-                idempotency_key: String::new(),
-            };
-            singles.push((
-                format!("single-{b}-{i}"),
-                tokio::spawn(async move { client.submit(request).await.map(|r| r.into_inner()) }),
-            ));
-        }
-    }
-    let mut answers = Vec::new();
-    for call in batches {
-        answers.push(call.await.unwrap().expect("submit batch").results);
-    }
-
-    let mut reader = cluster.workflows(leader).await;
+    // Rounds of 2 batches and 50 singles at once, until a batch has shared its entry with a
+    // single (the leader groups what queues while 4 entries are in flight; a burst of 52 calls
+    // makes that all but certain in the first round).
     let mut ids = std::collections::BTreeSet::new();
-    for (b, results) in answers.iter().enumerate() {
-        assert_eq!(results.len(), ITEMS, "batch {b}: one result per item");
-        let submitted: Vec<&pb::SubmitResponse> = results
-            .iter()
-            .map(|r| match &r.outcome {
-                Some(pb::submit_batch_result::Outcome::Submitted(s)) => s,
-                other => panic!("batch {b}: {other:?}"),
-            })
-            .collect();
-        let index = submitted[0].log_index;
-        assert!(
-            submitted.iter().all(|s| s.log_index == index),
-            "batch {b} spread over entries: {submitted:?}"
-        );
-        // The pair: the first item creates, the second finds it.
-        assert!(submitted[0].created && !submitted[1].created, "batch {b}");
-        assert_eq!(submitted[0].workflow_id, submitted[1].workflow_id);
-        for (i, s) in submitted.iter().enumerate().skip(1) {
-            let want = if i == 1 { 0 } else { i };
-            if i > 1 {
-                assert!(s.created, "batch {b} item {i}");
-                assert!(
-                    ids.insert(s.workflow_id),
-                    "batch {b} item {i}: id given twice"
+    let mut spliced = false;
+    let mut first_answers = Vec::new();
+    for round in 0..10 {
+        let mut batches = Vec::new();
+        let mut singles = Vec::new();
+        for k in 0..2 {
+            let b = round * 2 + k;
+            let mut client = via[k].clone();
+            let request = batch(b);
+            batches.push(tokio::spawn(async move {
+                client.submit_batch(request).await.map(|r| r.into_inner())
+            }));
+            for i in 0..25 {
+                let name = format!("single-{b}-{i}");
+                let mut client = via[i % 2].clone();
+                let request = pb::SubmitRequest {
+                    spec: Some(noop_spec(&name, 1)),
+                    idempotency_key: String::new(),
+                };
+                singles.push((
+                    name,
+                    tokio::spawn(
+                        async move { client.submit(request).await.map(|r| r.into_inner()) },
+                    ),
+                ));
+            }
+        }
+        let mut batch_indexes = Vec::new();
+        for (k, call) in batches.into_iter().enumerate() {
+            let b = round * 2 + k;
+            let results = call.await.unwrap().expect("submit batch").results;
+            assert_eq!(results.len(), ITEMS, "batch {b}: one result per item");
+            let submitted: Vec<pb::SubmitResponse> = results
+                .iter()
+                .map(|r| match &r.outcome {
+                    Some(pb::submit_batch_result::Outcome::Submitted(s)) => s.clone(),
+                    other => panic!("batch {b}: {other:?}"),
+                })
+                .collect();
+            // The pair: the first item creates, the second finds it.
+            assert!(submitted[0].created && !submitted[1].created, "batch {b}");
+            assert_eq!(submitted[0].workflow_id, submitted[1].workflow_id);
+            let index = submitted[0].log_index;
+            for (i, s) in submitted.iter().enumerate() {
+                let want = if i == 1 { 0 } else { i };
+                if i != 1 {
+                    assert!(s.created, "batch {b} item {i}");
+                    assert!(
+                        ids.insert(s.workflow_id),
+                        "batch {b} item {i}: id given twice"
+                    );
+                }
+                let (name, revision) = workflow_view(&mut reader, s.workflow_id).await;
+                assert_eq!(name, format!("batch-{b}-{want}"), "batch {b} item {i}");
+                assert_eq!(
+                    revision, index,
+                    "batch {b} item {i}: created in another entry"
                 );
             }
-            assert_eq!(
-                workflow_name(&mut reader, s.workflow_id).await,
-                format!("batch-{b}-{want}"),
-                "batch {b} item {i} got another's workflow"
-            );
+            batch_indexes.push(index);
+            first_answers.push(results);
+        }
+        for (name, call) in singles {
+            let answer = call.await.unwrap().expect("submit");
+            assert!(answer.created && ids.insert(answer.workflow_id), "{name}");
+            let (got, revision) = workflow_view(&mut reader, answer.workflow_id).await;
+            assert_eq!(got, name);
+            assert_eq!(revision, answer.log_index, "{name}");
+            spliced |= batch_indexes.contains(&answer.log_index);
+        }
+        if spliced {
+            break;
         }
     }
-    for (name, call) in singles {
-        let answer = call.await.unwrap().expect("submit");
-        assert!(answer.created && ids.insert(answer.workflow_id), "{name}");
-        assert_eq!(workflow_name(&mut reader, answer.workflow_id).await, name);
-    }
+    assert!(
+        spliced,
+        "no batch ever shared an entry with a single submit"
+    );
 
     // The same batch again: the same workflows, none new.
     let again = via[1]
@@ -550,7 +568,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
         .await
         .expect("retry")
         .into_inner();
-    for (first, second) in answers[0].iter().zip(&again.results) {
+    for (first, second) in first_answers[0].iter().zip(&again.results) {
         let (
             Some(pb::submit_batch_result::Outcome::Submitted(first)),
             Some(pb::submit_batch_result::Outcome::Submitted(second)),
@@ -562,19 +580,20 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
         assert!(!second.created);
     }
 
-    // One bad item refuses the call: named, and nothing of the batch is written.
-    let mut bad = batch(9);
+    // One bad item refuses the call: named by its path in the request, and nothing of the
+    // batch is written.
+    let mut bad = batch(99);
     bad.submits[3].spec.as_mut().unwrap().steps[0].depends_on = vec!["nowhere".into()];
     let status = via[0].clone().submit_batch(bad).await.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
         status
             .message()
-            .starts_with("submits[3].steps[0].depends_on"),
+            .starts_with("submits[3].spec.steps[0].depends_on"),
         "{}",
         status.message()
     );
-    let mut missing = batch(9);
+    let mut missing = batch(99);
     missing.submits[7].spec = None;
     let status = via[1]
         .clone()
@@ -582,10 +601,22 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
         .await
         .expect_err("refused");
     assert_eq!(status.message(), "submits[7].spec: missing");
+    let mut bad_key = batch(99);
+    bad_key.submits[0].idempotency_key = "tab\there".into();
+    let status = via[0]
+        .clone()
+        .submit_batch(bad_key)
+        .await
+        .expect_err("refused");
+    assert!(
+        status.message().starts_with("submits[0].idempotency_key"),
+        "{}",
+        status.message()
+    );
     let too_many = pb::SubmitBatchRequest {
         submits: (0..=baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX)
             .map(|i| pb::SubmitRequest {
-                spec: Some(noop_spec(&format!("batch-9-{i}"), 1)),
+                spec: Some(noop_spec(&format!("batch-99-{i}"), 1)),
                 idempotency_key: String::new(),
             })
             .collect(),
@@ -597,13 +628,13 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
         .expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().starts_with("submits: 1001 items"),
+        status.message().starts_with("submits: 257 items"),
         "{}",
         status.message()
     );
     let listed = reader
         .list(pb::ListRequest {
-            name_prefix: "batch-9-".into(),
+            name_prefix: "batch-99-".into(),
             ..Default::default()
         })
         .await
@@ -623,6 +654,26 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
         .into_inner();
     assert!(empty.results.is_empty());
     cluster.shutdown().await;
+}
+
+/// A workflow's name and revision (the log index of its last change), by a linearizable read.
+async fn workflow_view(
+    client: &mut baton_proto::v1::workflow_service_client::WorkflowServiceClient<
+        tonic::transport::Channel,
+    >,
+    workflow_id: u64,
+) -> (String, u64) {
+    let workflow = client
+        .get(pb::GetRequest {
+            workflow_id,
+            consistency: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .workflow
+        .expect("the workflow");
+    (workflow.name, workflow.revision)
 }
 
 /// A workflow's name, by a linearizable read.

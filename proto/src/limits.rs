@@ -98,8 +98,9 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 pub const LIST_PAGE_SIZE_MAX: usize = 1000;
 /// Page size when a `List` request leaves it at 0.
 pub const LIST_PAGE_SIZE_DEFAULT: usize = 100;
-/// Workflows in one `SubmitBatch`.
-pub const SUBMIT_BATCH_ITEMS_MAX: usize = 1000;
+/// Workflows in one `SubmitBatch`. A batch takes one proposal slot per item on the node
+/// (1,024 slots), so a batch of this size still finds room while others are in flight.
+pub const SUBMIT_BATCH_ITEMS_MAX: usize = 256;
 /// Encoded specs plus keys in one `SubmitBatch`: the batch is written as one log entry.
 pub const SUBMIT_BATCH_BYTES_MAX: usize = MIB;
 

@@ -80,16 +80,28 @@ impl WorkflowServiceImpl {
         if req.submits.is_empty() {
             return Ok(pb::SubmitBatchResponse::default());
         }
+        match self.node.commands_per_entry_max {
+            1 => {
+                return Err(Status::failed_precondition(
+                    "SubmitBatch is off: this node runs with --max-commands-per-entry 1 (no \
+                     batched log entries); submit one at a time",
+                ));
+            }
+            max if req.submits.len() > max => {
+                return Err(Status::invalid_argument(format!(
+                    "submits: {} items, more than this node's --max-commands-per-entry {max}",
+                    req.submits.len()
+                )));
+            }
+            _ => {}
+        }
         let commands = req
             .submits
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
                 submit_command(item).map_err(|e| {
-                    Status::invalid_argument(match e.field.as_str() {
-                        "" => format!("submits[{i}]: {}", e.message),
-                        field => format!("submits[{i}].{field}: {}", e.message),
-                    })
+                    Status::invalid_argument(format!("submits[{i}].{}", request_path(&e)))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -219,19 +231,48 @@ impl WorkflowServiceImpl {
     }
 }
 
-/// A checked submit request as the command to propose; the error names the field as
-/// `baton_proto::validate` paths it (`steps[0].name`; empty for the spec as a whole).
-fn submit_command(req: pb::SubmitRequest) -> Result<Command, SpecError> {
-    let spec = req.spec.ok_or_else(|| SpecError {
-        field: "spec".into(),
-        message: "missing".into(),
+/// A checked submit request as the command to propose. The error names the field as
+/// `baton_proto::validate` paths it: inside the spec (`steps[0].name`; empty for the spec as a
+/// whole), or `spec` / `idempotency_key` of the request.
+fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
+    let spec = req.spec.ok_or_else(|| {
+        Invalid::Request(SpecError {
+            field: "spec".into(),
+            message: "missing".into(),
+        })
     })?;
-    validate_spec(&spec)?;
-    validate_idempotency_key(&req.idempotency_key)?;
+    validate_spec(&spec).map_err(Invalid::Spec)?;
+    validate_idempotency_key(&req.idempotency_key).map_err(Invalid::Request)?;
     Ok(Command::Submit(SubmitCommand {
         spec: spec.encode_to_vec(),
         idempotency_key: req.idempotency_key,
     }))
+}
+
+/// A submit request that breaks a rule.
+enum Invalid {
+    /// A field of the spec (paths relative to the spec).
+    Spec(SpecError),
+    /// A field of the request itself.
+    Request(SpecError),
+}
+
+impl std::fmt::Display for Invalid {
+    /// As a Submit answers: `steps[0].name: ...`, `spec: missing`, `idempotency_key: ...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::Spec(e) | Invalid::Request(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The field's path from the request: `spec.steps[0].name: ...`, `spec: too large`.
+fn request_path(invalid: &Invalid) -> String {
+    match invalid {
+        Invalid::Spec(e) if e.field.is_empty() => format!("spec: {}", e.message),
+        Invalid::Spec(e) => format!("spec.{}: {}", e.field, e.message),
+        Invalid::Request(e) => e.to_string(),
+    }
 }
 
 /// Why an applied submit has no workflow to answer with.

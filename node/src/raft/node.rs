@@ -83,6 +83,9 @@ pub struct RaftNode {
     pub peers: Peers,
     /// Counted limits: proposals, agent sessions, watches.
     pub admission: crate::limits::Admission,
+    /// `--max-commands-per-entry`: a client's batch larger than this is refused, and at 1 (no
+    /// `Batch` entries, for a rolling upgrade) every batch is.
+    pub commands_per_entry_max: usize,
     batcher: Batcher,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -153,6 +156,7 @@ impl RaftNode {
             replica,
             peers,
             admission: crate::limits::Admission::default(),
+            commands_per_entry_max: timing.commands_per_entry_max,
             batcher,
             tasks: vec![batcher_task],
         };

@@ -863,7 +863,7 @@ mod tests {
         for (args, flag) in [
             (&["--clients", "0"][..], "--clients"),
             (&["--batch", "0"], "--batch"),
-            (&["--batch", "1001"], "--batch"),
+            (&["--batch", "257"], "--batch"),
             (&["--count", "0"], "--count"),
             (&["--count", "5", "--duration", "1s"], "--duration"),
             (&["--duration", "0s"], "--duration"),

@@ -84,7 +84,8 @@ pub struct Report {
     /// From the first submit to the last workflow's end, in the leader's clock.
     pub run_seconds: f64,
     pub steps_completed_per_second: f64,
-    /// Client-side: from sending a submit to its acknowledgement.
+    /// Client-side: from sending a submit (with `--batch`, a SubmitBatch call) to its
+    /// acknowledgement; one sample per call.
     pub submit_ack: LatencySummary,
     /// Leader clock: from the WORKFLOW_SUBMITTED event to the workflow's first STEP_ASSIGNED.
     pub submit_to_start: LatencySummary,
@@ -169,8 +170,14 @@ pub fn render(report: &Report) -> String {
         out,
         "\nlatency (ms)          p50       p99       max     count"
     );
+    // With --batch, one acknowledgement per call, not per workflow.
+    let ack = if report.batch > 1 {
+        "batch ack"
+    } else {
+        "submit ack"
+    };
     for (name, s) in [
-        ("submit ack", &report.submit_ack),
+        (ack, &report.submit_ack),
         ("submit to start", &report.submit_to_start),
         ("submit to end", &report.submit_to_end),
     ] {
