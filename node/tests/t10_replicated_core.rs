@@ -517,7 +517,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
             let submitted: Vec<pb::SubmitResponse> = results
                 .iter()
                 .map(|r| match &r.outcome {
-                    Some(pb::submit_batch_result::Outcome::Submitted(s)) => s.clone(),
+                    Some(pb::submit_batch_result::Outcome::Submitted(s)) => *s,
                     other => panic!("batch {b}: {other:?}"),
                 })
                 .collect();
