@@ -147,6 +147,105 @@ async fn an_unknown_submit_outcome_exits_3_and_names_the_key_to_retry_with() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_files_go_in_batches_with_numbered_keys() {
+    let (address, script) = common::start(common::Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // More files than one SubmitBatch takes.
+    let files: Vec<String> = (0..300)
+        .map(|i| write(dir.path(), &format!("w{i}.yaml"), VALID_SPEC))
+        .collect();
+    let endpoints = address.to_string();
+    let mut args = vec![
+        "submit",
+        "--endpoints",
+        &endpoints,
+        "--idempotency-key",
+        "nightly",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let output = baton(&args).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 300, "{stdout}");
+    // `ID<TAB>FILE`, in the files' order; the fake numbers each batch's items from 100.
+    assert_eq!(lines[0], format!("100\t{}", files[0]));
+    assert_eq!(lines[299], format!("{}\t{}", 100 + 299 - 256, files[299]));
+    {
+        let batches = script.batches.lock().unwrap();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.submits.len()).collect();
+        assert_eq!(sizes, [256, 44]);
+        let keys: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.submits.iter().map(|s| s.idempotency_key.as_str()))
+            .collect();
+        assert_eq!(keys[0], "nightly-1");
+        assert_eq!(keys[299], "nightly-300");
+        assert!(
+            script.submits.lock().unwrap().is_empty(),
+            "no single submit"
+        );
+    }
+
+    // JSON: one line per workflow, naming its file.
+    let output = baton(&[
+        "submit",
+        &files[0],
+        &files[1],
+        "--endpoints",
+        &endpoints,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let json: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json.len(), 2);
+    assert_eq!(json[1]["file"], files[1].as_str());
+    assert_eq!(json[1]["workflow_id"], 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_file_among_several_submits_nothing() {
+    let (address, script) = common::start(common::Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.yaml", VALID_SPEC);
+    let bad = write(dir.path(), "bad.yaml", "name: w\nsteps: []\n");
+    let output = baton(&["submit", &good, &bad, "--endpoints", &address.to_string()]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with(&format!("error: {bad}: ")), "{stderr}");
+    assert!(script.batches.lock().unwrap().is_empty());
+    let output = baton(&["submit", "-", "-", "--endpoints", &address.to_string()]).await;
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_batch_outcome_names_the_key_base_to_retry_with() {
+    let script = common::Script::default();
+    script.submit_internal.store(true, Ordering::SeqCst);
+    let (address, script) = common::start(script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.yaml", VALID_SPEC);
+    let b = write(dir.path(), "b.yaml", VALID_SPEC);
+    let output = baton(&["submit", &a, &b, "--endpoints", &address.to_string()]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    let key = script.batches.lock().unwrap()[0].submits[0]
+        .idempotency_key
+        .clone();
+    let base = key.strip_suffix("-1").expect("file 1's key is BASE-1");
+    assert!(
+        stderr.contains(&format!("--idempotency-key {base}`")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_shows_a_workflow_or_says_it_is_not_found() {
     let (address, _) = common::start(common::Script::default()).await;
     let endpoints = address.to_string();

@@ -81,7 +81,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Submit a workflow spec (YAML, or JSON for a .json file) and print the new workflow's id.
+    /// Submit workflow specs (YAML, or JSON for a .json file) and print the new workflows' ids.
     Submit(SubmitArgs),
     /// Show one workflow and its steps.
     Get(GetArgs),
@@ -132,16 +132,20 @@ pub enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The spec file; `-` reads standard input (as YAML).
-    pub file: PathBuf,
+    /// The spec files; `-` reads standard input (as YAML). Several are all read and checked
+    /// first (nothing is submitted if one is bad), then submitted in SubmitBatch calls of up to
+    /// 256, each committed whole; one `ID<TAB>FILE` line (or JSON line) each.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 
     /// Deduplication key: submitting again with the same key returns the first workflow instead
-    /// of creating another. Generated when absent (and printed if the outcome is unknown).
+    /// of creating another. Generated when absent (and printed if the outcome is unknown). With
+    /// several files, file N (from 1) gets KEY-N.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
-    /// Follow the workflow until it ends, printing step events to stderr; exit 0 only if it
-    /// succeeded, 1 if it failed or was cancelled.
+    /// Follow the workflows until they end, printing step events to stderr; exit 0 only if all
+    /// succeeded, 1 if one failed or was cancelled.
     #[arg(long)]
     pub wait: bool,
 }
@@ -458,7 +462,7 @@ mod tests {
         let Command::Submit(submit) = cli.command else {
             panic!("not a submit")
         };
-        assert_eq!(submit.file, PathBuf::from("-"));
+        assert_eq!(submit.files, [PathBuf::from("-")]);
         assert_eq!(submit.idempotency_key.as_deref(), Some("k1"));
 
         let cli = parse(&["cluster", "add", "4", "10.0.0.4:7101"]).unwrap();
@@ -511,6 +515,15 @@ mod tests {
                 from_index: 7
             })
         ));
+        let cli = parse(&["submit", "a.yaml", "b.json"]).unwrap();
+        let Command::Submit(submit) = cli.command else {
+            panic!("not a submit")
+        };
+        assert_eq!(
+            submit.files,
+            [PathBuf::from("a.yaml"), PathBuf::from("b.json")]
+        );
+        assert!(parse(&["submit"]).is_err(), "a file is required");
         let cli = parse(&["submit", "f.yaml", "--wait"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -16,7 +16,7 @@ use baton_client::{
     Client, ClientConfig, CredentialSources, Credentials, Endpoints, WatchUpdate, WorkflowWatch,
     new_idempotency_key,
 };
-use baton_proto::limits::SPEC_TEXT_BYTES_MAX;
+use baton_proto::limits::{SPEC_TEXT_BYTES_MAX, SUBMIT_BATCH_BYTES_MAX, SUBMIT_BATCH_ITEMS_MAX};
 use baton_proto::spec::{SpecFormat, parse_spec};
 use baton_proto::validate::{validate_idempotency_key, validate_spec};
 use futures::StreamExt;
@@ -111,17 +111,28 @@ impl Printer {
         stdout.flush().context("writing to stdout")
     }
 
-    /// One event as one line: compact JSON (JSON lines) or the text form.
-    fn print_line(&self, event: &WorkflowEvent) -> anyhow::Result<()> {
+    /// One result as one line: compact JSON (JSON lines) or `text`.
+    fn print_json_line(
+        &self,
+        json: impl FnOnce() -> Value,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
         let line = if self.json() {
-            serde_json::to_string(&output::event_json(event))
-                .context("encoding the event as json")?
+            serde_json::to_string(&json()).context("encoding the answer as json")?
         } else {
-            output::render_event_line(event)
+            text()
         };
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}").context("writing to stdout")?;
         stdout.flush().context("writing to stdout")
+    }
+
+    /// One event as one line: compact JSON (JSON lines) or the text form.
+    fn print_line(&self, event: &WorkflowEvent) -> anyhow::Result<()> {
+        self.print_json_line(
+            || output::event_json(event),
+            || output::render_event_line(event),
+        )
     }
 }
 
@@ -132,7 +143,11 @@ async fn submit(
     out: &Printer,
     args: SubmitArgs,
 ) -> anyhow::Result<()> {
-    let (display_name, spec) = read_spec(&args.file)?;
+    if args.files.len() > 1 {
+        return submit_many(connect, out, args).await;
+    }
+    let file = &args.files[0];
+    let (display_name, spec) = read_spec(file)?;
     // Our own key when none was given, so that an unknown outcome can name it for the retry.
     let key = match args.idempotency_key {
         Some(key) => {
@@ -150,7 +165,7 @@ async fn submit(
             let hint = format!(
                 "the workflow may or may not have been submitted; run `baton submit {} \
              --idempotency-key {key}` again: it returns the first workflow if there is one",
-                args.file.display()
+                file.display()
             );
             client_failure(
                 error,
@@ -168,6 +183,106 @@ async fn submit(
         return Ok(());
     }
     wait_for_end(&client, response.workflow_id, response.log_index).await
+}
+
+/// Several files: all read and checked before anything is sent, then submitted in SubmitBatch
+/// calls (each within the server's item and byte bounds, committed whole), file N with key
+/// `BASE-N`, so that running the same command with `--idempotency-key BASE` after an unknown
+/// outcome returns the workflows already made. Each call's ids are printed as it answers.
+async fn submit_many(
+    connect: impl FnOnce() -> anyhow::Result<Client>,
+    out: &Printer,
+    args: SubmitArgs,
+) -> anyhow::Result<()> {
+    if args.files.iter().filter(|f| f.as_os_str() == "-").count() > 1 {
+        return Err(Failure::usage("`-` (standard input) can be given once"));
+    }
+    let base = match &args.idempotency_key {
+        Some(key) => key.clone(),
+        None => new_idempotency_key(),
+    };
+    let mut items = Vec::with_capacity(args.files.len());
+    for (n, file) in args.files.iter().enumerate() {
+        let (display_name, spec) = read_spec(file)?;
+        let key = format!("{base}-{}", n + 1);
+        validate_idempotency_key(&key).map_err(|error| {
+            Failure::usage(format!(
+                "--idempotency-key: {} (as {key}, the key of file {})",
+                error.message,
+                n + 1
+            ))
+        })?;
+        items.push((display_name, spec, key));
+    }
+    let client = connect()?;
+    let mut done: Vec<(u64, u64)> = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let (mut names, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0);
+        while let Some((_, spec, key)) = items.peek() {
+            let size = prost::Message::encoded_len(spec) + key.len();
+            let full = batch.len() == SUBMIT_BATCH_ITEMS_MAX
+                || (!batch.is_empty() && bytes + size > SUBMIT_BATCH_BYTES_MAX);
+            if full {
+                break;
+            }
+            let (name, spec, key) = items.next().expect("peeked");
+            bytes += size;
+            names.push(name);
+            batch.push((spec, Some(key)));
+        }
+        let results = client.submit_batch(batch).await.map_err(|error| {
+            let hint = format!(
+                "{} may or may not have been submitted; run the same `baton submit` again with \
+                 `--idempotency-key {base}`: it returns the workflows already made",
+                if done.is_empty() {
+                    "the workflows".to_string()
+                } else {
+                    format!("the workflows after the first {}", done.len())
+                }
+            );
+            client_failure(
+                error,
+                CallKind::Write,
+                Some(&format!("workflows from {} and on", names[0])),
+                Some(hint),
+            )
+        })?;
+        for (name, result) in names.iter().zip(results) {
+            use baton_client::proto::submit_batch_result::Outcome;
+            let response = match result.outcome {
+                Some(Outcome::Submitted(response)) => response,
+                Some(Outcome::Rejected(reason)) => {
+                    return Err(Failure::failed(format!("{name}: refused: {reason}")));
+                }
+                None => {
+                    return Err(Failure::failed(format!(
+                        "{name}: the answer has no outcome"
+                    )));
+                }
+            };
+            out.print_json_line(
+                || {
+                    let mut json = output::submit_json(&response);
+                    json["file"] = Value::from(name.as_str());
+                    json
+                },
+                || format!("{}\t{name}", response.workflow_id),
+            )?;
+            done.push((response.workflow_id, response.log_index));
+        }
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    // Every workflow followed to its end, in order; the first that did not succeed decides.
+    let mut first_failure = None;
+    for (workflow_id, log_index) in done {
+        if let Err(error) = wait_for_end(&client, workflow_id, log_index).await {
+            first_failure.get_or_insert(error);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// Follows a workflow from `from_index` until it ends, printing step events to stderr; Ok only

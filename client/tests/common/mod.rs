@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status};
 pub struct Script {
     /// Submits answered UNAVAILABLE before one succeeds.
     pub submits_unavailable: AtomicU32,
-    /// When set, every submit fails with INTERNAL (an unknown outcome that is not retried).
+    /// When set, every submit and batch fails with INTERNAL (an unknown outcome that is not
+    /// retried).
     pub submit_internal: std::sync::atomic::AtomicBool,
     /// Every submit request received, in order.
     pub submits: Mutex<Vec<SubmitRequest>>,
@@ -90,6 +91,9 @@ impl WorkflowService for Fake {
         let request = request.into_inner();
         let items = request.submits.len();
         self.0.batches.lock().unwrap().push(request);
+        if self.0.submit_internal.load(Ordering::SeqCst) {
+            return Err(Status::internal("raft proposal dropped"));
+        }
         let unavailable = &self.0.submits_unavailable;
         if unavailable.load(Ordering::SeqCst) > 0 {
             unavailable.fetch_sub(1, Ordering::SeqCst);
