@@ -210,6 +210,30 @@ async fn several_files_go_in_batches_with_numbered_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_part_way_says_how_to_submit_the_rest_without_repeats() {
+    let script = common::Script::default();
+    *script.batches_ok.lock().unwrap() = Some(1);
+    let (address, _) = common::start(script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<String> = (0..260)
+        .map(|i| write(dir.path(), &format!("w{i}.yaml"), VALID_SPEC))
+        .collect();
+    let endpoints = address.to_string();
+    let mut args = vec!["submit", "--endpoints", &endpoints];
+    args.extend(files.iter().map(String::as_str));
+    let output = baton(&args).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // The first call's workflows were printed; the message names the key base to finish with.
+    assert_eq!(text(&output.stdout).lines().count(), 256);
+    assert!(
+        stderr.contains("256 workflows were submitted before this error"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--idempotency-key baton-"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_file_among_several_submits_nothing() {
     let (address, script) = common::start(common::Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +245,9 @@ async fn one_bad_file_among_several_submits_nothing() {
     assert!(stderr.starts_with(&format!("error: {bad}: ")), "{stderr}");
     assert!(script.batches.lock().unwrap().is_empty());
     let output = baton(&["submit", "-", "-", "--endpoints", &address.to_string()]).await;
-    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("can be given once"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

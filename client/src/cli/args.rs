@@ -134,13 +134,15 @@ pub enum TokenCommand {
 pub struct SubmitArgs {
     /// The spec files; `-` reads standard input (as YAML). Several are all read and checked
     /// first (nothing is submitted if one is bad), then submitted in SubmitBatch calls of up to
-    /// 256, each committed whole; one `ID<TAB>FILE` line (or JSON line) each.
+    /// 256, each committed whole; one `ID<TAB>FILE` line (or JSON line) each. Nodes run with
+    /// `--max-commands-per-entry 1` refuse batches: submit one file at a time there.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
     /// Deduplication key: submitting again with the same key returns the first workflow instead
     /// of creating another. Generated when absent (and printed if the outcome is unknown). With
-    /// several files, file N (from 1) gets KEY-N.
+    /// several files, file N (from 1) gets KEY-N, so a retry must name the same files in the
+    /// same order.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 

@@ -187,8 +187,9 @@ async fn submit(
 
 /// Several files: all read and checked before anything is sent, then submitted in SubmitBatch
 /// calls (each within the server's item and byte bounds, committed whole), file N with key
-/// `BASE-N`, so that running the same command with `--idempotency-key BASE` after an unknown
-/// outcome returns the workflows already made. Each call's ids are printed as it answers.
+/// `BASE-N`, so that running the same command (same files, same order) with
+/// `--idempotency-key BASE` after a failure part-way returns the workflows already made and
+/// submits the rest. Each call's ids are printed as it answers.
 async fn submit_many(
     connect: impl FnOnce() -> anyhow::Result<Client>,
     out: &Printer,
@@ -212,15 +213,27 @@ async fn submit_many(
                 n + 1
             ))
         })?;
+        batch_item_bytes(&display_name, &spec, &key)?;
         items.push((display_name, spec, key));
     }
     let client = connect()?;
     let mut done: Vec<(u64, u64)> = Vec::with_capacity(items.len());
+    // After a failure part-way, what was made stays made: say how to finish without repeats.
+    let resume = |done: usize| {
+        if done > 0 {
+            eprintln!(
+                "baton: {done} workflows were submitted before this error; to submit the rest \
+                 without repeating them, run the same command (same files, same order) with \
+                 --idempotency-key {base}"
+            );
+        }
+    };
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
         let (mut names, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0);
         while let Some((_, spec, key)) = items.peek() {
             let size = prost::Message::encoded_len(spec) + key.len();
+            // (Each item fits a batch alone: checked with `batch_item_bytes` when read.)
             let full = batch.len() == SUBMIT_BATCH_ITEMS_MAX
                 || (!batch.is_empty() && bytes + size > SUBMIT_BATCH_BYTES_MAX);
             if full {
@@ -232,6 +245,7 @@ async fn submit_many(
             batch.push((spec, Some(key)));
         }
         let results = client.submit_batch(batch).await.map_err(|error| {
+            resume(done.len());
             let hint = format!(
                 "{} may or may not have been submitted; run the same `baton submit` again with \
                  `--idempotency-key {base}`: it returns the workflows already made",
@@ -248,17 +262,33 @@ async fn submit_many(
                 Some(hint),
             )
         })?;
+        if results.len() != names.len() {
+            resume(done.len());
+            return Err(Failure::unknown(
+                format!(
+                    "outcome unknown: the answer to {} workflows had {} results",
+                    names.len(),
+                    results.len()
+                ),
+                format!(
+                    "whether they were submitted is unknown; run the same command (same files, \
+                     same order) with --idempotency-key {base}: it returns those already made"
+                ),
+            ));
+        }
+        // The whole call is committed: every result is printed, refusals after.
+        let mut refused = Vec::new();
         for (name, result) in names.iter().zip(results) {
             use baton_client::proto::submit_batch_result::Outcome;
             let response = match result.outcome {
                 Some(Outcome::Submitted(response)) => response,
                 Some(Outcome::Rejected(reason)) => {
-                    return Err(Failure::failed(format!("{name}: refused: {reason}")));
+                    refused.push(format!("{name}: refused: {reason}"));
+                    continue;
                 }
                 None => {
-                    return Err(Failure::failed(format!(
-                        "{name}: the answer has no outcome"
-                    )));
+                    refused.push(format!("{name}: the answer has no outcome"));
+                    continue;
                 }
             };
             out.print_json_line(
@@ -270,6 +300,10 @@ async fn submit_many(
                 || format!("{}\t{name}", response.workflow_id),
             )?;
             done.push((response.workflow_id, response.log_index));
+        }
+        if !refused.is_empty() {
+            resume(done.len());
+            return Err(Failure::failed(refused.join("; ")));
         }
     }
     if !args.wait {
@@ -283,6 +317,20 @@ async fn submit_many(
         }
     }
     first_failure.map_or(Ok(()), Err)
+}
+
+/// What the server counts against a batch's bytes for one item (its encoded spec and its key).
+/// A spec close to the spec limit cannot go with its key in any batch; it is refused here,
+/// naming its file, before anything is sent.
+fn batch_item_bytes(display_name: &str, spec: &WorkflowSpec, key: &str) -> anyhow::Result<usize> {
+    let size = prost::Message::encoded_len(spec) + key.len();
+    if size > SUBMIT_BATCH_BYTES_MAX {
+        return Err(Failure::usage(format!(
+            "{display_name}: {size} bytes with its key, more than the {SUBMIT_BATCH_BYTES_MAX} \
+             a batch may carry; submit it alone"
+        )));
+    }
+    Ok(size)
 }
 
 /// Follows a workflow from `from_index` until it ends, printing step events to stderr; Ok only
@@ -814,4 +862,36 @@ async fn agents(client: &Client, out: &Printer) -> anyhow::Result<()> {
         || Value::Array(response.agents.iter().map(output::agent_json).collect()),
         || output::render_agents(&response.agents),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_too_large_for_any_batch_is_refused_by_name() {
+        let mut spec = WorkflowSpec {
+            name: "w".into(),
+            ..Default::default()
+        };
+        assert!(batch_item_bytes("small.yaml", &spec, "k-1").is_ok());
+        // Within a few bytes of the bound with its key fits; 17 bytes more do not.
+        let key = "baton-0123456789abcdef-1";
+        spec.input.insert("pad".into(), String::new());
+        let base = prost::Message::encoded_len(&spec) + key.len();
+        spec.input
+            .insert("pad".into(), "x".repeat(SUBMIT_BATCH_BYTES_MAX - base - 8));
+        let fits = prost::Message::encoded_len(&spec) + key.len();
+        assert!(
+            fits <= SUBMIT_BATCH_BYTES_MAX && fits > SUBMIT_BATCH_BYTES_MAX - 16,
+            "{fits}"
+        );
+        assert_eq!(batch_item_bytes("edge.yaml", &spec, key).unwrap(), fits);
+        spec.input.insert(
+            "pad".into(),
+            "x".repeat(SUBMIT_BATCH_BYTES_MAX - base - 8 + 17),
+        );
+        let error = batch_item_bytes("big.yaml", &spec, key).unwrap_err();
+        assert!(error.to_string().starts_with("big.yaml: "), "{error}");
+    }
 }

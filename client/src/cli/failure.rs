@@ -47,6 +47,15 @@ impl Failure {
             hint: None,
         })
     }
+
+    /// A write whose outcome we cannot tell from the answer; `hint` says how to find out.
+    pub fn unknown(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Failure {
+            exit_code: EXIT_UNKNOWN,
+            message: message.into(),
+            hint: Some(hint.into()),
+        })
+    }
 }
 
 /// What kind of call failed, which decides what "unknown outcome" means for the user.

@@ -26,6 +26,9 @@ pub struct Script {
     /// Every SubmitBatch request received, in order; answered like submits (the same
     /// `submits_unavailable` budget), item `i` as workflow `100 + i`.
     pub batches: Mutex<Vec<SubmitBatchRequest>>,
+    /// When set, batches after this many are refused with FAILED_PRECONDITION (a definite
+    /// failure).
+    pub batches_ok: Mutex<Option<usize>>,
     /// Get requests received.
     pub gets: AtomicU32,
     /// How long Get takes before answering.
@@ -90,7 +93,20 @@ impl WorkflowService for Fake {
     ) -> Result<Response<SubmitBatchResponse>, Status> {
         let request = request.into_inner();
         let items = request.submits.len();
-        self.0.batches.lock().unwrap().push(request);
+        let received = {
+            let mut batches = self.0.batches.lock().unwrap();
+            batches.push(request);
+            batches.len()
+        };
+        if self
+            .0
+            .batches_ok
+            .lock()
+            .unwrap()
+            .is_some_and(|ok| received > ok)
+        {
+            return Err(Status::failed_precondition("SubmitBatch is off"));
+        }
         if self.0.submit_internal.load(Ordering::SeqCst) {
             return Err(Status::internal("raft proposal dropped"));
         }
