@@ -213,8 +213,8 @@ async fn submit_many(
                 n + 1
             ))
         })?;
-        batch_item_bytes(&display_name, &spec, &key)?;
-        items.push((display_name, spec, key));
+        let size = batch_item_bytes(&display_name, &spec, &key)?;
+        items.push((display_name, spec, key, size));
     }
     let client = connect()?;
     let mut done: Vec<(u64, u64)> = Vec::with_capacity(items.len());
@@ -231,15 +231,14 @@ async fn submit_many(
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
         let (mut names, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0);
-        while let Some((_, spec, key)) = items.peek() {
-            let size = prost::Message::encoded_len(spec) + key.len();
-            // (Each item fits a batch alone: checked with `batch_item_bytes` when read.)
+        // Each item fits a batch alone (`batch_item_bytes` checked it when read).
+        while let Some(&(_, _, _, size)) = items.peek() {
             let full = batch.len() == SUBMIT_BATCH_ITEMS_MAX
                 || (!batch.is_empty() && bytes + size > SUBMIT_BATCH_BYTES_MAX);
             if full {
                 break;
             }
-            let (name, spec, key) = items.next().expect("peeked");
+            let (name, spec, key, _) = items.next().expect("peeked");
             bytes += size;
             names.push(name);
             batch.push((spec, Some(key)));
