@@ -168,11 +168,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
     init_logs();
     let cluster = TestCluster::start(3, test_timing()).await;
     let leader = cluster.leader(Duration::from_secs(20)).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let follower = cluster.follower(leader);
     let other = cluster
         .running()
         .into_iter()
@@ -368,11 +364,7 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
     init_logs();
     let cluster = TestCluster::start(3, test_timing()).await;
     let leader = cluster.leader(Duration::from_secs(20)).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let follower = cluster.follower(leader);
     let index_before = cluster.converged(Duration::from_secs(10)).await[0].applied_index;
 
     const SUBMITS: usize = 300;
@@ -453,11 +445,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
     init_logs();
     let cluster = TestCluster::start(3, test_timing()).await;
     let leader = cluster.leader(Duration::from_secs(20)).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let follower = cluster.follower(leader);
     let via = [
         cluster.workflows(leader).await,
         cluster.workflows(follower).await,
@@ -683,15 +671,5 @@ async fn workflow_name(
     >,
     workflow_id: u64,
 ) -> String {
-    client
-        .get(pb::GetRequest {
-            workflow_id,
-            consistency: 0,
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .workflow
-        .expect("the workflow")
-        .name
+    workflow_view(client, workflow_id).await.0
 }

@@ -144,11 +144,7 @@ async fn leadership_transfers_on_request() {
     init_logs();
     let cluster = TestCluster::start(3, test_timing()).await;
     let leader = cluster.leader(Duration::from_secs(20)).await;
-    let target = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let target = cluster.follower(leader);
     let moved = cluster
         .admin(leader)
         .await

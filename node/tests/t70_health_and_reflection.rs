@@ -82,11 +82,7 @@ async fn readiness_follows_raft_and_liveness_does_not() {
 
     tracing::info!("--- a node that lost its quorum stops being ready but stays alive");
     let leader = cluster.leader(Duration::from_secs(20)).await;
-    let survivor = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let survivor = cluster.follower(leader);
     for id in cluster.running() {
         if id != survivor && id != 4 {
             cluster.stop(id).await;

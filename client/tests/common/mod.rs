@@ -45,6 +45,22 @@ pub struct Script {
     pub workflow_state: Mutex<WorkflowState>,
 }
 
+impl Script {
+    /// How the next submit or batch fails, if it does: INTERNAL while `submit_internal` is set,
+    /// else UNAVAILABLE while the `submits_unavailable` budget lasts (one taken).
+    fn submit_failure(&self) -> Option<Status> {
+        if self.submit_internal.load(Ordering::SeqCst) {
+            return Some(Status::internal("raft proposal dropped"));
+        }
+        let unavailable = &self.submits_unavailable;
+        if unavailable.load(Ordering::SeqCst) > 0 {
+            unavailable.fetch_sub(1, Ordering::SeqCst);
+            return Some(Status::unavailable("no leader yet"));
+        }
+        None
+    }
+}
+
 pub struct Fake(pub Arc<Script>);
 
 pub fn sample_workflow(id: u64) -> Workflow {
@@ -72,13 +88,8 @@ impl WorkflowService for Fake {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         self.0.submits.lock().unwrap().push(request.into_inner());
-        if self.0.submit_internal.load(Ordering::SeqCst) {
-            return Err(Status::internal("raft proposal dropped"));
-        }
-        let unavailable = &self.0.submits_unavailable;
-        if unavailable.load(Ordering::SeqCst) > 0 {
-            unavailable.fetch_sub(1, Ordering::SeqCst);
-            return Err(Status::unavailable("no leader yet"));
+        if let Some(status) = self.0.submit_failure() {
+            return Err(status);
         }
         Ok(Response::new(SubmitResponse {
             workflow_id: 7,
@@ -107,13 +118,8 @@ impl WorkflowService for Fake {
         {
             return Err(Status::failed_precondition("SubmitBatch is off"));
         }
-        if self.0.submit_internal.load(Ordering::SeqCst) {
-            return Err(Status::internal("raft proposal dropped"));
-        }
-        let unavailable = &self.0.submits_unavailable;
-        if unavailable.load(Ordering::SeqCst) > 0 {
-            unavailable.fetch_sub(1, Ordering::SeqCst);
-            return Err(Status::unavailable("no leader yet"));
+        if let Some(status) = self.0.submit_failure() {
+            return Err(status);
         }
         let results = (0..items as u64)
             .map(|i| SubmitBatchResult {

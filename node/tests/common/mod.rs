@@ -124,6 +124,14 @@ impl TestCluster {
         self.servers.keys().copied().collect()
     }
 
+    /// The lowest-id running node other than `leader`.
+    pub fn follower(&self, leader: u64) -> u64 {
+        self.running()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a running node besides the leader")
+    }
+
     /// Waits until every running node agrees on one leader, and returns it.
     pub async fn leader(&self, timeout: Duration) -> u64 {
         wait_for(timeout, "a leader all running nodes agree on", || async {
