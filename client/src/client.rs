@@ -589,6 +589,7 @@ pub(crate) fn channel(
     let builder = builder
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(30)))
         // Pings notice a silently dead peer (a paused or partitioned node) on long watches.
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -169,6 +169,11 @@ pub struct NodeArgs {
     /// of its own [default: 1024].
     #[arg(long, env = "BATON_MAX_COMMANDS_PER_ENTRY")]
     pub max_commands_per_entry: Option<usize>,
+    /// Close every gRPC connection (gracefully) this many seconds after it opened, so clients
+    /// reconnect and a rotated CA or a revoked certificate reaches every connection within it
+    /// (plus 30 s for streams to finish) [default: 1800].
+    #[arg(long, env = "BATON_MAX_CONNECTION_AGE_SECS")]
+    pub max_connection_age_secs: Option<u64>,
     /// Dial other members at different addresses than the membership lists,
     /// `MEMBER_ADDR=DIAL_ADDR,...` (testing: the chaos suite puts a proxy on every link).
     #[arg(long, env = "BATON_PEER_DIAL")]
@@ -217,6 +222,8 @@ pub struct Config {
     pub timing: RaftTiming,
     /// Member address -> address actually dialled (`--peer-dial`); empty unless testing.
     pub peer_dial: BTreeMap<String, String>,
+    /// `--max-connection-age-secs`.
+    pub max_connection_age: std::time::Duration,
     pub security: SecurityConfig,
 }
 
@@ -251,6 +258,7 @@ impl NodeArgs {
             snapshot_every_entries,
             log_kept_behind_snapshot,
             max_commands_per_entry,
+            max_connection_age_secs,
             peer_dial,
             tls_ca,
             tls_cert,
@@ -333,6 +341,11 @@ impl NodeArgs {
             None => BTreeMap::new(),
             Some(text) => parse_peer_dial(text)?,
         };
+        let max_connection_age = match self.max_connection_age_secs {
+            None => crate::limits::CONNECTION_AGE_DEFAULT,
+            Some(0) => return Err("--max-connection-age-secs: must be at least 1".into()),
+            Some(secs) => std::time::Duration::from_secs(secs),
+        };
         Ok(Config {
             node_id,
             listen,
@@ -343,6 +356,7 @@ impl NodeArgs {
             log_format: self.log_format.unwrap_or_default(),
             timing,
             peer_dial,
+            max_connection_age,
             security,
         })
     }
@@ -437,69 +451,6 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String
         return Err("--initial-cluster: no members given".into());
     }
     Ok(members)
-}
-
-/// The identity file that ties a data folder to one node. A folder of another node, a foreign
-/// folder, or an unknown format makes the node refuse to start.
-pub fn check_data_dir(dir: &Path, node_id: u64) -> Result<(), String> {
-    #[derive(serde::Serialize, Deserialize)]
-    struct Identity {
-        format: u32,
-        node_id: u64,
-    }
-    const FORMAT: u32 = 1;
-    std::fs::create_dir_all(dir).map_err(|e| format!("data dir {}: {e}", dir.display()))?;
-    let path = dir.join("IDENTITY");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let identity: Identity = serde_json::from_str(&text).map_err(|e| {
-                format!(
-                    "{}: not a batond identity file ({e}); is this the right data dir?",
-                    path.display()
-                )
-            })?;
-            if identity.format != FORMAT {
-                return Err(format!(
-                    "data dir {} has format {}, this batond reads format {FORMAT}",
-                    dir.display(),
-                    identity.format
-                ));
-            }
-            if identity.node_id != node_id {
-                return Err(format!(
-                    "data dir {} belongs to node {}, not node {node_id}",
-                    dir.display(),
-                    identity.node_id
-                ));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let foreign = std::fs::read_dir(dir)
-                .map_err(|e| format!("data dir {}: {e}", dir.display()))?
-                .next()
-                .is_some();
-            if foreign {
-                return Err(format!(
-                    "data dir {} is not empty and has no IDENTITY file: it is not a batond data \
-                     dir; give an empty or new folder",
-                    dir.display()
-                ));
-            }
-            let text = serde_json::to_string(&Identity {
-                format: FORMAT,
-                node_id,
-            })
-            .expect("identity encodes");
-            let tmp = dir.join("IDENTITY.tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .and_then(|()| std::fs::File::open(dir)?.sync_all())
-                .map_err(|e| format!("data dir {}: cannot write IDENTITY: {e}", dir.display()))
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
 }
 
 #[cfg(test)]
@@ -713,25 +664,5 @@ mod tests {
         std::fs::write(&file, "node_idd = 3\n").unwrap();
         let err = args(&["--config", file.to_str().unwrap()]).unwrap_err();
         assert!(err.contains("unknown field `node_idd`"), "{err}");
-    }
-
-    #[test]
-    fn a_data_dir_belongs_to_one_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("n1");
-        check_data_dir(&data, 1).unwrap();
-        check_data_dir(&data, 1).unwrap();
-        let err = check_data_dir(&data, 2).unwrap_err();
-        assert!(err.contains("belongs to node 1, not node 2"), "{err}");
-
-        let foreign = dir.path().join("foreign");
-        std::fs::create_dir_all(&foreign).unwrap();
-        std::fs::write(foreign.join("something"), "x").unwrap();
-        let err = check_data_dir(&foreign, 1).unwrap_err();
-        assert!(err.contains("not a batond data dir"), "{err}");
-
-        std::fs::write(data.join("IDENTITY"), "garbage").unwrap();
-        let err = check_data_dir(&data, 1).unwrap_err();
-        assert!(err.contains("not a batond identity file"), "{err}");
     }
 }

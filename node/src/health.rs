@@ -9,7 +9,9 @@
 //!   without quorum, a restarted node still replaying, or one not yet added reports NOT_SERVING,
 //!   so a load balancer sends clients elsewhere.
 //! - `liveness`: SERVING as long as the process serves gRPC at all, draining included. A node that
-//!   lost its quorum is alive; restarting it would not help, so liveness does not depend on Raft.
+//!   lost its quorum is alive; restarting it would not help, so liveness does not depend on Raft,
+//!   with one exception: a node that halted (its Raft core stopped on a storage error) is not
+//!   alive, and never reports SERVING again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,9 +117,15 @@ impl Health {
                 reported = Some(ready);
             }
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() { break },
                 () = self.changed.notified() => {}
+                _ = node.halted() => break,
             }
         }
+        // The Raft core is gone: nothing this node answers can be trusted to be current.
+        self.set_ready(false).await;
+        self.reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+            .await;
     }
 }

@@ -48,6 +48,30 @@ const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 64 <= 64 * 1
 // A batch takes a proposal slot per item: the largest must not need most of them.
 const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 4 <= PROPOSALS_IN_FLIGHT_MAX);
 
+// ---- connections ----
+
+/// Every server pings each connection over HTTP/2 this often, and drops one whose ping goes
+/// unanswered for [`KEEPALIVE_TIMEOUT`]: a half-open connection (its peer paused, or cut off by a
+/// partition) frees its permits, streams and sessions within their sum.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on plaintext listeners and on every client, under the HTTP/2 pings.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Default `--max-connection-age-secs`: the server closes every connection (gracefully: GOAWAY)
+/// this long after it opened, so clients reconnect, and a rotated CA or a revoked certificate
+/// reaches every connection within this plus [`CONNECTION_AGE_GRACE`].
+pub const CONNECTION_AGE_DEFAULT: Duration = Duration::from_secs(30 * 60);
+/// How long streams still open on an aged connection (agent sessions, watches: they do not end
+/// by themselves) may go on before the connection is cut; clients then reconnect and resume.
+/// Never more than the maximum age itself.
+pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+
+const _: () = assert!(
+    KEEPALIVE_INTERVAL.as_millis() + KEEPALIVE_TIMEOUT.as_millis()
+        < CONNECTION_AGE_DEFAULT.as_millis(),
+    "a dead peer is noticed long before its connection would age out anyway"
+);
+
 /// Time allowed to send a snapshot of `bytes`: a floor, plus the time at a pessimistic 8 MiB/s.
 pub fn snapshot_send_timeout(bytes: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis((bytes / (8 * 1024)) as u64)

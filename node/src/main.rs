@@ -110,7 +110,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_stop_signal().await;
+    let halted = tokio::select! {
+        () = wait_for_stop_signal() => None,
+        reason = server.halted() => Some(reason),
+    };
+    if let Some(reason) = halted {
+        // Nothing to drain: the Raft core is gone or must not take part. A supervisor restarts
+        // the process; the reason says whether that can help.
+        server.shutdown().await;
+        drop(logs);
+        eprintln!("batond: stopping: {reason}");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopping: draining first");
     server.drain().await;
     server.shutdown().await;

@@ -67,6 +67,7 @@ pub const RAFT_APPLY_LAG: &str = "baton_raft_apply_lag_entries";
 pub const RAFT_REPLICATION_LAG: &str = "baton_raft_replication_lag_entries";
 pub const RAFT_SNAPSHOT_INDEX: &str = "baton_raft_snapshot_index";
 pub const RAFT_COMMANDS_PER_ENTRY: &str = "baton_raft_commands_per_entry";
+pub const CLOCK_OFFSET_SECONDS: &str = "baton_clock_offset_seconds";
 // --- storage ---
 pub const STORAGE_WRITE_SECONDS: &str = "baton_storage_write_seconds";
 pub const STORAGE_SYNC_SECONDS: &str = "baton_storage_sync_seconds";
@@ -287,6 +288,12 @@ pub fn describe() {
         Unit::Seconds,
         "gRPC request latency, by method (streams: time to open)."
     );
+    describe_gauge!(
+        CLOCK_OFFSET_SECONDS,
+        Unit::Seconds,
+        "Leader only: this node's wall clock minus the time it stamps into entries (the voters' \
+         median clock, advanced monotonically); 0 on other nodes."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which batond.");
 }
 
@@ -313,6 +320,7 @@ fn initialize() {
     counter!(RAFT_LEADER_CHANGES).absolute(0);
     counter!(STORAGE_APPENDED_ENTRIES).absolute(0);
     gauge!(LEASES_LIVE).set(0.0);
+    gauge!(CLOCK_OFFSET_SECONDS).set(0.0);
     gauge!(FLEET_AGENTS_CONNECTED).set(0.0);
     for resource in RESOURCES {
         gauge!(FLEET_CAPACITY, "resource" => resource).set(0.0);
@@ -322,6 +330,11 @@ fn initialize() {
     let _ = histogram!(STORAGE_SYNC_SECONDS);
     let _ = histogram!(STORAGE_GROUP_COMMIT_APPENDS);
     let _ = histogram!(SNAPSHOT_BUILD_SECONDS);
+}
+
+/// The leader's wall clock minus the time it stamps, in ms (0 off the leader).
+pub fn clock_offset(offset_ms: f64) {
+    gauge!(CLOCK_OFFSET_SECONDS).set(offset_ms / 1000.0);
 }
 
 pub fn storage_write(elapsed: Duration) {
@@ -596,6 +609,7 @@ impl LeaderGauges {
             gauge!(READY_STEPS, "priority" => priority.to_string()).set(0.0);
         }
         gauge!(LEASES_LIVE).set(0.0);
+        gauge!(CLOCK_OFFSET_SECONDS).set(0.0);
         gauge!(FLEET_AGENTS_CONNECTED).set(0.0);
         for resource in RESOURCES {
             gauge!(FLEET_CAPACITY, "resource" => resource).set(0.0);

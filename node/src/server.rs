@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::admin::AdminServiceImpl;
 use crate::api::agent::AgentServiceImpl;
 use crate::api::workflow::WorkflowServiceImpl;
-use crate::config::{Config, check_data_dir};
+use crate::config::Config;
 use crate::limits;
 use crate::raft::RaftNode;
 use crate::raft::service::RaftServiceImpl;
@@ -36,6 +36,8 @@ pub struct Server {
     serving: Option<JoinHandle<()>>,
     cluster_id_task: JoinHandle<()>,
     bootstrap_token_task: Option<JoinHandle<()>>,
+    /// Forms the cluster, or finds out this node must not take part (`RaftNode::bootstrap`).
+    bootstrap_task: Option<JoinHandle<()>>,
     scheduler_task: JoinHandle<()>,
     health: Arc<crate::health::Health>,
     health_task: JoinHandle<()>,
@@ -47,7 +49,7 @@ impl Server {
     /// Starts the node on `listener` (already bound: tests bind port 0 first to learn the
     /// address), or binds `config.listen`.
     pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Self, String> {
-        check_data_dir(&config.data_dir, config.node_id)?;
+        let identity = crate::storage::identity::open(&config.data_dir, config.node_id)?;
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(config.listen)
@@ -68,6 +70,7 @@ impl Server {
         let node = Arc::new(
             RaftNode::start(
                 config.node_id,
+                identity.incarnation,
                 &config.data_dir,
                 &config.timing,
                 config.peer_dial.clone(),
@@ -81,9 +84,10 @@ impl Server {
         // Probes that cannot do mutual TLS (Kubernetes gRPC probes) ask here: the health
         // service alone, plaintext, no authentication. It reveals only SERVING/NOT_SERVING.
         let health_only = health_listener.map(|listener| {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let router = tonic::transport::Server::builder()
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(limits::TCP_KEEPALIVE));
+            let router = connections(config)
                 .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
                 .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
                 .http2_max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX)
@@ -105,7 +109,7 @@ impl Server {
             .build_v1()
             .map_err(|e| format!("grpc reflection: {e}"))?;
 
-        let router = tonic::transport::Server::builder()
+        let router = connections(config)
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
             .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
             .http2_max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX)
@@ -115,9 +119,12 @@ impl Server {
             ))
             .layer(AuthLayer::new(node.replica.clone(), security.is_secure()))
             .add_service(
-                RaftServiceServer::new(RaftServiceImpl { node: node.clone() })
-                    .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
+                RaftServiceServer::new(RaftServiceImpl {
+                    node: node.clone(),
+                    secure: security.is_secure(),
+                })
+                .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
             )
             .add_service(
                 WorkflowServiceServer::new(WorkflowServiceImpl { node: node.clone() })
@@ -158,7 +165,8 @@ impl Server {
                     // without it every small response waits out Nagle against the peer's delayed
                     // ACK (~40 ms). The TLS accept loop sets it on each connection itself.
                     let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true));
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(limits::TCP_KEEPALIVE));
                     router.serve_with_incoming_shutdown(incoming, stopped).await
                 }
             };
@@ -177,9 +185,14 @@ impl Server {
             }
         }
 
-        if !config.initial_cluster.is_empty() {
-            node.bootstrap(&config.initial_cluster).await?;
-        }
+        let bootstrap_task = (!config.initial_cluster.is_empty()).then(|| {
+            let (node, members) = (node.clone(), config.initial_cluster.clone());
+            tokio::spawn(async move {
+                if let Err(reason) = node.bootstrap(&members).await {
+                    node.halt(reason);
+                }
+            })
+        });
         let cluster_id_task = tokio::spawn(set_cluster_id_when_leader(node.clone()));
         let bootstrap_token_task = match security {
             Security::Secure {
@@ -198,11 +211,18 @@ impl Server {
             serving: Some(serving),
             cluster_id_task,
             bootstrap_token_task,
+            bootstrap_task,
             scheduler_task,
             health,
             health_task,
             health_only,
         })
+    }
+
+    /// Resolves with the reason once the node cannot go on (see [`RaftNode::halted`]): `batond`
+    /// then exits non-zero.
+    pub async fn halted(&self) -> String {
+        self.node.halted().await
     }
 
     /// The first half of a graceful stop (SIGTERM): report not ready, and if this node leads,
@@ -315,7 +335,10 @@ impl Server {
             }
         }
         self.cluster_id_task.abort();
-        if let Some(task) = &self.bootstrap_token_task {
+        for task in [&self.bootstrap_token_task, &self.bootstrap_task]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         self.scheduler_task.abort();
@@ -335,6 +358,17 @@ impl Server {
             }
         }
     }
+}
+
+/// A server builder with the connection rules every listener shares: HTTP/2 pings that drop a
+/// silent peer, and a maximum connection age (`--max-connection-age-secs`) after which a
+/// connection is closed gracefully and its client reconnects.
+fn connections(config: &Config) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        .max_connection_age(config.max_connection_age)
+        .max_connection_age_grace(limits::CONNECTION_AGE_GRACE.min(config.max_connection_age))
 }
 
 /// What [`Server::drain`] did about leadership.

@@ -418,3 +418,99 @@ async fn a_call_a_follower_forwards_is_authorized_on_the_callers_token() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status}");
 }
+
+/// A node certificate is bound to its node id: a Raft message must come with the certificate of
+/// the node it says it is from, and once a member is removed, its certificate (still signed by
+/// the CA) can no longer append entries, ask for votes or install snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_certificate_speaks_only_for_its_node_and_not_after_removal() {
+    use baton_node::raft::envelope::{Addressee, Envelope};
+    let secure = start().await;
+    let admin = secure.admin().await;
+    let leader = secure.cluster.leader(TIMEOUT).await;
+    let target = secure.cluster.follower(leader);
+    let raft = |name: &str| {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            secure.cluster.addr(target)
+        ))
+        .unwrap()
+        .connect_with_connector_lazy(baton_security::connector::TlsDialer::new(tls(
+            secure.pki.path(),
+            PeerRole::Node,
+            name,
+        )));
+        RaftServiceClient::new(channel)
+    };
+    // A vote request as openraft encodes it is not needed: the envelope is checked first.
+    let claiming = |from: u64| {
+        let mut request = tonic::Request::new(raft_pb::RaftPayload { data: vec![0xc0] });
+        Envelope {
+            cluster_id: String::new(),
+            from: Addressee {
+                node_id: from,
+                incarnation: String::new(),
+            },
+            to: Addressee {
+                node_id: target,
+                incarnation: String::new(),
+            },
+        }
+        .stamp(request.metadata_mut());
+        request
+    };
+    let other = (1..=3).find(|id| *id != target && *id != leader).unwrap();
+
+    tracing::info!("--- node {leader}'s certificate cannot speak for node {other}");
+    let refused = raft(&leader.to_string())
+        .vote(claiming(other))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("node {other}'s certificate, not node {leader}'s")),
+        "{refused}"
+    );
+    // Its own id passes the envelope (and then fails on the payload, which is not a vote).
+    let own = raft(&leader.to_string())
+        .vote(claiming(leader))
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::InvalidArgument, "{own}");
+
+    tracing::info!("--- node {other} is removed; its certificate is refused from then on");
+    admin.remove_member(other).await.unwrap();
+    wait_for(TIMEOUT, "the removal to reach the target", || async {
+        let refused = raft(&other.to_string())
+            .append_entries(claiming(other))
+            .await
+            .err()?;
+        (refused.code() == Code::PermissionDenied
+            && refused
+                .message()
+                .contains(&format!("node {other} was removed")))
+        .then_some(())
+    })
+    .await;
+    for call in ["vote", "install_snapshot"] {
+        let refused = match call {
+            "vote" => raft(&other.to_string()).vote(claiming(other)).await,
+            _ => {
+                let mut request =
+                    tonic::Request::new(tokio_stream::iter(
+                        vec![raft_pb::SnapshotChunk::default()],
+                    ));
+                *request.metadata_mut() = claiming(other).metadata().clone();
+                raft(&other.to_string()).install_snapshot(request).await
+            }
+        }
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{call}: {refused}");
+    }
+    admin
+        .submit(noop_spec("after-removal", 1), None)
+        .await
+        .expect("the cluster goes on without the removed member");
+}

@@ -227,7 +227,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let restarts_began_ms = baton_node::raft::node::wall_clock_ms();
+    let restarts_began_ms = baton_node::raft::clock::wall_clock_ms();
     for id in 1..=3usize {
         tracing::info!(node = id, "--- SIGTERM, then restart on the same data");
         let acked_before = acked_count.load(Ordering::Relaxed);
@@ -265,7 +265,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
         )
         .await;
     }
-    let restarts_ended_ms = baton_node::raft::node::wall_clock_ms();
+    let restarts_ended_ms = baton_node::raft::clock::wall_clock_ms();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = load.await.unwrap();

@@ -1,7 +1,8 @@
 //! Backup, restore and disaster recovery with the real binaries: `baton cluster snapshot save`
-//! from a loaded cluster, `batond restore` into a fresh three-node cluster with the same state
-//! hash; `batond recover` from the one survivor after two nodes' data is destroyed, workflows
-//! kept, new members added, new work accepted.
+//! from a loaded cluster, `batond restore` into a new three-node cluster holding every workflow
+//! of the backup; `batond recover` from the one survivor after two nodes' data is destroyed,
+//! workflows kept, new members added, new work accepted. Neither hands out a workflow id or a
+//! fencing token the old cluster could have handed out after the copy was taken.
 
 mod common;
 
@@ -98,7 +99,7 @@ fn path_str(path: &Path) -> &str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_restores_into_a_fresh_cluster_with_the_same_state_hash() {
+async fn a_backup_restores_into_a_new_cluster_that_reuses_no_id_or_token() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let old_dir = dir.path().join("old");
@@ -220,14 +221,24 @@ async fn a_backup_restores_into_a_fresh_cluster_with_the_same_state_hash() {
     let _new: Vec<Proc> = (1..=3)
         .map(|id| spawn_node(id, &new_ports, &new_dir, &[]))
         .collect();
-    let after = converged(&new_addrs).await;
+    let after = wait_for(
+        Duration::from_secs(30),
+        "the restored cluster to be named",
+        || async {
+            let after = converged(&new_addrs).await;
+            (!after[0].cluster_id.is_empty()).then_some(after)
+        },
+    )
+    .await;
     tracing::info!(
         old_index = before[0].applied_index,
         new_index = after[0].applied_index,
-        "--- same state hash"
+        "--- a new cluster, holding the backup"
     );
-    assert_eq!(after[0].state_hash, before[0].state_hash);
-    assert_eq!(after[0].cluster_id, before[0].cluster_id);
+    assert_ne!(
+        after[0].cluster_id, before[0].cluster_id,
+        "a restored cluster is a new cluster"
+    );
     assert!(after[0].applied_index >= before[0].applied_index);
     let members: Vec<String> = after[0].members.iter().map(|m| m.address.clone()).collect();
     let want: Vec<String> = new_addrs.iter().map(|a| a.to_string()).collect();
@@ -248,9 +259,35 @@ async fn a_backup_restores_into_a_fresh_cluster_with_the_same_state_hash() {
     let _agent = TestAgent::start("agent-2", 4, new_addrs.clone(), |_| Behavior::Succeed);
     let fresh = submit(&new_addrs, "after-restore", 2).await;
     let client = WorkflowServiceClient::new(channel(new_addrs[0]));
-    for id in waiting.into_iter().chain([fresh]) {
+    for &id in waiting.iter().chain([&fresh]) {
         wait_for_success(&client, id, Duration::from_secs(60)).await;
     }
+
+    tracing::info!("--- no id or fencing token the old cluster could have handed out is reused");
+    let old_max = *done.iter().chain(&waiting).max().unwrap();
+    assert!(
+        fresh > old_max + baton_node::state::RESEED_ID_MARGIN,
+        "workflow {fresh} after a backup that ended at {old_max}"
+    );
+    let old_token = max_token(new_addrs[0], &done).await;
+    let tokens_after = get(new_addrs[0], fresh).await.steps;
+    assert!(
+        tokens_after
+            .iter()
+            .all(|step| step.attempt_id > old_token + baton_node::state::RESEED_ID_MARGIN),
+        "tokens {tokens_after:?} after a backup whose last was {old_token}"
+    );
+}
+
+/// The highest fencing token among the workflows' steps.
+async fn max_token(addr: SocketAddr, workflows: &[u64]) -> u64 {
+    let mut max = 0;
+    for &id in workflows {
+        for step in get(addr, id).await.steps {
+            max = max.max(step.attempt_id);
+        }
+    }
+    max
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +355,10 @@ async fn a_cluster_recovers_from_one_survivor() {
         (s.leader_id == 1 && s.members.len() == 1).then_some(s)
     })
     .await;
-    assert_eq!(alone.state_hash, before[0].state_hash);
+    assert_eq!(
+        alone.cluster_id, before[0].cluster_id,
+        "a recovered cluster keeps its name"
+    );
     for &id in &done {
         assert_eq!(
             get(addrs[0], id).await.state,
@@ -371,4 +411,14 @@ async fn a_cluster_recovers_from_one_survivor() {
         Duration::from_secs(60),
     )
     .await;
+    let old_max = *done.iter().max().unwrap();
+    assert!(
+        fresh > old_max + baton_node::state::RESEED_ID_MARGIN,
+        "workflow {fresh} after a survivor whose last was {old_max}: the lost majority may \
+         have handed out ids the survivor never saw"
+    );
+    let old_token = max_token(all[0], &done).await;
+    for step in get(all[0], fresh).await.steps {
+        assert!(step.attempt_id > old_token + baton_node::state::RESEED_ID_MARGIN);
+    }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::clock::LeaderClock;
 use super::node::{NodeError, Proposed};
 use super::types::Raft;
 use crate::limits::ENTRY_BATCH_BYTES_MAX;
@@ -45,10 +46,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the writer task over `raft`.
-    pub fn start(raft: Raft, commands_max: usize) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task over `raft`, stamping entries with `clock`.
+    pub fn start(
+        raft: Raft,
+        clock: Arc<LeaderClock>,
+        commands_max: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_batches(raft, rx, commands_max));
+        let task = tokio::spawn(write_batches(raft, clock, rx, commands_max));
         (Self { queue }, task)
     }
 
@@ -71,6 +76,7 @@ impl Batcher {
 /// its own proposals.
 async fn write_batches(
     raft: Raft,
+    clock: Arc<LeaderClock>,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     commands_max: usize,
 ) {
@@ -119,9 +125,9 @@ async fn write_batches(
         if batch.is_empty() {
             continue;
         }
-        let raft = raft.clone();
+        let (raft, clock) = (raft.clone(), clock.clone());
         tokio::spawn(async move {
-            write(&raft, batch).await;
+            write(&raft, &clock, batch).await;
             drop(slot);
         });
     }
@@ -130,11 +136,11 @@ async fn write_batches(
 /// Writes one entry: the command itself when alone, else a [`Command::Batch`] of them all, a
 /// proposed batch's commands spliced in (a batch never nests); answers each caller with its own
 /// command's response, or its batch's responses as one [`Response::Batch`].
-async fn write(raft: &Raft, mut batch: Vec<Queued>) {
+async fn write(raft: &Raft, clock: &LeaderClock, mut batch: Vec<Queued>) {
     if batch.len() == 1 {
         let Queued { command, reply } = batch.pop().expect("one command");
         metrics::commands_per_entry(command.count());
-        let _ = reply.send(super::node::write_entry(raft, command).await);
+        let _ = reply.send(super::node::write_entry(raft, clock, command).await);
         return;
     }
     // Each caller's share of the entry: how many commands, and whether they were a batch.
@@ -154,7 +160,7 @@ async fn write(raft: &Raft, mut batch: Vec<Queued>) {
     }
     metrics::commands_per_entry(commands.len());
     let count = commands.len();
-    match super::node::write_entry(raft, Command::Batch(commands)).await {
+    match super::node::write_entry(raft, clock, Command::Batch(commands)).await {
         Ok(Proposed {
             index,
             response: Response::Batch(responses),
@@ -198,6 +204,7 @@ fn encoded_len(command: &Command) -> usize {
             Command::Assign { assignments } => assignments.len() * 32,
             Command::ExpireLeases { attempts } => attempts.len() * 16,
             Command::CreateToken(create) => create.name.len() + create.digest.len(),
+            Command::BindIncarnation { incarnation, .. } => incarnation.len(),
             Command::RegisterAgent(register) => {
                 register.name.len()
                     + register

@@ -4,6 +4,8 @@
 //! reaches openraft only through this module and `storage`, so an openraft bump stays here.
 
 mod batcher;
+pub mod clock;
+pub mod envelope;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -25,13 +25,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use super::envelope::{self, Addressee, Envelope};
 use crate::limits;
 use crate::raft::types::{RaftNodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::state::NodeId;
+use crate::storage::Replica;
 
 /// Lazily connected channels to peers, shared by replication and forwarding.
 #[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Who this node is, and the applied state that says who the others are (see `envelope`).
+    local: Arc<Local>,
+    /// Incarnations peers answered with whose ids have none bound yet: the leader binds them
+    /// ([`Peers::heard_unbound`]).
+    heard: Arc<Mutex<BTreeMap<RaftNodeId, String>>>,
     /// Member address -> the address this node actually dials (`--peer-dial`). Empty in
     /// production; the chaos suite routes every directed link through its own proxy with it,
     /// while the membership (replicated, the same on every node) keeps the real addresses.
@@ -40,16 +48,100 @@ pub struct Peers {
     tls: Option<Arc<baton_security::TlsSettings>>,
 }
 
+/// This node as it signs its Raft messages.
+pub struct Local {
+    pub node_id: RaftNodeId,
+    pub incarnation: String,
+    pub replica: Arc<Replica>,
+}
+
 impl Peers {
     pub fn new(
+        local: Local,
         dial: BTreeMap<String, String>,
         tls: Option<Arc<baton_security::TlsSettings>>,
     ) -> Peers {
         Peers {
             channels: Arc::default(),
+            local: Arc::new(local),
+            heard: Arc::default(),
             dial: Arc::new(dial),
             tls,
         }
+    }
+
+    /// The headers of a message to `target`: the incarnation bound for it, if any.
+    fn envelope(&self, target: RaftNodeId) -> Envelope {
+        self.local.replica.read(|applied| Envelope {
+            cluster_id: applied.state.cluster_id().to_owned(),
+            from: Addressee {
+                node_id: self.local.node_id,
+                incarnation: self.local.incarnation.clone(),
+            },
+            to: Addressee {
+                node_id: target,
+                incarnation: applied
+                    .state
+                    .incarnation_of(NodeId(target))
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
+        })
+    }
+
+    /// Checks who answered: an answer from another incarnation than the one bound for `target`
+    /// does not count (that node lost its data, or another node answers at its address).
+    fn check_answer(
+        &self,
+        target: RaftNodeId,
+        expected: &str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(), String> {
+        let Some(answered) = envelope::answered_by(metadata) else {
+            return Ok(());
+        };
+        if expected.is_empty() {
+            if !answered.is_empty() {
+                self.heard.lock().insert(target, answered.to_owned());
+            }
+            return Ok(());
+        }
+        if answered != expected {
+            return Err(format!(
+                "answered from data folder {answered}, but the cluster knows it by {expected}: \
+                 it lost its data; replace it (`baton cluster remove {target}`)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks the node at `addr` who it is (`Hello`); `None` if it does not answer in `timeout`.
+    pub async fn hello(&self, addr: &str, timeout: Duration) -> Option<pb::HelloResponse> {
+        let mut client = self.client(addr).ok()?;
+        let request = pb::HelloRequest {
+            cluster_id: self.local.replica.read(|a| a.state.cluster_id().to_owned()),
+            node_id: self.local.node_id,
+            incarnation: self.local.incarnation.clone(),
+        };
+        tokio::time::timeout(timeout, client.hello(request))
+            .await
+            .ok()?
+            .ok()
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The incarnation bound for `node`, if any.
+    pub fn bound(&self, node: RaftNodeId) -> Option<String> {
+        self.local
+            .replica
+            .read(|a| a.state.incarnation_of(NodeId(node)).map(str::to_owned))
+    }
+
+    /// Members that answered with an incarnation while none was bound for them, and that one.
+    pub fn heard_unbound(&self) -> Vec<(RaftNodeId, String)> {
+        let mut heard = self.heard.lock();
+        heard.retain(|id, _| self.bound(*id).is_none());
+        heard.iter().map(|(id, inc)| (*id, inc.clone())).collect()
     }
 
     /// A channel to `addr` (HOST:PORT); connects on first use and reconnects by itself.
@@ -62,8 +154,10 @@ impl Peers {
         let endpoint = Endpoint::from_shared(format!("http://{dial}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(limits::TCP_KEEPALIVE))
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         let channel = match &self.tls {
             Some(tls) => endpoint.connect_with_connector_lazy(
                 baton_security::connector::TlsDialer::new(tls.clone()),
@@ -107,12 +201,14 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             target,
             client: self.peers.client(&node.addr).map_err(|e| e.to_string()),
+            peers: self.peers.clone(),
         }
     }
 }
 
 pub struct PeerNetwork {
     target: RaftNodeId,
+    peers: Peers,
     /// An address that does not parse is reported on every call rather than panicking.
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -138,14 +234,15 @@ impl PeerNetwork {
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        F: FnOnce(RaftServiceClient<Channel>, pb::RaftPayload) -> Fut,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<pb::RaftPayload>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::RaftPayload>, tonic::Status>>,
     {
         let client = self.client()?;
+        let (request, expected) = self.signed(encode(request));
         // openraft derives the deadline from the heartbeat interval (tens of ms); a follower
         // busy with an fsync or a big batch must not count as unreachable for that.
         let ttl = option.soft_ttl().max(limits::RAFT_RPC_TIMEOUT_MIN);
-        let reply = match tokio::time::timeout(ttl, f(client, encode(request))).await {
+        let reply = match tokio::time::timeout(ttl, f(client, request)).await {
             Err(_) => {
                 return Err(unreachable(
                     self.target,
@@ -153,9 +250,21 @@ impl PeerNetwork {
                 ));
             }
             Ok(Err(status)) => return Err(map_status(self.target, status)),
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
         };
-        decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        self.peers
+            .check_answer(self.target, &expected, reply.metadata())
+            .map_err(|e| unreachable(self.target, e))?;
+        decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    /// `message` as a request carrying this node's envelope, and the incarnation expected to
+    /// answer.
+    fn signed<T>(&self, message: T) -> (tonic::Request<T>, String) {
+        let envelope = self.peers.envelope(self.target);
+        let mut request = tonic::Request::new(message);
+        envelope.stamp(request.metadata_mut());
+        (request, envelope.to.incarnation)
     }
 }
 
@@ -253,7 +362,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         });
         // Sized to the snapshot: a big state legitimately takes longer than one heartbeat RPC.
         let ttl = option.hard_ttl().max(limits::snapshot_send_timeout(total));
-        let call = client.install_snapshot(tokio_stream::iter(chunks));
+        let (request, expected) = self.signed(tokio_stream::iter(chunks));
+        let call = client.install_snapshot(request);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = tokio::time::timeout(ttl, call) => reply,
@@ -268,8 +378,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 )));
             }
             Ok(Err(status)) => return Err(map_status(self.target, status).into()),
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
         };
-        decode(&reply).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        self.peers
+            .check_answer(self.target, &expected, reply.metadata())
+            .map_err(|e| StreamingError::from(unreachable(self.target, e)))?;
+        decode(reply.get_ref()).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }

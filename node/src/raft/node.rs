@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use baton_proto::raft::v1 as pb;
 use openraft::async_runtime::WatchReceiver;
@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::batcher::Batcher;
+use super::clock::LeaderClock;
 use super::network::{self, NetworkFactory, Peers};
 use super::types::{Raft, RaftNodeId, TypeConfig};
 use crate::metrics;
-use crate::state::{Command, LogEntry, Response};
+use crate::state::{Command, LogEntry, NodeId, Response};
 use crate::storage::{LogStore, Replica, StateMachineStore};
 
 /// Raft timing. Failover takes roughly one election timeout after the leader's last heartbeat.
@@ -78,6 +79,8 @@ pub struct Proposed {
 
 pub struct RaftNode {
     pub id: RaftNodeId,
+    /// This node's data-folder incarnation (`storage::identity`).
+    pub incarnation: String,
     pub raft: Raft,
     pub replica: Arc<Replica>,
     pub peers: Peers,
@@ -87,7 +90,11 @@ pub struct RaftNode {
     /// `Batch` entries, for a rolling upgrade) every batch is.
     pub commands_per_entry_max: usize,
     batcher: Batcher,
+    /// The time the leader stamps into entries (see `clock`); the scheduler's time too.
+    pub clock: Arc<LeaderClock>,
     tasks: Vec<JoinHandle<()>>,
+    /// Why this node cannot go on, once it cannot (see [`RaftNode::halted`]).
+    halted: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// How long a proposal waits for a leader (election, forwarding retries) before giving up.
@@ -97,6 +104,7 @@ impl RaftNode {
     /// Opens storage under `data_dir` and starts the Raft member.
     pub async fn start(
         id: RaftNodeId,
+        incarnation: String,
         data_dir: &Path,
         timing: &RaftTiming,
         peer_dial: BTreeMap<String, String>,
@@ -123,7 +131,15 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| format!("invalid raft timing: {e}"))?;
-        let peers = Peers::new(peer_dial, tls);
+        let peers = Peers::new(
+            network::Local {
+                node_id: id,
+                incarnation: incarnation.clone(),
+                replica: replica.clone(),
+            },
+            peer_dial,
+            tls,
+        );
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -149,25 +165,81 @@ impl RaftNode {
             let m = leadership.borrow_watched();
             (m.state == ServerState::Leader).then_some(m.current_term)
         }));
-        let (batcher, batcher_task) = Batcher::start(raft.clone(), timing.commands_per_entry_max);
+        let clock = LeaderClock::new(id, raft.clone(), peers.clone(), replica.clone());
+        let (batcher, batcher_task) =
+            Batcher::start(raft.clone(), clock.clone(), timing.commands_per_entry_max);
         let mut node = Self {
             id,
+            incarnation,
             raft,
             replica,
             peers,
             admission: crate::limits::Admission::default(),
             commands_per_entry_max: timing.commands_per_entry_max,
             batcher,
-            tasks: vec![batcher_task],
+            clock: clock.clone(),
+            tasks: vec![batcher_task, tokio::spawn(clock.resync_while_leading())],
+            halted: tokio::sync::watch::channel(None).0,
         };
         node.tasks
             .push(tokio::spawn(watch_metrics(node.raft.clone())));
+        node.tasks.push(tokio::spawn(halt_when_raft_fails(
+            node.raft.clone(),
+            node.halted.clone(),
+        )));
+        node.tasks.push(tokio::spawn(bind_incarnations(
+            id,
+            node.incarnation.clone(),
+            node.raft.clone(),
+            node.peers.clone(),
+            node.batcher.clone(),
+        )));
         Ok(node)
     }
 
-    /// Forms a new cluster from `members` if this node has never been part of one. Only the
-    /// lowest id initializes, so two nodes never race to write different first entries; the others
-    /// learn the membership from it. A node with any log or vote skips this: it rejoins.
+    /// Stops this node for good: `reason` becomes what [`RaftNode::halted`] returns (the first
+    /// reason wins). For faults the node cannot serve through: its Raft core stopped on a storage
+    /// error, or the cluster knows this node id by another data folder. `batond` then exits
+    /// non-zero, naming the reason, so systemd or Kubernetes restarts it (or an operator reads
+    /// why it must not be).
+    pub fn halt(&self, reason: String) {
+        set_halted(&self.halted, reason);
+    }
+
+    /// Resolves with the reason once this node has halted ([`RaftNode::halt`]): its Raft core
+    /// stopped by itself (a storage error: a full disk, a failed fsync; a panic), or this node
+    /// found it must not take part. A node that halted never reports live again.
+    pub async fn halted(&self) -> String {
+        let mut halted = self.halted.subscribe();
+        loop {
+            if let Some(reason) = halted.borrow_and_update().clone() {
+                return reason;
+            }
+            if halted.changed().await.is_err() {
+                // The sender lives in `self`, which outlives this borrow.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether this node has halted (see [`RaftNode::halted`]).
+    pub fn is_halted(&self) -> bool {
+        self.halted.borrow().is_some()
+    }
+
+    /// Forms a new cluster from `members` (`--initial-cluster`) if this node has never been part
+    /// of one, or finds out that it must not take part. Runs until it knows; call it in a task.
+    ///
+    /// A node with no Raft state at all is either a new member or a member whose data folder was
+    /// lost (or is not its own). It asks the others ([`RaftNode::hello`]) before anything else:
+    /// - a peer that belongs to a formed cluster in which this id is bound to another data
+    ///   folder: this node must not vote or take entries under the id; `Err` names the recovery;
+    /// - a peer of a formed cluster that does not list this id: a misconfiguration; `Err`;
+    /// - a formed cluster that lists this id, not bound yet: a member that starts late; it waits
+    ///   to hear from the leader;
+    /// - nobody formed: only the lowest id initializes, and only once a majority of the members
+    ///   (itself included) answered that they hold no cluster, so the lowest id never forms a
+    ///   second cluster beside a live one (it cannot tell a new cluster from a lost folder alone).
     pub async fn bootstrap(&self, members: &BTreeMap<RaftNodeId, String>) -> Result<(), String> {
         let initialized = self
             .raft
@@ -178,12 +250,39 @@ impl RaftNode {
             tracing::info!(node = self.id, "existing raft state found: rejoining");
             return Ok(());
         }
-        if members.keys().next() != Some(&self.id) {
-            tracing::info!(
-                node = self.id,
-                "waiting for the lowest-id member to form the cluster"
-            );
-            return Ok(());
+        let lowest = members.keys().next() == Some(&self.id);
+        let majority = members.len() / 2 + 1;
+        let mut waiting_logged = false;
+        loop {
+            let answers = self.hello_all(members).await;
+            match bootstrap_decision(self.id, &self.incarnation, &answers) {
+                Err(reason) => return Err(reason),
+                Ok(Some(why)) => {
+                    tracing::info!(node = self.id, "{why}");
+                    return Ok(());
+                }
+                Ok(None) if !lowest => {
+                    tracing::info!(
+                        node = self.id,
+                        "waiting for the lowest-id member to form the cluster"
+                    );
+                    return Ok(());
+                }
+                Ok(None) if answers.len() + 1 >= majority => break,
+                Ok(None) => {
+                    if !waiting_logged {
+                        tracing::info!(
+                            node = self.id,
+                            answered = answers.len() + 1,
+                            needed = majority,
+                            "waiting for a majority of --initial-cluster to answer before \
+                             forming the cluster"
+                        );
+                        waiting_logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
         let nodes: BTreeMap<_, _> = members
             .iter()
@@ -201,6 +300,20 @@ impl RaftNode {
             }
         }
         Ok(())
+    }
+
+    /// Asks every other member of `members` who it is ([`pb::HelloResponse`]), each with a
+    /// deadline of a second; those that do not answer are left out.
+    async fn hello_all(&self, members: &BTreeMap<RaftNodeId, String>) -> Vec<pb::HelloResponse> {
+        let asks = members
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, addr)| self.peers.hello(addr, Duration::from_secs(1)));
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// A client's proposal: [`RaftNode::propose`] if this node has room for one more in flight,
@@ -453,6 +566,52 @@ impl RaftNode {
     }
 }
 
+/// What a node without Raft state learns from the other members' answers (see
+/// [`RaftNode::bootstrap`]): `Err` to refuse to take part, `Ok(Some(why))` to wait to be contacted
+/// by a formed cluster, `Ok(None)` when nobody answered that a cluster is formed.
+fn bootstrap_decision(
+    node_id: RaftNodeId,
+    incarnation: &str,
+    answers: &[pb::HelloResponse],
+) -> Result<Option<String>, String> {
+    // A peer of an earlier release names its cluster but not its members.
+    let formed = |a: &pb::HelloResponse| !a.members.is_empty() || !a.cluster_id.is_empty();
+    for answer in answers.iter().filter(|a| formed(a)) {
+        let listed = answer.members.contains(&node_id);
+        if listed
+            && !answer.caller_incarnation.is_empty()
+            && answer.caller_incarnation != incarnation
+        {
+            return Err(format!(
+                "node {node_id} is already a member of cluster {cluster} (node {peer} says so), \
+                 bound to data folder {known}; this data folder ({incarnation}) is new, so node \
+                 {node_id}'s data is lost or elsewhere. This node must not vote or take entries \
+                 as node {node_id}. Remove the member (`baton cluster remove {node_id}`), then add \
+                 this machine with a new id (`baton cluster add NEW_ID ADDRESS`, started without \
+                 --initial-cluster on an empty folder); or start it on node {node_id}'s own data \
+                 folder (docs/OPERATIONS.md, \"Lost or wrong data folder\")",
+                cluster = answer.cluster_id,
+                peer = answer.node_id,
+                known = answer.caller_incarnation,
+            ));
+        }
+        if !listed && !answer.members.is_empty() {
+            return Err(format!(
+                "the members in --initial-cluster already formed cluster {} without node \
+                 {node_id} (node {} says so): start this node without --initial-cluster and add \
+                 it with `baton cluster add {node_id} ADDRESS`",
+                answer.cluster_id, answer.node_id
+            ));
+        }
+    }
+    Ok(answers.iter().find(|a| formed(a)).map(|a| {
+        format!(
+            "node {} belongs to a formed cluster {}: waiting to hear from its leader",
+            a.node_id, a.cluster_id
+        )
+    }))
+}
+
 /// Maps a status from the leader's internal RPC: whether the command may have been applied.
 /// The refusal of a proposal past `PROPOSALS_IN_FLIGHT_MAX`.
 pub fn overloaded() -> NodeError {
@@ -462,30 +621,54 @@ pub fn overloaded() -> NodeError {
     ))
 }
 
+///
+/// Only two things prove a forwarded command was not applied: the connection to the leader could
+/// not be made (so the request never left), or the leader answered that it refused before
+/// proposing. Everything else (the connection lost mid-call, a reset, a timeout, an answer that
+/// says nothing about how far it got) is an unknown outcome: the caller is told so, and never
+/// retried here, since a retry could apply the command twice.
 fn status_to_error(status: tonic::Status) -> NodeError {
+    if has_source::<tonic::ConnectError>(&status) {
+        return NodeError::NoLeader(format!("the leader is unreachable: {}", status.message()));
+    }
+    // A status with a source was made on this side from a transport error, after the
+    // connection was up: the request may have reached the leader.
+    if std::error::Error::source(&status).is_some() {
+        return NodeError::Unknown(format!(
+            "the connection to the leader broke during the call: {}",
+            status.message()
+        ));
+    }
     match status.code() {
         // The leader refused before proposing: it is saturated.
         tonic::Code::ResourceExhausted => NodeError::Overloaded(status.message().to_owned()),
         // The leader refused before proposing (it is no longer the leader, or has no quorum).
         tonic::Code::FailedPrecondition => NodeError::NotLeader { leader: None },
-        // Refused before the request left: the leader is down or restarting.
-        tonic::Code::Unavailable if is_connect_error(&status) => {
-            NodeError::NoLeader(status.message().to_owned())
-        }
-        // Anything else (a reset mid-call, a timeout) may have happened after the proposal.
         _ => NodeError::Unknown(format!("{}: {}", status.code(), status.message())),
     }
 }
 
-fn is_connect_error(status: &tonic::Status) -> bool {
-    status.message().contains("connect")
+fn has_source<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<E>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
-/// Writes one entry holding `command` through Raft, stamped with this node's clock, and waits
-/// until it is applied here. Only the batcher calls it, so every write on the leader is batched.
-pub(super) async fn write_entry(raft: &Raft, command: Command) -> Result<Proposed, NodeError> {
+/// Writes one entry holding `command` through Raft, stamped with the leader's clock (see
+/// `clock`), and waits until it is applied here. Only the batcher calls it, so every write on the
+/// leader is batched.
+pub(super) async fn write_entry(
+    raft: &Raft,
+    clock: &LeaderClock,
+    command: Command,
+) -> Result<Proposed, NodeError> {
     let entry = LogEntry {
-        time_ms: wall_clock_ms(),
+        time_ms: clock.now_ms().await,
         command,
     };
     match raft.client_write(entry).await {
@@ -510,10 +693,94 @@ pub(super) async fn write_entry(raft: &Raft, command: Command) -> Result<Propose
     }
 }
 
-pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Halts the node when its Raft core stops by itself: a storage error (a full disk, a failed
+/// write or fsync) or a panic. openraft stops the core on any storage error, since the log may no
+/// longer match what was acknowledged; the node must not go on answering as if it were a member.
+async fn halt_when_raft_fails(raft: Raft, halted: tokio::sync::watch::Sender<Option<String>>) {
+    let mut rx = raft.metrics();
+    loop {
+        let failure = match &rx.borrow_watched().running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+            Err(fatal) => Some(fatal_reason(&fatal.to_string())),
+        };
+        if let Some(reason) = failure {
+            set_halted(&halted, reason);
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// On the leader: records the data-folder incarnation of every member the first time it is heard
+/// (its own included), so that from then on a node under that id on another folder is refused.
+async fn bind_incarnations(
+    id: RaftNodeId,
+    incarnation: String,
+    raft: Raft,
+    peers: Peers,
+    batcher: Batcher,
+) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let members: Vec<RaftNodeId> = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut binds: Vec<(RaftNodeId, String)> = peers
+            .heard_unbound()
+            .into_iter()
+            .filter(|(node, _)| members.contains(node))
+            .collect();
+        if members.contains(&id) && peers.bound(id).is_none() {
+            binds.push((id, incarnation.clone()));
+        }
+        for (node_id, incarnation) in binds {
+            let command = Command::BindIncarnation {
+                node_id: NodeId(node_id),
+                incarnation: incarnation.clone(),
+            };
+            match batcher.propose(command).await {
+                Ok(_) => tracing::info!(node = node_id, %incarnation, "member's data folder bound"),
+                Err(err) => tracing::debug!(node = node_id, error = %err, "binding deferred"),
+            }
+        }
+    }
+}
+
+/// Records why the node halted; the first reason wins.
+fn set_halted(halted: &tokio::sync::watch::Sender<Option<String>>, reason: String) {
+    halted.send_if_modified(|halted| {
+        if halted.is_some() {
+            return false;
+        }
+        tracing::error!(reason = %reason, "node halted");
+        *halted = Some(reason);
+        true
+    });
+}
+
+/// What a fatal Raft error means for the operator.
+fn fatal_reason(error: &str) -> String {
+    if crate::storage::log_store::is_disk_full(error) {
+        format!(
+            "the data disk is full ({error}): free space on it and start the node again (it \
+             catches up from the others; docs/OPERATIONS.md, \"Full disk\")"
+        )
+    } else {
+        format!("the raft core stopped on a storage error: {error}")
+    }
 }
 
 /// Mirrors openraft's metrics into Prometheus gauges and logs leader changes.
@@ -541,5 +808,130 @@ async fn watch_metrics(raft: Raft) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(node_id: u64, cluster: &str, members: &[u64], caller: &str) -> pb::HelloResponse {
+        pb::HelloResponse {
+            cluster_id: cluster.into(),
+            node_id,
+            members: members.to_vec(),
+            caller_incarnation: caller.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What the forwarding follower makes of real transport failures: a leader that cannot be
+    /// reached certainly did not apply the command; one that took the request and then lost the
+    /// connection may have.
+    #[tokio::test]
+    async fn a_forward_that_loses_the_leaders_answer_is_unknown_not_refused() {
+        use baton_proto::raft::v1::raft_service_client::RaftServiceClient;
+        let propose = |addr: String| async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(500))
+                .connect_lazy();
+            RaftServiceClient::new(channel)
+                .propose(network::encode(&Command::Tick))
+                .await
+                .expect_err("no leader answers")
+        };
+
+        // Nobody listens: the request never left.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let status = propose(addr).await;
+        assert!(
+            matches!(status_to_error(status.clone()), NodeError::NoLeader(_)),
+            "{status:?}"
+        );
+
+        // A "leader" that reads the whole request and then drops the connection unanswered.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let swallow = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            // The preface, SETTINGS, HEADERS and DATA of the call: read until the client
+            // waits for an answer, then hang up.
+            let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            })
+            .await;
+        });
+        let status = propose(addr).await;
+        swallow.await.unwrap();
+        assert!(
+            matches!(status_to_error(status.clone()), NodeError::Unknown(_)),
+            "{status:?}"
+        );
+
+        // The leader's own refusals say the command was not proposed.
+        assert!(matches!(
+            status_to_error(tonic::Status::failed_precondition("not the leader")),
+            NodeError::NotLeader { .. }
+        ));
+        assert!(matches!(
+            status_to_error(tonic::Status::resource_exhausted("full")),
+            NodeError::Overloaded(_)
+        ));
+        // An answer that does not say how far it got is unknown.
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Aborted,
+            tonic::Code::Internal,
+        ] {
+            assert!(matches!(
+                status_to_error(tonic::Status::new(code, "?")),
+                NodeError::Unknown(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_node_without_state_learns_from_the_others_whether_to_take_part() {
+        // Nobody formed a cluster yet: the lowest id may form one (given a majority answered).
+        assert_eq!(
+            bootstrap_decision(1, "new", &[answer(2, "", &[], ""), answer(3, "", &[], "")]),
+            Ok(None)
+        );
+        assert_eq!(bootstrap_decision(1, "new", &[]), Ok(None));
+        // The cluster exists and knows node 1 by another folder: the lost-folder case.
+        let err = bootstrap_decision(
+            1,
+            "new",
+            &[answer(2, "c1", &[1, 2, 3], "old"), answer(3, "", &[], "")],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("node 1 is already a member of cluster c1"),
+            "{err}"
+        );
+        assert!(err.contains("baton cluster remove 1"), "{err}");
+        // The cluster formed moments ago and has not bound node 1 yet: a late starter.
+        assert!(matches!(
+            bootstrap_decision(1, "new", &[answer(2, "", &[1, 2, 3], "")]),
+            Ok(Some(_))
+        ));
+        // Bound to this very folder (its raft state was lost but not its identity): wait.
+        assert!(matches!(
+            bootstrap_decision(1, "same", &[answer(2, "c1", &[1, 2, 3], "same")]),
+            Ok(Some(_))
+        ));
+        // A cluster formed without this id: started with the wrong flags.
+        let err = bootstrap_decision(4, "new", &[answer(2, "c1", &[1, 2, 3], "")]).unwrap_err();
+        assert!(err.contains("without node 4"), "{err}");
+        // A peer of an earlier release names its cluster only: never form a second one.
+        assert!(matches!(
+            bootstrap_decision(1, "new", &[answer(2, "c1", &[], "")]),
+            Ok(Some(_))
+        ));
     }
 }

@@ -8,14 +8,19 @@ use baton_proto::raft::v1::raft_service_server::RaftService;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use baton_security::server::PeerInfo;
+
+use super::envelope::{Admission, Envelope, MessageKind, Receiver, mark_answer};
 use super::network::{decode, encode};
 use super::node::{NodeError, RaftNode};
 use super::types::{Snapshot, SnapshotData, SnapshotMeta, Vote};
 use crate::limits;
-use crate::state::Command;
+use crate::state::{Command, NodeId};
 
 pub struct RaftServiceImpl {
     pub node: Arc<RaftNode>,
+    /// Mutual TLS: a message's sender must be the node its certificate names.
+    pub secure: bool,
 }
 
 fn bad_payload(e: rmp_serde::decode::Error) -> Status {
@@ -26,12 +31,60 @@ fn raft_unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
+impl RaftServiceImpl {
+    /// Lets a Raft message in, or refuses it (see `envelope`). A message meant for this node id
+    /// under another data folder halts this node.
+    fn admit<T>(&self, request: &Request<T>, kind: MessageKind) -> Result<(), Status> {
+        let envelope = Envelope::read(request.metadata())?;
+        let admission = self.node.replica.read(|applied| {
+            let members: Vec<u64> = applied
+                .membership
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            Receiver {
+                node_id: self.node.id,
+                incarnation: &self.node.incarnation,
+                cluster_id: applied.state.cluster_id(),
+                members: &members,
+                state: &applied.state,
+                secure: self.secure,
+            }
+            .admit(
+                envelope.as_ref(),
+                request.extensions().get::<PeerInfo>(),
+                kind,
+            )
+        });
+        match admission {
+            Admission::Admit => Ok(()),
+            Admission::Refuse(status) => {
+                tracing::warn!(error = %status.message(), "raft message refused");
+                Err(status)
+            }
+            Admission::NotThisNode(reason) => {
+                self.node.halt(reason.clone());
+                Err(Status::failed_precondition(reason))
+            }
+        }
+    }
+
+    /// An answer marked with this node's incarnation.
+    fn answer<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        mark_answer(response.metadata_mut(), &self.node.incarnation);
+        response
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftServiceImpl {
     async fn append_entries(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.admit(&request, MessageKind::FromLeader)?;
         let req = decode(request.get_ref()).map_err(bad_payload)?;
         let resp = self
             .node
@@ -39,22 +92,24 @@ impl RaftService for RaftServiceImpl {
             .append_entries(req)
             .await
             .map_err(raft_unavailable)?;
-        Ok(Response::new(encode(&resp)))
+        Ok(self.answer(encode(&resp)))
     }
 
     async fn vote(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.admit(&request, MessageKind::Vote)?;
         let req = decode(request.get_ref()).map_err(bad_payload)?;
         let resp = self.node.raft.vote(req).await.map_err(raft_unavailable)?;
-        Ok(Response::new(encode(&resp)))
+        Ok(self.answer(encode(&resp)))
     }
 
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.admit(&request, MessageKind::FromLeader)?;
         let mut chunks = request.into_inner();
         let first = chunks
             .next()
@@ -88,13 +143,14 @@ impl RaftService for RaftServiceImpl {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(raft_unavailable)?;
-        Ok(Response::new(encode(&resp)))
+        Ok(self.answer(encode(&resp)))
     }
 
     async fn transfer_leader(
         &self,
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.admit(&request, MessageKind::FromLeader)?;
         let req = decode(request.get_ref()).map_err(bad_payload)?;
         let resp = self
             .node
@@ -102,7 +158,7 @@ impl RaftService for RaftServiceImpl {
             .handle_transfer_leader(req)
             .await
             .map_err(raft_unavailable)?;
-        Ok(Response::new(encode(&resp)))
+        Ok(self.answer(encode(&resp)))
     }
 
     async fn propose(
@@ -142,12 +198,27 @@ impl RaftService for RaftServiceImpl {
 
     async fn hello(
         &self,
-        _request: Request<pb::HelloRequest>,
+        request: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
-        let cluster_id = self.node.replica.read(|a| a.state.cluster_id().to_owned());
-        Ok(Response::new(pb::HelloResponse {
-            cluster_id,
+        let caller = NodeId(request.get_ref().node_id);
+        let response = self.node.replica.read(|applied| pb::HelloResponse {
+            cluster_id: applied.state.cluster_id().to_owned(),
             node_id: self.node.id,
-        }))
+            incarnation: self.node.incarnation.clone(),
+            members: applied
+                .membership
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect(),
+            caller_incarnation: applied
+                .state
+                .incarnation_of(caller)
+                .unwrap_or_default()
+                .to_owned(),
+            wall_time_ms: super::clock::wall_clock_ms(),
+            disk_low: false,
+        });
+        Ok(Response::new(response))
     }
 }

@@ -283,7 +283,9 @@ async fn round(
             .await?;
         return Ok(());
     }
-    let now_ms = crate::raft::node::wall_clock_ms();
+    // The leader's stamping clock, not the wall clock: a wall clock that steps must not make
+    // every deadline due at once (or none for an hour). See `raft::clock`.
+    let now_ms = node.clock.now_ms().await;
     // Both O(log n): the state indexes backoffs and schedule-to-start deadlines. Placement reads
     // the state from before the Tick, as it always has: a Tick only fails or requeues steps.
     let tick_due = state.tick_due(now_ms);

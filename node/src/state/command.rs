@@ -58,6 +58,13 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// Records the data-folder incarnation of a member the leader heard from (first one wins):
+    /// from then on, that node id is that folder, and a node coming back under the id with
+    /// another folder (empty, or someone else's) is refused (see `storage::identity`).
+    BindIncarnation {
+        node_id: NodeId,
+        incarnation: String,
+    },
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
@@ -124,6 +131,7 @@ impl Command {
             Self::Tick => "tick",
             Self::CreateToken(_) => "create_token",
             Self::RevokeToken { .. } => "revoke_token",
+            Self::BindIncarnation { .. } => "bind_incarnation",
             Self::Batch(_) => "batch",
         }
     }
@@ -288,6 +296,23 @@ mod tests {
         assert_eq!(
             hex(&bytes),
             "0182a774696d655f6d7305a7636f6d6d616e6481a562617463689281a663616e63656c82ab776f726b666c6f775f696407a6726561736f6ea0a47469636b"
+        );
+        assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn golden_bind_incarnation_entry_bytes() {
+        let entry = LogEntry {
+            time_ms: 5,
+            command: Command::BindIncarnation {
+                node_id: NodeId(2),
+                incarnation: "00ff00ff00ff00ff".into(),
+            },
+        };
+        let bytes = entry.encode();
+        assert_eq!(
+            hex(&bytes),
+            "0182a774696d655f6d7305a7636f6d6d616e6481b062696e645f696e6361726e6174696f6e82a76e6f64655f696402ab696e6361726e6174696f6eb030306666303066663030666630306666"
         );
         assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
     }

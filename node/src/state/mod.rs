@@ -69,6 +69,20 @@ pub struct ClusterState {
     /// Every node id ever reserved or made a member, so none is reused for an empty disk.
     #[serde(deserialize_with = "cautious::set")]
     used_node_ids: OrdSet<NodeId>,
+    /// The data-folder incarnation each member was first heard with (`BindIncarnation`).
+    #[serde(default, deserialize_with = "cautious::map")]
+    incarnations: OrdMap<NodeId, String>,
+    /// The members (voters and learners) of the last membership entry applied.
+    #[serde(default, deserialize_with = "cautious::set")]
+    members: OrdSet<NodeId>,
+    /// Ids that were members and left: a node under one of them is refused for good.
+    #[serde(default, deserialize_with = "cautious::set")]
+    removed_node_ids: OrdSet<NodeId>,
+    /// Set by `batond restore` and `recover` to the state time of the copy they started from:
+    /// the cluster it came from may have handed out ids (and fencing tokens) since, so the first
+    /// entry applied afterwards moves every id counter past them ([`ClusterState::reseed`]).
+    #[serde(default)]
+    reseeded_at_ms: Option<u64>,
     last_agent_id: u64,
     #[serde(deserialize_with = "cautious::map")]
     agents: OrdMap<AgentId, Arc<Agent>>,
@@ -150,6 +164,12 @@ mod cautious {
     }
 }
 
+/// Ids a cluster can hand out per ms at most, for skipping past them after a restore: a million a
+/// second, several times the fastest leader measured (docs/PERFORMANCE.md).
+pub const IDS_PER_MS_MAX: u64 = 1_000;
+/// Ids skipped after a restore on top of the rate-based skip, for clocks that disagree.
+pub const RESEED_ID_MARGIN: u64 = 1_000_000_000;
+
 /// Filters and paging of [`ClusterState::list`].
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
@@ -165,6 +185,9 @@ impl ClusterState {
     /// The only way replicated state changes.
     pub fn apply(&mut self, ctx: ApplyCtx, entry: LogEntry) -> Applied {
         self.now_ms = self.now_ms.max(entry.time_ms);
+        if let Some(copied_at_ms) = self.reseeded_at_ms.take() {
+            self.skip_ids_handed_out_since(copied_at_ms);
+        }
         let mut events = Events::new();
         let response = match entry.command {
             Command::Batch(commands) => Response::Batch(
@@ -203,18 +226,91 @@ impl ClusterState {
             Command::Tick => self.tick(ctx, events),
             Command::CreateToken(create) => self.create_token(create),
             Command::RevokeToken { id } => self.revoke_token(&id),
+            Command::BindIncarnation {
+                node_id,
+                incarnation,
+            } => self.bind_incarnation(node_id, incarnation),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
         }
     }
 
+    /// The first incarnation heard for a node id stays; another one is refused (the node came
+    /// back on another data folder and must be replaced, not re-bound).
+    fn bind_incarnation(&mut self, node_id: NodeId, incarnation: String) -> Response {
+        match self.incarnations.get(&node_id) {
+            Some(bound) if *bound == incarnation => Response::Done,
+            Some(bound) => Response::Rejected {
+                reason: format!(
+                    "node {node_id} is bound to data folder {bound}, not {incarnation}"
+                ),
+            },
+            None => {
+                self.incarnations.insert(node_id, incarnation);
+                Response::Done
+            }
+        }
+    }
+
+    /// Prepares a copy of a cluster's state (a backup, or a survivor's data) to seed a cluster:
+    /// ids the old cluster may have handed out after the copy are skipped at the first entry the
+    /// new one applies, so no workflow id, agent id or fencing token is ever handed out twice;
+    /// the data folders the old cluster knew are forgotten (but `survivor`'s, for recover); and a
+    /// restored cluster is a new cluster (its first leader names it), while a recovered one keeps
+    /// its name.
+    pub fn reseed(&mut self, survivor: Option<NodeId>) {
+        self.reseeded_at_ms = Some(self.now_ms);
+        self.incarnations = self
+            .incarnations
+            .iter()
+            .filter(|(id, _)| Some(**id) == survivor)
+            .map(|(id, incarnation)| (*id, incarnation.clone()))
+            .collect();
+        if survivor.is_none() {
+            self.cluster_id.clear();
+        }
+    }
+
+    /// Moves every id counter past what a cluster could have handed out between `since_ms` (the
+    /// copy's state time) and this entry's time, at [`IDS_PER_MS_MAX`], plus
+    /// [`RESEED_ID_MARGIN`]. Deterministic: it reads only the state and the entry's time.
+    fn skip_ids_handed_out_since(&mut self, since_ms: u64) {
+        let skip = self
+            .now_ms
+            .saturating_sub(since_ms)
+            .saturating_mul(IDS_PER_MS_MAX)
+            .saturating_add(RESEED_ID_MARGIN);
+        for counter in [
+            &mut self.last_workflow_id,
+            &mut self.last_attempt_id,
+            &mut self.last_agent_id,
+        ] {
+            *counter = counter.saturating_add(skip);
+        }
+    }
+
+    /// The data-folder incarnation recorded for `node_id`, if the leader has heard from it.
+    pub fn incarnation_of(&self, node_id: NodeId) -> Option<&str> {
+        self.incarnations.get(&node_id).map(String::as_str)
+    }
+
     /// Membership entries are applied by the storage layer; it tells the state which ids are in
     /// use so they are never handed out again.
     pub fn note_members(&mut self, ids: impl IntoIterator<Item = NodeId>) {
-        for id in ids {
-            self.used_node_ids.insert(id);
+        let members: OrdSet<NodeId> = ids.into_iter().collect();
+        for id in members.iter() {
+            self.used_node_ids.insert(*id);
         }
+        for left in self.members.clone().relative_complement(members.clone()) {
+            self.removed_node_ids.insert(left);
+        }
+        self.members = members;
+    }
+
+    /// Whether `node_id` was a member and was removed (it can never take part again).
+    pub fn was_removed(&self, node_id: NodeId) -> bool {
+        self.removed_node_ids.contains(&node_id)
     }
 
     fn submit(&mut self, ctx: ApplyCtx, submit: SubmitCommand, events: &mut Events) -> Response {

@@ -822,3 +822,72 @@ fn workflows_of_one_spec_read_as_their_own_and_snapshot_alike() {
     assert_eq!(run(&log.state, 2), StepState::Ready);
     assert_eq!(*spec_of(&log.state, 2), nightly);
 }
+
+/// A state copied to seed a cluster (`batond restore`, `recover`) skips, at the first entry the
+/// new cluster applies, every id the old cluster could have handed out since the copy: at
+/// `IDS_PER_MS_MAX` over the time between the copy and that entry, plus the margin. Every replica
+/// computes the same skip from the entry's time.
+#[test]
+fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 2);
+    log.apply(Command::BindIncarnation {
+        node_id: NodeId(1),
+        incarnation: "aa".into(),
+    });
+    log.apply(Command::InitCluster {
+        cluster_id: "old".into(),
+    });
+    let first = match log.apply(submit(&spec("w", vec![step("a", &[])]), "")) {
+        Response::Submitted { workflow_id, .. } => workflow_id,
+        other => panic!("{other:?}"),
+    };
+    let token = assign(&mut log, first.0, 0, agent).expect("assigned");
+    let copied_at = log.state.now_ms();
+
+    for (survivor, cluster) in [(None, ""), (Some(NodeId(1)), "old")] {
+        let mut seeded = log.state.clone();
+        seeded.reseed(survivor);
+        assert_eq!(
+            seeded.cluster_id(),
+            cluster,
+            "restore renames, recover keeps"
+        );
+        assert_eq!(
+            seeded.incarnation_of(NodeId(1)),
+            survivor.map(|_| "aa"),
+            "old data folders are forgotten, but the survivor's"
+        );
+        let twin = seeded.clone();
+        let mut new = Log {
+            state: seeded,
+            index: 100,
+        };
+        let later = copied_at + 10_000;
+        let next = match new.apply_at(later, submit(&spec("w", vec![step("a", &[])]), "")) {
+            Response::Submitted { workflow_id, .. } => workflow_id,
+            other => panic!("{other:?}"),
+        };
+        let skip = 10_000 * IDS_PER_MS_MAX + RESEED_ID_MARGIN;
+        assert_eq!(next.0, first.0 + skip + 1);
+        let agent2 = register(&mut new, "a2", 1);
+        assert!(agent2.0 > agent.0 + skip);
+        let token2 = assign(&mut new, next.0, 0, agent).expect("assigned");
+        assert_eq!(token2.0, token.0 + skip + 1);
+        // The skip happens once, and the same way on every replica.
+        let mut replica = Log {
+            state: twin,
+            index: 100,
+        };
+        replica.apply_at(later, submit(&spec("w", vec![step("a", &[])]), ""));
+        replica.apply(Command::RegisterAgent(RegisterAgentCommand {
+            name: "a2".into(),
+            labels: Default::default(),
+            slots: 1,
+            cpu_millis: 4000,
+            memory_mb: 4096,
+        }));
+        assign(&mut replica, next.0, 0, agent);
+        assert_eq!(replica.state.state_hash(), new.state.state_hash());
+    }
+}

@@ -1,7 +1,9 @@
 //! Durable storage: the RocksDB Raft log ([`LogStore`]), snapshot files, and the state machine
 //! store ([`StateMachineStore`]), which is the only caller of `state::ClusterState::apply`.
 
+pub mod durable;
 pub mod events;
+pub mod identity;
 pub mod log_store;
 pub mod seed;
 pub mod snapshot;

@@ -11,8 +11,13 @@
 //!
 //! The vote is set to the term of the last entry, so the first election after the rewrite runs
 //! at a later term than any entry in the state, and a new leader's entries follow the old ones.
-//! Node ids of the new membership are recorded as used (never reused afterwards); when they are
-//! ids the old cluster had used anyway, the state, and so the state hash, is unchanged.
+//! Node ids of the new membership are recorded as used (never reused afterwards). The old
+//! cluster may have gone on after the copy was taken, so the state is marked reseeded
+//! (`ClusterState::reseed`): the first entry the new cluster applies skips every workflow id,
+//! agent id and fencing token the old one could have handed out since; data folders the old
+//! cluster knew are forgotten (new members bind their own); a restored cluster gets a new
+//! cluster id from its first leader, a recovered one keeps its own. The hash printed is the
+//! state's as copied, before that marking, to compare with the backup's or the survivor's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,7 +26,6 @@ use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, Membership};
 
 use super::{LogStore, StateMachineStore, snapshot};
-use crate::config::check_data_dir;
 use crate::raft::types::{LogId, SnapshotMeta, StoredMembership, Vote};
 use crate::state::{ClusterState, NodeId};
 
@@ -65,8 +69,8 @@ pub async fn restore(
             backup.display()
         )
     })?;
-    check_data_dir(data_dir, node_id)?;
-    seed(data_dir, node_id, state, last, members, 0).await
+    super::identity::open(data_dir, node_id)?;
+    seed(data_dir, node_id, state, last, members, None, 0).await
 }
 
 /// Rewrites the data dir of node `node_id` (a survivor of a cluster that lost its majority for
@@ -79,7 +83,7 @@ pub async fn recover(data_dir: &Path, node_id: u64, address: &str) -> Result<See
             data_dir.display()
         ));
     }
-    check_data_dir(data_dir, node_id)?;
+    super::identity::open(data_dir, node_id)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -137,7 +141,16 @@ pub async fn recover(data_dir: &Path, node_id: u64, address: &str) -> Result<See
         .map_err(|e| format!("raft log: {e}"))?;
     drop(log);
     let members = BTreeMap::from([(node_id, address.to_owned())]);
-    seed(data_dir, node_id, view.state, last, &members, applied_count).await
+    seed(
+        data_dir,
+        node_id,
+        view.state,
+        last,
+        &members,
+        Some(NodeId(node_id)),
+        applied_count,
+    )
+    .await
 }
 
 /// Writes `state` at `last` with the membership `members` as the data dir's only snapshot, and a
@@ -148,8 +161,12 @@ async fn seed(
     mut state: ClusterState,
     last: LogId,
     members: &BTreeMap<u64, String>,
+    survivor: Option<NodeId>,
     log_entries_applied: u64,
 ) -> Result<Seeded, String> {
+    // What the operator compares with the backup's (`snapshot save`) or the survivor's hash.
+    let state_hash = hex::encode(state.state_hash());
+    state.reseed(survivor);
     state.note_members(members.keys().map(|&id| NodeId(id)));
     let voters: BTreeSet<u64> = members.keys().copied().collect();
     let nodes: BTreeMap<u64, BasicNode> = members
@@ -163,9 +180,8 @@ async fn seed(
         last_membership: StoredMembership::new(Some(last), membership),
     };
     let data = state.encode();
-    let state_hash = hex::encode(state.state_hash());
     let snapshot_dir = data_dir.join("snapshots");
-    std::fs::create_dir_all(&snapshot_dir)
+    super::durable::create_dir_all(&snapshot_dir)
         .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
     snapshot::write(&snapshot_dir, &meta, &data)
         .map_err(|e| format!("writing the snapshot: {e}"))?;

@@ -110,7 +110,7 @@ pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<PathBuf
         file.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
-    fs::File::open(dir)?.sync_all()?;
+    super::durable::sync_dir(dir)?;
     // Only older files go: a build that finishes after a newer snapshot was installed must not
     // remove that one (the log before it may be purged). Names sort by index.
     for old in list(dir)? {

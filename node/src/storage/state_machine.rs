@@ -107,7 +107,7 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the store over `snapshot_dir`, loading the newest snapshot if there is one.
     pub fn open(snapshot_dir: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(snapshot_dir)
+        super::durable::create_dir_all(snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
         let mut applied = Applied::default();
         let started = std::time::Instant::now();

@@ -81,6 +81,7 @@ impl TestCluster {
                 log_format: LogFormat::Text,
                 timing: timing.clone(),
                 peer_dial: BTreeMap::new(),
+                max_connection_age: baton_node::limits::CONNECTION_AGE_DEFAULT,
                 security: security(id),
             };
             let server = Server::start(&config, Some(listener))
@@ -105,6 +106,7 @@ impl TestCluster {
             log_format: LogFormat::Text,
             timing,
             peer_dial: BTreeMap::new(),
+            max_connection_age: baton_node::limits::CONNECTION_AGE_DEFAULT,
             security: SecurityConfig::Insecure,
         };
         let server = Server::start(&config, Some(listener))
