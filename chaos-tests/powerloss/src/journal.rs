@@ -145,6 +145,9 @@ pub enum Record {
     /// The previous record's operation returned `result`: `-errno` on failure, else the byte
     /// count of a short write.
     Outcome { result: i64 },
+    /// A process started journalling here (a journal can span runs killed without a cut). The
+    /// operation just before it may not have run, like the journal's last.
+    RunStart { pid: u32 },
 }
 
 mod tag {
@@ -159,6 +162,7 @@ mod tag {
     pub const SYNC_BEGIN: u8 = 9;
     pub const SYNC_END: u8 = 10;
     pub const OUTCOME: u8 = 11;
+    pub const RUN_START: u8 = 12;
 
     pub const REPLACED_NOTHING: u8 = 0;
     pub const REPLACED_FILE: u8 = 1;
@@ -291,6 +295,10 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Outcome { result } => {
             w.u8(tag::OUTCOME);
             w.u64(*result as u64);
+        }
+        Record::RunStart { pid } => {
+            w.u8(tag::RUN_START);
+            w.u32(*pid);
         }
     }
     let payload_len = out.len() - start - FRAME_HEADER_BYTES;
@@ -457,6 +465,7 @@ fn decode_payload(payload: &[u8]) -> Result<Record, String> {
         tag::OUTCOME => Record::Outcome {
             result: r.u64()? as i64,
         },
+        tag::RUN_START => Record::RunStart { pid: r.u32()? },
         other => return Err(format!("unknown record tag {other}")),
     };
     if r.at != payload.len() {
@@ -647,6 +656,7 @@ mod tests {
             Record::SyncEnd { sync: 2 },
             Record::Outcome { result: -2 },
             Record::Outcome { result: 7 },
+            Record::RunStart { pid: 4242 },
         ]
     }
 

@@ -23,8 +23,9 @@ pub struct Op {
     /// Index of its record in the journal: the order of everything, syncs included.
     pub pos: usize,
     pub record: Record,
-    /// Its record is the journal's last: the process died after writing it, maybe before the
-    /// operation ran. Its undo must tolerate that it never happened.
+    /// Its record is the last of a run (of the journal, or before a [`Record::RunStart`]): the
+    /// process died after writing it, maybe before the operation ran. Its undo must tolerate
+    /// that it never happened.
     pub pending: bool,
 }
 
@@ -33,9 +34,15 @@ pub struct Op {
 pub fn settle(records: &[Record]) -> Vec<Op> {
     let mut ops: Vec<Op> = Vec::new();
     let mut last_op_at: Option<usize> = None;
+    let run_ended = |ops: &mut Vec<Op>, pos: usize| {
+        if let Some(last) = ops.last_mut() {
+            last.pending |= last.pos + 1 == pos;
+        }
+    };
     for (pos, record) in records.iter().enumerate() {
         match record {
             Record::SyncBegin { .. } | Record::SyncEnd { .. } => {}
+            Record::RunStart { .. } => run_ended(&mut ops, pos),
             Record::Outcome { result } => {
                 // An outcome always follows its operation's record directly (both are written
                 // under the shim's lock), so anything else is a shim bug.
@@ -63,9 +70,7 @@ pub fn settle(records: &[Record]) -> Vec<Op> {
             }
         }
     }
-    if let Some(last) = ops.last_mut() {
-        last.pending = last.pos + 1 == records.len();
-    }
+    run_ended(&mut ops, records.len());
     ops
 }
 
@@ -524,6 +529,21 @@ mod tests {
         assert!(
             plan.files[1].undo[0].pending,
             "the journal's last operation may not have run"
+        );
+    }
+
+    #[test]
+    fn the_last_operation_of_an_earlier_run_is_pending_too() {
+        let records = [
+            append(A, 0, 1),
+            Record::RunStart { pid: 2 },
+            append(B, 0, 1),
+            begin(1, B),
+        ];
+        let ops = settle(&records);
+        assert_eq!(
+            ops.iter().map(|op| op.pending).collect::<Vec<_>>(),
+            vec![true, false]
         );
     }
 
