@@ -135,7 +135,10 @@ fn init() -> Option<Shim> {
     let mut stash_dir = journal_dir.clone();
     stash_dir.extend_from_slice(b"/");
     stash_dir.extend_from_slice(STASH_DIR.as_bytes());
-    let state = open_journal(&journal_dir, stash_dir);
+    let mut state = open_journal(&journal_dir, stash_dir);
+    if let Some(state) = &mut state {
+        adopt_inherited_fds(state, &root);
+    }
     let owner = state.is_some();
     let state = state.unwrap_or_else(State::idle);
     let shim = Shim {
@@ -146,6 +149,40 @@ fn init() -> Option<Shim> {
         state: Mutex::new(state),
     };
     Some(shim)
+}
+
+/// Tracks the fds under the root that this program image did not open: inherited across an exec
+/// (a process that re-executes itself keeps its fds). The image before journalled what it did
+/// with them; from here on this one does.
+fn adopt_inherited_fds(state: &mut State, root: &AbsPath) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<c_int>().ok())
+        else {
+            continue;
+        };
+        let Ok(target) = sys::readlink(&sys::proc_fd_path(fd)) else {
+            continue;
+        };
+        if target.first() != Some(&b'/') || !AbsPath::normalize(&target).is_under(root) {
+            continue;
+        }
+        if let Ok(st) = sys::fstat(fd)
+            && (sys::is_regular(&st) || sys::is_dir(&st))
+        {
+            let tracked = Tracked {
+                id: file_id(&st),
+                is_dir: sys::is_dir(&st),
+                path: target,
+            };
+            state.track(fd, tracked);
+        }
+    }
 }
 
 fn die_env(var: &str, value: &[u8], errno: c_int) -> ! {
@@ -245,6 +282,15 @@ impl Shim {
     /// The lock for a tracked operation on `path` by `call`. Aborts in a process that does not
     /// own the journal (a second process, or a forked child), whose changes cannot be journalled.
     pub fn lock(&self, call: &str, path: &[u8]) -> MutexGuard<'_, State> {
+        self.abort_unless_owner(call, path);
+        // A panic under the lock aborts the process (hooks are extern "C"), so poison is moot.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Aborts in a process that does not own the journal, naming `call` and `path`.
+    pub fn abort_unless_owner(&self, call: &str, path: &[u8]) {
         if !self.owner {
             sys::die(
                 call,
@@ -256,13 +302,9 @@ impl Shim {
             sys::die(
                 call,
                 path,
-                "a forked child touched the power-loss root; only the process that opened the journal may",
+                "a forked child changed the power-loss root; only the process that opened the journal may",
             );
         }
-        // A panic under the lock aborts the process (hooks are extern "C"), so poison is moot.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The lock for bookkeeping that journals nothing (close, dup), or None in a forked child,

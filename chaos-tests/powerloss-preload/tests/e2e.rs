@@ -35,6 +35,11 @@ fn child() {
         "results_and_errno" => results_and_errno,
         "threads" => threads,
         "wal" => wal,
+        "append_more" => append_more,
+        "rmdir_and_link" => rmdir_and_link,
+        "rename_over_dir" => rename_over_dir,
+        "opendir_fsync" => opendir_fsync,
+        "mmap_shared" => mmap_shared,
         other => panic!("unknown scenario {other}"),
     };
     run(&root);
@@ -587,5 +592,166 @@ fn a_wal_killed_mid_way_keeps_every_fsynced_record_and_at_most_one_torn_one() {
     assert!(
         lossy_runs >= 5 && torn_runs >= 3,
         "{lossy_runs} lossy runs, {torn_runs} torn records of 20 runs"
+    );
+}
+
+// --- more directory changes, refusals, and the journal's life ---
+
+fn append_more(root: &Path) {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(root.join("log"))
+        .expect("open log");
+    f.write_all(b" more").expect("write");
+}
+
+#[test]
+fn a_journal_spans_runs_killed_without_a_cut() {
+    let sandbox = Sandbox::new();
+    sandbox.seed("log", b"");
+    sandbox.run("append_fsync_append");
+    sandbox.run("append_more");
+    assert_eq!(sandbox.read("log"), b"durable volatile more");
+    let runs = sandbox
+        .records()
+        .iter()
+        .filter(|r| matches!(r, Record::RunStart { .. }))
+        .count();
+    assert_eq!(runs, 2);
+    let report = sandbox.cut(Tear::None);
+    assert_eq!(sandbox.read("log"), b"durable", "{report}");
+    assert_eq!((report.ops, report.durable_ops), (3, 1), "{report}");
+    assert!(
+        sandbox.records_or_none().is_none(),
+        "the cut empties the journal folder"
+    );
+}
+
+fn rmdir_and_link(root: &Path) {
+    fs::remove_dir(root.join("empty")).expect("rmdir");
+    fs::hard_link(root.join("a"), root.join("b")).expect("link");
+}
+
+#[test]
+fn rmdir_and_link_without_a_directory_fsync_are_undone() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path("empty")).expect("mkdir");
+    fs::set_permissions(sandbox.path("empty"), fs::Permissions::from_mode(0o750)).expect("chmod");
+    sandbox.seed("a", b"A");
+    sandbox.run("rmdir_and_link");
+    assert_eq!(sandbox.tree(), vec!["a", "b"]);
+    let report = sandbox.cut(Tear::None);
+    assert_eq!(sandbox.tree(), vec!["a", "empty"], "{report}");
+    let mode = fs::metadata(sandbox.path("empty"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o750,
+        "the directory comes back with its mode"
+    );
+    assert_eq!(sandbox.read("a"), b"A");
+}
+
+fn rename_over_dir(root: &Path) {
+    fs::rename(root.join("new"), root.join("old")).expect("rename over an empty directory");
+}
+
+#[test]
+fn a_rename_over_an_empty_directory_is_undone_and_the_directory_comes_back() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.path("old")).expect("mkdir");
+    fs::create_dir(sandbox.path("new")).expect("mkdir");
+    sandbox.seed("new/f", b"f");
+    sandbox.run("rename_over_dir");
+    assert_eq!(sandbox.tree(), vec!["old", "old/f"]);
+    let report = sandbox.cut(Tear::None);
+    assert_eq!(sandbox.tree(), vec!["new", "new/f", "old"], "{report}");
+    assert_eq!(sandbox.read("new/f"), b"f");
+}
+
+/// A directory fsync through `dirfd(opendir(...))`, whose fd glibc opens internally.
+fn opendir_fsync(root: &Path) {
+    File::create(root.join("f"))
+        .expect("create")
+        .write_all(b"unsynced")
+        .expect("write");
+    let root = c(root);
+    // SAFETY: libc directory calls on a NUL-terminated path; the DIR is closed once.
+    unsafe {
+        let dir = libc::opendir(root.as_ptr());
+        assert!(!dir.is_null(), "opendir: {}", errno());
+        assert_eq!(libc::fsync(libc::dirfd(dir)), 0, "fsync dirfd: {}", errno());
+        assert_eq!(libc::closedir(dir), 0);
+    }
+}
+
+#[test]
+fn a_directory_fsync_through_opendir_counts() {
+    let sandbox = Sandbox::new();
+    sandbox.run("opendir_fsync");
+    let report = sandbox.cut(Tear::None);
+    assert_eq!(sandbox.tree(), vec!["f"], "the create is durable: {report}");
+    assert_eq!(sandbox.read("f"), b"", "its data was never synced");
+}
+
+fn mmap_shared(root: &Path) {
+    let f = open_rw(&root.join("mapped"));
+    // SAFETY: mapping our own open file; the shim aborts before the mapping exists.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            prot,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+    }
+}
+
+#[test]
+fn a_shared_writable_mmap_of_a_tracked_file_aborts_naming_the_call_and_path() {
+    let sandbox = Sandbox::new();
+    sandbox.seed("mapped", &[0; 4096]);
+    let stderr = sandbox.run_refused("mmap_shared");
+    let path = sandbox.path("mapped").display().to_string();
+    assert!(
+        stderr.contains("baton-powerloss shim: mmap ") && stderr.contains(&path),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn cut_refuses_while_the_process_lives_and_a_second_process_cannot_change_the_root() {
+    let sandbox = Sandbox::new();
+    sandbox.seed("wal", b"");
+    sandbox.seed("log", b"");
+    let mut child = sandbox.spawn("wal");
+    common::read_lines_until(&mut child, |line| !line.starts_with("wrote "));
+    let err = baton_powerloss::cut(&sandbox.root, &sandbox.journal, Tear::None).expect_err("alive");
+    assert!(
+        matches!(err, baton_powerloss::CutError::JournalInUse { .. }),
+        "{err}"
+    );
+
+    let stderr = sandbox.run_refused("append_more");
+    assert!(
+        stderr.contains("another live process holds the power-loss journal"),
+        "stderr: {stderr}"
+    );
+
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let report = sandbox.cut(Tear::None);
+    assert!(report.ops > 0, "{report}");
+    assert_eq!(
+        sandbox.read("log"),
+        b"",
+        "the refused process changed nothing"
     );
 }

@@ -26,6 +26,8 @@ type DupFn = unsafe extern "C" fn(c_int) -> c_int;
 type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 type FcntlFn = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+type OpendirFn = unsafe extern "C" fn(*const c_char) -> *mut libc::DIR;
+type ClosedirFn = unsafe extern "C" fn(*mut libc::DIR) -> c_int;
 
 static OPEN: Real<OpenFn> = Real::new(c"open");
 static OPEN64: Real<OpenFn> = Real::new(c"open64");
@@ -43,6 +45,8 @@ static DUP2: Real<Dup2Fn> = Real::new(c"dup2");
 static DUP3: Real<Dup3Fn> = Real::new(c"dup3");
 static FCNTL: Real<FcntlFn> = Real::new(c"fcntl");
 static FCNTL64: Real<FcntlFn> = Real::new(c"fcntl64");
+static OPENDIR: Real<OpendirFn> = Real::new(c"opendir");
+static CLOSEDIR: Real<ClosedirFn> = Real::new(c"closedir");
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
@@ -154,6 +158,14 @@ unsafe fn journalled_open(
             abs.bytes(),
             "O_TMPFILE under the power-loss root is not modelled",
         );
+    }
+    if !shim.owns_journal() {
+        // Another process journals this root: reading is harmless, changing is not modelled.
+        let changes = libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
+        if flags & changes != 0 {
+            shim.abort_unless_owner(call, abs.bytes());
+        }
+        return errno.call(real).0;
     }
     let mut state = shim.lock(call, abs.bytes());
     let c_path = abs.c_string();
@@ -319,4 +331,62 @@ fn fcntl_hook(fd: c_int, cmd: c_int, real: impl FnOnce() -> c_int) -> c_int {
         return real();
     }
     journalled_dup(fd, None, real)
+}
+
+/// opendir opens its fd inside glibc, where no hook sees it; tracked here so that an fsync of
+/// `dirfd(dir)` counts. Opening changes nothing, so nothing is journalled.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
+    let dir = unsafe { OPENDIR.get()(path) };
+    if dir.is_null() || path.is_null() {
+        return dir;
+    }
+    let Some(_reentry) = Reentry::enter() else {
+        return dir;
+    };
+    let Some(shim) = shim::get().filter(|shim| shim.owns_journal()) else {
+        return dir;
+    };
+    let err = sys::errno();
+    if let Some(abs) = paths::resolve(libc::AT_FDCWD, unsafe { CStr::from_ptr(path) })
+        && shim.contains(&abs)
+        && let Some(mut state) = shim.lock_table()
+    {
+        let fd = unsafe { libc::dirfd(dir) };
+        if let Ok(st) = sys::fstat(fd) {
+            let tracked = Tracked {
+                id: file_id(&st),
+                is_dir: true,
+                path: abs.bytes().to_vec(),
+            };
+            state.track(fd, tracked);
+        }
+    }
+    sys::set_errno(err);
+    dir
+}
+
+/// closedir closes its fd inside glibc; the table forgets it here.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closedir(dir: *mut libc::DIR) -> c_int {
+    let real = || unsafe { CLOSEDIR.get()(dir) };
+    if dir.is_null() {
+        return real();
+    }
+    let fd = unsafe { libc::dirfd(dir) };
+    if !maybe_tracked(fd) {
+        return real();
+    }
+    let Some(_reentry) = Reentry::enter() else {
+        return real();
+    };
+    let Some(mut state) = shim::get().and_then(|shim| shim.lock_table()) else {
+        return real();
+    };
+    let ret = real();
+    let err = sys::errno();
+    state.untrack(fd);
+    drop(state);
+    sys::set_errno(err);
+    ret
 }

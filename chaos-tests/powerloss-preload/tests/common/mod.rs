@@ -17,16 +17,44 @@ pub const SCENARIO_ENV: &str = "POWERLOSS_TEST_SCENARIO";
 /// A folder outside the root, on the same filesystem, for the untracked-file scenario.
 pub const OUTSIDE_ENV: &str = "POWERLOSS_TEST_OUTSIDE";
 
-/// The shim next to the test binary: `target/debug/deps/e2e-HASH` -> `target/debug/`.
+/// The shim next to the test binary (`<target>/<profile>/deps/e2e-HASH` -> `<target>/<profile>/`),
+/// built first into that same folder: cargo does not build a cdylib for its own package's
+/// integration tests, and a stale one would test old code. Quick when it is up to date.
 pub fn preload() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let bin_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/debug/deps/<test>");
-    baton_powerloss::find_preload(bin_dir).unwrap_or_else(|e| {
-        panic!("{e}; cargo builds it before this package's integration tests, so a missing one means a broken build")
-    })
+        .expect("<target>/<profile>/deps/<test>");
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let target_dir = bin_dir.parent().expect("<target>/<profile>");
+        let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("{}: no profile folder name", bin_dir.display()),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "baton-powerloss-preload",
+                "--profile",
+                profile,
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the shim");
+        assert!(
+            status.success(),
+            "cargo build -p baton-powerloss-preload failed: {status}"
+        );
+    });
+    baton_powerloss::find_preload(bin_dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One scenario's folders: `root` (journalled), `journal`, and `outside` (not journalled).
@@ -97,10 +125,32 @@ impl Sandbox {
         stdout
     }
 
+    /// Runs a scenario the shim must refuse; returns its stderr, which says why.
+    pub fn run_refused(&self, scenario: &str) -> String {
+        let out = self
+            .spawn(scenario)
+            .wait_with_output()
+            .expect("wait for scenario");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "scenario {scenario} must be aborted by the shim, got {:?}\nstderr:\n{stderr}",
+            out.status
+        );
+        stderr
+    }
+
     /// The journal's records, before a cut.
     pub fn records(&self) -> Vec<Record> {
         let bytes = fs::read(self.journal.join(journal::JOURNAL_FILE)).expect("journal");
         journal::decode(&bytes).expect("journal decodes").records
+    }
+
+    /// The journal's records, or None when there is no journal file (after a cut).
+    pub fn records_or_none(&self) -> Option<Vec<Record>> {
+        let bytes = fs::read(self.journal.join(journal::JOURNAL_FILE)).ok()?;
+        Some(journal::decode(&bytes).expect("journal decodes").records)
     }
 
     pub fn cut(&self, tear: baton_powerloss::Tear) -> baton_powerloss::CutReport {
