@@ -293,6 +293,8 @@ enum Change {
     Size(u64),
     /// Nothing anyone can read.
     Invisible,
+    /// Changes the shim cannot model; the reason.
+    Refused(String),
 }
 
 /// A size or hole change on tracked-looking `fd`. `failed` turns the real result into a failure
@@ -351,6 +353,7 @@ fn journal_change(
 ) -> bool {
     match change {
         Change::Invisible => false,
+        Change::Refused(why) => sys::die(call, path, &why),
         Change::Size(new_size) if new_size == size => false,
         Change::Size(new_size) => {
             let saved = state.save(call, path, source, new_size, size.saturating_sub(new_size));
@@ -492,12 +495,7 @@ unsafe fn truncate_hook(
 }
 
 /// What fallocate `mode` does to the visible file; aborts for modes that move bytes around.
-fn fallocate_change(
-    call: &'static str,
-    mode: c_int,
-    offset: off_t,
-    len: off_t,
-) -> impl FnOnce(u64) -> Change {
+fn fallocate_change(mode: c_int, offset: off_t, len: off_t) -> impl FnOnce(u64) -> Change {
     move |size| {
         let known = FALLOC_FL_KEEP_SIZE
             | FALLOC_FL_PUNCH_HOLE
@@ -506,11 +504,9 @@ fn fallocate_change(
             | FALLOC_FL_COLLAPSE_RANGE
             | FALLOC_FL_INSERT_RANGE;
         if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE) != 0 || mode & !known != 0 {
-            sys::die(
-                call,
-                b"",
-                &format!("fallocate mode {mode:#x} on a tracked file is not modelled"),
-            );
+            return Change::Refused(format!(
+                "fallocate mode {mode:#x} on a tracked file is not modelled"
+            ));
         }
         if offset < 0 || len <= 0 {
             return Change::Invisible;
@@ -540,7 +536,7 @@ pub unsafe extern "C" fn fallocate(fd: c_int, mode: c_int, offset: off_t, len: o
     journalled_fd_change(
         "fallocate",
         fd,
-        fallocate_change("fallocate", mode, offset, len),
+        fallocate_change(mode, offset, len),
         real,
         failed_if_nonzero,
     )
@@ -555,7 +551,7 @@ pub unsafe extern "C" fn fallocate64(fd: c_int, mode: c_int, offset: off_t, len:
     journalled_fd_change(
         "fallocate64",
         fd,
-        fallocate_change("fallocate64", mode, offset, len),
+        fallocate_change(mode, offset, len),
         real,
         failed_if_nonzero,
     )
@@ -575,7 +571,7 @@ pub unsafe extern "C" fn posix_fallocate(fd: c_int, offset: off_t, len: off_t) -
     journalled_fd_change(
         "posix_fallocate",
         fd,
-        fallocate_change("posix_fallocate", 0, offset, len),
+        fallocate_change(0, offset, len),
         real,
         posix_failed,
     )
@@ -587,6 +583,6 @@ pub unsafe extern "C" fn posix_fallocate64(fd: c_int, offset: off_t, len: off_t)
     if !maybe_tracked(fd) {
         return real();
     }
-    let change = fallocate_change("posix_fallocate64", 0, offset, len);
+    let change = fallocate_change(0, offset, len);
     journalled_fd_change("posix_fallocate64", fd, change, real, posix_failed)
 }

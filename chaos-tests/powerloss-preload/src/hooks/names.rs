@@ -404,12 +404,9 @@ unsafe fn link_hook(
     };
     let errno = Errno::at_entry();
     let Some(to) = (unsafe { under_root(call, shim, newdirfd, new) }) else {
-        if unsafe { under_root(call, shim, olddirfd, old) }.is_some() {
-            sys::die(
-                call,
-                b"",
-                "a link from the power-loss root to outside it is not modelled",
-            );
+        if let Some(from) = unsafe { under_root(call, shim, olddirfd, old) } {
+            let why = "a link from the power-loss root to outside it is not modelled";
+            sys::die(call, from.bytes(), why);
         }
         return errno.call(real).0;
     };

@@ -250,12 +250,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let Some(_reentry) = Reentry::enter() else {
         return real();
     };
+    let errno = Errno::at_entry();
     let Some(mut state) = shim::get().and_then(|shim| shim.lock_table()) else {
-        return real();
+        return errno.call(real).0;
     };
     // Under the lock, so no tracked open can get this number before the table forgets it.
-    let ret = real();
-    let err = sys::errno();
+    let (ret, err) = errno.call(real);
     state.untrack(fd);
     drop(state);
     sys::set_errno(err);
@@ -268,11 +268,11 @@ fn journalled_dup(oldfd: c_int, target: Option<c_int>, real: impl FnOnce() -> c_
     let Some(_reentry) = Reentry::enter() else {
         return real();
     };
+    let errno = Errno::at_entry();
     let Some(mut state) = shim::get().and_then(|shim| shim.lock_table()) else {
-        return real();
+        return errno.call(real).0;
     };
-    let ret = real();
-    let err = sys::errno();
+    let (ret, err) = errno.call(real);
     if ret >= 0 && Some(oldfd) != target {
         match state.lookup(oldfd).cloned() {
             Some(tracked) => state.track(ret, tracked),
@@ -380,11 +380,11 @@ pub unsafe extern "C" fn closedir(dir: *mut libc::DIR) -> c_int {
     let Some(_reentry) = Reentry::enter() else {
         return real();
     };
+    let errno = Errno::at_entry();
     let Some(mut state) = shim::get().and_then(|shim| shim.lock_table()) else {
-        return real();
+        return errno.call(real).0;
     };
-    let ret = real();
-    let err = sys::errno();
+    let (ret, err) = errno.call(real);
     state.untrack(fd);
     drop(state);
     sys::set_errno(err);
