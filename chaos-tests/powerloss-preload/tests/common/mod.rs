@@ -89,11 +89,21 @@ impl Sandbox {
         self.root.join(name)
     }
 
-    /// Starts the scenario under the shim with stdout piped.
-    pub fn spawn(&self, scenario: &str) -> Child {
+    /// `program` set up to run under the shim, stdout and stderr piped.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let env =
             baton_powerloss::child_env(&preload(), &self.root, &self.journal).expect("child env");
-        Command::new(std::env::current_exe().expect("test binary path"))
+        let mut command = Command::new(program);
+        command
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts the scenario under the shim with stdout piped.
+    pub fn spawn(&self, scenario: &str) -> Child {
+        self.command(std::env::current_exe().expect("test binary path"))
             .args([
                 "child",
                 "--exact",
@@ -101,11 +111,8 @@ impl Sandbox {
                 "--test-threads=1",
                 "--quiet",
             ])
-            .envs(env)
             .env(SCENARIO_ENV, scenario)
             .env(OUTSIDE_ENV, &self.outside)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn scenario")
     }
