@@ -68,17 +68,28 @@
 //! # Limits
 //!
 //! - Only what goes through glibc's exported functions is seen: a raw `syscall()`, io_uring, or a
-//!   glibc-internal call (stdio's `fwrite` on a FILE, for one) bypasses the shim. The shim aborts
-//!   the process rather than mis-model what it can see but not model: a shared writable mmap,
-//!   copy_file_range/sendfile/splice into a tracked file, O_TMPFILE, fopen for writing, a rename
-//!   or link across the root's edge, RENAME_EXCHANGE, fallocate collapse/insert range.
-//! - Symlinks inside the root are not followed when deciding what is under it; the root itself is
-//!   canonicalized.
-//! - One process per journal: a child process exec'd under the same shim finds the journal taken
-//!   and aborts if it touches the root.
-//! - The root and the journal folder must be on one filesystem (the stash is hard links).
+//!   glibc-internal call (stdio's `fwrite` on a FILE, `dprintf`, for some) bypasses the shim. The
+//!   shim aborts the process, naming the call and path, rather than mis-model what it can see but
+//!   not model: a shared writable mmap, copy_file_range/sendfile/splice into a tracked file,
+//!   O_TMPFILE, fopen/fdopen for writing, a rename or link across the root's edge,
+//!   RENAME_EXCHANGE/RENAME_WHITEOUT, fallocate collapse/insert range, a symlink under the root,
+//!   a change to the root's own entry.
+//! - Symlinks inside the root are refused, not followed; the root itself is canonicalized.
+//! - What exists under the root when the process starts counts as durable.
+//! - One process per journal: a child exec'd under the same shim finds the journal taken; it may
+//!   read the root, and aborts if it changes it. A forked child that changes the root aborts too.
+//!   A process that re-executes itself continues the journal (fds it inherits under the root are
+//!   tracked again).
+//! - A journal spans every run until a cut: a process killed and restarted without a cut keeps
+//!   journalling, and the next cut undoes what none of the runs made durable.
+//! - O_DIRECT writes are modelled like buffered ones (not durable until fsync). O_SYNC/O_DSYNC
+//!   and RWF_SYNC/RWF_DSYNC writes count as followed by an fsync of the whole file, which may
+//!   keep slightly more than a real cut would.
+//! - The root and the journal folder must be on one filesystem (the stash is hard links), and
+//!   `cut` must be able to open for writing every file it rolls back.
 //! - The journal grows without bound during a run (each overwrite saves its old bytes); one
 //!   operation may save at most [`journal::SAVED_BYTES_PER_OP_MAX`] bytes.
+//! - Linux with glibc on x86-64 or AArch64 only.
 
 pub mod journal;
 pub mod model;
