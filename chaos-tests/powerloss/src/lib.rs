@@ -274,12 +274,22 @@ pub fn child_env(
         let (what, path) = (what.to_owned(), path.to_owned());
         move |source| SetupError::Io { what, path, source }
     };
-    fs::create_dir_all(journal_dir).map_err(io("create journal folder", journal_dir))?;
     let root = fs::canonicalize(root).map_err(io("canonicalize root", root))?;
+    let nested =
+        |journal_dir: &Path| root.starts_with(journal_dir) || journal_dir.starts_with(&root);
+    // Checked before creating the folder too, so a refused setup leaves nothing in the root.
+    let journal_abs = std::path::absolute(journal_dir).map_err(io("absolute path", journal_dir))?;
+    if nested(&journal_abs) {
+        return Err(SetupError::Nested {
+            root: root.clone(),
+            journal_dir: journal_abs,
+        });
+    }
+    fs::create_dir_all(journal_dir).map_err(io("create journal folder", journal_dir))?;
     let journal_dir =
         fs::canonicalize(journal_dir).map_err(io("canonicalize journal folder", journal_dir))?;
     let preload = fs::canonicalize(preload).map_err(io("canonicalize shim", preload))?;
-    if root.starts_with(&journal_dir) || journal_dir.starts_with(&root) {
+    if nested(&journal_dir) {
         return Err(SetupError::Nested { root, journal_dir });
     }
     let root_dev = fs::metadata(&root).map_err(io("stat root", &root))?.dev();
