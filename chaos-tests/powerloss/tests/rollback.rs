@@ -37,6 +37,9 @@ fn id(path: &Path) -> FileId {
     }
 }
 
+/// Builds a record against the files (and may prepare the stash as the shim would).
+type MakeRecord = fn(&Dirs) -> Record;
+
 fn write_journal(dir: &Path, records: &[Record]) {
     let mut bytes = MAGIC.to_vec();
     for record in records {
@@ -75,7 +78,7 @@ fn cut(d: &Dirs, tear: Tear) -> CutReport {
 
 #[test]
 fn directory_changes_journalled_but_never_run_change_nothing() {
-    let cases: Vec<(&str, fn(&Dirs) -> Record)> = vec![
+    let cases: Vec<(&str, MakeRecord)> = vec![
         ("create", |d| Record::Create {
             dir: id(&d.root),
             name: b"new".to_vec(),
