@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -511,8 +511,11 @@ fn wal_frame(i: u64) -> Vec<u8> {
     frame
 }
 
+/// Makes the WAL writer wait for its kill after this many records, at a known point.
+const WAL_PAUSE_ENV: &str = "POWERLOSS_TEST_WAL_PAUSE_AT";
+
 /// Appends records forever, one write each, fdatasync every few, reporting each write and each
-/// sync on stdout once it returned; the test kills it.
+/// sync on stdout once it returned; the test kills it, while it runs or while it waits.
 fn wal(root: &Path) {
     let mut f = OpenOptions::new()
         .append(true)
@@ -521,6 +524,9 @@ fn wal(root: &Path) {
         .expect("open");
     f.seek(SeekFrom::End(0)).expect("seek");
     let mut stdout = std::io::stdout();
+    let pause_at: Option<u64> = std::env::var(WAL_PAUSE_ENV)
+        .ok()
+        .map(|n| n.parse().expect("a record count"));
     for i in 0.. {
         f.write_all(&wal_frame(i)).expect("append");
         writeln!(stdout, "wrote {}", i + 1).expect("report");
@@ -529,6 +535,10 @@ fn wal(root: &Path) {
             writeln!(stdout, "synced {}", i + 1).expect("report");
         }
         stdout.flush().expect("flush");
+        if pause_at == Some(i + 1) {
+            // Waits for the kill: stdin is a pipe the test never writes to.
+            let _ = std::io::stdin().read(&mut [0]);
+        }
     }
 }
 
@@ -563,10 +573,26 @@ fn a_wal_killed_mid_way_keeps_every_fsynced_record_and_at_most_one_torn_one() {
     for seed in 0..20u64 {
         let sandbox = Sandbox::new();
         sandbox.seed("wal", b"");
-        let mut child = sandbox.spawn("wal");
-        // Kill at a different point each run, at every position relative to the syncs: right
-        // after the report of write `kill_at`, while the child goes on writing and syncing.
-        let kill_at = 10 + seed * 7;
+        // Even seeds kill while the writer runs, right after its report of write `kill_at`
+        // (where the writer is by then is the machine's timing); odd seeds kill it waiting
+        // after write `kill_at`, never a sync boundary, so the journal is known.
+        let paused = seed % 2 == 1;
+        let kill_at = WAL_RECORDS_PER_SYNC * (4 + seed) + 1 + (seed / 2) % 2;
+        let mut command = sandbox.command(std::env::current_exe().expect("test binary"));
+        command.args([
+            "child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ]);
+        command
+            .env(SCENARIO_ENV, "wal")
+            .stdin(std::process::Stdio::piped());
+        if paused {
+            command.env(WAL_PAUSE_ENV, kill_at.to_string());
+        }
+        let mut child = command.spawn().expect("spawn the writer");
         let mut synced = 0;
         common::read_lines_until(&mut child, |line| {
             // Other lines are the test harness's own.
@@ -584,14 +610,25 @@ fn a_wal_killed_mid_way_keeps_every_fsynced_record_and_at_most_one_torn_one() {
             intact >= synced,
             "seed {seed}: {intact} intact records, {synced} were fsynced; {report}"
         );
-        torn_runs += report.torn.len();
-        lossy_runs += usize::from(report.bytes_discarded > 0);
+        if paused {
+            assert_eq!(
+                synced,
+                kill_at / WAL_RECORDS_PER_SYNC * WAL_RECORDS_PER_SYNC,
+                "seed {seed}"
+            );
+            assert!(
+                intact <= kill_at,
+                "seed {seed}: {intact} intact of {kill_at} written; {report}"
+            );
+            torn_runs += report.torn.len();
+            lossy_runs += usize::from(report.bytes_discarded > 0);
+        }
     }
-    // The kill lands between syncs most of the time, so most runs lose something, and most of
-    // those tear a record; a run of 20 with neither means the cut did not bite.
+    // A paused run keeps a seeded number of its 1 or 2 unsynced records and may tear the next:
+    // the same journal and seed, the same choice, so these counts are fixed, not luck.
     assert!(
         lossy_runs >= 5 && torn_runs >= 3,
-        "{lossy_runs} lossy runs, {torn_runs} torn records of 20 runs"
+        "{lossy_runs} lossy, {torn_runs} torn of 10 paused runs"
     );
 }
 
