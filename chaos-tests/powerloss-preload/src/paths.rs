@@ -1,6 +1,7 @@
 //! Which paths are under the root: a path (relative to the cwd or to a directory fd) made
-//! absolute and normalized lexically. Symlinks are not followed: the root is canonical, and a
-//! symlink met inside it is refused by the hooks.
+//! absolute and normalized lexically. Symlinks are not followed: the root is canonical, the hooks
+//! refuse a symlink as the last component, and a symlinked directory in the middle of a path is
+//! not detected (a documented limit).
 
 use std::ffi::{CStr, CString};
 

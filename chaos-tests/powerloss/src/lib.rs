@@ -72,9 +72,11 @@
 //!   shim aborts the process, naming the call and path, rather than mis-model what it can see but
 //!   not model: a shared writable mmap, copy_file_range/sendfile/splice into a tracked file,
 //!   O_TMPFILE, fopen/fdopen for writing, a rename or link across the root's edge,
-//!   RENAME_EXCHANGE/RENAME_WHITEOUT, fallocate collapse/insert range, a symlink under the root,
-//!   a change to the root's own entry.
-//! - Symlinks inside the root are refused, not followed; the root itself is canonicalized.
+//!   RENAME_EXCHANGE/RENAME_WHITEOUT, fallocate collapse/insert range, a change to the root's
+//!   own entry.
+//! - Symlinks: an operation whose last path component is a symlink under the root aborts; a
+//!   symlink to a directory, used as a middle component, is not detected (paths are compared
+//!   lexically with the root, which itself is canonicalized).
 //! - What exists under the root when the process starts counts as durable.
 //! - One process per journal: a child exec'd under the same shim finds the journal taken; it may
 //!   read the root, and aborts if it changes it. A forked child that changes the root aborts too.
