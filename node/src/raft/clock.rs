@@ -6,16 +6,29 @@
 //! stalls them for an hour (state time is the max of what it has seen). So:
 //!
 //! - When a node starts leading a term it takes an **anchor**: the lower median of the voters'
-//!   wall clocks (its own and those of the voters that answer `Hello` first, a majority in all,
-//!   each read as sent time + half the round trip), and never less than the state's time. One
-//!   node whose clock is wrong, this one included, cannot move it.
+//!   wall clocks (its own and those of every voter that answers `Hello` within
+//!   [`SAMPLE_TIMEOUT`], each taken back to the instant the sample began, a voter having read its
+//!   clock half a round trip after it was asked), pinned to that instant, and never less than
+//!   the state's time. With every voter answering, one node whose clock is wrong, this one
+//!   included, cannot move it. With fewer answering (the others down) it is right while most of
+//!   those that answered are; with two clocks it takes the slower, so a clock ahead never counts
+//!   (deadlines may fire late, not early).
+//!
+//!   It waits for every voter, not the first majority to answer: in a three-voter cluster the
+//!   first majority is this node and one other, whose lower median is the slower of the two, so a
+//!   leader an hour behind (or a voter an hour behind that answered first) anchored at the
+//!   state's time, which stands still while no entry is written: every idle second before the
+//!   election was lost from state time, and a resync sampling the same way never won it back.
 //! - Within the term it stamps `anchor + monotonic time since`: the monotonic clock does not step
 //!   (NTP slews it, so it keeps pace with a disciplined wall clock), so a step of the leader's own
 //!   wall clock does nothing.
 //! - Every [`RESYNC_INTERVAL`] it samples the voters again and moves forward (never back) when
-//!   their lower median is ahead by more than [`RESYNC_STEP_MIN_MS`]: a correction most clocks
-//!   agree on (NTP fixing a clock that was wrong when the cluster started) reaches state time
-//!   without a leader change.
+//!   their lower median, from a majority of them at least, is ahead by more than
+//!   [`RESYNC_STEP_MIN_MS`]: a correction most clocks agree on (NTP fixing a clock that was wrong
+//!   when the cluster started) reaches state time without a leader change.
+//! - A voter whose answer carries no clock (`wall_time_ms` 0: a release before this one) counts
+//!   as not answering. A leader that hears from fewer than a majority still anchors (it must
+//!   stamp something) on the clocks it has, its own included, and says so in a warning.
 //!
 //! State time therefore advances at the rate of real time whatever one wall clock does; it
 //! follows the majority of wall clocks across leader changes and resyncs, and never goes back.
@@ -24,8 +37,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::Mutex;
@@ -39,8 +52,10 @@ use crate::storage::Replica;
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// A resync moves state time forward only past this much: smaller differences are clock noise.
 pub const RESYNC_STEP_MIN_MS: u64 = 1_000;
-/// How long a sample waits for voters' answers before it makes do with those it has.
-const SAMPLE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a sample waits for voters' answers before it makes do with those it has. A stopped
+/// process refuses at once; only a paused or cut-off voter makes a new term's first entry wait
+/// this long.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The time this leader stamps: `at_ms` at `instant`, advancing with the monotonic clock.
 #[derive(Clone, Copy, Debug)]
@@ -86,8 +101,22 @@ impl LeaderClock {
         let now_ms = match current {
             Some(a) => a.read(Instant::now()),
             None => {
-                let sample = self.sample().await;
-                let now = Instant::now();
+                let (
+                    start,
+                    Sample {
+                        time_ms: sample,
+                        clocks,
+                        majority,
+                    },
+                ) = self.sample().await;
+                if !majority {
+                    tracing::warn!(
+                        term,
+                        clocks,
+                        "fewer than a majority of the voters told their clocks: anchoring on \
+                         those that did"
+                    );
+                }
                 let at_ms = sample.max(self.replica.read(|a| a.state.now_ms()));
                 if at_ms > sample + RESYNC_STEP_MIN_MS {
                     tracing::warn!(
@@ -101,10 +130,11 @@ impl LeaderClock {
                 *anchor = Some(Anchor {
                     term,
                     at_ms,
-                    instant: now,
-                    synced: now,
+                    instant: start,
+                    synced: start,
                 });
-                at_ms
+                // Read like any later stamp: the sample took a round trip (a timeout at most).
+                anchor.expect("just anchored").read(Instant::now())
             }
         };
         metrics::clock_offset(wall_clock_ms() as f64 - now_ms as f64);
@@ -134,27 +164,38 @@ impl LeaderClock {
             if !due {
                 continue;
             }
-            let sample = self.sample().await;
+            let (
+                start,
+                Sample {
+                    time_ms: sample,
+                    majority,
+                    ..
+                },
+            ) = self.sample().await;
+            if !majority {
+                // A minority (this node's clock alone, perhaps) must not move state time: the
+                // next round asks again.
+                continue;
+            }
             let mut anchor = self.anchor.lock().await;
             if let Some(a) = anchor.as_mut().filter(|a| a.term == term) {
-                let now = Instant::now();
-                if let Some(stepped) = resynced(a.read(now), sample) {
+                if let Some(stepped) = resynced(a.read(start), sample) {
                     tracing::warn!(
                         term,
-                        forward_ms = stepped - a.read(now),
+                        forward_ms = stepped - a.read(start),
                         "the voters' clocks are ahead of the replicated time: moving it forward"
                     );
                     a.at_ms = stepped;
-                    a.instant = now;
+                    a.instant = start;
                 }
-                a.synced = now;
+                a.synced = start;
             }
         }
     }
 
-    /// The lower median of this node's wall clock and the voters' that answer within
-    /// [`SAMPLE_TIMEOUT`], taken as soon as a majority of the voters has answered.
-    async fn sample(&self) -> u64 {
+    /// The voters' wall clocks as they read at the returned instant (when the sample began):
+    /// this node's own and those of every other voter that answers within [`SAMPLE_TIMEOUT`].
+    async fn sample(&self) -> (Instant, Sample) {
         let voters: Vec<String> = self.replica.read(|applied| {
             let membership = applied.membership.membership();
             membership
@@ -163,32 +204,63 @@ impl LeaderClock {
                 .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
                 .collect()
         });
-        let members = voters.len() + 1;
-        let majority = members / 2 + 1;
-        let mut samples = vec![wall_clock_ms()];
-        let mut asks: FuturesUnordered<_> = voters
+        let (start, own_ms) = (Instant::now(), wall_clock_ms());
+        let answers: FuturesUnordered<_> = voters
             .iter()
             .map(|addr| async move {
                 let sent = Instant::now();
                 let answer = self.peers.hello(addr, SAMPLE_TIMEOUT).await?;
-                let half_trip = sent.elapsed().as_millis() as u64 / 2;
-                Some(answer.wall_time_ms + half_trip)
+                // It read its clock about half a round trip after `sent`.
+                let read_after = sent.duration_since(start) + sent.elapsed() / 2;
+                clock_reading(answer.wall_time_ms, read_after)
             })
             .collect();
-        let deadline = tokio::time::sleep(SAMPLE_TIMEOUT);
-        tokio::pin!(deadline);
-        while samples.len() < majority {
-            tokio::select! {
-                next = asks.next() => match next {
-                    Some(Some(sample)) => samples.push(sample),
-                    Some(None) => {}
-                    None => break,
-                },
-                () = &mut deadline => break,
-            }
-        }
-        quorum_time(&mut samples)
+        let sample = gather(own_ms, voters.len() + 1, answers, SAMPLE_TIMEOUT).await;
+        (start, sample)
     }
+}
+
+/// Voters' wall clocks read at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sample {
+    /// Their lower median ([`quorum_time`]), in ms since the Unix epoch.
+    time_ms: u64,
+    /// How many clocks it was taken from, this node's own included.
+    clocks: usize,
+    /// Whether those were a majority of the voters.
+    majority: bool,
+}
+
+/// This node's clock `own_ms` and every clock in `answers` (one item per other voter; `None`
+/// for a voter that could not tell) that arrives within `timeout`, out of `voters` voters in
+/// all. It waits for every answer, not for the first majority (see the module docs).
+async fn gather(
+    own_ms: u64,
+    voters: usize,
+    mut answers: impl Stream<Item = Option<u64>> + Unpin,
+    timeout: Duration,
+) -> Sample {
+    let mut clocks = vec![own_ms];
+    let every_answer = async {
+        while let Some(answer) = answers.next().await {
+            clocks.extend(answer);
+        }
+    };
+    // Past the timeout it makes do with the clocks it has.
+    let _ = tokio::time::timeout(timeout, every_answer).await;
+    Sample {
+        clocks: clocks.len(),
+        majority: clocks.len() > voters / 2,
+        time_ms: quorum_time(&mut clocks),
+    }
+}
+
+/// What a voter's clock read when the sample began, from the `wall_time_ms` of its `Hello`
+/// answer, read `read_after` the sample began: so every clock in a sample, however late its
+/// answer came, speaks of one instant, which the anchor is pinned to. `None` when the answer
+/// has no clock (0: a release before this one).
+fn clock_reading(wall_time_ms: u64, read_after: Duration) -> Option<u64> {
+    (wall_time_ms != 0).then(|| wall_time_ms.saturating_sub(read_after.as_millis() as u64))
 }
 
 /// The lower median of the samples: with a majority of correct clocks among them, neither a fast
@@ -231,6 +303,95 @@ mod tests {
             t + 2
         );
         assert_eq!(quorum_time(&mut [t]), t);
+    }
+
+    const HOUR: u64 = 3_600_000;
+    const T: u64 = 1_700_000_000_000;
+
+    /// An answer of `clock` after `after_ms`.
+    async fn answer(clock: Option<u64>, after_ms: u64) -> Option<u64> {
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        clock
+    }
+
+    #[tokio::test]
+    async fn a_sample_waits_for_every_voter_not_the_first_majority() {
+        // This node is an hour behind, the voter that answers first an hour ahead, the last one
+        // right. The first majority (this node and the fast one) would take the slow clock, and
+        // the anchor would fall back to the state's time, losing the idle time before the
+        // election (t59 saw 5 s of it lost).
+        let answers: FuturesUnordered<_> = [answer(Some(T + HOUR), 0), answer(Some(T + 3), 30)]
+            .into_iter()
+            .collect();
+        let sample = gather(T - HOUR, 3, answers, Duration::from_secs(60)).await;
+        assert_eq!(
+            sample,
+            Sample {
+                time_ms: T + 3,
+                clocks: 3,
+                majority: true
+            }
+        );
+        // Five voters, two of them an hour ahead and answering first.
+        let answers: FuturesUnordered<_> = [
+            answer(Some(T + HOUR), 0),
+            answer(Some(T + HOUR), 0),
+            answer(Some(T + 1), 20),
+            answer(Some(T + 2), 30),
+        ]
+        .into_iter()
+        .collect();
+        let sample = gather(T, 5, answers, Duration::from_secs(60)).await;
+        assert_eq!((sample.time_ms, sample.clocks), (T + 2, 5));
+    }
+
+    #[tokio::test]
+    async fn a_sample_makes_do_with_the_clocks_it_has_and_says_whether_they_are_a_majority() {
+        // One voter silent past the timeout, one refusing: this node (an hour ahead) and the one
+        // that answered are a majority of three, and the slower of the two decides.
+        let answers: FuturesUnordered<_> = [answer(Some(T), 0), answer(None, 0)]
+            .into_iter()
+            .chain([answer(Some(T + 5), 3_600_000)])
+            .collect();
+        let sample = gather(T + HOUR, 4, answers, Duration::from_millis(50)).await;
+        assert_eq!(
+            sample,
+            Sample {
+                time_ms: T,
+                clocks: 2,
+                majority: false
+            },
+            "2 clocks of 4 voters are not a majority"
+        );
+        let answers: FuturesUnordered<_> =
+            [answer(Some(T), 0), answer(None, 0)].into_iter().collect();
+        let sample = gather(T + HOUR, 3, answers, Duration::from_secs(60)).await;
+        assert_eq!(
+            sample,
+            Sample {
+                time_ms: T,
+                clocks: 2,
+                majority: true
+            }
+        );
+        // Alone: its own clock, flagged.
+        let answers: FuturesUnordered<_> = [answer(None, 0), answer(None, 0)].into_iter().collect();
+        let sample = gather(T + HOUR, 3, answers, Duration::from_secs(60)).await;
+        assert_eq!(
+            sample,
+            Sample {
+                time_ms: T + HOUR,
+                clocks: 1,
+                majority: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_answer_without_a_clock_is_no_clock() {
+        assert_eq!(clock_reading(0, Duration::from_millis(40)), None);
+        // Read 40 ms into the sample: 40 ms more than at its start.
+        assert_eq!(clock_reading(T + 40, Duration::from_millis(40)), Some(T));
     }
 
     #[test]
