@@ -10,12 +10,16 @@
 # port with a temporary storage folder. The same holds for `etcd-server`: the bench starts its own
 # three members on free loopback ports. Recommends (node-exporter) are not installed.
 #
+# `faketime` brings libfaketime (/usr/lib/<arch>-linux-gnu/faketime/libfaketime.so.1), which
+# node/tests/t59_clock_jumps.rs preloads into each `batond` to step one node's wall clock by an
+# hour while the others keep real time.
+#
 # scripts/validate-deploy checks the Kubernetes manifests with kubernetes-validate (PyPI), kept in
 # a venv under ~/.cache (Debian's Python refuses system-wide pip installs, PEP 668).
 set -euo pipefail
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 missing=()
-for pkg in libclang-dev g++ make prometheus etcd-server python3-venv; do
+for pkg in libclang-dev g++ make prometheus etcd-server python3-venv faketime; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

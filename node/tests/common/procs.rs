@@ -5,6 +5,7 @@
 //! The `baton` binary is taken from beside `batond`: `cargo test --workspace` builds both; when
 //! running one test alone, build it first (`cargo build -p baton-client --bin baton`).
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,6 +80,17 @@ fn log_file(dir: &Path, name: &str) -> (Stdio, Stdio) {
 /// Node `id` (1-based) of a cluster whose nodes listen on `grpc`, with its data in
 /// `dir/node{id}` and its log in `dir/node{id}.log`; fast test timing; `extra` flags appended.
 pub fn spawn_node(id: usize, grpc: &[u16], dir: &Path, extra: &[&str]) -> Proc {
+    spawn_node_env(id, grpc, dir, extra, &[])
+}
+
+/// [`spawn_node`] with environment variables added to the test's own (e.g. `LD_PRELOAD`).
+pub fn spawn_node_env(
+    id: usize,
+    grpc: &[u16],
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &OsStr)],
+) -> Proc {
     let cluster: Vec<String> = grpc
         .iter()
         .enumerate()
@@ -100,6 +112,7 @@ pub fn spawn_node(id: usize, grpc: &[u16], dir: &Path, extra: &[&str]) -> Proc {
             "600",
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
