@@ -3,7 +3,7 @@
 //! node made leader again, and a leader whose own clock is an hour behind. State time (what the
 //! leader stamps, see `raft::clock`) follows real time through all of it: every stamp lies
 //! between when the test asked and when it saw the answer, no schedule-to-start deadline fires
-//! before it is due in state time, and backoffs last what their policy says.
+//! before it is due in state time, and no backoff ends before its policy says.
 //!
 //! The test reads real time from its own clock (it runs without libfaketime) and never bounds
 //! how long anything takes: a stamp later than the moment the test observed it, or earlier than
@@ -399,7 +399,6 @@ fn assert_stamped_in_real_time(workflow: &pb::Workflow, submitted: &Submitted, s
             ("step ready", step.ready_at_ms),
             ("step started", step.started_at_ms),
             ("step finished", step.finished_at_ms),
-            ("step retry", step.retry_at_ms),
         ]);
     }
     for (what, at) in stamps.into_iter().filter(|(_, at)| *at != 0) {
@@ -556,7 +555,7 @@ async fn state_time_follows_real_time_when_one_wall_clock_steps() {
     // With the leader's raw wall clock as state time, W0 failed at the step.
     let (workflow, seen_ms) = cluster.get(&w0).await;
     if seen_ms + 2 * STAMP_SLACK_MS < w0.before_ms + W0_TIMEOUT_MS {
-        // Too early in real time for its deadline to have come in real state time.
+        // Its deadline cannot have come yet in a state time that keeps to real time.
         assert_eq!(
             workflow.steps[0].state,
             pb::StepState::Ready as i32,
@@ -643,6 +642,8 @@ async fn state_time_follows_real_time_when_one_wall_clock_steps() {
     tokio::time::sleep(IDLE_SPELL).await;
     cluster.transfer_leader(slow).await;
     cluster.wait_offset_metric(slow, -HOUR_S).await;
+    // The median of an hour behind, an hour ahead and right is the one right clock: W8 is
+    // stamped in real time, idle spell included (`submit` checks it).
     let w8 = cluster.submit(waiting_spec("w8", 2_000)).await;
     cluster.failed_on_deadline(&w8, 2_000).await;
     cluster.failed_on_deadline(&w7, W7_TIMEOUT_MS).await;
