@@ -19,7 +19,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_proto::raft::v1 as raft_pb;
@@ -139,7 +139,8 @@ impl Cluster {
 
     /// SIGKILL node `id` (its data stays).
     fn kill(&mut self, id: usize) {
-        self.nodes.remove(&id).expect("node is running").kill();
+        let node = self.nodes.remove(&id).expect("node is running");
+        stop_faked(node);
     }
 
     /// Steps node `id`'s wall clock to real time + `offset_s`. The file is replaced whole
@@ -322,6 +323,28 @@ impl Cluster {
         let (workflow, seen_ms) = self.finished(submitted).await;
         assert_failed_on_deadline(&workflow, submitted, timeout_ms, seen_ms);
         workflow
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, node) in std::mem::take(&mut self.nodes) {
+            stop_faked(node);
+        }
+    }
+}
+
+/// SIGKILLs a process run under libfaketime and removes the semaphore and shared memory
+/// libfaketime made for it in /dev/shm (named by pid): a process killed cannot remove them,
+/// and a later process given the same pid could then fail to start.
+fn stop_faked(mut node: Proc) {
+    let pid = node.pid();
+    node.kill();
+    for name in [
+        format!("faketime_shm_{pid}"),
+        format!("sem.faketime_sem_{pid}"),
+    ] {
+        let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
     }
 }
 
