@@ -72,6 +72,7 @@ impl Server {
                 config.node_id,
                 identity.incarnation,
                 &config.data_dir,
+                config.disk_reserve_bytes,
                 &config.timing,
                 config.peer_dial.clone(),
                 security.tls().cloned(),

@@ -20,6 +20,7 @@ use super::network::{self, NetworkFactory, Peers};
 use super::types::{Raft, RaftNodeId, TypeConfig};
 use crate::metrics;
 use crate::state::{Command, LogEntry, NodeId, Response};
+use crate::storage::disk::DiskWatcher;
 use crate::storage::{LogStore, Replica, StateMachineStore};
 
 /// Raft timing. Failover takes roughly one election timeout after the leader's last heartbeat.
@@ -86,6 +87,8 @@ pub struct RaftNode {
     pub peers: Peers,
     /// Counted limits: proposals, agent sessions, watches.
     pub admission: crate::limits::Admission,
+    /// The data disk's free space against `--disk-reserve-mb` (see `storage::disk`).
+    pub disk: Arc<DiskWatcher>,
     /// `--max-commands-per-entry`: a client's batch larger than this is refused, and at 1 (no
     /// `Batch` entries, for a rolling upgrade) every batch is.
     pub commands_per_entry_max: usize,
@@ -101,11 +104,13 @@ pub struct RaftNode {
 const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
 
 impl RaftNode {
-    /// Opens storage under `data_dir` and starts the Raft member.
+    /// Opens storage under `data_dir` and starts the Raft member, watching the free space of
+    /// `data_dir`'s disk against `disk_reserve_bytes` (0: no reserve).
     pub async fn start(
         id: RaftNodeId,
         incarnation: String,
         data_dir: &Path,
+        disk_reserve_bytes: u64,
         timing: &RaftTiming,
         peer_dial: BTreeMap<String, String>,
         tls: Option<std::sync::Arc<baton_security::TlsSettings>>,
@@ -168,6 +173,7 @@ impl RaftNode {
         let clock = LeaderClock::new(id, raft.clone(), peers.clone(), replica.clone());
         let (batcher, batcher_task) =
             Batcher::start(raft.clone(), clock.clone(), timing.commands_per_entry_max);
+        let (disk, disk_task) = DiskWatcher::start(id, data_dir, disk_reserve_bytes);
         let mut node = Self {
             id,
             incarnation,
@@ -175,10 +181,15 @@ impl RaftNode {
             replica,
             peers,
             admission: crate::limits::Admission::default(),
+            disk,
             commands_per_entry_max: timing.commands_per_entry_max,
             batcher,
             clock: clock.clone(),
-            tasks: vec![batcher_task, tokio::spawn(clock.resync_while_leading())],
+            tasks: vec![
+                batcher_task,
+                tokio::spawn(clock.resync_while_leading()),
+                disk_task,
+            ],
             halted: tokio::sync::watch::channel(None).0,
         };
         node.tasks
