@@ -174,6 +174,12 @@ pub struct NodeArgs {
     /// (plus 30 s for streams to finish) [default: 1800].
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE_SECS")]
     pub max_connection_age_secs: Option<u64>,
+    /// Free space (MiB) kept in reserve on the data dir's filesystem: below it, this node (as
+    /// leader) refuses new workflows with RESOURCE_EXHAUSTED and hands leadership to a voter with
+    /// room, until free space is back above the reserve plus a margin; 0 turns it off
+    /// [default: 256].
+    #[arg(long, env = "BATON_DISK_RESERVE_MB")]
+    pub disk_reserve_mb: Option<u64>,
     /// Dial other members at different addresses than the membership lists,
     /// `MEMBER_ADDR=DIAL_ADDR,...` (testing: the chaos suite puts a proxy on every link).
     #[arg(long, env = "BATON_PEER_DIAL")]
@@ -224,6 +230,8 @@ pub struct Config {
     pub peer_dial: BTreeMap<String, String>,
     /// `--max-connection-age-secs`.
     pub max_connection_age: std::time::Duration,
+    /// `--disk-reserve-mb` in bytes; 0 when the reserve is off.
+    pub disk_reserve_bytes: u64,
     pub security: SecurityConfig,
 }
 
@@ -259,6 +267,7 @@ impl NodeArgs {
             log_kept_behind_snapshot,
             max_commands_per_entry,
             max_connection_age_secs,
+            disk_reserve_mb,
             peer_dial,
             tls_ca,
             tls_cert,
@@ -346,6 +355,12 @@ impl NodeArgs {
             Some(0) => return Err("--max-connection-age-secs: must be at least 1".into()),
             Some(secs) => std::time::Duration::from_secs(secs),
         };
+        let disk_reserve_mb = self
+            .disk_reserve_mb
+            .unwrap_or(crate::limits::DISK_RESERVE_MB_DEFAULT);
+        let disk_reserve_bytes = disk_reserve_mb
+            .checked_mul(1024 * 1024)
+            .ok_or_else(|| format!("--disk-reserve-mb ({disk_reserve_mb}) is too large"))?;
         Ok(Config {
             node_id,
             listen,
@@ -357,6 +372,7 @@ impl NodeArgs {
             timing,
             peer_dial,
             max_connection_age,
+            disk_reserve_bytes,
             security,
         })
     }
@@ -539,6 +555,39 @@ mod tests {
         assert_eq!(config.node_id, 2);
         assert_eq!(config.initial_cluster.len(), 3);
         assert_eq!(config.initial_cluster[&3], "127.0.0.1:7003");
+        assert_eq!(config.disk_reserve_bytes, 256 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_disk_reserve_comes_in_mib_and_zero_turns_it_off() {
+        let base = ["--node-id", "1", "--data-dir", "/x"];
+        let with = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            args(&argv)
+        };
+        assert_eq!(
+            with(&["--disk-reserve-mb", "16"])
+                .unwrap()
+                .disk_reserve_bytes,
+            16 * 1024 * 1024
+        );
+        assert_eq!(
+            with(&["--disk-reserve-mb", "0"])
+                .unwrap()
+                .disk_reserve_bytes,
+            0
+        );
+        let err = with(&["--disk-reserve-mb", &u64::MAX.to_string()]).unwrap_err();
+        assert!(
+            err.contains("--disk-reserve-mb (18446744073709551615) is too large"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("batond.toml");
+        std::fs::write(&file, "disk_reserve_mb = 1024\n").unwrap();
+        let config = with(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(config.disk_reserve_bytes, 1024 * 1024 * 1024);
     }
 
     #[test]

@@ -48,6 +48,14 @@ const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 64 <= 64 * 1
 // A batch takes a proposal slot per item: the largest must not need most of them.
 const _: () = assert!(baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX * 4 <= PROPOSALS_IN_FLIGHT_MAX);
 
+// ---- disk ----
+
+/// Default `--disk-reserve-mb`: free space (MiB) kept on the data disk, below which the node stops
+/// admitting new workflows as leader and hands leadership to a voter with room
+/// (`storage::disk`). Room for what the node still writes while leadership moves and admitted
+/// work finishes: a snapshot of about 100 MiB (some 250,000 retained workflows) plus the log.
+pub const DISK_RESERVE_MB_DEFAULT: u64 = 256;
+
 // ---- connections ----
 
 /// Every server pings each connection over HTTP/2 this often, and drops one whose ping goes

@@ -75,6 +75,9 @@ pub const STORAGE_GROUP_COMMIT_APPENDS: &str = "baton_storage_group_commit_appen
 pub const STORAGE_APPENDED_ENTRIES: &str = "baton_storage_appended_entries_total";
 pub const SNAPSHOT_BUILD_SECONDS: &str = "baton_snapshot_build_seconds";
 pub const SNAPSHOT_SIZE_BYTES: &str = "baton_snapshot_size_bytes";
+pub const STORAGE_DISK_FREE_BYTES: &str = "baton_storage_disk_free_bytes";
+pub const STORAGE_DISK_RESERVE_BYTES: &str = "baton_storage_disk_reserve_bytes";
+pub const STORAGE_DISK_LOW: &str = "baton_storage_disk_low";
 // --- gRPC ---
 pub const GRPC_REQUESTS: &str = "baton_grpc_requests_total";
 pub const GRPC_REQUEST_SECONDS: &str = "baton_grpc_request_duration_seconds";
@@ -279,6 +282,21 @@ pub fn describe() {
         Unit::Bytes,
         "Size of the latest snapshot."
     );
+    describe_gauge!(
+        STORAGE_DISK_FREE_BYTES,
+        Unit::Bytes,
+        "Free space on the data dir's filesystem (what an unprivileged writer may use), read every second."
+    );
+    describe_gauge!(
+        STORAGE_DISK_RESERVE_BYTES,
+        Unit::Bytes,
+        "The free space this node keeps in reserve (--disk-reserve-mb); 0 when the check is off."
+    );
+    describe_gauge!(
+        STORAGE_DISK_LOW,
+        "1 while the data disk is below its reserve (until it is back above it plus a margin): \
+         as leader this node refuses new workflows and hands leadership away; else 0."
+    );
     describe_counter!(
         GRPC_REQUESTS,
         "gRPC requests served, by method and status code."
@@ -347,6 +365,13 @@ pub fn storage_sync(elapsed: Duration) {
 
 pub fn storage_group_commit(appends: usize) {
     histogram!(STORAGE_GROUP_COMMIT_APPENDS).record(appends as f64);
+}
+
+/// The data disk's state at the last reading (`storage::disk`).
+pub fn disk(free_bytes: u64, reserve_bytes: u64, low: bool) {
+    gauge!(STORAGE_DISK_FREE_BYTES).set(free_bytes as f64);
+    gauge!(STORAGE_DISK_RESERVE_BYTES).set(reserve_bytes as f64);
+    gauge!(STORAGE_DISK_LOW).set(if low { 1.0 } else { 0.0 });
 }
 
 pub fn storage_append(entries: u64) {

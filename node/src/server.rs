@@ -39,6 +39,8 @@ pub struct Server {
     /// Forms the cluster, or finds out this node must not take part (`RaftNode::bootstrap`).
     bootstrap_task: Option<JoinHandle<()>>,
     scheduler_task: JoinHandle<()>,
+    /// Hands leadership away while this node's data disk is low.
+    disk_handoff_task: JoinHandle<()>,
     health: Arc<crate::health::Health>,
     health_task: JoinHandle<()>,
     /// The plaintext health-only server (`--health-listen`), if any, and its stop signal.
@@ -72,6 +74,7 @@ impl Server {
                 config.node_id,
                 identity.incarnation,
                 &config.data_dir,
+                config.disk_reserve_bytes,
                 &config.timing,
                 config.peer_dial.clone(),
                 security.tls().cloned(),
@@ -204,6 +207,10 @@ impl Server {
             _ => None,
         };
         let scheduler_task = tokio::spawn(scheduler::run(node.clone(), sessions));
+        let disk_handoff_task = tokio::spawn({
+            let node = node.clone();
+            async move { node.hand_off_while_disk_low().await }
+        });
         Ok(Self {
             node,
             addr,
@@ -213,6 +220,7 @@ impl Server {
             bootstrap_token_task,
             bootstrap_task,
             scheduler_task,
+            disk_handoff_task,
             health,
             health_task,
             health_only,
@@ -342,6 +350,7 @@ impl Server {
             task.abort();
         }
         self.scheduler_task.abort();
+        self.disk_handoff_task.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

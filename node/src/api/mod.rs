@@ -7,6 +7,8 @@
 //! NodeError::Unknown             -> UNKNOWN             (may have been applied; retry with the same key)
 //! NodeError::Fatal               -> INTERNAL
 //! NodeError::Overloaded          -> RESOURCE_EXHAUSTED  (certainly not applied; back off)
+//! NodeError::DiskLow             -> RESOURCE_EXHAUSTED  (certainly not applied; the leader's data
+//!                                   disk is below its reserve: names it; retry once freed)
 //! a counted limit full           -> RESOURCE_EXHAUSTED  (sessions, watches; see limits.rs)
 //! a message past its size bound  -> RESOURCE_EXHAUSTED  (see `size_status`)
 //! SpecError                      -> INVALID_ARGUMENT    (names the field)
@@ -67,7 +69,9 @@ pub fn node_error(err: NodeError) -> Status {
             "{err}; retry with the same idempotency key to learn the result"
         )),
         NodeError::Fatal(_) => Status::internal(err.to_string()),
-        NodeError::Overloaded(_) => Status::resource_exhausted(err.to_string()),
+        NodeError::Overloaded(_) | NodeError::DiskLow(_) => {
+            Status::resource_exhausted(err.to_string())
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::network::{self, NetworkFactory, Peers};
 use super::types::{Raft, RaftNodeId, TypeConfig};
 use crate::metrics;
 use crate::state::{Command, LogEntry, NodeId, Response};
+use crate::storage::disk::DiskWatcher;
 use crate::storage::{LogStore, Replica, StateMachineStore};
 
 /// Raft timing. Failover takes roughly one election timeout after the leader's last heartbeat.
@@ -68,7 +69,19 @@ pub enum NodeError {
     /// `limits::PROPOSALS_IN_FLIGHT_MAX` proposals in flight. Retry with backoff.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// Certainly not applied: the leader's data disk is below its reserve, and the command would
+    /// add workflows (see [`RaftNode::propose_local`]). The message names the node, the disk, its
+    /// free space and the reserve. Retry once space is freed, or leadership moved to a node with
+    /// room.
+    #[error("{0}")]
+    DiskLow(String),
 }
+
+/// Metadata key of a leader's RESOURCE_EXHAUSTED answer to a forwarded proposal saying why it
+/// refused, so the follower passes the same refusal on (a [`NodeError::DiskLow`] stays one).
+pub const REFUSAL_METADATA: &str = "baton-refusal";
+/// [`REFUSAL_METADATA`]'s value for [`NodeError::DiskLow`].
+pub const REFUSAL_DISK_LOW: &str = "disk-low";
 
 /// What a committed proposal returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +99,8 @@ pub struct RaftNode {
     pub peers: Peers,
     /// Counted limits: proposals, agent sessions, watches.
     pub admission: crate::limits::Admission,
+    /// The data disk's free space against `--disk-reserve-mb` (see `storage::disk`).
+    pub disk: Arc<DiskWatcher>,
     /// `--max-commands-per-entry`: a client's batch larger than this is refused, and at 1 (no
     /// `Batch` entries, for a rolling upgrade) every batch is.
     pub commands_per_entry_max: usize,
@@ -101,11 +116,13 @@ pub struct RaftNode {
 const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
 
 impl RaftNode {
-    /// Opens storage under `data_dir` and starts the Raft member.
+    /// Opens storage under `data_dir` and starts the Raft member, watching the free space of
+    /// `data_dir`'s disk against `disk_reserve_bytes` (0: no reserve).
     pub async fn start(
         id: RaftNodeId,
         incarnation: String,
         data_dir: &Path,
+        disk_reserve_bytes: u64,
         timing: &RaftTiming,
         peer_dial: BTreeMap<String, String>,
         tls: Option<std::sync::Arc<baton_security::TlsSettings>>,
@@ -168,6 +185,7 @@ impl RaftNode {
         let clock = LeaderClock::new(id, raft.clone(), peers.clone(), replica.clone());
         let (batcher, batcher_task) =
             Batcher::start(raft.clone(), clock.clone(), timing.commands_per_entry_max);
+        let (disk, disk_task) = DiskWatcher::start(id, data_dir, disk_reserve_bytes);
         let mut node = Self {
             id,
             incarnation,
@@ -175,10 +193,15 @@ impl RaftNode {
             replica,
             peers,
             admission: crate::limits::Admission::default(),
+            disk,
             commands_per_entry_max: timing.commands_per_entry_max,
             batcher,
             clock: clock.clone(),
-            tasks: vec![batcher_task, tokio::spawn(clock.resync_while_leading())],
+            tasks: vec![
+                batcher_task,
+                tokio::spawn(clock.resync_while_leading()),
+                disk_task,
+            ],
             halted: tokio::sync::watch::channel(None).0,
         };
         node.tasks
@@ -186,6 +209,7 @@ impl RaftNode {
         node.tasks.push(tokio::spawn(halt_when_raft_fails(
             node.raft.clone(),
             node.halted.clone(),
+            data_dir.to_owned(),
         )));
         node.tasks.push(tokio::spawn(bind_incarnations(
             id,
@@ -372,7 +396,15 @@ impl RaftNode {
 
     /// Proposes on this node, which must be the leader: queued for the next entry the leader
     /// writes, with whatever other commands are waiting (see `batcher`).
+    ///
+    /// Every proposal the leader admits passes here (its clients', those followers forward, its
+    /// own loops'), so this is where a low data disk refuses new workflows
+    /// ([`NodeError::DiskLow`]) while everything that moves admitted work along still goes
+    /// through. A follower does not check its own disk: it forwards, and the leader decides.
     pub async fn propose_local(&self, command: Command) -> Result<Proposed, NodeError> {
+        if command.adds_workflows() && self.disk.is_low() {
+            return Err(NodeError::DiskLow(self.disk.refusal()));
+        }
         self.batcher.propose(command).await
     }
 
@@ -552,6 +584,104 @@ impl RaftNode {
             .collect()
     }
 
+    /// While this node leads with its data disk low, hands leadership to a voter that answers
+    /// and whose own disk is not low ([`successor`]), trying again every
+    /// [`DISK_HANDOFF_RETRY`] while the disk stays low and the node leads. With no such voter it
+    /// stays leader: reads, agents and admitted work go on, and `propose_local` goes on refusing
+    /// new workflows. Runs until its task is aborted.
+    pub async fn hand_off_while_disk_low(&self) {
+        let mut every = tokio::time::interval(crate::storage::disk::CHECK_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Said once per spell of being stuck, not every few seconds.
+        let mut staying_said = false;
+        loop {
+            every.tick().await;
+            if !self.disk.is_low() || !self.is_leader() {
+                staying_said = false;
+                continue;
+            }
+            match self.hand_off_once().await {
+                Ok(to) => {
+                    tracing::info!(node = self.id, to, "data disk low: leadership handed over");
+                    staying_said = false;
+                }
+                Err(why) if !staying_said => {
+                    tracing::warn!(
+                        node = self.id,
+                        reason = %why,
+                        "data disk low: staying leader (refusing new workflows)"
+                    );
+                    staying_said = true;
+                }
+                Err(why) => tracing::debug!(node = self.id, reason = %why, "no handover yet"),
+            }
+            tokio::time::sleep(DISK_HANDOFF_RETRY).await;
+        }
+    }
+
+    /// One attempt of [`RaftNode::hand_off_while_disk_low`]: asks the voters that answer
+    /// heartbeats whether their disks are low, and transfers leadership to the best one that is
+    /// not; `Ok` once a newer term shows (the voter campaigned), else why not.
+    async fn hand_off_once(&self) -> Result<RaftNodeId, String> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let answering = self.voters_answering();
+        if answering.is_empty() {
+            return Err("no other voter answers heartbeats".into());
+        }
+        let matched = |id: RaftNodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|l| l.index)
+        };
+        let asks = answering.iter().map(|&id| async move {
+            let answer = match self.member_addr(id) {
+                Some(addr) => self.peers.hello(&addr, HELLO_PATIENCE).await,
+                None => None,
+            };
+            Candidate {
+                id,
+                matched: matched(id),
+                // An answer from another node at that address says nothing about this one.
+                disk_low: answer.filter(|a| a.node_id == id).map(|a| a.disk_low),
+            }
+        });
+        let candidates = futures::future::join_all(asks).await;
+        let Some(to) = successor(&candidates) else {
+            let said: Vec<String> = candidates
+                .iter()
+                .map(|c| match c.disk_low {
+                    Some(true) => format!("node {}: disk low", c.id),
+                    Some(false) => format!("node {}: room", c.id),
+                    None => format!("node {}: no answer", c.id),
+                })
+                .collect();
+            return Err(format!(
+                "no other voter has room on its data disk ({})",
+                said.join(", ")
+            ));
+        };
+        tracing::info!(node = self.id, to, "data disk low: transferring leadership");
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| format!("leader transfer to node {to} refused: {e}"))?;
+        // As in `Server::drain`: the voter asked campaigns at once, so a newer term shows within
+        // an election or two, or it is not taking over.
+        let (term, takeover) = (
+            metrics.current_term,
+            Duration::from_millis(3 * self.raft.config().election_timeout_max),
+        );
+        self.raft
+            .wait(Some(takeover))
+            .metrics(|m| m.current_term > term, "a newer term")
+            .await
+            .map_err(|_| format!("node {to} did not take over within {takeover:?}"))?;
+        Ok(to)
+    }
+
     /// Resolves once this node is no longer the leader (or its Raft core stopped).
     pub async fn leadership_lost(&self) {
         let mut metrics = self.raft.metrics();
@@ -564,6 +694,31 @@ impl RaftNode {
             }
         }
     }
+}
+
+/// How often a leader whose data disk stays low tries again to hand leadership over.
+pub const DISK_HANDOFF_RETRY: Duration = Duration::from_secs(3);
+/// How long the leader waits for each voter's Hello when looking for a successor.
+const HELLO_PATIENCE: Duration = Duration::from_secs(1);
+
+/// A voter a leader with a low data disk could hand leadership to.
+#[derive(Clone, Debug)]
+struct Candidate {
+    id: RaftNodeId,
+    /// The last log index the leader knows it holds.
+    matched: Option<u64>,
+    /// What it said of its own data disk (`Hello`); `None` if it did not answer.
+    disk_low: Option<bool>,
+}
+
+/// The voter to hand leadership to: one that answered that its disk is not low, the most up to
+/// date first (it takes over without waiting to catch up), the lowest id among equals.
+fn successor(candidates: &[Candidate]) -> Option<RaftNodeId> {
+    candidates
+        .iter()
+        .filter(|c| c.disk_low == Some(false))
+        .max_by_key(|c| (c.matched, std::cmp::Reverse(c.id)))
+        .map(|c| c.id)
 }
 
 /// What a node without Raft state learns from the other members' answers (see
@@ -640,6 +795,15 @@ fn status_to_error(status: tonic::Status) -> NodeError {
         ));
     }
     match status.code() {
+        // The leader refused before proposing: its data disk is low.
+        tonic::Code::ResourceExhausted
+            if status
+                .metadata()
+                .get(REFUSAL_METADATA)
+                .is_some_and(|v| v == REFUSAL_DISK_LOW) =>
+        {
+            NodeError::DiskLow(status.message().to_owned())
+        }
         // The leader refused before proposing: it is saturated.
         tonic::Code::ResourceExhausted => NodeError::Overloaded(status.message().to_owned()),
         // The leader refused before proposing (it is no longer the leader, or has no quorum).
@@ -696,12 +860,16 @@ pub(super) async fn write_entry(
 /// Halts the node when its Raft core stops by itself: a storage error (a full disk, a failed
 /// write or fsync) or a panic. openraft stops the core on any storage error, since the log may no
 /// longer match what was acknowledged; the node must not go on answering as if it were a member.
-async fn halt_when_raft_fails(raft: Raft, halted: tokio::sync::watch::Sender<Option<String>>) {
+async fn halt_when_raft_fails(
+    raft: Raft,
+    halted: tokio::sync::watch::Sender<Option<String>>,
+    data_dir: std::path::PathBuf,
+) {
     let mut rx = raft.metrics();
     loop {
         let failure = match &rx.borrow_watched().running_state {
             Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
-            Err(fatal) => Some(fatal_reason(&fatal.to_string())),
+            Err(fatal) => Some(fatal_reason(&fatal.to_string(), &data_dir)),
         };
         if let Some(reason) = failure {
             set_halted(&halted, reason);
@@ -772,11 +940,13 @@ fn set_halted(halted: &tokio::sync::watch::Sender<Option<String>>, reason: Strin
 }
 
 /// What a fatal Raft error means for the operator.
-fn fatal_reason(error: &str) -> String {
+fn fatal_reason(error: &str, data_dir: &Path) -> String {
     if crate::storage::log_store::is_disk_full(error) {
         format!(
-            "the data disk is full ({error}): free space on it and start the node again (it \
-             catches up from the others; docs/OPERATIONS.md, \"Full disk\")"
+            "the data disk of {} is full ({error}): nothing acknowledged is lost; free space on \
+             it and start the node again (it catches up from the others; docs/OPERATIONS.md, \
+             \"Full disk\")",
+            data_dir.display()
         )
     } else {
         format!("the raft core stopped on a storage error: {error}")
@@ -893,6 +1063,66 @@ mod tests {
                 NodeError::Unknown(_)
             ));
         }
+    }
+
+    #[test]
+    fn leadership_goes_to_the_most_up_to_date_voter_with_room_or_nowhere() {
+        let c = |id, matched, disk_low| Candidate {
+            id,
+            matched,
+            disk_low,
+        };
+        // The most up-to-date voter is low: the next one with room, however far behind.
+        assert_eq!(
+            successor(&[
+                c(2, Some(90), Some(false)),
+                c(3, Some(100), Some(true)),
+                c(4, Some(95), Some(false)),
+            ]),
+            Some(4)
+        );
+        // Equals: the lowest id.
+        assert_eq!(
+            successor(&[c(3, Some(7), Some(false)), c(2, Some(7), Some(false))]),
+            Some(2)
+        );
+        // Every voter low, or silent: nobody; the leader stays.
+        assert_eq!(
+            successor(&[c(2, Some(100), Some(true)), c(3, Some(100), None)]),
+            None
+        );
+        assert_eq!(successor(&[]), None);
+    }
+
+    #[test]
+    fn a_forwarded_disk_refusal_stays_one() {
+        let mut status = tonic::Status::resource_exhausted("node 1: data disk /d has 3 MiB free");
+        status
+            .metadata_mut()
+            .insert(REFUSAL_METADATA, REFUSAL_DISK_LOW.parse().unwrap());
+        match status_to_error(status) {
+            NodeError::DiskLow(message) => {
+                assert_eq!(message, "node 1: data disk /d has 3 MiB free")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_disk_halt_names_the_data_dir() {
+        let reason = fatal_reason(
+            "storage error: write logs: IO error: No space left on device: While appending",
+            Path::new("/var/lib/baton"),
+        );
+        assert!(
+            reason.starts_with("the data disk of /var/lib/baton is full (storage error"),
+            "{reason}"
+        );
+        let reason = fatal_reason("storage error: checksum mismatch", Path::new("/d"));
+        assert!(
+            reason.starts_with("the raft core stopped on a storage error"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -180,6 +180,17 @@ impl RaftService for RaftServiceImpl {
             Err(NodeError::Unknown(e)) => Err(Status::aborted(e)),
             Err(NodeError::Fatal(e)) => Err(Status::internal(e)),
             Err(NodeError::Overloaded(e)) => Err(Status::resource_exhausted(e)),
+            Err(NodeError::DiskLow(e)) => {
+                // Marked, so the follower's caller is told exactly this, not "overloaded".
+                let mut status = Status::resource_exhausted(e);
+                status.metadata_mut().insert(
+                    crate::raft::node::REFUSAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static(
+                        crate::raft::node::REFUSAL_DISK_LOW,
+                    ),
+                );
+                Err(status)
+            }
         }
     }
 
@@ -217,7 +228,7 @@ impl RaftService for RaftServiceImpl {
                 .unwrap_or_default()
                 .to_owned(),
             wall_time_ms: super::clock::wall_clock_ms(),
-            disk_low: false,
+            disk_low: self.node.disk.is_low(),
         });
         Ok(Response::new(response))
     }

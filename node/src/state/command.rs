@@ -143,6 +143,29 @@ impl Command {
             _ => 1,
         }
     }
+
+    /// Whether this brings new work into the cluster (a submit, or a batch holding one), as
+    /// opposed to moving admitted work along (assignments, reports, cancels, expiries) or
+    /// running the cluster (agents, members, tokens). A leader whose data disk is low refuses
+    /// the first kind and keeps taking the rest: they are small, and finishing work is what
+    /// frees the cluster.
+    pub fn adds_workflows(&self) -> bool {
+        match self {
+            Self::Submit(_) => true,
+            Self::Batch(commands) => commands.iter().any(Self::adds_workflows),
+            Self::InitCluster { .. }
+            | Self::Cancel(_)
+            | Self::ReserveNodeId { .. }
+            | Self::RegisterAgent(_)
+            | Self::Assign { .. }
+            | Self::Complete(_)
+            | Self::ExpireLeases { .. }
+            | Self::Tick
+            | Self::CreateToken(_)
+            | Self::RevokeToken { .. }
+            | Self::BindIncarnation { .. } => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -243,6 +266,32 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn only_submits_and_batches_holding_one_add_workflows() {
+        let submit = Command::Submit(SubmitCommand {
+            spec: vec![],
+            idempotency_key: String::new(),
+        });
+        assert!(submit.adds_workflows());
+        assert!(Command::Batch(vec![Command::Tick, submit.clone()]).adds_workflows());
+        assert!(!Command::Batch(vec![Command::Tick]).adds_workflows());
+        for command in [
+            Command::Tick,
+            Command::Assign {
+                assignments: vec![],
+            },
+            Command::ExpireLeases { attempts: vec![] },
+            Command::RevokeToken { id: "t".into() },
+            Command::ReserveNodeId { node_id: NodeId(4) },
+            Command::Cancel(CancelCommand {
+                workflow_id: WorkflowId(1),
+                reason: String::new(),
+            }),
+        ] {
+            assert!(!command.adds_workflows(), "{command:?}");
+        }
     }
 
     /// Pins the on-disk bytes: a change here breaks every existing log.

@@ -82,6 +82,9 @@ impl TestCluster {
                 timing: timing.clone(),
                 peer_dial: BTreeMap::new(),
                 max_connection_age: baton_node::limits::CONNECTION_AGE_DEFAULT,
+                // In-process tests must not depend on the free space of the machine running
+                // them; t58_full_disk tests the reserve with real processes.
+                disk_reserve_bytes: 0,
                 security: security(id),
             };
             let server = Server::start(&config, Some(listener))
@@ -107,6 +110,9 @@ impl TestCluster {
             timing,
             peer_dial: BTreeMap::new(),
             max_connection_age: baton_node::limits::CONNECTION_AGE_DEFAULT,
+            // In-process tests must not depend on the free space of the machine running
+            // them; t58_full_disk tests the reserve with real processes.
+            disk_reserve_bytes: 0,
             security: SecurityConfig::Insecure,
         };
         let server = Server::start(&config, Some(listener))
