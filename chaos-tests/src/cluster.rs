@@ -17,6 +17,8 @@ use baton_client::{Client, ClientConfig, Credentials, Endpoint, Endpoints};
 use baton_security::devcerts::{self, DevCa};
 use baton_security::{PeerIdentity, PeerRole, TlsFiles, TlsSettings};
 
+use baton_powerloss::{CutReport, Tear};
+
 use crate::procs::Proc;
 use crate::proxy::{Mode, Proxy};
 
@@ -50,6 +52,9 @@ pub struct Cluster {
     pki: Option<Pki>,
     /// `BATON_FAULT_INJECTION` for every node: a deliberately broken build.
     broken: Option<&'static str>,
+    /// The power-loss shim every node runs under (`baton-powerloss-preload`), so that any node
+    /// can lose what it had not synced ([`Cluster::power_cut`]).
+    preload: PathBuf,
 }
 
 /// The run's credentials.
@@ -109,6 +114,9 @@ impl Cluster {
         secure: bool,
         broken: Option<&'static str>,
     ) -> anyhow::Result<Cluster> {
+        let preload = baton_powerloss::find_preload(bin).map_err(|e| {
+            anyhow::anyhow!("{e} (scripts/chaos builds it: cargo build -p baton-powerloss-preload)")
+        })?;
         let pki = secure
             .then(|| Pki::create(&dir.join("pki"), nodes + SPARE_NODES))
             .transpose()?;
@@ -148,6 +156,7 @@ impl Cluster {
             journal: dir.join("journal"),
             pki,
             broken,
+            preload,
         };
         for id in 1..=nodes {
             cluster.start_node(id)?;
@@ -184,11 +193,19 @@ impl Cluster {
                     .arg(pki.dir.join("bootstrap-token"));
             }
         }
+        // The shim refuses a change to its root's own entry: the folder exists before the node.
+        let data_dir = self.data_dir(id);
+        std::fs::create_dir_all(&data_dir)?;
+        command.envs(baton_powerloss::child_env(
+            &self.preload,
+            &data_dir,
+            &self.power_journal(id),
+        )?);
         command
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &self.all_addrs[&id].to_string()])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("node{id}")))
+            .arg(&data_dir)
             .args(["--peer-dial", &dial.join(",")])
             .args(["--heartbeat-ms", "50"])
             .args(["--election-timeout-min-ms", "300"])
@@ -203,6 +220,30 @@ impl Cluster {
         let proc = Proc::spawn(command, &self.dir.join(format!("node{id}.log")))?;
         self.nodes.insert(id, proc);
         Ok(())
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}"))
+    }
+
+    /// Where the shim journals what node `id` did to its data folder since its last cut.
+    fn power_journal(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.powerloss"))
+    }
+
+    /// A power cut of node `id`: SIGKILL, then its data folder rewound to what a power cut could
+    /// have left: every write it had not synced gone, every folder change whose folder was not
+    /// synced undone, and with `Tear::Seeded` a seeded part of the first lost write kept (a torn
+    /// write). Start it again with [`Cluster::start_node`].
+    pub fn power_cut(&mut self, id: u64, tear: Tear) -> anyhow::Result<CutReport> {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.kill();
+        }
+        Ok(baton_powerloss::cut(
+            &self.data_dir(id),
+            &self.power_journal(id),
+            tear,
+        )?)
     }
 
     /// With security on, creates the agents' token (with the admin token, which the first

@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::run::RunOptions;
-use crate::schedule::Broken;
+use crate::schedule::{Broken, Fault};
 
 #[derive(Parser, Debug)]
 #[command(about = "Baton's fault-injection suite")]
@@ -36,6 +36,10 @@ struct Cli {
     /// Keep the temporary folder (logs, journal) even when the run passes.
     #[arg(long)]
     keep: bool,
+    /// Draw the schedule from these kinds of fault only (e.g. `power-loss-node,power-loss-all`);
+    /// all kinds when omitted.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["profile", "broken"])]
+    faults: Vec<Fault>,
     /// Print the seed's fault schedule (what a run would install, and when) and exit.
     #[arg(long, conflicts_with = "broken")]
     print_schedule: bool,
@@ -51,12 +55,25 @@ struct Cli {
 
 /// The quick profile's seeds: between them, every kind of fault in `schedule::FAULTS` (see
 /// `--print-schedule`; a test keeps it so).
-const QUICK_SEEDS: [u64; 3] = [1, 10, 50];
+const QUICK_SEEDS: [u64; 3] = [1, 2, 13];
+/// The quick profile's power-cut run: one node or all at once, with and without torn writes
+/// (a test keeps both tears in it).
+const QUICK_POWER_SEED: u64 = 2;
+const POWER_FAULTS: [Fault; 2] = [Fault::PowerLossNode, Fault::PowerLossAll];
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Profile {
     Quick,
     Soak,
+}
+
+/// The kinds a schedule draws from: those given, or all.
+fn kinds(given: &[Fault]) -> Vec<Fault> {
+    if given.is_empty() {
+        schedule::FAULTS.to_vec()
+    } else {
+        given.to_vec()
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -98,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.print_schedule {
         let seed = cli.seed.unwrap_or(1);
-        let plan = schedule::plan(seed, cli.duration.as_millis() as u64);
+        let plan = schedule::plan(seed, cli.duration.as_millis() as u64, &kinds(&cli.faults));
         println!("seed {seed}, {:?} of faults:", cli.duration);
         for planned in plan {
             println!(
@@ -147,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 nodes: cli.nodes,
                 secure: !cli.insecure,
                 keep: cli.keep,
+                faults: schedule::FAULTS.to_vec(),
                 targeted: Some(broken),
                 inject,
             };
@@ -203,28 +221,51 @@ fn main() -> anyhow::Result<()> {
         eprintln!("broken builds the checker did not catch: {missed:?}");
         std::process::exit(1);
     }
-    let runs: Vec<(u64, Duration, u64)> = match cli.profile {
+    let all = schedule::FAULTS.to_vec();
+    let runs: Vec<(u64, Duration, u64, Vec<Fault>)> = match cli.profile {
         Some(Profile::Quick) => QUICK_SEEDS
-            .map(|seed| (seed, Duration::from_secs(25), 3))
-            .to_vec(),
+            .iter()
+            .map(|&seed| (seed, Duration::from_secs(25), 3, all.clone()))
+            .chain([(
+                QUICK_POWER_SEED,
+                Duration::from_secs(20),
+                3,
+                POWER_FAULTS.to_vec(),
+            )])
+            .collect(),
         Some(Profile::Soak) => (1..=20)
-            .map(|seed| (seed, Duration::from_secs(600), 5))
+            .map(|seed| (seed, Duration::from_secs(600), 5, all.clone()))
             .collect(),
         None => vec![(
             cli.seed.unwrap_or_else(rand::random),
             cli.duration,
             cli.nodes,
+            kinds(&cli.faults),
         )],
     };
     let mut failed = Vec::new();
-    for (seed, duration, nodes) in runs {
+    for (seed, duration, nodes, faults) in runs {
         println!("=== baton-chaos seed {seed} duration {duration:?} nodes {nodes} ({security})");
+        let narrowed = faults.len() < schedule::FAULTS.len();
+        let replay_faults = if narrowed {
+            let names: Vec<String> = faults
+                .iter()
+                .map(|f| {
+                    clap::ValueEnum::to_possible_value(f)
+                        .map_or_else(|| format!("{f:?}"), |v| v.get_name().to_owned())
+                })
+                .collect();
+            format!(" --faults {}", names.join(","))
+        } else {
+            String::new()
+        };
         let violated = run(RunOptions {
             seed,
             duration,
             nodes,
             secure: !cli.insecure,
             keep: cli.keep,
+            faults,
             targeted: None,
             inject: false,
         });
@@ -232,7 +273,7 @@ fn main() -> anyhow::Result<()> {
             Ok(violated) if violated.is_empty() => println!("=== seed {seed}: PASS"),
             Ok(_) => {
                 println!(
-                    "=== seed {seed}: FAIL (replay: baton-chaos --seed {seed} --duration {}s --nodes {nodes})",
+                    "=== seed {seed}: FAIL (replay: baton-chaos --seed {seed} --duration {}s --nodes {nodes}{replay_faults})",
                     duration.as_secs()
                 );
                 failed.push(seed);
@@ -258,10 +299,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_quick_power_run_cuts_one_node_and_all_with_and_without_tears() {
+        let plan = schedule::plan(QUICK_POWER_SEED, 20_000, &POWER_FAULTS);
+        for fault in POWER_FAULTS {
+            for torn in [true, false] {
+                assert!(
+                    plan.iter().any(|p| p.fault == fault && p.torn() == torn),
+                    "{fault:?} torn {torn} missing from {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_quick_profile_installs_every_kind_of_fault() {
         let planned: BTreeSet<String> = QUICK_SEEDS
             .iter()
-            .flat_map(|seed| schedule::plan(*seed, 25_000))
+            .flat_map(|seed| schedule::plan(*seed, 25_000, &schedule::FAULTS))
             .map(|p| format!("{:?}", p.fault))
             .collect();
         let all: BTreeSet<String> = schedule::FAULTS.iter().map(|f| format!("{f:?}")).collect();

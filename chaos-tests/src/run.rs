@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_client::proto as pb;
 use baton_client::{Client, ClientError, Outcome as ClientOutcome};
+use baton_powerloss::Tear;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
@@ -322,6 +323,61 @@ async fn apply_fault(
                 Err(_) => record.target += " (no leader within 15 s of the restart)",
             }
         }
+        Fault::PowerLossNode => {
+            let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+            let id = ids[(planned.pick % ids.len() as u64) as usize];
+            let role = if Some(id) == leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            record.target = format!("{role} node {id}");
+            match cluster.power_cut(id, tear_of(planned, id)) {
+                Ok(report) => {
+                    record.target += &format!(" ({report})");
+                    record.installed = true;
+                }
+                Err(error) => record.target += &format!(" (cut failed: {error:#})"),
+            }
+            tokio::time::sleep(hold).await;
+            if let Err(error) = cluster.start_node(id) {
+                record.target += &format!(" (restart failed: {error})");
+            }
+        }
+        Fault::PowerLossAll => {
+            record.target = "every node".into();
+            let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+            // Every process dies before any folder is rewound: one power cut, not a sequence.
+            for node in cluster.nodes.values_mut() {
+                node.kill();
+            }
+            record.installed = true;
+            for &id in &ids {
+                match cluster.power_cut(id, tear_of(planned, id)) {
+                    Ok(report) => record.target += &format!("; node {id}: {report}"),
+                    Err(error) => {
+                        record.installed = false;
+                        record.target += &format!("; node {id}: cut failed: {error:#}");
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            for &id in &ids {
+                if let Err(error) = cluster.start_node(id) {
+                    record.target += &format!(" (node {id} restart failed: {error})");
+                }
+            }
+            let restarted = Instant::now();
+            match cluster.wait_for_leader(Duration::from_secs(15)).await {
+                Ok(leader) => {
+                    record.target += &format!(
+                        " (node {leader} leads {} ms after the restart)",
+                        restarted.elapsed().as_millis()
+                    );
+                }
+                Err(_) => record.target += " (no leader within 15 s of the restart)",
+            }
+        }
         Fault::SnapshotCatchUp => {
             let Some(leader) = leader else {
                 record.target = "no leader known".into();
@@ -342,6 +398,16 @@ async fn apply_fault(
         }
     }
     record
+}
+
+/// How a planned power cut treats node `node`'s lost writes: torn ones seeded by the pick and
+/// the node, so a seed replays the same tears.
+fn tear_of(planned: &Planned, node: u64) -> Tear {
+    if planned.torn() {
+        Tear::Seeded(planned.pick ^ node.rotate_left(32))
+    } else {
+        Tear::None
+    }
 }
 
 async fn replica_statuses(cluster: &Cluster) -> Vec<ReplicaStatus> {
@@ -429,6 +495,8 @@ pub struct RunOptions {
     pub nodes: u64,
     pub secure: bool,
     pub keep: bool,
+    /// The kinds of fault the seed's schedule draws from.
+    pub faults: Vec<Fault>,
     /// The faults that expose this broken behaviour, instead of the seed's schedule.
     pub targeted: Option<Broken>,
     /// And the nodes run with it (`batond` built with `fault-injection`); without it the same
@@ -446,10 +514,11 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         keep,
         targeted,
         inject,
+        ..
     } = *options;
     let broken = targeted.filter(|_| inject);
     let plan = match targeted {
-        None => schedule::plan(seed, duration.as_millis() as u64),
+        None => schedule::plan(seed, duration.as_millis() as u64, &options.faults),
         Some(broken) => broken.plan(duration.as_millis() as u64),
     };
     println!("schedule ({} faults):", plan.len());

@@ -16,8 +16,9 @@ pub enum Broken {
     /// A lease expiry takes effect on the leader that decided it and nowhere else, as if the
     /// leader had expired the lease in its own memory instead of through the log.
     ExpireOffLog,
-    /// Appended log entries are acknowledged at once and reach the disk up to a second later
-    /// (they wait in RocksDB's in-process WAL buffer), so a crash loses acknowledged entries.
+    /// Appended log entries are acknowledged as soon as they are written to the WAL file, before
+    /// any fsync: they sit in the kernel's page cache, which a process kill keeps and a power cut
+    /// loses, so a power cut loses acknowledged entries.
     AckBeforeSync,
 }
 
