@@ -270,10 +270,14 @@ impl PeerNetwork {
 
 fn map_status(target: RaftNodeId, status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        // The peer is down, restarting, or shutting down its Raft: back off.
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            unreachable(target, status.message())
-        }
+        // The peer is down, restarting, or shutting down its Raft; or it refuses this node's
+        // messages (see `envelope`: it is not the member it was, or this node is not one any
+        // more), which no retry soon will change: back off.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::PermissionDenied => unreachable(target, status.message()),
         _ => RPCError::Network(NetworkError::from_string(format!(
             "node {target}: {}: {}",
             status.code(),

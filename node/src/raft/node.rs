@@ -110,6 +110,8 @@ pub struct RaftNode {
     tasks: Vec<JoinHandle<()>>,
     /// Why this node cannot go on, once it cannot (see [`RaftNode::halted`]).
     halted: tokio::sync::watch::Sender<Option<String>>,
+    /// Resolves once the Raft log's database is closed; awaited by [`RaftNode::shutdown`].
+    log_closed: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
 /// How long a proposal waits for a leader (election, forwarding retries) before giving up.
@@ -129,6 +131,7 @@ impl RaftNode {
     ) -> Result<Self, String> {
         let started = Instant::now();
         let log_store = LogStore::open(&data_dir.join("raft"))?;
+        let log_closed = Box::pin(log_store.closed());
         let log_opened_ms = started.elapsed().as_millis() as u64;
         let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
         let replica = state_machine.replica();
@@ -144,6 +147,12 @@ impl RaftNode {
             max_payload_entries: crate::limits::RAFT_ENTRIES_PER_APPEND_MAX as u64,
             install_snapshot_timeout: 2_000,
             enable_pre_vote: Some(true),
+            // Standard Raft: a restarted leader campaigns for a new term. openraft's default lets
+            // it resume its old term at once, which a power cut makes unsafe: the leader's own
+            // unsynced tail is lost while followers hold (and acknowledged) those entries, and
+            // the resumed leader writes different entries under the same term and indexes. The
+            // chaos suite's power cuts found two replicas with different entries at one log id.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
@@ -203,6 +212,7 @@ impl RaftNode {
                 disk_task,
             ],
             halted: tokio::sync::watch::channel(None).0,
+            log_closed: tokio::sync::Mutex::new(Some(log_closed)),
         };
         node.tasks
             .push(tokio::spawn(watch_metrics(node.raft.clone())));
@@ -524,6 +534,15 @@ impl RaftNode {
         }
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(error = %err, "raft shutdown");
+        }
+        // openraft's workers hold log readers a little longer than its core: the data folder
+        // is free for the next open (a restart in the same process) only once they are gone.
+        if let Some(closed) = self.log_closed.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(10), closed)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the raft log was still open 10 s after shutdown");
         }
     }
 

@@ -40,8 +40,30 @@ const FORMAT_V1: u8 = 1;
 /// The RocksDB-backed log store. Cheap to clone: clones share the database and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
     flusher: Arc<Flusher>,
+}
+
+/// The open database, closed when the last holder (store clones, the flusher thread) lets go; it
+/// says so to [`LogStore::closed`] only once RocksDB has released the folder.
+struct Db {
+    inner: Option<DB>,
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        self.inner.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        drop(self.inner.take());
+        self.closed.send_replace(true);
+    }
 }
 
 /// The flusher thread. When the last store clone goes, it stops the thread and waits for it, so
@@ -76,39 +98,19 @@ impl LogStore {
         // node instead. See "Durability" in ARCHITECTURE.md for why this mode and not the others.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         opts.set_paranoid_checks(true);
-        let ack_before_sync = faults::active(Broken::AckBeforeSync);
-        if ack_before_sync {
-            // Broken build: appends wait in the in-process WAL buffer, flushed once a second.
-            opts.set_manual_wal_flush(true);
-        }
         let cfs =
             [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| open_error(dir, &e))?;
-        let store = Self::with_db(Arc::new(db), sync_wal);
-        if ack_before_sync {
-            store.flush_late();
-        }
-        Ok(store)
-    }
-
-    /// Broken builds only ([`Broken::AckBeforeSync`]): the WAL reaches the disk once a second.
-    fn flush_late(&self) {
-        let db = Arc::downgrade(&self.db);
-        std::thread::Builder::new()
-            .name("raft-log-late-flusher".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    let Some(db) = db.upgrade() else { return };
-                    let _ = db.flush_wal(true);
-                }
-            })
-            .expect("spawn the late flusher thread");
+        Ok(Self::with_db(db, sync_wal))
     }
 
     /// `sync` is what makes appended entries durable; tests substitute a gated one to prove
     /// that no callback fires before it returns.
-    fn with_db(db: Arc<DB>, sync: fn(&DB) -> Result<(), rocksdb::Error>) -> Self {
+    fn with_db(db: DB, sync: fn(&DB) -> Result<(), rocksdb::Error>) -> Self {
+        let db = Arc::new(Db {
+            inner: Some(db),
+            closed: tokio::sync::watch::Sender::new(false),
+        });
         let (tx, rx) = mpsc::channel::<IoFlushed>();
         let flusher_db = db.clone();
         let thread = std::thread::Builder::new()
@@ -122,6 +124,16 @@ impl LogStore {
         Self {
             db,
             flusher: Arc::new(flusher),
+        }
+    }
+
+    /// Resolves when every clone of this store is gone and the database is closed (its lock
+    /// released, so the folder can be opened again).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.db.closed.subscribe();
+        async move {
+            // An error means the sender is gone, which happens only after the close too.
+            let _ = closed.wait_for(|closed| *closed).await;
         }
     }
 
@@ -331,6 +343,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db.write(batch).map_err(io_err)?;
         metrics::storage_write(started.elapsed());
         if faults::active(Broken::AckBeforeSync) {
+            // Broken build: written to the WAL file (the page cache), never synced for it.
             callback.io_completed(Ok(()));
             return Ok(());
         }
@@ -417,7 +430,7 @@ mod tests {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = Arc::new(DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap());
+        let db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
         let mut store = LogStore::with_db(db, gated_sync);
 
         let (tx, rx) = TypeConfig::oneshot();
