@@ -307,21 +307,7 @@ async fn apply_fault(
             }
             record.installed = true;
             tokio::time::sleep(hold).await;
-            for id in ids {
-                if let Err(error) = cluster.start_node(id) {
-                    record.target += &format!(" (node {id} restart failed: {error})");
-                }
-            }
-            let restarted = Instant::now();
-            match cluster.wait_for_leader(Duration::from_secs(15)).await {
-                Ok(leader) => {
-                    record.target += &format!(
-                        " (node {leader} leads {} ms after the restart)",
-                        restarted.elapsed().as_millis()
-                    );
-                }
-                Err(_) => record.target += " (no leader within 15 s of the restart)",
-            }
+            restart_all(cluster, &ids, &mut record).await;
         }
         Fault::PowerLossNode => {
             let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
@@ -362,21 +348,7 @@ async fn apply_fault(
                 }
             }
             tokio::time::sleep(hold).await;
-            for &id in &ids {
-                if let Err(error) = cluster.start_node(id) {
-                    record.target += &format!(" (node {id} restart failed: {error})");
-                }
-            }
-            let restarted = Instant::now();
-            match cluster.wait_for_leader(Duration::from_secs(15)).await {
-                Ok(leader) => {
-                    record.target += &format!(
-                        " (node {leader} leads {} ms after the restart)",
-                        restarted.elapsed().as_millis()
-                    );
-                }
-                Err(_) => record.target += " (no leader within 15 s of the restart)",
-            }
+            restart_all(cluster, &ids, &mut record).await;
         }
         Fault::SnapshotCatchUp => {
             let Some(leader) = leader else {
@@ -398,6 +370,26 @@ async fn apply_fault(
         }
     }
     record
+}
+
+/// Starts the nodes `ids` again after every one was stopped, and records in `record` how long
+/// the cluster took to have a leader.
+async fn restart_all(cluster: &mut Cluster, ids: &[u64], record: &mut FaultRecord) {
+    for &id in ids {
+        if let Err(error) = cluster.start_node(id) {
+            record.target += &format!(" (node {id} restart failed: {error})");
+        }
+    }
+    let restarted = Instant::now();
+    match cluster.wait_for_leader(Duration::from_secs(15)).await {
+        Ok(leader) => {
+            record.target += &format!(
+                " (node {leader} leads {} ms after the restart)",
+                restarted.elapsed().as_millis()
+            );
+        }
+        Err(_) => record.target += " (no leader within 15 s of the restart)",
+    }
 }
 
 /// How a planned power cut treats node `node`'s lost writes: torn ones seeded by the pick and

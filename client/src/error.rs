@@ -130,7 +130,7 @@ impl ClientError {
 
     /// Classifies a failed tonic call made to `endpoint`.
     pub(crate) fn from_status(endpoint: &str, status: tonic::Status, timeout: Duration) -> Self {
-        if has_source::<tonic::ConnectError>(&status) {
+        if baton_proto::status::has_source::<tonic::ConnectError>(&status) {
             return ClientError::Unreachable {
                 endpoint: endpoint.to_string(),
                 message: innermost_message(&status),
@@ -139,7 +139,7 @@ impl ClientError {
         // tonic reports the deadlines it enforces itself (`grpc-timeout`, `Endpoint::timeout`)
         // as CANCELLED from a `TimeoutExpired`. The client sets neither today, but should one
         // be set, the error is a timeout, not a cancellation.
-        if has_source::<tonic::TimeoutExpired>(&status) {
+        if baton_proto::status::has_source::<tonic::TimeoutExpired>(&status) {
             return ClientError::Timeout {
                 endpoint: endpoint.to_string(),
                 timeout,
@@ -220,17 +220,6 @@ pub fn describe_status(status: &tonic::Status) -> String {
     } else {
         format!("{}: {message}", code_name(status.code()))
     }
-}
-
-fn has_source<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<E>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// The innermost cause of a transport failure (`Connection refused (os error 111)`) is the

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use baton_node::storage::disk::free_bytes;
 use baton_proto::v1 as pb;
-use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::agent::{Behavior, TestAgent};
 use common::procs::{Proc, free_ports, loopback, spawn_batond};
@@ -209,16 +208,6 @@ async fn wait_disk_low(http: &reqwest::Client, node: &Node, low: bool) {
         || async { (gauge(http, node, "baton_storage_disk_low").await? == want).then_some(()) },
     )
     .await;
-}
-
-async fn status(addr: SocketAddr) -> Option<pb::ClusterStatusResponse> {
-    Some(
-        AdminServiceClient::new(channel(addr))
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
 }
 
 /// The leader every node in `addrs` agrees on.
@@ -590,21 +579,7 @@ async fn a_full_data_disk_refuses_new_work_moves_leadership_and_is_recovered_fro
     load.await.unwrap();
     full.clear_ballast();
     procs[full.id - 1] = spawn(full, &nodes, dir.path(), &format!("node{}-again", full.id));
-    let statuses = wait_for(PHASE_TIMEOUT, "the three nodes to converge", || async {
-        let mut statuses = Vec::new();
-        for addr in &addrs {
-            statuses.push(status(*addr).await?);
-        }
-        let first = &statuses[0];
-        let agreed = first.leader_id != 0
-            && statuses.iter().all(|s| {
-                s.leader_id == first.leader_id
-                    && s.applied_index == first.applied_index
-                    && s.state_hash == first.state_hash
-            });
-        agreed.then_some(statuses)
-    })
-    .await;
+    let statuses = converged_at(&addrs, PHASE_TIMEOUT).await;
     let acked = acked.lock().clone();
     for (key, id) in &acked {
         let found = workflow(full.grpc, *id, pb::ReadConsistency::Stale)

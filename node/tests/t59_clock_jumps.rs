@@ -202,14 +202,7 @@ impl Cluster {
     }
 
     async fn status(&self, id: usize) -> Option<pb::ClusterStatusResponse> {
-        let mut admin = AdminServiceClient::new(channel(self.addr(id)));
-        Some(
-            admin
-                .cluster_status(pb::ClusterStatusRequest {})
-                .await
-                .ok()?
-                .into_inner(),
-        )
+        status(self.addr(id)).await
     }
 
     /// The leader every running node agrees on, once they have all applied the same index.

@@ -11,23 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_proto::v1 as pb;
-use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::procs::{
     Proc, endpoints_flag, free_ports, loopbacks, sigterm, spawn_agent, spawn_node,
 };
 use common::*;
-
-async fn status(addr: SocketAddr) -> Option<pb::ClusterStatusResponse> {
-    let mut admin = AdminServiceClient::new(channel(addr));
-    Some(
-        admin
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
-}
 
 /// The leader every node in `addrs` agrees on.
 async fn agreed_leader(addrs: &[SocketAddr]) -> u64 {

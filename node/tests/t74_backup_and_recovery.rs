@@ -20,37 +20,6 @@ use common::procs::{
 };
 use common::*;
 
-async fn status(addr: SocketAddr) -> Option<pb::ClusterStatusResponse> {
-    let mut admin = AdminServiceClient::new(channel(addr));
-    Some(
-        admin
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
-}
-
-/// Waits until every node in `addrs` knows the same leader and has applied the same index, and
-/// returns their statuses.
-async fn converged(addrs: &[SocketAddr]) -> Vec<pb::ClusterStatusResponse> {
-    wait_for(Duration::from_secs(60), "the nodes to converge", || async {
-        let mut statuses = Vec::new();
-        for addr in addrs {
-            statuses.push(status(*addr).await?);
-        }
-        let first = &statuses[0];
-        let agreed = first.leader_id != 0
-            && statuses.iter().all(|s| {
-                s.leader_id == first.leader_id
-                    && s.applied_index == first.applied_index
-                    && s.state_hash == first.state_hash
-            });
-        agreed.then_some(statuses)
-    })
-    .await
-}
-
 async fn submit(addrs: &[SocketAddr], key: &str, steps: usize) -> u64 {
     wait_for(
         Duration::from_secs(30),
@@ -143,7 +112,7 @@ async fn a_backup_restores_into_a_new_cluster_that_reuses_no_id_or_token() {
     for i in 0..10 {
         waiting.push(submit(&addrs, &format!("waiting-{i}"), 2).await);
     }
-    let before = converged(&addrs).await;
+    let before = converged_at(&addrs, Duration::from_secs(60)).await;
 
     tracing::info!("--- baton cluster snapshot save");
     let backup = dir.path().join("backup.snap");
@@ -225,7 +194,7 @@ async fn a_backup_restores_into_a_new_cluster_that_reuses_no_id_or_token() {
         Duration::from_secs(30),
         "the restored cluster to be named",
         || async {
-            let after = converged(&new_addrs).await;
+            let after = converged_at(&new_addrs, Duration::from_secs(60)).await;
             (!after[0].cluster_id.is_empty()).then_some(after)
         },
     )
@@ -309,7 +278,7 @@ async fn a_cluster_recovers_from_one_survivor() {
         wait_for_success(&client, id, Duration::from_secs(60)).await;
     }
     agent.kill();
-    let before = converged(&addrs).await;
+    let before = converged_at(&addrs, Duration::from_secs(60)).await;
 
     tracing::info!("--- every node dies; nodes 2 and 3 lose their data for good");
     for node in &mut nodes {
@@ -401,7 +370,7 @@ async fn a_cluster_recovers_from_one_survivor() {
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
     let all = vec![addrs[0], loopback(new_ports[0]), loopback(new_ports[1])];
-    let after = converged(&all).await;
+    let after = converged_at(&all, Duration::from_secs(60)).await;
     assert_eq!(after[0].members.len(), 3);
     let _agent = TestAgent::start("agent-2", 4, all.clone(), |_| Behavior::Succeed);
     let fresh = submit(&all, "after-recovery", 2).await;

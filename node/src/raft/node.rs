@@ -802,7 +802,7 @@ pub fn overloaded() -> NodeError {
 /// says nothing about how far it got) is an unknown outcome: the caller is told so, and never
 /// retried here, since a retry could apply the command twice.
 fn status_to_error(status: tonic::Status) -> NodeError {
-    if has_source::<tonic::ConnectError>(&status) {
+    if baton_proto::status::has_source::<tonic::ConnectError>(&status) {
         return NodeError::NoLeader(format!("the leader is unreachable: {}", status.message()));
     }
     // A status with a source was made on this side from a transport error, after the
@@ -829,17 +829,6 @@ fn status_to_error(status: tonic::Status) -> NodeError {
         tonic::Code::FailedPrecondition => NodeError::NotLeader { leader: None },
         _ => NodeError::Unknown(format!("{}: {}", status.code(), status.message())),
     }
-}
-
-fn has_source<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<E>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// Writes one entry holding `command` through Raft, stamped with the leader's clock (see

@@ -221,6 +221,40 @@ pub fn channel(addr: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
+/// The cluster status the node at `addr` answers, if it answers.
+pub async fn status(addr: SocketAddr) -> Option<pb::ClusterStatusResponse> {
+    Some(
+        AdminServiceClient::new(channel(addr))
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
+
+/// Waits until every node in `addrs` knows the same leader and has applied the same index with
+/// the same state hash, and returns their statuses.
+pub async fn converged_at(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Vec<pb::ClusterStatusResponse> {
+    wait_for(timeout, "the nodes to converge", || async {
+        let mut statuses = Vec::new();
+        for addr in addrs {
+            statuses.push(status(*addr).await?);
+        }
+        let first = &statuses[0];
+        let agreed = first.leader_id != 0
+            && statuses.iter().all(|s| {
+                s.leader_id == first.leader_id
+                    && s.applied_index == first.applied_index
+                    && s.state_hash == first.state_hash
+            });
+        agreed.then_some(statuses)
+    })
+    .await
+}
+
 /// Polls `probe` until it returns Some, or panics naming what never happened.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
 where
