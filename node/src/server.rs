@@ -22,6 +22,7 @@ use crate::api::workflow::WorkflowServiceImpl;
 use crate::config::Config;
 use crate::limits;
 use crate::raft::RaftNode;
+use crate::raft::node::TransferError;
 use crate::raft::service::RaftServiceImpl;
 use crate::scheduler::{self, Sessions};
 use crate::security::Security;
@@ -257,13 +258,7 @@ impl Server {
             tracing::info!("drain: the only voter; nobody to hand leadership to");
             return Drained::OnlyVoter;
         }
-        let matched = |id: &u64| {
-            metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id).copied().flatten())
-                .map(|l| l.index)
-        };
+        let matched = |id: &u64| crate::raft::node::matched_index(&metrics, *id);
         // A voter that has not acknowledged a heartbeat for an election timeout would not take
         // leadership either: asking it only waits out DRAIN_TIMEOUT.
         let answering = self.node.voters_answering();
@@ -275,32 +270,23 @@ impl Server {
             return Drained::NoVoterAnswering;
         };
         tracing::info!(to, "drain: transferring leadership");
-        let term = metrics.current_term;
         let started = std::time::Instant::now();
-        if let Err(err) = self.node.raft.trigger().transfer_leader(to).await {
-            tracing::warn!(error = %err, "drain: leader transfer failed");
-            return Drained::TransferFailed;
-        }
-        // The voter asked campaigns at once, so a newer term shows within an election or two. If
-        // none does, it is not taking over (it is stopping too, as every node of `batond dev`
-        // does on Ctrl-C): waiting longer would only hold this stop up. The leader sends no
-        // heartbeats while it transfers, so this is the signal left to watch.
-        let takeover_timeout =
-            Duration::from_millis(3 * self.node.raft.config().election_timeout_max)
-                .min(DRAIN_TIMEOUT);
-        let campaigned = self
+        // If the voter asked does not campaign, it is not taking over (it is stopping too, as
+        // every node of `batond dev` does on Ctrl-C): waiting longer would only hold this stop up.
+        match self
             .node
-            .raft
-            .wait(Some(takeover_timeout))
-            .metrics(|m| m.current_term > term, "a newer term")
-            .await;
-        if campaigned.is_err() {
-            tracing::warn!(
-                to,
-                waited_ms = takeover_timeout.as_millis() as u64,
-                "drain: the voter asked did not take over; stopping without a handover"
-            );
-            return Drained::NotTakenOver;
+            .transfer_leadership(to, self.node.takeover_timeout().min(DRAIN_TIMEOUT))
+            .await
+        {
+            Ok(()) => {}
+            Err(err @ TransferError::Refused(_)) => {
+                tracing::warn!(error = %err, "drain: leader transfer failed");
+                return Drained::TransferFailed;
+            }
+            Err(err @ TransferError::NotTakenOver { .. }) => {
+                tracing::warn!(error = %err, "drain: stopping without a handover");
+                return Drained::NotTakenOver;
+            }
         }
         let moved = self
             .node

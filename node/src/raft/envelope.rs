@@ -9,15 +9,17 @@
 //! another incarnation tells this node that it is not the member the cluster knows: it halts.
 //! The sender counts no answer from a node whose incarnation is not the one bound for it.
 //!
-//! Messages without these headers (a node of an earlier release, during a rolling upgrade) pass:
-//! the checks start once every node sends them.
+//! Messages without these headers (a node of an earlier release, during a rolling upgrade) pass
+//! until the leader has bound the first data folder, which it does only once every member
+//! answers with an incarnation (`raft::node::bind_incarnations`); from then on they are refused,
+//! so leaving the headers off skips no check.
 
 use baton_security::PeerRole;
 use baton_security::server::PeerInfo;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
-use crate::state::{ClusterState, NodeId};
+use crate::state::{NodeId, PeerView};
 
 const FROM: &str = "baton-from";
 const TO: &str = "baton-to";
@@ -121,17 +123,22 @@ pub enum Admission {
 pub struct Receiver<'a> {
     pub node_id: u64,
     pub incarnation: &'a str,
-    pub cluster_id: &'a str,
-    /// The voters and learners of the membership this node has applied (empty before it has
-    /// one: a new node learns it from the leader's first message).
+    /// The cluster id, bound incarnations and removed ids this node has applied.
+    pub view: &'a PeerView,
+    /// The voters and learners of this node's effective membership (the latest in its log,
+    /// applied or not, as openraft uses it); empty before it has one: a new node learns it from
+    /// the leader's first message.
     pub members: &'a [u64],
-    pub state: &'a ClusterState,
     /// Whether connections are mutual TLS (then the certificate names the sender).
     pub secure: bool,
 }
 
 impl Receiver<'_> {
     /// Decides whether to let a message in. `peer` is the TLS identity of the connection.
+    ///
+    /// The sender is checked first, so that a sender that is not a member in good standing (of
+    /// another cluster, removed, on another folder, or with another node's certificate) is
+    /// refused and can never make this node halt.
     pub fn admit(
         &self,
         envelope: Option<&Envelope>,
@@ -139,35 +146,33 @@ impl Receiver<'_> {
         kind: MessageKind,
     ) -> Admission {
         let Some(envelope) = envelope else {
+            // Only a node of an earlier release sends none, and the leader binds folders only
+            // once every member runs this release: from the first binding on, none is legitimate
+            // (a node without one would skip every check below).
+            if self.view.has_bindings() {
+                return Admission::Refuse(Status::failed_precondition(format!(
+                    "node {}: a raft message must name its sender and receiver ({FROM}, {TO}): \
+                     every member of this cluster runs a release that does",
+                    self.node_id
+                )));
+            }
             return Admission::Admit;
         };
         let (from, to) = (&envelope.from, &envelope.to);
+        let cluster_id = self.view.cluster_id.as_str();
         if to.node_id != self.node_id {
             return Admission::Refuse(Status::failed_precondition(format!(
                 "this is node {}, not node {}: check --peer-dial and the member addresses",
                 self.node_id, to.node_id
             )));
         }
-        if !to.incarnation.is_empty() && to.incarnation != self.incarnation {
-            return Admission::NotThisNode(format!(
-                "the cluster knows node {id} by its data folder {known}, but this data folder is \
-                 {mine}: it is empty or another folder, so this node must not vote or take \
-                 entries as node {id}. Remove the member (`baton cluster remove {id}`), then add \
-                 this machine with a new id (`baton cluster add NEW_ID ADDRESS`) on an empty \
-                 folder; or start it on node {id}'s own data folder (docs/OPERATIONS.md, \
-                 \"Lost or wrong data folder\")",
-                id = self.node_id,
-                known = to.incarnation,
-                mine = self.incarnation,
-            ));
-        }
         if !envelope.cluster_id.is_empty()
-            && !self.cluster_id.is_empty()
-            && envelope.cluster_id != self.cluster_id
+            && !cluster_id.is_empty()
+            && envelope.cluster_id != cluster_id
         {
             return Admission::Refuse(Status::failed_precondition(format!(
-                "node {} belongs to cluster {}, not cluster {}",
-                self.node_id, self.cluster_id, envelope.cluster_id
+                "node {} belongs to cluster {cluster_id}, not cluster {}",
+                self.node_id, envelope.cluster_id
             )));
         }
         if self.secure {
@@ -184,13 +189,13 @@ impl Receiver<'_> {
                 )));
             }
         }
-        if self.state.was_removed(NodeId(from.node_id)) {
+        if self.view.was_removed(NodeId(from.node_id)) {
             return Admission::Refuse(Status::permission_denied(format!(
                 "node {} was removed from the cluster; its id is never used again",
                 from.node_id
             )));
         }
-        if let Some(bound) = self.state.incarnation_of(NodeId(from.node_id))
+        if let Some(bound) = self.view.incarnation_of(NodeId(from.node_id))
             && bound != from.incarnation
         {
             return Admission::Refuse(Status::permission_denied(format!(
@@ -198,6 +203,28 @@ impl Receiver<'_> {
                  its data and must be replaced (`baton cluster remove {}`, then add a new id)",
                 from.node_id, from.incarnation, from.node_id
             )));
+        }
+        if !to.incarnation.is_empty() && to.incarnation != self.incarnation {
+            let reason = format!(
+                "the cluster knows node {id} by its data folder {known}, but this data folder is \
+                 {mine}: it is empty or another folder, so this node must not vote or take \
+                 entries as node {id}. Remove the member (`baton cluster remove {id}`), then add \
+                 this machine with a new id (`baton cluster add NEW_ID ADDRESS`) on an empty \
+                 folder; or start it on node {id}'s own data folder (docs/OPERATIONS.md, \
+                 \"Lost or wrong data folder\")",
+                id = self.node_id,
+                known = to.incarnation,
+                mine = self.incarnation,
+            );
+            // Only a member of this very cluster says so with authority: its cluster is ours, or
+            // this node has no state at all (an empty folder). A node restored under the same
+            // addresses, still unnamed, refuses a leftover of the old cluster instead.
+            let authoritative = !envelope.cluster_id.is_empty()
+                && (envelope.cluster_id == cluster_id || self.members.is_empty());
+            if authoritative {
+                return Admission::NotThisNode(reason);
+            }
+            return Admission::Refuse(Status::failed_precondition(reason));
         }
         if kind == MessageKind::Vote
             && !self.members.is_empty()
@@ -217,6 +244,7 @@ mod tests {
     use baton_security::PeerIdentity;
 
     use super::*;
+    use crate::state::{ApplyCtx, ClusterState, Command, LogEntry};
 
     fn envelope(from: (u64, &str), to: (u64, &str)) -> Envelope {
         Envelope {
@@ -258,24 +286,32 @@ mod tests {
     #[test]
     fn each_rule_refuses_what_it_is_for_and_nothing_else() {
         let mut state = ClusterState::default();
-        state.note_members([NodeId(1), NodeId(2), NodeId(3), NodeId(4)]);
-        state.note_members([NodeId(1), NodeId(2), NodeId(3)]);
-        state.apply(
-            crate::state::ApplyCtx { index: 1 },
-            crate::state::LogEntry {
-                time_ms: 0,
-                command: crate::state::Command::BindIncarnation {
-                    node_id: NodeId(2),
-                    incarnation: "aa".into(),
-                },
+        let ids = |ids: &[u64]| ids.iter().map(|id| NodeId(*id)).collect::<Vec<_>>();
+        state.note_members(&[], &ids(&[1, 2, 3, 4]));
+        state.note_members(&ids(&[1, 2, 3, 4]), &ids(&[1, 2, 3]));
+        for command in [
+            Command::InitCluster {
+                cluster_id: "c1".into(),
             },
-        );
+            Command::BindIncarnation {
+                node_id: NodeId(2),
+                incarnation: "aa".into(),
+            },
+        ] {
+            state.apply(
+                ApplyCtx { index: 1 },
+                LogEntry {
+                    time_ms: 0,
+                    command,
+                },
+            );
+        }
+        let view = state.peer_view();
         let receiver = Receiver {
             node_id: 3,
             incarnation: "cc",
-            cluster_id: "c1",
+            view: &view,
             members: &[1, 2, 3],
-            state: &state,
             secure: true,
         };
         let node2 = peer(PeerRole::Node, "2");
@@ -337,26 +373,56 @@ mod tests {
             MessageKind::Vote,
         ));
         assert!(m.contains("this is node 3, not node 4"), "{m}");
-        match admit(
-            &envelope((2, "aa"), (3, "zz")),
-            &node2,
-            MessageKind::FromLeader,
-        ) {
+
+        // A member of this cluster that knows node 3 by another folder: node 3 must not go on.
+        let wrong_folder = envelope((2, "aa"), (3, "zz"));
+        match admit(&wrong_folder, &node2, MessageKind::FromLeader) {
             Admission::NotThisNode(reason) => {
                 assert!(reason.contains("baton cluster remove 3"), "{reason}")
             }
             other => panic!("{other:?}"),
         }
+        // The same words from a sender that is not a member in good standing halt nothing.
+        for (sender, certificate) in [((4, ""), "4"), ((2, "dd"), "2"), ((2, "aa"), "1")] {
+            let mut stale = wrong_folder.clone();
+            stale.from.node_id = sender.0;
+            stale.from.incarnation = sender.1.into();
+            refused(admit(
+                &stale,
+                &peer(PeerRole::Node, certificate),
+                MessageKind::FromLeader,
+            ));
+        }
+        // Nor from one whose cluster is not named yet, to a node that has state (restored).
+        let mut unnamed = wrong_folder.clone();
+        unnamed.cluster_id.clear();
+        refused(admit(&unnamed, &node2, MessageKind::FromLeader));
+        // A node with no state at all (an empty folder) halts on a formed cluster's word.
+        let fresh_view = PeerView::default();
+        let fresh = Receiver {
+            view: &fresh_view,
+            members: &[],
+            ..receiver
+        };
+        assert!(matches!(
+            fresh.admit(Some(&wrong_folder), Some(&node2), MessageKind::FromLeader),
+            Admission::NotThisNode(_)
+        ));
+
+        // Once folders are bound, a message without an envelope skips nothing: it is refused.
+        let m = refused(receiver.admit(None, Some(&node2), MessageKind::FromLeader));
+        assert!(m.contains("must name its sender and receiver"), "{m}");
+        // Before any binding (a rolling upgrade from a release without envelopes) it passes.
+        assert!(matches!(
+            fresh.admit(None, Some(&node2), MessageKind::Vote),
+            Admission::Admit
+        ));
         let insecure = Receiver {
             secure: false,
             ..receiver
         };
         assert!(matches!(
             insecure.admit(Some(&ok), None, MessageKind::Vote),
-            Admission::Admit
-        ));
-        assert!(matches!(
-            insecure.admit(None, None, MessageKind::Vote),
             Admission::Admit
         ));
     }

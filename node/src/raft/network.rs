@@ -72,21 +72,21 @@ impl Peers {
 
     /// The headers of a message to `target`: the incarnation bound for it, if any.
     fn envelope(&self, target: RaftNodeId) -> Envelope {
-        self.local.replica.read(|applied| Envelope {
-            cluster_id: applied.state.cluster_id().to_owned(),
+        let view = self.local.replica.peer_view();
+        Envelope {
+            cluster_id: view.cluster_id.clone(),
             from: Addressee {
                 node_id: self.local.node_id,
                 incarnation: self.local.incarnation.clone(),
             },
             to: Addressee {
                 node_id: target,
-                incarnation: applied
-                    .state
+                incarnation: view
                     .incarnation_of(NodeId(target))
                     .unwrap_or_default()
                     .to_owned(),
             },
-        })
+        }
     }
 
     /// Checks who answered: an answer from another incarnation than the one bound for `target`
@@ -134,7 +134,9 @@ impl Peers {
     pub fn bound(&self, node: RaftNodeId) -> Option<String> {
         self.local
             .replica
-            .read(|a| a.state.incarnation_of(NodeId(node)).map(str::to_owned))
+            .peer_view()
+            .incarnation_of(NodeId(node))
+            .map(str::to_owned)
     }
 
     /// Members that answered with an incarnation while none was bound for them, and that one.

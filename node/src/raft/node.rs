@@ -256,11 +256,6 @@ impl RaftNode {
         }
     }
 
-    /// Whether this node has halted (see [`RaftNode::halted`]).
-    pub fn is_halted(&self) -> bool {
-        self.halted.borrow().is_some()
-    }
-
     /// Forms a new cluster from `members` (`--initial-cluster`) if this node has never been part
     /// of one, or finds out that it must not take part. Runs until it knows; call it in a task.
     ///
@@ -647,13 +642,7 @@ impl RaftNode {
         if answering.is_empty() {
             return Err("no other voter answers heartbeats".into());
         }
-        let matched = |id: RaftNodeId| {
-            metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).copied().flatten())
-                .map(|l| l.index)
-        };
+        let matched = |id: RaftNodeId| matched_index(&metrics, id);
         let asks = answering.iter().map(|&id| async move {
             let answer = match self.member_addr(id) {
                 Some(addr) => self.peers.hello(&addr, HELLO_PATIENCE).await,
@@ -682,23 +671,37 @@ impl RaftNode {
             ));
         };
         tracing::info!(node = self.id, to, "data disk low: transferring leadership");
+        self.transfer_leadership(to, self.takeover_timeout())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(to)
+    }
+
+    /// How long a voter asked to take leadership may take to campaign: it does so at once, so a
+    /// newer term shows within an election or two, or it is not taking over.
+    pub fn takeover_timeout(&self) -> Duration {
+        Duration::from_millis(3 * self.raft.config().election_timeout_max)
+    }
+
+    /// Asks voter `to` to take leadership and waits, at most `patience`, until a newer term shows
+    /// (the leader sends no heartbeats while it transfers, so that is the signal left to watch).
+    pub async fn transfer_leadership(
+        &self,
+        to: RaftNodeId,
+        patience: Duration,
+    ) -> Result<(), TransferError> {
+        let term = self.raft.metrics().borrow_watched().current_term;
         self.raft
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| format!("leader transfer to node {to} refused: {e}"))?;
-        // As in `Server::drain`: the voter asked campaigns at once, so a newer term shows within
-        // an election or two, or it is not taking over.
-        let (term, takeover) = (
-            metrics.current_term,
-            Duration::from_millis(3 * self.raft.config().election_timeout_max),
-        );
+            .map_err(|e| TransferError::Refused(format!("leader transfer to node {to}: {e}")))?;
         self.raft
-            .wait(Some(takeover))
+            .wait(Some(patience))
             .metrics(|m| m.current_term > term, "a newer term")
             .await
-            .map_err(|_| format!("node {to} did not take over within {takeover:?}"))?;
-        Ok(to)
+            .map_err(|_| TransferError::NotTakenOver { to, patience })?;
+        Ok(())
     }
 
     /// Resolves once this node is no longer the leader (or its Raft core stopped).
@@ -738,6 +741,29 @@ fn successor(candidates: &[Candidate]) -> Option<RaftNodeId> {
         .filter(|c| c.disk_low == Some(false))
         .max_by_key(|c| (c.matched, std::cmp::Reverse(c.id)))
         .map(|c| c.id)
+}
+
+/// Why a leadership transfer did not happen ([`RaftNode::transfer_leadership`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// openraft refused it (its core stopped, say).
+    #[error("{0}")]
+    Refused(String),
+    /// The voter asked did not campaign (it is stopping too, or cut off).
+    #[error("node {to} did not take over within {patience:?}")]
+    NotTakenOver { to: RaftNodeId, patience: Duration },
+}
+
+/// The last log index a follower is known to have matched, from the leader's metrics.
+pub fn matched_index(
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+    follower: RaftNodeId,
+) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&follower).copied().flatten())
+        .map(|l| l.index)
 }
 
 /// What a node without Raft state learns from the other members' answers (see
@@ -891,6 +917,8 @@ async fn halt_when_raft_fails(
 
 /// On the leader: records the data-folder incarnation of every member the first time it is heard
 /// (its own included), so that from then on a node under that id on another folder is refused.
+/// Only once every member runs this release (see below); from the first binding on, receivers
+/// require every Raft message to carry its envelope (`envelope`).
 async fn bind_incarnations(
     id: RaftNodeId,
     incarnation: String,
@@ -914,8 +942,19 @@ async fn bind_incarnations(
                 .map(|(id, _)| *id)
                 .collect()
         };
-        let mut binds: Vec<(RaftNodeId, String)> = peers
-            .heard_unbound()
+        let heard = peers.heard_unbound();
+        // A node of an earlier release cannot decode `BindIncarnation` (the append would fail on
+        // it, again and again) and answers without an incarnation: bind nothing until every
+        // other member has answered with one, i.e. runs this release.
+        let all_speak = members.iter().all(|&member| {
+            member == id
+                || peers.bound(member).is_some()
+                || heard.iter().any(|(node, _)| *node == member)
+        });
+        if !all_speak {
+            continue;
+        }
+        let mut binds: Vec<(RaftNodeId, String)> = heard
             .into_iter()
             .filter(|(node, _)| members.contains(node))
             .collect();

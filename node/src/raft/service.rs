@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use baton_security::server::PeerInfo;
+use openraft::async_runtime::WatchReceiver;
 
 use super::envelope::{Admission, Envelope, MessageKind, Receiver, mark_answer};
 use super::network::{decode, encode};
@@ -36,27 +37,31 @@ impl RaftServiceImpl {
     /// under another data folder halts this node.
     fn admit<T>(&self, request: &Request<T>, kind: MessageKind) -> Result<(), Status> {
         let envelope = Envelope::read(request.metadata())?;
-        let admission = self.node.replica.read(|applied| {
-            let members: Vec<u64> = applied
-                .membership
+        let view = self.node.replica.peer_view();
+        // The effective membership (the latest in the log, applied or not), as openraft votes
+        // by it: a follower that has the entry adding a voter but has not applied it yet must
+        // not refuse that voter's votes.
+        let members: Vec<u64> = {
+            let metrics = self.node.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config
                 .membership()
                 .nodes()
                 .map(|(id, _)| *id)
-                .collect();
-            Receiver {
-                node_id: self.node.id,
-                incarnation: &self.node.incarnation,
-                cluster_id: applied.state.cluster_id(),
-                members: &members,
-                state: &applied.state,
-                secure: self.secure,
-            }
-            .admit(
-                envelope.as_ref(),
-                request.extensions().get::<PeerInfo>(),
-                kind,
-            )
-        });
+                .collect()
+        };
+        let admission = Receiver {
+            node_id: self.node.id,
+            incarnation: &self.node.incarnation,
+            view: &view,
+            members: &members,
+            secure: self.secure,
+        }
+        .admit(
+            envelope.as_ref(),
+            request.extensions().get::<PeerInfo>(),
+            kind,
+        );
         match admission {
             Admission::Admit => Ok(()),
             Admission::Refuse(status) => {

@@ -72,9 +72,6 @@ pub struct ClusterState {
     /// The data-folder incarnation each member was first heard with (`BindIncarnation`).
     #[serde(default, deserialize_with = "cautious::map")]
     incarnations: OrdMap<NodeId, String>,
-    /// The members (voters and learners) of the last membership entry applied.
-    #[serde(default, deserialize_with = "cautious::set")]
-    members: OrdSet<NodeId>,
     /// Ids that were members and left: a node under one of them is refused for good.
     #[serde(default, deserialize_with = "cautious::set")]
     removed_node_ids: OrdSet<NodeId>,
@@ -169,6 +166,33 @@ mod cautious {
 pub const IDS_PER_MS_MAX: u64 = 1_000;
 /// Ids skipped after a restore on top of the rate-based skip, for clocks that disagree.
 pub const RESEED_ID_MARGIN: u64 = 1_000_000_000;
+
+/// The part of the state the Raft transport reads on every message (`raft::envelope`): kept by the
+/// replica apart from the state's lock, which `apply` holds for a whole entry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerView {
+    pub cluster_id: String,
+    incarnations: OrdMap<NodeId, String>,
+    removed_node_ids: OrdSet<NodeId>,
+}
+
+impl PeerView {
+    /// The data-folder incarnation bound for `node_id`, if any.
+    pub fn incarnation_of(&self, node_id: NodeId) -> Option<&str> {
+        self.incarnations.get(&node_id).map(String::as_str)
+    }
+
+    /// Whether `node_id` was a member and was removed.
+    pub fn was_removed(&self, node_id: NodeId) -> bool {
+        self.removed_node_ids.contains(&node_id)
+    }
+
+    /// Whether any member's folder is bound: the leader binds only once every member speaks the
+    /// envelope, so from then on a message without one is refused.
+    pub fn has_bindings(&self) -> bool {
+        !self.incarnations.is_empty()
+    }
+}
 
 /// Filters and paging of [`ClusterState::list`].
 #[derive(Clone, Debug, Default)]
@@ -295,17 +319,29 @@ impl ClusterState {
         self.incarnations.get(&node_id).map(String::as_str)
     }
 
-    /// Membership entries are applied by the storage layer; it tells the state which ids are in
-    /// use so they are never handed out again.
-    pub fn note_members(&mut self, ids: impl IntoIterator<Item = NodeId>) {
-        let members: OrdSet<NodeId> = ids.into_iter().collect();
-        for id in members.iter() {
+    /// What the Raft transport checks on every message (an O(1) copy: persistent maps).
+    pub fn peer_view(&self) -> PeerView {
+        PeerView {
+            cluster_id: self.cluster_id.clone(),
+            incarnations: self.incarnations.clone(),
+            removed_node_ids: self.removed_node_ids.clone(),
+        }
+    }
+
+    /// Membership entries are applied by the storage layer; it tells the state the members
+    /// (voters and learners) before and after, so that their ids are never handed out again and
+    /// those that left are refused for good. (The previous membership comes from what the
+    /// storage layer applied, which every snapshot carries: the same on every replica.)
+    pub fn note_members(&mut self, previous: &[NodeId], current: &[NodeId]) {
+        for id in current {
             self.used_node_ids.insert(*id);
+            // A restored cluster may take back an id the old one had removed: it is a new
+            // cluster (see `reseed`).
+            self.removed_node_ids.remove(id);
         }
-        for left in self.members.clone().relative_complement(members.clone()) {
-            self.removed_node_ids.insert(left);
+        for left in previous.iter().filter(|id| !current.contains(id)) {
+            self.removed_node_ids.insert(*left);
         }
-        self.members = members;
     }
 
     /// Whether `node_id` was a member and was removed (it can never take part again).

@@ -891,3 +891,25 @@ fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
         assert_eq!(replica.state.state_hash(), new.state.state_hash());
     }
 }
+
+/// A member that leaves is retired for good; a restored cluster (a new cluster) may take the id
+/// back as a member. Both come from the memberships before and after, which every replica has.
+#[test]
+fn ids_that_leave_are_retired_until_a_new_membership_takes_them_back() {
+    let mut state = ClusterState::default();
+    let ids = |ids: &[u64]| ids.iter().map(|id| NodeId(*id)).collect::<Vec<_>>();
+    state.note_members(&[], &ids(&[1, 2, 3]));
+    state.note_members(&ids(&[1, 2, 3]), &ids(&[1, 2, 3, 4]));
+    state.note_members(&ids(&[1, 2, 3, 4]), &ids(&[1, 2, 4]));
+    assert!(state.was_removed(NodeId(3)));
+    assert!(!state.was_removed(NodeId(4)));
+    assert!(state.peer_view().was_removed(NodeId(3)));
+    // `batond restore` seeds a membership of 1, 3, 5 from this state.
+    state.reseed(None);
+    state.note_members(&ids(&[1, 2, 4]), &ids(&[1, 3, 5]));
+    assert!(
+        !state.was_removed(NodeId(3)),
+        "a restored member is no longer retired"
+    );
+    assert!(state.was_removed(NodeId(2)) && state.was_removed(NodeId(4)));
+}

@@ -156,10 +156,6 @@ impl DiskWatcher {
         self.free_bytes.load(Ordering::Relaxed)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The refusal a leader whose disk is low gives a new workflow: the node, the disk, its free
     /// space and the reserve, and what ends it.
     pub fn refusal(&self) -> String {

@@ -18,13 +18,15 @@ use super::durable;
 pub struct Identity {
     pub format: u32,
     pub node_id: u64,
-    /// 16 hex digits; absent in format 1 folders (added on their first start by this release).
+    /// 16 hex digits; absent in folders of releases before incarnations (added on their first
+    /// start by this release).
     #[serde(default)]
     pub incarnation: String,
 }
 
-/// The identity format this release writes. Format 1 had no incarnation.
-const FORMAT: u32 = 2;
+/// The identity format. The incarnation is a field that earlier releases of the same format
+/// ignore, so a node upgraded and then rolled back still starts.
+const FORMAT: u32 = 1;
 const FILE: &str = "IDENTITY";
 
 /// Entries a fresh folder may hold: a crash between writing the identity and renaming it into
@@ -47,9 +49,9 @@ pub fn open(dir: &Path, node_id: u64) -> Result<Identity, String> {
             path.display()
         )
     })?;
-    if identity.format > FORMAT || identity.format == 0 {
+    if identity.format != FORMAT {
         return Err(format!(
-            "data dir {} has format {}, this batond reads formats 1 to {FORMAT}",
+            "data dir {} has format {}, this batond reads format {FORMAT}",
             dir.display(),
             identity.format
         ));
@@ -64,7 +66,6 @@ pub fn open(dir: &Path, node_id: u64) -> Result<Identity, String> {
     if identity.incarnation.is_empty() {
         // A folder of an earlier release: it is the same folder, so it gets its incarnation now.
         identity.incarnation = new_incarnation()?;
-        identity.format = FORMAT;
         write(dir, &identity)?;
     }
     Ok(identity)

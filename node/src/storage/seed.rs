@@ -25,8 +25,9 @@ use std::path::Path;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, Membership};
 
-use super::{LogStore, StateMachineStore, snapshot};
-use crate::raft::types::{LogId, SnapshotMeta, StoredMembership, Vote};
+use super::state_machine::member_ids;
+use super::{Applied, LogStore, StateMachineStore, snapshot};
+use crate::raft::types::{SnapshotMeta, StoredMembership, Vote};
 use crate::state::{ClusterState, NodeId};
 
 /// What a rewrite produced, for the operator.
@@ -70,7 +71,12 @@ pub async fn restore(
         )
     })?;
     super::identity::open(data_dir, node_id)?;
-    seed(data_dir, node_id, state, last, members, None, 0).await
+    let copy = Applied {
+        state,
+        last_applied: Some(last),
+        membership: file.meta.last_membership.clone(),
+    };
+    seed(data_dir, node_id, copy, members, None, 0).await
 }
 
 /// Rewrites the data dir of node `node_id` (a survivor of a cluster that lost its majority for
@@ -144,8 +150,7 @@ pub async fn recover(data_dir: &Path, node_id: u64, address: &str) -> Result<See
     seed(
         data_dir,
         node_id,
-        view.state,
-        last,
+        view,
         &members,
         Some(NodeId(node_id)),
         applied_count,
@@ -153,21 +158,27 @@ pub async fn recover(data_dir: &Path, node_id: u64, address: &str) -> Result<See
     .await
 }
 
-/// Writes `state` at `last` with the membership `members` as the data dir's only snapshot, and a
-/// vote at the last entry's term.
+/// Writes `copy` (a state at a log position, with the membership it had there) as the data dir's
+/// only snapshot, with the membership `members`, and a vote at the last entry's term.
 async fn seed(
     data_dir: &Path,
     node_id: u64,
-    mut state: ClusterState,
-    last: LogId,
+    copy: Applied,
     members: &BTreeMap<u64, String>,
     survivor: Option<NodeId>,
     log_entries_applied: u64,
 ) -> Result<Seeded, String> {
+    let Applied {
+        mut state,
+        last_applied,
+        membership: previous,
+    } = copy;
+    let last = last_applied.ok_or("the copy holds no log position")?;
     // What the operator compares with the backup's (`snapshot save`) or the survivor's hash.
     let state_hash = hex::encode(state.state_hash());
     state.reseed(survivor);
-    state.note_members(members.keys().map(|&id| NodeId(id)));
+    let current: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
+    state.note_members(&member_ids(previous.membership()), &current);
     let voters: BTreeSet<u64> = members.keys().copied().collect();
     let nodes: BTreeMap<u64, BasicNode> = members
         .iter()

@@ -22,9 +22,9 @@ use super::events::EventLog;
 use super::snapshot;
 use crate::metrics;
 use crate::raft::types::{
-    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    LogId, Membership, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::state::{ApplyCtx, ClusterState, NodeId, Response};
+use crate::state::{ApplyCtx, ClusterState, NodeId, PeerView, Response};
 
 /// What has been applied: the state, and the log position and membership it reflects.
 #[derive(Clone, Default)]
@@ -49,12 +49,25 @@ pub struct Replica {
     /// The term this node currently leads, if it leads (set once Raft runs). Decides which
     /// applied entries this node counts in the workflow metrics (see `metrics`).
     leader_term: OnceLock<LeaderTerm>,
+    /// What the Raft transport reads on every message, refreshed after each apply: under its own
+    /// lock, never held long, so sending and admitting appends never waits behind an apply.
+    peer_view: RwLock<Arc<PeerView>>,
 }
 
 /// Reads this node's current leadership from Raft: `Some(term)` while it is the leader.
 pub type LeaderTerm = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl Replica {
+    /// The cluster id, bound incarnations and removed ids as of the last apply.
+    pub fn peer_view(&self) -> Arc<PeerView> {
+        self.peer_view.read().clone()
+    }
+
+    fn refresh_peer_view(&self) {
+        let view = Arc::new(self.applied.read().state.peer_view());
+        *self.peer_view.write() = view;
+    }
+
     /// Runs `f` on the applied state under a read lock. Keep `f` short: apply waits for it.
     pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
         f(&self.applied.read())
@@ -99,6 +112,11 @@ impl Replica {
     }
 }
 
+/// The voters' and learners' ids of a membership.
+pub fn member_ids(membership: &Membership) -> Vec<NodeId> {
+    membership.nodes().map(|(id, _)| NodeId(*id)).collect()
+}
+
 pub struct StateMachineStore {
     replica: Arc<Replica>,
     snapshot_dir: PathBuf,
@@ -134,6 +152,7 @@ impl StateMachineStore {
         }
         Ok(Self {
             replica: Arc::new(Replica {
+                peer_view: RwLock::new(Arc::new(applied.state.peer_view())),
                 applied: RwLock::new(applied),
                 hash_cache: Mutex::new(None),
                 events: EventLog::default(),
@@ -184,8 +203,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         result.response
                     }
                     EntryPayload::Membership(membership) => {
-                        let ids: Vec<_> = membership.nodes().map(|(id, _)| NodeId(*id)).collect();
-                        applied.state.note_members(ids);
+                        let previous = member_ids(applied.membership.membership());
+                        applied
+                            .state
+                            .note_members(&previous, &member_ids(&membership));
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Response::Done
                     }
@@ -196,6 +217,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(response);
             }
         }
+        self.replica.refresh_peer_view();
         self.replica.applied_notify.notify_one();
         Ok(())
     }
@@ -233,6 +255,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        drop(applied);
+        self.replica.refresh_peer_view();
         metrics::applied_index(meta.last_log_id.map_or(0, |id| id.index));
         Ok(())
     }
