@@ -30,7 +30,8 @@ struct Cli {
     /// Cluster size (3 or 5).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
     nodes: u64,
-    /// Named set of runs: quick (CI: 3 seeds x 25 s) or soak (20 seeds x 10 min, 5 nodes).
+    /// Named set of runs: quick (CI: 3 seeds x 25 s of every fault, then 20 s of power cuts) or
+    /// soak (20 seeds x 10 min, 5 nodes).
     #[arg(long, value_enum, conflicts_with = "seed")]
     profile: Option<Profile>,
     /// Keep the temporary folder (logs, journal) even when the run passes.
