@@ -943,15 +943,8 @@ async fn bind_incarnations(
                 .collect()
         };
         let heard = peers.heard_unbound();
-        // A node of an earlier release cannot decode `BindIncarnation` (the append would fail on
-        // it, again and again) and answers without an incarnation: bind nothing until every
-        // other member has answered with one, i.e. runs this release.
-        let all_speak = members.iter().all(|&member| {
-            member == id
-                || peers.bound(member).is_some()
-                || heard.iter().any(|(node, _)| *node == member)
-        });
-        if !all_speak {
+        let heard_ids: Vec<RaftNodeId> = heard.iter().map(|(node, _)| *node).collect();
+        if !every_member_speaks(id, &members, &heard_ids, |m| peers.bound(m).is_some()) {
             continue;
         }
         let mut binds: Vec<(RaftNodeId, String)> = heard
@@ -972,6 +965,20 @@ async fn bind_incarnations(
             }
         }
     }
+}
+
+/// Whether every member but `me` has answered with an incarnation (is bound already, or was
+/// heard): a node of an earlier release cannot decode `BindIncarnation` (the append would fail
+/// on it, again and again) and answers without one, so the leader binds nothing until then.
+fn every_member_speaks(
+    me: RaftNodeId,
+    members: &[RaftNodeId],
+    heard: &[RaftNodeId],
+    bound: impl Fn(RaftNodeId) -> bool,
+) -> bool {
+    members
+        .iter()
+        .all(|&member| member == me || bound(member) || heard.contains(&member))
 }
 
 /// Records why the node halted; the first reason wins.
@@ -1170,6 +1177,17 @@ mod tests {
             reason.starts_with("the raft core stopped on a storage error"),
             "{reason}"
         );
+    }
+
+    /// A leader binds folders only once every other member answered with an incarnation: one
+    /// node of an earlier release (it cannot read the entry) holds every binding back.
+    #[test]
+    fn folders_are_bound_only_once_every_member_speaks_the_envelope() {
+        let none_bound = |_: RaftNodeId| false;
+        assert!(every_member_speaks(1, &[1, 2, 3], &[2, 3], none_bound));
+        assert!(!every_member_speaks(1, &[1, 2, 3], &[2], none_bound));
+        assert!(every_member_speaks(1, &[1, 2, 3], &[2], |m| m == 3));
+        assert!(every_member_speaks(1, &[1], &[], none_bound));
     }
 
     #[test]
