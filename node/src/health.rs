@@ -16,13 +16,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::raft::RaftNode;
+use crate::raft::{RaftNode, Role};
 
 /// A node this many entries or more behind its known commit index is not ready: it would answer
 /// linearizable reads only after catching up, and stale reads from far behind.
@@ -89,26 +87,16 @@ impl Health {
         self.reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
-        let mut metrics = node.raft.metrics();
+        let mut raft = node.status_watch();
         let mut reported = None;
         loop {
             let ready = {
-                let m = metrics.borrow_watched();
-                let member = m
-                    .membership_config
-                    .membership()
-                    .get_node(&node.id)
-                    .is_some();
-                let role_serves = matches!(
-                    m.state,
-                    ServerState::Leader | ServerState::Follower | ServerState::Learner
-                );
-                let committed = m.local_committed.map_or(0, |l| l.index);
-                let applied = m.last_applied.map_or(0, |l| l.index);
-                member
+                let s = raft.current();
+                let role_serves = matches!(s.role, Role::Leader | Role::Follower | Role::Learner);
+                s.member
                     && role_serves
-                    && m.current_leader.is_some()
-                    && committed.saturating_sub(applied) < APPLY_LAG_MAX
+                    && s.leader.is_some()
+                    && s.committed_index.saturating_sub(s.applied_index) < APPLY_LAG_MAX
                     && !self.draining.load(Ordering::SeqCst)
             };
             if reported != Some(ready) {
@@ -117,7 +105,7 @@ impl Health {
                 reported = Some(ready);
             }
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { break },
+                changed = raft.changed() => if !changed { break },
                 () = self.changed.notified() => {}
                 _ = node.halted() => break,
             }

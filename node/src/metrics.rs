@@ -413,48 +413,29 @@ pub fn report_refused() {
     counter!(REPORTS_REFUSED).increment(1);
 }
 
-/// Raft gauges from openraft's metrics, refreshed on every change. `new_leader` is true when
-/// this node learned of a leader other than the last one it knew.
-pub fn raft(m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>, new_leader: bool) {
-    let is_leader = m.state == openraft::ServerState::Leader;
-    gauge!(RAFT_TERM).set(m.current_term as f64);
-    gauge!(RAFT_IS_LEADER).set(if is_leader { 1.0 } else { 0.0 });
-    let last_log = m.last_log_index.unwrap_or(0);
-    let committed = m.local_committed.map_or(0, |id| id.index);
-    let applied = m.last_applied.map_or(0, |id| id.index);
-    gauge!(RAFT_LAST_LOG_INDEX).set(last_log as f64);
-    gauge!(RAFT_COMMITTED_INDEX).set(committed as f64);
-    gauge!(RAFT_APPLY_LAG).set(committed.saturating_sub(applied) as f64);
-    if let Some(snapshot) = m.snapshot {
-        gauge!(RAFT_SNAPSHOT_INDEX).set(snapshot.index as f64);
+/// Raft gauges from this node's Raft status, refreshed on every change. `new_leader` is true
+/// when this node learned of a leader other than the last one it knew.
+pub fn raft(status: &crate::raft::RaftStatus, new_leader: bool) {
+    gauge!(RAFT_TERM).set(status.term as f64);
+    gauge!(RAFT_IS_LEADER).set(if status.is_leader() { 1.0 } else { 0.0 });
+    gauge!(RAFT_LAST_LOG_INDEX).set(status.last_log_index.unwrap_or(0) as f64);
+    gauge!(RAFT_COMMITTED_INDEX).set(status.committed_index as f64);
+    gauge!(RAFT_APPLY_LAG).set(status.committed_index.saturating_sub(status.applied_index) as f64);
+    if let Some(snapshot) = status.snapshot_index {
+        gauge!(RAFT_SNAPSHOT_INDEX).set(snapshot as f64);
     }
     if new_leader {
         counter!(RAFT_LEADER_CHANGES).increment(1);
     }
 }
 
-/// Replication lag per follower, on the leader; the caller zeroes the series when this node is
-/// no longer the leader.
-pub fn replication_lag(
-    m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>,
-    reported: &mut BTreeSet<u64>,
-) {
-    let last_log = m.last_log_index.unwrap_or(0);
-    let current: BTreeMap<u64, u64> = match &m.replication {
-        Some(replication) if m.state == openraft::ServerState::Leader => replication
-            .iter()
-            .filter(|(id, _)| **id != m.id)
-            .map(|(id, matched)| {
-                let matched = matched.map_or(0, |log_id| log_id.index);
-                (*id, last_log.saturating_sub(matched))
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    };
+/// Replication lag per follower (`current`: on the leader, entries behind by follower; empty
+/// elsewhere). Followers `reported` before and missing now are set to 0.
+pub fn replication_lag(current: &BTreeMap<u64, u64>, reported: &mut BTreeSet<u64>) {
     for id in reported.iter().filter(|id| !current.contains_key(id)) {
         gauge!(RAFT_REPLICATION_LAG, "follower" => id.to_string()).set(0.0);
     }
-    for (id, lag) in &current {
+    for (id, lag) in current {
         gauge!(RAFT_REPLICATION_LAG, "follower" => id.to_string()).set(*lag as f64);
     }
     reported.extend(current.keys());

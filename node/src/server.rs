@@ -9,8 +9,6 @@ use baton_proto::raft::v1::raft_service_server::RaftServiceServer;
 use baton_proto::v1::admin_service_server::AdminServiceServer;
 use baton_proto::v1::agent_service_server::AgentServiceServer;
 use baton_proto::v1::workflow_service_server::WorkflowServiceServer;
-use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -22,7 +20,7 @@ use crate::api::workflow::WorkflowServiceImpl;
 use crate::config::Config;
 use crate::limits;
 use crate::raft::RaftNode;
-use crate::raft::node::TransferError;
+use crate::raft::TransferError;
 use crate::raft::service::RaftServiceImpl;
 use crate::scheduler::{self, Sessions};
 use crate::security::Security;
@@ -244,21 +242,25 @@ impl Server {
     /// elect a leader after their election timeout.
     pub async fn drain(&self) -> Drained {
         self.health.start_draining().await;
-        let metrics = self.node.raft.metrics().borrow_watched().clone();
-        if metrics.state != ServerState::Leader {
+        if !self.node.is_leader() {
             return Drained::NotLeader;
         }
-        let others: Vec<u64> = metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|&id| id != self.node.id)
+        let members = self.node.members();
+        let others: Vec<u64> = members
+            .iter()
+            .filter(|m| m.voter && m.id != self.node.id)
+            .map(|m| m.id)
             .collect();
         if others.is_empty() {
             tracing::info!("drain: the only voter; nobody to hand leadership to");
             return Drained::OnlyVoter;
         }
-        let matched = |id: &u64| crate::raft::node::matched_index(&metrics, *id);
+        let matched = |id: &u64| {
+            members
+                .iter()
+                .find(|m| m.id == *id)
+                .and_then(|m| m.matched_index)
+        };
         // A voter that has not acknowledged a heartbeat for an election timeout would not take
         // leadership either: asking it only waits out DRAIN_TIMEOUT.
         let answering = self.node.voters_answering();
@@ -288,28 +290,23 @@ impl Server {
                 return Drained::NotTakenOver;
             }
         }
+        let patience = DRAIN_TIMEOUT.saturating_sub(started.elapsed());
         let moved = self
             .node
-            .raft
-            .wait(Some(DRAIN_TIMEOUT.saturating_sub(started.elapsed())))
-            .metrics(
-                |m| {
-                    m.current_leader.is_some_and(|l| l != self.node.id)
-                        && m.local_committed
-                            .is_some_and(|c| c.leader_id.term == m.current_term)
-                },
-                "a new leader commits",
-            )
+            .status_watch()
+            .wait(patience, |s| {
+                s.leader.is_some_and(|l| l != self.node.id) && s.committed_term == s.term
+            })
             .await;
         match moved {
-            Ok(m) => {
-                tracing::info!(leader = ?m.current_leader, term = m.current_term, "drain: leadership handed over");
+            Some(s) => {
+                tracing::info!(leader = ?s.leader, term = s.term, "drain: leadership handed over");
                 Drained::HandedOver {
-                    to: m.current_leader.unwrap_or(to),
+                    to: s.leader.unwrap_or(to),
                 }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "drain: leadership did not move in time");
+            None => {
+                tracing::warn!(?patience, "drain: leadership did not move in time");
                 Drained::TimedOut
             }
         }
@@ -390,9 +387,9 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// The first leader of a new cluster names it, once; the id shows in `cluster status`.
 async fn set_cluster_id_when_leader(node: Arc<RaftNode>) {
-    let mut metrics = node.raft.metrics();
+    let mut raft = node.status_watch();
     loop {
-        let is_leader = metrics.borrow_watched().state == ServerState::Leader;
+        let is_leader = raft.current().is_leader();
         let unnamed = node.replica.read(|a| a.state.cluster_id().is_empty());
         if !unnamed {
             return;
@@ -413,7 +410,7 @@ async fn set_cluster_id_when_leader(node: Arc<RaftNode>) {
                 Err(err) => tracing::debug!(error = %err, "cluster id not set yet"),
             }
         }
-        if metrics.changed().await.is_err() {
+        if !raft.changed().await {
             return;
         }
     }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use baton_node::state::NodeId;
 use baton_proto::v1 as pb;
 use common::{TestCluster, noop_spec, test_timing, wait_for};
-use openraft::async_runtime::WatchReceiver;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -74,12 +73,12 @@ async fn halted_untouched(cluster: &TestCluster, id: u64) -> String {
     let reason = tokio::time::timeout(TIMEOUT, server.halted())
         .await
         .unwrap_or_else(|_| panic!("node {id} on an empty folder never halted"));
-    let metrics = server.node.raft.metrics().borrow_watched().clone();
+    let raft = server.node.status();
     assert_eq!(
-        metrics.last_log_index, None,
+        raft.last_log_index, None,
         "node {id} took entries before halting"
     );
-    assert_eq!(metrics.vote.leader_id().term, 0, "node {id} voted");
+    assert_eq!(raft.term, 0, "node {id} voted");
     assert_eq!(server.node.replica.last_applied_index(), 0);
     let known = cluster.servers.values().find_map(|s| {
         s.node
@@ -139,23 +138,14 @@ async fn the_lowest_id_on_an_empty_folder_never_forms_a_second_cluster() {
     tracing::info!("--- node 1, the one that formed the cluster, comes back on an empty folder");
     restart_on_an_empty_folder(&mut cluster, 1, true).await;
     halted_untouched(&cluster, 1).await;
-    assert!(
-        !cluster.servers[&1]
-            .node
-            .raft
-            .is_initialized()
-            .await
-            .unwrap(),
+    // Initializing writes the first membership entry (index 0): none means none formed.
+    assert_eq!(
+        cluster.servers[&1].node.status().last_log_index,
+        None,
         "node 1 initialized a new cluster"
     );
     let leader = wait_for(TIMEOUT, "a leader among nodes 2 and 3", || async {
-        cluster.servers[&2]
-            .node
-            .raft
-            .metrics()
-            .borrow_watched()
-            .current_leader
-            .filter(|l| *l != 1)
+        cluster.servers[&2].node.status().leader.filter(|l| *l != 1)
     })
     .await;
     still_serves(&cluster, leader, "after-node-1").await;

@@ -1,23 +1,18 @@
 //! AdminService: cluster status with the state hash, membership changes (one at a time, run on the
 //! leader; a follower forwards), leadership transfer, snapshots.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::admin_service_server::AdminService;
 use baton_security::TOKEN_METADATA_KEY;
-use openraft::async_runtime::WatchReceiver;
-use openraft::error::ClientWriteError;
-use openraft::metrics::WaitError;
-use openraft::{BasicNode, ChangeMembers, ServerState};
 use sha2::Digest;
 use tonic::{Request, Response, Status};
 
 use super::{node_error, observed};
-use crate::raft::RaftNode;
+use crate::raft::{MembershipError, RaftNode, SnapshotError, TransferError};
 use crate::scheduler::Sessions;
 use crate::security::tokens;
 use crate::state::{Command, NodeId};
@@ -57,7 +52,7 @@ impl AdminServiceImpl {
         &self,
     ) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
         let leader =
-            self.node.raft.current_leader().await.ok_or_else(|| {
+            self.node.current_leader().await.ok_or_else(|| {
                 Status::unavailable("no leader is available: election in progress")
             })?;
         if leader == self.node.id {
@@ -76,49 +71,36 @@ impl AdminServiceImpl {
     }
 
     fn members(&self) -> Vec<pb::Member> {
-        let metrics = self.node.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, node)| pb::Member {
-                node_id: *id,
-                address: node.addr.clone(),
-                voter: voters.contains(id),
-                matched_index: metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).copied().flatten())
-                    .map_or(0, |l| l.index),
+        self.node
+            .members()
+            .into_iter()
+            .map(|m| pb::Member {
+                node_id: m.id,
+                address: m.addr,
+                voter: m.voter,
+                matched_index: m.matched_index.unwrap_or(0),
             })
             .collect()
     }
 
     async fn status(&self) -> Result<pb::ClusterStatusResponse, Status> {
-        let metrics = self.node.raft.metrics().borrow_watched().clone();
+        let raft = self.node.status();
         let replica = self.node.replica.clone();
         let (applied_index, hash) = tokio::task::spawn_blocking(move || replica.state_hash())
             .await
             .map_err(|e| Status::internal(format!("state hash: {e}")))?;
         let cluster_id = self.node.replica.read(|a| a.state.cluster_id().to_owned());
-        let role = match metrics.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
         Ok(pb::ClusterStatusResponse {
             node_id: self.node.id,
-            leader_id: metrics.current_leader.unwrap_or(0),
-            term: metrics.current_term,
+            leader_id: raft.leader.unwrap_or(0),
+            term: raft.term,
             members: self.members(),
-            role: role.into(),
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: metrics.local_committed.map_or(0, |l| l.index),
+            role: raft.role.name().into(),
+            last_log_index: raft.last_log_index.unwrap_or(0),
+            committed_index: raft.committed_index,
             applied_index,
-            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-            purged_index: metrics.purged.map_or(0, |l| l.index),
+            snapshot_index: raft.snapshot_index.unwrap_or(0),
+            purged_index: raft.purged_index,
             state_hash: hex::encode(hash),
             cluster_id,
         })
@@ -171,9 +153,7 @@ impl AdminServiceImpl {
         tracing::info!(node = id, address = %req.address, "adding learner");
         let added = tokio::time::timeout(
             CATCH_UP_TIMEOUT,
-            self.node
-                .raft
-                .add_learner(id, BasicNode::new(&req.address), true),
+            self.node.add_learner(id, &req.address),
         )
         .await
         .map_err(|_| {
@@ -186,8 +166,7 @@ impl AdminServiceImpl {
         added.map_err(membership_error)?;
         tracing::info!(node = id, "promoting learner to voter");
         self.node
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .promote_voter(id)
             .await
             .map_err(membership_error)?;
         Ok(pb::AddMemberResponse {
@@ -217,15 +196,9 @@ impl AdminServiceImpl {
                 "node {id} is the last voter; a cluster cannot remove its last voter"
             )));
         }
-        let change = if member.voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
         tracing::info!(node = id, "removing member");
         self.node
-            .raft
-            .change_membership(change, false)
+            .remove_member(id, member.voter)
             .await
             .map_err(membership_error)?;
         Ok(pb::RemoveMemberResponse {
@@ -268,66 +241,46 @@ impl AdminServiceImpl {
         if to == self.node.id {
             return Ok(pb::TransferLeaderResponse { leader_id: to });
         }
+        const MOVE_PATIENCE: Duration = Duration::from_secs(10);
         self.node
-            .raft
-            .trigger()
-            .transfer_leader(to)
+            .transfer_leadership(to, MOVE_PATIENCE)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let metrics = self
+            .map_err(|e| match e {
+                TransferError::Refused(why) => Status::internal(why),
+                TransferError::NotTakenOver { .. } => {
+                    Status::deadline_exceeded(format!("leadership did not move: {e}"))
+                }
+            })?;
+        let moved = self
             .node
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(
-                |m| m.current_leader.is_some() && m.current_leader != Some(self.node.id),
-                "leadership moves",
-            )
+            .status_watch()
+            .wait(MOVE_PATIENCE, |s| {
+                s.leader.is_some_and(|l| l != self.node.id)
+            })
             .await
-            .map_err(|e| Status::deadline_exceeded(format!("leadership did not move: {e}")))?;
+            .ok_or_else(|| {
+                Status::deadline_exceeded(format!(
+                    "leadership did not move: no other leader known within {MOVE_PATIENCE:?}"
+                ))
+            })?;
         Ok(pb::TransferLeaderResponse {
-            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_id: moved.leader.unwrap_or(0),
         })
     }
 
-    /// Builds a snapshot covering at least everything applied when the call arrived. openraft
-    /// ignores a trigger while a build is under way (one started by the snapshot policy, say),
-    /// and that build may end below the wanted index; so the trigger is repeated until a
-    /// snapshot covers it.
+    /// Builds a snapshot covering at least everything applied when the call arrived.
     async fn trigger_snapshot(&self) -> Result<pb::TriggerSnapshotResponse, Status> {
         const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(120);
-        const RETRIGGER_EVERY: Duration = Duration::from_millis(500);
         let applied = self.node.replica.last_applied_index();
-        let deadline = Instant::now() + SNAPSHOT_WAIT_MAX;
-        loop {
-            self.node
-                .raft
-                .trigger()
-                .snapshot()
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let built = self
-                .node
-                .raft
-                .wait(Some(RETRIGGER_EVERY))
-                .metrics(
-                    |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                    "snapshot built",
-                )
-                .await;
-            match built {
-                Ok(metrics) => {
-                    return Ok(pb::TriggerSnapshotResponse {
-                        snapshot_index: metrics.snapshot.map_or(0, |s| s.index),
-                    });
-                }
-                Err(WaitError::Timeout(..)) if Instant::now() < deadline => {}
-                Err(e) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "snapshot not built: {e}"
-                    )));
-                }
-            }
-        }
+        let snapshot_index = self
+            .node
+            .build_snapshot(applied, SNAPSHOT_WAIT_MAX)
+            .await
+            .map_err(|e| match e {
+                SnapshotError::Refused(_) => Status::internal(e.to_string()),
+                SnapshotError::NotBuilt(_) => Status::deadline_exceeded(e.to_string()),
+            })?;
+        Ok(pb::TriggerSnapshotResponse { snapshot_index })
     }
 }
 
@@ -344,20 +297,11 @@ fn validate_address(address: &str) -> Result<(), Status> {
     }
 }
 
-fn membership_error(
-    err: openraft::error::RaftError<
-        crate::raft::types::TypeConfig,
-        ClientWriteError<crate::raft::types::TypeConfig>,
-    >,
-) -> Status {
-    match err.api_error() {
-        Some(ClientWriteError::ForwardToLeader(_)) => {
-            Status::unavailable("leadership moved during the change; retry")
-        }
-        Some(ClientWriteError::ChangeMembershipError(e)) => {
-            Status::failed_precondition(format!("membership change refused: {e}"))
-        }
-        _ => Status::internal(err.to_string()),
+fn membership_error(err: MembershipError) -> Status {
+    match err {
+        MembershipError::LeaderMoved => Status::unavailable(err.to_string()),
+        MembershipError::Refused(_) => Status::failed_precondition(err.to_string()),
+        MembershipError::Failed(_) => Status::internal(err.to_string()),
     }
 }
 

@@ -86,7 +86,7 @@ async fn require_leader(node: &RaftNode) -> Result<(), Status> {
     }
     let mut status =
         Status::failed_precondition("this node is not the leader; connect to the leader");
-    if let Some(leader) = node.raft.current_leader().await
+    if let Some(leader) = node.current_leader().await
         && let Some(addr) = node.member_addr(leader)
         && let Ok(value) = addr.parse()
     {

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::clock::LeaderClock;
-use super::node::{NodeError, Proposed};
+use super::error::NodeError;
+use super::node::Proposed;
 use super::types::Raft;
 use crate::limits::ENTRY_BATCH_BYTES_MAX;
 use crate::metrics;

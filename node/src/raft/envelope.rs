@@ -11,7 +11,7 @@
 //!
 //! Messages without these headers (a node of an earlier release, during a rolling upgrade) pass
 //! until the leader has bound the first data folder, which it does only once every member
-//! answers with an incarnation (`raft::node::bind_incarnations`); from then on they are refused,
+//! answers with an incarnation (`raft::bootstrap::bind_incarnations`); from then on they are refused,
 //! so leaving the headers off skips no check.
 
 use baton_security::PeerRole;

@@ -1,5 +1,5 @@
-//! A running Raft member: starting it, bootstrapping the cluster, proposing commands (the leader
-//! stamps the time; followers forward to the leader) and linearizable reads (ReadIndex).
+//! A running Raft member: starting it, proposing commands (the leader stamps the time; followers
+//! forward to the leader), linearizable reads (ReadIndex), halting and shutting down.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_proto::raft::v1 as pb;
+use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::raft::ReadPolicy;
-use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::batcher::Batcher;
 use super::clock::LeaderClock;
+use super::error::{NodeError, overloaded, status_to_error};
 use super::network::{self, NetworkFactory, Peers};
-use super::types::{Raft, RaftNodeId, TypeConfig};
-use crate::metrics;
-use crate::state::{Command, LogEntry, NodeId, Response};
+use super::types::{Raft, RaftNodeId};
+use crate::state::{Command, LogEntry, Response};
 use crate::storage::disk::DiskWatcher;
 use crate::storage::{LogStore, Replica, StateMachineStore};
 
@@ -50,39 +50,6 @@ impl Default for RaftTiming {
     }
 }
 
-/// Why a proposal or read did not go through. Says whether the command may have been applied.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum NodeError {
-    /// Certainly not applied: no leader is known (election under way, or no quorum).
-    #[error("no leader is available: {0}")]
-    NoLeader(String),
-    /// May or may not have been applied: the leader was lost mid-request.
-    #[error("outcome unknown: {0}")]
-    Unknown(String),
-    /// Certainly not applied: this node is not the leader (internal, for forwarding).
-    #[error("node is not the leader")]
-    NotLeader { leader: Option<RaftNodeId> },
-    /// The Raft core or storage failed; the node cannot serve.
-    #[error("raft failed: {0}")]
-    Fatal(String),
-    /// Certainly not applied: the node (or the leader it forwards to) has
-    /// `limits::PROPOSALS_IN_FLIGHT_MAX` proposals in flight. Retry with backoff.
-    #[error("overloaded: {0}")]
-    Overloaded(String),
-    /// Certainly not applied: the leader's data disk is below its reserve, and the command would
-    /// add workflows (see [`RaftNode::propose_local`]). The message names the node, the disk, its
-    /// free space and the reserve. Retry once space is freed, or leadership moved to a node with
-    /// room.
-    #[error("{0}")]
-    DiskLow(String),
-}
-
-/// Metadata key of a leader's RESOURCE_EXHAUSTED answer to a forwarded proposal saying why it
-/// refused, so the follower passes the same refusal on (a [`NodeError::DiskLow`] stays one).
-pub const REFUSAL_METADATA: &str = "baton-refusal";
-/// [`REFUSAL_METADATA`]'s value for [`NodeError::DiskLow`].
-pub const REFUSAL_DISK_LOW: &str = "disk-low";
-
 /// What a committed proposal returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proposed {
@@ -94,7 +61,9 @@ pub struct RaftNode {
     pub id: RaftNodeId,
     /// This node's data-folder incarnation (`storage::identity`).
     pub incarnation: String,
-    pub raft: Raft,
+    /// openraft's handle: for `raft/` alone (the rest of the node uses `status` and the methods
+    /// here).
+    pub(super) raft: Raft,
     pub replica: Arc<Replica>,
     pub peers: Peers,
     /// Counted limits: proposals, agent sessions, watches.
@@ -104,7 +73,7 @@ pub struct RaftNode {
     /// `--max-commands-per-entry`: a client's batch larger than this is refused, and at 1 (no
     /// `Batch` entries, for a rolling upgrade) every batch is.
     pub commands_per_entry_max: usize,
-    batcher: Batcher,
+    pub(super) batcher: Batcher,
     /// The time the leader stamps into entries (see `clock`); the scheduler's time too.
     pub clock: Arc<LeaderClock>,
     tasks: Vec<JoinHandle<()>>,
@@ -214,20 +183,22 @@ impl RaftNode {
             halted: tokio::sync::watch::channel(None).0,
             log_closed: tokio::sync::Mutex::new(Some(log_closed)),
         };
-        node.tasks
-            .push(tokio::spawn(watch_metrics(node.raft.clone())));
+        node.tasks.push(tokio::spawn(super::status::watch_metrics(
+            node.status_watch(),
+        )));
         node.tasks.push(tokio::spawn(halt_when_raft_fails(
             node.raft.clone(),
             node.halted.clone(),
             data_dir.to_owned(),
         )));
-        node.tasks.push(tokio::spawn(bind_incarnations(
-            id,
-            node.incarnation.clone(),
-            node.raft.clone(),
-            node.peers.clone(),
-            node.batcher.clone(),
-        )));
+        node.tasks
+            .push(tokio::spawn(super::bootstrap::bind_incarnations(
+                id,
+                node.incarnation.clone(),
+                node.raft.clone(),
+                node.peers.clone(),
+                node.batcher.clone(),
+            )));
         Ok(node)
     }
 
@@ -254,95 +225,6 @@ impl RaftNode {
                 std::future::pending::<()>().await;
             }
         }
-    }
-
-    /// Forms a new cluster from `members` (`--initial-cluster`) if this node has never been part
-    /// of one, or finds out that it must not take part. Runs until it knows; call it in a task.
-    ///
-    /// A node with no Raft state at all is either a new member or a member whose data folder was
-    /// lost (or is not its own). It asks the others ([`RaftNode::hello`]) before anything else:
-    /// - a peer that belongs to a formed cluster in which this id is bound to another data
-    ///   folder: this node must not vote or take entries under the id; `Err` names the recovery;
-    /// - a peer of a formed cluster that does not list this id: a misconfiguration; `Err`;
-    /// - a formed cluster that lists this id, not bound yet: a member that starts late; it waits
-    ///   to hear from the leader;
-    /// - nobody formed: only the lowest id initializes, and only once a majority of the members
-    ///   (itself included) answered that they hold no cluster, so the lowest id never forms a
-    ///   second cluster beside a live one (it cannot tell a new cluster from a lost folder alone).
-    pub async fn bootstrap(&self, members: &BTreeMap<RaftNodeId, String>) -> Result<(), String> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| format!("raft failed: {e}"))?;
-        if initialized {
-            tracing::info!(node = self.id, "existing raft state found: rejoining");
-            return Ok(());
-        }
-        let lowest = members.keys().next() == Some(&self.id);
-        let majority = members.len() / 2 + 1;
-        let mut waiting_logged = false;
-        loop {
-            let answers = self.hello_all(members).await;
-            match bootstrap_decision(self.id, &self.incarnation, &answers) {
-                Err(reason) => return Err(reason),
-                Ok(Some(why)) => {
-                    tracing::info!(node = self.id, "{why}");
-                    return Ok(());
-                }
-                Ok(None) if !lowest => {
-                    tracing::info!(
-                        node = self.id,
-                        "waiting for the lowest-id member to form the cluster"
-                    );
-                    return Ok(());
-                }
-                Ok(None) if answers.len() + 1 >= majority => break,
-                Ok(None) => {
-                    if !waiting_logged {
-                        tracing::info!(
-                            node = self.id,
-                            answered = answers.len() + 1,
-                            needed = majority,
-                            "waiting for a majority of --initial-cluster to answer before \
-                             forming the cluster"
-                        );
-                        waiting_logged = true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-        let nodes: BTreeMap<_, _> = members
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
-            .collect();
-        match self.raft.initialize(nodes).await {
-            Ok(()) => tracing::info!(
-                node = self.id,
-                members = members.len(),
-                "cluster initialized"
-            ),
-            Err(err) => {
-                // Already initialized by an earlier run that crashed before this check.
-                tracing::info!(node = self.id, error = %err, "initialize skipped");
-            }
-        }
-        Ok(())
-    }
-
-    /// Asks every other member of `members` who it is ([`pb::HelloResponse`]), each with a
-    /// deadline of a second; those that do not answer are left out.
-    async fn hello_all(&self, members: &BTreeMap<RaftNodeId, String>) -> Vec<pb::HelloResponse> {
-        let asks = members
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(_, addr)| self.peers.hello(addr, Duration::from_secs(1)));
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
     }
 
     /// A client's proposal: [`RaftNode::propose`] if this node has room for one more in flight,
@@ -540,321 +422,6 @@ impl RaftNode {
             tracing::warn!("the raft log was still open 10 s after shutdown");
         }
     }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().state == ServerState::Leader
-    }
-
-    /// Whether this node is the leader and a quorum acknowledged it recently enough that no
-    /// other leader can have been elected since: followers wait at least the minimum election
-    /// timeout after the last heartbeat they acknowledged before they campaign, and openraft's
-    /// `last_quorum_acked` is the *send* time of that heartbeat. A deposed leader that has not
-    /// noticed yet (partitioned away, paused) answers false here, so it never tells an agent
-    /// that a lease was renewed after a new leader may already be counting it down.
-    pub fn leadership_confirmed(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        if m.state != ServerState::Leader {
-            return false;
-        }
-        // A single voter is its own quorum: no other leader can exist.
-        let mut voters = m.membership_config.membership().voter_ids();
-        if voters.next() == Some(self.id) && voters.next().is_none() {
-            return true;
-        }
-        self.within_election_timeout(m.last_quorum_acked.map(|acked| acked.into_inner()))
-    }
-
-    /// Whether `sent` (the send time of an acknowledged heartbeat) is younger than the minimum
-    /// election timeout.
-    fn within_election_timeout(
-        &self,
-        sent: Option<openraft::alias::InstantOf<TypeConfig>>,
-    ) -> bool {
-        let window = Duration::from_millis(self.raft.config().election_timeout_min);
-        sent.is_some_and(|at| openraft::Instant::elapsed(&at) < window)
-    }
-
-    /// On the leader: the other voters that acknowledged a heartbeat within the last minimum
-    /// election timeout, so are up and reachable now. Empty on a follower.
-    pub fn voters_answering(&self) -> Vec<RaftNodeId> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        if m.state != ServerState::Leader {
-            return Vec::new();
-        }
-        let answered = |id: RaftNodeId| {
-            self.within_election_timeout(
-                m.heartbeat
-                    .as_ref()
-                    .and_then(|acked| acked.get(&id).copied().flatten())
-                    .map(|at| at.into_inner()),
-            )
-        };
-        m.membership_config
-            .membership()
-            .voter_ids()
-            .filter(|&id| id != self.id && answered(id))
-            .collect()
-    }
-
-    /// While this node leads with its data disk low, hands leadership to a voter that answers
-    /// and whose own disk is not low ([`successor`]), trying again every
-    /// [`DISK_HANDOFF_RETRY`] while the disk stays low and the node leads. With no such voter it
-    /// stays leader: reads, agents and admitted work go on, and `propose_local` goes on refusing
-    /// new workflows. Runs until its task is aborted.
-    pub async fn hand_off_while_disk_low(&self) {
-        let mut every = tokio::time::interval(crate::storage::disk::CHECK_INTERVAL);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Said once per spell of being stuck, not every few seconds.
-        let mut staying_said = false;
-        loop {
-            every.tick().await;
-            if !self.disk.is_low() || !self.is_leader() {
-                staying_said = false;
-                continue;
-            }
-            match self.hand_off_once().await {
-                Ok(to) => {
-                    tracing::info!(node = self.id, to, "data disk low: leadership handed over");
-                    staying_said = false;
-                }
-                Err(why) if !staying_said => {
-                    tracing::warn!(
-                        node = self.id,
-                        reason = %why,
-                        "data disk low: staying leader (refusing new workflows)"
-                    );
-                    staying_said = true;
-                }
-                Err(why) => tracing::debug!(node = self.id, reason = %why, "no handover yet"),
-            }
-            tokio::time::sleep(DISK_HANDOFF_RETRY).await;
-        }
-    }
-
-    /// One attempt of [`RaftNode::hand_off_while_disk_low`]: asks the voters that answer
-    /// heartbeats whether their disks are low, and transfers leadership to the best one that is
-    /// not; `Ok` once a newer term shows (the voter campaigned), else why not.
-    async fn hand_off_once(&self) -> Result<RaftNodeId, String> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let answering = self.voters_answering();
-        if answering.is_empty() {
-            return Err("no other voter answers heartbeats".into());
-        }
-        let matched = |id: RaftNodeId| matched_index(&metrics, id);
-        let asks = answering.iter().map(|&id| async move {
-            let answer = match self.member_addr(id) {
-                Some(addr) => self.peers.hello(&addr, HELLO_PATIENCE).await,
-                None => None,
-            };
-            Candidate {
-                id,
-                matched: matched(id),
-                // An answer from another node at that address says nothing about this one.
-                disk_low: answer.filter(|a| a.node_id == id).map(|a| a.disk_low),
-            }
-        });
-        let candidates = futures::future::join_all(asks).await;
-        let Some(to) = successor(&candidates) else {
-            let said: Vec<String> = candidates
-                .iter()
-                .map(|c| match c.disk_low {
-                    Some(true) => format!("node {}: disk low", c.id),
-                    Some(false) => format!("node {}: room", c.id),
-                    None => format!("node {}: no answer", c.id),
-                })
-                .collect();
-            return Err(format!(
-                "no other voter has room on its data disk ({})",
-                said.join(", ")
-            ));
-        };
-        tracing::info!(node = self.id, to, "data disk low: transferring leadership");
-        self.transfer_leadership(to, self.takeover_timeout())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(to)
-    }
-
-    /// How long a voter asked to take leadership may take to campaign: it does so at once, so a
-    /// newer term shows within an election or two, or it is not taking over.
-    pub fn takeover_timeout(&self) -> Duration {
-        Duration::from_millis(3 * self.raft.config().election_timeout_max)
-    }
-
-    /// Asks voter `to` to take leadership and waits, at most `patience`, until a newer term shows
-    /// (the leader sends no heartbeats while it transfers, so that is the signal left to watch).
-    pub async fn transfer_leadership(
-        &self,
-        to: RaftNodeId,
-        patience: Duration,
-    ) -> Result<(), TransferError> {
-        let term = self.raft.metrics().borrow_watched().current_term;
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| TransferError::Refused(format!("leader transfer to node {to}: {e}")))?;
-        self.raft
-            .wait(Some(patience))
-            .metrics(|m| m.current_term > term, "a newer term")
-            .await
-            .map_err(|_| TransferError::NotTakenOver { to, patience })?;
-        Ok(())
-    }
-
-    /// Resolves once this node is no longer the leader (or its Raft core stopped).
-    pub async fn leadership_lost(&self) {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if metrics.borrow_watched().state != ServerState::Leader {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// How often a leader whose data disk stays low tries again to hand leadership over.
-pub const DISK_HANDOFF_RETRY: Duration = Duration::from_secs(3);
-/// How long the leader waits for each voter's Hello when looking for a successor.
-const HELLO_PATIENCE: Duration = Duration::from_secs(1);
-
-/// A voter a leader with a low data disk could hand leadership to.
-#[derive(Clone, Debug)]
-struct Candidate {
-    id: RaftNodeId,
-    /// The last log index the leader knows it holds.
-    matched: Option<u64>,
-    /// What it said of its own data disk (`Hello`); `None` if it did not answer.
-    disk_low: Option<bool>,
-}
-
-/// The voter to hand leadership to: one that answered that its disk is not low, the most up to
-/// date first (it takes over without waiting to catch up), the lowest id among equals.
-fn successor(candidates: &[Candidate]) -> Option<RaftNodeId> {
-    candidates
-        .iter()
-        .filter(|c| c.disk_low == Some(false))
-        .max_by_key(|c| (c.matched, std::cmp::Reverse(c.id)))
-        .map(|c| c.id)
-}
-
-/// Why a leadership transfer did not happen ([`RaftNode::transfer_leadership`]).
-#[derive(Debug, thiserror::Error)]
-pub enum TransferError {
-    /// openraft refused it (its core stopped, say).
-    #[error("{0}")]
-    Refused(String),
-    /// The voter asked did not campaign (it is stopping too, or cut off).
-    #[error("node {to} did not take over within {patience:?}")]
-    NotTakenOver { to: RaftNodeId, patience: Duration },
-}
-
-/// The last log index a follower is known to have matched, from the leader's metrics.
-pub fn matched_index(
-    metrics: &openraft::RaftMetrics<TypeConfig>,
-    follower: RaftNodeId,
-) -> Option<u64> {
-    metrics
-        .replication
-        .as_ref()
-        .and_then(|r| r.get(&follower).copied().flatten())
-        .map(|l| l.index)
-}
-
-/// What a node without Raft state learns from the other members' answers (see
-/// [`RaftNode::bootstrap`]): `Err` to refuse to take part, `Ok(Some(why))` to wait to be contacted
-/// by a formed cluster, `Ok(None)` when nobody answered that a cluster is formed.
-fn bootstrap_decision(
-    node_id: RaftNodeId,
-    incarnation: &str,
-    answers: &[pb::HelloResponse],
-) -> Result<Option<String>, String> {
-    // A peer of an earlier release names its cluster but not its members.
-    let formed = |a: &pb::HelloResponse| !a.members.is_empty() || !a.cluster_id.is_empty();
-    for answer in answers.iter().filter(|a| formed(a)) {
-        let listed = answer.members.contains(&node_id);
-        if listed
-            && !answer.caller_incarnation.is_empty()
-            && answer.caller_incarnation != incarnation
-        {
-            return Err(format!(
-                "node {node_id} is already a member of cluster {cluster} (node {peer} says so), \
-                 bound to data folder {known}; this data folder ({incarnation}) is new, so node \
-                 {node_id}'s data is lost or elsewhere. This node must not vote or take entries \
-                 as node {node_id}. Remove the member (`baton cluster remove {node_id}`), then add \
-                 this machine with a new id (`baton cluster add NEW_ID ADDRESS`, started without \
-                 --initial-cluster on an empty folder); or start it on node {node_id}'s own data \
-                 folder (docs/OPERATIONS.md, \"Lost or wrong data folder\")",
-                cluster = answer.cluster_id,
-                peer = answer.node_id,
-                known = answer.caller_incarnation,
-            ));
-        }
-        if !listed && !answer.members.is_empty() {
-            return Err(format!(
-                "the members in --initial-cluster already formed cluster {} without node \
-                 {node_id} (node {} says so): start this node without --initial-cluster and add \
-                 it with `baton cluster add {node_id} ADDRESS`",
-                answer.cluster_id, answer.node_id
-            ));
-        }
-    }
-    Ok(answers.iter().find(|a| formed(a)).map(|a| {
-        format!(
-            "node {} belongs to a formed cluster {}: waiting to hear from its leader",
-            a.node_id, a.cluster_id
-        )
-    }))
-}
-
-/// Maps a status from the leader's internal RPC: whether the command may have been applied.
-/// The refusal of a proposal past `PROPOSALS_IN_FLIGHT_MAX`.
-pub fn overloaded() -> NodeError {
-    NodeError::Overloaded(format!(
-        "{} proposals in flight on this node; retry with backoff",
-        crate::limits::PROPOSALS_IN_FLIGHT_MAX
-    ))
-}
-
-///
-/// Only two things prove a forwarded command was not applied: the connection to the leader could
-/// not be made (so the request never left), or the leader answered that it refused before
-/// proposing. Everything else (the connection lost mid-call, a reset, a timeout, an answer that
-/// says nothing about how far it got) is an unknown outcome: the caller is told so, and never
-/// retried here, since a retry could apply the command twice.
-fn status_to_error(status: tonic::Status) -> NodeError {
-    if baton_proto::status::has_source::<tonic::ConnectError>(&status) {
-        return NodeError::NoLeader(format!("the leader is unreachable: {}", status.message()));
-    }
-    // A status with a source was made on this side from a transport error, after the
-    // connection was up: the request may have reached the leader.
-    if std::error::Error::source(&status).is_some() {
-        return NodeError::Unknown(format!(
-            "the connection to the leader broke during the call: {}",
-            status.message()
-        ));
-    }
-    match status.code() {
-        // The leader refused before proposing: its data disk is low.
-        tonic::Code::ResourceExhausted
-            if status
-                .metadata()
-                .get(REFUSAL_METADATA)
-                .is_some_and(|v| v == REFUSAL_DISK_LOW) =>
-        {
-            NodeError::DiskLow(status.message().to_owned())
-        }
-        // The leader refused before proposing: it is saturated.
-        tonic::Code::ResourceExhausted => NodeError::Overloaded(status.message().to_owned()),
-        // The leader refused before proposing (it is no longer the leader, or has no quorum).
-        tonic::Code::FailedPrecondition => NodeError::NotLeader { leader: None },
-        _ => NodeError::Unknown(format!("{}: {}", status.code(), status.message())),
-    }
 }
 
 /// Writes one entry holding `command` through Raft, stamped with the leader's clock (see
@@ -915,72 +482,6 @@ async fn halt_when_raft_fails(
     }
 }
 
-/// On the leader: records the data-folder incarnation of every member the first time it is heard
-/// (its own included), so that from then on a node under that id on another folder is refused.
-/// Only once every member runs this release (see below); from the first binding on, receivers
-/// require every Raft message to carry its envelope (`envelope`).
-async fn bind_incarnations(
-    id: RaftNodeId,
-    incarnation: String,
-    raft: Raft,
-    peers: Peers,
-    batcher: Batcher,
-) {
-    let mut every = tokio::time::interval(Duration::from_millis(500));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let members: Vec<RaftNodeId> = {
-            let metrics = raft.metrics();
-            let m = metrics.borrow_watched();
-            if m.state != ServerState::Leader {
-                continue;
-            }
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        let heard = peers.heard_unbound();
-        let heard_ids: Vec<RaftNodeId> = heard.iter().map(|(node, _)| *node).collect();
-        if !every_member_speaks(id, &members, &heard_ids, |m| peers.bound(m).is_some()) {
-            continue;
-        }
-        let mut binds: Vec<(RaftNodeId, String)> = heard
-            .into_iter()
-            .filter(|(node, _)| members.contains(node))
-            .collect();
-        if members.contains(&id) && peers.bound(id).is_none() {
-            binds.push((id, incarnation.clone()));
-        }
-        for (node_id, incarnation) in binds {
-            let command = Command::BindIncarnation {
-                node_id: NodeId(node_id),
-                incarnation: incarnation.clone(),
-            };
-            match batcher.propose(command).await {
-                Ok(_) => tracing::info!(node = node_id, %incarnation, "member's data folder bound"),
-                Err(err) => tracing::debug!(node = node_id, error = %err, "binding deferred"),
-            }
-        }
-    }
-}
-
-/// Whether every member but `me` has answered with an incarnation (is bound already, or was
-/// heard): a node of an earlier release cannot decode `BindIncarnation` (the append would fail
-/// on it, again and again) and answers without one, so the leader binds nothing until then.
-fn every_member_speaks(
-    me: RaftNodeId,
-    members: &[RaftNodeId],
-    heard: &[RaftNodeId],
-    bound: impl Fn(RaftNodeId) -> bool,
-) -> bool {
-    members
-        .iter()
-        .all(|&member| member == me || bound(member) || heard.contains(&member))
-}
-
 /// Records why the node halted; the first reason wins.
 fn set_halted(halted: &tokio::sync::watch::Sender<Option<String>>, reason: String) {
     halted.send_if_modified(|halted| {
@@ -1007,160 +508,9 @@ fn fatal_reason(error: &str, data_dir: &Path) -> String {
     }
 }
 
-/// Mirrors openraft's metrics into Prometheus gauges and logs leader changes.
-async fn watch_metrics(raft: Raft) {
-    let mut rx = raft.metrics();
-    let mut last_seen = None;
-    let mut last_leader = None;
-    let mut followers_reported = std::collections::BTreeSet::new();
-    loop {
-        {
-            let m = rx.borrow_watched();
-            if m.current_leader != last_seen {
-                tracing::info!(node = m.id, leader = ?m.current_leader, term = m.current_term, "leader changed");
-                last_seen = m.current_leader;
-            }
-            // A new leader, not the gap of an election: losing one and finding the next is one
-            // change.
-            let new_leader = m.current_leader.is_some() && m.current_leader != last_leader;
-            if m.current_leader.is_some() {
-                last_leader = m.current_leader;
-            }
-            metrics::raft(&m, new_leader);
-            metrics::replication_lag(&m, &mut followers_reported);
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn answer(node_id: u64, cluster: &str, members: &[u64], caller: &str) -> pb::HelloResponse {
-        pb::HelloResponse {
-            cluster_id: cluster.into(),
-            node_id,
-            members: members.to_vec(),
-            caller_incarnation: caller.into(),
-            ..Default::default()
-        }
-    }
-
-    /// What the forwarding follower makes of real transport failures: a leader that cannot be
-    /// reached certainly did not apply the command; one that took the request and then lost the
-    /// connection may have.
-    #[tokio::test]
-    async fn a_forward_that_loses_the_leaders_answer_is_unknown_not_refused() {
-        use baton_proto::raft::v1::raft_service_client::RaftServiceClient;
-        let propose = |addr: String| async move {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_timeout(Duration::from_millis(500))
-                .connect_lazy();
-            RaftServiceClient::new(channel)
-                .propose(network::encode(&Command::Tick))
-                .await
-                .expect_err("no leader answers")
-        };
-
-        // Nobody listens: the request never left.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap().to_string();
-        drop(closed);
-        let status = propose(addr).await;
-        assert!(
-            matches!(status_to_error(status.clone()), NodeError::NoLeader(_)),
-            "{status:?}"
-        );
-
-        // A "leader" that reads the whole request and then drops the connection unanswered.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let swallow = tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0; 4096];
-            // The preface, SETTINGS, HEADERS and DATA of the call: read until the client
-            // waits for an answer, then hang up.
-            let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-            })
-            .await;
-        });
-        let status = propose(addr).await;
-        swallow.await.unwrap();
-        assert!(
-            matches!(status_to_error(status.clone()), NodeError::Unknown(_)),
-            "{status:?}"
-        );
-
-        // The leader's own refusals say the command was not proposed.
-        assert!(matches!(
-            status_to_error(tonic::Status::failed_precondition("not the leader")),
-            NodeError::NotLeader { .. }
-        ));
-        assert!(matches!(
-            status_to_error(tonic::Status::resource_exhausted("full")),
-            NodeError::Overloaded(_)
-        ));
-        // An answer that does not say how far it got is unknown.
-        for code in [
-            tonic::Code::Unavailable,
-            tonic::Code::Aborted,
-            tonic::Code::Internal,
-        ] {
-            assert!(matches!(
-                status_to_error(tonic::Status::new(code, "?")),
-                NodeError::Unknown(_)
-            ));
-        }
-    }
-
-    #[test]
-    fn leadership_goes_to_the_most_up_to_date_voter_with_room_or_nowhere() {
-        let c = |id, matched, disk_low| Candidate {
-            id,
-            matched,
-            disk_low,
-        };
-        // The most up-to-date voter is low: the next one with room, however far behind.
-        assert_eq!(
-            successor(&[
-                c(2, Some(90), Some(false)),
-                c(3, Some(100), Some(true)),
-                c(4, Some(95), Some(false)),
-            ]),
-            Some(4)
-        );
-        // Equals: the lowest id.
-        assert_eq!(
-            successor(&[c(3, Some(7), Some(false)), c(2, Some(7), Some(false))]),
-            Some(2)
-        );
-        // Every voter low, or silent: nobody; the leader stays.
-        assert_eq!(
-            successor(&[c(2, Some(100), Some(true)), c(3, Some(100), None)]),
-            None
-        );
-        assert_eq!(successor(&[]), None);
-    }
-
-    #[test]
-    fn a_forwarded_disk_refusal_stays_one() {
-        let mut status = tonic::Status::resource_exhausted("node 1: data disk /d has 3 MiB free");
-        status
-            .metadata_mut()
-            .insert(REFUSAL_METADATA, REFUSAL_DISK_LOW.parse().unwrap());
-        match status_to_error(status) {
-            NodeError::DiskLow(message) => {
-                assert_eq!(message, "node 1: data disk /d has 3 MiB free")
-            }
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn a_full_disk_halt_names_the_data_dir() {
@@ -1177,56 +527,5 @@ mod tests {
             reason.starts_with("the raft core stopped on a storage error"),
             "{reason}"
         );
-    }
-
-    /// A leader binds folders only once every other member answered with an incarnation: one
-    /// node of an earlier release (it cannot read the entry) holds every binding back.
-    #[test]
-    fn folders_are_bound_only_once_every_member_speaks_the_envelope() {
-        let none_bound = |_: RaftNodeId| false;
-        assert!(every_member_speaks(1, &[1, 2, 3], &[2, 3], none_bound));
-        assert!(!every_member_speaks(1, &[1, 2, 3], &[2], none_bound));
-        assert!(every_member_speaks(1, &[1, 2, 3], &[2], |m| m == 3));
-        assert!(every_member_speaks(1, &[1], &[], none_bound));
-    }
-
-    #[test]
-    fn a_node_without_state_learns_from_the_others_whether_to_take_part() {
-        // Nobody formed a cluster yet: the lowest id may form one (given a majority answered).
-        assert_eq!(
-            bootstrap_decision(1, "new", &[answer(2, "", &[], ""), answer(3, "", &[], "")]),
-            Ok(None)
-        );
-        assert_eq!(bootstrap_decision(1, "new", &[]), Ok(None));
-        // The cluster exists and knows node 1 by another folder: the lost-folder case.
-        let err = bootstrap_decision(
-            1,
-            "new",
-            &[answer(2, "c1", &[1, 2, 3], "old"), answer(3, "", &[], "")],
-        )
-        .unwrap_err();
-        assert!(
-            err.contains("node 1 is already a member of cluster c1"),
-            "{err}"
-        );
-        assert!(err.contains("baton cluster remove 1"), "{err}");
-        // The cluster formed moments ago and has not bound node 1 yet: a late starter.
-        assert!(matches!(
-            bootstrap_decision(1, "new", &[answer(2, "", &[1, 2, 3], "")]),
-            Ok(Some(_))
-        ));
-        // Bound to this very folder (its raft state was lost but not its identity): wait.
-        assert!(matches!(
-            bootstrap_decision(1, "same", &[answer(2, "c1", &[1, 2, 3], "same")]),
-            Ok(Some(_))
-        ));
-        // A cluster formed without this id: started with the wrong flags.
-        let err = bootstrap_decision(4, "new", &[answer(2, "c1", &[1, 2, 3], "")]).unwrap_err();
-        assert!(err.contains("without node 4"), "{err}");
-        // A peer of an earlier release names its cluster only: never form a second one.
-        assert!(matches!(
-            bootstrap_decision(1, "new", &[answer(2, "c1", &[], "")]),
-            Ok(Some(_))
-        ));
     }
 }

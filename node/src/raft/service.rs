@@ -12,8 +12,9 @@ use baton_security::server::PeerInfo;
 use openraft::async_runtime::WatchReceiver;
 
 use super::envelope::{Admission, Envelope, MessageKind, Receiver, mark_answer};
+use super::error::{NodeError, REFUSAL_DISK_LOW, REFUSAL_METADATA, overloaded};
 use super::network::{decode, encode};
-use super::node::{NodeError, RaftNode};
+use super::node::RaftNode;
 use super::types::{Snapshot, SnapshotData, SnapshotMeta, Vote};
 use crate::limits;
 use crate::state::{Command, NodeId};
@@ -173,9 +174,7 @@ impl RaftService for RaftServiceImpl {
         let command: Command = decode(request.get_ref()).map_err(bad_payload)?;
         // Forwarded proposals count against this leader's bound like its own clients' do.
         let Some(_permit) = self.node.admission.proposals(command.count()) else {
-            return Err(Status::resource_exhausted(
-                crate::raft::node::overloaded().to_string(),
-            ));
+            return Err(Status::resource_exhausted(overloaded().to_string()));
         };
         match self.node.propose_local(command).await {
             Ok(proposed) => Ok(Response::new(encode(&proposed))),
@@ -189,10 +188,8 @@ impl RaftService for RaftServiceImpl {
                 // Marked, so the follower's caller is told exactly this, not "overloaded".
                 let mut status = Status::resource_exhausted(e);
                 status.metadata_mut().insert(
-                    crate::raft::node::REFUSAL_METADATA,
-                    tonic::metadata::MetadataValue::from_static(
-                        crate::raft::node::REFUSAL_DISK_LOW,
-                    ),
+                    REFUSAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static(REFUSAL_DISK_LOW),
                 );
                 Err(status)
             }

@@ -7,8 +7,6 @@ use baton_proto::v1 as pb;
 use baton_security::TokenRole;
 use baton_security::identity::valid_name;
 use baton_security::token::{self, PresentedToken};
-use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 use tonic::Status;
 
 use crate::api::node_error;
@@ -93,12 +91,12 @@ pub async fn revoke(
 /// restart with the file still configured) changes nothing, and a revoked bootstrap token stays
 /// revoked.
 pub async fn bootstrap_when_leader(node: Arc<RaftNode>, bootstrap: PresentedToken) {
-    let mut metrics = node.raft.metrics();
+    let mut raft = node.status_watch();
     loop {
         if node.replica.read(|a| a.state.has_tokens()) {
             return;
         }
-        if metrics.borrow_watched().state == ServerState::Leader {
+        if raft.current().is_leader() {
             let command = Command::CreateToken(CreateTokenCommand {
                 id: bootstrap.id.clone(),
                 name: "bootstrap".into(),
@@ -114,7 +112,7 @@ pub async fn bootstrap_when_leader(node: Arc<RaftNode>, bootstrap: PresentedToke
                 Err(err) => tracing::debug!(error = %err, "bootstrap token not recorded yet"),
             }
         }
-        if metrics.changed().await.is_err() {
+        if !raft.changed().await {
             return;
         }
     }

@@ -143,10 +143,7 @@ impl TestCluster {
     /// Waits until every running node agrees on one leader, and returns it.
     pub async fn leader(&self, timeout: Duration) -> u64 {
         wait_for(timeout, "a leader all running nodes agree on", || async {
-            let mut leaders = self.servers.values().map(|s| {
-                use openraft::async_runtime::WatchReceiver;
-                s.node.raft.metrics().borrow_watched().current_leader
-            });
+            let mut leaders = self.servers.values().map(|s| s.node.status().leader);
             let first = leaders.next().flatten()?;
             let agreed = leaders.all(|l| l == Some(first)) && self.servers.contains_key(&first);
             agreed.then_some(first)
