@@ -100,6 +100,7 @@ fn main() {
             slots: 64,
             cpu_millis: 0,
             memory_mb: 0,
+            task_types: Vec::new(),
         }))
     else {
         panic!("the agent did not register")

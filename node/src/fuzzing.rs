@@ -380,6 +380,7 @@ impl Replica {
                     slots,
                     cpu_millis: 2000,
                     memory_mb: 2048,
+                    task_types: Vec::new(),
                 })
             }
             OP_ASSIGN => {
@@ -664,6 +665,7 @@ mod tests {
                 slots: 1,
                 cpu_millis: 1,
                 memory_mb: 1,
+                task_types: Vec::new(),
             }),
             Command::Assign {
                 assignments: vec![Assignment {

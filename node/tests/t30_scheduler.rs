@@ -1,11 +1,14 @@
 //! The scheduler with agents on the real protocol: dependency order, conditions and retries;
 //! a dead agent's step moves to another agent with a new token and the stale copy is fenced; a
-//! leader failover keeps running steps' leases; cancel stops running steps; capacity holds.
+//! leader failover keeps running steps' leases; cancel stops running steps; capacity holds; a
+//! custom step goes only to an agent that announced its task type.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use baton_client::Endpoints;
+use baton_client::agent::{Agent, TaskContext, TaskError};
 use baton_proto::v1 as pb;
 use common::agent::{Behavior, TestAgent};
 use common::*;
@@ -407,6 +410,107 @@ async fn cancel_stops_running_steps_and_capacity_is_respected() {
         assert!(journal.running.is_empty());
         assert_eq!(journal.running_max, 2, "capacity exceeded");
         assert_eq!(journal.executions.len(), 2, "cancelled steps were started");
+    }
+    cluster.shutdown().await;
+}
+
+/// Agents announce the task types they run, and the scheduler sends a custom step only to one
+/// that runs it: with none connected the step waits (saying why), it does not fail on an agent
+/// without the handler; once one registers, the step runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_step_goes_only_to_an_agent_that_runs_its_type() {
+    init_logs();
+    let cluster = TestCluster::start(1, test_timing()).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let endpoints = Endpoints::parse(&cluster.addr(leader).to_string()).unwrap();
+    let start = |agent: Agent| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(agent.run(async {
+            let _ = stopped.await;
+        }));
+        (stop, running)
+    };
+    let plain = start(
+        Agent::builder(endpoints.clone())
+            .name("plain")
+            .slots(4)
+            .build()
+            .unwrap(),
+    );
+    let charge = pb::StepSpec {
+        name: "charge".into(),
+        task: Some(pb::step_spec::Task::Custom(pb::CustomTask {
+            r#type: "billing/charge".into(),
+            payload: "42".into(),
+        })),
+        ..Default::default()
+    };
+    let id = submit(
+        &cluster,
+        pb::WorkflowSpec {
+            name: "invoice".into(),
+            steps: vec![step("prepare", &[]), charge],
+            ..Default::default()
+        },
+    )
+    .await
+    .workflow_id;
+
+    let waiting = wait_for(
+        Duration::from_secs(10),
+        "the noop step done and the custom step waiting for an agent that runs it",
+        || async {
+            let workflow = get(&cluster, id).await;
+            let prepare = &workflow.steps[0];
+            let charge = &workflow.steps[1];
+            (prepare.state == pb::StepState::Succeeded as i32
+                && charge.pending_reason.contains("billing/charge"))
+            .then_some(workflow)
+        },
+    )
+    .await;
+    let charge = &waiting.steps[1];
+    assert_eq!(charge.state, pb::StepState::Ready as i32, "{charge:?}");
+    assert_eq!(charge.attempts, 0, "{charge:?}");
+    assert_eq!(
+        charge.pending_reason,
+        "no registered agent runs task type \"billing/charge\""
+    );
+    assert_eq!(waiting.steps[0].agent, "plain");
+
+    let billing = start(
+        Agent::builder(endpoints)
+            .name("billing")
+            .slots(1)
+            .handler("billing/charge", |ctx: TaskContext| async move {
+                Ok::<_, TaskError>(format!("charged {}", ctx.payload()))
+            })
+            .build()
+            .unwrap(),
+    );
+    let workflows = cluster.workflows(leader).await;
+    wait_for_success(&workflows, id, Duration::from_secs(10)).await;
+    let done = get(&cluster, id).await;
+    assert_eq!(done.steps[1].agent, "billing");
+    assert_eq!(done.steps[1].output, "charged 42");
+    assert_eq!(done.steps[1].attempts, 1);
+
+    let agents = cluster
+        .admin(leader)
+        .await
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let billing_info = agents.iter().find(|a| a.name == "billing").unwrap();
+    assert_eq!(
+        billing_info.task_types,
+        ["billing/charge", "exec", "http", "noop", "sleep"]
+    );
+    for (stop, running) in [plain, billing] {
+        let _ = stop.send(());
+        running.await.unwrap();
     }
     cluster.shutdown().await;
 }

@@ -46,6 +46,8 @@ pub const PRIORITY_MAX: i32 = 1000;
 
 /// Labels on one workflow: they are indexed for `list --label`, so keep them few.
 pub const LABELS_MAX: usize = 32;
+/// Task types one agent announces in `Register` (the built-in ones and its custom handlers).
+pub const AGENT_TASK_TYPES_MAX: usize = 64;
 /// Label and constraint keys (the Kubernetes bound, so the same keys fit both worlds).
 pub const LABEL_KEY_LEN_MAX: usize = 63;
 /// Label and constraint values: identifiers, zones, teams; not documents.

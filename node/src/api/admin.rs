@@ -502,6 +502,7 @@ impl AdminServiceImpl {
                         cpu_millis_used: used.cpu_millis,
                         memory_mb_used: used.memory_mb,
                         running,
+                        task_types: agent.task_types.iter().cloned().collect(),
                     }
                 })
                 .collect()

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use baton_proto::limits::{
-    LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, NAME_LEN_MAX, OUTPUT_BYTES_MAX,
+    AGENT_TASK_TYPES_MAX, LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, NAME_LEN_MAX,
+    OUTPUT_BYTES_MAX,
 };
 use baton_proto::v1 as pb;
 use baton_proto::v1::agent_service_server::AgentService;
@@ -64,6 +65,23 @@ fn validate_register(r: &pb::Register) -> Result<(), Status> {
                 "register.labels: {k:?} is too long or empty"
             )));
         }
+    }
+    if r.task_types.len() > AGENT_TASK_TYPES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "register.task_types: {} types, more than {AGENT_TASK_TYPES_MAX}",
+            r.task_types.len()
+        )));
+    }
+    if let Some(bad) = r.task_types.iter().find(|t| {
+        t.is_empty()
+            || t.len() > NAME_LEN_MAX
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+    }) {
+        return Err(Status::invalid_argument(format!(
+            "register.task_types: {bad:?} must be 1..={NAME_LEN_MAX} characters of [A-Za-z0-9._/-]"
+        )));
     }
     check_running("register.running_attempts", &r.running_attempts)
 }
@@ -183,6 +201,7 @@ impl AgentServiceImpl {
                 slots: register.slots,
                 cpu_millis: register.cpu_millis,
                 memory_mb: register.memory_mb,
+                task_types: register.task_types.clone(),
             }))
             .await
             .map_err(node_error)?;

@@ -1,5 +1,6 @@
 //! The placement policy, as a pure function: which ready steps go to which connected agents now.
-//! Respects label constraints and slot/cpu/memory capacity (never over-allocates, counting what
+//! Respects task types (an agent gets only steps it announced it runs), label constraints and
+//! slot/cpu/memory capacity (never over-allocates, counting what
 //! this same round already placed), takes steps in queue order (priority, then age) and does not
 //! let one unplaceable step block the ones behind it.
 
@@ -47,8 +48,10 @@ pub fn place(
             .iter()
             .filter_map(|(&id, used)| {
                 let agent = state.agent(id)?;
-                (labels_match(&spec_step.constraints, &agent.labels) && used.fits(agent, request))
-                    .then_some((agent.slots - used.slots, id))
+                (agent.runs(spec_step)
+                    && labels_match(&spec_step.constraints, &agent.labels)
+                    && used.fits(agent, request))
+                .then_some((agent.slots - used.slots, id))
             })
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         if let Some((_, agent_id)) = best {
@@ -98,6 +101,17 @@ mod tests {
         }
 
         fn agent(&mut self, name: &str, slots: u32, cpu: u32, labels: &[(&str, &str)]) -> AgentId {
+            self.agent_running(name, slots, cpu, labels, &[])
+        }
+
+        fn agent_running(
+            &mut self,
+            name: &str,
+            slots: u32,
+            cpu: u32,
+            labels: &[(&str, &str)],
+            task_types: &[&str],
+        ) -> AgentId {
             match self.apply(Command::RegisterAgent(RegisterAgentCommand {
                 name: name.into(),
                 labels: labels
@@ -107,6 +121,7 @@ mod tests {
                 slots,
                 cpu_millis: cpu,
                 memory_mb: 1024,
+                task_types: task_types.iter().map(|t| t.to_string()).collect(),
             })) {
                 Response::AgentRegistered { agent_id } => agent_id,
                 other => panic!("{other:?}"),
@@ -168,6 +183,66 @@ mod tests {
         assert!(
             place(&w.state, &BTreeSet::new(), 100).is_empty(),
             "no connected agent, no placement"
+        );
+    }
+
+    fn custom(name: &str, kind: &str) -> pb::StepSpec {
+        pb::StepSpec {
+            task: Some(pb::step_spec::Task::Custom(pb::CustomTask {
+                r#type: kind.into(),
+                payload: String::new(),
+            })),
+            ..step(name, 0, &[])
+        }
+    }
+
+    /// An agent is given only steps of the task types it announced, however free it is; an
+    /// agent that announced none (an entry from before types were recorded) takes any.
+    #[test]
+    fn agents_get_only_the_task_types_they_run() {
+        let mut w = World {
+            state: ClusterState::default(),
+            index: 0,
+        };
+        let builtin = w.agent_running("builtin", 8, 1000, &[], &["exec", "http", "noop", "sleep"]);
+        let billing = w.agent_running("billing", 1, 1000, &[], &["noop", "billing/charge"]);
+        w.submit(vec![custom("charge", "billing/charge")], 0);
+        w.submit(vec![custom("refund", "billing/refund")], 0);
+        w.submit(vec![step("plain", 0, &[])], 0);
+        let placed: Vec<(u64, AgentId)> = place(&w.state, &BTreeSet::from([builtin, billing]), 100)
+            .iter()
+            .map(|a| (a.workflow_id.0, a.agent_id))
+            .collect();
+        // "charge" only to billing, though builtin has more free slots; nobody runs "refund";
+        // the noop goes to builtin (billing's one slot is taken).
+        assert_eq!(placed, [(1, billing), (3, builtin)]);
+        let workflow = w.state.workflow(crate::state::WorkflowId(2)).unwrap();
+        assert_eq!(
+            w.state.pending_reason(workflow, 0).as_deref(),
+            Some("no registered agent runs task type \"billing/refund\"")
+        );
+
+        // The state refuses an assignment the leader should never have made (an older leader).
+        let refused = w.apply(Command::Assign {
+            assignments: vec![Assignment {
+                workflow_id: crate::state::WorkflowId(1),
+                step: 0,
+                agent_id: builtin,
+            }],
+        });
+        assert_eq!(
+            refused,
+            Response::Assigned {
+                attempts: vec![None]
+            }
+        );
+
+        let anything = w.agent("anything", 1, 1000, &[]);
+        let placed = place(&w.state, &BTreeSet::from([anything]), 100);
+        assert_eq!(
+            placed.len(),
+            1,
+            "an agent that did not say takes any step: {placed:?}"
         );
     }
 

@@ -94,6 +94,11 @@ pub struct RegisterAgentCommand {
     pub slots: u32,
     pub cpu_millis: u32,
     pub memory_mb: u32,
+    /// The task types the agent runs (`exec`, `http`, `noop`, `sleep` and its custom handlers'
+    /// types). Empty: the agent did not say (an entry written before agents' types were
+    /// recorded), and it is offered every step, as then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_types: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -364,6 +369,131 @@ mod tests {
             "0182a774696d655f6d7305a7636f6d6d616e6481b062696e645f696e6361726e6174696f6e82a76e6f64655f696402ab696e6361726e6174696f6eb030306666303066663030666630306666"
         );
         assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
+    }
+
+    /// One entry of every command kind, with the bytes each encodes to: a change here breaks
+    /// every existing log (and a node of the previous release reading this one's entries).
+    fn golden_entries() -> Vec<(Command, &'static str)> {
+        vec![
+            (
+                Command::InitCluster {
+                    cluster_id: "c0ffee".into(),
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481ac696e69745f636c757374657281aa636c75737465725f6964a6633066666565",
+            ),
+            (
+                Command::ReserveNodeId { node_id: NodeId(4) },
+                "0182a774696d655f6d7305a7636f6d6d616e6481af726573657276655f6e6f64655f696481a76e6f64655f696404",
+            ),
+            (
+                Command::RegisterAgent(RegisterAgentCommand {
+                    name: "a1".into(),
+                    labels: [("zone".to_owned(), "eu".to_owned())].into(),
+                    slots: 2,
+                    cpu_millis: 1000,
+                    memory_mb: 512,
+                    task_types: vec![],
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ae72656769737465725f6167656e7485a46e616d65a26131a66c6162656c7381a47a6f6e65a26575a5736c6f747302aa6370755f6d696c6c6973cd03e8a96d656d6f72795f6d62cd0200",
+            ),
+            (
+                Command::RegisterAgent(RegisterAgentCommand {
+                    name: "a1".into(),
+                    labels: Default::default(),
+                    slots: 1,
+                    cpu_millis: 0,
+                    memory_mb: 0,
+                    task_types: vec!["noop".into(), "billing/charge".into()],
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ae72656769737465725f6167656e7486a46e616d65a26131a66c6162656c7380a5736c6f747301aa6370755f6d696c6c697300a96d656d6f72795f6d6200aa7461736b5f747970657392a46e6f6f70ae62696c6c696e672f636861726765",
+            ),
+            (
+                Command::Assign {
+                    assignments: vec![Assignment {
+                        workflow_id: WorkflowId(7),
+                        step: 1,
+                        agent_id: AgentId(3),
+                    }],
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481a661737369676e81ab61737369676e6d656e74739183ab776f726b666c6f775f696407a47374657001a86167656e745f696403",
+            ),
+            (
+                Command::Complete(CompleteCommand {
+                    attempt_id: AttemptId(9),
+                    agent_id: AgentId(3),
+                    success: false,
+                    output: "o".into(),
+                    error: "e".into(),
+                    exit_code: Some(3),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a8636f6d706c65746586aa617474656d70745f696409a86167656e745f696403a773756363657373c2a66f7574707574a16fa56572726f72a165a9657869745f636f646503",
+            ),
+            (
+                Command::ExpireLeases {
+                    attempts: vec![AttemptId(9)],
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481ad6578706972655f6c656173657381a8617474656d7074739109",
+            ),
+            (
+                Command::Tick,
+                "0182a774696d655f6d7305a7636f6d6d616e64a47469636b",
+            ),
+            (
+                Command::CreateToken(CreateTokenCommand {
+                    id: "00ff00ff00ff00ff".into(),
+                    name: "ci".into(),
+                    role: baton_security::TokenRole::Submitter,
+                    digest: vec![0xab; 4],
+                    bootstrap: false,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ac6372656174655f746f6b656e85a26964b030306666303066663030666630306666a46e616d65a26369a4726f6c65a97375626d6974746572a6646967657374c404ababababa9626f6f747374726170c2",
+            ),
+            (
+                Command::RevokeToken {
+                    id: "00ff00ff00ff00ff".into(),
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481ac7265766f6b655f746f6b656e81a26964b030306666303066663030666630306666",
+            ),
+        ]
+    }
+
+    /// Every command kind has its golden entry (with those pinned one by one above): a new
+    /// command fails here until its bytes are pinned too.
+    #[test]
+    fn golden_bytes_of_every_command() {
+        let mut kinds: std::collections::BTreeSet<&str> =
+            ["submit", "cancel", "batch", "bind_incarnation"].into();
+        let mut wrong = Vec::new();
+        for (command, golden) in golden_entries() {
+            kinds.insert(command.kind());
+            let entry = LogEntry {
+                time_ms: 5,
+                command,
+            };
+            let bytes = entry.encode();
+            if hex(&bytes) != golden {
+                wrong.push(format!("{}: {}", entry.command.kind(), hex(&bytes)));
+            }
+            assert_eq!(LogEntry::decode(&bytes).unwrap(), entry);
+        }
+        assert!(wrong.is_empty(), "bytes changed:\n{}", wrong.join("\n"));
+        // Exhaustive, so a new variant does not compile until it is counted here.
+        let every = |c: &Command| match c {
+            Command::InitCluster { .. }
+            | Command::Submit(_)
+            | Command::Cancel(_)
+            | Command::ReserveNodeId { .. }
+            | Command::RegisterAgent(_)
+            | Command::Assign { .. }
+            | Command::Complete(_)
+            | Command::ExpireLeases { .. }
+            | Command::Tick
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. }
+            | Command::BindIncarnation { .. }
+            | Command::Batch(_) => 13,
+        };
+        assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }
 
     #[test]

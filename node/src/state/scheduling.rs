@@ -2,7 +2,7 @@
 //! backoff queues, and how a step's end moves its workflow along. Deterministic like the rest of
 //! `state/`; the leader-only loop that decides *what* to propose lives in `scheduler/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use baton_proto::limits::OUTPUT_BYTES_MAX;
@@ -32,6 +32,30 @@ pub struct Agent {
     pub slots: u32,
     pub cpu_millis: u32,
     pub memory_mb: u32,
+    /// The task types it runs; empty: it did not say, and runs whatever it is given.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub task_types: BTreeSet<String>,
+}
+
+impl Agent {
+    /// Whether this agent runs `step`'s task type.
+    pub fn runs(&self, step: &pb::StepSpec) -> bool {
+        self.task_types.is_empty()
+            || task_type(step).is_none_or(|kind| self.task_types.contains(kind))
+    }
+}
+
+/// The task type an agent must run for `step`: a built-in kind's name or a custom type; `None`
+/// for a step without a task (refused by validation).
+pub fn task_type(step: &pb::StepSpec) -> Option<&str> {
+    use pb::step_spec::Task;
+    Some(match step.task.as_ref()? {
+        Task::Exec(_) => "exec",
+        Task::Http(_) => "http",
+        Task::Noop(_) => "noop",
+        Task::Sleep(_) => "sleep",
+        Task::Custom(custom) => &custom.r#type,
+    })
 }
 
 /// What is leased out of an agent's capacity.
@@ -189,6 +213,7 @@ impl ClusterState {
                 slots: cmd.slots,
                 cpu_millis: cmd.cpu_millis,
                 memory_mb: cmd.memory_mb,
+                task_types: cmd.task_types.into_iter().collect(),
             }),
         );
         // An agent back with less capacity than it holds (restarted with fewer slots): requeue
@@ -240,7 +265,10 @@ impl ClusterState {
         }
         let spec_step = workflow.spec.steps.get(a.step as usize)?;
         let run = &workflow.steps[a.step as usize];
-        if run.state != StepState::Ready || !labels_match(&spec_step.constraints, &agent.labels) {
+        if run.state != StepState::Ready
+            || !labels_match(&spec_step.constraints, &agent.labels)
+            || !agent.runs(spec_step)
+        {
             return None;
         }
         let request = step_request(spec_step);
@@ -787,15 +815,21 @@ impl ClusterState {
         }
         let spec_step = &workflow.spec.steps[step as usize];
         let request = step_request(spec_step);
-        let matching: Vec<&Agent> = self
-            .agents
-            .values()
-            .filter(|a| labels_match(&spec_step.constraints, &a.labels))
-            .map(|a| a.as_ref())
-            .collect();
         if self.agents.is_empty() {
             return Some("no agent is registered".to_owned());
         }
+        if !self.agents.values().any(|a| a.runs(spec_step)) {
+            return Some(format!(
+                "no registered agent runs task type {:?}",
+                task_type(spec_step).unwrap_or_default()
+            ));
+        }
+        let matching: Vec<&Agent> = self
+            .agents
+            .values()
+            .filter(|a| labels_match(&spec_step.constraints, &a.labels) && a.runs(spec_step))
+            .map(|a| a.as_ref())
+            .collect();
         if matching.is_empty() {
             let constraints: Vec<String> = spec_step
                 .constraints

@@ -350,6 +350,7 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
             slots,
             cpu_millis: 1000,
             memory_mb: 1000,
+            task_types: Vec::new(),
         })
     });
     let arb_assign =
@@ -469,6 +470,7 @@ fn register(log: &mut Log, name: &str, slots: u32) -> AgentId {
         slots,
         cpu_millis: 4000,
         memory_mb: 4096,
+        task_types: Vec::new(),
     })) {
         Response::AgentRegistered { agent_id } => agent_id,
         other => panic!("{other:?}"),
@@ -886,6 +888,7 @@ fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
             slots: 1,
             cpu_millis: 4000,
             memory_mb: 4096,
+            task_types: Vec::new(),
         }));
         assign(&mut replica, next.0, 0, agent);
         assert_eq!(replica.state.state_hash(), new.state.state_hash());
@@ -912,4 +915,95 @@ fn ids_that_leave_are_retired_until_a_new_membership_takes_them_back() {
         "a restored member is no longer retired"
     );
     assert!(state.was_removed(NodeId(2)) && state.was_removed(NodeId(4)));
+}
+
+/// Pins the snapshot payload's bytes (their SHA-256 and length): a state holding one of
+/// everything a snapshot carries (a running workflow with an attempt, a finished one, an agent
+/// with task types, a token, a bound incarnation, a reserved node id, a backoff). A change here
+/// breaks every snapshot at rest and every backup: change it only with a decoder for the old one.
+#[test]
+fn golden_snapshot_bytes() {
+    let mut log = Log::new();
+    log.apply(Command::InitCluster {
+        cluster_id: "c0ffee".into(),
+    });
+    log.apply(Command::ReserveNodeId { node_id: NodeId(4) });
+    log.apply(Command::BindIncarnation {
+        node_id: NodeId(1),
+        incarnation: "00ff00ff00ff00ff".into(),
+    });
+    log.apply(Command::CreateToken(CreateTokenCommand {
+        id: "0123456789abcdef".into(),
+        name: "ci".into(),
+        role: baton_security::TokenRole::Submitter,
+        digest: vec![0xab; 32],
+        bootstrap: false,
+    }));
+    let Response::AgentRegistered { agent_id } =
+        log.apply(Command::RegisterAgent(RegisterAgentCommand {
+            name: "a1".into(),
+            labels: [("zone".to_owned(), "eu".to_owned())].into(),
+            slots: 4,
+            cpu_millis: 4000,
+            memory_mb: 4096,
+            task_types: vec!["noop".into(), "billing/charge".into()],
+        }))
+    else {
+        panic!("no agent")
+    };
+    let mut retried = step("flaky", &[]);
+    retried.retry = Some(pb::RetryPolicy {
+        max_attempts: 3,
+        backoff: Some(pb::Backoff {
+            initial_ms: 60_000,
+            ..Default::default()
+        }),
+    });
+    log.apply(submit(
+        &spec("pair", vec![step("a", &[]), step("b", &["a"])]),
+        "k1",
+    ));
+    log.apply(submit(&spec("retried", vec![retried]), ""));
+    log.apply(submit(&spec("done", vec![step("only", &[])]), ""));
+    let assign = |workflow: u64| Assignment {
+        workflow_id: WorkflowId(workflow),
+        step: 0,
+        agent_id,
+    };
+    let Response::Assigned { attempts } = log.apply(Command::Assign {
+        assignments: vec![assign(1), assign(2), assign(3)],
+    }) else {
+        panic!("not assigned")
+    };
+    let report = |attempt: Option<AttemptId>, success: bool| {
+        Command::Complete(CompleteCommand {
+            attempt_id: attempt.expect("assigned"),
+            agent_id,
+            success,
+            output: "out".into(),
+            error: String::new(),
+            exit_code: Some(if success { 0 } else { 1 }),
+        })
+    };
+    log.apply(report(attempts[1], false));
+    log.apply(report(attempts[2], true));
+    log.state.check_invariants();
+
+    let bytes = log.state.encode();
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        (bytes.len(), digest.as_str()),
+        (
+            1737,
+            "613807637e90324e93e1adb42d5b23c7b19c7178b1f38597d2da3403f45e8507"
+        ),
+        "the snapshot encoding changed"
+    );
+    let decoded = ClusterState::decode(&bytes).unwrap();
+    assert_eq!(decoded, log.state);
+    assert_eq!(decoded.encode(), bytes);
 }
