@@ -19,7 +19,7 @@ use std::collections::{BinaryHeap, HashMap};
 use prost::Message;
 
 use crate::limits::*;
-use crate::spec::format_duration_ms;
+use crate::text::{format_duration_ms, quoted};
 use crate::v1::{
     Backoff, CustomTask, ExecTask, HttpTask, Resources, RetryPolicy, RunCondition, StepSpec,
     WorkflowSpec, step_spec::Task,
@@ -1040,16 +1040,6 @@ fn check_resources(i: usize, name: &str, resources: &Resources) -> Result<(), Sp
     Ok(())
 }
 
-/// A user-given string quoted for a message: escaped, and cut at 64 characters so that a
-/// megabyte-long name cannot make a megabyte-long error.
-pub(crate) fn quoted(text: &str) -> String {
-    const SHOWN_CHARS_MAX: usize = 64;
-    match text.char_indices().nth(SHOWN_CHARS_MAX) {
-        None => format!("{text:?}"),
-        Some((cut, _)) => format!("{:?}…", &text[..cut]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1971,13 +1961,6 @@ mod tests {
         assert_eq!(graph.dependents(99), [] as [usize; 0]);
         assert_eq!(graph.edge_count(), 3);
         assert_eq!(graph.depths(), [3, 2, 1, 1]);
-    }
-
-    #[test]
-    fn quoted_cuts_long_text() {
-        assert_eq!(quoted("a\"b"), "\"a\\\"b\"");
-        let long = "é".repeat(100);
-        assert_eq!(quoted(&long), format!("\"{}\"…", "é".repeat(64)));
     }
 
     // ---- property tests ----
