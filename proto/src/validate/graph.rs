@@ -6,7 +6,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use super::SpecError;
 use crate::text::quoted;
-use crate::v1::WorkflowSpec;
+use crate::v1::{StepSpec, WorkflowSpec};
 
 /// The steps of a spec resolved to indices: who depends on whom, and an order to visit them in.
 /// Built only from a spec with unique names, known dependencies and no cycle.
@@ -25,78 +25,10 @@ impl StepGraph {
     /// duplicate dependency, or a cycle (reported as `a -> b -> a`, `b` depending on `a`).
     /// It checks no limit: [`validate_spec`](super::validate_spec) does that.
     pub fn new(spec: &WorkflowSpec) -> Result<StepGraph, SpecError> {
-        let steps = &spec.steps;
-        let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
-        for (i, step) in steps.iter().enumerate() {
-            if let Some(&first) = index_of.get(step.name.as_str()) {
-                return Err(SpecError::new(
-                    format!("steps[{i}].name"),
-                    format!(
-                        "step {} is defined twice, as steps[{first}] and steps[{i}]",
-                        quoted(&step.name)
-                    ),
-                ));
-            }
-            index_of.insert(&step.name, i);
-        }
-
-        let mut dependencies = Vec::with_capacity(steps.len());
-        let mut dependents = vec![Vec::new(); steps.len()];
-        for (i, step) in steps.iter().enumerate() {
-            let mut resolved = Vec::with_capacity(step.depends_on.len());
-            for (j, dependency) in step.depends_on.iter().enumerate() {
-                let field = || format!("steps[{i}].depends_on[{j}]");
-                let Some(&d) = index_of.get(dependency.as_str()) else {
-                    return Err(SpecError::new(
-                        field(),
-                        format!(
-                            "step {} depends on unknown step {}",
-                            quoted(&step.name),
-                            quoted(dependency)
-                        ),
-                    ));
-                };
-                if d == i {
-                    return Err(SpecError::new(
-                        field(),
-                        format!("step {} depends on itself", quoted(&step.name)),
-                    ));
-                }
-                // Dependency lists are short (DEPENDENCIES_PER_STEP_MAX), and `dependents[d]`
-                // ends with `i` exactly when `i` already listed `d`: a constant-time check.
-                if dependents[d].last() == Some(&i) {
-                    return Err(SpecError::new(
-                        field(),
-                        format!(
-                            "step {} depends on {} twice",
-                            quoted(&step.name),
-                            quoted(dependency)
-                        ),
-                    ));
-                }
-                resolved.push(d);
-                dependents[d].push(i);
-            }
-            dependencies.push(resolved);
-        }
-
-        // Kahn's algorithm; the heap keeps spec order among ready steps, so the order is stable.
-        let mut waiting_on: Vec<usize> = dependencies.iter().map(Vec::len).collect();
-        let mut ready: BinaryHeap<Reverse<usize>> = (0..steps.len())
-            .filter(|&i| waiting_on[i] == 0)
-            .map(Reverse)
-            .collect();
-        let mut order = Vec::with_capacity(steps.len());
-        while let Some(Reverse(i)) = ready.pop() {
-            order.push(i);
-            for &dependent in &dependents[i] {
-                waiting_on[dependent] -= 1;
-                if waiting_on[dependent] == 0 {
-                    ready.push(Reverse(dependent));
-                }
-            }
-        }
-        if order.len() < steps.len() {
+        let index_of = index_by_name(&spec.steps)?;
+        let (dependencies, dependents) = resolve_dependencies(&spec.steps, &index_of)?;
+        let (order, waiting_on) = kahn_order(&dependencies, &dependents);
+        if order.len() < spec.steps.len() {
             return Err(cycle_error(spec, &dependencies, &waiting_on));
         }
         Ok(StepGraph {
@@ -139,6 +71,97 @@ impl StepGraph {
         }
         depths
     }
+}
+
+/// Each step's index by its name; fails on a name defined twice.
+fn index_by_name(steps: &[StepSpec]) -> Result<HashMap<&str, usize>, SpecError> {
+    let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        if let Some(&first) = index_of.get(step.name.as_str()) {
+            return Err(SpecError::new(
+                format!("steps[{i}].name"),
+                format!(
+                    "step {} is defined twice, as steps[{first}] and steps[{i}]",
+                    quoted(&step.name)
+                ),
+            ));
+        }
+        index_of.insert(&step.name, i);
+    }
+    Ok(index_of)
+}
+
+/// For each step, a list of step indices.
+type Adjacency = Vec<Vec<usize>>;
+
+/// Each step's dependencies and dependents as indices (see [`StepGraph`]); fails on an
+/// unknown, self or duplicate dependency.
+fn resolve_dependencies(
+    steps: &[StepSpec],
+    index_of: &HashMap<&str, usize>,
+) -> Result<(Adjacency, Adjacency), SpecError> {
+    let mut dependencies = Vec::with_capacity(steps.len());
+    let mut dependents = vec![Vec::new(); steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        let mut resolved = Vec::with_capacity(step.depends_on.len());
+        for (j, dependency) in step.depends_on.iter().enumerate() {
+            let field = || format!("steps[{i}].depends_on[{j}]");
+            let Some(&d) = index_of.get(dependency.as_str()) else {
+                return Err(SpecError::new(
+                    field(),
+                    format!(
+                        "step {} depends on unknown step {}",
+                        quoted(&step.name),
+                        quoted(dependency)
+                    ),
+                ));
+            };
+            if d == i {
+                return Err(SpecError::new(
+                    field(),
+                    format!("step {} depends on itself", quoted(&step.name)),
+                ));
+            }
+            // Dependency lists are short (DEPENDENCIES_PER_STEP_MAX), and `dependents[d]`
+            // ends with `i` exactly when `i` already listed `d`: a constant-time check.
+            if dependents[d].last() == Some(&i) {
+                return Err(SpecError::new(
+                    field(),
+                    format!(
+                        "step {} depends on {} twice",
+                        quoted(&step.name),
+                        quoted(dependency)
+                    ),
+                ));
+            }
+            resolved.push(d);
+            dependents[d].push(i);
+        }
+        dependencies.push(resolved);
+    }
+    Ok((dependencies, dependents))
+}
+
+/// Kahn's algorithm: the steps in run order, and for each step how many of its dependencies
+/// were never sorted. The order misses some steps exactly when there is a cycle (those steps
+/// still wait on some); the heap keeps spec order among ready steps, so the order is stable.
+fn kahn_order(dependencies: &[Vec<usize>], dependents: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
+    let mut waiting_on: Vec<usize> = dependencies.iter().map(Vec::len).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..dependencies.len())
+        .filter(|&i| waiting_on[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(dependencies.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &dependent in &dependents[i] {
+            waiting_on[dependent] -= 1;
+            if waiting_on[dependent] == 0 {
+                ready.push(Reverse(dependent));
+            }
+        }
+    }
+    (order, waiting_on)
 }
 
 /// The steps of `spec` in an order where each comes after all its dependencies (ties in spec
@@ -197,7 +220,6 @@ fn cycle_error(
 mod tests {
     use super::*;
     use crate::limits::*;
-    use crate::v1::StepSpec;
     use crate::validate::test_support::*;
     use crate::validate::validate_spec;
 

@@ -9,6 +9,7 @@ use crate::v1::HttpTask;
 /// Methods an http task may use; empty means GET.
 const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
+/// The fields of the http task of `steps[i]`, named `name` in messages.
 pub(super) fn check_http(i: usize, name: &str, http: &HttpTask) -> Result<(), SpecError> {
     let at = |field: &str| format!("steps[{i}].http.{field}");
     if !http.method.is_empty() && !HTTP_METHODS.contains(&http.method.as_str()) {
@@ -46,39 +47,12 @@ pub(super) fn check_http(i: usize, name: &str, http: &HttpTask) -> Result<(), Sp
         ));
     }
     for (header, value) in &http.headers {
-        let field = at(&format!("headers[{}]", quoted(header)));
-        if header.is_empty()
-            || header.len() > HTTP_HEADER_NAME_LEN_MAX
-            || !header.bytes().all(is_header_name_byte)
-        {
-            return Err(SpecError::new(
-                field,
-                format!(
-                    "step {name} http header name {} must be 1..={HTTP_HEADER_NAME_LEN_MAX} token characters",
-                    quoted(header)
-                ),
-            ));
-        }
-        if value.len() > HTTP_HEADER_VALUE_BYTES_MAX {
-            return Err(SpecError::new(
-                field,
-                format!(
-                    "step {name} http header {} is {} bytes, more than {HTTP_HEADER_VALUE_BYTES_MAX}",
-                    quoted(header),
-                    value.len()
-                ),
-            ));
-        }
-        // A CR or LF would let a value inject headers of its own.
-        if value.contains(['\r', '\n', '\0']) {
-            return Err(SpecError::new(
-                field,
-                format!(
-                    "step {name} http header {} has a line break or nul in its value",
-                    quoted(header)
-                ),
-            ));
-        }
+        check_header(
+            &at(&format!("headers[{}]", quoted(header))),
+            name,
+            header,
+            value,
+        )?;
     }
     if http.body.len() > HTTP_BODY_BYTES_MAX {
         return Err(SpecError::new(
@@ -105,6 +79,43 @@ pub(super) fn check_http(i: usize, name: &str, http: &HttpTask) -> Result<(), Sp
                 format!("step {name} success status {status} is not an http status (100..=599)"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// One header of an http task, at `field`: a token name, and a bounded value on one line.
+fn check_header(field: &str, name: &str, header: &str, value: &str) -> Result<(), SpecError> {
+    if header.is_empty()
+        || header.len() > HTTP_HEADER_NAME_LEN_MAX
+        || !header.bytes().all(is_header_name_byte)
+    {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "step {name} http header name {} must be 1..={HTTP_HEADER_NAME_LEN_MAX} token characters",
+                quoted(header)
+            ),
+        ));
+    }
+    if value.len() > HTTP_HEADER_VALUE_BYTES_MAX {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "step {name} http header {} is {} bytes, more than {HTTP_HEADER_VALUE_BYTES_MAX}",
+                quoted(header),
+                value.len()
+            ),
+        ));
+    }
+    // A CR or LF would let a value inject headers of its own.
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "step {name} http header {} has a line break or nul in its value",
+                quoted(header)
+            ),
+        ));
     }
     Ok(())
 }
@@ -188,12 +199,15 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::v1::step_spec::Task;
+    use crate::v1::{WorkflowSpec, step_spec::Task};
     use crate::validate::test_support::*;
 
+    fn with_http(task: HttpTask) -> WorkflowSpec {
+        one_step(|s| s.task = Some(Task::Http(task)))
+    }
+
     #[test]
-    fn http_rules() {
-        let with_http = |task: HttpTask| one_step(|s| s.task = Some(Task::Http(task)));
+    fn http_url_rules() {
         for url in [
             "http://127.0.0.1:8080/health",
             "https://assets.example/api/orders?x=1#y",
@@ -204,7 +218,6 @@ mod tests {
         ] {
             assert_valid(&with_http(http("GET", url)));
         }
-        assert_valid(&with_http(http("", "http://h")));
         for (url, reason) in [
             ("", "is not an absolute http or https url"),
             ("example.com/path", "is not an absolute http or https url"),
@@ -233,16 +246,21 @@ mod tests {
                 &format!("step \"only\" url {} {reason}", quoted(url)),
             );
         }
-        assert_invalid(
-            &with_http(http("FETCH", "http://h")),
-            "steps[0].http.method",
-            "step \"only\" http method \"FETCH\" is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
-        );
         let long_url = format!("http://h/{}", "a".repeat(URL_LEN_MAX));
         assert_invalid(
             &with_http(http("GET", &long_url)),
             "steps[0].http.url",
             "step \"only\" url is 8201 bytes long, more than 8192",
+        );
+    }
+
+    #[test]
+    fn http_rules() {
+        assert_valid(&with_http(http("", "http://h")));
+        assert_invalid(
+            &with_http(http("FETCH", "http://h")),
+            "steps[0].http.method",
+            "step \"only\" http method \"FETCH\" is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
         );
         let mut headers = HttpTask {
             headers: BTreeMap::from([("X-Token".to_string(), "abc".to_string())]),

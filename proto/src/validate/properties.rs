@@ -17,59 +17,32 @@ use crate::v1::{
 /// A spec of anything: random names (often clashing or invalid), dependencies on names that
 /// may or may not exist, random tasks and numbers.
 fn arbitrary_spec() -> impl Strategy<Value = WorkflowSpec> {
-    let name = prop_oneof![4 => "s[0-9]", 1 => ".{0,12}"];
-    let task = prop_oneof![
-        Just(None),
-        Just(noop()),
-        (
-            prop::collection::vec(".{0,4}", 0..4),
-            prop::collection::btree_map(".{0,3}", ".{0,3}", 0..3),
-            ".{0,3}"
-        )
-            .prop_map(|(command, env, working_dir)| Some(Task::Exec(ExecTask {
-                command,
-                env,
-                working_dir
-            }))),
-        (
-            ".{0,8}",
-            ".{0,24}",
-            prop::collection::btree_map(".{0,5}", ".{0,5}", 0..3),
-            prop::collection::vec(any::<u32>(), 0..3)
-        )
-            .prop_map(|(method, url, headers, success_statuses)| Some(Task::Http(
-                HttpTask {
-                    method,
-                    url,
-                    headers,
-                    body: String::new(),
-                    success_statuses
-                }
-            ))),
-        any::<u64>().prop_map(|duration_ms| Some(Task::Sleep(SleepTask { duration_ms }))),
-        (".{0,8}", ".{0,8}")
-            .prop_map(|(r#type, payload)| Some(Task::Custom(CustomTask { r#type, payload }))),
-    ];
-    let retry = prop::option::of((
-        any::<u32>(),
-        prop::option::of((any::<u64>(), any::<f64>(), any::<u64>())),
-    ))
-    .prop_map(|retry| {
-        retry.map(|(max_attempts, backoff)| RetryPolicy {
-            max_attempts,
-            backoff: backoff.map(|(initial_ms, multiplier, max_ms)| Backoff {
-                initial_ms,
-                multiplier,
-                max_ms,
-            }),
+    (
+        prop_oneof!["[a-z]{1,8}", ".{0,10}"],
+        prop::collection::vec(arbitrary_step(), 0..30),
+        any::<i32>(),
+        prop::collection::btree_map(".{0,4}", ".{0,4}", 0..3),
+        prop::collection::btree_map(".{0,4}", ".{0,4}", 0..3),
+    )
+        .prop_map(|(name, steps, priority, labels, input)| WorkflowSpec {
+            name,
+            labels,
+            steps,
+            priority,
+            input,
         })
-    });
-    let step = (
+}
+
+/// A step of anything: a name often clashing or invalid, dependencies on names that may or may
+/// not exist, and random numbers.
+fn arbitrary_step() -> impl Strategy<Value = StepSpec> {
+    let name = prop_oneof![4 => "s[0-9]", 1 => ".{0,12}"];
+    (
         name,
         prop::collection::vec("s[0-9]|x|.{0,3}", 0..5),
         -1..5i32,
-        task,
-        retry,
+        arbitrary_task(),
+        arbitrary_retry(),
         (any::<u64>(), any::<u64>(), any::<u64>()),
         (
             prop::option::of(any::<i32>()),
@@ -103,21 +76,61 @@ fn arbitrary_spec() -> impl Strategy<Value = WorkflowSpec> {
                 lease_ttl_ms,
                 schedule_to_start_timeout_ms,
             },
-        );
-    (
-        prop_oneof!["[a-z]{1,8}", ".{0,10}"],
-        prop::collection::vec(step, 0..30),
-        any::<i32>(),
-        prop::collection::btree_map(".{0,4}", ".{0,4}", 0..3),
-        prop::collection::btree_map(".{0,4}", ".{0,4}", 0..3),
-    )
-        .prop_map(|(name, steps, priority, labels, input)| WorkflowSpec {
-            name,
-            labels,
-            steps,
-            priority,
-            input,
+        )
+}
+
+/// Any task or none, each kind with random fields.
+fn arbitrary_task() -> impl Strategy<Value = Option<Task>> {
+    prop_oneof![
+        Just(None),
+        Just(noop()),
+        (
+            prop::collection::vec(".{0,4}", 0..4),
+            prop::collection::btree_map(".{0,3}", ".{0,3}", 0..3),
+            ".{0,3}"
+        )
+            .prop_map(|(command, env, working_dir)| Some(Task::Exec(ExecTask {
+                command,
+                env,
+                working_dir
+            }))),
+        (
+            ".{0,8}",
+            ".{0,24}",
+            prop::collection::btree_map(".{0,5}", ".{0,5}", 0..3),
+            prop::collection::vec(any::<u32>(), 0..3)
+        )
+            .prop_map(|(method, url, headers, success_statuses)| Some(Task::Http(
+                HttpTask {
+                    method,
+                    url,
+                    headers,
+                    body: String::new(),
+                    success_statuses
+                }
+            ))),
+        any::<u64>().prop_map(|duration_ms| Some(Task::Sleep(SleepTask { duration_ms }))),
+        (".{0,8}", ".{0,8}")
+            .prop_map(|(r#type, payload)| Some(Task::Custom(CustomTask { r#type, payload }))),
+    ]
+}
+
+/// Any retry policy or none, with arbitrary numbers.
+fn arbitrary_retry() -> impl Strategy<Value = Option<RetryPolicy>> {
+    prop::option::of((
+        any::<u32>(),
+        prop::option::of((any::<u64>(), any::<f64>(), any::<u64>())),
+    ))
+    .prop_map(|retry| {
+        retry.map(|(max_attempts, backoff)| RetryPolicy {
+            max_attempts,
+            backoff: backoff.map(|(initial_ms, multiplier, max_ms)| Backoff {
+                initial_ms,
+                multiplier,
+                max_ms,
+            }),
         })
+    })
 }
 
 /// A valid acyclic spec: `dependencies[k]` are positions (in creation order) of earlier

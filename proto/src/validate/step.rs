@@ -1,20 +1,43 @@
-//! Rules for one step's own fields: dependency count, run condition, timeouts, lease TTL,
-//! priority, resources and constraints; its task and retry policy have files of their own.
+//! Rules for one step: [`check_step`] runs them all; the step's own fields are checked here
+//! (dependency count, run condition, timeouts, lease TTL, priority, resources, constraints),
+//! its task and retry policy in files of their own.
 
 use super::SpecError;
-use super::exec::check_exec;
-use super::http::check_http;
 use super::retry::check_retry;
-use super::task::check_custom;
+use super::task::check_task;
 use super::workflow::{check_label, check_priority};
 use crate::limits::*;
 use crate::text::{format_duration_ms, quoted};
-use crate::v1::{Resources, RunCondition, StepSpec, step_spec::Task};
+use crate::v1::{Resources, RunCondition, StepSpec};
 
+/// Checks the fields of `steps[i]` but its name (checked earlier, with all step names) and
+/// returns the first problem: dependencies and run condition, task, retry, timeouts and lease
+/// TTL, priority, resources, constraints.
 pub(super) fn check_step(i: usize, step: &StepSpec) -> Result<(), SpecError> {
-    let at = |field: &str| format!("steps[{i}].{field}");
     let name = quoted(&step.name);
+    check_dependencies(i, &name, step)?;
+    check_task(i, &name, step.task.as_ref())?;
+    if let Some(retry) = &step.retry {
+        check_retry(i, &name, retry)?;
+    }
+    check_times(i, &name, step)?;
+    if let Some(priority) = step.priority {
+        check_priority(
+            &format!("steps[{i}].priority"),
+            &format!("step {name}"),
+            priority,
+        )?;
+    }
+    if let Some(resources) = &step.resources {
+        check_resources(i, &name, resources)?;
+    }
+    check_constraints(i, &name, step)
+}
 
+/// How many steps `steps[i]` waits on, and a run condition that can hold with them. (Which
+/// steps they are is the graph's business.)
+fn check_dependencies(i: usize, name: &str, step: &StepSpec) -> Result<(), SpecError> {
+    let at = |field: &str| format!("steps[{i}].{field}");
     if step.depends_on.len() > DEPENDENCIES_PER_STEP_MAX {
         return Err(SpecError::new(
             at("depends_on"),
@@ -27,58 +50,32 @@ pub(super) fn check_step(i: usize, step: &StepSpec) -> Result<(), SpecError> {
     match RunCondition::try_from(step.when) {
         Ok(RunCondition::Failure) if step.depends_on.is_empty() => {
             // "at least one dependency failed" can never hold: the step would always be skipped.
-            return Err(SpecError::new(
+            Err(SpecError::new(
                 at("when"),
                 format!("step {name} runs on failure but has no dependencies"),
-            ));
+            ))
         }
-        Ok(_) => {}
-        Err(_) => {
-            return Err(SpecError::new(
-                at("when"),
-                format!("step {name} has unknown run condition {}", step.when),
-            ));
-        }
+        Ok(_) => Ok(()),
+        Err(_) => Err(SpecError::new(
+            at("when"),
+            format!("step {name} has unknown run condition {}", step.when),
+        )),
     }
+}
 
-    match &step.task {
-        None => {
-            return Err(SpecError::new(
-                at("task"),
-                format!("step {name} has no task"),
-            ));
-        }
-        Some(Task::Exec(exec)) => check_exec(i, &name, exec)?,
-        Some(Task::Http(http)) => check_http(i, &name, http)?,
-        Some(Task::Noop(_)) => {}
-        Some(Task::Sleep(sleep)) => {
-            if sleep.duration_ms > SLEEP_MS_MAX {
-                return Err(SpecError::new(
-                    at("sleep.duration_ms"),
-                    format!(
-                        "step {name} sleeps {}, longer than the maximum {}",
-                        format_duration_ms(sleep.duration_ms),
-                        format_duration_ms(SLEEP_MS_MAX)
-                    ),
-                ));
-            }
-        }
-        Some(Task::Custom(custom)) => check_custom(i, &name, custom)?,
-    }
-
-    if let Some(retry) = &step.retry {
-        check_retry(i, &name, retry)?;
-    }
+/// The timeout, the schedule-to-start timeout and the lease TTL of `steps[i]`.
+fn check_times(i: usize, name: &str, step: &StepSpec) -> Result<(), SpecError> {
+    let at = |field: &str| format!("steps[{i}].{field}");
     check_duration_max(
         &at("timeout_ms"),
-        &name,
+        name,
         "timeout",
         step.timeout_ms,
         TIMEOUT_MS_MAX,
     )?;
     check_duration_max(
         &at("schedule_to_start_timeout_ms"),
-        &name,
+        name,
         "schedule-to-start timeout",
         step.schedule_to_start_timeout_ms,
         TIMEOUT_MS_MAX,
@@ -96,21 +93,20 @@ pub(super) fn check_step(i: usize, step: &StepSpec) -> Result<(), SpecError> {
         }
         check_duration_max(
             &at("lease_ttl_ms"),
-            &name,
+            name,
             "lease ttl",
             step.lease_ttl_ms,
             LEASE_TTL_MS_MAX,
         )?;
     }
-    if let Some(priority) = step.priority {
-        check_priority(&at("priority"), &format!("step {name}"), priority)?;
-    }
-    if let Some(resources) = &step.resources {
-        check_resources(i, &name, resources)?;
-    }
+    Ok(())
+}
+
+/// The constraints of `steps[i]`: few, each with the rules of a label.
+fn check_constraints(i: usize, name: &str, step: &StepSpec) -> Result<(), SpecError> {
     if step.constraints.len() > CONSTRAINTS_PER_STEP_MAX {
         return Err(SpecError::new(
-            at("constraints"),
+            format!("steps[{i}].constraints"),
             format!(
                 "step {name} has {} constraints, more than {CONSTRAINTS_PER_STEP_MAX}",
                 step.constraints.len()
@@ -119,7 +115,7 @@ pub(super) fn check_step(i: usize, step: &StepSpec) -> Result<(), SpecError> {
     }
     for (key, value) in &step.constraints {
         check_label(
-            &at(&format!("constraints[{}]", quoted(key))),
+            &format!("steps[{i}].constraints[{}]", quoted(key)),
             "constraint",
             key,
             value,

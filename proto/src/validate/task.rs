@@ -1,13 +1,44 @@
-//! Rules for the small task kinds: a `custom` task's type and payload. (`sleep` is checked with
-//! the step; `noop` has no fields.)
+//! Rules for a step's task: [`check_task`] sends each kind to its rules; `exec` and `http` have
+//! files of their own, the small kinds are here (`sleep`, `custom`; `noop` has no fields).
 
 use super::SpecError;
+use super::exec::check_exec;
+use super::http::check_http;
 use super::workflow::is_name_byte;
 use crate::limits::*;
-use crate::text::quoted;
-use crate::v1::CustomTask;
+use crate::text::{format_duration_ms, quoted};
+use crate::v1::{CustomTask, SleepTask, step_spec::Task};
 
-pub(super) fn check_custom(i: usize, name: &str, custom: &CustomTask) -> Result<(), SpecError> {
+/// The task of `steps[i]`, named `name` in messages: there must be one, valid for its kind.
+pub(super) fn check_task(i: usize, name: &str, task: Option<&Task>) -> Result<(), SpecError> {
+    match task {
+        None => Err(SpecError::new(
+            format!("steps[{i}].task"),
+            format!("step {name} has no task"),
+        )),
+        Some(Task::Exec(exec)) => check_exec(i, name, exec),
+        Some(Task::Http(http)) => check_http(i, name, http),
+        Some(Task::Noop(_)) => Ok(()),
+        Some(Task::Sleep(sleep)) => check_sleep(i, name, sleep),
+        Some(Task::Custom(custom)) => check_custom(i, name, custom),
+    }
+}
+
+fn check_sleep(i: usize, name: &str, sleep: &SleepTask) -> Result<(), SpecError> {
+    if sleep.duration_ms > SLEEP_MS_MAX {
+        return Err(SpecError::new(
+            format!("steps[{i}].sleep.duration_ms"),
+            format!(
+                "step {name} sleeps {}, longer than the maximum {}",
+                format_duration_ms(sleep.duration_ms),
+                format_duration_ms(SLEEP_MS_MAX)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_custom(i: usize, name: &str, custom: &CustomTask) -> Result<(), SpecError> {
     let field = format!("steps[{i}].custom.type");
     if custom.r#type.is_empty()
         || custom.r#type.len() > NAME_LEN_MAX
@@ -35,8 +66,6 @@ pub(super) fn check_custom(i: usize, name: &str, custom: &CustomTask) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use crate::v1::{SleepTask, step_spec::Task};
-
     use super::*;
     use crate::validate::test_support::*;
 
