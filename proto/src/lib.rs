@@ -21,4 +21,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("bato
 pub mod limits;
 pub mod spec;
 pub mod status;
+mod text;
 pub mod validate;

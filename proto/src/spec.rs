@@ -27,8 +27,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use crate::limits::SPEC_TEXT_BYTES_MAX;
+use crate::text::quoted;
 use crate::v1::{self, RunCondition, WorkflowSpec, step_spec::Task};
-use crate::validate::quoted;
+
+pub use crate::text::format_duration_ms;
 
 /// The text format of a spec. YAML is a superset of JSON, so YAML is the safe default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -221,24 +223,6 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
         rest = &rest[digits + letters..];
     }
     Ok(total_ms)
-}
-
-/// Formats milliseconds the way [`parse_duration_ms`] reads them: `1h30m`, `1s500ms`, `0ms`.
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "0ms".to_string();
-    }
-    let parts = [
-        (ms / 3_600_000, "h"),
-        (ms / 60_000 % 60, "m"),
-        (ms / 1000 % 60, "s"),
-        (ms % 1000, "ms"),
-    ];
-    parts
-        .iter()
-        .filter(|(value, _)| *value > 0)
-        .map(|(value, unit)| format!("{value}{unit}"))
-        .collect()
 }
 
 /// serde `deserialize_with` for a duration given as text or as an integer of milliseconds.
