@@ -1,6 +1,6 @@
 //! Workflows submitted with the same spec bytes hold one decoded spec, through `apply` and
-//! through a snapshot's decoding, and only they do. One test in its own process: the memo that
-//! shares specs is process-wide, and other tests in the same process would churn it.
+//! through a snapshot's decoding, and only they do. The memo belongs to each state, so other
+//! states (other tests in this process) neither share its specs nor churn it.
 
 use std::sync::Arc;
 

@@ -109,6 +109,10 @@ pub struct ClusterState {
     /// Bearer tokens by id, revoked ones included (ids are never reused). See `tokens.rs`.
     #[serde(default, deserialize_with = "cautious::map")]
     tokens: OrdMap<String, tokens::TokenRecord>,
+    /// Decoded specs shared between workflows of equal spec bytes (`specs.rs`): not part of the
+    /// state's value (equal whatever it holds), neither encoded nor hashed.
+    #[serde(skip)]
+    specs: specs::SpecMemo,
     /// Broken builds only ([`crate::faults::Broken::UnfencedReports`]): the step of every attempt
     /// ever assigned, so a stale report can be applied to it. Neither hashed, snapshotted nor
     /// compared (a replica that installed a snapshot starts it empty, as broken as the rest).
@@ -358,7 +362,7 @@ impl ClusterState {
                 created: false,
             };
         }
-        let spec = match specs::decode_shared(&submit.spec) {
+        let spec = match self.specs.decode(&submit.spec) {
             Ok(spec) => spec,
             Err(err) => {
                 return Response::Rejected {
@@ -523,7 +527,9 @@ impl ClusterState {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
-        let mut state: Self = rmp_serde::from_slice(bytes)?;
+        let memo = specs::SpecMemo::default();
+        let mut state: Self = specs::decoding_with(&memo, || rmp_serde::from_slice(bytes))?;
+        state.specs = memo;
         state.ready_deadlines = state.derive_deadlines();
         Ok(state)
     }

@@ -8,18 +8,22 @@
 //! deterministic, and a replica that shares less (it restarted, or its memo started over) is equal
 //! to one that shares more.
 //!
-//! Both ways a spec enters the state go through [`decode_shared`]: a Submit being applied, and a
-//! snapshot being decoded (so a restarted node shares what its peers share, and decodes each
-//! distinct spec once instead of once per workflow).
+//! The memo ([`SpecMemo`]) belongs to the state it serves (a field of `ClusterState` outside its
+//! value: not compared, encoded or hashed; clones of the state share it). Both ways a spec enters
+//! the state go through it: a Submit being applied, and a snapshot being decoded (so a restarted
+//! node shares what its peers share, and decodes each distinct spec once instead of once per
+//! workflow; serde reaches the decoding state's memo through [`decoding_with`]).
 //!
-//! The memo is process-wide and bounded, and holds its specs weakly: a spec whose workflows are
+//! The memo is bounded, and holds its specs weakly: a spec whose workflows are
 //! all gone (or that no workflow took: `apply` refused its steps) is freed, and the next equal
 //! spec is decoded again. When the memo is full it starts over: specs already shared stay shared,
 //! and a workload of more distinct specs than the bound only shares less. Specs differing only in
 //! their `input` are distinct here; sharing their steps would need a spec split in two.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use baton_proto::v1 as pb;
 use prost::Message;
@@ -79,18 +83,64 @@ impl Memo {
     }
 }
 
-static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Default::default);
+/// One state's memo of decoded specs. Part of no state's value: every memo is equal to every
+/// other, so equality, the encoding and the hash never see it.
+#[derive(Clone, Default)]
+pub struct SpecMemo(Arc<Mutex<Memo>>);
 
-/// Decodes a spec, sharing the result with every live earlier spec of the same bytes.
-pub fn decode_shared(bytes: &[u8]) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
-    if bytes.len() > SHARED_SPEC_BYTES_MAX {
-        // Not kept: decoded outside the lock.
-        return decode_compact(bytes);
+impl SpecMemo {
+    /// Decodes a spec, sharing the result with every live earlier spec of the same bytes.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
+        if bytes.len() > SHARED_SPEC_BYTES_MAX {
+            // Not kept: decoded outside the lock.
+            return decode_compact(bytes);
+        }
+        // The memo holds no invariant a panic could break halfway: a poisoned lock is still good.
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decode(bytes)
     }
-    // The memo holds no invariant a panic could break halfway, so a poisoned lock is still good.
-    MEMO.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .decode(bytes)
+}
+
+impl PartialEq for SpecMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for SpecMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpecMemo")
+    }
+}
+
+thread_local! {
+    /// The memo of the state being decoded on this thread, for serde's spec visitor.
+    static DECODING: RefCell<Option<SpecMemo>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with `memo` as the memo specs decoded on this thread go through.
+pub(super) fn decoding_with<T>(memo: &SpecMemo, decode: impl FnOnce() -> T) -> T {
+    struct Restore(Option<SpecMemo>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DECODING.with(|d| *d.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(DECODING.with(|d| d.borrow_mut().replace(memo.clone())));
+    decode()
+}
+
+/// Decodes a spec met while deserializing: through the memo of the state being decoded
+/// ([`decoding_with`]), or on its own outside one.
+pub(super) fn decode_in_snapshot(
+    bytes: &[u8],
+) -> Result<Arc<pb::WorkflowSpec>, prost::DecodeError> {
+    match DECODING.with(|d| d.borrow().clone()) {
+        Some(memo) => memo.decode(bytes),
+        None => decode_compact(bytes),
+    }
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ mod proto_bytes {
             }
 
             fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-                specs::decode_shared(bytes).map_err(E::custom)
+                specs::decode_in_snapshot(bytes).map_err(E::custom)
             }
         }
 
