@@ -35,6 +35,10 @@ pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
 /// Events produced by one apply, in order; they feed `Watch` (see `storage::events`).
 pub type Events = Vec<pb::WorkflowEvent>;
 
+/// A debug build checks the whole state's invariants after every this many entries (and what
+/// each entry touched after every one): see [`ClusterState::check_after_apply`].
+pub const INVARIANTS_FULL_EVERY: u64 = 1024;
+
 /// What applying one entry yields.
 #[derive(Debug)]
 pub struct Applied {
@@ -229,6 +233,10 @@ impl ClusterState {
         // O(state): on every apply in unit and property tests, where states are small.
         #[cfg(test)]
         self.check_invariants();
+        // Every debug build (the process tests', the chaos suite's batond): what this entry
+        // touched on every apply, the whole state every INVARIANTS_FULL_EVERY entries.
+        #[cfg(all(debug_assertions, not(test)))]
+        self.check_after_apply(ctx.index, &events);
         Applied { response, events }
     }
 
@@ -539,22 +547,82 @@ impl ClusterState {
         Sha256::digest(self.encode()).into()
     }
 
-    /// Relations that hold after every apply. A failure is a bug in `apply`, so it panics.
-    pub fn check_invariants(&self) {
-        if let Some((last, _)) = self.workflows.get_max() {
-            assert!(
-                last.0 <= self.last_workflow_id,
-                "workflow id {last} beyond last {}",
-                self.last_workflow_id
+    /// The invariants a debug build checks after applying the entry at `index` that yielded
+    /// `events`: those of every workflow it touched and the cluster-wide ones that cost
+    /// O(live attempts), so O(entry) in all; and every [`INVARIANTS_FULL_EVERY`] entries
+    /// [`ClusterState::check_invariants`] over the whole state (what no event names is caught
+    /// there). A failure is a bug in `apply`, so it panics, naming the relation.
+    pub fn check_after_apply(&self, index: u64, events: &[pb::WorkflowEvent]) {
+        if index.is_multiple_of(INVARIANTS_FULL_EVERY) {
+            self.check_invariants();
+            return;
+        }
+        self.check_leases();
+        let mut touched: Vec<WorkflowId> =
+            events.iter().map(|e| WorkflowId(e.workflow_id)).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            if let Some(workflow) = self.workflows.get(&id) {
+                self.check_workflow(workflow);
+            }
+        }
+    }
+
+    /// One workflow's relations with the indexes that hold its steps: a ready step is queued,
+    /// a step in backoff is in the backoff set, a running step holds the live attempt that
+    /// names it, a finished workflow has only finished steps, its idempotency key maps to it.
+    fn check_workflow(&self, workflow: &Workflow) {
+        let id = workflow.id;
+        assert!(
+            id.0 <= self.last_workflow_id,
+            "workflow id {id} beyond last {}",
+            self.last_workflow_id
+        );
+        assert_eq!(
+            workflow.steps.len(),
+            workflow.spec.steps.len(),
+            "workflow {id}: steps"
+        );
+        if !workflow.idempotency_key.is_empty() {
+            assert_eq!(
+                self.idempotency_keys.get(&workflow.idempotency_key),
+                Some(&id),
+                "workflow {id}: its idempotency key maps elsewhere"
             );
         }
-        for (key, id) in &self.idempotency_keys {
-            let workflow = self
-                .workflows
-                .get(id)
-                .unwrap_or_else(|| panic!("idempotency key {key:?} names missing workflow {id}"));
-            assert_eq!(&workflow.idempotency_key, key);
+        if workflow.state.is_terminal() {
+            assert!(
+                workflow.steps.iter().all(|s| s.state.is_terminal()),
+                "finished workflow {id} has unfinished steps"
+            );
         }
+        for (i, run) in workflow.steps.iter().enumerate() {
+            let step = i as u32;
+            match run.state {
+                StepState::Ready => assert!(
+                    self.ready.contains(&scheduling::ready_key(workflow, step)),
+                    "workflow {id} step {i}: ready but not queued"
+                ),
+                StepState::Backoff => assert!(
+                    self.backoff.contains(&(run.retry_at_ms, id, step)),
+                    "workflow {id} step {i}: in backoff but not in the backoff set"
+                ),
+                StepState::Running => {
+                    let live = self.attempts.get(&AttemptId(run.attempt_id));
+                    assert!(
+                        live.is_some_and(|l| l.workflow_id == id && l.step == step),
+                        "workflow {id} step {i}: running without its live attempt {}",
+                        run.attempt_id
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Live attempts against their steps and the agents' allocations: O(live attempts).
+    fn check_leases(&self) {
         let mut allocated: BTreeMap<AgentId, Allocation> = BTreeMap::new();
         for (attempt_id, live) in &self.attempts {
             let workflow = &self.workflows[&live.workflow_id];
@@ -593,6 +661,29 @@ impl ClusterState {
             self.allocated.len(),
             "allocation kept for an idle agent"
         );
+    }
+
+    /// Relations that hold after every apply, over the whole state: O(state). A failure is a
+    /// bug in `apply`, so it panics.
+    pub fn check_invariants(&self) {
+        if let Some((last, _)) = self.workflows.get_max() {
+            assert!(
+                last.0 <= self.last_workflow_id,
+                "workflow id {last} beyond last {}",
+                self.last_workflow_id
+            );
+        }
+        for (key, id) in &self.idempotency_keys {
+            let workflow = self
+                .workflows
+                .get(id)
+                .unwrap_or_else(|| panic!("idempotency key {key:?} names missing workflow {id}"));
+            assert_eq!(&workflow.idempotency_key, key);
+        }
+        self.check_leases();
+        for workflow in self.workflows.values() {
+            self.check_workflow(workflow);
+        }
         for key in &self.ready {
             assert_eq!(
                 self.workflows[&key.workflow_id].steps[key.step as usize].state,

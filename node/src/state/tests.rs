@@ -1007,3 +1007,28 @@ fn golden_snapshot_bytes() {
     assert_eq!(decoded, log.state);
     assert_eq!(decoded.encode(), bytes);
 }
+
+/// What a debug build checks after every apply catches a state `apply` left wrong: a ready step
+/// missing from the queue, found from the event that named its workflow alone.
+#[test]
+#[should_panic(expected = "ready but not queued")]
+fn the_check_after_every_apply_catches_a_step_missing_from_the_queue() {
+    let mut log = Log::new();
+    log.apply(submit(&spec("w", vec![step("a", &[])]), ""));
+    log.index += 1;
+    let applied = log.state.apply(
+        ApplyCtx { index: log.index },
+        LogEntry {
+            time_ms: 2_000,
+            command: submit(&spec("v", vec![step("b", &[])]), ""),
+        },
+    );
+    assert_ne!(
+        log.index % INVARIANTS_FULL_EVERY,
+        0,
+        "the entry-sized check, not the full one"
+    );
+    log.state.check_after_apply(log.index, &applied.events);
+    log.state.ready.clear();
+    log.state.check_after_apply(log.index, &applied.events);
+}
