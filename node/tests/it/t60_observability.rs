@@ -15,7 +15,7 @@
 //! The `baton` binary is taken from beside `batond`: `cargo test --workspace` builds both; when
 //! running this test alone, build it first (`cargo build -p baton-client --bin baton`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! old leader ends the session with a redirect as soon as it stops leading, the agent registers
 //! with the new leader, and work keeps flowing to it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

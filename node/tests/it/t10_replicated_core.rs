@@ -1,7 +1,7 @@
 //! In-process clusters: acknowledged workflows survive a leader stop; any node serves any call;
 //! bad input is refused with the field named and nothing written.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

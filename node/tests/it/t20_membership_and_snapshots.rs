@@ -1,7 +1,7 @@
 //! A late joiner whose log the cluster has purged catches up by snapshot and reports the same
 //! state hash; membership changes one at a time; node ids are never reused.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! SIGKILLed, the step's process dies with it (nothing runs without a lease), and the step runs
 //! again on the other agent under a new fencing token, within its lease TTL plus two seconds.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

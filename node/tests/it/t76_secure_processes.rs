@@ -5,7 +5,7 @@
 //! certificate does not carry; the plaintext `--health-listen` port answers probes and nothing
 //! else.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

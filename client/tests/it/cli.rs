@@ -1,7 +1,7 @@
 //! The `baton` binary end to end: bad input exits 2 before connecting; against a fake node,
 //! answers, not-found and unknown outcomes print and exit as documented.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -3,7 +3,7 @@
 //! three nodes under a submit load loses nothing, and the longest gap between committed
 //! assignments is printed (a figure, not an assertion).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! skipping the events of it already seen, yields every event once (also when one index carries
 //! several), ends after the workflow's finish, and resumes a stream that ends early.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

@@ -1,7 +1,7 @@
 //! Real `batond` processes: SIGKILL of the whole cluster right after acknowledged submissions
 //! loses nothing; a foreign data folder is refused at start.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! leader failover keeps running steps' leases; cancel stops running steps; capacity holds; a
 //! custom step goes only to an agent that announced its task type.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

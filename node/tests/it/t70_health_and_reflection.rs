@@ -3,7 +3,7 @@
 //! or that lost its quorum, is not; liveness stays SERVING throughout. Reflection lists Baton's
 //! services, so grpcurl works without .proto files.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //! saying so, unless `BATON_TEST_WITHOUT_ROOT=1` asks to skip it: a skip is a choice someone
 //! made, never a silent pass.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

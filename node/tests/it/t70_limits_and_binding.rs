@@ -3,7 +3,7 @@
 //! the field) or RESOURCE_EXHAUSTED; a saturated node refuses at once. None of these refusals
 //! changes the replicated state: the applied index and the state hash stay where they were.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

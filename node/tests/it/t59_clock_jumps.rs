@@ -14,7 +14,7 @@
 //! (`FAKETIME_NO_CACHE=1`), and leaves CLOCK_MONOTONIC alone (`FAKETIME_DONT_FAKE_MONOTONIC=1`),
 //! as a real NTP step or `date -s` would.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -3,7 +3,7 @@
 //! it halts and names the recovery steps. And connections do not live forever: every server
 //! closes a connection at its maximum age, and clients carry on over a new one.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The client against fake nodes: failover, retries, timeouts, outcomes, paging.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

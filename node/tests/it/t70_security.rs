@@ -2,7 +2,7 @@
 //! refused (no certificate, no token, wrong role, wrong certificate role), revocation through
 //! the log on every node, and a rotated node certificate served without a restart.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

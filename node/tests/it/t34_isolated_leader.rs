@@ -7,7 +7,7 @@
 //! or under the same token if the agent re-registered while the cluster still leased it there
 //! (the leader then re-sends the assignment, and nothing else can hold that token).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

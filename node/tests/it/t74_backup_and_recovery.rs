@@ -4,7 +4,7 @@
 //! workflows kept, new members added, new work accepted. Neither hands out a workflow id or a
 //! fencing token the old cluster could have handed out after the copy was taken.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;
