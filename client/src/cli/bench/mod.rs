@@ -9,12 +9,14 @@
 //! at millisecond resolution. The submit acknowledgement latency is the client's own, in µs.
 //!
 //! Code map: `shape` builds the spec, `cluster` starts and samples the local cluster, `report`
-//! summarises and prints.
+//! summarises and prints, `usage` is a process's resources (shared by `cluster`, `etcd` and
+//! `report`), `etcd` runs `--compare-etcd`.
 
 pub mod cluster;
 pub mod etcd;
 pub mod report;
 pub mod shape;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
