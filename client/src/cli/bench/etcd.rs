@@ -17,8 +17,8 @@ use tokio::process::{Child, Command};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-use super::Stop;
 use super::cluster::{self, free_ports, log_file, sample, spawn, stop};
+use super::options::Stop;
 use super::report::{EtcdReport, LatencySummary, new_histogram, per_second, record};
 use super::usage::NodeUsage;
 
