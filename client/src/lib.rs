@@ -13,14 +13,17 @@
 //!
 //! Code map: `endpoints` parses where the cluster is; `client` holds the channels and the retry
 //! loop; `error` is the one error type and the applied / not applied / unknown rule; `output`
-//! turns answers into the CLI's JSON and tables (public so that scripts and tests built on this
-//! crate print the same shapes); `watch` follows a workflow's events across reconnects; `agent`
-//! is the agent runtime (`baton agent`, or embedded in an application with its own handlers).
+//! turns answers into the CLI's JSON and tables (its files are `cli/output/`, with the rest of
+//! the CLI; it is compiled here and public so that scripts and tests built on this crate print
+//! the same shapes); `watch` follows a workflow's events across reconnects; `agent` is the agent
+//! runtime (`baton agent`, or embedded in an application with its own handlers).
 
 pub mod agent;
 mod client;
 mod endpoints;
 mod error;
+// The CLI's rendering, kept beside the CLI but compiled (and public) here.
+#[path = "cli/output/mod.rs"]
 pub mod output;
 pub mod tls;
 mod watch;

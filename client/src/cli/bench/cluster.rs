@@ -14,6 +14,8 @@ use baton_client::{Client, ClientConfig, CredentialSources, Credentials, Endpoin
 use baton_security::TlsFiles;
 use tokio::process::{Child, Command};
 
+use super::usage::NodeUsage;
+
 const NODES: u64 = 3;
 /// How long the cluster may take to elect a leader and see every agent.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -344,11 +346,11 @@ pub fn usage(
     pid: u32,
     before: Option<ProcSample>,
     seconds: f64,
-) -> Option<super::report::NodeUsage> {
+) -> Option<NodeUsage> {
     let (before, after) = (before?, sample(pid)?);
     let cpu_seconds =
         after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks_per_second() as f64;
-    Some(super::report::NodeUsage {
+    Some(NodeUsage {
         node_id,
         cpu_percent: 100.0 * cpu_seconds / seconds,
         rss_mib: after.rss_kib as f64 / 1024.0,

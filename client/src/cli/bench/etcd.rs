@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use tokio::process::{Child, Command};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-use super::Stop;
 use super::cluster::{self, free_ports, log_file, sample, spawn, stop};
-use super::report::{LatencySummary, NodeUsage, new_histogram, per_second, record};
+use super::options::Stop;
+use super::report::{EtcdReport, LatencySummary, new_histogram, per_second, record};
+use super::usage::NodeUsage;
 
 const MEMBERS: usize = 3;
 /// How long the members may take to elect a leader and answer a put.
@@ -41,22 +41,6 @@ struct PutRequest {
 /// `etcdserverpb.PutResponse`; its fields are not read (prost skips them).
 #[derive(Clone, PartialEq, prost::Message)]
 struct PutResponse {}
-
-/// What the etcd run measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct EtcdReport {
-    pub binary: String,
-    pub version: String,
-    pub puts: u64,
-    pub put_errors: u64,
-    pub first_put_error: Option<String>,
-    pub seconds: f64,
-    pub puts_per_second: f64,
-    pub put_ack: LatencySummary,
-    pub members: Vec<NodeUsage>,
-    /// Baton's accepted workflows/s over etcd's puts/s in the same run.
-    pub baton_to_etcd_ratio: f64,
-}
 
 struct EtcdCluster {
     members: Vec<Child>,

@@ -1,8 +1,10 @@
 //! What a bench measured: latency histograms summarised, per-node resources, and the report
-//! printed as a table or JSON.
+//! (Baton's, and etcd's with `--compare-etcd`) printed as a table or JSON.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use super::usage::NodeUsage;
 
 /// Latencies are recorded in microseconds; this bounds them (an hour) and keeps 3 significant
 /// digits, so a percentile is within 0.1% of the true value.
@@ -45,16 +47,6 @@ impl LatencySummary {
             max_ms: ms(histogram.max()),
         }
     }
-}
-
-/// One self-started node's resources over the run.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct NodeUsage {
-    pub node_id: u64,
-    /// CPU time over wall time of the measured run: 100 = one core busy all along.
-    pub cpu_percent: f64,
-    pub rss_mib: f64,
-    pub rss_peak_mib: f64,
 }
 
 /// Everything one run measured, as printed.
@@ -105,7 +97,23 @@ pub struct Report {
     /// (leader clock; one machine, one clock).
     pub kill_to_assignment: Option<LatencySummary>,
     /// `--compare-etcd` only: the same load as puts into a three-member etcd.
-    pub etcd: Option<super::etcd::EtcdReport>,
+    pub etcd: Option<EtcdReport>,
+}
+
+/// What the etcd run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EtcdReport {
+    pub binary: String,
+    pub version: String,
+    pub puts: u64,
+    pub put_errors: u64,
+    pub first_put_error: Option<String>,
+    pub seconds: f64,
+    pub puts_per_second: f64,
+    pub put_ack: LatencySummary,
+    pub members: Vec<NodeUsage>,
+    /// Baton's accepted workflows/s over etcd's puts/s in the same run.
+    pub baton_to_etcd_ratio: f64,
 }
 
 /// `part / seconds`, 0 when no time passed.

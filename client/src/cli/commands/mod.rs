@@ -1,0 +1,73 @@
+//! What each `baton` command does: read and check input, make the calls, print the answer.
+//!
+//! Results go to stdout (one id, a table, or JSON); errors and hints go to stderr through
+//! [`crate::cli::failure`], so `id=$(baton submit f.yaml)` captures only the id.
+//!
+//! Code map: `printer` prints in the chosen output format; `submit` reads spec files and submits
+//! them (one, or many in batches); `wait` follows a submitted workflow to its end (`--wait`);
+//! `workflows` is get, list, cancel and watch; `cluster` the cluster's administration; `tokens`
+//! the bearer tokens; `agent` runs an agent (`baton agent`) and lists them (`baton agents`).
+
+mod agent;
+mod cluster;
+mod printer;
+mod submit;
+mod tokens;
+mod wait;
+mod workflows;
+
+use baton_client::{Client, ClientConfig, CredentialSources};
+
+use self::printer::Printer;
+use crate::cli::args::{Cli, Command, TokenCommand};
+use crate::cli::failure::{CallKind, Failure, client_failure};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let credentials = CredentialSources {
+        dir: cli.credentials.clone(),
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        token_file: cli.token_file.clone(),
+    };
+    if let Command::Token(TokenCommand::Generate) = cli.command {
+        let token = baton_security::token::generate()
+            .map_err(|e| Failure::failed(format!("no randomness for a token: {e}")))?;
+        println!("{}", token.text);
+        return Ok(());
+    }
+    let credentials = credentials
+        .load()
+        .map_err(|error| Failure::usage(error.to_string()))?;
+    let config = ClientConfig {
+        call_timeout: cli.timeout,
+        credentials,
+        ..ClientConfig::default()
+    };
+    let agent_credentials = config.credentials.clone();
+    let endpoints = cli.endpoints;
+    let endpoints_for_agent = endpoints.clone();
+    let bench_setup = (endpoints.clone(), config.clone());
+    // Built on demand, so that submit checks its input first and bad input never waits on a node.
+    let connect = move || {
+        Client::with_config(endpoints, config)
+            .map_err(|error| client_failure(error, CallKind::Read, None, None))
+    };
+    let out = Printer { format: cli.output };
+    match cli.command {
+        Command::Submit(args) => submit::submit(connect, &out, args).await,
+        Command::Get(args) => workflows::get(&connect()?, &out, args).await,
+        Command::List(args) => workflows::list(&connect()?, &out, args).await,
+        Command::Cancel(args) => workflows::cancel(&connect()?, &out, args).await,
+        Command::Cluster(command) => cluster::cluster(&connect()?, &out, command).await,
+        Command::Agents => agent::agents(&connect()?, &out).await,
+        Command::Watch(args) => workflows::watch(&connect()?, &out, args).await,
+        Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
+        Command::Token(command) => tokens::token(&connect()?, &out, command).await,
+        Command::Bench(args) => {
+            let (endpoints, config) = bench_setup;
+            crate::cli::bench::run(endpoints, config, out.json(), args).await
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Reading and changing one workflow or many: `baton get`, `list`, `cancel` and `watch`.
+
+use baton_client::output;
+use baton_client::proto::{ListRequest, ReadConsistency, Workflow, WorkflowState};
+use baton_client::{Client, WatchUpdate, WorkflowWatch};
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::printer::Printer;
+use crate::cli::args::{CancelArgs, GetArgs, ListArgs, WatchArgs};
+use crate::cli::failure::{CallKind, Failure, client_failure};
+
+fn consistency(stale: bool) -> ReadConsistency {
+    if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
+pub(super) async fn get(client: &Client, out: &Printer, args: GetArgs) -> anyhow::Result<()> {
+    let workflow = client
+        .get(args.id, consistency(args.stale))
+        .await
+        .map_err(|error| {
+            if error.code() == Some(tonic::Code::NotFound) {
+                Failure::failed(format!("workflow {} not found", args.id))
+            } else {
+                client_failure(
+                    error,
+                    CallKind::Read,
+                    Some(&format!("workflow {}", args.id)),
+                    None,
+                )
+            }
+        })?;
+    out.print(
+        || output::workflow_json(&workflow),
+        || output::render_workflow(&workflow),
+    )
+}
+
+pub(super) async fn list(client: &Client, out: &Printer, args: ListArgs) -> anyhow::Result<()> {
+    if args.limit == Some(0) {
+        return out.print(
+            || Value::Array(Vec::new()),
+            || output::render_workflow_list(&[]),
+        );
+    }
+    let request = ListRequest {
+        states: args.state.iter().map(|state| *state as i32).collect(),
+        name_prefix: args.name_prefix.unwrap_or_default(),
+        labels: args.labels.into_iter().collect(),
+        // No bigger pages than asked for; otherwise the server's default.
+        page_size: args.limit.map_or(0, |limit| limit.min(1000) as u32),
+        page_token: String::new(),
+        consistency: consistency(args.stale) as i32,
+    };
+    let mut stream = Box::pin(client.list_all(request));
+    let mut workflows: Vec<Workflow> = Vec::new();
+    while let Some(workflow) = stream.next().await {
+        let workflow =
+            workflow.map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+        workflows.push(workflow);
+        if args.limit.is_some_and(|limit| workflows.len() >= limit) {
+            break;
+        }
+    }
+    out.print(
+        || Value::Array(workflows.iter().map(output::workflow_json).collect()),
+        || output::render_workflow_list(&workflows),
+    )
+}
+
+pub(super) async fn cancel(client: &Client, out: &Printer, args: CancelArgs) -> anyhow::Result<()> {
+    let object = format!("workflow {}", args.id);
+    let response = client.cancel(args.id, args.reason).await.map_err(|error| {
+        if error.code() == Some(tonic::Code::NotFound) {
+            return Failure::failed(format!("{object} not found"));
+        }
+        let hint = format!(
+            "run `baton cancel {}` again (cancelling twice is harmless), or `baton get {}`",
+            args.id, args.id
+        );
+        client_failure(error, CallKind::Write, Some(&object), Some(hint))
+    })?;
+    let state = output::workflow_state_name(response.state);
+    out.print(
+        || serde_json::json!({ "workflow_id": args.id, "state": state }),
+        || {
+            if response.state == WorkflowState::Cancelled as i32
+                || response.state == WorkflowState::Running as i32
+            {
+                format!("{object}: {state}")
+            } else {
+                format!("{object} had already finished: {state}")
+            }
+        },
+    )
+}
+
+pub(super) async fn watch(client: &Client, out: &Printer, args: WatchArgs) -> anyhow::Result<()> {
+    let mut watch = WorkflowWatch::new(client.clone(), args.id, args.from_index);
+    loop {
+        match watch.next().await {
+            Ok(Some(WatchUpdate::Event(event))) => out.print_line(&event)?,
+            Ok(Some(WatchUpdate::Resumed { from_index, reason })) => {
+                eprintln!("watch resumed from log index {from_index} after: {reason}");
+            }
+            Ok(None) => return Ok(()),
+            Err(error) if error.code() == Some(tonic::Code::NotFound) => {
+                return Err(Failure::failed(format!("workflow {} not found", args.id)));
+            }
+            Err(error) => {
+                return Err(client_failure(
+                    error,
+                    CallKind::Read,
+                    Some(&format!("watching workflow {}", args.id)),
+                    None,
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The human views of workflows (`baton get`, `baton list`), tokens and agents.
+
+use std::fmt::Write as _;
+
+use baton_proto::v1::{AgentInfo, Step, TokenInfo, Workflow};
+
+use super::names::{step_state_name, workflow_state_name};
+use super::text::{Table, format_time_ms, labels_text, one_line, or_dash};
+
+/// The `baton get` view: a header of key/value lines, then one row per step.
+pub fn render_workflow(workflow: &Workflow) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "workflow {}  {}  {}",
+        workflow.id,
+        workflow.name,
+        workflow_state_name(workflow.state)
+    );
+    let mut header = Table::new(["labels:", &labels_text(&workflow.labels)]);
+    header.row(["created:", &format_time_ms(workflow.created_at_ms)]);
+    header.row(["finished:", &format_time_ms(workflow.finished_at_ms)]);
+    if !workflow.reason.is_empty() {
+        header.row(["reason:".to_string(), one_line(&workflow.reason, 200)]);
+    }
+    if !workflow.idempotency_key.is_empty() {
+        header.row(["key:", workflow.idempotency_key.as_str()]);
+    }
+    header.row(["revision:".to_string(), workflow.revision.to_string()]);
+    out.push_str(&header.render());
+    if !workflow.steps.is_empty() {
+        out.push('\n');
+        let mut steps = Table::new([
+            "STEP", "STATE", "ATTEMPTS", "AGENT", "STARTED", "FINISHED", "DETAIL",
+        ]);
+        for step in &workflow.steps {
+            steps.row([
+                step.name.clone(),
+                step_state_name(step.state).to_string(),
+                step.attempts.to_string(),
+                or_dash(&step.agent),
+                format_time_ms(step.started_at_ms),
+                format_time_ms(step.finished_at_ms),
+                step_detail(step),
+            ]);
+        }
+        out.push_str(&steps.render());
+    }
+    out
+}
+
+/// The last error of a step, or why a ready step has not started yet, or "-".
+fn step_detail(step: &Step) -> String {
+    if !step.error.is_empty() {
+        one_line(&step.error, 60)
+    } else if !step.pending_reason.is_empty() {
+        format!("waiting: {}", one_line(&step.pending_reason, 80))
+    } else {
+        "-".to_string()
+    }
+}
+
+/// The `baton list` view.
+pub fn render_workflow_list(workflows: &[Workflow]) -> String {
+    let mut table = Table::new(["ID", "NAME", "STATE", "CREATED", "FINISHED", "LABELS"]);
+    for workflow in workflows {
+        table.row([
+            workflow.id.to_string(),
+            workflow.name.clone(),
+            workflow_state_name(workflow.state).to_string(),
+            format_time_ms(workflow.created_at_ms),
+            format_time_ms(workflow.finished_at_ms),
+            labels_text(&workflow.labels),
+        ]);
+    }
+    table.render()
+}
+
+pub fn render_tokens(tokens: &[TokenInfo]) -> String {
+    let mut table = Table::new(["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
+    for token in tokens {
+        table.row([
+            token.id.clone(),
+            token.name.clone(),
+            token.role.clone(),
+            format_time_ms(token.created_ms),
+            if token.revoked_ms == 0 {
+                "-".to_owned()
+            } else {
+                format_time_ms(token.revoked_ms)
+            },
+        ]);
+    }
+    table.render()
+}
+
+/// The `baton agents` view: one row per agent, usage as used/total, running steps as
+/// `WORKFLOW/STEP`.
+pub fn render_agents(agents: &[AgentInfo]) -> String {
+    let mut table = Table::new([
+        "NAME",
+        "ID",
+        "CONNECTED",
+        "SLOTS",
+        "CPU (m)",
+        "MEMORY (MB)",
+        "RUNNING",
+        "LABELS",
+    ]);
+    for agent in agents {
+        let running: Vec<String> = agent
+            .running
+            .iter()
+            .map(|attempt| format!("{}/{}", attempt.workflow_id, attempt.step))
+            .collect();
+        table.row([
+            agent.name.clone(),
+            agent.agent_id.to_string(),
+            if agent.connected { "yes" } else { "no" }.to_string(),
+            format!("{}/{}", agent.slots_used, agent.slots),
+            format!("{}/{}", agent.cpu_millis_used, agent.cpu_millis),
+            format!("{}/{}", agent.memory_mb_used, agent.memory_mb),
+            or_dash(&one_line(&running.join(" "), 60)),
+            labels_text(&agent.labels),
+        ]);
+    }
+    table.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::fixtures::sample_workflow;
+    use baton_proto::v1::StepState;
+
+    #[test]
+    fn the_step_table_says_why_a_ready_step_waits() {
+        let mut workflow = sample_workflow();
+        workflow.steps[1].state = StepState::Ready as i32;
+        workflow.steps[1].pending_reason = "no registered agent has labels gpu=a100".into();
+        let text = render_workflow(&workflow);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("order-laptop"))
+            .unwrap();
+        assert!(
+            row.ends_with("waiting: no registered agent has labels gpu=a100"),
+            "{row}"
+        );
+        workflow.steps[1].error = "exit code 3".into();
+        let text = render_workflow(&workflow);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("order-laptop"))
+            .unwrap();
+        assert!(row.ends_with("exit code 3"), "an error comes first: {row}");
+    }
+
+    #[test]
+    fn workflow_view_shows_header_and_steps() {
+        let text = render_workflow(&sample_workflow());
+        assert!(
+            text.starts_with("workflow 42  onboard-employee  running\n"),
+            "{text}"
+        );
+        assert!(text.contains("labels:    team=it"), "{text}");
+        assert!(text.contains("created:   2024-05-01 12:30:05"), "{text}");
+        let step_line = text
+            .lines()
+            .find(|line| line.starts_with("create-account"))
+            .unwrap();
+        assert!(
+            step_line.contains("succeeded") && step_line.contains("agent-eu-1"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("STEP  ") || line.starts_with("STEP "))
+        );
+    }
+}
