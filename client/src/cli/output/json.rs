@@ -196,6 +196,7 @@ pub fn agent_json(agent: &AgentInfo) -> Value {
         "cpu_millis_used": agent.cpu_millis_used,
         "memory_mb": agent.memory_mb,
         "memory_mb_used": agent.memory_mb_used,
+        "task_types": agent.task_types,
         "running": agent.running.iter().map(|attempt| json!({
             "workflow_id": attempt.workflow_id,
             "step": attempt.step,

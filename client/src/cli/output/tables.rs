@@ -96,6 +96,17 @@ pub fn render_tokens(tokens: &[TokenInfo]) -> String {
 
 /// The `baton agents` view: one row per agent, usage as used/total, running steps as
 /// `WORKFLOW/STEP`.
+/// The task types beyond the built-in ones every `baton agent` runs (`exec`, `http`, `noop`,
+/// `sleep`): what tells one agent from another (`-o json` lists them all).
+fn custom_types(types: &[String]) -> Vec<&str> {
+    const BUILT_IN: [&str; 4] = ["exec", "http", "noop", "sleep"];
+    types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !BUILT_IN.contains(t))
+        .collect()
+}
+
 pub fn render_agents(agents: &[AgentInfo]) -> String {
     let mut table = Table::new([
         "NAME",
@@ -106,6 +117,7 @@ pub fn render_agents(agents: &[AgentInfo]) -> String {
         "MEMORY (MB)",
         "RUNNING",
         "LABELS",
+        "CUSTOM TASK TYPES",
     ]);
     for agent in agents {
         let running: Vec<String> = agent
@@ -122,6 +134,7 @@ pub fn render_agents(agents: &[AgentInfo]) -> String {
             format!("{}/{}", agent.memory_mb_used, agent.memory_mb),
             or_dash(&one_line(&running.join(" "), 60)),
             labels_text(&agent.labels),
+            or_dash(&one_line(&custom_types(&agent.task_types).join(","), 60)),
         ]);
     }
     table.render()
@@ -176,6 +189,32 @@ mod tests {
         assert!(
             text.lines()
                 .any(|line| line.starts_with("STEP  ") || line.starts_with("STEP "))
+        );
+    }
+
+    #[test]
+    fn the_agent_table_names_custom_task_types_only() {
+        let agent = |name: &str, types: &[&str]| AgentInfo {
+            name: name.into(),
+            task_types: types.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        };
+        let text = render_agents(&[
+            agent(
+                "billing",
+                &["exec", "http", "noop", "sleep", "billing/charge"],
+            ),
+            agent("plain", &["exec", "http", "noop", "sleep"]),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("CUSTOM TASK TYPES"), "{text}");
+        assert!(
+            lines[1].starts_with("billing") && lines[1].ends_with("billing/charge"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("plain") && lines[2].trim_end().ends_with('-'),
+            "{text}"
         );
     }
 }
