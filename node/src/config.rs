@@ -500,10 +500,13 @@ mod tests {
     #[test]
     fn every_setting_is_in_the_operations_guide() {
         use clap::CommandFactory;
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../docs/OPERATIONS.md"
-        ))
+        let doc = std::fs::read_to_string(
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../docs/OPERATIONS.md"),
+        )
         .expect("docs/OPERATIONS.md");
         let mut missing = Vec::new();
         let command = Cli::command();

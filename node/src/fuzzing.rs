@@ -482,7 +482,13 @@ mod tests {
     /// target, on stable, in the normal test run.
     #[test]
     fn every_corpus_file_replays_without_a_finding() {
-        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        // The manifest folder of this run (cargo sets it), not the one this test was built in: a
+        // target folder shared by two checkouts may run a binary built in the other.
+        let corpus = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../fuzz/corpus");
         let mut replayed = 0;
         for (target, run) in TARGETS {
             let dir = corpus.join(target);
@@ -507,7 +513,11 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seed_corpus() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("..");
         let corpus = root.join("fuzz/corpus");
         let write = |target: &str, name: &str, data: &[u8]| {
             let dir = corpus.join(target);

@@ -1006,7 +1006,11 @@ steps:
     /// Every workflow in `examples/` parses and passes validation.
     #[test]
     fn examples_parse_and_validate() {
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
+        let dir = &std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../examples");
         let mut checked = 0;
         let entries = std::fs::read_dir(dir)
             .unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()));

@@ -327,10 +327,13 @@ mod tests {
     /// environment variable.
     #[test]
     fn global_and_agent_flags_are_in_the_operations_guide() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../docs/OPERATIONS.md"
-        ))
+        let doc = std::fs::read_to_string(
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../docs/OPERATIONS.md"),
+        )
         .expect("docs/OPERATIONS.md");
         let command = Cli::command();
         let agent = command

@@ -3,6 +3,7 @@
 //! with `cargo test --workspace --test it t30_scheduler::`.
 
 mod common;
+mod t01_map;
 mod t10_replicated_core;
 mod t11_shared_specs;
 mod t20_membership_and_snapshots;

@@ -33,10 +33,12 @@ use serde_json::Value as Json;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the node crate sits in the workspace")
-        .to_owned()
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .parent()
+    .expect("the node crate sits in the workspace")
+    .to_owned()
 }
 
 /// A Prometheus tool from PATH (or /usr/bin, where Debian puts it).

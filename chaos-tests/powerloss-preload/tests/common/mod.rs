@@ -46,7 +46,12 @@ pub fn preload() -> PathBuf {
             ])
             .arg("--target-dir")
             .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            // This run's manifest folder (cargo sets it), not the one the test was built in: a
+            // target folder shared by two checkouts may run a binary built in the other.
+            .current_dir(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
             .status()
             .expect("run cargo build for the shim");
         assert!(
