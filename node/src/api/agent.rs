@@ -265,6 +265,15 @@ impl AgentServiceImpl {
                     message = inbound.next() => message,
                     () = &mut lost => {
                         tracing::info!(agent_id = %agent_id, "no longer the leader: ending the agent's session");
+                        // Leadership moves in an election or so (a transfer, a newer term):
+                        // wait that long for the next leader, so the redirect names it and the
+                        // agent goes straight there instead of trying nodes in turn.
+                        let _ = node
+                            .status_watch()
+                            .wait(node.takeover_timeout(), |s| {
+                                s.leader.is_some_and(|l| l != node.id)
+                            })
+                            .await;
                         let status = require_leader(&node).await.err().unwrap_or_else(|| {
                             Status::unavailable("this node stopped leading")
                         });

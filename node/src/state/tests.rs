@@ -29,32 +29,127 @@ fn submit(spec: &pb::WorkflowSpec, key: &str) -> Command {
     })
 }
 
-/// Applies commands at consecutive indexes from 1, with the given leader times.
+/// Applies commands at consecutive indexes from 1, with the given leader times, keeps every
+/// event, and checks each entry's events against the states before and after it
+/// ([`check_events`]), so every test here checks the events its commands yield.
 struct Log {
     state: ClusterState,
     index: u64,
+    events: Vec<pb::WorkflowEvent>,
 }
 
 impl Log {
     fn new() -> Self {
+        Self::at(ClusterState::default(), 0)
+    }
+
+    fn at(state: ClusterState, index: u64) -> Self {
         Self {
-            state: ClusterState::default(),
-            index: 0,
+            state,
+            index,
+            events: Vec::new(),
         }
     }
 
     fn apply_at(&mut self, time_ms: u64, command: Command) -> Response {
         self.index += 1;
-        self.state
-            .apply(
-                ApplyCtx { index: self.index },
-                LogEntry { time_ms, command },
-            )
-            .response
+        let before = self.state.clone();
+        let applied = self.state.apply(
+            ApplyCtx { index: self.index },
+            LogEntry { time_ms, command },
+        );
+        check_events(&before, &self.state, self.index, &applied.events);
+        self.events.extend(applied.events);
+        applied.response
     }
 
     fn apply(&mut self, command: Command) -> Response {
         self.apply_at(1_000 + self.index, command)
+    }
+
+    /// The kinds of workflow `id`'s events so far, in order, each with its step.
+    fn kinds(&self, id: u64) -> Vec<(pb::EventKind, String)> {
+        self.events
+            .iter()
+            .filter(|e| e.workflow_id == id)
+            .map(|e| (e.kind(), e.step.clone()))
+            .collect()
+    }
+}
+
+/// What the events of the entry at `index` must say, given the states before and after it:
+/// each is stamped with the entry's index and state time and names a workflow that exists; a
+/// new workflow has its WORKFLOW_SUBMITTED, a workflow that ended its one WORKFLOW_FINISHED with
+/// its final state, a step that started an attempt its STEP_ASSIGNED with that attempt, a step
+/// that ended its STEP_FINISHED or STEP_SKIPPED with its final state.
+fn check_events(
+    before: &ClusterState,
+    after: &ClusterState,
+    index: u64,
+    events: &[pb::WorkflowEvent],
+) {
+    use pb::EventKind as K;
+    for e in events {
+        assert_eq!(e.index, index, "{e:?}");
+        assert_eq!(e.time_ms, after.now_ms, "{e:?}");
+        assert!(after.workflow(WorkflowId(e.workflow_id)).is_some(), "{e:?}");
+    }
+    let has = |id: WorkflowId, kind: K, check: &dyn Fn(&pb::WorkflowEvent) -> bool| {
+        events
+            .iter()
+            .filter(|e| e.workflow_id == id.0 && e.kind() == kind && check(e))
+            .count()
+    };
+    for workflow in after.workflows.values().filter(|w| w.revision == index) {
+        let id = workflow.id;
+        let old = before.workflow(id);
+        if old.is_none() {
+            assert_eq!(
+                has(id, K::WorkflowSubmitted, &|_| true),
+                1,
+                "workflow {id}: {events:?}"
+            );
+        }
+        let ended = workflow.state.is_terminal() && old.is_none_or(|o| !o.state.is_terminal());
+        let finished = has(id, K::WorkflowFinished, &|e| {
+            e.workflow_state == workflow.state.to_proto() as i32
+        });
+        assert_eq!(
+            finished,
+            usize::from(ended),
+            "workflow {id} finished: {events:?}"
+        );
+        for (i, run) in workflow.steps.iter().enumerate() {
+            let name = &workflow.spec.steps[i].name;
+            let was = old.map(|o| &o.steps[i]);
+            let started = run.state == StepState::Running
+                && was.is_none_or(|w| w.attempt_id != run.attempt_id);
+            if started {
+                let assigned = has(id, K::StepAssigned, &|e| {
+                    &e.step == name && e.attempt_id == run.attempt_id
+                });
+                assert_eq!(assigned, 1, "workflow {id} step {name} started: {events:?}");
+            }
+            let step_ended = run.state.is_terminal() && was.is_none_or(|w| !w.state.is_terminal());
+            // Two ends are told by another event alone: the steps a cancel closes (its
+            // WORKFLOW_FINISHED, cancelled), and a step failed by its last lost lease (its
+            // STEP_LEASE_EXPIRED), so attempt counters derived from events count each once.
+            let cancelled = run.state == StepState::Cancelled
+                && workflow.state == WorkflowState::Cancelled
+                && finished == 1;
+            let lease_lost = run.state == StepState::Failed
+                && has(id, K::StepLeaseExpired, &|e| &e.step == name) == 1;
+            if step_ended && !cancelled && !lease_lost {
+                let told = has(id, K::StepFinished, &|e| {
+                    &e.step == name && e.step_state == run.state.to_proto() as i32
+                }) + has(id, K::StepSkipped, &|e| &e.step == name);
+                assert_eq!(
+                    told, 1,
+                    "workflow {id} step {name} ended {:?}: {events:?}",
+                    run.state
+                );
+            }
+        }
     }
 }
 
@@ -94,6 +189,13 @@ fn submit_creates_a_running_workflow_with_its_roots_ready() {
     );
     assert_eq!(wf.steps[3].deps, [1, 2]);
     assert_eq!(wf.steps[0].ready_at_ms, 5_000);
+    assert_eq!(
+        log.kinds(1),
+        [
+            (pb::EventKind::WorkflowSubmitted, String::new()),
+            (pb::EventKind::StepReady, "a".into()),
+        ]
+    );
 }
 
 #[test]
@@ -716,6 +818,24 @@ fn retries_follow_the_policy_with_backoff_through_ticks() {
         (wf.steps[0].state, wf.steps[0].failures, wf.state),
         (StepState::Failed, 3, WorkflowState::Failed)
     );
+    use pb::EventKind as K;
+    let flaky = || "flaky".to_owned();
+    assert_eq!(
+        log.kinds(1),
+        [
+            (K::WorkflowSubmitted, String::new()),
+            (K::StepReady, flaky()),
+            (K::StepAssigned, flaky()),
+            (K::StepRetrying, flaky()),
+            (K::StepReady, flaky()),
+            (K::StepAssigned, flaky()),
+            (K::StepRetrying, flaky()),
+            (K::StepReady, flaky()),
+            (K::StepAssigned, flaky()),
+            (K::StepFinished, flaky()),
+            (K::WorkflowFinished, String::new()),
+        ]
+    );
 }
 
 #[test]
@@ -861,10 +981,7 @@ fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
             "old data folders are forgotten, but the survivor's"
         );
         let twin = seeded.clone();
-        let mut new = Log {
-            state: seeded,
-            index: 100,
-        };
+        let mut new = Log::at(seeded, 100);
         let later = copied_at + 10_000;
         let next = match new.apply_at(later, submit(&spec("w", vec![step("a", &[])]), "")) {
             Response::Submitted { workflow_id, .. } => workflow_id,
@@ -877,10 +994,7 @@ fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
         let token2 = assign(&mut new, next.0, 0, agent).expect("assigned");
         assert_eq!(token2.0, token.0 + skip + 1);
         // The skip happens once, and the same way on every replica.
-        let mut replica = Log {
-            state: twin,
-            index: 100,
-        };
+        let mut replica = Log::at(twin, 100);
         replica.apply_at(later, submit(&spec("w", vec![step("a", &[])]), ""));
         replica.apply(Command::RegisterAgent(RegisterAgentCommand {
             name: "a2".into(),

@@ -7,9 +7,55 @@ use crate::common;
 use std::time::Duration;
 
 use baton_client::Endpoints;
-use baton_client::agent::Agent;
+use baton_client::agent::{Agent, LEADER_METADATA_KEY};
 use baton_proto::v1 as pb;
 use common::*;
+
+/// The answers of a raw agent session, and the sender that keeps it open while it lives.
+type RawSession = (
+    tonic::Streaming<pb::ServerMessage>,
+    tokio::sync::mpsc::Sender<pb::AgentMessage>,
+);
+
+/// Opens an agent session on node `addr` as `name` (a raw one: no redirects followed), and
+/// returns it once it is registered, or the status it was refused with.
+async fn raw_session(addr: std::net::SocketAddr, name: &str) -> Result<RawSession, tonic::Status> {
+    use baton_proto::v1::agent_service_client::AgentServiceClient;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Register(pb::Register {
+            name: name.into(),
+            slots: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = AgentServiceClient::new(channel(addr))
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Registered(_)),
+        }) => Ok((stream, tx)),
+        other => panic!("a session's first answer is Registered, not {other:?}"),
+    }
+}
+
+/// The redirect a node that does not lead answers an agent with: FAILED_PRECONDITION and the
+/// leader's address in `baton-leader`.
+fn assert_redirect(status: &tonic::Status, leader: std::net::SocketAddr) {
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get(LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(leader.to_string().as_str()),
+        "{status:?}"
+    );
+}
 
 /// Whether the cluster's leader (asked through `id`) sees `agent` connected.
 async fn connected(cluster: &TestCluster, id: u64, agent: &str) -> Option<()> {
@@ -50,6 +96,10 @@ async fn an_agent_moves_to_the_new_leader_after_a_leader_transfer() {
         connected(&cluster, old_leader, "follower")
     })
     .await;
+    // A second session, held open by hand, to see how the old leader ends it.
+    let (mut held, _keep_open) = raw_session(cluster.addr(old_leader), "held")
+        .await
+        .expect("the leader takes a session");
 
     tracing::info!("--- leadership moves away from node {old_leader}");
     let target = cluster
@@ -68,6 +118,23 @@ async fn an_agent_moves_to_the_new_leader_after_a_leader_transfer() {
         (leader != old_leader).then_some(leader)
     })
     .await;
+    tracing::info!("--- the old leader ends its sessions with a redirect, and refuses new ones");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match held.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the old leader closed the session without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the old leader ends the held session");
+    assert_redirect(&ended, cluster.addr(new_leader));
+    let Err(refused) = raw_session(cluster.addr(old_leader), "late").await else {
+        panic!("a follower took an agent session");
+    };
+    assert_redirect(&refused, cluster.addr(new_leader));
     wait_for(
         Duration::from_secs(10),
         "the agent connected to the new leader",
