@@ -1,5 +1,7 @@
 //! Leader only: the loop that proposes assignments, lease expiries and ticks, the agents'
-//! sessions (the outbox per agent), and the lease deadlines kept in leader memory.
+//! sessions (the outbox per agent), and the lease deadlines kept in leader memory. Each round's
+//! decisions are a pure function (`plan`), its placement policy another (`placement`); the loop
+//! here only carries them out.
 //!
 //! Heartbeats renew leases here, not in the log (design rule 3). Expiry goes through the log.
 //! A new leader remembers no renewals, so it grants every live lease a full TTL from the moment
@@ -7,6 +9,7 @@
 //! survive a crash.
 
 pub mod placement;
+pub mod plan;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use tonic::Status;
 
 use crate::metrics;
 use crate::raft::RaftNode;
-use crate::state::{AgentId, AttemptId, ClusterState, Command, Response, StepState};
+use crate::state::{AgentId, Assignment, AttemptId, ClusterState, Command, Response, StepState};
 
 /// Assignments proposed in one log entry at most.
 pub const ASSIGN_BATCH_MAX: usize = 256;
@@ -57,7 +60,7 @@ pub const SESSION_SILENCE_MAX: Duration = Duration::from_millis(3_000);
 pub struct Sessions {
     sessions: Mutex<HashMap<AgentId, Session>>,
     /// Lease deadline and holder of every live attempt this leader knows of.
-    leases: Mutex<HashMap<AttemptId, (Instant, AgentId)>>,
+    leases: Mutex<plan::Leases>,
     next_session_id: AtomicU64,
     /// Wakes the loop: an agent connected or capacity freed.
     pub changed: Notify,
@@ -215,7 +218,9 @@ pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
     }
 }
 
-/// One pass: expire lapsed leases, move time along, place ready steps, tell agents.
+/// One pass: decide ([`plan::plan`]), then carry it out: tell agents to stop what no longer
+/// holds a lease, propose the lapsed leases' expiry (alone), or a Tick and the assignments, and
+/// send each assignment committed to its agent.
 ///
 /// `state` is a point-in-time clone, dropped before the round waits for a proposal: while a clone
 /// shares the persistent maps' nodes, every entry applied meanwhile copies each node it touches
@@ -225,36 +230,22 @@ async fn round(
     sessions: &Sessions,
     state: ClusterState,
 ) -> Result<(), crate::raft::NodeError> {
-    let now = Instant::now();
-    // Leases: forget finished attempts, adopt ones this leader has no deadline for (assigned by a
-    // predecessor and not yet renewed here), and collect the lapsed.
-    let mut ended = Vec::new();
-    let expired: Vec<AttemptId> = {
-        let mut leases = sessions.leases.lock();
-        leases.retain(|id, (_, agent)| {
-            let live = state.live_attempt(*id).is_some();
-            if !live {
-                ended.push((*id, *agent));
-            }
-            live
-        });
-        for (id, live) in state.live_attempts() {
-            leases.entry(*id).or_insert_with(|| {
-                (
-                    now + Duration::from_millis(live.lease_ttl_ms),
-                    live.agent_id,
-                )
-            });
-        }
-        leases
-            .iter()
-            .filter(|(_, (deadline, _))| now > *deadline + LEASE_EXPIRY_MARGIN)
-            .map(|(id, _)| *id)
-            .collect()
-    };
-    // Attempts that no longer hold a lease: reported (the agent is done with them; a stop is a
-    // no-op there), or cancelled or expired (the agent must stop now, not at its next heartbeat).
-    for (attempt, agent) in ended {
+    // The leader's stamping clock, not the wall clock: a wall clock that steps must not make
+    // every deadline due at once (or none for an hour). See `raft::clock`.
+    let now_ms = node.clock.now_ms().await;
+    let connected = sessions.connected();
+    let plan = plan::plan(
+        &state,
+        &mut sessions.leases.lock(),
+        &connected,
+        Instant::now(),
+        now_ms,
+        LEASE_EXPIRY_MARGIN,
+        ASSIGN_BATCH_MAX,
+    );
+    for (attempt, agent) in plan.stop {
+        // Reported (a stop is a no-op on the agent), or cancelled or expired (the agent must
+        // stop now, not at its next heartbeat).
         sessions.send(
             agent,
             pb::server_message::Msg::Stop(pb::StopAttempt {
@@ -263,8 +254,8 @@ async fn round(
             }),
         );
     }
-    if !expired.is_empty() {
-        for attempt in &expired {
+    if !plan.expire.is_empty() {
+        for attempt in &plan.expire {
             if let Some(live) = state.live_attempt(*attempt) {
                 let step = state
                     .workflow(live.workflow_id)
@@ -278,25 +269,30 @@ async fn round(
         }
         drop(state);
         // A no-op but in a broken build (faults::Broken::ExpireOffLog).
-        crate::faults::expiring_here(expired.iter().map(|a| a.0));
-        node.propose(Command::ExpireLeases { attempts: expired })
-            .await?;
+        crate::faults::expiring_here(plan.expire.iter().map(|a| a.0));
+        node.propose(Command::ExpireLeases {
+            attempts: plan.expire,
+        })
+        .await?;
         return Ok(());
     }
-    // The leader's stamping clock, not the wall clock: a wall clock that steps must not make
-    // every deadline due at once (or none for an hour). See `raft::clock`.
-    let now_ms = node.clock.now_ms().await;
-    // Both O(log n): the state indexes backoffs and schedule-to-start deadlines. Placement reads
-    // the state from before the Tick, as it always has: a Tick only fails or requeues steps.
-    let tick_due = state.tick_due(now_ms);
-    let assignments = placement::place(&state, &sessions.connected(), ASSIGN_BATCH_MAX);
     drop(state);
-    if tick_due {
+    if plan.tick {
         node.propose(Command::Tick).await?;
     }
-    if assignments.is_empty() {
+    if plan.assign.is_empty() {
         return Ok(());
     }
+    dispatch(node, sessions, plan.assign).await
+}
+
+/// Proposes `assignments` in one entry and sends each one committed to its agent, starting its
+/// lease.
+async fn dispatch(
+    node: &RaftNode,
+    sessions: &Sessions,
+    assignments: Vec<Assignment>,
+) -> Result<(), crate::raft::NodeError> {
     let batch = assignments.clone();
     metrics::assign_batch(batch.len());
     let proposed = node.propose(Command::Assign { assignments }).await?;
