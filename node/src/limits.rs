@@ -22,6 +22,16 @@ pub const PUBLIC_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Concurrent requests served per connection before callers queue.
 pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
 
+/// Assignments the scheduler proposes in one log entry at most.
+pub const ASSIGN_BATCH_MAX: usize = 256;
+/// Ready steps the scheduler looks at per round, so a huge queue of unplaceable steps costs
+/// bounded time.
+pub const READY_SCANNED_PER_ROUND_MAX: usize = 10_000;
+/// Messages buffered per agent session before the session is considered stuck and closed.
+pub const AGENT_OUTBOX_CAPACITY: usize = 4_096;
+/// Slots one agent may offer.
+pub const AGENT_SLOTS_MAX: u32 = 10_000;
+
 /// Log entries in one append to a follower. An entry is at most one command of up to
 /// `SPEC_BYTES_MAX` or a batch of up to `ENTRY_BATCH_BYTES_MAX`, so an append of this many stays
 /// under `RAFT_MESSAGE_BYTES_MAX` (asserted below): a follower far behind catches up in many

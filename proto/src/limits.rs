@@ -131,6 +131,26 @@ pub const BACKOFF_MULTIPLIER_DEFAULT: f64 = 2.0;
 /// Largest backoff multiplier: beyond it the second retry already waits for the cap.
 pub const BACKOFF_MULTIPLIER_MAX: f64 = 100.0;
 
+// ---- agents and leases: the timings the node and the agent runtime agree on ----
+
+/// How often agents heartbeat (the node says so in `Registered`); every heartbeat renews the
+/// leases it lists.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 300;
+/// The leader expires a lease this long after its TTL ran out since the last renewal, so an
+/// agent that renewed at the last moment (or whose clock runs a little slow) is never fenced
+/// while its lease is still valid in its own eyes.
+pub const LEASE_EXPIRY_MARGIN_MS: u64 = SECOND_MS;
+/// The least part of a lease's TTL an agent leaves unused: it stops an attempt this long (or a
+/// fifth of the TTL, if longer) before the TTL runs out, counted from the send time of the
+/// heartbeat that last renewed it.
+pub const AGENT_LEASE_SAFETY_MARGIN_MS_MIN: u64 = 500;
+/// An agent silent this long is offered no new steps (its leases then run out by themselves).
+pub const SESSION_SILENCE_MS_MAX: u64 = 3 * SECOND_MS;
+/// An agent gives a session up when its heartbeats go unacknowledged this long (or five
+/// heartbeat intervals, if longer): a paused node or a leader without quorum keeps the connection
+/// open, and the agent looks for the leader elsewhere.
+pub const AGENT_UNACKED_MS_MIN: u64 = 2 * SECOND_MS;
+
 // ---- resources ----
 
 /// CPU a step asks for, in thousandths of a core: 1024 cores is more than any one agent has.
@@ -171,5 +191,19 @@ const _: () = assert!(BACKOFF_MAX_MS_DEFAULT <= BACKOFF_MS_MAX);
 const _: () = assert!(BACKOFF_MULTIPLIER_DEFAULT >= 1.0);
 const _: () = assert!(BACKOFF_MULTIPLIER_DEFAULT <= BACKOFF_MULTIPLIER_MAX);
 const _: () = assert!(MAX_ATTEMPTS_MAX >= 1);
+// Agents and leases. Several heartbeats fit in the shortest lease, and one still renews it
+// before the agent's own deadline (TTL minus its safety margin) passes.
+const _: () = assert!(3 * HEARTBEAT_INTERVAL_MS <= LEASE_TTL_MS_MIN);
+const _: () = assert!(HEARTBEAT_INTERVAL_MS < LEASE_TTL_MS_MIN - AGENT_LEASE_SAFETY_MARGIN_MS_MIN);
+// Between the agent stopping an attempt and the leader giving its step to another agent there
+// is at least a second: room for clock-rate drift and for killing a process group.
+const _: () = assert!(AGENT_LEASE_SAFETY_MARGIN_MS_MIN + LEASE_EXPIRY_MARGIN_MS >= SECOND_MS);
+// A connected agent heartbeats several times within the silence window, so one late heartbeat
+// does not make it look gone.
+const _: () = assert!(SESSION_SILENCE_MS_MAX >= 5 * HEARTBEAT_INTERVAL_MS);
+// Giving an unresponsive session up takes longer than the shortest lease lasts: safety does
+// not hang on it (the agent's own deadline stops the attempt), only whether a short-lease step
+// runs again after a leader change. It must at least outlast a few heartbeats.
+const _: () = assert!(AGENT_UNACKED_MS_MIN >= 5 * HEARTBEAT_INTERVAL_MS);
 // Names and label keys are printed in one table cell; both fit the name bound.
 const _: () = assert!(LABEL_KEY_LEN_MAX <= NAME_LEN_MAX);

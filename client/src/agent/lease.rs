@@ -16,10 +16,15 @@ use std::time::{Duration, Instant};
 /// order on one stream; this only bounds memory when a node stops acknowledging.
 pub const HEARTBEATS_IN_FLIGHT_MAX: usize = 64;
 
-/// The part of the TTL the agent does not use: at least 500 ms (a SIGTERM grace is not
-/// counted here, the kill starts at the deadline), a fifth of long TTLs.
+/// The part of the TTL the agent does not use: at least
+/// `baton_proto::limits::AGENT_LEASE_SAFETY_MARGIN_MS_MIN` (a SIGTERM grace is not counted
+/// here, the kill starts at the deadline), a fifth of long TTLs. The leader waits
+/// `LEASE_EXPIRY_MARGIN_MS` past the TTL before it reassigns: the relation between the two is
+/// asserted in `baton_proto::limits`.
 pub fn safety_margin(ttl: Duration) -> Duration {
-    (ttl / 5).max(Duration::from_millis(500))
+    (ttl / 5).max(Duration::from_millis(
+        baton_proto::limits::AGENT_LEASE_SAFETY_MARGIN_MS_MIN,
+    ))
 }
 
 /// When the agent must have stopped an attempt whose lease was last renewed from `base`.

@@ -57,7 +57,9 @@ const OUTBOUND_QUEUE_MAX: usize = 1024;
 /// Leases are enforced by their own deadlines either way; this only makes the agent look for
 /// the leader elsewhere instead of waiting on a node that cannot serve it.
 fn ack_patience(heartbeat_interval: Duration) -> Duration {
-    (heartbeat_interval * 5).max(Duration::from_secs(2))
+    (heartbeat_interval * 5).max(Duration::from_millis(
+        baton_proto::limits::AGENT_UNACKED_MS_MIN,
+    ))
 }
 
 /// Heartbeat interval when the server sends 0, and the least the agent accepts.

@@ -18,18 +18,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{inbound_error, node_error, observed};
+use crate::limits::{AGENT_OUTBOX_CAPACITY, AGENT_SLOTS_MAX};
 use crate::limits::{AGENT_SESSIONS_MAX, REGISTER_WAIT_MAX, RUNNING_ATTEMPTS_PER_MESSAGE_MAX};
 use crate::metrics;
 use crate::raft::RaftNode;
-use crate::scheduler::{self, OUTBOX_CAPACITY, Sessions};
+use crate::scheduler::{self, Sessions};
 use crate::state::scheduling::truncate_utf8;
 use crate::state::{
     AgentId, AttemptId, Command, CompleteCommand, RegisterAgentCommand, Response as Applied,
 };
-
-/// The most slots one agent may offer (a typo of 100000 slots would starve nothing but confuse
-/// every utilization figure).
-pub const AGENT_SLOTS_MAX: u32 = 10_000;
 
 pub struct AgentServiceImpl {
     pub node: Arc<RaftNode>,
@@ -224,7 +221,7 @@ impl AgentServiceImpl {
             .map(|&a| AttemptId(a))
             .collect();
         let attached: Vec<u64> = leased.intersection(&running).map(|a| a.0).collect();
-        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let (tx, rx) = mpsc::channel(AGENT_OUTBOX_CAPACITY);
         let registered = pb::ServerMessage {
             msg: Some(pb::server_message::Msg::Registered(pb::Registered {
                 agent_id: agent_id.0,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use baton_proto::limits;
 use baton_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
@@ -25,22 +26,16 @@ use crate::metrics;
 use crate::raft::RaftNode;
 use crate::state::{AgentId, Assignment, AttemptId, ClusterState, Command, Response, StepState};
 
-/// Assignments proposed in one log entry at most.
-pub const ASSIGN_BATCH_MAX: usize = 256;
-/// The leader waits this much past a lease's TTL before expiring it, so an agent that renewed at
-/// the last moment (or whose clock runs a little slow) is never fenced while still valid.
-pub const LEASE_EXPIRY_MARGIN: Duration = Duration::from_millis(1_000);
-/// How often agents heartbeat; several heartbeats fit in the shortest lease TTL.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
+pub use crate::limits::{AGENT_OUTBOX_CAPACITY, ASSIGN_BATCH_MAX};
+
+/// The leader's lease expiry margin (see `baton_proto::limits::LEASE_EXPIRY_MARGIN_MS`).
+pub const LEASE_EXPIRY_MARGIN: Duration = Duration::from_millis(limits::LEASE_EXPIRY_MARGIN_MS);
+/// How often agents heartbeat (`baton_proto::limits::HEARTBEAT_INTERVAL_MS`).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(limits::HEARTBEAT_INTERVAL_MS);
+/// An agent silent this long is not offered new steps (`limits::SESSION_SILENCE_MS_MAX`).
+pub const SESSION_SILENCE_MAX: Duration = Duration::from_millis(limits::SESSION_SILENCE_MS_MAX);
 /// The loop runs at least this often even when nothing wakes it (deadlines, backoff).
 const ROUND_INTERVAL: Duration = Duration::from_millis(50);
-/// Messages buffered per agent before the session is considered stuck and closed.
-pub const OUTBOX_CAPACITY: usize = 4_096;
-
-const _: () = assert!(
-    HEARTBEAT_INTERVAL.as_millis() * 3 <= baton_proto::limits::LEASE_TTL_MS_MIN as u128,
-    "several heartbeats must fit in the shortest lease"
-);
 
 pub type Outbox = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
@@ -51,9 +46,6 @@ struct Session {
     /// (a half-open TCP connection behind a partition); a silent agent gets no new work.
     last_seen: Instant,
 }
-
-/// An agent silent this long is not offered new steps (its leases run out on their own).
-pub const SESSION_SILENCE_MAX: Duration = Duration::from_millis(3_000);
 
 /// Connected agents and the lease deadlines, shared by the loop and the session handlers.
 #[derive(Default)]

@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::state::scheduling::{labels_match, step_request};
 use crate::state::{AgentId, Allocation, Assignment, ClusterState};
 
-/// Ready steps looked at per round, so a huge queue of unplaceable steps costs bounded time.
-pub const READY_SCANNED_PER_ROUND_MAX: usize = 10_000;
+use crate::limits::READY_SCANNED_PER_ROUND_MAX;
 
 /// Assignments for up to `batch_max` ready steps onto the `connected` agents.
 pub fn place(
