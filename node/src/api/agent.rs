@@ -23,10 +23,9 @@ use crate::limits::{AGENT_SESSIONS_MAX, REGISTER_WAIT_MAX, RUNNING_ATTEMPTS_PER_
 use crate::metrics;
 use crate::raft::RaftNode;
 use crate::scheduler::{self, Sessions};
+use crate::state::outcome::{Registered, Reported};
 use crate::state::scheduling::truncate_utf8;
-use crate::state::{
-    AgentId, AttemptId, Command, CompleteCommand, RegisterAgentCommand, Response as Applied,
-};
+use crate::state::{AgentId, AttemptId, CompleteCommand, RegisterAgentCommand};
 
 pub struct AgentServiceImpl {
     pub node: Arc<RaftNode>,
@@ -192,22 +191,17 @@ impl AgentServiceImpl {
         }
         let proposed = self
             .node
-            .propose_client(Command::RegisterAgent(RegisterAgentCommand {
+            .propose_client_for(RegisterAgentCommand {
                 name: register.name.clone(),
                 labels: register.labels.clone(),
                 slots: register.slots,
                 cpu_millis: register.cpu_millis,
                 memory_mb: register.memory_mb,
                 task_types: register.task_types.clone(),
-            }))
+            })
             .await
             .map_err(node_error)?;
-        let Applied::AgentRegistered { agent_id } = proposed.response else {
-            return Err(Status::internal(format!(
-                "unexpected register result {:?}",
-                proposed.response
-            )));
-        };
+        let Registered(agent_id) = proposed.outcome;
 
         // Reconcile: attach what the agent still runs and the cluster still leases to it; re-send
         // what it should run but does not know of (lost in transit, or a leader change).
@@ -417,7 +411,7 @@ async fn complete(
             .map_or_else(String::new, |s| s.name.clone());
         (live.workflow_id.0, step)
     });
-    let command = Command::Complete(CompleteCommand {
+    let report_command = CompleteCommand {
         attempt_id: AttemptId(attempt_id),
         agent_id: agent,
         success: report.success,
@@ -426,28 +420,24 @@ async fn complete(
         output: truncate_utf8(report.output, OUTPUT_BYTES_MAX),
         error: truncate_utf8(report.error, OUTPUT_BYTES_MAX),
         exit_code: report.exit_code,
-    });
+    };
     // Not counted against `PROPOSALS_IN_FLIGHT_MAX`: a report ends work and frees capacity, so
     // refusing it under load would only make the load last longer. Reports in flight are
     // bounded anyway, by sessions times slots.
-    match node.propose(command).await {
-        Ok(proposed) => match proposed.response {
-            Applied::Completed => {
+    match node.propose_for(report_command).await {
+        Ok(decided) => match decided.outcome {
+            Reported::Accepted => {
                 tracing::info!(workflow, step, attempt = attempt_id, agent = %agent, success = report.success, "report accepted");
                 Ok(Some(pb::server_message::Msg::ReportAccepted(
                     pb::ReportAccepted { attempt_id },
                 )))
             }
-            Applied::ReportRefused { reason } => {
+            Reported::Refused(reason) => {
                 metrics::report_refused();
                 tracing::warn!(workflow, step, attempt = attempt_id, agent = %agent, %reason, "stale report refused");
                 Ok(Some(pb::server_message::Msg::Rejected(
                     pb::ReportRejected { attempt_id, reason },
                 )))
-            }
-            other => {
-                tracing::error!(?other, "unexpected result of a report");
-                Ok(None)
             }
         },
         // Unknown too ends the session (found by baton-chaos seed 1): kept open, the agent would

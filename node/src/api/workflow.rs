@@ -14,7 +14,8 @@ use tonic::{Request, Response, Status};
 
 use super::{node_error, observed};
 use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX};
-use crate::raft::RaftNode;
+use crate::raft::{RaftNode, outcome};
+use crate::state::outcome::{Cancelled, Submitted};
 use crate::state::{
     CancelCommand, Command, ListQuery, Response as Applied, SubmitCommand, WorkflowId,
     WorkflowState,
@@ -47,10 +48,7 @@ impl WorkflowServiceImpl {
             .propose_client(command)
             .await
             .map_err(node_error)?;
-        submitted(proposed.index, proposed.response).map_err(|outcome| match outcome {
-            Refused::Rejected(reason) => Status::failed_precondition(reason),
-            Refused::Unexpected(message) => Status::internal(message),
-        })
+        submitted(proposed.index, proposed.response)?.map_err(Status::failed_precondition)
     }
 
     /// Every item checked before any is proposed; then all in one entry.
@@ -113,18 +111,15 @@ impl WorkflowServiceImpl {
         let results = responses
             .into_iter()
             .map(|response| {
-                let outcome = match submitted(index, response) {
+                let outcome = match submitted(index, response)? {
                     Ok(response) => pb::submit_batch_result::Outcome::Submitted(response),
-                    Err(Refused::Rejected(reason)) => {
-                        pb::submit_batch_result::Outcome::Rejected(reason)
-                    }
-                    Err(Refused::Unexpected(message)) => return Err(Status::internal(message)),
+                    Err(reason) => pb::submit_batch_result::Outcome::Rejected(reason),
                 };
                 Ok(pb::SubmitBatchResult {
                     outcome: Some(outcome),
                 })
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, Status>>()?;
         Ok(pb::SubmitBatchResponse { results })
     }
 
@@ -210,23 +205,20 @@ impl WorkflowServiceImpl {
             )));
         }
         let id = WorkflowId(req.workflow_id);
-        let command = Command::Cancel(CancelCommand {
+        let cancel = CancelCommand {
             workflow_id: id,
             reason: req.reason,
-        });
-        let proposed = self
+        };
+        let decided = self
             .node
-            .propose_client(command)
+            .propose_client_for(cancel)
             .await
             .map_err(node_error)?;
-        match proposed.response {
-            Applied::Cancelled { state } => Ok(pb::CancelResponse {
+        match decided.outcome {
+            Cancelled::Workflow(state) => Ok(pb::CancelResponse {
                 state: state.to_proto() as i32,
             }),
-            Applied::NotFound { .. } => Err(Status::not_found(format!("workflow {id} not found"))),
-            other => Err(Status::internal(format!(
-                "unexpected cancel result {other:?}"
-            ))),
+            Cancelled::NotFound => Err(Status::not_found(format!("workflow {id} not found"))),
         }
     }
 }
@@ -275,34 +267,24 @@ fn request_path(invalid: &Invalid) -> String {
     }
 }
 
-/// Why an applied submit has no workflow to answer with.
-enum Refused {
-    /// The state machine refused it (the API's checks let through what apply cannot take).
-    Rejected(String),
-    /// An answer of another kind: a bug.
-    Unexpected(String),
-}
-
-/// The answer to one applied submit, committed at `index`.
-fn submitted(index: u64, response: Applied) -> Result<pb::SubmitResponse, Refused> {
-    match response {
-        Applied::Submitted {
+/// The answer to one applied submit, committed at `index`: the workflow, or (inside) the reason
+/// apply refused it.
+fn submitted(index: u64, response: Applied) -> Result<Result<pb::SubmitResponse, String>, Status> {
+    match outcome::<Submitted>(response).map_err(node_error)? {
+        Submitted::Workflow {
             workflow_id,
             created,
         } => {
             if created {
                 tracing::info!(workflow = %workflow_id, index, "workflow submitted");
             }
-            Ok(pb::SubmitResponse {
+            Ok(Ok(pb::SubmitResponse {
                 workflow_id: workflow_id.0,
                 created,
                 log_index: index,
-            })
+            }))
         }
-        Applied::Rejected { reason } => Err(Refused::Rejected(reason)),
-        other => Err(Refused::Unexpected(format!(
-            "unexpected submit result {other:?}"
-        ))),
+        Submitted::Rejected(reason) => Ok(Err(reason)),
     }
 }
 

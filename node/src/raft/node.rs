@@ -19,7 +19,7 @@ use super::clock::LeaderClock;
 use super::error::{NodeError, overloaded, status_to_error};
 use super::network::{self, NetworkFactory, Peers};
 use super::types::{Raft, RaftNodeId};
-use crate::state::{Command, LogEntry, Response};
+use crate::state::{Command, LogEntry, Outcome, Proposal, Response};
 use crate::storage::disk::DiskWatcher;
 use crate::storage::{LogStore, Replica, StateMachineStore};
 
@@ -48,6 +48,20 @@ impl Default for RaftTiming {
             commands_per_entry_max: 1_024,
         }
     }
+}
+
+/// A committed proposal's outcome, of its command's own type (`state::outcome`).
+#[derive(Debug, Clone)]
+pub struct Decided<O> {
+    pub index: u64,
+    pub outcome: O,
+}
+
+/// The outcome `response` says for a command of outcome type `O`. A response of another kind
+/// is a bug (the state answered the command with something it cannot answer): `Fatal`.
+pub fn outcome<O: Outcome>(response: Response) -> Result<O, NodeError> {
+    O::from_response(response)
+        .map_err(|other| NodeError::Fatal(format!("a {} applied as {other:?}", O::COMMAND)))
 }
 
 /// What a committed proposal returns.
@@ -235,6 +249,30 @@ impl RaftNode {
             .proposals(command.count())
             .ok_or_else(overloaded)?;
         self.propose(command).await
+    }
+
+    /// [`RaftNode::propose_client`] for a command with an outcome type of its own.
+    pub async fn propose_client_for<P: Proposal>(
+        &self,
+        proposal: P,
+    ) -> Result<Decided<P::Outcome>, NodeError> {
+        let proposed = self.propose_client(proposal.into()).await?;
+        Ok(Decided {
+            index: proposed.index,
+            outcome: outcome(proposed.response)?,
+        })
+    }
+
+    /// [`RaftNode::propose`] for a command with an outcome type of its own.
+    pub async fn propose_for<P: Proposal>(
+        &self,
+        proposal: P,
+    ) -> Result<Decided<P::Outcome>, NodeError> {
+        let proposed = self.propose(proposal.into()).await?;
+        Ok(Decided {
+            index: proposed.index,
+            outcome: outcome(proposed.response)?,
+        })
     }
 
     /// Proposes `commands` in one entry (admitted as that many client proposals), so they

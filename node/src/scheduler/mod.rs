@@ -24,7 +24,8 @@ use tonic::Status;
 
 use crate::metrics;
 use crate::raft::RaftNode;
-use crate::state::{AgentId, Assignment, AttemptId, ClusterState, Command, Response, StepState};
+use crate::state::outcome::Assigned;
+use crate::state::{AgentId, Assignment, AttemptId, ClusterState, Command, StepState};
 
 pub use crate::limits::{AGENT_OUTBOX_CAPACITY, ASSIGN_BATCH_MAX};
 
@@ -288,9 +289,7 @@ async fn dispatch(
     let batch = assignments.clone();
     metrics::assign_batch(batch.len());
     let proposed = node.propose(Command::Assign { assignments }).await?;
-    let Response::Assigned { attempts } = proposed.response else {
-        return Ok(());
-    };
+    let Assigned(attempts) = crate::raft::outcome(proposed.response)?;
     // Dispatch from the state as of this entry, so the message matches what was committed. The
     // messages are built under the read lock (short: no I/O), not from a clone (see above).
     let messages: Vec<_> = node.replica.read(|applied| {

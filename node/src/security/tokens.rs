@@ -10,8 +10,9 @@ use baton_security::token::{self, PresentedToken};
 use tonic::Status;
 
 use crate::api::node_error;
-use crate::raft::RaftNode;
-use crate::state::{Command, CreateTokenCommand, Response};
+use crate::raft::{RaftNode, outcome};
+use crate::state::outcome::{TokenCreated, TokenRevoked};
+use crate::state::{Command, CreateTokenCommand};
 
 pub async fn create(
     node: &RaftNode,
@@ -30,20 +31,19 @@ pub async fn create(
     })?;
     let new = token::generate()
         .map_err(|e| Status::internal(format!("no randomness for a token: {e}")))?;
-    let command = Command::CreateToken(CreateTokenCommand {
+    let create = CreateTokenCommand {
         id: new.id.clone(),
         name: req.name,
         role,
         digest: new.digest.to_vec(),
         bootstrap: false,
-    });
-    match node.propose(command).await.map_err(node_error)?.response {
-        Response::TokenCreated => Ok(pb::CreateTokenResponse {
+    };
+    match node.propose_for(create).await.map_err(node_error)?.outcome {
+        TokenCreated::Created => Ok(pb::CreateTokenResponse {
             id: new.id,
             token: new.text,
         }),
-        Response::Rejected { reason } => Err(Status::failed_precondition(reason)),
-        other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        TokenCreated::Rejected(reason) => Err(Status::failed_precondition(reason)),
     }
 }
 
@@ -73,15 +73,13 @@ pub async fn revoke(
             "id: required (see `baton token list`)",
         ));
     }
-    match node
+    let proposed = node
         .propose(Command::RevokeToken { id: req.id })
         .await
-        .map_err(node_error)?
-        .response
-    {
-        Response::TokenRevoked { was_live } => Ok(pb::RevokeTokenResponse { was_live }),
-        Response::Rejected { reason } => Err(Status::not_found(reason)),
-        other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        .map_err(node_error)?;
+    match outcome(proposed.response).map_err(node_error)? {
+        TokenRevoked::Revoked { was_live } => Ok(pb::RevokeTokenResponse { was_live }),
+        TokenRevoked::Unknown(reason) => Err(Status::not_found(reason)),
     }
 }
 

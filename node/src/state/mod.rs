@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod ids;
+pub mod outcome;
 pub mod scheduling;
 mod specs;
 pub mod tokens;
@@ -29,6 +30,7 @@ pub use command::{
     SubmitCommand,
 };
 pub use ids::{AgentId, AttemptId, NodeId, WorkflowId};
+pub use outcome::{Outcome, Proposal};
 pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
 pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
 
