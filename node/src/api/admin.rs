@@ -11,8 +11,9 @@ use baton_security::TOKEN_METADATA_KEY;
 use sha2::Digest;
 use tonic::{Request, Response, Status};
 
-use super::{node_error, observed};
-use crate::raft::{MembershipError, RaftNode, SnapshotError, TransferError};
+use super::observed;
+use super::status::{membership_error, node_error, snapshot_error, transfer_error};
+use crate::raft::RaftNode;
 use crate::scheduler::Sessions;
 use crate::security::tokens;
 use crate::state::{Command, NodeId};
@@ -245,12 +246,7 @@ impl AdminServiceImpl {
         self.node
             .transfer_leadership(to, MOVE_PATIENCE)
             .await
-            .map_err(|e| match e {
-                TransferError::Refused(why) => Status::internal(why),
-                TransferError::NotTakenOver { .. } => {
-                    Status::deadline_exceeded(format!("leadership did not move: {e}"))
-                }
-            })?;
+            .map_err(transfer_error)?;
         let moved = self
             .node
             .status_watch()
@@ -276,10 +272,7 @@ impl AdminServiceImpl {
             .node
             .build_snapshot(applied, SNAPSHOT_WAIT_MAX)
             .await
-            .map_err(|e| match e {
-                SnapshotError::Refused(_) => Status::internal(e.to_string()),
-                SnapshotError::NotBuilt(_) => Status::deadline_exceeded(e.to_string()),
-            })?;
+            .map_err(snapshot_error)?;
         Ok(pb::TriggerSnapshotResponse { snapshot_index })
     }
 }
@@ -294,14 +287,6 @@ fn validate_address(address: &str) -> Result<(), Status> {
         Err(Status::invalid_argument(format!(
             "address: {address:?} is not HOST:PORT"
         )))
-    }
-}
-
-fn membership_error(err: MembershipError) -> Status {
-    match err {
-        MembershipError::LeaderMoved => Status::unavailable(err.to_string()),
-        MembershipError::Refused(_) => Status::failed_precondition(err.to_string()),
-        MembershipError::Failed(_) => Status::internal(err.to_string()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The gRPC edge: decode, validate, map errors. Never changes state itself: every change is a
 //! command proposed through Raft.
 //!
-//! Errors map to gRPC codes in one place ([`node_error`]):
+//! Errors map to gRPC codes in one place, `status.rs`:
 //! ```text
 //! NodeError::NoLeader / NotLeader -> UNAVAILABLE        (certainly not applied; retry)
 //! NodeError::Unknown             -> UNKNOWN             (may have been applied; retry with the same key)
@@ -12,68 +12,26 @@
 //! a counted limit full           -> RESOURCE_EXHAUSTED  (sessions, watches; see limits.rs)
 //! a message past its size bound  -> RESOURCE_EXHAUSTED  (see `size_status`)
 //! SpecError                      -> INVALID_ARGUMENT    (names the field)
-//! Response::NotFound             -> NOT_FOUND
-//! Response::Rejected             -> FAILED_PRECONDITION (nothing written)
+//! Cancelled::NotFound            -> NOT_FOUND
+//! Submitted::Rejected            -> FAILED_PRECONDITION (nothing written)
+//! MembershipError                -> UNAVAILABLE (leadership moved) / FAILED_PRECONDITION / INTERNAL
+//! TransferError, SnapshotError   -> INTERNAL (refused) / DEADLINE_EXCEEDED (did not happen in time)
 //! ```
+//! Handlers build the statuses of their own checks (INVALID_ARGUMENT naming the field,
+//! NOT_FOUND, FAILED_PRECONDITION with the reason); every error of another layer is mapped there.
 
 pub mod admin;
 pub mod agent;
+pub mod status;
 pub mod workflow;
+
+pub use status::{inbound_error, node_error, size_status};
 
 use std::time::Instant;
 
-use tonic::codegen::http;
 use tonic::{Code, Status};
 
 use crate::metrics;
-use crate::raft::NodeError;
-
-/// Makes tonic's refusal of an oversized request say RESOURCE_EXHAUSTED, as the gRPC spec asks,
-/// instead of its OUT_OF_RANGE: a unary request past its service's decoding bound is answered
-/// with a trailers-only response, so the status is in the headers, where this rewrites it.
-/// (Streams meet the bound mid-call, as an error on the inbound stream; the handler maps it.)
-pub fn size_status<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let headers = response.headers_mut();
-    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.contains("message%20length%20too%20large"));
-    if too_large {
-        headers.insert(
-            "grpc-status",
-            http::HeaderValue::from_static(RESOURCE_EXHAUSTED),
-        );
-    }
-    response
-}
-
-/// `tonic::Code::ResourceExhausted` on the wire.
-const RESOURCE_EXHAUSTED: &str = "8";
-
-/// The status for an error on an inbound stream: size refusals become RESOURCE_EXHAUSTED.
-pub fn inbound_error(status: Status) -> Status {
-    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
-        Status::resource_exhausted(status.message().to_owned())
-    } else {
-        status
-    }
-}
-
-pub fn node_error(err: NodeError) -> Status {
-    match err {
-        NodeError::NoLeader(_) | NodeError::NotLeader { .. } => {
-            Status::unavailable(err.to_string())
-        }
-        NodeError::Unknown(_) => Status::unknown(format!(
-            "{err}; retry with the same idempotency key to learn the result"
-        )),
-        NodeError::Fatal(_) => Status::internal(err.to_string()),
-        NodeError::Overloaded(_) | NodeError::DiskLow(_) => {
-            Status::resource_exhausted(err.to_string())
-        }
-    }
-}
 
 /// Times a handler and counts its result by gRPC code.
 pub async fn observed<T>(

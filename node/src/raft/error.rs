@@ -45,6 +45,29 @@ pub fn overloaded() -> NodeError {
     ))
 }
 
+/// The leader's answer to a proposal a follower forwarded, when it did not commit: the status
+/// [`status_to_error`] turns back into the same kind of [`NodeError`] on the follower, so the
+/// follower's caller learns exactly whether the command may have been applied.
+pub(super) fn forwarded_status(err: NodeError) -> tonic::Status {
+    match err {
+        NodeError::NotLeader { .. } | NodeError::NoLeader(_) => {
+            tonic::Status::failed_precondition("not the leader")
+        }
+        NodeError::Unknown(e) => tonic::Status::aborted(e),
+        NodeError::Fatal(e) => tonic::Status::internal(e),
+        NodeError::Overloaded(e) => tonic::Status::resource_exhausted(e),
+        NodeError::DiskLow(e) => {
+            // Marked, so the follower's caller is told exactly this, not "overloaded".
+            let mut status = tonic::Status::resource_exhausted(e);
+            status.metadata_mut().insert(
+                REFUSAL_METADATA,
+                tonic::metadata::MetadataValue::from_static(REFUSAL_DISK_LOW),
+            );
+            status
+        }
+    }
+}
+
 /// Maps a status from the leader's internal RPC: whether the command may have been applied.
 ///
 /// Only two things prove a forwarded command was not applied: the connection to the leader could
@@ -157,6 +180,42 @@ mod tests {
                 status_to_error(tonic::Status::new(code, "?")),
                 NodeError::Unknown(_)
             ));
+        }
+    }
+
+    /// What the leader answers a forwarded proposal with is read back as the same kind of
+    /// error: never "not applied" for what may have been, never "unknown" for what was not.
+    #[test]
+    fn a_forwarded_error_keeps_what_it_says_about_the_command() {
+        let certainly_not = |e: &NodeError| {
+            matches!(
+                e,
+                NodeError::NoLeader(_)
+                    | NodeError::NotLeader { .. }
+                    | NodeError::Overloaded(_)
+                    | NodeError::DiskLow(_)
+            )
+        };
+        for err in [
+            NodeError::NoLeader("election".into()),
+            NodeError::NotLeader { leader: Some(2) },
+            NodeError::Unknown("lost".into()),
+            NodeError::Fatal("core stopped".into()),
+            NodeError::Overloaded("full".into()),
+            NodeError::DiskLow("node 1: disk low".into()),
+        ] {
+            let back = status_to_error(forwarded_status(err.clone()));
+            assert_eq!(
+                certainly_not(&back),
+                certainly_not(&err),
+                "{err:?} came back as {back:?}"
+            );
+            assert_eq!(
+                std::mem::discriminant(&back)
+                    == std::mem::discriminant(&NodeError::DiskLow(String::new())),
+                matches!(err, NodeError::DiskLow(_)),
+                "{err:?} came back as {back:?}"
+            );
         }
     }
 

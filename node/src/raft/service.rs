@@ -12,7 +12,7 @@ use baton_security::server::PeerInfo;
 use openraft::async_runtime::WatchReceiver;
 
 use super::envelope::{Admission, Envelope, MessageKind, Receiver, mark_answer};
-use super::error::{NodeError, REFUSAL_DISK_LOW, REFUSAL_METADATA, overloaded};
+use super::error::{NodeError, forwarded_status, overloaded};
 use super::network::{decode, encode};
 use super::node::RaftNode;
 use super::types::{Snapshot, SnapshotData, SnapshotMeta, Vote};
@@ -178,21 +178,7 @@ impl RaftService for RaftServiceImpl {
         };
         match self.node.propose_local(command).await {
             Ok(proposed) => Ok(Response::new(encode(&proposed))),
-            Err(NodeError::NotLeader { .. } | NodeError::NoLeader(_)) => {
-                Err(Status::failed_precondition("not the leader"))
-            }
-            Err(NodeError::Unknown(e)) => Err(Status::aborted(e)),
-            Err(NodeError::Fatal(e)) => Err(Status::internal(e)),
-            Err(NodeError::Overloaded(e)) => Err(Status::resource_exhausted(e)),
-            Err(NodeError::DiskLow(e)) => {
-                // Marked, so the follower's caller is told exactly this, not "overloaded".
-                let mut status = Status::resource_exhausted(e);
-                status.metadata_mut().insert(
-                    REFUSAL_METADATA,
-                    tonic::metadata::MetadataValue::from_static(REFUSAL_DISK_LOW),
-                );
-                Err(status)
-            }
+            Err(err) => Err(forwarded_status(err)),
         }
     }
 
