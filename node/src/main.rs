@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use baton_node::config::{Cli, Subcommands};
-use baton_node::server::Server;
+use baton_node::server::{Server, StartError};
 use clap::Parser;
 
 /// mimalloc instead of glibc's malloc: the leader allocates and frees small objects at a high rate
@@ -82,10 +82,7 @@ async fn main() -> ExitCode {
     }
     let config = match cli.node.resolve() {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("batond: {err}");
-            return ExitCode::from(2);
-        }
+        Err(err) => return not_started(StartError::Config(err)),
     };
     // Dropped before a final error is printed, so the log lines before it come first.
     let logs = baton_node::init_tracing(config.log_format);
@@ -99,15 +96,13 @@ async fn main() -> ExitCode {
         && let Err(err) = baton_node::metrics::install(addr)
     {
         drop(logs);
-        eprintln!("batond: {err}");
-        return ExitCode::FAILURE;
+        return not_started(StartError::Metrics(err));
     }
     let server = match Server::start(&config, None).await {
         Ok(server) => server,
         Err(err) => {
             drop(logs);
-            eprintln!("batond: {err}");
-            return ExitCode::FAILURE;
+            return not_started(err);
         }
     };
     let halted = tokio::select! {
@@ -128,6 +123,12 @@ async fn main() -> ExitCode {
     tracing::info!("stopped");
     drop(logs);
     ExitCode::SUCCESS
+}
+
+/// Says why the node did not start, and exits accordingly.
+fn not_started(err: StartError) -> ExitCode {
+    eprintln!("batond: {err}");
+    ExitCode::from(err.exit_code())
 }
 
 fn report_seeded(

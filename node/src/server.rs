@@ -46,28 +46,83 @@ pub struct Server {
     health_only: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
+/// Why `batond` did not start: the one start-up error type. Each says what to fix; `batond`
+/// prints it and exits with [`StartError::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Flags, environment or configuration file: nothing was touched.
+    #[error("{0}")]
+    Config(String),
+    /// The data folder is not this node's (`IDENTITY`), or cannot be made or read.
+    #[error("{0}")]
+    DataFolder(String),
+    /// An address to listen on is taken or not this machine's.
+    #[error("{flag} {addr}: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The Prometheus exporter did not start (`--metrics-listen`).
+    #[error("{0}")]
+    Metrics(String),
+    /// Certificates, keys or the bootstrap token could not be loaded.
+    #[error("{0}")]
+    Security(String),
+    /// The Raft log or the snapshots could not be opened (a damaged log, a full disk...), or
+    /// Raft did not start.
+    #[error("{0}")]
+    Storage(String),
+    /// A bug: something that cannot fail did.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StartError {
+    /// 2 for a configuration mistake (as for a bad flag), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 impl Server {
     /// Starts the node on `listener` (already bound: tests bind port 0 first to learn the
     /// address), or binds `config.listen`.
-    pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Self, String> {
-        let identity = crate::storage::identity::open(&config.data_dir, config.node_id)?;
+    pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Self, StartError> {
+        let identity = crate::storage::identity::open(&config.data_dir, config.node_id)
+            .map_err(StartError::DataFolder)?;
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(config.listen)
                 .await
-                .map_err(|e| format!("--listen {}: {e}", config.listen))?,
+                .map_err(|source| StartError::Bind {
+                    flag: "--listen",
+                    addr: config.listen,
+                    source,
+                })?,
         };
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Internal(format!("listening address: {e}")))?;
         // Bound before Raft starts, so a taken port fails the start with nothing to undo.
         let health_listener = match config.health_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("--health-listen {addr}: {e}"))?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            flag: "--health-listen",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
-        let security = Security::load(&config.security)?;
+        let security = Security::load(&config.security).map_err(StartError::Security)?;
         let node = Arc::new(
             RaftNode::start(
                 config.node_id,
@@ -78,7 +133,8 @@ impl Server {
                 config.peer_dial.clone(),
                 security.tls().cloned(),
             )
-            .await?,
+            .await
+            .map_err(StartError::Storage)?,
         );
         let sessions = Arc::new(Sessions::default());
         let (health, health_service, health_task) =
@@ -109,7 +165,7 @@ impl Server {
             .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| format!("grpc reflection: {e}"))?;
+            .map_err(|e| StartError::Internal(format!("grpc reflection: {e}")))?;
 
         let router = connections(config)
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
