@@ -445,7 +445,7 @@ impl ClusterState {
         let mut released = Vec::new();
         for (i, run) in workflow.steps.iter().enumerate() {
             match run.state {
-                StepState::Running => released.push(AttemptId(run.attempt_id)),
+                StepState::Running => released.push(run.attempt_id),
                 StepState::Ready => {
                     let key = scheduling::ready_key(workflow, i as u32);
                     self.ready.remove(&key);
@@ -611,7 +611,7 @@ impl ClusterState {
                     "workflow {id} step {i}: in backoff but not in the backoff set"
                 ),
                 StepState::Running => {
-                    let live = self.attempts.get(&AttemptId(run.attempt_id));
+                    let live = self.attempts.get(&run.attempt_id);
                     assert!(
                         live.is_some_and(|l| l.workflow_id == id && l.step == step),
                         "workflow {id} step {i}: running without its live attempt {}",
@@ -635,7 +635,7 @@ impl ClusterState {
                 "live attempt {attempt_id} of a step not running"
             );
             assert_eq!(
-                run.attempt_id, attempt_id.0,
+                run.attempt_id, *attempt_id,
                 "live attempt {attempt_id} is not its step's current one"
             );
             assert!(attempt_id.0 <= self.last_attempt_id);

@@ -290,7 +290,7 @@ impl ClusterState {
         let run = &mut workflow.steps[a.step as usize];
         run.state = StepState::Running;
         run.attempts += 1;
-        run.attempt_id = attempt_id.0;
+        run.attempt_id = attempt_id;
         run.agent = agent.name.clone();
         run.started_at_ms = now_ms;
         run.finished_at_ms = 0;
@@ -360,7 +360,7 @@ impl ClusterState {
         let spec_step = workflow.spec.steps[step].clone();
         let run = &mut workflow.steps[step];
         debug_assert_eq!(
-            run.attempt_id, cmd.attempt_id.0,
+            run.attempt_id, cmd.attempt_id,
             "a live attempt is its step's current one"
         );
         run.finished_at_ms = now_ms;
@@ -437,7 +437,7 @@ impl ClusterState {
         let Some(workflow) = self.workflows.get(&workflow_id) else {
             return Ok(cmd);
         };
-        let current = AttemptId(workflow.steps[step as usize].attempt_id);
+        let current = workflow.steps[step as usize].attempt_id;
         if let Some(live) = self.attempts.get(&current) {
             cmd.attempt_id = current;
             cmd.agent_id = live.agent_id;

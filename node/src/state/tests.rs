@@ -126,7 +126,7 @@ fn check_events(
                 && was.is_none_or(|w| w.attempt_id != run.attempt_id);
             if started {
                 let assigned = has(id, K::StepAssigned, &|e| {
-                    &e.step == name && e.attempt_id == run.attempt_id
+                    &e.step == name && e.attempt_id == run.attempt_id.0
                 });
                 assert_eq!(assigned, 1, "workflow {id} step {name} started: {events:?}");
             }

@@ -7,7 +7,7 @@ use baton_proto::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ids::WorkflowId;
+use super::ids::{AttemptId, WorkflowId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,7 +103,8 @@ pub struct StepRun {
     /// Attempts lost to an expired lease (requeued without using a retry).
     #[serde(default)]
     pub lease_expiries: u32,
-    pub attempt_id: u64,
+    /// The current or last attempt (its fencing token); 0 before the first.
+    pub attempt_id: AttemptId,
     /// Name of the agent of the current or last attempt.
     pub agent: String,
     pub ready_at_ms: u64,
@@ -124,7 +125,7 @@ impl StepRun {
             attempts: 0,
             failures: 0,
             lease_expiries: 0,
-            attempt_id: 0,
+            attempt_id: AttemptId(0),
             agent: String::new(),
             ready_at_ms: 0,
             started_at_ms: 0,
@@ -150,7 +151,7 @@ impl Workflow {
                     name: spec.name.clone(),
                     state: run.state.to_proto() as i32,
                     attempts: run.attempts,
-                    attempt_id: run.attempt_id,
+                    attempt_id: run.attempt_id.0,
                     agent: run.agent.clone(),
                     ready_at_ms: run.ready_at_ms,
                     started_at_ms: run.started_at_ms,
