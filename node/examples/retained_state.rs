@@ -172,7 +172,7 @@ fn assign(
     match log.apply(Command::Assign {
         assignments: vec![Assignment {
             workflow_id,
-            step: 0,
+            step: baton_node::state::StepIndex(0),
             agent_id,
         }],
     }) {

@@ -14,7 +14,8 @@ use prost::Message;
 
 use crate::state::{
     AgentId, ApplyCtx, Assignment, AttemptId, CancelCommand, ClusterState, Command,
-    CompleteCommand, LogEntry, NodeId, RegisterAgentCommand, Response, SubmitCommand, WorkflowId,
+    CompleteCommand, LogEntry, NodeId, RegisterAgentCommand, Response, StepIndex, SubmitCommand,
+    WorkflowId,
 };
 
 /// A fuzz target's body.
@@ -389,7 +390,7 @@ impl Replica {
                     assignments: (0..n)
                         .map(|_| Assignment {
                             workflow_id: WorkflowId(u64::from(bytes.below(6))),
-                            step: u32::from(bytes.below(6)),
+                            step: StepIndex(u32::from(bytes.below(6))),
                             agent_id: AgentId(u64::from(bytes.below(5))),
                         })
                         .collect(),
@@ -680,7 +681,7 @@ mod tests {
             Command::Assign {
                 assignments: vec![Assignment {
                     workflow_id: WorkflowId(1),
-                    step: 1,
+                    step: StepIndex(1),
                     agent_id: AgentId(1),
                 }],
             },

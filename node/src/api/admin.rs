@@ -470,7 +470,7 @@ impl AdminServiceImpl {
                             step: a
                                 .state
                                 .workflow(live.workflow_id)
-                                .map(|w| w.spec.steps[live.step as usize].name.clone())
+                                .map(|w| w.spec.steps[live.step.get()].name.clone())
                                 .unwrap_or_default(),
                             attempt_id: id.0,
                         })

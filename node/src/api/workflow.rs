@@ -17,7 +17,7 @@ use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX
 use crate::raft::{RaftNode, outcome};
 use crate::state::outcome::{Cancelled, Submitted};
 use crate::state::{
-    CancelCommand, Command, ListQuery, Response as Applied, SubmitCommand, WorkflowId,
+    CancelCommand, Command, ListQuery, Response as Applied, StepIndex, SubmitCommand, WorkflowId,
     WorkflowState,
 };
 
@@ -135,7 +135,7 @@ impl WorkflowServiceImpl {
                 for (i, step) in view.steps.iter_mut().enumerate() {
                     step.pending_reason = a
                         .state
-                        .pending_reason(workflow, i as u32)
+                        .pending_reason(workflow, StepIndex(i as u32))
                         .unwrap_or_default();
                 }
                 Some(view)

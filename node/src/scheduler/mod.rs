@@ -142,7 +142,7 @@ impl Sessions {
 pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb::Assignment> {
     let live = state.live_attempt(attempt)?;
     let workflow = state.workflow(live.workflow_id)?;
-    let step = live.step as usize;
+    let step = live.step.get();
     let spec_step = workflow.spec.steps.get(step)?;
     let run = &workflow.steps[step];
     let inputs = run
@@ -150,8 +150,8 @@ pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb
         .iter()
         .map(|&d| {
             (
-                workflow.spec.steps[d as usize].name.clone(),
-                workflow.steps[d as usize].output.clone(),
+                workflow.spec.steps[d.get()].name.clone(),
+                workflow.steps[d.get()].output.clone(),
             )
         })
         .collect();
@@ -252,7 +252,7 @@ async fn round(
             if let Some(live) = state.live_attempt(*attempt) {
                 let step = state
                     .workflow(live.workflow_id)
-                    .and_then(|w| w.spec.steps.get(live.step as usize))
+                    .and_then(|w| w.spec.steps.get(live.step.get()))
                     .map_or("", |s| s.name.as_str());
                 tracing::warn!(
                     workflow = %live.workflow_id, step, attempt = %attempt, agent = %live.agent_id,
@@ -328,7 +328,7 @@ pub fn live_attempts_of(state: &ClusterState, agent: AgentId) -> Vec<AttemptId> 
         .filter(|(_, live)| {
             state
                 .workflow(live.workflow_id)
-                .is_some_and(|w| w.steps[live.step as usize].state == StepState::Running)
+                .is_some_and(|w| w.steps[live.step.get()].state == StepState::Running)
         })
         .map(|(id, _)| *id)
         .collect()

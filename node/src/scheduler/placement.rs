@@ -40,7 +40,7 @@ pub fn place(
         let Some(workflow) = state.workflow(key.workflow_id) else {
             continue;
         };
-        let spec_step = &workflow.spec.steps[key.step as usize];
+        let spec_step = &workflow.spec.steps[key.step.get()];
         let request = step_request(spec_step);
         // The matching agent with the most free slots (spreads load), lowest id on ties.
         let best = planned
@@ -217,7 +217,9 @@ mod tests {
         assert_eq!(placed, [(1, billing), (3, builtin)]);
         let workflow = w.state.workflow(crate::state::WorkflowId(2)).unwrap();
         assert_eq!(
-            w.state.pending_reason(workflow, 0).as_deref(),
+            w.state
+                .pending_reason(workflow, crate::state::StepIndex(0))
+                .as_deref(),
             Some("no registered agent runs task type \"billing/refund\"")
         );
 
@@ -225,7 +227,7 @@ mod tests {
         let refused = w.apply(Command::Assign {
             assignments: vec![Assignment {
                 workflow_id: crate::state::WorkflowId(1),
-                step: 0,
+                step: crate::state::StepIndex(0),
                 agent_id: builtin,
             }],
         });

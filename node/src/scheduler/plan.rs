@@ -82,7 +82,7 @@ mod tests {
 
     use super::*;
     use crate::state::{
-        ApplyCtx, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response,
+        ApplyCtx, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response, StepIndex,
         SubmitCommand, WorkflowId,
     };
 
@@ -166,7 +166,7 @@ mod tests {
                 Command::Assign {
                     assignments: vec![Assignment {
                         workflow_id,
-                        step: 0,
+                        step: StepIndex(0),
                         agent_id,
                     }],
                 },
@@ -219,7 +219,7 @@ mod tests {
             plan.assign,
             [Assignment {
                 workflow_id: workflow,
-                step: 0,
+                step: StepIndex(0),
                 agent_id: agent
             }]
         );

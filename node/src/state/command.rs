@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{AgentId, AttemptId, NodeId, WorkflowId};
+use super::ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
 use super::workflow::WorkflowState;
 
 /// The version byte in front of every encoded entry.
@@ -104,7 +104,7 @@ pub struct RegisterAgentCommand {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub workflow_id: WorkflowId,
-    pub step: u32,
+    pub step: StepIndex,
     pub agent_id: AgentId,
 }
 
@@ -411,7 +411,7 @@ mod tests {
                 Command::Assign {
                     assignments: vec![Assignment {
                         workflow_id: WorkflowId(7),
-                        step: 1,
+                        step: StepIndex(1),
                         agent_id: AgentId(3),
                     }],
                 },

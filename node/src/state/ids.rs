@@ -39,3 +39,24 @@ id_type!(
     /// report carrying an attempt that is not the step's current one is refused.
     AttemptId
 );
+
+/// A step's position in its workflow's spec and in `Workflow::steps`: users name steps, the
+/// state keys them by position. Encoded as the bare number, like the ids above.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct StepIndex(pub u32);
+
+impl StepIndex {
+    /// The position, for indexing the workflow's steps.
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for StepIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

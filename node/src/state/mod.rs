@@ -29,7 +29,7 @@ pub use command::{
     Assignment, CancelCommand, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response,
     SubmitCommand,
 };
-pub use ids::{AgentId, AttemptId, NodeId, WorkflowId};
+pub use ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
 pub use outcome::{Outcome, Proposal};
 pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
 pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
@@ -104,7 +104,7 @@ pub struct ClusterState {
     ready: OrdSet<ReadyKey>,
     /// Steps in backoff: (retry at, workflow, step).
     #[serde(deserialize_with = "cautious::set")]
-    backoff: OrdSet<(u64, WorkflowId, u32)>,
+    backoff: OrdSet<(u64, WorkflowId, StepIndex)>,
     /// `ready`'s steps that have a schedule-to-start deadline, by deadline (derived: rebuilt by
     /// `decode`, checked by the invariants, not encoded, so not in snapshots or the hash).
     #[serde(skip)]
@@ -124,7 +124,7 @@ pub struct ClusterState {
     /// compared (a replica that installed a snapshot starts it empty, as broken as the rest).
     #[cfg(feature = "fault-injection")]
     #[serde(skip)]
-    fault_attempt_steps: NotCompared<OrdMap<AttemptId, (WorkflowId, u32)>>,
+    fault_attempt_steps: NotCompared<OrdMap<AttemptId, (WorkflowId, StepIndex)>>,
 }
 
 /// A field left out of `ClusterState`'s equality (broken builds' bookkeeping only).
@@ -401,8 +401,9 @@ impl ClusterState {
             step.state = StepState::Ready;
             step.ready_at_ms = self.now_ms;
         }
-        let roots: Vec<u32> = (0..workflow.steps.len() as u32)
-            .filter(|&i| workflow.steps[i as usize].state == StepState::Ready)
+        let roots: Vec<StepIndex> = (0..workflow.steps.len() as u32)
+            .map(StepIndex)
+            .filter(|i| workflow.steps[i.get()].state == StepState::Ready)
             .collect();
         events.push(self.event(ctx, id, pb::EventKind::WorkflowSubmitted, |e| {
             e.workflow_state = pb::WorkflowState::Running as i32;
@@ -414,7 +415,7 @@ impl ClusterState {
             self.ready_deadlines
                 .insert(key, scheduling::start_timeout_ms(&workflow, step));
             events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
-                e.step = workflow.spec.steps[step as usize].name.clone();
+                e.step = workflow.spec.steps[step.get()].name.clone();
                 e.step_state = pb::StepState::Ready as i32;
             }));
         }
@@ -447,13 +448,16 @@ impl ClusterState {
             match run.state {
                 StepState::Running => released.push(run.attempt_id),
                 StepState::Ready => {
-                    let key = scheduling::ready_key(workflow, i as u32);
+                    let key = scheduling::ready_key(workflow, StepIndex(i as u32));
                     self.ready.remove(&key);
                     self.ready_deadlines.remove(&key);
                 }
                 StepState::Backoff => {
-                    self.backoff
-                        .remove(&(run.retry_at_ms, cancel.workflow_id, i as u32));
+                    self.backoff.remove(&(
+                        run.retry_at_ms,
+                        cancel.workflow_id,
+                        StepIndex(i as u32),
+                    ));
                 }
                 _ => {}
             }
@@ -600,7 +604,7 @@ impl ClusterState {
             );
         }
         for (i, run) in workflow.steps.iter().enumerate() {
-            let step = i as u32;
+            let step = StepIndex(i as u32);
             match run.state {
                 StepState::Ready => assert!(
                     self.ready.contains(&scheduling::ready_key(workflow, step)),
@@ -628,7 +632,7 @@ impl ClusterState {
         let mut allocated: BTreeMap<AgentId, Allocation> = BTreeMap::new();
         for (attempt_id, live) in &self.attempts {
             let workflow = &self.workflows[&live.workflow_id];
-            let run = &workflow.steps[live.step as usize];
+            let run = &workflow.steps[live.step.get()];
             assert_eq!(
                 run.state,
                 StepState::Running,
@@ -688,7 +692,7 @@ impl ClusterState {
         }
         for key in &self.ready {
             assert_eq!(
-                self.workflows[&key.workflow_id].steps[key.step as usize].state,
+                self.workflows[&key.workflow_id].steps[key.step.get()].state,
                 StepState::Ready
             );
         }
@@ -699,7 +703,7 @@ impl ClusterState {
         );
         for (_, workflow_id, step) in &self.backoff {
             assert_eq!(
-                self.workflows[workflow_id].steps[*step as usize].state,
+                self.workflows[workflow_id].steps[step.get()].state,
                 StepState::Backoff
             );
         }
@@ -764,7 +768,10 @@ fn resolve_steps(spec: &pb::WorkflowSpec) -> Result<Vec<StepRun>, String> {
     }
     let mut index_of = BTreeMap::new();
     for (i, step) in spec.steps.iter().enumerate() {
-        if index_of.insert(step.name.as_str(), i as u32).is_some() {
+        if index_of
+            .insert(step.name.as_str(), StepIndex(i as u32))
+            .is_some()
+        {
             return Err(format!("duplicate step name {:?}", step.name));
         }
     }
@@ -781,7 +788,7 @@ fn resolve_steps(spec: &pb::WorkflowSpec) -> Result<Vec<StepRun>, String> {
     }
     for i in 0..steps.len() {
         for d in steps[i].deps.clone() {
-            steps[d as usize].dependents.push(i as u32);
+            steps[d.get()].dependents.push(StepIndex(i as u32));
         }
     }
     // Kahn's algorithm: a DAG drains completely.
@@ -789,7 +796,7 @@ fn resolve_steps(spec: &pb::WorkflowSpec) -> Result<Vec<StepRun>, String> {
     let mut dependents = vec![Vec::new(); steps.len()];
     for (i, step) in steps.iter().enumerate() {
         for &d in &step.deps {
-            dependents[d as usize].push(i);
+            dependents[d.get()].push(i);
         }
     }
     let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();

@@ -14,7 +14,7 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Assignment, CompleteCommand, RegisterAgentCommand, Response};
-use super::ids::{AgentId, AttemptId, WorkflowId};
+use super::ids::{AgentId, AttemptId, StepIndex, WorkflowId};
 use super::workflow::{StepState, Workflow, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
 use crate::faults::Broken;
@@ -109,7 +109,7 @@ pub fn labels_match(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveAttempt {
     pub workflow_id: WorkflowId,
-    pub step: u32,
+    pub step: StepIndex,
     pub agent_id: AgentId,
     pub request: Allocation,
     pub lease_ttl_ms: u64,
@@ -123,7 +123,7 @@ pub struct ReadyKey {
     pub neg_priority: i32,
     pub ready_at_ms: u64,
     pub workflow_id: WorkflowId,
-    pub step: u32,
+    pub step: StepIndex,
 }
 
 /// Ready steps that have a schedule-to-start deadline, by deadline. Derived from `ready` and the
@@ -169,8 +169,8 @@ impl Deadlines {
 }
 
 /// A step's schedule-to-start timeout (0: none).
-pub(super) fn start_timeout_ms(workflow: &Workflow, step: u32) -> u64 {
-    workflow.spec.steps[step as usize].schedule_to_start_timeout_ms
+pub(super) fn start_timeout_ms(workflow: &Workflow, step: StepIndex) -> u64 {
+    workflow.spec.steps[step.get()].schedule_to_start_timeout_ms
 }
 
 impl ClusterState {
@@ -182,7 +182,7 @@ impl ClusterState {
             let timeout_ms = self
                 .workflows
                 .get(&key.workflow_id)
-                .and_then(|w| w.spec.steps.get(key.step as usize))
+                .and_then(|w| w.spec.steps.get(key.step.get()))
                 .map_or(0, |s| s.schedule_to_start_timeout_ms);
             deadlines.insert(*key, timeout_ms);
         }
@@ -263,8 +263,8 @@ impl ClusterState {
         if workflow.state != WorkflowState::Running {
             return None;
         }
-        let spec_step = workflow.spec.steps.get(a.step as usize)?;
-        let run = &workflow.steps[a.step as usize];
+        let spec_step = workflow.spec.steps.get(a.step.get())?;
+        let run = &workflow.steps[a.step.get()];
         if run.state != StepState::Ready
             || !labels_match(&spec_step.constraints, &agent.labels)
             || !agent.runs(spec_step)
@@ -287,14 +287,14 @@ impl ClusterState {
                 .expect("checked above"),
         );
         workflow.revision = ctx.index;
-        let run = &mut workflow.steps[a.step as usize];
+        let run = &mut workflow.steps[a.step.get()];
         run.state = StepState::Running;
         run.attempts += 1;
         run.attempt_id = attempt_id;
         run.agent = agent.name.clone();
         run.started_at_ms = now_ms;
         run.finished_at_ms = 0;
-        let step_name = workflow.spec.steps[a.step as usize].name.clone();
+        let step_name = workflow.spec.steps[a.step.get()].name.clone();
         self.ready.remove(&key);
         self.ready_deadlines.remove(&key);
         self.attempts.insert(
@@ -356,7 +356,7 @@ impl ClusterState {
         let live = self.release(cmd.attempt_id).expect("checked above");
         let now_ms = self.now_ms;
         let workflow = self.workflow_changed(live.workflow_id, ctx);
-        let step = live.step as usize;
+        let step = live.step.get();
         let spec_step = workflow.spec.steps[step].clone();
         let run = &mut workflow.steps[step];
         debug_assert_eq!(
@@ -437,17 +437,17 @@ impl ClusterState {
         let Some(workflow) = self.workflows.get(&workflow_id) else {
             return Ok(cmd);
         };
-        let current = workflow.steps[step as usize].attempt_id;
+        let current = workflow.steps[step.get()].attempt_id;
         if let Some(live) = self.attempts.get(&current) {
             cmd.attempt_id = current;
             cmd.agent_id = live.agent_id;
             return Ok(cmd);
         }
-        if workflow.steps[step as usize].state != StepState::Succeeded || !cmd.success {
+        if workflow.steps[step.get()].state != StepState::Succeeded || !cmd.success {
             return Ok(cmd);
         }
         let workflow = self.workflow_changed(workflow_id, ctx);
-        workflow.steps[step as usize].output = truncate_utf8(cmd.output, OUTPUT_BYTES_MAX);
+        workflow.steps[step.get()].output = truncate_utf8(cmd.output, OUTPUT_BYTES_MAX);
         Err(Response::Completed)
     }
 
@@ -470,7 +470,7 @@ impl ClusterState {
             };
             let now_ms = self.now_ms;
             let workflow = self.workflow_changed(live.workflow_id, ctx);
-            let step = live.step as usize;
+            let step = live.step.get();
             let name = workflow.spec.steps[step].name.clone();
             let run = &mut workflow.steps[step];
             run.lease_expiries += 1;
@@ -532,8 +532,8 @@ impl ClusterState {
             };
             let workflow = Arc::make_mut(workflow);
             workflow.revision = ctx.index;
-            let name = workflow.spec.steps[step as usize].name.clone();
-            let run = &mut workflow.steps[step as usize];
+            let name = workflow.spec.steps[step.get()].name.clone();
+            let run = &mut workflow.steps[step.get()];
             run.state = StepState::Ready;
             run.ready_at_ms = now_ms;
             let key = ready_key(workflow, step);
@@ -556,13 +556,13 @@ impl ClusterState {
                     .expect("ready step's workflow exists"),
             );
             workflow.revision = ctx.index;
-            let spec_step = &workflow.spec.steps[key.step as usize];
+            let spec_step = &workflow.spec.steps[key.step.get()];
             let name = spec_step.name.clone();
             let message = format!(
                 "not started within {} ms of becoming ready (schedule-to-start timeout)",
                 spec_step.schedule_to_start_timeout_ms
             );
-            let run = &mut workflow.steps[key.step as usize];
+            let run = &mut workflow.steps[key.step.get()];
             run.state = StepState::Failed;
             run.finished_at_ms = now_ms;
             run.error = message.clone();
@@ -628,7 +628,7 @@ impl ClusterState {
         &mut self,
         ctx: ApplyCtx,
         workflow_id: WorkflowId,
-        step: u32,
+        step: StepIndex,
         events: &mut Events,
     ) {
         let now_ms = self.now_ms;
@@ -642,21 +642,21 @@ impl ClusterState {
         let mut newly_ready = Vec::new();
         let mut skipped = Vec::new();
         while let Some(done) = finished.pop() {
-            let dependents = workflow.steps[done as usize].dependents.clone();
+            let dependents = workflow.steps[done.get()].dependents.clone();
             for d in dependents {
-                let run = &workflow.steps[d as usize];
+                let run = &workflow.steps[d.get()];
                 if run.state != StepState::Waiting {
                     continue;
                 }
                 let deps: Vec<StepState> = run
                     .deps
                     .iter()
-                    .map(|&i| workflow.steps[i as usize].state)
+                    .map(|&i| workflow.steps[i.get()].state)
                     .collect();
                 if !deps.iter().all(|s| s.is_terminal()) {
                     continue;
                 }
-                let when = pb::RunCondition::try_from(workflow.spec.steps[d as usize].when)
+                let when = pb::RunCondition::try_from(workflow.spec.steps[d.get()].when)
                     .unwrap_or_default();
                 let runs = match when {
                     pb::RunCondition::Always => true,
@@ -665,7 +665,7 @@ impl ClusterState {
                         deps.iter().all(|&s| s == StepState::Succeeded)
                     }
                 };
-                let run = &mut workflow.steps[d as usize];
+                let run = &mut workflow.steps[d.get()];
                 if runs {
                     run.state = StepState::Ready;
                     run.ready_at_ms = now_ms;
@@ -702,7 +702,7 @@ impl ClusterState {
         for d in skipped {
             events.push(
                 self.event(ctx, workflow_id, pb::EventKind::StepSkipped, |e| {
-                    e.step = workflow.spec.steps[d as usize].name.clone();
+                    e.step = workflow.spec.steps[d.get()].name.clone();
                     e.step_state = pb::StepState::Skipped as i32;
                 }),
             );
@@ -713,7 +713,7 @@ impl ClusterState {
             self.ready_deadlines
                 .insert(key, start_timeout_ms(&workflow, d));
             events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
-                e.step = workflow.spec.steps[d as usize].name.clone();
+                e.step = workflow.spec.steps[d.get()].name.clone();
                 e.step_state = pb::StepState::Ready as i32;
             }));
         }
@@ -809,11 +809,11 @@ impl ClusterState {
     }
 
     /// Why a ready step is still waiting, when it can be told from the state alone.
-    pub fn pending_reason(&self, workflow: &Workflow, step: u32) -> Option<String> {
-        if workflow.steps[step as usize].state != StepState::Ready {
+    pub fn pending_reason(&self, workflow: &Workflow, step: StepIndex) -> Option<String> {
+        if workflow.steps[step.get()].state != StepState::Ready {
             return None;
         }
-        let spec_step = &workflow.spec.steps[step as usize];
+        let spec_step = &workflow.spec.steps[step.get()];
         let request = step_request(spec_step);
         if self.agents.is_empty() {
             return Some("no agent is registered".to_owned());
@@ -854,10 +854,10 @@ impl ClusterState {
     }
 }
 
-pub(super) fn ready_key(workflow: &Workflow, step: u32) -> ReadyKey {
+pub(super) fn ready_key(workflow: &Workflow, step: StepIndex) -> ReadyKey {
     ReadyKey {
-        neg_priority: -effective_priority(&workflow.spec.steps[step as usize], &workflow.spec),
-        ready_at_ms: workflow.steps[step as usize].ready_at_ms,
+        neg_priority: -effective_priority(&workflow.spec.steps[step.get()], &workflow.spec),
+        ready_at_ms: workflow.steps[step.get()].ready_at_ms,
         workflow_id: workflow.id,
         step,
     }

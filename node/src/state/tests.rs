@@ -187,7 +187,7 @@ fn submit_creates_a_running_workflow_with_its_roots_ready() {
             StepState::Waiting
         ]
     );
-    assert_eq!(wf.steps[3].deps, [1, 2]);
+    assert_eq!(wf.steps[3].deps, [StepIndex(1), StepIndex(2)]);
     assert_eq!(wf.steps[0].ready_at_ms, 5_000);
     assert_eq!(
         log.kinds(1),
@@ -461,7 +461,7 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
                 .into_iter()
                 .map(|(w, s, a)| Assignment {
                     workflow_id: WorkflowId(w),
-                    step: s,
+                    step: StepIndex(s),
                     agent_id: AgentId(a),
                 })
                 .collect(),
@@ -583,7 +583,7 @@ fn assign(log: &mut Log, workflow: u64, step: u32, agent: AgentId) -> Option<Att
     match log.apply(Command::Assign {
         assignments: vec![Assignment {
             workflow_id: WorkflowId(workflow),
-            step,
+            step: StepIndex(step),
             agent_id: agent,
         }],
     }) {
@@ -891,13 +891,13 @@ fn a_ready_step_past_its_schedule_to_start_deadline_fails_visibly() {
     log.apply_at(1_000, submit(&spec("w", vec![s]), ""));
     let wf = log.state.workflow(WorkflowId(1)).unwrap().clone();
     assert_eq!(
-        log.state.pending_reason(&wf, 0).unwrap(),
+        log.state.pending_reason(&wf, StepIndex(0)).unwrap(),
         "no agent is registered"
     );
     register(&mut log, "a1", 1);
     let wf = log.state.workflow(WorkflowId(1)).unwrap().clone();
     assert_eq!(
-        log.state.pending_reason(&wf, 0).unwrap(),
+        log.state.pending_reason(&wf, StepIndex(0)).unwrap(),
         "no registered agent has labels zone=mars"
     );
     assert!(!log.state.tick_due(5_999));
@@ -1081,7 +1081,7 @@ fn golden_snapshot_bytes() {
     log.apply(submit(&spec("done", vec![step("only", &[])]), ""));
     let assign = |workflow: u64| Assignment {
         workflow_id: WorkflowId(workflow),
-        step: 0,
+        step: StepIndex(0),
         agent_id,
     };
     let Response::Assigned { attempts } = log.apply(Command::Assign {

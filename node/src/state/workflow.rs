@@ -7,7 +7,7 @@ use baton_proto::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ids::{AttemptId, WorkflowId};
+use super::ids::{AttemptId, StepIndex, WorkflowId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,10 +91,10 @@ pub struct Workflow {
 pub struct StepRun {
     pub state: StepState,
     /// Indexes (into the spec's steps) of the steps this one depends on.
-    pub deps: Vec<u32>,
+    pub deps: Vec<StepIndex>,
     /// Indexes of the steps that depend on this one.
     #[serde(default)]
-    pub dependents: Vec<u32>,
+    pub dependents: Vec<StepIndex>,
     /// Attempts started (assigned to an agent).
     pub attempts: u32,
     /// Attempts that ended in failure (what the retry policy counts).
@@ -117,7 +117,7 @@ pub struct StepRun {
 }
 
 impl StepRun {
-    pub fn new(deps: Vec<u32>) -> Self {
+    pub fn new(deps: Vec<StepIndex>) -> Self {
         Self {
             state: StepState::Waiting,
             deps,

@@ -41,7 +41,7 @@ pub(super) async fn complete(
         let step = a
             .state
             .workflow(live.workflow_id)
-            .and_then(|w| w.spec.steps.get(live.step as usize))
+            .and_then(|w| w.spec.steps.get(live.step.get()))
             .map_or_else(String::new, |s| s.name.clone());
         (live.workflow_id.0, step)
     });
