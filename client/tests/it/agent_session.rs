@@ -33,6 +33,10 @@ struct Node {
     /// The sender of the latest session, to push server messages.
     session: Mutex<Option<Outbound>>,
     sessions_opened: Mutex<u32>,
+    /// Sessions whose inbound stream has ended: nothing more can arrive on them. (tonic shows
+    /// a client's cancel as a clean end too; whatever that reset discarded never left the
+    /// agent.)
+    sessions_ended: Mutex<u32>,
     changed: Notify,
 }
 
@@ -78,6 +82,8 @@ impl AgentService for Fake {
             while let Ok(Some(message)) = inbound.message().await {
                 reader.record(message);
             }
+            *reader.sessions_ended.lock().unwrap() += 1;
+            reader.changed.notify_waiters();
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -153,6 +159,19 @@ impl Node {
             .clone()
             .expect("a session is open");
         tx.send(Ok(ServerMessage { msg: Some(msg) })).await.unwrap();
+    }
+
+    /// Shuts `agent` down, then waits until every session this node opened has ended. The
+    /// agent closes a session's stream only once it stopped using it, so from then on the node
+    /// has recorded everything of the agent's that will ever reach it: the barrier before
+    /// asserting that something was never sent.
+    async fn drain(&self, agent: RunningAgent) {
+        agent.shut_down().await;
+        self.wait_for("every session to end", |node| {
+            let opened = *node.sessions_opened.lock().unwrap();
+            (*node.sessions_ended.lock().unwrap() == opened).then_some(())
+        })
+        .await;
     }
 
     /// Ends the current session from the server side.
@@ -379,8 +398,8 @@ async fn an_attempt_missing_from_a_heartbeat_ack_is_killed_and_not_reported() {
             .find(|beat| !beat.running_attempts.contains(&201))
     })
     .await;
+    node.drain(agent).await;
     assert!(node.reports().is_empty(), "{:?}", node.reports());
-    agent.shut_down().await;
 }
 
 #[tokio::test]
@@ -402,8 +421,8 @@ async fn an_unrenewed_lease_self_fences() {
     wait_until("the step started", || read_pid(&pid_file).is_some()).await;
     let pid = read_pid(&pid_file).unwrap();
     wait_until(&format!("step process {pid} is killed"), || is_dead(pid)).await;
+    node.drain(agent).await;
     assert!(node.reports().is_empty(), "{:?}", node.reports());
-    agent.shut_down().await;
 }
 
 #[tokio::test]
@@ -449,7 +468,7 @@ async fn a_reconnect_stops_attempts_the_cluster_did_not_reattach() {
     })
     .await;
     assert!(!is_dead(kept), "the re-attached attempt keeps running");
-    agent.shut_down().await;
+    node.drain(agent).await;
     // Shutdown stops the rest.
     wait_until(&format!("step process {kept} is killed"), || is_dead(kept)).await;
     assert!(node.reports().is_empty(), "{:?}", node.reports());
