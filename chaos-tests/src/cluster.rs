@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use baton_client::{Client, ClientConfig, Credentials, Endpoint, Endpoints};
 use baton_security::devcerts::{self, DevCa};
-use baton_security::{PeerIdentity, PeerRole, TlsFiles, TlsSettings};
+use baton_security::{PeerIdentity, PeerRole, TlsSettings};
 
+use baton_launch::launch::LISTEN_TIMEOUT;
+use baton_launch::{ATTEMPTS, NodeSpec, PortPicker, Ports, Security, SpawnOptions, Supervised};
 use baton_powerloss::{CutReport, Tear};
 
-use crate::procs::Proc;
 use crate::proxy::{Mode, Proxy};
 
 pub const SLOTS_PER_AGENT: usize = 2;
@@ -38,7 +39,7 @@ pub struct Cluster {
     founding: u64,
     /// The spare id [`Cluster::replace_node`] uses next.
     next_spare: u64,
-    pub nodes: BTreeMap<u64, Proc>,
+    pub nodes: BTreeMap<u64, Supervised>,
     /// (from, to) -> the proxy `from` dials to reach `to` (spare nodes included).
     pub links: BTreeMap<(u64, u64), Proxy>,
     /// node -> the proxy the harness's workload client dials.
@@ -46,7 +47,7 @@ pub struct Cluster {
     /// (agent, node) -> the proxy that agent dials to reach that node (`baton agent --dial`
     /// maps the leader a follower names onto it too).
     pub agent_links: BTreeMap<(String, u64), Proxy>,
-    pub agents: BTreeMap<String, Proc>,
+    pub agents: BTreeMap<String, Supervised>,
     pub journal: PathBuf,
     /// `None`: `--insecure` everywhere.
     pki: Option<Pki>,
@@ -55,6 +56,32 @@ pub struct Cluster {
     /// The power-loss shim every node runs under (`baton-powerloss-preload`), so that any node
     /// can lose what it had not synced ([`Cluster::power_cut`]).
     preload: PathBuf,
+    /// Every node's port, spares included, reserved for the whole run (baton-launch): a node
+    /// killed and restarted, or a spare started late, finds its port as it was.
+    _ports: Option<Ports>,
+}
+
+/// How the suite's processes are started: logs appended (a restarted process keeps its earlier
+/// log), SIGKILL if the harness dies.
+fn spawn_options() -> SpawnOptions {
+    SpawnOptions::default().appending()
+}
+
+/// Where `batond` and `baton` are: `BATON_BIN_DIR`, else next to this binary (cargo puts every
+/// workspace binary in one folder).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let dir = baton_launch::bins::from_env_or_beside("BATON_BIN_DIR")?;
+    if let Some(missing) = baton_launch::bins::missing(
+        &dir,
+        &[baton_launch::bins::BATOND, baton_launch::bins::BATON],
+    ) {
+        anyhow::bail!(
+            "{} not found: build it first (cargo build --workspace --bins --examples, the test \
+             build's features) or set BATON_BIN_DIR",
+            missing.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// The run's credentials.
@@ -94,18 +121,6 @@ impl Pki {
     }
 }
 
-/// Free loopback ports: bound to learn them, released for the process to bind (tiny race, the
-/// same the node tests accept).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
-}
-
 impl Cluster {
     pub async fn start(
         bin: &Path,
@@ -117,95 +132,109 @@ impl Cluster {
         let preload = baton_powerloss::find_preload(bin).map_err(|e| {
             anyhow::anyhow!("{e} (scripts/chaos builds it: cargo build -p baton-powerloss-preload)")
         })?;
-        let pki = secure
-            .then(|| Pki::create(&dir.join("pki"), nodes + SPARE_NODES))
-            .transpose()?;
         let all = nodes + SPARE_NODES;
-        let ports = free_ports(all as usize)?;
-        let all_addrs: BTreeMap<u64, SocketAddr> = (1..=all)
-            .map(|id| {
-                (
-                    id,
-                    SocketAddr::from(([127, 0, 0, 1], ports[id as usize - 1])),
-                )
-            })
-            .collect();
-        let mut links = BTreeMap::new();
-        let mut client_links = BTreeMap::new();
-        for (&to, &addr) in &all_addrs {
-            for from in 1..=all {
-                if from != to {
-                    links.insert((from, to), Proxy::start(addr).await?);
+        // Ports no other launcher or kernel choice can take; a founding node that still finds
+        // its port taken makes the whole start again on new ports, proxies included.
+        let (mut cluster, ports) = baton_launch::launch(
+            &mut PortPicker::new(),
+            all as usize,
+            ATTEMPTS,
+            async |attempt, ports: &Ports| {
+                if attempt > 1 {
+                    // The failed attempt's nodes may have formed a cluster on its ports.
+                    for id in 1..=all {
+                        let _ = std::fs::remove_dir_all(dir.join(format!("node{id}")));
+                        let _ = std::fs::remove_file(dir.join(format!("node{id}.powerloss")));
+                    }
                 }
-            }
-            client_links.insert(to, Proxy::start(addr).await?);
-        }
-        let node_addrs = all_addrs.range(1..=nodes).map(|(i, a)| (*i, *a)).collect();
-        let mut cluster = Cluster {
-            dir: dir.to_path_buf(),
-            bin: bin.to_path_buf(),
-            node_addrs,
-            all_addrs,
-            founding: nodes,
-            next_spare: nodes + 1,
-            nodes: BTreeMap::new(),
-            links,
-            client_links,
-            agent_links: BTreeMap::new(),
-            agents: BTreeMap::new(),
-            journal: dir.join("journal"),
-            pki,
-            broken,
-            preload,
-        };
-        for id in 1..=nodes {
-            cluster.start_node(id)?;
-        }
+                let pki = secure
+                    .then(|| Pki::create(&dir.join("pki"), all))
+                    .transpose()?;
+                let all_addrs: BTreeMap<u64, SocketAddr> = (1..=all)
+                    .map(|id| (id, ports.addr(id as usize - 1)))
+                    .collect();
+                let mut links = BTreeMap::new();
+                let mut client_links = BTreeMap::new();
+                for (&to, &addr) in &all_addrs {
+                    for from in 1..=all {
+                        if from != to {
+                            links.insert((from, to), Proxy::start(addr).await?);
+                        }
+                    }
+                    client_links.insert(to, Proxy::start(addr).await?);
+                }
+                let node_addrs = all_addrs.range(1..=nodes).map(|(i, a)| (*i, *a)).collect();
+                let mut cluster = Cluster {
+                    dir: dir.to_path_buf(),
+                    bin: bin.to_path_buf(),
+                    node_addrs,
+                    all_addrs,
+                    founding: nodes,
+                    next_spare: nodes + 1,
+                    nodes: BTreeMap::new(),
+                    links,
+                    client_links,
+                    agent_links: BTreeMap::new(),
+                    agents: BTreeMap::new(),
+                    journal: dir.join("journal"),
+                    pki,
+                    broken,
+                    preload: preload.clone(),
+                    _ports: None,
+                };
+                for id in 1..=nodes {
+                    cluster.start_node(id)?;
+                }
+                for id in 1..=nodes {
+                    let port = cluster.all_addrs[&id].port();
+                    let node = cluster.nodes.get_mut(&id).expect("just started");
+                    baton_launch::wait_listening(
+                        node,
+                        &format!("node {id}"),
+                        &[port],
+                        LISTEN_TIMEOUT,
+                    )
+                    .await?;
+                }
+                Ok(cluster)
+            },
+        )
+        .await?;
+        cluster._ports = Some(ports);
         Ok(cluster)
     }
 
     /// Starts (or restarts, on the same data) node `id`. A founding member gets
     /// `--initial-cluster`; a spare starts empty, to be added by [`Cluster::replace_node`].
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
-        let initial: Vec<String> = self
-            .all_addrs
-            .range(1..=self.founding)
-            .map(|(i, a)| format!("{i}={a}"))
-            .collect();
         let dial: Vec<String> = self
             .links
             .iter()
             .filter(|((from, _), _)| *from == id)
             .map(|((_, to), proxy)| format!("{}={}", self.all_addrs[to], proxy.addr))
             .collect();
-        let mut command = Command::new(self.bin.join("batond"));
+        let mut spec = NodeSpec::new(id, self.all_addrs[&id], &self.dir);
         if id <= self.founding {
-            command.args(["--initial-cluster", &initial.join(",")]);
+            spec = spec.initial_cluster(baton_launch::initial_cluster(
+                self.all_addrs
+                    .range(1..=self.founding)
+                    .map(|(i, a)| (*i, a)),
+            ));
         }
-        match &self.pki {
-            None => {
-                command.arg("--insecure");
-            }
-            Some(pki) => {
-                command
-                    .args(TlsFiles::in_dir(&pki.dir, &format!("node-{id}")).batond_args())
-                    .arg("--bootstrap-token-file")
-                    .arg(pki.dir.join("bootstrap-token"));
-            }
+        if let Some(pki) = &self.pki {
+            spec = spec.security(Security::Tls {
+                pki: pki.dir.clone(),
+                bootstrap_token: Some(pki.dir.join("bootstrap-token")),
+            });
         }
         // The shim refuses a change to its root's own entry: the folder exists before the node.
-        let data_dir = self.data_dir(id);
-        std::fs::create_dir_all(&data_dir)?;
-        command.envs(baton_powerloss::child_env(
-            &self.preload,
-            &data_dir,
-            &self.power_journal(id),
-        )?);
-        command
-            .args(["--node-id", &id.to_string()])
-            .args(["--listen", &self.all_addrs[&id].to_string()])
-            .arg("--data-dir")
-            .arg(&data_dir)
+        std::fs::create_dir_all(&spec.data_dir)?;
+        for (key, value) in
+            baton_powerloss::child_env(&self.preload, &spec.data_dir, &self.power_journal(id))?
+        {
+            spec = spec.env(key, value);
+        }
+        spec = spec
             .args(["--peer-dial", &dial.join(",")])
             .args(["--heartbeat-ms", "50"])
             .args(["--election-timeout-min-ms", "300"])
@@ -215,13 +244,15 @@ impl Cluster {
             .args(["--log-kept-behind-snapshot", "20"])
             .env("RUST_LOG", "info");
         if let Some(broken) = self.broken {
-            command.env("BATON_FAULT_INJECTION", broken);
+            spec = spec.env("BATON_FAULT_INJECTION", broken);
         }
-        let proc = Proc::spawn(command, &self.dir.join(format!("node{id}.log")))?;
+        let command = spec.command(&self.bin.join(baton_launch::bins::BATOND));
+        let proc = Supervised::spawn_with(command, &spec.log, spawn_options())?;
         self.nodes.insert(id, proc);
         Ok(())
     }
 
+    /// Node `id`'s data folder (as [`NodeSpec::new`] places it).
     fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.join(format!("node{id}"))
     }
@@ -314,7 +345,8 @@ impl Cluster {
             .env("CHAOS_AGENT", name)
             .env("CHAOS_JOURNAL", &self.journal)
             .env("RUST_LOG", "info");
-        let proc = Proc::spawn(command, &self.dir.join(format!("{name}.log")))?;
+        let log = self.dir.join(format!("{name}.log"));
+        let proc = Supervised::spawn_with(command, &log, spawn_options())?;
         self.agents.insert(name.to_owned(), proc);
         Ok(())
     }
@@ -473,7 +505,7 @@ impl Cluster {
     /// As `leader`, ignoring node `old`: a deposed or isolated leader may still believe it leads.
     pub async fn leader_other_than(&self, old: Option<u64>) -> Option<u64> {
         for (&id, proc) in &self.nodes {
-            if !proc.alive() || proc.paused || Some(id) == old {
+            if !proc.alive() || proc.is_paused() || Some(id) == old {
                 continue;
             }
             let Ok(client) = self.direct_client(Some(id)) else {

@@ -6,7 +6,6 @@
 
 mod checker;
 mod cluster;
-mod procs;
 mod proxy;
 mod run;
 mod schedule;

@@ -521,7 +521,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         );
     }
     let dir = tempfile::Builder::new().prefix("baton-chaos-").tempdir()?;
-    let bin = crate::procs::bin_dir()?;
+    let bin = crate::cluster::bin_dir()?;
     let mut cluster = Cluster::start(
         &bin,
         dir.path(),
@@ -590,7 +590,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         .values_mut()
         .chain(cluster.agents.values_mut())
     {
-        if proc.paused {
+        if proc.is_paused() {
             proc.resume();
         }
     }

@@ -1,12 +1,14 @@
 //! `batond dev`: a real three-node cluster on this machine, as three `batond` processes (this same
 //! binary) with data under one folder, for trying Baton with one command.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, Command};
 
+use baton_launch::{NodeSpec, Security, SpawnOptions, Supervised};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_security::devcerts;
 use baton_security::{PeerIdentity, PeerRole, TlsFiles, TlsSettings};
@@ -25,22 +27,39 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let creds = DevCredentials::prepare(&args.data_dir)?;
     let exe = std::env::current_exe().context("finding the batond binary")?;
-    let addr = |i: u64| format!("127.0.0.1:{}", args.base_port as u64 + i - 1);
-    let initial_cluster: Vec<String> = (1..=NODES).map(|i| format!("{i}={}", addr(i))).collect();
-    let initial_cluster = initial_cluster.join(",");
+    let port = |base: u16, i: u64, flag: &str| {
+        u16::try_from(u64::from(base) + i - 1).with_context(|| {
+            format!(
+                "{flag} {base}: port {} is past 65535",
+                u64::from(base) + i - 1
+            )
+        })
+    };
+    let mut listen: Vec<SocketAddr> = Vec::new();
+    for i in 1..=NODES {
+        listen.push(SocketAddr::from((
+            [127, 0, 0, 1],
+            port(args.base_port, i, "--base-port")?,
+        )));
+    }
+    let addr = |i: u64| listen[i as usize - 1].to_string();
+    let initial_cluster = baton_launch::initial_cluster((1..=NODES).zip(&listen));
 
+    // Each child gets SIGTERM if `batond dev` dies, even by SIGKILL: the nodes stop as they would
+    // for a supervisor.
+    let options = SpawnOptions::default().terminated_with_launcher();
     let mut children = Vec::new();
     for i in 1..=NODES {
-        let child = spawn_node(
-            &exe,
-            i,
-            &addr(i),
-            &args.data_dir,
-            &initial_cluster,
-            args.metrics_base_port as u64 + i - 1,
-            &creds,
-        )
-        .with_context(|| format!("starting node {i}"))?;
+        let metrics = port(args.metrics_base_port, i, "--metrics-base-port")?;
+        let spec = NodeSpec::new(i, listen[i as usize - 1], &args.data_dir)
+            .initial_cluster(initial_cluster.clone())
+            .metrics(SocketAddr::from(([127, 0, 0, 1], metrics)))
+            .security(Security::Tls {
+                pki: creds.pki_dir.clone(),
+                bootstrap_token: Some(creds.client_dir.join("token")),
+            });
+        let child = Supervised::spawn_with(spec.command(&exe), &spec.log, options)
+            .with_context(|| format!("starting node {i}"))?;
         children.push(child);
     }
     let endpoints: Vec<String> = (1..=NODES).map(addr).collect();
@@ -54,29 +73,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .ensure_agent_token(&addr(1))
             .await
             .context("creating the dev agent's token")?;
-        let log = std::fs::File::create(args.data_dir.join("agent.log"))
-            .context("creating the agent log file")?;
         let mut command = Command::new(&baton);
-        command
-            .arg("--credentials")
-            .arg(&creds.agent_dir)
-            .args([
-                "--endpoints",
-                &endpoints,
-                "agent",
-                "--name",
-                "dev-agent",
-                "--slots",
-                "4",
-                "--metrics-listen",
-                &agent_metrics,
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
-        children.push(command.spawn().context("starting the dev agent")?);
+        command.arg("--credentials").arg(&creds.agent_dir).args([
+            "--endpoints",
+            &endpoints,
+            "agent",
+            "--name",
+            "dev-agent",
+            "--slots",
+            "4",
+            "--metrics-listen",
+            &agent_metrics,
+        ]);
+        let agent = Supervised::spawn_with(command, &args.data_dir.join("agent.log"), options)
+            .context("starting the dev agent")?;
+        children.push(agent);
     } else {
         eprintln!(
             "batond dev: no baton binary beside {}: no agent started (build baton-client)",
@@ -110,7 +121,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exited = async {
         // Any node or the agent exiting on its own is a failure worth stopping for.
         let (status, index, _) =
-            futures::future::select_all(children.iter_mut().map(|c| Box::pin(c.wait()))).await;
+            futures::future::select_all(children.iter_mut().map(|c| Box::pin(c.exited()))).await;
         (index + 1, status)
     };
     let result = tokio::select! {
@@ -119,7 +130,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         (node, status) = exited => Err((node, status)),
     };
     for child in &mut children {
-        stop(child).await;
+        // SIGTERM lets a node shut Raft down cleanly.
+        child.stop(Duration::from_secs(5)).await;
     }
     match result {
         Ok(()) => Ok(()),
@@ -135,70 +147,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         }
     }
-}
-
-/// Node `id`, with its data in `dev_dir/node{id}` and its log in `dev_dir/node{id}.log`.
-fn spawn_node(
-    exe: &Path,
-    id: u64,
-    addr: &str,
-    dev_dir: &Path,
-    initial_cluster: &str,
-    metrics_port: u64,
-    creds: &DevCredentials,
-) -> std::io::Result<Child> {
-    let data = dev_dir.join(format!("node{id}"));
-    let log = std::fs::File::create(dev_dir.join(format!("node{id}.log")))?;
-    let mut command = Command::new(exe);
-    command
-        .args(TlsFiles::in_dir(&creds.pki_dir, &format!("node-{id}")).batond_args())
-        .arg("--bootstrap-token-file")
-        .arg(creds.client_dir.join("token"))
-        .arg("--node-id")
-        .arg(id.to_string())
-        .arg("--listen")
-        .arg(addr)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--initial-cluster")
-        .arg(initial_cluster)
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
-    command.spawn()
-}
-
-/// The children die with `batond dev`, even if it is killed with SIGKILL.
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SIGTERM lets the node shut Raft down cleanly.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-        if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
 }
 
 /// The dev cluster's credentials, all under the data folder: a CA and a certificate per node

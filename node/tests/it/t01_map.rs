@@ -19,6 +19,7 @@ const ROOTS: &[&str] = &[
     "security/src/",
     "chaos-tests/",
     "chaos-tests/src/",
+    "launch/src/",
 ];
 
 /// What a code span must end with to be read as a path.

@@ -1,5 +1,6 @@
 //! Real `batond` processes: SIGKILL of the whole cluster right after acknowledged submissions
-//! loses nothing; a foreign data folder is refused at start.
+//! loses nothing; a foreign data folder is refused at start; a port taken under a starting node
+//! makes the launcher start the cluster again on new ports.
 
 use crate::common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
-use common::procs::{Proc, free_ports, loopbacks, spawn_node};
+use common::procs::{Proc, loopbacks, reserve_ports, spawn_node, start_nodes, start_nodes_picking};
 use common::*;
 
 fn spawn(id: u64, ports: &[u16], dir: &Path) -> Proc {
@@ -47,9 +48,8 @@ async fn submit(addrs: &[std::net::SocketAddr], key: &str, name: &str) -> pb::Su
 async fn sigkill_of_every_node_loses_nothing_acknowledged() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
+    let (ports, mut nodes) = start_nodes(3, dir.path(), &[]).await;
     let addrs = endpoints(&ports);
-    let mut nodes: Vec<Proc> = (1..=3).map(|id| spawn(id, &ports, dir.path())).collect();
 
     let mut acked = BTreeMap::new();
     for i in 0..200 {
@@ -60,8 +60,7 @@ async fn sigkill_of_every_node_loses_nothing_acknowledged() {
     }
     tracing::info!(acked = acked.len(), "--- SIGKILL all three nodes");
     for node in &mut nodes {
-        node.child.kill().unwrap(); // SIGKILL
-        node.child.wait().unwrap();
+        node.kill(); // SIGKILL, then reaped
     }
     drop(nodes);
 
@@ -96,6 +95,30 @@ async fn sigkill_of_every_node_loses_nothing_acknowledged() {
     }
 }
 
+/// The launcher is made to choose, for node 1, a port this test holds: node 1 exits saying the
+/// address is in use, and the launcher starts all three again on new ports, which then form a
+/// cluster that takes submits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_under_a_node_is_replaced_and_the_cluster_starts() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let mut picker = baton_launch::PortPicker::trying_first([taken]);
+    let (ports, nodes) = start_nodes_picking(&mut picker, 3, dir.path(), &[]).await;
+    assert!(
+        !ports.contains(&taken),
+        "{:?} still has {taken}",
+        &ports[..]
+    );
+    // Node 1 itself holds its new port (not merely someone answering on it).
+    assert!(baton_launch::listening_ports(nodes[0].pid()).contains(&ports[0]));
+    let reply = submit(&endpoints(&ports), "after-retry", "wf-retry").await;
+    assert!(reply.created);
+    // The test's own listener was never disturbed.
+    drop(held);
+}
+
 fn run_to_exit(args: &[&str], data_dir: &PathBuf) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_batond"))
         .arg("--insecure")
@@ -114,8 +137,8 @@ fn run_to_exit(args: &[&str], data_dir: &PathBuf) -> (Option<i32>, String) {
 #[test]
 fn foreign_or_mismatched_data_folders_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0].to_string();
-    let listen = format!("127.0.0.1:{port}");
+    let ports = reserve_ports(1);
+    let listen = format!("127.0.0.1:{}", ports[0]);
     let foreign = dir.path().join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
@@ -147,9 +170,14 @@ fn a_corrupt_snapshot_is_refused_at_start() {
         b"BATONSNP this is not a valid snapshot at all, only bytes",
     )
     .unwrap();
-    let port = free_ports(1)[0].to_string();
+    let ports = reserve_ports(1);
     let (code, stderr) = run_to_exit(
-        &["--node-id", "1", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "--node-id",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{}", ports[0]),
+        ],
         &data,
     );
     assert_eq!(code, Some(1), "{stderr}");

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
-use common::procs::{Proc, endpoints_flag, free_ports, loopbacks, spawn_agent, spawn_node};
+use common::procs::{Proc, endpoints_flag, loopbacks, spawn_agent, start_nodes};
 use common::*;
 
 const LEASE_TTL_MS: u64 = 2_000;
@@ -74,11 +74,8 @@ async fn get(
 async fn a_killed_agents_step_process_dies_and_the_step_runs_on_another_agent() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
+    let (ports, _nodes) = start_nodes(3, dir.path(), &[]).await;
     let addrs = loopbacks(&ports);
-    let _nodes: Vec<Proc> = (1..=3)
-        .map(|id| spawn_node(id, &ports, dir.path(), &[]))
-        .collect();
     let endpoints = endpoints_flag(&ports);
     let mut agents: Vec<(String, Proc)> = ["agent-a", "agent-b"]
         .into_iter()

@@ -26,7 +26,7 @@ use baton_node::storage::disk::free_bytes;
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::agent::{Behavior, TestAgent};
-use common::procs::{Proc, free_ports, loopback, spawn_batond};
+use common::procs::{Proc, loopback, reserve_ports, spawn_batond};
 use common::*;
 use parking_lot::Mutex;
 
@@ -275,7 +275,7 @@ async fn exited(proc: &mut Proc, log: &Path) -> (Option<i32>, String) {
     let deadline = Instant::now() + PHASE_TIMEOUT;
     loop {
         let read = || std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(status) = proc.child.try_wait().expect("try_wait") {
+        if let Some(status) = proc.try_wait().expect("try_wait") {
             return (status.code(), read());
         }
         assert!(
@@ -304,7 +304,7 @@ async fn a_full_data_disk_refuses_new_work_moves_leadership_and_is_recovered_fro
     // reqwest is built without a default TLS provider (plain HTTP here, but it asks anyway).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(6);
+    let ports = reserve_ports(6);
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let disk = match Tmpfs::mount(&dir.path().join(format!("disk{id}")), DISK_MB) {

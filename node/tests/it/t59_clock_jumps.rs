@@ -27,7 +27,9 @@ use baton_proto::raft::v1::raft_service_client::RaftServiceClient;
 use baton_proto::v1 as pb;
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
-use common::procs::{Proc, endpoints_flag, free_ports, loopbacks, spawn_agent, spawn_node_env};
+use common::procs::{
+    Ports, Proc, endpoints_flag, loopbacks, reserve_ports, spawn_agent, spawn_node_env,
+};
 use common::*;
 
 const HOUR_S: i64 = 3_600;
@@ -71,9 +73,11 @@ fn libfaketime() -> PathBuf {
 /// Three `batond` processes, each under libfaketime with its own offset file, and their ports.
 struct Cluster {
     dir: tempfile::TempDir,
-    ports: Vec<u16>,
+    ports: Ports,
     addrs: Vec<SocketAddr>,
     metrics: Vec<String>,
+    /// Reserves the metrics ports as long as the cluster lives.
+    _metrics_ports: Ports,
     nodes: BTreeMap<usize, Proc>,
     http: reqwest::Client,
 }
@@ -81,9 +85,10 @@ struct Cluster {
 impl Cluster {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(3);
-        let metrics = free_ports(3)
-            .into_iter()
+        let ports = reserve_ports(3);
+        let metrics_ports = reserve_ports(3);
+        let metrics = metrics_ports
+            .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         let mut cluster = Self {
@@ -91,6 +96,7 @@ impl Cluster {
             dir,
             ports,
             metrics,
+            _metrics_ports: metrics_ports,
             nodes: BTreeMap::new(),
             http: {
                 // reqwest is built without a default crypto provider; plain HTTP still asks.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
-use common::procs::{self, Proc, baton_binary, free_ports, loopback};
+use common::procs::{self, Proc, baton_binary, loopback, reserve_ports};
 use common::*;
 use serde_json::Value as Json;
 
@@ -316,7 +316,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let prometheus_bin = tool("prometheus");
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(9);
+    let ports = reserve_ports(9);
     let grpc = &ports[0..3];
     let node_metrics: Vec<SocketAddr> = ports[3..6].iter().map(|p| loopback(*p)).collect();
     let agent_metrics: Vec<SocketAddr> = ports[6..8].iter().map(|p| loopback(*p)).collect();
@@ -352,21 +352,16 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, prometheus_config(&jobs)).unwrap();
     promtool(&["check", "config", config_path.to_str().unwrap()], None);
-    let prometheus_log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prometheus = Proc {
-        child: Command::new(&prometheus_bin)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prometheus_addr}"))
-            .stdin(Stdio::null())
-            .stdout(prometheus_log.try_clone().unwrap())
-            .stderr(prometheus_log)
-            .spawn()
-            .expect("spawn prometheus"),
-    };
+    let _prometheus = procs::spawn_program(
+        &prometheus_bin,
+        &[
+            format!("--config.file={}", config_path.display()).into(),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()).into(),
+            format!("--web.listen-address={prometheus_addr}").into(),
+        ],
+        dir.path(),
+        "prometheus",
+    );
     let prom = Prometheus {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -890,7 +885,8 @@ fn a_metrics_address_in_use_is_a_clear_start_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let listen = loopback(free_ports(1)[0]).to_string();
+    let ports = reserve_ports(1);
+    let listen = loopback(ports[0]).to_string();
     let node = Command::new(env!("CARGO_BIN_EXE_batond"))
         .args([
             "--insecure",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::procs::{
-    Proc, endpoints_flag, free_ports, loopbacks, sigterm, spawn_agent, spawn_node,
+    Proc, endpoints_flag, loopbacks, sigterm, spawn_agent, spawn_node, start_nodes,
 };
 use common::*;
 
@@ -58,7 +58,7 @@ async fn submit(addrs: &[SocketAddr], key: &str) -> u64 {
 /// Waits for the process to exit by itself and returns its exit code.
 async fn exit_code(node: &mut Proc, timeout: Duration) -> Option<i32> {
     wait_for(timeout, "the process to exit", || {
-        let exited = node.child.try_wait().expect("try_wait");
+        let exited = node.try_wait().expect("try_wait");
         async move { exited }
     })
     .await
@@ -101,11 +101,8 @@ async fn all_succeed(addrs: &[SocketAddr], ids: &[u64]) -> Vec<pb::Workflow> {
 async fn sigterm_on_the_leader_elects_a_new_leader_before_it_exits() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
+    let (ports, mut nodes) = start_nodes(3, dir.path(), &[]).await;
     let addrs = loopbacks(&ports);
-    let mut nodes: Vec<Proc> = (1..=3)
-        .map(|id| spawn_node(id, &ports, dir.path(), &[]))
-        .collect();
     let _agent = spawn_agent("agent-a", &endpoints_flag(&ports), dir.path(), &[], &[]);
     let mut acked = Vec::new();
     for i in 0..20 {
@@ -123,7 +120,7 @@ async fn sigterm_on_the_leader_elects_a_new_leader_before_it_exits() {
     let mut seen_live = None;
     let code = loop {
         let witnessed = status(witness).await;
-        if let Some(code) = nodes[old as usize - 1].child.try_wait().unwrap() {
+        if let Some(code) = nodes[old as usize - 1].try_wait().unwrap() {
             break code.code();
         }
         if seen_live.is_none()
@@ -183,11 +180,8 @@ async fn sigterm_on_the_leader_elects_a_new_leader_before_it_exits() {
 async fn a_rolling_restart_under_load_loses_nothing() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
+    let (ports, mut nodes) = start_nodes(3, dir.path(), &[]).await;
     let addrs = loopbacks(&ports);
-    let mut nodes: Vec<Proc> = (1..=3)
-        .map(|id| spawn_node(id, &ports, dir.path(), &[]))
-        .collect();
     let endpoints = endpoints_flag(&ports);
     let _agents: Vec<Proc> = ["agent-a", "agent-b"]
         .into_iter()

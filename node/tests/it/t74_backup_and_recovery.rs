@@ -15,8 +15,8 @@ use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::agent::{Behavior, TestAgent};
 use common::procs::{
-    Proc, baton_binary, batond_binary, endpoints_flag, free_ports, loopback, loopbacks, run_to_end,
-    spawn_batond, spawn_node,
+    Proc, baton_binary, batond_binary, endpoints_flag, loopback, loopbacks, reserve_ports,
+    run_to_end, spawn_batond, spawn_node, start_nodes,
 };
 use common::*;
 
@@ -73,11 +73,8 @@ async fn a_backup_restores_into_a_new_cluster_that_reuses_no_id_or_token() {
     let dir = tempfile::tempdir().unwrap();
     let old_dir = dir.path().join("old");
     std::fs::create_dir_all(&old_dir).unwrap();
-    let ports = free_ports(3);
+    let (ports, _old) = start_nodes(3, &old_dir, &[]).await;
     let addrs = loopbacks(&ports);
-    let _old: Vec<Proc> = (1..=3)
-        .map(|id| spawn_node(id, &ports, &old_dir, &[]))
-        .collect();
 
     tracing::info!("--- load: 30 workflows run to success, 10 more wait with no agent");
     let agent = TestAgent::start("agent-1", 4, addrs.clone(), |_| Behavior::Succeed);
@@ -148,7 +145,7 @@ async fn a_backup_restores_into_a_new_cluster_that_reuses_no_id_or_token() {
     tracing::info!("--- batond restore into three empty data dirs, on new ports");
     let new_dir = dir.path().join("new");
     std::fs::create_dir_all(&new_dir).unwrap();
-    let new_ports = free_ports(3);
+    let new_ports = reserve_ports(3);
     let new_addrs = loopbacks(&new_ports);
     for id in 1..=3 {
         let data = new_dir.join(format!("node{id}"));
@@ -263,11 +260,8 @@ async fn max_token(addr: SocketAddr, workflows: &[u64]) -> u64 {
 async fn a_cluster_recovers_from_one_survivor() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
+    let (ports, mut nodes) = start_nodes(3, dir.path(), &[]).await;
     let addrs = loopbacks(&ports);
-    let mut nodes: Vec<Proc> = (1..=3)
-        .map(|id| spawn_node(id, &ports, dir.path(), &[]))
-        .collect();
     let agent = TestAgent::start("agent-1", 4, addrs.clone(), |_| Behavior::Succeed);
     let mut done = Vec::new();
     for i in 0..20 {
@@ -336,7 +330,7 @@ async fn a_cluster_recovers_from_one_survivor() {
     }
 
     tracing::info!("--- new nodes 4 and 5 join; old ids stay retired");
-    let new_ports = free_ports(2);
+    let new_ports = reserve_ports(2);
     for (id, port) in [(4u64, new_ports[0]), (5, new_ports[1])] {
         let data = dir.path().join(format!("node{id}"));
         nodes.push(spawn_batond(

@@ -13,7 +13,8 @@ use std::time::Duration;
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::procs::{
-    Proc, baton_binary, batond_binary, free_ports, loopback, run_to_end, spawn_agent, spawn_batond,
+    Proc, baton_binary, batond_binary, loopback, reserve_ports, run_to_end, spawn_agent,
+    spawn_batond,
 };
 use common::wait_for;
 use tonic_health::pb::HealthCheckRequest;
@@ -45,7 +46,7 @@ async fn a_cluster_set_up_with_batond_certs_runs_workflows_and_refuses_strangers
     common::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let ports = free_ports(4);
+    let ports = reserve_ports(4);
     let (grpc, health_port) = (&ports[..3], ports[3]);
     let endpoints: Vec<String> = grpc.iter().map(|p| loopback(*p).to_string()).collect();
     let endpoints = endpoints.join(",");

@@ -1,18 +1,20 @@
 //! A throwaway cluster for `baton bench --start-cluster`: three `batond` processes (the binary
-//! beside this `baton`) on free loopback ports with data in a temporary folder, and agents
-//! running this same `baton` binary (whose executor runs noop steps). Every child dies with the
-//! bench: stopped by [`LocalCluster::stop`], SIGKILLed when dropped on an error path, and sent
-//! SIGTERM by the kernel if the bench itself is killed.
+//! beside this `baton`) started through `baton-launch` on loopback ports reserved for the
+//! cluster (started again on new ones if a node finds its port taken), with data in a temporary
+//! folder, and agents running this same `baton` binary (whose executor runs noop steps). Every
+//! child dies with the bench: stopped by [`LocalCluster::stop`], SIGKILLed (its whole process
+//! group) when dropped on an error path, and sent SIGTERM by the kernel if the bench itself is
+//! killed. The `/proc` samples `resources.rs` and `etcd.rs` take are `baton_launch::sample`'s.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_client::{Client, ClientConfig, CredentialSources, Credentials, Endpoints};
-use baton_security::TlsFiles;
-use tokio::process::{Child, Command};
+use baton_launch::{ATTEMPTS, NodeSpec, PortPicker, Ports, Security, SpawnOptions, Supervised};
+
+pub use baton_launch::sample::{ProcSample, clock_ticks_per_second, sample};
 
 use super::usage::NodeUsage;
 
@@ -20,15 +22,26 @@ const NODES: u64 = 3;
 /// How long the cluster may take to elect a leader and see every agent.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How the bench's children are started: SIGTERM from the kernel if the bench dies (a node
+/// stops as it would for a supervisor), logs appended (a restarted node keeps its earlier log).
+pub(super) fn spawn_options() -> SpawnOptions {
+    SpawnOptions::default()
+        .terminated_with_launcher()
+        .appending()
+}
+
 pub struct LocalCluster {
-    nodes: Vec<(u64, Child)>,
-    /// `batond` and its arguments, per node (same order as `nodes`), to restart one.
-    node_commands: Vec<(PathBuf, Vec<OsString>)>,
-    agents: Vec<Child>,
+    nodes: Vec<(u64, Supervised)>,
+    /// How each node is started (same order as `nodes`), to restart one.
+    node_specs: Vec<NodeSpec>,
+    batond: PathBuf,
+    agents: Vec<Supervised>,
     pub endpoints: Endpoints,
     /// What clients of this cluster present: nothing (plaintext), or with `tls` the `bench`
     /// client certificate and the bootstrap admin token.
     pub credentials: Credentials,
+    /// The nodes' ports, reserved for as long as the cluster lives (restarts included).
+    _ports: Ports,
     /// Kept until the end: dropping it removes the nodes' data and logs.
     data: tempfile::TempDir,
 }
@@ -50,14 +63,9 @@ impl LocalCluster {
             .prefix("baton-bench-")
             .tempdir()
             .context("creating a temporary data folder")?;
-        let ports = free_ports(NODES as usize)?;
-        let addr = |i: u64| format!("127.0.0.1:{}", ports[i as usize - 1]);
-        let initial_cluster: Vec<String> =
-            (1..=NODES).map(|i| format!("{i}={}", addr(i))).collect();
-        let initial_cluster = initial_cluster.join(",");
         let pki = data.path().join("pki");
-        let security_args: Vec<OsString> = if tls {
-            let mut certs = std::process::Command::new(&batond);
+        let security = if tls {
+            let mut certs = Command::new(&batond);
             certs.arg("certs").arg("--out").arg(&pki);
             for id in 1..=NODES {
                 certs.args(["--node", &format!("{id}=127.0.0.1")]);
@@ -69,12 +77,13 @@ impl LocalCluster {
             if !out.status.success() {
                 bail!("batond certs: {}", String::from_utf8_lossy(&out.stderr));
             }
-            vec![
-                "--bootstrap-token-file".into(),
-                pki.join("bootstrap-token").into(),
-            ]
+            // `batond certs` writes the layout `Security::Tls` reads.
+            Security::Tls {
+                pki: pki.clone(),
+                bootstrap_token: Some(pki.join("bootstrap-token")),
+            }
         } else {
-            vec!["--insecure".into()]
+            Security::Insecure
         };
         let credentials = if tls {
             CredentialSources {
@@ -86,42 +95,50 @@ impl LocalCluster {
         } else {
             Credentials::default()
         };
+        // Free ports that no other launcher or kernel choice can take; a node that still finds
+        // its port taken makes the three start again on new ones (baton-launch).
+        let dir = data.path().to_path_buf();
+        let ((nodes, node_specs), ports) = baton_launch::launch(
+            &mut PortPicker::new(),
+            NODES as usize,
+            ATTEMPTS,
+            async |attempt, ports: &Ports| {
+                let specs: Vec<NodeSpec> = (1..=NODES)
+                    .map(|id| {
+                        NodeSpec::new(id, ports.addr(id as usize - 1), &dir)
+                            .initial_cluster(baton_launch::initial_cluster(
+                                (1..=NODES).zip(&ports.addrs()),
+                            ))
+                            .security(security.clone())
+                    })
+                    .collect();
+                if attempt > 1 {
+                    // The failed attempt's nodes may have formed a cluster on its ports.
+                    for spec in &specs {
+                        let _ = std::fs::remove_dir_all(&spec.data_dir);
+                    }
+                }
+                let nodes = baton_launch::spawn_nodes(&batond, &specs, spawn_options()).await?;
+                Ok((nodes, specs))
+            },
+        )
+        .await?;
+        let endpoints = ports
+            .addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut cluster = LocalCluster {
-            nodes: Vec::new(),
-            node_commands: Vec::new(),
+            nodes: (1..=NODES).zip(nodes).collect(),
+            node_specs,
+            batond,
             agents: Vec::new(),
-            endpoints: Endpoints::parse(&(1..=NODES).map(addr).collect::<Vec<_>>().join(","))?,
+            endpoints: Endpoints::parse(&endpoints)?,
             credentials,
+            _ports: ports,
             data,
         };
-        for id in 1..=NODES {
-            let mut node_args = security_args.clone();
-            if tls {
-                // `batond certs` writes the layout `TlsFiles::in_dir` reads.
-                node_args.extend(TlsFiles::in_dir(&pki, &format!("node-{id}")).batond_args());
-            }
-            node_args.extend(
-                [
-                    "--node-id".to_string(),
-                    id.to_string(),
-                    "--listen".to_string(),
-                    addr(id),
-                    "--data-dir".to_string(),
-                    cluster
-                        .data
-                        .path()
-                        .join(format!("node{id}"))
-                        .display()
-                        .to_string(),
-                    "--initial-cluster".to_string(),
-                    initial_cluster.clone(),
-                ]
-                .map(OsString::from),
-            );
-            cluster.node_commands.push((batond.clone(), node_args));
-            let child = cluster.spawn_node(id)?;
-            cluster.nodes.push((id, child));
-        }
         let agent_credentials = pki.join("agent-bench");
         if tls {
             // The agents' token, made with the admin token once a leader has recorded it.
@@ -130,7 +147,6 @@ impl LocalCluster {
                 .context("writing the agents' token")?;
         }
         for i in 1..=agents {
-            let log = log_file(cluster.data.path(), &format!("agent{i}.log"))?;
             let mut command = Command::new(&baton);
             if tls {
                 command.arg("--credentials").arg(&agent_credentials);
@@ -145,24 +161,27 @@ impl LocalCluster {
                 "--slots",
                 &agent_slots.to_string(),
             ]);
-            let child = spawn(command, log).with_context(|| format!("starting agent {i}"))?;
+            let log = cluster.data.path().join(format!("agent{i}.log"));
+            let options = spawn_options();
+            let child = Supervised::spawn_with(
+                command,
+                &log,
+                SpawnOptions {
+                    append: false,
+                    ..options
+                },
+            )
+            .with_context(|| format!("starting agent {i}"))?;
             cluster.agents.push(child);
         }
         cluster.wait_ready(agents).await?;
         Ok(cluster)
     }
 
-    fn spawn_node(&self, id: u64) -> anyhow::Result<Child> {
-        let (batond, args) = &self.node_commands[id as usize - 1];
-        let path = self.data.path().join(format!("node{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let mut command = Command::new(batond);
-        command.args(args);
-        spawn(command, log).with_context(|| format!("starting node {id}"))
+    fn spawn_node(&self, id: u64) -> anyhow::Result<Supervised> {
+        let spec = &self.node_specs[id as usize - 1];
+        Supervised::spawn_with(spec.command(&self.batond), &spec.log, spawn_options())
+            .with_context(|| format!("starting node {id}"))
     }
 
     /// SIGKILLs node `id` and starts it again on its data (it rejoins as a follower).
@@ -172,7 +191,7 @@ impl LocalCluster {
             .iter()
             .position(|(node, _)| *node == id)
             .with_context(|| format!("no bench node {id}"))?;
-        self.nodes[index].1.kill().await.context("killing a node")?;
+        self.nodes[index].1.kill();
         self.nodes[index].1 = self.spawn_node(id)?;
         Ok(())
     }
@@ -248,96 +267,28 @@ impl LocalCluster {
     pub fn node_pids(&self) -> Vec<(u64, u32)> {
         self.nodes
             .iter()
-            .filter_map(|(id, child)| child.id().map(|pid| (*id, pid)))
+            .map(|(id, child)| (*id, child.pid()))
             .collect()
     }
 
     pub fn agent_pids(&self) -> Vec<u32> {
-        self.agents.iter().filter_map(Child::id).collect()
+        self.agents.iter().map(Supervised::pid).collect()
     }
 
     /// SIGTERM to every child (agents first, so that they do not retry against dying nodes),
     /// then SIGKILL to any still running after 5 s.
     pub async fn stop(mut self) {
         for child in &mut self.agents {
-            stop(child).await;
+            child.stop(STOP_GRACE).await;
         }
         for (_, child) in &mut self.nodes {
-            stop(child).await;
+            child.stop(STOP_GRACE).await;
         }
     }
 }
 
-pub(super) fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
-    let path: PathBuf = dir.join(name);
-    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-}
-
-pub(super) fn spawn(mut command: Command, log: std::fs::File) -> anyhow::Result<Child> {
-    command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe, as pre_exec requires. The runtime is single-threaded,
-    // and PR_SET_PDEATHSIG fires when the forking thread exits: the main thread lives as long
-    // as the process.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(command.spawn()?)
-}
-
-pub(super) async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill has no memory effects; the pid is our own child, not yet reaped.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
-}
-
-/// Free loopback ports: bound to learn them, then released for the nodes to bind.
-pub(super) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free loopback ports")?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
-/// A process's CPU time so far and memory now, from /proc.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ProcSample {
-    pub cpu_ticks: u64,
-    pub rss_kib: u64,
-    pub rss_peak_kib: u64,
-}
-
-pub fn sample(pid: u32) -> Option<ProcSample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(ProcSample {
-        cpu_ticks: cpu_ticks(&stat)?,
-        rss_kib: status_kib(&status, "VmRSS")?,
-        rss_peak_kib: status_kib(&status, "VmHWM")?,
-    })
-}
+/// How long a child may take to stop after SIGTERM before it is killed.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A process's CPU over `seconds` of wall time since `before`, and its memory now; `None` if
 /// either sample is missing (the process is gone).
@@ -356,55 +307,4 @@ pub fn usage(
         rss_mib: after.rss_kib as f64 / 1024.0,
         rss_peak_mib: after.rss_peak_kib as f64 / 1024.0,
     })
-}
-
-/// utime + stime from /proc/PID/stat. The command name (field 2) may hold spaces and
-/// parentheses, so fields are counted after its last ')': utime and stime are fields 14 and 15.
-pub fn cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// A `Key:   1234 kB` line of /proc/PID/status.
-pub fn status_kib(status: &str, key: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let value = line.strip_prefix(key)?.strip_prefix(':')?;
-        value.trim().strip_suffix("kB")?.trim().parse().ok()
-    })
-}
-
-pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf only reads a constant of the system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_fields_are_counted_after_the_name() {
-        let stat = "4242 (bat) d (x)) S 1 4242 4242 0 -1 4194560 2000 0 0 0 \
-                    731 269 0 0 20 0 9 0 100 2000000 3000 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(1000));
-        assert_eq!(cpu_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn status_lines() {
-        let status = "Name:\tbatond\nVmHWM:\t   81234 kB\nVmRSS:\t   70000 kB\n";
-        assert_eq!(status_kib(status, "VmRSS"), Some(70000));
-        assert_eq!(status_kib(status, "VmHWM"), Some(81234));
-        assert_eq!(status_kib(status, "VmSwap"), None);
-    }
-
-    #[test]
-    fn this_process_can_be_sampled() {
-        let s = sample(std::process::id()).expect("our own /proc entry");
-        assert!(s.rss_kib > 0 && s.rss_peak_kib >= s.rss_kib, "{s:?}");
-    }
 }

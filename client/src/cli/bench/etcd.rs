@@ -8,16 +8,17 @@
 //! etcd's `rpc.proto`); nothing of the rest of etcd's API is needed, and no protoc.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, Command};
+use baton_launch::{ATTEMPTS, PortPicker, Ports, SpawnOptions, Supervised};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-use super::cluster::{self, free_ports, log_file, sample, spawn, stop};
+use super::cluster::{self, STOP_GRACE, sample, spawn_options};
 use super::options::Stop;
 use super::report::{EtcdReport, LatencySummary, new_histogram, per_second, record};
 use super::usage::NodeUsage;
@@ -43,8 +44,10 @@ struct PutRequest {
 struct PutResponse {}
 
 struct EtcdCluster {
-    members: Vec<Child>,
+    members: Vec<Supervised>,
     client_url: String,
+    /// The members' client and peer ports, reserved until the end.
+    _ports: Ports,
     /// Kept until the end: dropping it removes the members' data and logs.
     _data: tempfile::TempDir,
 }
@@ -55,57 +58,85 @@ impl EtcdCluster {
             .prefix("baton-bench-etcd-")
             .tempdir()
             .context("creating a temporary data folder for etcd")?;
-        let ports = free_ports(2 * MEMBERS)?;
-        let client_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
-        let initial_cluster = (0..MEMBERS)
-            .map(|i| format!("e{i}={}", peer_url(i)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members = Vec::new();
-        for i in 0..MEMBERS {
-            let mut command = Command::new(binary);
-            command.args([
-                "--name".to_string(),
-                format!("e{i}"),
-                "--data-dir".to_string(),
-                data.path().join(format!("e{i}")).display().to_string(),
-                "--listen-client-urls".to_string(),
-                client_url(i),
-                "--advertise-client-urls".to_string(),
-                client_url(i),
-                "--listen-peer-urls".to_string(),
-                peer_url(i),
-                "--initial-advertise-peer-urls".to_string(),
-                peer_url(i),
-                "--initial-cluster".to_string(),
-                initial_cluster.clone(),
-                "--initial-cluster-state".to_string(),
-                "new".to_string(),
-                "--initial-cluster-token".to_string(),
-                "baton-bench".to_string(),
-            ]);
-            let log = log_file(data.path(), &format!("etcd{i}.log"))?;
-            members.push(
-                spawn(command, log).with_context(|| {
-                    format!("starting {} (is etcd installed?)", binary.display())
-                })?,
-            );
-        }
+        // Ports reserved as for the bench's own cluster (baton-launch): a member that still
+        // finds one taken ("bind: address already in use") starts the three again on new ones.
+        let dir = data.path().to_path_buf();
+        let (members, ports) = baton_launch::launch(
+            &mut PortPicker::new(),
+            2 * MEMBERS,
+            ATTEMPTS,
+            async |attempt, ports: &Ports| {
+                let client_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
+                let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+                let initial_cluster = (0..MEMBERS)
+                    .map(|i| format!("e{i}={}", peer_url(i)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut members = Vec::new();
+                for i in 0..MEMBERS {
+                    let member_dir = dir.join(format!("e{i}"));
+                    if attempt > 1 {
+                        let _ = std::fs::remove_dir_all(&member_dir);
+                    }
+                    let mut command = Command::new(binary);
+                    command.args([
+                        "--name".to_string(),
+                        format!("e{i}"),
+                        "--data-dir".to_string(),
+                        member_dir.display().to_string(),
+                        "--listen-client-urls".to_string(),
+                        client_url(i),
+                        "--advertise-client-urls".to_string(),
+                        client_url(i),
+                        "--listen-peer-urls".to_string(),
+                        peer_url(i),
+                        "--initial-advertise-peer-urls".to_string(),
+                        peer_url(i),
+                        "--initial-cluster".to_string(),
+                        initial_cluster.clone(),
+                        "--initial-cluster-state".to_string(),
+                        "new".to_string(),
+                        "--initial-cluster-token".to_string(),
+                        "baton-bench".to_string(),
+                    ]);
+                    let log = dir.join(format!("etcd{i}.log"));
+                    let options = SpawnOptions {
+                        append: false,
+                        ..spawn_options()
+                    };
+                    members.push(Supervised::spawn_with(command, &log, options).with_context(
+                        || format!("starting {} (is etcd installed?)", binary.display()),
+                    )?);
+                }
+                for (i, member) in members.iter_mut().enumerate() {
+                    let ports = [ports[2 * i], ports[2 * i + 1]];
+                    baton_launch::wait_listening(
+                        member,
+                        &format!("etcd member e{i}"),
+                        &ports,
+                        baton_launch::launch::LISTEN_TIMEOUT,
+                    )
+                    .await?;
+                }
+                Ok(members)
+            },
+        )
+        .await?;
         Ok(EtcdCluster {
             members,
-            client_url: client_url(0),
+            client_url: format!("http://127.0.0.1:{}", ports[0]),
+            _ports: ports,
             _data: data,
         })
     }
 
     fn pids(&self) -> Vec<u32> {
-        self.members.iter().filter_map(Child::id).collect()
+        self.members.iter().map(Supervised::pid).collect()
     }
 
     async fn stop(mut self) {
         for member in &mut self.members {
-            stop(member).await;
+            member.stop(STOP_GRACE).await;
         }
     }
 }

@@ -1,51 +1,36 @@
 //! Real processes for tests: `batond` nodes and `baton agent`s from the binaries this workspace
-//! builds, on free loopback ports, logging to files in the test's temporary folder, and killed
-//! when dropped so a failing test leaves nothing behind.
+//! builds, through `baton-launch` (the launcher `batond dev`, the bench and the chaos suite use):
+//! on loopback ports reserved for the test (no other test, launcher or kernel choice can take
+//! them while the test holds its [`Ports`]), logging to files in the test's temporary folder,
+//! each in its own process group, and killed when dropped so a failing test leaves nothing behind.
 //!
 //! The `baton` binary is taken from beside `batond`: `cargo test --workspace` builds both; when
 //! running one test alone, build it first (`cargo build -p baton-client --bin baton`).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-/// A child process, SIGKILLed (and reaped) when dropped.
-pub struct Proc {
-    pub child: Child,
-}
+pub use baton_launch::Ports;
+pub use baton_launch::Supervised as Proc;
+pub use baton_launch::ports::loopback;
+use baton_launch::{NodeSpec, PortPicker};
 
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
+/// Fast Raft timing for tests.
+const TEST_TIMING: [&str; 6] = [
+    "--heartbeat-ms",
+    "50",
+    "--election-timeout-min-ms",
+    "300",
+    "--election-timeout-max-ms",
+    "600",
+];
 
-    /// SIGKILL, then reap: the process is gone when this returns.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Free loopback ports: bound to learn them, then released for the processes to bind.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// `n` loopback ports for this test's processes, reserved until the result is dropped: keep it
+/// as long as the processes (restarts included).
+pub fn reserve_ports(n: usize) -> Ports {
+    baton_launch::reserve(n).expect("reserve loopback ports")
 }
 
 pub fn loopbacks(ports: &[u16]) -> Vec<SocketAddr> {
@@ -62,7 +47,7 @@ pub fn endpoints_flag(ports: &[u16]) -> String {
 }
 
 pub fn baton_binary() -> PathBuf {
-    let baton = Path::new(env!("CARGO_BIN_EXE_batond")).with_file_name("baton");
+    let baton = batond_binary().with_file_name(baton_launch::bins::BATON);
     assert!(
         baton.is_file(),
         "{} not found: `cargo test --workspace` builds it; alone, run \
@@ -72,13 +57,29 @@ pub fn baton_binary() -> PathBuf {
     baton
 }
 
-fn log_file(dir: &Path, name: &str) -> (Stdio, Stdio) {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("create log file");
-    (log.try_clone().expect("clone log file").into(), log.into())
+pub fn batond_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_batond"))
 }
 
-/// Node `id` (1-based) of a cluster whose nodes listen on `grpc`, with its data in
-/// `dir/node{id}` and its log in `dir/node{id}.log`; fast test timing; `extra` flags appended.
+fn log_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.log"))
+}
+
+fn spawn(command: Command, log: &Path, what: &str) -> Proc {
+    Proc::spawn(command, log).unwrap_or_else(|e| panic!("spawn {what}: {e}"))
+}
+
+/// Node `id` (1-based) of a cluster whose nodes listen on `grpc`: data in `dir/node{id}`, log in
+/// `dir/node{id}.log`, insecure, fast test timing, `extra` flags appended.
+pub fn node_spec(id: usize, grpc: &[u16], dir: &Path, extra: &[&str]) -> NodeSpec {
+    let addrs = loopbacks(grpc);
+    NodeSpec::new(id as u64, addrs[id - 1], dir)
+        .initial_cluster(baton_launch::initial_cluster((1..).zip(&addrs)))
+        .args(TEST_TIMING)
+        .args(extra.iter().copied())
+}
+
+/// Node `id` (1-based) of a cluster whose nodes listen on `grpc` (see [`node_spec`]).
 pub fn spawn_node(id: usize, grpc: &[u16], dir: &Path, extra: &[&str]) -> Proc {
     spawn_node_env(id, grpc, dir, extra, &[])
 }
@@ -91,34 +92,45 @@ pub fn spawn_node_env(
     extra: &[&str],
     env: &[(&str, &OsStr)],
 ) -> Proc {
-    let cluster: Vec<String> = grpc
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}={}", i + 1, loopback(*p)))
-        .collect();
-    let (stdout, stderr) = log_file(dir, &format!("node{id}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
-        .args(["--insecure", "--node-id", &id.to_string()])
-        .args(["--listen", &loopback(grpc[id - 1]).to_string()])
-        .arg("--data-dir")
-        .arg(dir.join(format!("node{id}")))
-        .args(["--initial-cluster", &cluster.join(",")])
-        .args([
-            "--heartbeat-ms",
-            "50",
-            "--election-timeout-min-ms",
-            "300",
-            "--election-timeout-max-ms",
-            "600",
-        ])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn batond");
-    Proc { child }
+    let mut spec = node_spec(id, grpc, dir, extra);
+    for (key, value) in env {
+        spec = spec.env(*key, *value);
+    }
+    spawn(spec.command(&batond_binary()), &spec.log, "batond")
+}
+
+/// Starts nodes 1..=`n` of a new cluster in `dir` (as [`spawn_node`], with `extra`) on ports
+/// reserved for it, and waits until each one listens; a node that finds its port taken after
+/// all (a foreign program) makes the whole cluster start again on new ports. Keep the ports as
+/// long as the nodes.
+pub async fn start_nodes(n: usize, dir: &Path, extra: &[&str]) -> (Ports, Vec<Proc>) {
+    start_nodes_picking(&mut PortPicker::new(), n, dir, extra).await
+}
+
+/// [`start_nodes`] with the ports chosen by `picker` (a test forces a taken port this way).
+pub async fn start_nodes_picking(
+    picker: &mut PortPicker,
+    n: usize,
+    dir: &Path,
+    extra: &[&str],
+) -> (Ports, Vec<Proc>) {
+    let (nodes, ports) = baton_launch::launch(
+        picker,
+        n,
+        baton_launch::ATTEMPTS,
+        async |attempt, ports: &Ports| {
+            let specs: Vec<NodeSpec> = (1..=n).map(|id| node_spec(id, ports, dir, extra)).collect();
+            if attempt > 1 {
+                for spec in &specs {
+                    let _ = std::fs::remove_dir_all(&spec.data_dir);
+                }
+            }
+            baton_launch::spawn_nodes(&batond_binary(), &specs, Default::default()).await
+        },
+    )
+    .await
+    .expect("start the cluster's nodes");
+    (ports, nodes)
 }
 
 /// A `baton agent` named `name` connected to `endpoints`, logging to `dir/{name}.log`;
@@ -130,18 +142,13 @@ pub fn spawn_agent(
     global: &[&str],
     extra: &[&str],
 ) -> Proc {
-    let (stdout, stderr) = log_file(dir, name);
-    let child = Command::new(baton_binary())
+    let mut command = Command::new(baton_binary());
+    command
         .args(["--endpoints", endpoints])
         .args(global)
         .args(["agent", "--name", name])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn baton agent");
-    Proc { child }
+        .args(extra);
+    spawn(command, &log_path(dir, name), "baton agent")
 }
 
 /// Asks process `proc` to stop (SIGTERM), as systemd, Kubernetes or docker would.
@@ -154,23 +161,20 @@ pub fn sigterm(proc: &Proc) {
 /// `batond` with arbitrary arguments (a node outside `spawn_node`'s shape, e.g. one that joins
 /// a running cluster), logging to `dir/{name}.log`.
 pub fn spawn_batond(name: &str, dir: &Path, args: &[&str]) -> Proc {
-    let (stdout, stderr) = log_file(dir, name);
-    let child = Command::new(env!("CARGO_BIN_EXE_batond"))
-        .args(args)
-        .args([
-            "--heartbeat-ms",
-            "50",
-            "--election-timeout-min-ms",
-            "300",
-            "--election-timeout-max-ms",
-            "600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn batond");
-    Proc { child }
+    let mut command = Command::new(batond_binary());
+    command.args(args).args(TEST_TIMING);
+    spawn(command, &log_path(dir, name), "batond")
+}
+
+/// Any other long-running program of a test (Prometheus), supervised the same way.
+pub fn spawn_program(program: &Path, args: &[OsString], dir: &Path, name: &str) -> Proc {
+    let mut command = Command::new(program);
+    command.args(args);
+    spawn(
+        command,
+        &log_path(dir, name),
+        &program.display().to_string(),
+    )
 }
 
 /// Runs a one-shot command (`batond restore`, `baton cluster ...`) to its end: exit code,
@@ -186,8 +190,4 @@ pub fn run_to_end(program: &Path, args: &[&str]) -> (Option<i32>, String, String
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-pub fn batond_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_batond"))
 }
