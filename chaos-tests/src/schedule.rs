@@ -104,7 +104,7 @@ pub fn plan(seed: u64, safety_ms: u64, kinds: &[Fault]) -> Vec<Planned> {
     out
 }
 
-/// The deliberately broken builds of `batond` (node/src/faults.rs, feature `fault-injection`):
+/// The deliberately broken builds of `batond` (node/src/faults/, feature `fault-injection`):
 /// each is run under the fault that exposes its bug, and the checker must catch it.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Broken {

@@ -252,7 +252,8 @@ const OP_TICK: u8 = 6;
 const OP_INIT: u8 = 7;
 const OP_RESERVE: u8 = 8;
 const OP_SNAPSHOT: u8 = 9;
-const OPS: u8 = 10;
+const OP_MEMBERSHIP: u8 = 10;
+const OPS: u8 = 11;
 
 /// Sequences of state-machine commands, decoded from the bytes by a small interpreter so that
 /// they interact (few names, small ids). Two replicas apply the same log, one of them restarting
@@ -416,6 +417,18 @@ impl Replica {
             OP_RESERVE => Command::ReserveNodeId {
                 node_id: NodeId(u64::from(bytes.below(8))),
             },
+            OP_MEMBERSHIP => {
+                let ids = |bytes: &mut Bytes| -> Vec<NodeId> {
+                    (1..=5u64)
+                        .filter(|_| bytes.below(2) == 0)
+                        .map(NodeId)
+                        .collect()
+                };
+                Command::Membership {
+                    previous: ids(bytes),
+                    members: ids(bytes),
+                }
+            }
             _ => return None,
         };
         // A report carries the time it is proposed at, but a refused one must leave the state

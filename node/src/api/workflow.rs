@@ -13,6 +13,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{node_error, observed};
+use crate::faults;
 use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX};
 use crate::raft::{RaftNode, outcome};
 use crate::state::outcome::{Cancelled, Submitted};
@@ -132,6 +133,7 @@ impl WorkflowServiceImpl {
             .read(|a| {
                 let workflow = a.state.workflow(id)?;
                 let mut view = workflow.to_proto(true);
+                faults::serve(&mut view);
                 for (i, step) in view.steps.iter_mut().enumerate() {
                     step.pending_reason = a
                         .state

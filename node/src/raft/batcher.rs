@@ -204,6 +204,7 @@ fn encoded_len(command: &Command) -> usize {
             Command::Cancel(cancel) => cancel.reason.len(),
             Command::Assign { assignments } => assignments.len() * 32,
             Command::ExpireLeases { attempts } => attempts.len() * 16,
+            Command::Membership { previous, members } => (previous.len() + members.len()) * 16,
             Command::CreateToken(create) => create.name.len() + create.digest.len(),
             Command::BindIncarnation { incarnation, .. } => incarnation.len(),
             Command::RegisterAgent(register) => {

@@ -287,9 +287,15 @@ mod tests {
     fn each_rule_refuses_what_it_is_for_and_nothing_else() {
         let mut state = ClusterState::default();
         let ids = |ids: &[u64]| ids.iter().map(|id| NodeId(*id)).collect::<Vec<_>>();
-        state.note_members(&[], &ids(&[1, 2, 3, 4]));
-        state.note_members(&ids(&[1, 2, 3, 4]), &ids(&[1, 2, 3]));
         for command in [
+            Command::Membership {
+                previous: Vec::new(),
+                members: ids(&[1, 2, 3, 4]),
+            },
+            Command::Membership {
+                previous: ids(&[1, 2, 3, 4]),
+                members: ids(&[1, 2, 3]),
+            },
             Command::InitCluster {
                 cluster_id: "c1".into(),
             },

@@ -65,6 +65,14 @@ pub enum Command {
         node_id: NodeId,
         incarnation: String,
     },
+    /// The cluster's members (voters and learners) changed, from `previous` to `members`: ids
+    /// that joined are used for good, ids that left are retired (a removed node is refused
+    /// forever). The state machine turns each Raft membership entry into this command (openraft
+    /// writes those entries itself, by joint consensus); no client proposes it.
+    Membership {
+        previous: Vec<NodeId>,
+        members: Vec<NodeId>,
+    },
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
@@ -137,6 +145,7 @@ impl Command {
             Self::CreateToken(_) => "create_token",
             Self::RevokeToken { .. } => "revoke_token",
             Self::BindIncarnation { .. } => "bind_incarnation",
+            Self::Membership { .. } => "membership",
             Self::Batch(_) => "batch",
         }
     }
@@ -168,7 +177,8 @@ impl Command {
             | Self::Tick
             | Self::CreateToken(_)
             | Self::RevokeToken { .. }
-            | Self::BindIncarnation { .. } => false,
+            | Self::BindIncarnation { .. }
+            | Self::Membership { .. } => false,
         }
     }
 }
@@ -382,6 +392,13 @@ mod tests {
                 "0182a774696d655f6d7305a7636f6d6d616e6481ac696e69745f636c757374657281aa636c75737465725f6964a6633066666565",
             ),
             (
+                Command::Membership {
+                    previous: vec![NodeId(1), NodeId(2), NodeId(3)],
+                    members: vec![NodeId(1), NodeId(3), NodeId(4)],
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481aa6d656d6265727368697082a870726576696f757393010203a76d656d6265727393010304",
+            ),
+            (
                 Command::ReserveNodeId { node_id: NodeId(4) },
                 "0182a774696d655f6d7305a7636f6d6d616e6481af726573657276655f6e6f64655f696481a76e6f64655f696404",
             ),
@@ -491,7 +508,8 @@ mod tests {
             | Command::CreateToken(_)
             | Command::RevokeToken { .. }
             | Command::BindIncarnation { .. }
-            | Command::Batch(_) => 13,
+            | Command::Membership { .. }
+            | Command::Batch(_) => 14,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }

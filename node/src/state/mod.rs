@@ -119,24 +119,6 @@ pub struct ClusterState {
     /// state's value (equal whatever it holds), neither encoded nor hashed.
     #[serde(skip)]
     specs: specs::SpecMemo,
-    /// Broken builds only ([`crate::faults::Broken::UnfencedReports`]): the step of every attempt
-    /// ever assigned, so a stale report can be applied to it. Neither hashed, snapshotted nor
-    /// compared (a replica that installed a snapshot starts it empty, as broken as the rest).
-    #[cfg(feature = "fault-injection")]
-    #[serde(skip)]
-    fault_attempt_steps: NotCompared<OrdMap<AttemptId, (WorkflowId, StepIndex)>>,
-}
-
-/// A field left out of `ClusterState`'s equality (broken builds' bookkeeping only).
-#[cfg(feature = "fault-injection")]
-#[derive(Clone, Debug, Default)]
-struct NotCompared<T>(T);
-
-#[cfg(feature = "fault-injection")]
-impl<T> PartialEq for NotCompared<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
 }
 
 /// Decoding of imbl collections that does not trust the length the input declares. imbl's own
@@ -257,6 +239,10 @@ impl ClusterState {
                 self.used_node_ids.insert(node_id);
                 Response::Done
             }
+            Command::Membership { previous, members } => {
+                self.note_members(&previous, &members);
+                Response::Done
+            }
             Command::RegisterAgent(register) => self.register_agent(ctx, register, events),
             Command::Assign { assignments } => self.assign(ctx, assignments, events),
             Command::Complete(complete) => self.complete(ctx, complete, events),
@@ -342,11 +328,11 @@ impl ClusterState {
         }
     }
 
-    /// Membership entries are applied by the storage layer; it tells the state the members
-    /// (voters and learners) before and after, so that their ids are never handed out again and
-    /// those that left are refused for good. (The previous membership comes from what the
-    /// storage layer applied, which every snapshot carries: the same on every replica.)
-    pub fn note_members(&mut self, previous: &[NodeId], current: &[NodeId]) {
+    /// [`Command::Membership`]: the members (voters and learners) before and after, so that their
+    /// ids are never handed out again and those that left are refused for good. (The previous
+    /// membership comes from what the storage layer applied, which every snapshot carries: the
+    /// same on every replica.)
+    fn note_members(&mut self, previous: &[NodeId], current: &[NodeId]) {
         for id in current {
             self.used_node_ids.insert(*id);
             // A restored cluster may take back an id the old one had removed: it is a new

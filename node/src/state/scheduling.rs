@@ -17,7 +17,6 @@ use super::command::{Assignment, CompleteCommand, RegisterAgentCommand, Response
 use super::ids::{AgentId, AttemptId, StepIndex, WorkflowId};
 use super::workflow::{StepState, Workflow, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
-use crate::faults::Broken;
 
 /// A step lost to this many expired leases fails instead of being requeued again: a step that
 /// kills every agent it runs on must not cycle through the fleet forever.
@@ -309,10 +308,6 @@ impl ClusterState {
             },
         );
         self.allocated.entry(a.agent_id).or_default().add(request);
-        #[cfg(feature = "fault-injection")]
-        self.fault_attempt_steps
-            .0
-            .insert(attempt_id, (a.workflow_id, a.step));
         events.push(
             self.event(ctx, a.workflow_id, pb::EventKind::StepAssigned, |e| {
                 e.step = step_name;
@@ -330,11 +325,6 @@ impl ClusterState {
         cmd: CompleteCommand,
         events: &mut Events,
     ) -> Response {
-        #[cfg(feature = "fault-injection")]
-        let cmd = match self.unfenced_report(ctx, cmd) {
-            Ok(cmd) => cmd,
-            Err(done) => return done,
-        };
         // Identity and fencing token together: the attempt must be live (its token current) AND
         // leased to the reporting agent. A refusal changes nothing.
         let Some(live) = self.attempts.get(&cmd.attempt_id) else {
@@ -416,41 +406,6 @@ impl ClusterState {
         Response::Completed
     }
 
-    /// Broken builds only: with [`Broken::UnfencedReports`] a report for an attempt that no
-    /// longer holds its lease is taken as the report of its step's current attempt (which is
-    /// released), or, when the step already succeeded, overwrites its accepted result. `Err` is
-    /// the response when the report was applied here.
-    #[cfg(feature = "fault-injection")]
-    fn unfenced_report(
-        &mut self,
-        ctx: ApplyCtx,
-        mut cmd: CompleteCommand,
-    ) -> Result<CompleteCommand, Response> {
-        if !crate::faults::active(Broken::UnfencedReports)
-            || self.attempts.contains_key(&cmd.attempt_id)
-        {
-            return Ok(cmd);
-        }
-        let Some(&(workflow_id, step)) = self.fault_attempt_steps.0.get(&cmd.attempt_id) else {
-            return Ok(cmd);
-        };
-        let Some(workflow) = self.workflows.get(&workflow_id) else {
-            return Ok(cmd);
-        };
-        let current = workflow.steps[step.get()].attempt_id;
-        if let Some(live) = self.attempts.get(&current) {
-            cmd.attempt_id = current;
-            cmd.agent_id = live.agent_id;
-            return Ok(cmd);
-        }
-        if workflow.steps[step.get()].state != StepState::Succeeded || !cmd.success {
-            return Ok(cmd);
-        }
-        let workflow = self.workflow_changed(workflow_id, ctx);
-        workflow.steps[step.get()].output = truncate_utf8(cmd.output, OUTPUT_BYTES_MAX);
-        Err(Response::Completed)
-    }
-
     pub(super) fn expire_leases(
         &mut self,
         ctx: ApplyCtx,
@@ -458,12 +413,6 @@ impl ClusterState {
         events: &mut Events,
     ) -> Response {
         for attempt_id in attempts {
-            if crate::faults::active(Broken::ExpireOffLog)
-                && !crate::faults::expired_here(attempt_id.0)
-            {
-                // Broken build: only the leader that decided the expiry applies it.
-                continue;
-            }
             // Already reported, cancelled, or expired by an earlier entry: nothing to do.
             let Some(live) = self.release(attempt_id) else {
                 continue;
@@ -790,10 +739,7 @@ impl ClusterState {
     /// agent, so a refusal seen on an older state holds on every later one; an attempt this
     /// state has not seen yet is not judged (None).
     pub fn report_refusal(&self, attempt: AttemptId, agent: AgentId) -> Option<String> {
-        if attempt.0 == 0
-            || attempt.0 > self.last_attempt_id
-            || crate::faults::active(Broken::UnfencedReports)
-        {
+        if attempt.0 == 0 || attempt.0 > self.last_attempt_id {
             return None;
         }
         match self.attempts.get(&attempt) {

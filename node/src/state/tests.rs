@@ -1013,22 +1013,29 @@ fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
 /// back as a member. Both come from the memberships before and after, which every replica has.
 #[test]
 fn ids_that_leave_are_retired_until_a_new_membership_takes_them_back() {
-    let mut state = ClusterState::default();
+    let mut log = Log::new();
     let ids = |ids: &[u64]| ids.iter().map(|id| NodeId(*id)).collect::<Vec<_>>();
-    state.note_members(&[], &ids(&[1, 2, 3]));
-    state.note_members(&ids(&[1, 2, 3]), &ids(&[1, 2, 3, 4]));
-    state.note_members(&ids(&[1, 2, 3, 4]), &ids(&[1, 2, 4]));
-    assert!(state.was_removed(NodeId(3)));
-    assert!(!state.was_removed(NodeId(4)));
-    assert!(state.peer_view().was_removed(NodeId(3)));
-    // `batond restore` seeds a membership of 1, 3, 5 from this state.
-    state.reseed(None);
-    state.note_members(&ids(&[1, 2, 4]), &ids(&[1, 3, 5]));
+    let members = |log: &mut Log, previous: &[u64], members: &[u64]| {
+        let applied = log.apply(Command::Membership {
+            previous: ids(previous),
+            members: ids(members),
+        });
+        assert_eq!(applied, Response::Done);
+    };
+    members(&mut log, &[], &[1, 2, 3]);
+    members(&mut log, &[1, 2, 3], &[1, 2, 3, 4]);
+    members(&mut log, &[1, 2, 3, 4], &[1, 2, 4]);
+    assert!(log.state.was_removed(NodeId(3)));
+    assert!(!log.state.was_removed(NodeId(4)));
+    assert!(log.state.peer_view().was_removed(NodeId(3)));
+    // `batond restore` seeds a membership of 1, 3, 5 from this state (then reseeds it).
+    members(&mut log, &[1, 2, 4], &[1, 3, 5]);
+    log.state.reseed(None);
     assert!(
-        !state.was_removed(NodeId(3)),
+        !log.state.was_removed(NodeId(3)),
         "a restored member is no longer retired"
     );
-    assert!(state.was_removed(NodeId(2)) && state.was_removed(NodeId(4)));
+    assert!(log.state.was_removed(NodeId(2)) && log.state.was_removed(NodeId(4)));
 }
 
 /// Pins the snapshot payload's bytes (their SHA-256 and length): a state holding one of

@@ -28,7 +28,7 @@ use openraft::{BasicNode, Membership};
 use super::state_machine::member_ids;
 use super::{Applied, LogStore, StateMachineStore, snapshot};
 use crate::raft::types::{SnapshotMeta, StoredMembership, Vote};
-use crate::state::{ClusterState, NodeId};
+use crate::state::{ApplyCtx, ClusterState, Command, LogEntry, NodeId};
 
 /// What a rewrite produced, for the operator.
 #[derive(Debug, Clone)]
@@ -176,9 +176,20 @@ async fn seed(
     let last = last_applied.ok_or("the copy holds no log position")?;
     // What the operator compares with the backup's (`snapshot save`) or the survivor's hash.
     let state_hash = hex::encode(state.state_hash());
+    // The new membership first, as a command: `reseed` must stay the last change before the
+    // new cluster's first entry (that entry's time is what its id skip counts from).
+    let command = Command::Membership {
+        previous: member_ids(previous.membership()),
+        members: members.keys().map(|&id| NodeId(id)).collect(),
+    };
+    state.apply(
+        ApplyCtx { index: last.index },
+        LogEntry {
+            time_ms: 0,
+            command,
+        },
+    );
     state.reseed(survivor);
-    let current: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
-    state.note_members(&member_ids(previous.membership()), &current);
     let voters: BTreeSet<u64> = members.keys().copied().collect();
     let nodes: BTreeMap<u64, BasicNode> = members
         .iter()

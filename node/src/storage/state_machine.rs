@@ -1,4 +1,5 @@
-//! The state machine store: the only caller of [`ClusterState::apply`], snapshot building and
+//! The state machine store: the only caller of [`ClusterState::apply`] for committed entries (through
+//! [`faults::apply`], which is that call itself but in a broken build), snapshot building and
 //! installing, and the shared read view the API serves from.
 //!
 //! The state lives in memory and is made durable by the log plus snapshot files: after a restart
@@ -20,11 +21,11 @@ use parking_lot::{Mutex, RwLock};
 
 use super::events::EventLog;
 use super::snapshot;
-use crate::metrics;
 use crate::raft::types::{
     LogId, Membership, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::state::{ApplyCtx, ClusterState, NodeId, PeerView, Response};
+use crate::state::{ApplyCtx, ClusterState, Command, LogEntry, NodeId, PeerView, Response};
+use crate::{faults, metrics};
 
 /// What has been applied: the state, and the log position and membership it reflects.
 #[derive(Clone, Default)]
@@ -189,7 +190,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => Response::Done,
                     EntryPayload::Normal(log_entry) => {
-                        let result = applied.state.apply(
+                        let result = faults::apply(
+                            &mut applied.state,
                             ApplyCtx {
                                 index: entry.log_id.index,
                             },
@@ -203,12 +205,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         result.response
                     }
                     EntryPayload::Membership(membership) => {
-                        let previous = member_ids(applied.membership.membership());
-                        applied
-                            .state
-                            .note_members(&previous, &member_ids(&membership));
+                        // Into the state as a command like any other (no time: the state's
+                        // clock moves only with the leader's stamps).
+                        let command = Command::Membership {
+                            previous: member_ids(applied.membership.membership()),
+                            members: member_ids(&membership),
+                        };
+                        let result = faults::apply(
+                            &mut applied.state,
+                            ApplyCtx {
+                                index: entry.log_id.index,
+                            },
+                            LogEntry {
+                                time_ms: 0,
+                                command,
+                            },
+                        );
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Response::Done
+                        result.response
                     }
                 }
             };

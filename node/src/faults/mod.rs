@@ -4,6 +4,13 @@
 //! `false`, every broken branch folds away, and `batond` refuses to start if the variable is set
 //! (so a harness cannot believe it runs a broken build when it does not).
 
+#[cfg(feature = "fault-injection")]
+mod apply;
+
+use baton_proto::v1 as pb;
+
+use crate::state::{Applied, ApplyCtx, ClusterState, LogEntry};
+
 /// The environment variable that names the broken behaviour.
 pub const ENV: &str = "BATON_FAULT_INJECTION";
 
@@ -133,6 +140,30 @@ pub fn expired_here(attempt: u64) -> bool {
         let _ = attempt;
         false
     }
+}
+
+/// Applies a committed entry: [`ClusterState::apply`] itself, or in a broken build the broken
+/// behaviour wrapped around it (`apply.rs`). The state never knows which.
+#[inline]
+pub fn apply(state: &mut ClusterState, ctx: ApplyCtx, entry: LogEntry) -> Applied {
+    #[cfg(feature = "fault-injection")]
+    {
+        apply::apply(state, ctx, entry)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        state.apply(ctx, entry)
+    }
+}
+
+/// [`Broken::UnfencedReports`]: a workflow as the node serves it, with the stale results it
+/// accepted for steps that had already succeeded. Nothing changes in any other build.
+#[inline]
+pub fn serve(workflow: &mut pb::Workflow) {
+    #[cfg(feature = "fault-injection")]
+    apply::serve(workflow);
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = workflow;
 }
 
 #[cfg(test)]
