@@ -212,13 +212,20 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// `invalid argument: steps[1].depends_on[0]: ...`: the code's name, then the server's words.
+/// `invalid argument: steps[1].depends_on[0]: ...`: the code's name, then the server's words
+/// (once: a message that already starts with the code's name is not prefixed again).
 pub fn describe_status(status: &tonic::Status) -> String {
     let message = status.message().trim();
+    let name = code_name(status.code());
     if message.is_empty() {
-        code_name(status.code()).to_string()
+        name.to_string()
+    } else if message
+        .get(..name.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(name))
+    {
+        message.to_string()
     } else {
-        format!("{}: {message}", code_name(status.code()))
+        format!("{name}: {message}")
     }
 }
 
@@ -246,6 +253,24 @@ mod tests {
             endpoint: "a:1".into(),
             status: tonic::Status::new(code, message),
         }
+    }
+
+    #[test]
+    fn a_status_reads_as_its_code_then_the_servers_words_once() {
+        let said = |code, message| describe_status(&tonic::Status::new(code, message));
+        assert_eq!(
+            said(Code::InvalidArgument, "steps[0].name: empty"),
+            "invalid argument: steps[0].name: empty"
+        );
+        assert_eq!(said(Code::PermissionDenied, " "), "permission denied");
+        assert_eq!(
+            said(Code::PermissionDenied, "permission denied"),
+            "permission denied"
+        );
+        assert_eq!(
+            said(Code::Unauthenticated, "Unauthenticated: no token"),
+            "Unauthenticated: no token"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub const WORKFLOW_CYCLE_SECONDS: &str = "baton_workflow_cycle_time_seconds";
 pub const ATTEMPTS_FINISHED: &str = "baton_step_attempts_finished_total";
 // --- scheduling ---
 pub const READY_STEPS: &str = "baton_scheduler_ready_steps";
+/// The `priority` label of the default priority (0), reported even while nothing is ready.
+const DEFAULT_PRIORITY_LABEL: &str = "0";
 pub const READY_TO_ASSIGNED_SECONDS: &str = "baton_scheduler_ready_to_assigned_seconds";
 pub const SUBMIT_TO_START_SECONDS: &str = "baton_scheduler_submit_to_start_seconds";
 pub const ASSIGNMENTS: &str = "baton_scheduler_assignments_total";
@@ -337,6 +339,8 @@ fn initialize() {
     counter!(REPORTS_REFUSED).absolute(0);
     counter!(RAFT_LEADER_CHANGES).absolute(0);
     counter!(STORAGE_APPENDED_ENTRIES).absolute(0);
+    // An empty ready queue reads 0 at the default priority, never "no data".
+    gauge!(READY_STEPS, "priority" => DEFAULT_PRIORITY_LABEL).set(0.0);
     gauge!(LEASES_LIVE).set(0.0);
     gauge!(CLOCK_OFFSET_SECONDS).set(0.0);
     gauge!(FLEET_AGENTS_CONNECTED).set(0.0);
@@ -566,7 +570,9 @@ impl LeaderGauges {
             return;
         }
         self.last_update = Some(now);
+        // Every priority ever reported, and the default one, read 0 when nothing waits there.
         let mut ready: BTreeMap<i32, u64> = self.priorities.iter().map(|p| (*p, 0)).collect();
+        ready.entry(0).or_default();
         for key in state.ready_queue() {
             *ready.entry(-key.neg_priority).or_default() += 1;
         }

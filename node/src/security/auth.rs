@@ -3,9 +3,10 @@
 //! connection ([`PeerInfo`]), its token from the `authorization: Bearer ...` metadata, looked up
 //! in the replicated state by id and compared in constant time.
 //!
-//! Refusals say only UNAUTHENTICATED ("unauthenticated": no, malformed, unknown or revoked
-//! token; a certificate without a Baton identity) or PERMISSION_DENIED ("permission denied":
-//! the wrong certificate role or token role), never which, so a caller cannot probe tokens.
+//! UNAUTHENTICATED (no, malformed, unknown or revoked token; a certificate without a Baton
+//! identity) never says which of these it was, so a caller cannot probe tokens.
+//! PERMISSION_DENIED, for a caller that did authenticate, names the method, what it needs (the
+//! roles that may call it, or the certificate it takes) and the caller's own token role.
 //!
 //! Nodes call one another's Raft transport with their node certificate and no token. A call a
 //! follower forwards to the leader (AdminService) carries the original caller's token, which the
@@ -68,37 +69,93 @@ pub fn access(path: &str) -> Access {
     }
 }
 
-/// Decides one call. `lookup` finds the live token's role for a presented token, comparing
-/// digests in constant time.
+/// Decides one call to `method` (the request path). `lookup` finds the live token's role for a
+/// presented token, comparing digests in constant time.
+///
+/// An authenticated caller that is refused is told what was refused and what would be allowed
+/// (the role it lacks, or the certificate the method takes) and its own token's role: nothing
+/// about any other credential. An unauthenticated one learns only that a valid token is needed.
 pub fn decide(
+    method: &str,
     access: Access,
     peer: Option<PeerRole>,
     presented: Option<&PresentedToken>,
     lookup: impl FnOnce(&PresentedToken) -> Option<TokenRole>,
 ) -> Result<(), Status> {
-    let unauthenticated = || Status::unauthenticated("unauthenticated");
-    let denied = || Status::permission_denied("permission denied");
-    let Some(peer) = peer else {
-        return Err(unauthenticated());
+    let unauthenticated = || {
+        Status::unauthenticated(
+            "a valid bearer token is required (none was sent, or it is malformed, unknown or \
+             revoked); pass --token or set BATON_TOKEN",
+        )
     };
+    let Some(peer) = peer else {
+        return Err(Status::unauthenticated(
+            "the client certificate carries no Baton identity (use one issued by `batond certs`)",
+        ));
+    };
+    let method = method_name(method);
+    let denied = |why: String| Status::permission_denied(format!("{method} {why}"));
     let role_of_token = || presented.and_then(lookup).ok_or_else(unauthenticated);
     match (access, peer) {
         (Access::AnyPeer, _) => Ok(()),
         (Access::Node, PeerRole::Node) => Ok(()),
-        (Access::Node, _) => Err(denied()),
-        (Access::Agent, PeerRole::Agent) => (role_of_token()? == TokenRole::Agent)
-            .then_some(())
-            .ok_or_else(denied),
-        (Access::Client(needed), PeerRole::Client | PeerRole::Node) => role_of_token()?
-            .includes(needed)
-            .then_some(())
-            .ok_or_else(denied),
+        (Access::Node, _) => Err(denied(
+            "is for cluster nodes only (a node certificate)".into(),
+        )),
+        (Access::Agent, PeerRole::Agent) => {
+            let role = role_of_token()?;
+            (role == TokenRole::Agent).then_some(()).ok_or_else(|| {
+                denied(format!(
+                    "needs a token with role agent; this token's role is {}",
+                    role.as_str()
+                ))
+            })
+        }
+        (Access::Client(needed), PeerRole::Client | PeerRole::Node) => {
+            let role = role_of_token()?;
+            role.includes(needed).then_some(()).ok_or_else(|| {
+                denied(format!(
+                    "needs a token with role {}; this token's role is {}",
+                    roles_including(needed),
+                    role.as_str()
+                ))
+            })
+        }
         (Access::Agent | Access::Client(_), _) => {
             // Authenticate first, so a wrong certificate with no token still reads as
             // "unauthenticated", the same as everywhere else.
             role_of_token()?;
-            Err(denied())
+            Err(denied(match access {
+                Access::Agent => "needs an agent certificate".into(),
+                _ => "needs a client certificate".into(),
+            }))
         }
+    }
+}
+
+/// `WorkflowService.Submit` for `/baton.v1.WorkflowService/Submit`.
+fn method_name(path: &str) -> String {
+    match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((service, method)) => {
+            let service = service.rsplit('.').next().unwrap_or(service);
+            format!("{service}.{method}")
+        }
+        None => path.to_string(),
+    }
+}
+
+/// `submitter, operator or admin`: the roles that may do what `needed` may, weakest first.
+fn roles_including(needed: TokenRole) -> String {
+    let mut roles: Vec<&str> = TokenRole::ALL
+        .iter()
+        .rev()
+        .filter(|r| r.includes(needed))
+        .map(|r| r.as_str())
+        .collect();
+    match roles.pop() {
+        Some(last) if !roles.is_empty() => format!("{} or {last}", roles.join(", ")),
+        Some(last) => last.to_string(),
+        None => needed.as_str().to_string(),
     }
 }
 
@@ -174,20 +231,16 @@ where
             .get(TOKEN_METADATA_KEY)
             .and_then(|value| value.to_str().ok())
             .and_then(token::from_bearer);
-        let decision = decide(
-            access(request.uri().path()),
-            peer,
-            presented.as_ref(),
-            |t| {
-                self.replica.read(|applied| {
-                    applied
-                        .state
-                        .live_token(&t.id)
-                        .filter(|record| token::digest_matches(&record.digest, &t.digest))
-                        .map(|record| record.role)
-                })
-            },
-        );
+        let path = request.uri().path();
+        let decision = decide(path, access(path), peer, presented.as_ref(), |t| {
+            self.replica.read(|applied| {
+                applied
+                    .state
+                    .live_token(&t.id)
+                    .filter(|record| token::digest_matches(&record.digest, &t.digest))
+                    .map(|record| record.role)
+            })
+        });
         match decision {
             Ok(()) => Box::pin(self.take_inner().call(request)),
             Err(status) => {
@@ -208,8 +261,69 @@ mod tests {
             id: "x".into(),
             digest: [0; 32],
         };
-        decide(access, peer, token.map(|_| &presented), |_| token)
-            .map_or_else(|s| s.code(), |()| Code::Ok)
+        decide(
+            "/baton.v1.WorkflowService/Submit",
+            access,
+            peer,
+            token.map(|_| &presented),
+            |_| token,
+        )
+        .map_or_else(|s| s.code(), |()| Code::Ok)
+    }
+
+    fn message(access: Access, peer: Option<PeerRole>, token: Option<TokenRole>) -> String {
+        let presented = PresentedToken {
+            id: "x".into(),
+            digest: [0; 32],
+        };
+        decide(
+            "/baton.v1.WorkflowService/Submit",
+            access,
+            peer,
+            token.map(|_| &presented),
+            |_| token,
+        )
+        .unwrap_err()
+        .message()
+        .to_string()
+    }
+
+    #[test]
+    fn a_refusal_names_the_method_and_what_would_be_allowed() {
+        use TokenRole as T;
+        let submit = Access::Client(T::Submitter);
+        assert_eq!(
+            message(submit, Some(PeerRole::Client), Some(T::Reader)),
+            "WorkflowService.Submit needs a token with role submitter, operator or admin; \
+             this token's role is reader"
+        );
+        assert_eq!(
+            message(
+                Access::Client(T::Admin),
+                Some(PeerRole::Client),
+                Some(T::Operator)
+            ),
+            "WorkflowService.Submit needs a token with role admin; this token's role is operator"
+        );
+        assert_eq!(
+            message(Access::Agent, Some(PeerRole::Agent), Some(T::Admin)),
+            "WorkflowService.Submit needs a token with role agent; this token's role is admin"
+        );
+        assert_eq!(
+            message(submit, Some(PeerRole::Agent), Some(T::Admin)),
+            "WorkflowService.Submit needs a client certificate"
+        );
+        assert_eq!(
+            message(Access::Node, Some(PeerRole::Client), Some(T::Admin)),
+            "WorkflowService.Submit is for cluster nodes only (a node certificate)"
+        );
+        // Unauthenticated callers learn nothing about why their token failed.
+        let unknown = message(submit, Some(PeerRole::Client), None);
+        assert!(
+            unknown.contains("a valid bearer token is required"),
+            "{unknown}"
+        );
+        assert_eq!(method_name("garbage"), "garbage");
     }
 
     #[test]

@@ -381,6 +381,13 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
         v == 8.0
     })
     .await;
+    // An idle cluster's empty ready queue reads 0 on every node, not "no data": the queue panel
+    // and the queue alerts see a value.
+    prom.wait_value(
+        r#"count(baton_scheduler_ready_steps{priority="0"} == 0)"#,
+        |v| v == node_metrics.len() as f64,
+    )
+    .await;
     let term_before = cluster_term(&addrs).await;
 
     tracing::info!("--- load: successes, failures with retries, timeouts, slow steps");

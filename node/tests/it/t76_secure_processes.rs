@@ -203,6 +203,40 @@ async fn a_cluster_set_up_with_batond_certs_runs_workflows_and_refuses_strangers
     ]))
     .await;
     assert_eq!(code, Some(0), "submit --wait: {out}{err}");
+
+    tracing::info!("--- a reader that submits is told what was refused and which role allows it");
+    let (code, out, err) = baton(admin(&[
+        "token", "create", "--name", "viewer", "--role", "reader",
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "token create: {out}{err}");
+    let reader_token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap_or_else(|| panic!("no token in {out:?}"))
+        .trim()
+        .to_owned();
+    let reader_file = dir.path().join("reader-token");
+    std::fs::write(&reader_file, &reader_token).unwrap();
+    let (code, _, err) = baton(strings(&[
+        "--endpoints",
+        &endpoints,
+        "--credentials",
+        path(&pki.join("client-ops")),
+        "--token-file",
+        path(&reader_file),
+        "submit",
+        path(&spec),
+    ]))
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(
+            "permission denied: WorkflowService.Submit needs a token with role submitter, \
+             operator or admin; this token's role is reader"
+        ),
+        "{err}"
+    );
     let (code, out, _) = baton(admin(&["-o", "json", "agents"])).await;
     assert_eq!(code, Some(0));
     assert!(

@@ -58,11 +58,12 @@ impl Printer {
         stdout.flush().context("writing to stdout")
     }
 
-    /// One event as one line: compact JSON (JSON lines) or the text form.
-    pub(super) fn print_line(&self, event: &WorkflowEvent) -> anyhow::Result<()> {
-        self.print_json_line(
-            || output::event_json(event),
-            || output::render_event_line(event),
-        )
+    /// One event as one line: compact JSON (JSON lines) or the text form, in `columns`.
+    pub(super) fn print_line(
+        &self,
+        event: &WorkflowEvent,
+        columns: &mut output::EventColumns,
+    ) -> anyhow::Result<()> {
+        self.print_json_line(|| output::event_json(event), || columns.render(event))
     }
 }

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 
-use baton_client::output;
+use baton_client::output::{self, EventColumns};
 use baton_client::proto::{SubmitBatchResult, WorkflowSpec};
 use baton_client::{Client, new_idempotency_key};
 use baton_proto::limits::{SPEC_TEXT_BYTES_MAX, SUBMIT_BATCH_BYTES_MAX, SUBMIT_BATCH_ITEMS_MAX};
@@ -37,6 +37,8 @@ pub(super) async fn submit(
         }
         None => new_idempotency_key(),
     };
+    let mut columns = EventColumns::default();
+    columns.fit_steps(spec.steps.iter().map(|step| step.name.as_str()));
     let client = connect()?;
     let response = client
         .submit(spec, Some(key.clone()))
@@ -62,7 +64,13 @@ pub(super) async fn submit(
     if !args.wait {
         return Ok(());
     }
-    wait_for_end(&client, response.workflow_id, response.log_index).await
+    wait_for_end(
+        &client,
+        response.workflow_id,
+        response.log_index,
+        &mut columns,
+    )
+    .await
 }
 
 /// Several files: all read and checked before anything is sent, then submitted in SubmitBatch
@@ -83,6 +91,11 @@ async fn submit_many(
         None => new_idempotency_key(),
     };
     let items = read_items(&args.files, &base)?;
+    // One table for every workflow followed: as wide as the longest step name among them.
+    let mut columns = EventColumns::default();
+    for item in &items {
+        columns.fit_steps(item.spec.steps.iter().map(|step| step.name.as_str()));
+    }
     let client = connect()?;
     let done = submit_batches(&client, out, items, &base).await?;
     if !args.wait {
@@ -91,7 +104,7 @@ async fn submit_many(
     // Every workflow followed to its end, in order; the first that did not succeed decides.
     let mut first_failure = None;
     for (workflow_id, log_index) in done {
-        if let Err(error) = wait_for_end(&client, workflow_id, log_index).await {
+        if let Err(error) = wait_for_end(&client, workflow_id, log_index, &mut columns).await {
             first_failure.get_or_insert(error);
         }
     }

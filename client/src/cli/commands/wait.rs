@@ -1,6 +1,6 @@
 //! `--wait`: follow a submitted workflow to its end; the exit code says how it ended.
 
-use baton_client::output;
+use baton_client::output::{self, EventColumns};
 use baton_client::proto::{EventKind, ReadConsistency, WorkflowState};
 use baton_client::{Client, WatchUpdate, WorkflowWatch};
 
@@ -13,6 +13,7 @@ pub(super) async fn wait_for_end(
     client: &Client,
     workflow_id: u64,
     from_index: u64,
+    columns: &mut EventColumns,
 ) -> anyhow::Result<()> {
     let mut watch = WorkflowWatch::new(client.clone(), workflow_id, from_index);
     loop {
@@ -20,7 +21,7 @@ pub(super) async fn wait_for_end(
             Ok(Some(WatchUpdate::Event(event))) => {
                 let finished = event.kind == EventKind::WorkflowFinished as i32;
                 if !event.step.is_empty() || finished {
-                    eprintln!("{}", output::render_event_line(&event));
+                    eprintln!("{}", columns.render(&event));
                 }
                 if finished {
                     return outcome(workflow_id, event.workflow_state, &event.message);

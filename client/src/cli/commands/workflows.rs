@@ -1,6 +1,6 @@
 //! Reading and changing one workflow or many: `baton get`, `list`, `cancel` and `watch`.
 
-use baton_client::output;
+use baton_client::output::{self, EventColumns};
 use baton_client::proto::{ListRequest, ReadConsistency, Workflow, WorkflowState};
 use baton_client::{Client, WatchUpdate, WorkflowWatch};
 use futures::StreamExt;
@@ -100,10 +100,19 @@ pub(super) async fn cancel(client: &Client, out: &Printer, args: CancelArgs) -> 
 }
 
 pub(super) async fn watch(client: &Client, out: &Printer, args: WatchArgs) -> anyhow::Result<()> {
+    // The step column as wide as the workflow's longest step name, from its spec when a read
+    // finds it (a workflow that cannot be read yet starts narrower and widens as names come).
+    let mut columns = EventColumns::default();
+    if !out.json()
+        && let Ok(workflow) = client.get(args.id, ReadConsistency::Stale).await
+    {
+        let steps = workflow.spec.iter().flat_map(|spec| &spec.steps);
+        columns.fit_steps(steps.map(|step| step.name.as_str()));
+    }
     let mut watch = WorkflowWatch::new(client.clone(), args.id, args.from_index);
     loop {
         match watch.next().await {
-            Ok(Some(WatchUpdate::Event(event))) => out.print_line(&event)?,
+            Ok(Some(WatchUpdate::Event(event))) => out.print_line(&event, &mut columns)?,
             Ok(Some(WatchUpdate::Resumed { from_index, reason })) => {
                 eprintln!("watch resumed from log index {from_index} after: {reason}");
             }

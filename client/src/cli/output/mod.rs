@@ -21,7 +21,7 @@ mod text;
 pub use self::cluster::{
     NodeStatus, render_cluster_status, render_cluster_statuses, render_members,
 };
-pub use self::events::render_event_line;
+pub use self::events::{EventColumns, render_event_line};
 pub use self::json::{
     agent_json, cluster_status_json, event_json, member_json, members_json, spec_json, step_json,
     submit_json, token_json, workflow_json,

@@ -49,11 +49,26 @@ pub fn render_workflow(workflow: &Workflow) -> String {
     out
 }
 
-/// The last error of a step, or why a ready step has not started yet, or "-".
+/// How a step's last attempt ended when it did not succeed (`exit 3: oops`: the exit code and
+/// the first line of its error), or why a ready step has not started yet, or "-".
 fn step_detail(step: &Step) -> String {
-    if !step.error.is_empty() {
-        one_line(&step.error, 60)
-    } else if !step.pending_reason.is_empty() {
+    let exit = step
+        .exit_code
+        .filter(|&code| code != 0)
+        .map(|code| format!("exit {code}"));
+    let error = step
+        .error
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .map(|line| one_line(line, 60));
+    match (exit, error) {
+        (Some(exit), Some(error)) => return format!("{exit}: {error}"),
+        (Some(exit), None) => return exit,
+        (None, Some(error)) => return error,
+        (None, None) => {}
+    }
+    if !step.pending_reason.is_empty() {
         format!("waiting: {}", one_line(&step.pending_reason, 80))
     } else {
         "-".to_string()
@@ -167,6 +182,26 @@ mod tests {
             .find(|l| l.starts_with("order-laptop"))
             .unwrap();
         assert!(row.ends_with("exit code 3"), "an error comes first: {row}");
+    }
+
+    #[test]
+    fn a_failed_step_shows_its_exit_code_and_the_first_line_of_its_error() {
+        let detail = |exit_code: Option<i32>, error: &str| {
+            step_detail(&Step {
+                state: StepState::Failed as i32,
+                exit_code,
+                error: error.into(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(detail(Some(3), "oops\nmore\n"), "exit 3: oops");
+        assert_eq!(detail(Some(3), ""), "exit 3");
+        assert_eq!(detail(Some(3), "\n  \nlate start\n"), "exit 3: late start");
+        assert_eq!(
+            detail(None, "baton: process killed by signal 9\n"),
+            "baton: process killed by signal 9"
+        );
+        assert_eq!(detail(Some(0), ""), "-");
     }
 
     #[test]
