@@ -16,7 +16,7 @@ pub use crate::security::SecurityConfig;
 #[derive(Parser, Debug)]
 #[command(
     name = "batond",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BATON_COMMIT"), ")"),
     about = "Baton node: a fault-tolerant workflow orchestrator"
 )]
 pub struct Cli {

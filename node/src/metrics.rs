@@ -314,12 +314,20 @@ pub fn describe() {
         "Leader only: this node's wall clock minus the time it stamps into entries (the voters' \
          median clock, advanced monotonically); 0 on other nodes."
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label says which batond.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and commit labels say which batond."
+    );
 }
 
 /// Every series with a fixed label set, at 0, so it exists before its first event.
 fn initialize() {
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("BATON_COMMIT")
+    )
+    .set(1.0);
     counter!(WORKFLOWS_SUBMITTED).absolute(0);
     for outcome in WORKFLOW_OUTCOMES {
         counter!(WORKFLOWS_FINISHED, "outcome" => outcome).absolute(0);

@@ -57,7 +57,12 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         .install()
         .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
     describe();
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("BATON_COMMIT")
+    )
+    .set(1.0);
     gauge!(CONNECTED).set(0.0);
     gauge!(ATTEMPTS_RUNNING).set(0.0);
     gauge!(REPORTS_PENDING).set(0.0);
@@ -78,7 +83,7 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 fn describe() {
     describe_gauge!(
         BUILD_INFO,
-        "Always 1; the version label says which baton agent."
+        "Always 1; the version and commit labels say which baton agent."
     );
     describe_gauge!(
         CONNECTED,

@@ -7,10 +7,18 @@ use baton_client::proto::WorkflowState;
 use baton_client::{ENDPOINTS_ENV, Endpoint, Endpoints};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `0.1.0 (commit 0123456789ab)`: this build's version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BATON_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "baton",
-    version,
+    version = VERSION,
     about = "Submit, inspect and cancel Baton workflows, and administer the cluster",
     after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or input, \
                   3 outcome unknown (the request may or may not have been applied)."
@@ -105,6 +113,14 @@ pub enum Command {
     /// Load a cluster with noop workflows and report throughput, latency and node resources
     /// (against --endpoints, or a throwaway local cluster with --start-cluster).
     Bench(crate::cli::bench::BenchArgs),
+    /// Print a completion script for a shell, e.g. `baton completion bash >
+    /// ~/.local/share/bash-completion/completions/baton`, or `source <(baton completion zsh)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print this build's version and the commit it was built from (`-o json` for scripts).
+    Version,
 }
 
 #[derive(Debug, Subcommand)]

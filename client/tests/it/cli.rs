@@ -85,6 +85,52 @@ async fn a_validation_error_names_file_and_field_and_exits_2() {
 }
 
 #[tokio::test]
+async fn version_and_completion_need_no_cluster_and_no_credentials() {
+    // Credentials that do not exist: neither command reads them.
+    let version = tokio::process::Command::new(BATON)
+        .args(["-o", "json", "version"])
+        .env("BATON_CREDENTIALS", "/nonexistent")
+        .output()
+        .await
+        .unwrap();
+    assert!(version.status.success(), "{}", text(&version.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["commit"], env!("BATON_COMMIT"));
+    // A checkout builds with its commit; only a build outside git says "unknown".
+    let commit = json["commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    let flag = baton(&["--version"]).await;
+    assert_eq!(
+        text(&flag.stdout).trim(),
+        format!("baton {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+
+    let bash = baton(&["completion", "bash"]).await;
+    assert!(bash.status.success());
+    let script = text(&bash.stdout);
+    assert!(
+        script.starts_with("_baton()"),
+        "{}",
+        &script[..80.min(script.len())]
+    );
+    for command in ["submit", "watch", "completion", "version"] {
+        assert!(script.contains(command), "bash completion lacks {command}");
+    }
+    let unknown = baton(&["completion", "tcsh"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("bash"),
+        "{}",
+        text(&unknown.stderr)
+    );
+}
+
+#[tokio::test]
 async fn a_missing_file_exits_2() {
     let output = baton(&["submit", "/nonexistent/spec.yaml"]).await;
     let stderr = text(&output.stderr);

@@ -16,10 +16,13 @@ mod tokens;
 mod wait;
 mod workflows;
 
+use std::io::Write;
+
+use anyhow::Context;
 use baton_client::{Client, ClientConfig, CredentialSources};
 
 use self::printer::Printer;
-use crate::cli::args::{Cli, Command, TokenCommand};
+use crate::cli::args::{Cli, Command, TokenCommand, VERSION};
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
 /// Runs the parsed command line.
@@ -31,6 +34,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         key: cli.key.clone(),
         token_file: cli.token_file.clone(),
     };
+    // Commands that need no cluster and no credentials.
+    match cli.command {
+        Command::Completion { shell } => {
+            // Into memory first: the generator panics on a failed write (a closed pipe). The
+            // script as it is, whatever -o says: it is for a shell.
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "baton", &mut script);
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&script)
+                .and_then(|()| stdout.flush())
+                .context("writing to stdout")?;
+            return Ok(());
+        }
+        Command::Version => {
+            let out = Printer { format: cli.output };
+            return out.print(
+                || {
+                    serde_json::json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "commit": env!("BATON_COMMIT"),
+                    })
+                },
+                || format!("baton {VERSION}"),
+            );
+        }
+        _ => {}
+    }
     if let Command::Token(TokenCommand::Generate) = cli.command {
         let token = baton_security::token::generate()
             .map_err(|e| Failure::failed(format!("no randomness for a token: {e}")))?;
@@ -69,5 +101,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await
         }
+        Command::Completion { .. } | Command::Version => unreachable!("answered above"),
     }
 }
