@@ -34,7 +34,7 @@ use baton_proto::v1::{
 use futures::Stream;
 
 use crate::endpoints::{Endpoint, Endpoints};
-use crate::error::{ClientError, Outcome};
+use crate::error::{ClientError, Outcome, is_plaintext_answer};
 
 /// Largest response the client decodes: a Get of a workflow at the step limit with outputs.
 pub const DECODE_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -510,7 +510,7 @@ impl Client {
                     inner.preferred.store(index, Ordering::Relaxed);
                     return Ok((endpoint, answer));
                 }
-                Err(error) => error,
+                Err(error) => self.name_tls_mismatch(endpoint, error).await,
             };
             any_unknown |= error.outcome() == Outcome::Unknown;
             let delay = backoff_delay(&inner.config, attempts);
@@ -533,6 +533,27 @@ impl Client {
                 "retrying call"
             );
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A transport failure that is really TLS on one side only, named as such (and so not
+    /// retried: no other attempt can succeed). A TLS client recognises a plaintext answer from
+    /// its handshake error; a plaintext client whose connection broke asks the node once more,
+    /// with [`answers_with_tls`].
+    async fn name_tls_mismatch(&self, endpoint: &Endpoint, error: ClientError) -> ClientError {
+        let client_tls = self.inner.config.credentials.tls.is_some();
+        let mismatch = if client_tls {
+            is_plaintext_answer(&error)
+        } else {
+            matches!(error, ClientError::ConnectionLost { .. }) && answers_with_tls(endpoint).await
+        };
+        if mismatch {
+            ClientError::TlsMismatch {
+                endpoint: endpoint.to_string(),
+                node_speaks_tls: !client_tls,
+            }
+        } else {
+            error
         }
     }
 
@@ -574,6 +595,28 @@ fn wrap_attempts(error: ClientError, attempts: u32, any_unknown: bool) -> Client
         outcome,
         last: Box::new(error),
     }
+}
+
+/// Whether the node at `endpoint` answers the opening of a plaintext HTTP/2 connection with a
+/// TLS record (content type 21, an alert, then version 3.x): it requires TLS. Only asked after a
+/// plaintext call's connection broke; a node that says nothing within a second is not judged.
+async fn answers_with_tls(endpoint: &Endpoint) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((endpoint.host(), endpoint.port()))
+            .await
+            .ok()?;
+        stream.write_all(PREFACE).await.ok()?;
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head == [0x15, 0x03])
+    };
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 pub(crate) fn channel(

@@ -5,6 +5,7 @@
 //! ├── Endpoint(EndpointError)   bad endpoint list                 not applied (nothing sent)
 //! ├── InvalidRequest            refused before sending            not applied
 //! ├── Unreachable               could not connect                 not applied (nothing sent)
+//! ├── TlsMismatch               TLS on one side only              not applied (never served)
 //! ├── Timeout                   no answer within the deadline     unknown
 //! ├── ConnectionLost            connection broke during the call  unknown
 //! ├── Status                    the server answered an error      by code, see `outcome_of_code`
@@ -55,6 +56,14 @@ pub enum ClientError {
     #[error("connection to {endpoint} lost during the call: {message}")]
     ConnectionLost { endpoint: String, message: String },
 
+    /// The node and this client disagree about TLS: one speaks it, the other does not. Nothing
+    /// was applied, and no retry can help until the configuration changes.
+    #[error("{endpoint}: {}", tls_mismatch_text(*node_speaks_tls))]
+    TlsMismatch {
+        endpoint: String,
+        node_speaks_tls: bool,
+    },
+
     /// The call ended with a gRPC status, as a rule sent by the server.
     #[error("{}", describe_status(status))]
     Status {
@@ -83,7 +92,8 @@ impl ClientError {
         match self {
             ClientError::Endpoint(_)
             | ClientError::InvalidRequest(_)
-            | ClientError::Unreachable { .. } => Outcome::NotApplied,
+            | ClientError::Unreachable { .. }
+            | ClientError::TlsMismatch { .. } => Outcome::NotApplied,
             ClientError::Timeout { .. } | ClientError::ConnectionLost { .. } => Outcome::Unknown,
             ClientError::Status { status, .. } => outcome_of_code(status.code()),
             ClientError::InvalidResponse { .. } => Outcome::Applied,
@@ -159,6 +169,23 @@ impl ClientError {
             status,
         }
     }
+}
+
+/// What to do about a TLS mismatch, in the words of the side that is wrong for this node.
+fn tls_mismatch_text(node_speaks_tls: bool) -> &'static str {
+    if node_speaks_tls {
+        "this node requires mutual TLS and this client speaks plaintext: give it credentials \
+         (baton: --credentials DIR or BATON_CREDENTIALS; `batond dev` prints its folder)"
+    } else {
+        "this node speaks plaintext (it runs with --insecure) and this client uses TLS: drop the \
+         credentials (--credentials, BATON_CREDENTIALS, --ca/--cert/--key) or secure the node"
+    }
+}
+
+/// Whether a failed TLS handshake is what rustls says when the other side answered in
+/// plaintext (an HTTP/2 server's first frame is not a TLS record).
+pub(crate) fn is_plaintext_answer(error: &ClientError) -> bool {
+    matches!(error, ClientError::Unreachable { message, .. } if message.contains("InvalidContentType"))
 }
 
 /// What a gRPC code says about whether the request was applied.

@@ -82,7 +82,9 @@ pub fn client_failure(
     };
     let unknown = kind == CallKind::Write && error.outcome() == Outcome::Unknown;
     let (exit_code, message, hint) = match error.last() {
-        ClientError::Endpoint(_) | ClientError::InvalidRequest(_) => (EXIT_USAGE, detail, None),
+        ClientError::Endpoint(_)
+        | ClientError::InvalidRequest(_)
+        | ClientError::TlsMismatch { .. } => (EXIT_USAGE, detail, None),
         _ if error.code() == Some(tonic::Code::InvalidArgument) => (EXIT_USAGE, detail, None),
         _ if unknown => (
             EXIT_UNKNOWN,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_client::{Client, ClientConfig, Credentials, Endpoints};
+use baton_client::{Client, ClientConfig, ClientError, Credentials, Endpoints, Outcome};
 use baton_node::config::SecurityConfig;
 use baton_proto::raft::v1 as raft_pb;
 use baton_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -101,6 +101,41 @@ fn code(result: Result<impl Sized, baton_client::ClientError>) -> Option<Code> {
     }
 }
 
+/// A client with credentials against a node that runs with --insecure is told so on its first
+/// attempt, instead of retrying a handshake that cannot succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_client_is_told_the_node_speaks_plaintext() {
+    common::init_logs();
+    let pki = tempfile::tempdir().unwrap();
+    devcerts::ensure(pki.path(), &[PeerIdentity::new(PeerRole::Client, "ops")]).unwrap();
+    let cluster = TestCluster::start(1, test_timing()).await;
+    let config = ClientConfig {
+        call_timeout: Duration::from_secs(5),
+        credentials: Credentials {
+            tls: Some(tls(pki.path(), PeerRole::Client, "ops")),
+            token: None,
+        },
+        ..ClientConfig::default()
+    };
+    let client = Client::with_config(
+        Endpoints::parse(&cluster.addr(1).to_string()).unwrap(),
+        config,
+    )
+    .unwrap();
+    let err = client.cluster_status().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::TlsMismatch {
+                node_speaks_tls: false,
+                ..
+            }
+        ),
+        "one attempt, named: {err:?}"
+    );
+    assert!(err.to_string().contains("speaks plaintext"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn roles_tokens_and_certificates_are_enforced() {
     let secure = start().await;
@@ -111,7 +146,18 @@ async fn roles_tokens_and_certificates_are_enforced() {
     );
     let plaintext = secure.client(&[1], false, None);
     let err = plaintext.list_tokens().await.unwrap_err();
-    assert_ne!(err.code(), Some(Code::Ok), "{err}");
+    assert!(
+        matches!(
+            err.last(),
+            ClientError::TlsMismatch {
+                node_speaks_tls: true,
+                ..
+            }
+        ),
+        "a plaintext client is told the node needs TLS: {err}"
+    );
+    assert!(err.to_string().contains("requires mutual TLS"), "{err}");
+    assert_eq!(err.outcome(), Outcome::NotApplied);
     let no_token = secure.client(&[1], true, None);
     assert_eq!(
         code(no_token.cluster_status().await),
