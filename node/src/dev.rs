@@ -94,15 +94,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             exe.display()
         );
     }
+    let try_it = match save_context(&endpoints, &creds.client_dir) {
+        Ok(path) => format!(
+            "The `dev` context (these endpoints and the admin credentials) is saved in {} and \
+             current: `baton` in any terminal talks to this cluster.\n\n\
+             Try it in another terminal:\n",
+            path.display()
+        ),
+        Err(error) => format!(
+            "(The `dev` context was not saved: {error}.)\n\n\
+             Try it in another terminal:\n  \
+             export BATON_ENDPOINTS={endpoints}\n  \
+             export BATON_CREDENTIALS={}\n",
+            creds.client_dir.display()
+        ),
+    };
     println!(
         "Baton dev cluster: {NODES} nodes on {endpoints} and one agent (data and logs in {data})\n\
          metrics: http://127.0.0.1:{m}/metrics (and the next two ports; the agent's: \
          http://{agent_metrics}/metrics)\n\n\
          Mutual TLS and tokens are on: the CA and certificates are in {tls}, the admin token \
          and client certificate in {client} (see docs/SECURITY.md).\n\n\
-         Try it in another terminal:\n  \
-         export BATON_ENDPOINTS={endpoints}\n  \
-         export BATON_CREDENTIALS={client}\n  \
+         {try_it}  \
          baton cluster status --all\n  \
          baton submit --wait examples/onboard-employee.yaml\n  \
          baton submit --wait examples/build-test-deploy.yaml\n  \
@@ -147,6 +160,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Saves (or replaces) the `dev` context and makes it current, with the credentials folder as an
+/// absolute path so that it holds from any directory. Returns the file it wrote.
+fn save_context(endpoints: &str, client_dir: &Path) -> anyhow::Result<PathBuf> {
+    use baton_security::contexts::{Context, Contexts, default_path};
+    let path = default_path()?;
+    let mut contexts = Contexts::load(&path)?;
+    contexts.set(
+        "dev",
+        Context {
+            endpoints: endpoints.to_owned(),
+            credentials: Some(std::fs::canonicalize(client_dir)?),
+        },
+    )?;
+    contexts.current = Some("dev".into());
+    contexts.save(&path)?;
+    Ok(path)
 }
 
 /// The dev cluster's credentials, all under the data folder: a CA and a certificate per node

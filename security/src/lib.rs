@@ -8,8 +8,11 @@
 //! - [`connector`]: the client side, a tonic connector that dials TLS with the current files.
 //! - [`token`]: bearer tokens (format, roles, hashing, constant-time comparison).
 //! - [`devcerts`]: a local CA and certificates (rcgen), for `batond dev` and tests.
+//! - [`contexts`]: named client contexts (endpoints and a credentials folder) in the user's
+//!   config folder, written by `batond dev` and `baton context`, read by `baton`.
 
 pub mod connector;
+pub mod contexts;
 pub mod devcerts;
 pub mod identity;
 pub mod server;

@@ -24,15 +24,15 @@ pub const VERSION: &str = concat!(
                   3 outcome unknown (the request may or may not have been applied)."
 )]
 pub struct Cli {
-    /// Nodes to talk to, tried in order with failover: HOST:PORT or http://HOST:PORT, comma-separated.
-    #[arg(
-        long,
-        global = true,
-        env = ENDPOINTS_ENV,
-        default_value = "127.0.0.1:7001",
-        value_name = "HOST:PORT,..."
-    )]
-    pub endpoints: Endpoints,
+    /// Nodes to talk to, tried in order with failover: HOST:PORT or http://HOST:PORT,
+    /// comma-separated. Without it (or BATON_ENDPOINTS): the context's, else 127.0.0.1:7001.
+    #[arg(long, global = true, env = ENDPOINTS_ENV, value_name = "HOST:PORT,...")]
+    pub endpoints: Option<Endpoints>,
+
+    /// The named context to use (`baton context list`) instead of the current one. Flags and
+    /// variables still beat what it says.
+    #[arg(long, global = true, env = "BATON_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
 
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -121,6 +121,32 @@ pub enum Command {
     },
     /// Print this build's version and the commit it was built from (`-o json` for scripts).
     Version,
+    /// Named contexts (endpoints and a credentials folder) kept in the user's config folder;
+    /// `batond dev` saves `dev`. The current one applies when no flag or variable says otherwise.
+    #[command(subcommand)]
+    Context(ContextCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the contexts; `*` marks the current one.
+    List,
+    /// Make a context the current one.
+    Use { name: String },
+    /// Show a context (the current one without a name).
+    Show { name: Option<String> },
+    /// Add or replace a context.
+    Set {
+        name: String,
+        /// HOST:PORT,... of the cluster's nodes.
+        #[arg(long = "to", value_name = "HOST:PORT,...")]
+        to: Endpoints,
+        /// Its credentials folder (`ca.pem`, `cert.pem`, `key.pem`, `token`); none: plaintext.
+        #[arg(long = "with-credentials", value_name = "DIR")]
+        with_credentials: Option<PathBuf>,
+    },
+    /// Delete a context.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -426,7 +452,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.output, OutputFormat::Json);
-        assert_eq!(cli.endpoints.to_string(), "a:1,b:2");
+        assert_eq!(cli.endpoints.unwrap().to_string(), "a:1,b:2");
         assert_eq!(cli.timeout, Duration::from_millis(1500));
         assert!(matches!(
             cli.command,
@@ -444,7 +470,10 @@ mod tests {
             return;
         }
         let cli = parse(&["agents"]).unwrap();
-        assert_eq!(cli.endpoints.to_string(), "127.0.0.1:7001");
+        assert!(
+            cli.endpoints.is_none(),
+            "the context or the local default decides"
+        );
         assert_eq!(cli.output, OutputFormat::Table);
         assert_eq!(cli.timeout, Duration::from_secs(10));
     }

@@ -12,6 +12,9 @@ const BATON: &str = env!("CARGO_BIN_EXE_baton");
 async fn baton(args: &[&str]) -> Output {
     tokio::process::Command::new(BATON)
         .args(args)
+        // No context from the user's own config folder.
+        .env("BATON_CLIENT_CONFIG", "/nonexistent/baton/config.toml")
+        .env_remove("BATON_CONTEXT")
         .env_remove("BATON_ENDPOINTS")
         .env_remove("RUST_LOG")
         .output()
@@ -339,6 +342,82 @@ async fn get_shows_a_workflow_or_says_it_is_not_found() {
     let output = baton(&["get", "43", "--endpoints", &endpoints]).await;
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(text(&output.stderr), "error: workflow 43 not found\n");
+}
+
+/// A context saved once serves every later command, with no flag and no variable; flags still
+/// beat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_context_is_used_until_flags_say_otherwise() {
+    let (address, _) = common::start(common::Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton/config.toml");
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            tokio::process::Command::new(BATON)
+                .args(&args)
+                .env("BATON_CLIENT_CONFIG", &config)
+                .env_remove("BATON_CONTEXT")
+                .env_remove("BATON_ENDPOINTS")
+                .env_remove("BATON_CREDENTIALS")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let output = run(args(&["get", "42"])).await;
+    assert_ne!(
+        output.status.code(),
+        Some(0),
+        "no context: the local default"
+    );
+
+    let output = run(args(&[
+        "context",
+        "set",
+        "fake",
+        "--to",
+        &address.to_string(),
+    ]))
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let output = run(args(&["get", "42"])).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with("workflow 42"));
+
+    let output = run(args(&["context", "list"])).await;
+    assert!(
+        text(&output.stdout).starts_with(&format!("* fake  {address}  plaintext")),
+        "{}",
+        text(&output.stdout)
+    );
+    let output = run(args(&["-o", "json", "context", "show"])).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["name"], "fake");
+    assert_eq!(json["current"], true);
+
+    // A flag beats the context; an unknown context is named.
+    let output = run(args(&["get", "42", "--endpoints", "127.0.0.1:1"])).await;
+    assert_ne!(output.status.code(), Some(0));
+    let output = run(args(&["--context", "prod", "get", "42"])).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("no context \"prod\""),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = run(args(&["context", "use", "prod"])).await;
+    assert_eq!(output.status.code(), Some(2));
+
+    let output = run(args(&["context", "delete", "fake"])).await;
+    assert_eq!(output.status.code(), Some(0));
+    let output = run(args(&["context", "list"])).await;
+    assert!(
+        text(&output.stdout).starts_with("no contexts"),
+        "{}",
+        text(&output.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

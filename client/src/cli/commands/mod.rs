@@ -5,11 +5,13 @@
 //!
 //! Code map: `printer` prints in the chosen output format; `submit` reads spec files and submits
 //! them (one, or many in batches); `wait` follows a submitted workflow to its end (`--wait`);
-//! `workflows` is get, list, cancel and watch; `cluster` the cluster's administration; `tokens`
+//! `workflows` is get, list, cancel and watch; `context` the named contexts and which cluster
+//! and credentials a command uses; `cluster` the cluster's administration; `tokens`
 //! the bearer tokens; `agent` runs an agent (`baton agent`) and lists them (`baton agents`).
 
 mod agent;
 mod cluster;
+mod context;
 mod printer;
 mod submit;
 mod tokens;
@@ -19,7 +21,7 @@ mod workflows;
 use std::io::Write;
 
 use anyhow::Context;
-use baton_client::{Client, ClientConfig, CredentialSources};
+use baton_client::{Client, ClientConfig};
 
 use self::printer::Printer;
 use crate::cli::args::{Cli, Command, TokenCommand, VERSION};
@@ -27,13 +29,6 @@ use crate::cli::failure::{CallKind, Failure, client_failure};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let credentials = CredentialSources {
-        dir: cli.credentials.clone(),
-        ca: cli.ca.clone(),
-        cert: cli.cert.clone(),
-        key: cli.key.clone(),
-        token_file: cli.token_file.clone(),
-    };
     // Commands that need no cluster and no credentials.
     match cli.command {
         Command::Completion { shell } => {
@@ -63,12 +58,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    if let Command::Context(command) = cli.command {
+        return context::context(&Printer { format: cli.output }, command);
+    }
     if let Command::Token(TokenCommand::Generate) = cli.command {
         let token = baton_security::token::generate()
             .map_err(|e| Failure::failed(format!("no randomness for a token: {e}")))?;
         println!("{}", token.text);
         return Ok(());
     }
+    let (endpoints, credentials) = context::resolve(&cli)?;
     let credentials = credentials
         .load()
         .map_err(|error| Failure::usage(error.to_string()))?;
@@ -78,7 +77,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ..ClientConfig::default()
     };
     let agent_credentials = config.credentials.clone();
-    let endpoints = cli.endpoints;
     let endpoints_for_agent = endpoints.clone();
     let bench_setup = (endpoints.clone(), config.clone());
     // Built on demand, so that submit checks its input first and bad input never waits on a node.
@@ -101,6 +99,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await
         }
-        Command::Completion { .. } | Command::Version => unreachable!("answered above"),
+        Command::Completion { .. } | Command::Version | Command::Context(_) => {
+            unreachable!("answered above")
+        }
     }
 }
