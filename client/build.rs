@@ -31,9 +31,8 @@ pub fn main() {
             } else {
                 dir.join(path)
             };
-            if path.exists() {
-                println!("cargo:rerun-if-changed={}", path.display());
-            }
+            // Watched even while missing: a packed branch's loose ref appears at the next commit.
+            println!("cargo:rerun-if-changed={}", path.display());
         }
     }
 }

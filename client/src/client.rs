@@ -515,7 +515,13 @@ impl Client {
             any_unknown |= error.outcome() == Outcome::Unknown;
             let delay = backoff_delay(&inner.config, attempts);
             let out_of_budget = started.elapsed() + delay > inner.config.retry_budget;
-            if !error.is_retryable() || attempts >= inner.config.attempts_max || out_of_budget {
+            // A TLS mismatch is one endpoint's: the others are still worth one try each.
+            let other_endpoints_left = matches!(error, ClientError::TlsMismatch { .. })
+                && (attempts as usize) < endpoint_count;
+            if (!error.is_retryable() && !other_endpoints_left)
+                || attempts >= inner.config.attempts_max
+                || out_of_budget
+            {
                 return Err(wrap_attempts(error, attempts, any_unknown));
             }
             // Move everyone off the failed endpoint, unless another call already did.
@@ -536,8 +542,8 @@ impl Client {
         }
     }
 
-    /// A transport failure that is really TLS on one side only, named as such (and so not
-    /// retried: no other attempt can succeed). A TLS client recognises a plaintext answer from
+    /// A transport failure that is really TLS on one side only, named as such (not retried on
+    /// that endpoint; the call still tries the others once). A TLS client recognises a plaintext answer from
     /// its handshake error; a plaintext client whose connection broke asks the node once more,
     /// with [`answers_with_tls`].
     async fn name_tls_mismatch(&self, endpoint: &Endpoint, error: ClientError) -> ClientError {

@@ -85,7 +85,7 @@ pub fn decide(
     let unauthenticated = || {
         Status::unauthenticated(
             "a valid bearer token is required (none was sent, or it is malformed, unknown or \
-             revoked); pass --token or set BATON_TOKEN",
+             revoked); give one (baton: the `token` file in --credentials, or --token-file)",
         )
     };
     let Some(peer) = peer else {

@@ -201,7 +201,10 @@ impl ClusterState {
     /// The only way replicated state changes.
     pub fn apply(&mut self, ctx: ApplyCtx, entry: LogEntry) -> Applied {
         self.now_ms = self.now_ms.max(entry.time_ms);
-        if let Some(copied_at_ms) = self.reseeded_at_ms.take() {
+        // The first entry a reseeded cluster proposes carries the new cluster's time; a Raft
+        // membership entry carries none (time 0), so it never takes the skip.
+        let has_time = !matches!(entry.command, Command::Membership { .. });
+        if has_time && let Some(copied_at_ms) = self.reseeded_at_ms.take() {
             self.skip_ids_handed_out_since(copied_at_ms);
         }
         let mut events = Events::new();

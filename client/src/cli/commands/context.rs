@@ -16,9 +16,9 @@ const LOCAL_NODE: &str = "127.0.0.1:7001";
 ///
 /// - Endpoints: `--endpoints` / `BATON_ENDPOINTS`, else the context's, else [`LOCAL_NODE`].
 /// - Credentials: any of `--credentials`, `--ca`, `--cert`, `--key`, `--token-file` (or their
-///   variables) and only those; else the context's folder. An implicit current context lends
-///   its credentials only when it lends its endpoints too, so a cluster named by
-///   `BATON_ENDPOINTS` never receives another cluster's token; `--context` lends both.
+///   variables) and only those; else the context's folder, but only when the endpoints are
+///   the context's too, so a cluster named by `--endpoints` or `BATON_ENDPOINTS` never receives
+///   another cluster's token. A current context that cannot be read is warned about and skipped.
 pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources)> {
     let given = CredentialSources {
         dir: cli.credentials.clone(),
@@ -40,11 +40,15 @@ pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources
         }
         // Nothing to ask of the file when flags say everything.
         None if cli.endpoints.is_some() => None,
-        None => {
-            let path = default_path().map_err(usage)?;
-            let contexts = Contexts::load(&path).map_err(usage)?;
-            contexts.current().map(|(_, context)| context.clone())
-        }
+        // The current context is a convenience: a file that cannot be read leaves the local
+        // default, with a warning, instead of failing every command.
+        None => match default_path().and_then(|path| Contexts::load(&path)) {
+            Ok(contexts) => contexts.current().map(|(_, context)| context.clone()),
+            Err(error) => {
+                eprintln!("warning: no context used: {error}");
+                None
+            }
+        },
     };
     let endpoints = match (&cli.endpoints, &context) {
         (Some(endpoints), _) => endpoints.clone(),
@@ -56,8 +60,10 @@ pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources
         })?,
         (None, None) => Endpoints::parse(LOCAL_NODE).expect("a valid address"),
     };
+    // A context's credentials go only to its own endpoints: endpoints from a flag or variable
+    // never receive a context's token, even one named by --context.
     let credentials = match context {
-        Some(context) if !any_given => CredentialSources {
+        Some(context) if !any_given && cli.endpoints.is_none() => CredentialSources {
             dir: context.credentials,
             ..CredentialSources::default()
         },

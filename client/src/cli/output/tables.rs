@@ -49,18 +49,20 @@ pub fn render_workflow(workflow: &Workflow) -> String {
     out
 }
 
-/// How a step's last attempt ended when it did not succeed (`exit 3: oops`: the exit code and
-/// the first line of its error), or why a ready step has not started yet, or "-".
+/// How a step's last attempt ended (`exit 3: oops`: a non-zero exit code and the last line of
+/// its error), or why a ready step has not started yet, or "-".
 fn step_detail(step: &Step) -> String {
     let exit = step
         .exit_code
         .filter(|&code| code != 0)
         .map(|code| format!("exit {code}"));
+    // The last line, as the events say it: where a failure usually ends up (and the agent's
+    // own note, such as a killing signal).
     let error = step
         .error
         .lines()
         .map(str::trim)
-        .find(|line| !line.is_empty())
+        .rfind(|line| !line.is_empty())
         .map(|line| one_line(line, 60));
     match (exit, error) {
         (Some(exit), Some(error)) => return format!("{exit}: {error}"),
@@ -194,9 +196,9 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert_eq!(detail(Some(3), "oops\nmore\n"), "exit 3: oops");
+        assert_eq!(detail(Some(3), "starting\noops\n"), "exit 3: oops");
         assert_eq!(detail(Some(3), ""), "exit 3");
-        assert_eq!(detail(Some(3), "\n  \nlate start\n"), "exit 3: late start");
+        assert_eq!(detail(Some(3), "late\nend\n  \n"), "exit 3: end");
         assert_eq!(
             detail(None, "baton: process killed by signal 9\n"),
             "baton: process killed by signal 9"
