@@ -256,7 +256,12 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    fn code(access: Access, peer: Option<PeerRole>, token: Option<TokenRole>) -> Code {
+    /// A call to WorkflowService.Submit by `peer` presenting a token whose role is `token`.
+    fn decide_submit(
+        access: Access,
+        peer: Option<PeerRole>,
+        token: Option<TokenRole>,
+    ) -> Result<(), Status> {
         let presented = PresentedToken {
             id: "x".into(),
             digest: [0; 32],
@@ -268,24 +273,17 @@ mod tests {
             token.map(|_| &presented),
             |_| token,
         )
-        .map_or_else(|s| s.code(), |()| Code::Ok)
+    }
+
+    fn code(access: Access, peer: Option<PeerRole>, token: Option<TokenRole>) -> Code {
+        decide_submit(access, peer, token).map_or_else(|s| s.code(), |()| Code::Ok)
     }
 
     fn message(access: Access, peer: Option<PeerRole>, token: Option<TokenRole>) -> String {
-        let presented = PresentedToken {
-            id: "x".into(),
-            digest: [0; 32],
-        };
-        decide(
-            "/baton.v1.WorkflowService/Submit",
-            access,
-            peer,
-            token.map(|_| &presented),
-            |_| token,
-        )
-        .unwrap_err()
-        .message()
-        .to_string()
+        decide_submit(access, peer, token)
+            .unwrap_err()
+            .message()
+            .to_string()
     }
 
     #[test]
