@@ -213,10 +213,27 @@ impl Client {
         workflow_id: u64,
         consistency: ReadConsistency,
     ) -> Result<Workflow, ClientError> {
-        let request = GetRequest {
+        self.get_request(GetRequest {
             workflow_id,
             consistency: consistency as i32,
-        };
+            include_attempts: false,
+        })
+        .await
+    }
+
+    /// [`Client::get`] (linearizable) with every step's earlier attempts, their output and
+    /// error included: what `baton logs` reads.
+    pub async fn get_with_attempts(&self, workflow_id: u64) -> Result<Workflow, ClientError> {
+        self.get_request(GetRequest {
+            workflow_id,
+            consistency: ReadConsistency::Linearizable as i32,
+            include_attempts: true,
+        })
+        .await
+    }
+
+    async fn get_request(&self, request: GetRequest) -> Result<Workflow, ClientError> {
+        let workflow_id = request.workflow_id;
         let (endpoint, response) = self
             .unary(move |channel| async move { workflow_client(channel).get(request).await })
             .await?;

@@ -577,6 +577,7 @@ mod tests {
                 pb::GetRequest {
                     workflow_id: 3,
                     consistency: 1,
+                    include_attempts: false,
                 }
                 .encode_to_vec(),
             ),

@@ -94,6 +94,10 @@ pub const SLEEP_MS_MAX: u64 = DAY_MS;
 /// Output of one step kept in replicated state (and passed to dependents); larger results
 /// belong in external storage, with a reference in the output.
 pub const OUTPUT_BYTES_MAX: usize = 64 * KIB;
+/// Output (and error) of each earlier attempt of a step kept in replicated state, the tail: enough
+/// to read why it failed, while a step's history stays bounded (at most `MAX_ATTEMPTS_MAX` failed
+/// attempts plus a few lost leases, 8 KiB each).
+pub const EARLIER_ATTEMPT_TEXT_BYTES_MAX: usize = 4 * KIB;
 /// A submit's idempotency key: printable ASCII, kept per workflow in state for deduplication.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 /// Workflows in one `List` page: bounds one response's size and the read's work.

@@ -102,6 +102,9 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Follow a workflow's events as they happen, until it ends.
     Watch(WatchArgs),
+    /// Print one attempt of a step in full: how it ended, its captured output and error (the
+    /// latest attempt unless --attempt names another).
+    Logs(LogsArgs),
     /// List the agents known to the cluster and what they run.
     Agents,
     /// Run an agent on this machine: take steps from the cluster and run them, until
@@ -202,6 +205,20 @@ pub struct WatchArgs {
     /// Start at this Raft log index (e.g. a submit's log_index); 0 = from the beginning.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub from_index: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// The step's name.
+    pub step: String,
+
+    /// The attempt, by the id events show ("attempt 9"); without it, the latest. Earlier
+    /// attempts keep the last 4 KiB of their output and error.
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -132,7 +132,7 @@ impl WorkflowServiceImpl {
             .replica
             .read(|a| {
                 let workflow = a.state.workflow(id)?;
-                let mut view = workflow.to_proto(true);
+                let mut view = workflow.to_proto(true, req.include_attempts);
                 faults::serve(&mut view);
                 for (i, step) in view.steps.iter_mut().enumerate() {
                     step.pending_reason = a
@@ -194,7 +194,7 @@ impl WorkflowServiceImpl {
         };
         let (page, next) = self.node.replica.read(|a| a.state.list(&query));
         Ok(pb::ListResponse {
-            workflows: page.iter().map(|w| w.to_proto(false)).collect(),
+            workflows: page.iter().map(|w| w.to_proto(false, false)).collect(),
             next_page_token: next.map(|id| id.0.to_string()).unwrap_or_default(),
         })
     }

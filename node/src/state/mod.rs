@@ -613,6 +613,24 @@ impl ClusterState {
                 }
                 _ => {}
             }
+            // Earlier attempts: each one started, oldest first, none after the current one (the
+            // last is the current one itself between its end and the next assignment).
+            assert!(
+                run.earlier.len() <= run.attempts as usize,
+                "workflow {id} step {i}: {} earlier attempts of {} started",
+                run.earlier.len(),
+                run.attempts
+            );
+            assert!(
+                run.earlier
+                    .windows(2)
+                    .all(|w| w[0].attempt_id < w[1].attempt_id)
+                    && run
+                        .earlier
+                        .last()
+                        .is_none_or(|e| e.attempt_id <= run.attempt_id),
+                "workflow {id} step {i}: earlier attempts out of order"
+            );
         }
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Assignment, CompleteCommand, RegisterAgentCommand, Response};
 use super::ids::{AgentId, AttemptId, StepIndex, WorkflowId};
-use super::workflow::{StepState, Workflow, WorkflowState};
+use super::workflow::{AttemptOutcome, StepState, Workflow, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
 
 /// A step lost to this many expired leases fails instead of being requeued again: a step that
@@ -293,6 +293,10 @@ impl ClusterState {
         run.agent = agent.name.clone();
         run.started_at_ms = now_ms;
         run.finished_at_ms = 0;
+        // The previous attempt's result, if any, is in `run.earlier` now.
+        run.output.clear();
+        run.error.clear();
+        run.exit_code = None;
         let step_name = workflow.spec.steps[a.step.get()].name.clone();
         self.ready.remove(&key);
         self.ready_deadlines.remove(&key);
@@ -372,6 +376,7 @@ impl ClusterState {
         }
         run.failures += 1;
         if run.failures < effective_max_attempts(&spec_step) {
+            run.end_attempt(AttemptOutcome::Failed);
             let delay_ms = backoff_delay_ms(&spec_step, run.failures);
             run.state = StepState::Backoff;
             run.retry_at_ms = now_ms.saturating_add(delay_ms);
@@ -432,6 +437,7 @@ impl ClusterState {
                     run.lease_expiries
                 );
             } else {
+                run.end_attempt(AttemptOutcome::LeaseExpired);
                 run.state = StepState::Ready;
                 run.ready_at_ms = now_ms;
             }
@@ -818,13 +824,16 @@ fn last_line(text: &str) -> &str {
 
 /// Keeps the last `max` bytes (the end of a log is what explains a failure), on a char boundary.
 pub fn truncate_utf8(mut text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
+    let start = text.len() - tail_utf8(&text, max).len();
+    text.drain(..start);
+    text
+}
+
+/// The last `max` bytes of `text` at most, starting on a char boundary.
+pub fn tail_utf8(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
     while !text.is_char_boundary(start) {
         start += 1;
     }
-    text.drain(..start);
-    text
+    &text[start..]
 }

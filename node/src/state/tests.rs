@@ -839,6 +839,103 @@ fn retries_follow_the_policy_with_backoff_through_ticks() {
 }
 
 #[test]
+fn each_attempt_that_was_followed_by_another_is_kept_with_the_tail_of_its_texts() {
+    use super::workflow::AttemptOutcome;
+    use baton_proto::limits::EARLIER_ATTEMPT_TEXT_BYTES_MAX;
+    let mut log = Log::new();
+    let a1 = register(&mut log, "a1", 1);
+    let a2 = register(&mut log, "a2", 1);
+    let mut s = step("flaky", &[]);
+    s.retry = Some(pb::RetryPolicy {
+        max_attempts: 3,
+        backoff: Some(pb::Backoff {
+            initial_ms: 1_000,
+            multiplier: 1.0,
+            max_ms: 1_000,
+        }),
+    });
+    log.apply_at(10_000, submit(&spec("w", vec![s]), ""));
+    // 1: fails with a long error; 2: its lease expires; 3: succeeds.
+    let first = assign(&mut log, 1, 0, a1).unwrap();
+    let long_error = format!("{}the end", "x".repeat(2 * EARLIER_ATTEMPT_TEXT_BYTES_MAX));
+    log.apply_at(
+        11_000,
+        Command::Complete(CompleteCommand {
+            attempt_id: first,
+            agent_id: a1,
+            success: false,
+            output: "partial".into(),
+            error: long_error.clone(),
+            exit_code: Some(3),
+        }),
+    );
+    let run = &log.state.workflow(WorkflowId(1)).unwrap().steps[0];
+    assert_eq!(run.earlier.len(), 1, "recorded as soon as it ended");
+    assert_eq!(
+        run.error, long_error,
+        "the step's own fields keep it whole meanwhile"
+    );
+    log.apply_at(12_000, Command::Tick);
+    let second = assign(&mut log, 1, 0, a2).unwrap();
+    let run = &log.state.workflow(WorkflowId(1)).unwrap().steps[0];
+    assert_eq!(
+        (run.output.as_str(), run.error.as_str(), run.exit_code),
+        ("", "", None),
+        "a new attempt starts with no result"
+    );
+    log.apply_at(
+        13_000,
+        Command::ExpireLeases {
+            attempts: vec![second],
+        },
+    );
+    let third = assign(&mut log, 1, 0, a1).unwrap();
+    log.apply_at(14_000, Command::Tick);
+    report(&mut log, third, a1, true);
+
+    let run = &log.state.workflow(WorkflowId(1)).unwrap().steps[0];
+    assert_eq!(run.state, StepState::Succeeded);
+    assert_eq!(run.output, format!("out-{third}"));
+    let earlier: Vec<_> = run
+        .earlier
+        .iter()
+        .map(|e| (e.attempt_id, e.agent.as_str(), e.outcome, e.exit_code))
+        .collect();
+    assert_eq!(
+        earlier,
+        [
+            (first, "a1", AttemptOutcome::Failed, Some(3)),
+            (second, "a2", AttemptOutcome::LeaseExpired, None),
+        ]
+    );
+    let failed = &run.earlier[0];
+    assert_eq!(failed.output, "partial");
+    assert_eq!(failed.error.len(), EARLIER_ATTEMPT_TEXT_BYTES_MAX);
+    assert!(failed.error.ends_with("the end"), "the tail is kept");
+    assert_eq!(
+        (failed.started_at_ms, failed.finished_at_ms),
+        (10_000, 11_000)
+    );
+
+    // The API view carries them only when asked, and the snapshot keeps them.
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap();
+    assert!(
+        workflow.to_proto(true, false).steps[0]
+            .earlier_attempts
+            .is_empty()
+    );
+    let view = workflow.to_proto(true, true);
+    let attempts = &view.steps[0].earlier_attempts;
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[1].outcome, pb::AttemptOutcome::LeaseExpired as i32);
+    let restored = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(
+        restored.workflow(WorkflowId(1)),
+        log.state.workflow(WorkflowId(1))
+    );
+}
+
+#[test]
 fn capacity_is_never_over_allocated_and_cancel_releases_it() {
     let mut log = Log::new();
     let agent = register(&mut log, "a1", 1);
@@ -1040,8 +1137,9 @@ fn ids_that_leave_are_retired_until_a_new_membership_takes_them_back() {
 
 /// Pins the snapshot payload's bytes (their SHA-256 and length): a state holding one of
 /// everything a snapshot carries (a running workflow with an attempt, a finished one, an agent
-/// with task types, a token, a bound incarnation, a reserved node id, a backoff). A change here
-/// breaks every snapshot at rest and every backup: change it only with a decoder for the old one.
+/// with task types, a token, a bound incarnation, a reserved node id, a backoff and the failed
+/// attempt before it). A change here breaks every snapshot at rest and every backup: change it
+/// only with a decoder for the old one.
 #[test]
 fn golden_snapshot_bytes() {
     let mut log = Log::new();
@@ -1110,20 +1208,41 @@ fn golden_snapshot_bytes() {
     log.apply(report(attempts[2], true));
     log.state.check_invariants();
 
-    let bytes = log.state.encode();
     use sha2::Digest;
-    let digest: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = |bytes: &[u8]| -> String {
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let bytes = log.state.encode();
     assert_eq!(
-        (bytes.len(), digest.as_str()),
+        (bytes.len(), sha(&bytes).as_str()),
+        (
+            1849,
+            "8b752925b0da34a1f74fc313dcd222481eaf4ebc10a2a8837ea440c8fddc499c"
+        ),
+        "the snapshot encoding changed"
+    );
+    // Snapshots and backups written before steps kept their earlier attempts (2026-12-06) are
+    // the bytes of this state without them, pinned then; they still decode, to that state.
+    let mut before = log.state.clone();
+    for id in before.workflows.keys().copied().collect::<Vec<_>>() {
+        let workflow = before.workflows.get_mut(&id).expect("listed");
+        for run in &mut Arc::make_mut(workflow).steps {
+            run.earlier.clear();
+        }
+    }
+    let old_bytes = before.encode();
+    assert_eq!(
+        (old_bytes.len(), sha(&old_bytes).as_str()),
         (
             1737,
             "613807637e90324e93e1adb42d5b23c7b19c7178b1f38597d2da3403f45e8507"
         ),
-        "the snapshot encoding changed"
+        "the encoding of a state without earlier attempts changed"
     );
+    assert_eq!(ClusterState::decode(&old_bytes).unwrap(), before);
     let decoded = ClusterState::decode(&bytes).unwrap();
     assert_eq!(decoded, log.state);
     assert_eq!(decoded.encode(), bytes);

@@ -8,6 +8,7 @@ use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ids::{AttemptId, StepIndex, WorkflowId};
+use super::scheduling::tail_utf8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,6 +115,51 @@ pub struct StepRun {
     pub output: String,
     pub error: String,
     pub exit_code: Option<i32>,
+    /// Attempts that ended before the current or last one, oldest first. Last, and left out
+    /// while empty, so a step that never retried encodes as before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EndedAttempt>,
+}
+
+/// An attempt that ended and was followed by another: a failure the retry policy answered with a
+/// new attempt, or a lease that expired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndedAttempt {
+    pub attempt_id: AttemptId,
+    pub agent: String,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    /// The tail, at most `EARLIER_ATTEMPT_TEXT_BYTES_MAX` bytes.
+    pub output: String,
+    /// The tail, at most `EARLIER_ATTEMPT_TEXT_BYTES_MAX` bytes.
+    pub error: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Failed,
+    LeaseExpired,
+}
+
+impl EndedAttempt {
+    fn to_proto(&self) -> pb::StepAttempt {
+        pb::StepAttempt {
+            attempt_id: self.attempt_id.0,
+            agent: self.agent.clone(),
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            outcome: match self.outcome {
+                AttemptOutcome::Failed => pb::AttemptOutcome::Failed,
+                AttemptOutcome::LeaseExpired => pb::AttemptOutcome::LeaseExpired,
+            } as i32,
+            exit_code: self.exit_code,
+            output: self.output.clone(),
+            error: self.error.clone(),
+        }
+    }
 }
 
 impl StepRun {
@@ -134,13 +180,32 @@ impl StepRun {
             output: String::new(),
             error: String::new(),
             exit_code: None,
+            earlier: Vec::new(),
         }
+    }
+
+    /// Records the current attempt, which just ended as `outcome`, among the earlier ones: a
+    /// new attempt will follow it.
+    pub fn end_attempt(&mut self, outcome: AttemptOutcome) {
+        use baton_proto::limits::EARLIER_ATTEMPT_TEXT_BYTES_MAX;
+        let tail = |text: &str| tail_utf8(text, EARLIER_ATTEMPT_TEXT_BYTES_MAX).to_owned();
+        self.earlier.push(EndedAttempt {
+            attempt_id: self.attempt_id,
+            agent: self.agent.clone(),
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            outcome,
+            exit_code: self.exit_code,
+            output: tail(&self.output),
+            error: tail(&self.error),
+        });
     }
 }
 
 impl Workflow {
-    /// The API view. `with_steps = false` leaves out the spec and steps (for lists).
-    pub fn to_proto(&self, with_steps: bool) -> pb::Workflow {
+    /// The API view. `with_steps = false` leaves out the spec and steps (for lists);
+    /// `with_attempts` fills each step's earlier attempts.
+    pub fn to_proto(&self, with_steps: bool, with_attempts: bool) -> pb::Workflow {
         let (spec, steps) = if with_steps {
             let steps = self
                 .spec
@@ -161,6 +226,11 @@ impl Workflow {
                     exit_code: run.exit_code,
                     retry_at_ms: run.retry_at_ms,
                     pending_reason: String::new(),
+                    earlier_attempts: if with_attempts {
+                        run.earlier.iter().map(EndedAttempt::to_proto).collect()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect();
             (Some((*self.spec).clone()), steps)

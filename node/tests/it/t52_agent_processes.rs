@@ -63,6 +63,7 @@ async fn get(
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: 0,
+            include_attempts: false,
         })
         .await
         .ok()?

@@ -259,6 +259,7 @@ async fn workflow(
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: consistency as i32,
+            include_attempts: false,
         })
         .await
         .ok()?

@@ -461,6 +461,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
                     .get(pb::GetRequest {
                         workflow_id: *id,
                         consistency: 0,
+                        include_attempts: false,
                     })
                     .await
                     .ok()?
@@ -545,6 +546,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
                     .get(pb::GetRequest {
                         workflow_id: *id,
                         consistency: 0,
+                        include_attempts: false,
                     })
                     .await
                     .ok()?

@@ -46,6 +46,7 @@ async fn get(addr: SocketAddr, id: u64) -> pb::Workflow {
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: 0,
+            include_attempts: false,
         })
         .await
         .unwrap_or_else(|e| panic!("workflow {id}: {e}"))

@@ -93,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => cluster::cluster(&connect()?, &out, command).await,
         Command::Agents => agent::agents(&connect()?, &out).await,
         Command::Watch(args) => workflows::watch(&connect()?, &out, args).await,
+        Command::Logs(args) => workflows::logs(&connect()?, &out, args).await,
         Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
         Command::Token(command) => tokens::token(&connect()?, &out, command).await,
         Command::Bench(args) => {

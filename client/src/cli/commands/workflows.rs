@@ -1,4 +1,4 @@
-//! Reading and changing one workflow or many: `baton get`, `list`, `cancel` and `watch`.
+//! Reading and changing one workflow or many: `baton get`, `list`, `cancel`, `watch` and `logs`.
 
 use baton_client::output::{self, EventColumns};
 use baton_client::proto::{ListRequest, ReadConsistency, Workflow, WorkflowState};
@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::printer::Printer;
-use crate::cli::args::{CancelArgs, GetArgs, ListArgs, WatchArgs};
+use crate::cli::args::{CancelArgs, GetArgs, ListArgs, LogsArgs, WatchArgs};
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
 fn consistency(stale: bool) -> ReadConsistency {
@@ -18,25 +18,46 @@ fn consistency(stale: bool) -> ReadConsistency {
     }
 }
 
+/// Words a failed read of workflow `id`.
+fn read_failure(id: u64) -> impl FnOnce(baton_client::ClientError) -> anyhow::Error {
+    move |error| {
+        if error.code() == Some(tonic::Code::NotFound) {
+            Failure::failed(format!("workflow {id} not found"))
+        } else {
+            client_failure(error, CallKind::Read, Some(&format!("workflow {id}")), None)
+        }
+    }
+}
+
 pub(super) async fn get(client: &Client, out: &Printer, args: GetArgs) -> anyhow::Result<()> {
     let workflow = client
         .get(args.id, consistency(args.stale))
         .await
-        .map_err(|error| {
-            if error.code() == Some(tonic::Code::NotFound) {
-                Failure::failed(format!("workflow {} not found", args.id))
-            } else {
-                client_failure(
-                    error,
-                    CallKind::Read,
-                    Some(&format!("workflow {}", args.id)),
-                    None,
-                )
-            }
-        })?;
+        .map_err(read_failure(args.id))?;
     out.print(
         || output::workflow_json(&workflow),
         || output::render_workflow(&workflow),
+    )
+}
+
+pub(super) async fn logs(client: &Client, out: &Printer, args: LogsArgs) -> anyhow::Result<()> {
+    let workflow = client
+        .get_with_attempts(args.id)
+        .await
+        .map_err(read_failure(args.id))?;
+    let Some(step) = workflow.steps.iter().find(|s| s.name == args.step) else {
+        let names: Vec<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+        return Err(Failure::failed(format!(
+            "workflow {} has no step '{}'; its steps are {}",
+            args.id,
+            args.step,
+            names.join(", ")
+        )));
+    };
+    let view = output::choose_attempt(step, args.attempt).map_err(Failure::failed)?;
+    out.print(
+        || output::attempt_json(args.id, &step.name, &view),
+        || output::render_attempt(args.id, &step.name, &view),
     )
 }
 

@@ -9,11 +9,13 @@
 //! Code map (the module lives in `cli/` with the rest of the CLI, but is compiled into the
 //! library as the public `baton_client::output`): `names` are the enums' names, `json` the JSON
 //! shapes, `text` the table and cell helpers, `tables` the views of workflows, tokens and
-//! agents, `cluster` the views of the cluster, `events` the one-line form of an event.
+//! agents, `cluster` the views of the cluster, `events` the one-line form of an event, `logs` one
+//! attempt of a step in full.
 
 mod cluster;
 mod events;
 mod json;
+mod logs;
 mod names;
 mod tables;
 mod text;
@@ -26,6 +28,7 @@ pub use self::json::{
     agent_json, cluster_status_json, event_json, member_json, members_json, spec_json, step_json,
     submit_json, token_json, workflow_json,
 };
+pub use self::logs::{AttemptView, attempt_json, choose_attempt, render_attempt, step_attempts};
 pub use self::names::{
     event_kind_name, parse_workflow_state, run_condition_name, step_state_name, workflow_state_name,
 };
@@ -85,6 +88,7 @@ mod fixtures {
                     exit_code: Some(0),
                     retry_at_ms: 0,
                     pending_reason: String::new(),
+                    earlier_attempts: Vec::new(),
                 },
                 Step {
                     name: "order-laptop".into(),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod dev;
 pub mod procs;
 
 use std::collections::BTreeMap;
@@ -284,6 +285,7 @@ pub async fn wait_for_success(
                 .get(pb::GetRequest {
                     workflow_id: id,
                     consistency: 0,
+                    include_attempts: false,
                 })
                 .await
                 .ok()?
