@@ -1,9 +1,10 @@
 //! `batond certs`: everything a secured deployment needs, from one command, into one folder: a CA,
 //! a certificate per node valid for the host names peers dial it by, a credentials folder per
-//! agent and client, and a bootstrap admin token. Files already there are kept, so the command
-//! can be re-run to add parties; delete a party's files to re-issue them.
+//! agent and client, and a bootstrap admin token; with `--context`, a client context that uses
+//! them. Files already there are kept, so the command can be re-run to add parties; delete a
+//! party's files to re-issue them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use baton_security::devcerts::{self, DevCa};
 use baton_security::{PeerIdentity, PeerRole, TlsFiles};
@@ -15,6 +16,16 @@ pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
 
 /// Writes the files; returns what it wrote, for the operator. Errors name the flag or the file.
 pub fn run(args: &CertsArgs) -> Result<String, String> {
+    run_with_config(args, || {
+        baton_security::contexts::default_path().map_err(|e| e.to_string())
+    })
+}
+
+/// [`run`], saving a context to the file `config_file` names (the user's, in production).
+fn run_with_config(
+    args: &CertsArgs,
+    config_file: impl FnOnce() -> Result<PathBuf, String>,
+) -> Result<String, String> {
     let nodes = args
         .nodes
         .iter()
@@ -23,6 +34,12 @@ pub fn run(args: &CertsArgs) -> Result<String, String> {
     if nodes.is_empty() && args.agents.is_empty() && args.clients.is_empty() {
         return Err("nothing to make: give at least one --node, --agent or --client".into());
     }
+    // Checked before anything is written, so a bad flag leaves no half-made folder.
+    let context = args
+        .context
+        .as_deref()
+        .map(|text| context_plan(text, args.endpoints.as_deref(), &nodes, &args.clients))
+        .transpose()?;
     let out = &args.out;
     let ca = DevCa::open_or_create(out).map_err(|e| format!("--out {}: {e}", out.display()))?;
     let mut made = Vec::new();
@@ -70,11 +87,129 @@ pub fn run(args: &CertsArgs) -> Result<String, String> {
             "{BOOTSTRAP_TOKEN_FILE}: an admin token for --bootstrap-token-file"
         ));
     }
-    Ok(if made.is_empty() {
+    let mut said = if made.is_empty() {
         format!("everything asked for is already in {}", out.display())
     } else {
         format!("in {}:\n  {}", out.display(), made.join("\n  "))
+    };
+    if let Some(plan) = context {
+        let path = config_file().map_err(|e| format!("--context {}: {e}", plan.name))?;
+        said.push('\n');
+        said.push_str(&save_context(out, &plan, &path)?);
+    }
+    Ok(said)
+}
+
+/// The context `--context` asks for: its name, the client whose folder it uses, its endpoints.
+#[derive(Debug, PartialEq)]
+struct ContextPlan {
+    name: String,
+    client: String,
+    endpoints: String,
+}
+
+/// The port `--context` assumes for nodes given by host only (`batond --listen`'s default).
+const DEFAULT_PORT: u16 = 7001;
+
+fn context_plan(
+    text: &str,
+    endpoints: Option<&str>,
+    nodes: &[(u64, Vec<String>)],
+    clients: &[String],
+) -> Result<ContextPlan, String> {
+    let (name, client) = match text.split_once('=') {
+        Some((name, client)) => {
+            if !clients.iter().any(|c| c == client) {
+                return Err(format!(
+                    "--context {text}: {client:?} is not one of this run's --client names"
+                ));
+            }
+            (name, client.to_owned())
+        }
+        None => match clients {
+            [client] => (text, client.clone()),
+            [] => {
+                return Err(format!(
+                    "--context {text}: a context needs a client's credentials: add --client NAME"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "--context {text}: several --client given; say whose credentials it uses: \
+                     --context {text}=CLIENT"
+                ));
+            }
+        },
+    };
+    baton_security::contexts::check_name(name).map_err(|e| format!("--context {text}: {e}"))?;
+    let endpoints = match endpoints {
+        Some(endpoints) => endpoints.to_owned(),
+        None if nodes.is_empty() => {
+            return Err(format!(
+                "--context {text}: no --node to take endpoints from: give --endpoints HOST:PORT,..."
+            ));
+        }
+        None => nodes
+            .iter()
+            .map(|(_, hosts)| {
+                let host = &hosts[0];
+                if host.contains(':') {
+                    format!("[{host}]:{DEFAULT_PORT}")
+                } else {
+                    format!("{host}:{DEFAULT_PORT}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    Ok(ContextPlan {
+        name: name.to_owned(),
+        client,
+        endpoints,
     })
+}
+
+/// Saves the planned context and makes it current; gives the client's folder the bootstrap token
+/// when it has none. Returns what it did.
+fn save_context(out: &Path, plan: &ContextPlan, path: &Path) -> Result<String, String> {
+    use baton_security::contexts::{Context, Contexts};
+    let identity = PeerIdentity::new(PeerRole::Client, plan.client.clone());
+    let folder = std::path::absolute(out.join(devcerts::stem(&identity)))
+        .map_err(|e| format!("--out {}: {e}", out.display()))?;
+    let mut said = Vec::new();
+    let token = folder.join("token");
+    if !token.exists() {
+        let bootstrap = std::fs::read_to_string(out.join(BOOTSTRAP_TOKEN_FILE))
+            .map_err(|e| format!("{}: {e}", out.join(BOOTSTRAP_TOKEN_FILE).display()))?;
+        write_secret(&token, bootstrap.trim()).map_err(|e| format!("{}: {e}", token.display()))?;
+        said.push(format!(
+            "{}: the bootstrap admin token, until you give it one of its own \
+             (baton token create, then revoke the bootstrap token; docs/SECURITY.md)",
+            token.display()
+        ));
+    }
+    let mut contexts = Contexts::load(path).map_err(|e| format!("--context: {e}"))?;
+    contexts
+        .set(
+            &plan.name,
+            Context {
+                endpoints: plan.endpoints.clone(),
+                credentials: Some(folder.clone()),
+            },
+        )
+        .map_err(|e| format!("--context {}: {e}", plan.name))?;
+    contexts.current = Some(plan.name.clone());
+    contexts
+        .save(path)
+        .map_err(|e| format!("--context {}: {e}", plan.name))?;
+    said.push(format!(
+        "context {} ({}, {}) saved in {} and current",
+        plan.name,
+        plan.endpoints,
+        folder.display(),
+        path.display()
+    ));
+    Ok(said.join("\n"))
 }
 
 /// `ID=HOST[,HOST...]`.
@@ -149,6 +284,8 @@ mod tests {
             nodes: owned(nodes),
             agents: owned(agents),
             clients: owned(clients),
+            context: None,
+            endpoints: None,
         }
     }
 
@@ -194,6 +331,82 @@ mod tests {
             std::fs::read_to_string(out.join(BOOTSTRAP_TOKEN_FILE)).unwrap(),
             token
         );
+    }
+
+    #[test]
+    fn a_context_uses_the_client_folder_with_the_bootstrap_token_and_becomes_current() {
+        use baton_security::contexts::Contexts;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let config = dir.path().join("config.toml");
+        let mut a = args(&out, &["1=baton-1", "2=10.0.0.2", "3=::1"], &[], &["ops"]);
+        a.context = Some("prod".into());
+        let said = run_with_config(&a, || Ok(config.clone())).unwrap();
+        assert!(said.contains("context prod"), "{said}");
+        let contexts = Contexts::load(&config).unwrap();
+        assert_eq!(contexts.current.as_deref(), Some("prod"));
+        let prod = &contexts.contexts["prod"];
+        assert_eq!(prod.endpoints, "baton-1:7001,10.0.0.2:7001,[::1]:7001");
+        let folder = prod.credentials.clone().unwrap();
+        assert!(
+            folder.is_absolute() && folder.ends_with("client-ops"),
+            "{folder:?}"
+        );
+        let bootstrap = std::fs::read_to_string(out.join(BOOTSTRAP_TOKEN_FILE)).unwrap();
+        let token = std::fs::read_to_string(folder.join("token")).unwrap();
+        assert_eq!(token.trim(), bootstrap.trim());
+
+        // A second context for another client, endpoints given; the token already there stays.
+        std::fs::write(folder.join("token"), "baton_own_token\n").unwrap();
+        let mut b = args(&out, &[], &[], &["ops", "ci"]);
+        b.context = Some("staging=ops".into());
+        b.endpoints = Some("10.1.0.1:7001".into());
+        run_with_config(&b, || Ok(config.clone())).unwrap();
+        let contexts = Contexts::load(&config).unwrap();
+        assert_eq!(contexts.current.as_deref(), Some("staging"));
+        assert_eq!(contexts.contexts.len(), 2);
+        assert_eq!(contexts.contexts["staging"].endpoints, "10.1.0.1:7001");
+        assert_eq!(
+            std::fs::read_to_string(folder.join("token")).unwrap(),
+            "baton_own_token\n"
+        );
+    }
+
+    #[test]
+    fn a_context_that_cannot_be_made_is_named_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let config = dir.path().join("config.toml");
+        for (nodes, clients, context, endpoints, says) in [
+            (&["1=a"][..], &[][..], "prod", None, "add --client"),
+            (
+                &["1=a"][..],
+                &["x", "y"][..],
+                "prod",
+                None,
+                "--context prod=CLIENT",
+            ),
+            (
+                &["1=a"][..],
+                &["x"][..],
+                "prod=z",
+                None,
+                "not one of this run's --client",
+            ),
+            (&[][..], &["x"][..], "prod", None, "give --endpoints"),
+            (&["1=a"][..], &["x"][..], "bad name", None, "context name"),
+        ] {
+            let mut a = args(&out, nodes, &[], clients);
+            a.context = Some(context.into());
+            a.endpoints = endpoints;
+            let err = run_with_config(&a, || Ok(config.clone())).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("--context"),
+                "{context}: {err}"
+            );
+            assert!(!out.exists(), "{context}: nothing written");
+            assert!(!config.exists(), "{context}: no config written");
+        }
     }
 
     #[test]

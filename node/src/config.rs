@@ -61,6 +61,15 @@ pub struct CertsArgs {
     /// A client's name (a person or a program using the CLI or the API). Repeatable.
     #[arg(long = "client", value_name = "NAME")]
     pub clients: Vec<String>,
+    /// Also save a client context (as `batond dev` saves `dev`; `baton context list`) that
+    /// reaches the nodes with a client's credentials folder: `NAME` when one --client is given,
+    /// `NAME=CLIENT` to pick one. A folder without a token gets the bootstrap token, so the
+    /// context works at once; give it a token of its own later (docs/SECURITY.md).
+    #[arg(long, value_name = "NAME[=CLIENT]")]
+    pub context: Option<String>,
+    /// The context's endpoints, `HOST:PORT,...` [default: each --node's first host, port 7001].
+    #[arg(long, value_name = "HOST:PORT,...", requires = "context")]
+    pub endpoints: Option<String>,
 }
 
 #[derive(Args, Debug)]
