@@ -27,11 +27,6 @@ pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources
         key: cli.key.clone(),
         token_file: cli.token_file.clone(),
     };
-    let any_given = given.dir.is_some()
-        || given.ca.is_some()
-        || given.cert.is_some()
-        || given.key.is_some()
-        || given.token_file.is_some();
     let context: Option<Context> = match &cli.context {
         Some(name) => {
             let path = default_path().map_err(usage)?;
@@ -61,11 +56,13 @@ pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources
         (None, None) => Endpoints::parse(LOCAL_NODE).expect("a valid address"),
     };
     // A context's credentials go only to its own endpoints: endpoints from a flag or variable
-    // never receive a context's token, even one named by --context.
+    // never receive a context's token, even one named by --context. With its endpoints, a flag
+    // or variable beats the context item by item: `--token-file` with the context's
+    // certificates, `--credentials` instead of its folder.
     let credentials = match context {
-        Some(context) if !any_given && cli.endpoints.is_none() => CredentialSources {
-            dir: context.credentials,
-            ..CredentialSources::default()
+        Some(context) if cli.endpoints.is_none() => CredentialSources {
+            dir: given.dir.clone().or(context.credentials),
+            ..given
         },
         _ => given,
     };
