@@ -13,7 +13,8 @@
 # 3.4 on Debian 12), the yardstick `baton bench --compare-etcd` runs beside Baton; `faketime`
 # (libfaketime, /usr/lib/<arch>-linux-gnu/faketime/libfaketime.so.1), which
 # node/tests/it/t59_clock_jumps.rs preloads into one `batond` to step its wall clock by an hour;
-# and python3 for the power-loss shim's SQLite test.
+# python3 for the power-loss shim's SQLite test; and curl, which docs/TUTORIAL.md uses to read
+# metrics (node/tests/it/t80_tutorial.rs runs it).
 #
 # Debian's `prometheus` package may start a system service on :9090 (where the init system allows
 # it). Nothing in Baton uses that service: the test starts its own Prometheus on a free loopback
@@ -29,7 +30,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 baton_prereqs_for="${1:-}"
 case "$baton_prereqs_for" in
   build) baton_packages=(libclang-dev g++ make) ;;
-  test) baton_packages=(libclang-dev g++ make prometheus etcd-server python3 faketime) ;;
+  test) baton_packages=(libclang-dev g++ make prometheus etcd-server python3 faketime curl) ;;
   deploy) baton_packages=(python3-venv) ;;
   *) echo "prereqs.sh: name what to install: build, test or deploy (got '$baton_prereqs_for')" >&2; return 2 ;;
 esac

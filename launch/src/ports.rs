@@ -129,6 +129,44 @@ impl PortPicker {
         })
     }
 
+    /// `n` consecutive ports (`P`, `P+1`, ...), locked as [`PortPicker::reserve`] locks them:
+    /// for a program that takes a base port and counts up from it (`batond dev --base-port`).
+    pub fn reserve_consecutive(&mut self, n: usize) -> io::Result<Ports> {
+        let locks = open_lock_file()?;
+        let bands = bands(ephemeral_range());
+        let span = n.saturating_sub(1) as u64;
+        for _ in 0..CANDIDATES_MAX {
+            let start = pick(&bands, self.next_random());
+            let fits = bands
+                .iter()
+                .any(|b| b.contains(&start) && u64::from(start) + span <= u64::from(*b.end()));
+            if !fits {
+                continue;
+            }
+            let run: Vec<u16> = (0..n as u16).map(|i| start + i).collect();
+            let mut locked = Vec::with_capacity(n);
+            for &port in &run {
+                if !try_lock(&locks, port)? {
+                    break;
+                }
+                locked.push(port);
+            }
+            if locked.len() == n && run.iter().all(|&port| is_free(port)) {
+                return Ok(Ports {
+                    ports: run,
+                    _locks: locks,
+                });
+            }
+            for port in locked {
+                unlock(&locks, port)?;
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("no {n} consecutive free loopback ports among {CANDIDATES_MAX} tried"),
+        ))
+    }
+
     fn next_random(&mut self) -> u64 {
         // xorshift64*: spreads choices; nothing here needs more.
         self.rng ^= self.rng >> 12;
@@ -294,6 +332,25 @@ mod tests {
             let port = pick(&bands, picker.next_random());
             assert!(!(32768..=60999).contains(&port) && port >= 10_000, "{port}");
         }
+    }
+
+    #[test]
+    fn consecutive_ports_are_a_run_of_free_locked_ports() {
+        let ports = PortPicker::new().reserve_consecutive(4).unwrap();
+        assert_eq!(ports.len(), 4);
+        for (i, port) in ports.iter().enumerate() {
+            assert_eq!(*port, ports[0] + i as u16);
+            assert!(is_reserved(*port).unwrap(), "{port} is locked");
+            assert!(is_free(*port), "{port} is free to bind");
+        }
+        let again = PortPicker::new().reserve_consecutive(4).unwrap();
+        assert!(
+            again.iter().all(|p| !ports.contains(p)),
+            "a second run shares no port"
+        );
+        let first = ports[0];
+        drop(ports);
+        assert!(!is_reserved(first).unwrap());
     }
 
     #[test]

@@ -22,3 +22,5 @@ mod t70_security;
 mod t72_graceful_stop;
 mod t74_backup_and_recovery;
 mod t76_secure_processes;
+mod t80_tutorial;
+mod t82_cli_errors;
