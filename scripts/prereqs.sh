@@ -2,10 +2,11 @@
 # Installs what a fresh Debian 12 machine lacks for one of Baton's scripts, and sets the target
 # folder. Sourced by the other scripts with what they need:
 #
-#   source scripts/prereqs.sh build    building only (scripts/dev): libclang for bindgen (run by
-#                                      the rocksdb crate), a C++ compiler and make for RocksDB
-#   source scripts/prereqs.sh test     building and testing (scripts/test, chaos, CI): the above,
-#                                      plus the tools the tests run beside Baton
+#   source scripts/prereqs.sh build    building only (scripts/dev, scripts/chaos, chaos-broken):
+#                                      libclang for bindgen (run by the rocksdb crate), a C++
+#                                      compiler and make for RocksDB
+#   source scripts/prereqs.sh test     building and testing (scripts/test, bench-retained, CI):
+#                                      the above, plus the tools the tests run beside Baton
 #   source scripts/prereqs.sh deploy   scripts/validate-deploy's Kubernetes validator
 #
 # The tests need Prometheus (`prometheus` and `promtool`) for the observability test, which checks
@@ -32,7 +33,8 @@ case "$baton_prereqs_for" in
   build) baton_packages=(libclang-dev g++ make) ;;
   test) baton_packages=(libclang-dev g++ make prometheus etcd-server python3 faketime curl) ;;
   deploy) baton_packages=(python3-venv) ;;
-  *) echo "prereqs.sh: name what to install: build, test or deploy (got '$baton_prereqs_for')" >&2; return 2 ;;
+  *) echo "prereqs.sh: name what to install: build, test or deploy (got '$baton_prereqs_for')" >&2
+     return 2 2>/dev/null || exit 2 ;;
 esac
 missing=()
 for pkg in "${baton_packages[@]}"; do

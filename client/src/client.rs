@@ -216,18 +216,22 @@ impl Client {
         self.get_request(GetRequest {
             workflow_id,
             consistency: consistency as i32,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
     }
 
-    /// [`Client::get`] (linearizable) with every step's earlier attempts, their output and
+    /// [`Client::get`] (linearizable) with the earlier attempts of `step`, their output and
     /// error included: what `baton logs` reads.
-    pub async fn get_with_attempts(&self, workflow_id: u64) -> Result<Workflow, ClientError> {
+    pub async fn get_with_attempts(
+        &self,
+        workflow_id: u64,
+        step: &str,
+    ) -> Result<Workflow, ClientError> {
         self.get_request(GetRequest {
             workflow_id,
             consistency: ReadConsistency::Linearizable as i32,
-            include_attempts: true,
+            attempts_of_step: step.to_owned(),
         })
         .await
     }
@@ -235,7 +239,10 @@ impl Client {
     async fn get_request(&self, request: GetRequest) -> Result<Workflow, ClientError> {
         let workflow_id = request.workflow_id;
         let (endpoint, response) = self
-            .unary(move |channel| async move { workflow_client(channel).get(request).await })
+            .unary(move |channel| {
+                let request = request.clone();
+                async move { workflow_client(channel).get(request).await }
+            })
             .await?;
         response
             .workflow

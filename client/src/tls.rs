@@ -31,7 +31,7 @@ pub struct Credentials {
 }
 
 /// Where credentials come from (flags or environment); [`CredentialSources::load`] reads them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CredentialSources {
     pub dir: Option<PathBuf>,
     pub ca: Option<PathBuf>,

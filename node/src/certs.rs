@@ -34,12 +34,18 @@ fn run_with_config(
     if nodes.is_empty() && args.agents.is_empty() && args.clients.is_empty() {
         return Err("nothing to make: give at least one --node, --agent or --client".into());
     }
-    // Checked before anything is written, so a bad flag leaves no half-made folder.
-    let context = args
-        .context
-        .as_deref()
-        .map(|text| context_plan(text, args.endpoints.as_deref(), &nodes, &args.clients))
-        .transpose()?;
+    // Checked before anything is written, the contexts file read too, so a bad flag or file
+    // leaves no half-made folder.
+    let context = match args.context.as_deref() {
+        Some(text) => {
+            let plan = context_plan(text, args.endpoints.as_deref(), &nodes, &args.clients)?;
+            let path = config_file().map_err(|e| format!("--context {}: {e}", plan.name))?;
+            let contexts = baton_security::contexts::Contexts::load(&path)
+                .map_err(|e| format!("--context {}: {e}", plan.name))?;
+            Some((plan, path, contexts))
+        }
+        None => None,
+    };
     let out = &args.out;
     let ca = DevCa::open_or_create(out).map_err(|e| format!("--out {}: {e}", out.display()))?;
     let mut made = Vec::new();
@@ -92,10 +98,9 @@ fn run_with_config(
     } else {
         format!("in {}:\n  {}", out.display(), made.join("\n  "))
     };
-    if let Some(plan) = context {
-        let path = config_file().map_err(|e| format!("--context {}: {e}", plan.name))?;
+    if let Some((plan, path, contexts)) = context {
         said.push('\n');
-        said.push_str(&save_context(out, &plan, &path)?);
+        said.push_str(&save_context(out, &plan, &path, contexts)?);
     }
     Ok(said)
 }
@@ -143,7 +148,12 @@ fn context_plan(
     };
     baton_security::contexts::check_name(name).map_err(|e| format!("--context {text}: {e}"))?;
     let endpoints = match endpoints {
-        Some(endpoints) => endpoints.to_owned(),
+        Some(endpoints) => {
+            for endpoint in endpoints.split(',') {
+                check_endpoint(endpoint).map_err(|e| format!("--endpoints {endpoints}: {e}"))?;
+            }
+            endpoints.to_owned()
+        }
         None if nodes.is_empty() => {
             return Err(format!(
                 "--context {text}: no --node to take endpoints from: give --endpoints HOST:PORT,..."
@@ -151,15 +161,18 @@ fn context_plan(
         }
         None => nodes
             .iter()
-            .map(|(_, hosts)| {
-                let host = &hosts[0];
-                if host.contains(':') {
+            .map(|(id, hosts)| {
+                // A wildcard names no host to dial.
+                let host = hosts.iter().find(|h| !h.contains('*')).ok_or_else(|| {
+                    format!("--context {text}: node {id} has only wildcard names: give --endpoints")
+                })?;
+                Ok(if host.contains(':') {
                     format!("[{host}]:{DEFAULT_PORT}")
                 } else {
                     format!("{host}:{DEFAULT_PORT}")
-                }
+                })
             })
-            .collect::<Vec<_>>()
+            .collect::<Result<Vec<_>, String>>()?
             .join(","),
     };
     Ok(ContextPlan {
@@ -169,10 +182,33 @@ fn context_plan(
     })
 }
 
+/// One `HOST:PORT` (`[IPV6]:PORT`) of `--endpoints`.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let endpoint = endpoint.trim();
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{endpoint:?} is not HOST:PORT"))?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    if !port_ok || !host_ok {
+        return Err(format!("{endpoint:?} is not HOST:PORT"));
+    }
+    Ok(())
+}
+
 /// Saves the planned context and makes it current; gives the client's folder the bootstrap token
 /// when it has none. Returns what it did.
-fn save_context(out: &Path, plan: &ContextPlan, path: &Path) -> Result<String, String> {
-    use baton_security::contexts::{Context, Contexts};
+fn save_context(
+    out: &Path,
+    plan: &ContextPlan,
+    path: &Path,
+    mut contexts: baton_security::contexts::Contexts,
+) -> Result<String, String> {
+    use baton_security::contexts::Context;
     let identity = PeerIdentity::new(PeerRole::Client, plan.client.clone());
     let folder = std::path::absolute(out.join(devcerts::stem(&identity)))
         .map_err(|e| format!("--out {}: {e}", out.display()))?;
@@ -188,7 +224,6 @@ fn save_context(out: &Path, plan: &ContextPlan, path: &Path) -> Result<String, S
             token.display()
         ));
     }
-    let mut contexts = Contexts::load(path).map_err(|e| format!("--context: {e}"))?;
     contexts
         .set(
             &plan.name,
@@ -395,18 +430,34 @@ mod tests {
             ),
             (&[][..], &["x"][..], "prod", None, "give --endpoints"),
             (&["1=a"][..], &["x"][..], "bad name", None, "context name"),
+            (&["1=*.a"][..], &["x"][..], "prod", None, "wildcard"),
+            (
+                &["1=a"][..],
+                &["x"][..],
+                "prod",
+                Some("a:7001,b"),
+                "--endpoints",
+            ),
+            (&["1=a"][..], &["x"][..], "prod", Some("a:0"), "--endpoints"),
         ] {
             let mut a = args(&out, nodes, &[], clients);
             a.context = Some(context.into());
-            a.endpoints = endpoints;
+            a.endpoints = endpoints.map(str::to_owned);
             let err = run_with_config(&a, || Ok(config.clone())).unwrap_err();
             assert!(
-                err.contains(says) && err.contains("--context"),
+                err.contains(says) && (err.contains("--context") || err.contains("--endpoints")),
                 "{context}: {err}"
             );
             assert!(!out.exists(), "{context}: nothing written");
             assert!(!config.exists(), "{context}: no config written");
         }
+        // A contexts file that cannot be read stops it before anything is written, too.
+        std::fs::write(&config, "not toml [").unwrap();
+        let mut a = args(&out, &["1=a"], &[], &["x"]);
+        a.context = Some("prod".into());
+        let err = run_with_config(&a, || Ok(config.clone())).unwrap_err();
+        assert!(err.contains("--context prod"), "{err}");
+        assert!(!out.exists(), "nothing written");
     }
 
     #[test]

@@ -577,7 +577,7 @@ mod tests {
                 pb::GetRequest {
                     workflow_id: 3,
                     consistency: 1,
-                    include_attempts: false,
+                    attempts_of_step: String::new(),
                 }
                 .encode_to_vec(),
             ),

@@ -132,7 +132,8 @@ impl WorkflowServiceImpl {
             .replica
             .read(|a| {
                 let workflow = a.state.workflow(id)?;
-                let mut view = workflow.to_proto(true, req.include_attempts);
+                let attempts_of = Some(req.attempts_of_step.as_str()).filter(|s| !s.is_empty());
+                let mut view = workflow.to_proto(true, attempts_of);
                 faults::serve(&mut view);
                 for (i, step) in view.steps.iter_mut().enumerate() {
                     step.pending_reason = a
@@ -194,7 +195,7 @@ impl WorkflowServiceImpl {
         };
         let (page, next) = self.node.replica.read(|a| a.state.list(&query));
         Ok(pb::ListResponse {
-            workflows: page.iter().map(|w| w.to_proto(false, false)).collect(),
+            workflows: page.iter().map(|w| w.to_proto(false, None)).collect(),
             next_page_token: next.map(|id| id.0.to_string()).unwrap_or_default(),
         })
     }

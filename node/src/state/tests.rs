@@ -917,14 +917,13 @@ fn each_attempt_that_was_followed_by_another_is_kept_with_the_tail_of_its_texts(
         (10_000, 11_000)
     );
 
-    // The API view carries them only when asked, and the snapshot keeps them.
+    // The API view carries them only for the step asked about, and the snapshot keeps them.
     let workflow = log.state.workflow(WorkflowId(1)).unwrap();
-    assert!(
-        workflow.to_proto(true, false).steps[0]
-            .earlier_attempts
-            .is_empty()
-    );
-    let view = workflow.to_proto(true, true);
+    for other in [None, Some("other")] {
+        let view = workflow.to_proto(true, other);
+        assert!(view.steps[0].earlier_attempts.is_empty());
+    }
+    let view = workflow.to_proto(true, Some("flaky"));
     let attempts = &view.steps[0].earlier_attempts;
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[1].outcome, pb::AttemptOutcome::LeaseExpired as i32);

@@ -115,8 +115,9 @@ pub struct StepRun {
     pub output: String,
     pub error: String,
     pub exit_code: Option<i32>,
-    /// Attempts that ended before the current or last one, oldest first. Last, and left out
-    /// while empty, so a step that never retried encodes as before it existed.
+    /// Attempts that ended before the current or last one, oldest first. Left out while empty,
+    /// so a step that never retried encodes (field-named MessagePack) as before it existed, and
+    /// a snapshot without it reads as none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<EndedAttempt>,
 }
@@ -204,8 +205,8 @@ impl StepRun {
 
 impl Workflow {
     /// The API view. `with_steps = false` leaves out the spec and steps (for lists);
-    /// `with_attempts` fills each step's earlier attempts.
-    pub fn to_proto(&self, with_steps: bool, with_attempts: bool) -> pb::Workflow {
+    /// `attempts_of` names the one step whose earlier attempts it fills.
+    pub fn to_proto(&self, with_steps: bool, attempts_of: Option<&str>) -> pb::Workflow {
         let (spec, steps) = if with_steps {
             let steps = self
                 .spec
@@ -226,7 +227,7 @@ impl Workflow {
                     exit_code: run.exit_code,
                     retry_at_ms: run.retry_at_ms,
                     pending_reason: String::new(),
-                    earlier_attempts: if with_attempts {
+                    earlier_attempts: if attempts_of == Some(spec.name.as_str()) {
                         run.earlier.iter().map(EndedAttempt::to_proto).collect()
                     } else {
                         Vec::new()

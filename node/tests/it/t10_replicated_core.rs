@@ -107,7 +107,7 @@ async fn acknowledged_submissions_survive_a_leader_stop() {
                 .get(pb::GetRequest {
                     workflow_id,
                     consistency: pb::ReadConsistency::Linearizable as i32,
-                    include_attempts: false,
+                    attempts_of_step: String::new(),
                 })
                 .await
                 .unwrap_or_else(|e| panic!("node {id}: workflow {workflow_id} ({key}): {e}"))
@@ -192,7 +192,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         .get(pb::GetRequest {
             workflow_id: submitted.workflow_id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .expect("linearizable get")
@@ -287,7 +287,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         .get(pb::GetRequest {
             workflow_id: 4242,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .expect_err("unknown id");
@@ -322,7 +322,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         .get(pb::GetRequest {
             workflow_id: submitted.workflow_id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .unwrap()
@@ -659,7 +659,7 @@ async fn workflow_view(
         .get(pb::GetRequest {
             workflow_id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .expect("get")

@@ -96,7 +96,7 @@ async fn a_late_joiner_catches_up_by_snapshot() {
         .get(pb::GetRequest {
             workflow_id: 1,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .expect("get from the joiner")

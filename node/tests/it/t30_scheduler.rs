@@ -77,7 +77,7 @@ async fn get(cluster: &TestCluster, id: u64) -> pb::Workflow {
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .expect("get")

@@ -81,7 +81,7 @@ async fn sigkill_of_every_node_loses_nothing_acknowledged() {
             .get(pb::GetRequest {
                 workflow_id: *id,
                 consistency: 0,
-                include_attempts: false,
+                attempts_of_step: String::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("workflow {id} ({key}) lost: {e}"))

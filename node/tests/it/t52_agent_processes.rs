@@ -63,7 +63,7 @@ async fn get(
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .ok()?

@@ -259,7 +259,7 @@ async fn workflow(
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: consistency as i32,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .ok()?

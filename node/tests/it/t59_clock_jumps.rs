@@ -295,7 +295,7 @@ impl Cluster {
             let request = pb::GetRequest {
                 workflow_id: submitted.id,
                 consistency: 0,
-                include_attempts: false,
+                attempts_of_step: String::new(),
             };
             if let Ok(reply) = client.get(request).await {
                 return Some((reply.into_inner().workflow?, real_now_ms()));

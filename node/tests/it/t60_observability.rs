@@ -461,7 +461,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
                     .get(pb::GetRequest {
                         workflow_id: *id,
                         consistency: 0,
-                        include_attempts: false,
+                        attempts_of_step: String::new(),
                     })
                     .await
                     .ok()?
@@ -546,7 +546,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
                     .get(pb::GetRequest {
                         workflow_id: *id,
                         consistency: 0,
-                        include_attempts: false,
+                        attempts_of_step: String::new(),
                     })
                     .await
                     .ok()?

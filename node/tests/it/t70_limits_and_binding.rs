@@ -153,7 +153,7 @@ async fn agent_a_cannot_renew_or_report_agent_b_attempt() {
         .get(pb::GetRequest {
             workflow_id: submitted.workflow_id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .unwrap()
@@ -355,7 +355,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
     let mut request = tonic::Request::new(pb::GetRequest {
         workflow_id: 1,
         consistency: 0,
-        include_attempts: false,
+        attempts_of_step: String::new(),
     });
     request
         .metadata_mut()

@@ -79,7 +79,7 @@ async fn all_succeed(addrs: &[SocketAddr], ids: &[u64]) -> Vec<pb::Workflow> {
                         .get(pb::GetRequest {
                             workflow_id: id,
                             consistency: 0,
-                            include_attempts: false,
+                            attempts_of_step: String::new(),
                         })
                         .await
                     else {

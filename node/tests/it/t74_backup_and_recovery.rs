@@ -46,7 +46,7 @@ async fn get(addr: SocketAddr, id: u64) -> pb::Workflow {
         .get(pb::GetRequest {
             workflow_id: id,
             consistency: 0,
-            include_attempts: false,
+            attempts_of_step: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("workflow {id}: {e}"))

@@ -15,10 +15,11 @@ const LOCAL_NODE: &str = "127.0.0.1:7001";
 /// The endpoints and credential sources a command uses.
 ///
 /// - Endpoints: `--endpoints` / `BATON_ENDPOINTS`, else the context's, else [`LOCAL_NODE`].
-/// - Credentials: any of `--credentials`, `--ca`, `--cert`, `--key`, `--token-file` (or their
-///   variables) and only those; else the context's folder, but only when the endpoints are
-///   the context's too, so a cluster named by `--endpoints` or `BATON_ENDPOINTS` never receives
-///   another cluster's token. A current context that cannot be read is warned about and skipped.
+/// - Credentials: `--credentials`, `--cert` or `--key` (or their variables) and only those; else
+///   the context's folder, with `--token-file` and `--ca` beating its files, but only when the
+///   endpoints are the context's too, so a cluster named by `--endpoints` or `BATON_ENDPOINTS`
+///   never receives another cluster's token ([`with_context_credentials`]). A current context
+///   that cannot be read is warned about and skipped.
 pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources)> {
     let given = CredentialSources {
         dir: cli.credentials.clone(),
@@ -55,18 +56,33 @@ pub(super) fn resolve(cli: &Cli) -> anyhow::Result<(Endpoints, CredentialSources
         })?,
         (None, None) => Endpoints::parse(LOCAL_NODE).expect("a valid address"),
     };
-    // A context's credentials go only to its own endpoints: endpoints from a flag or variable
-    // never receive a context's token, even one named by --context. With its endpoints, a flag
-    // or variable beats the context item by item: `--token-file` with the context's
-    // certificates, `--credentials` instead of its folder.
-    let credentials = match context {
-        Some(context) if cli.endpoints.is_none() => CredentialSources {
-            dir: given.dir.clone().or(context.credentials),
-            ..given
-        },
-        _ => given,
-    };
+    let context_dir = context
+        .and_then(|context| context.credentials)
+        .filter(|_| cli.endpoints.is_none());
+    let credentials = with_context_credentials(given, context_dir);
     Ok((endpoints, credentials))
+}
+
+/// The credentials a command uses, from what flags and variables `given` and the context's folder
+/// (`None` unless the endpoints are the context's own: a cluster named by `--endpoints` or
+/// `BATON_ENDPOINTS` never receives another cluster's token).
+///
+/// A flag or variable naming who the caller is (`--credentials`, `--cert`, `--key`) replaces the
+/// context's folder outright, so a certificate given alone is never sent with the context's
+/// token. `--token-file` and `--ca` only replace that one file of the folder: the context's
+/// certificate with another token (a reader's, to try a role), or with another CA bundle.
+fn with_context_credentials(
+    given: CredentialSources,
+    context_dir: Option<std::path::PathBuf>,
+) -> CredentialSources {
+    let names_caller = given.dir.is_some() || given.cert.is_some() || given.key.is_some();
+    if names_caller {
+        return given;
+    }
+    CredentialSources {
+        dir: context_dir,
+        ..given
+    }
 }
 
 fn usage(error: impl std::fmt::Display) -> anyhow::Error {
@@ -194,5 +210,58 @@ pub(super) fn context(out: &Printer, command: ContextCommand) -> anyhow::Result<
                 || format!("context {name} deleted"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn path(p: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(p))
+    }
+
+    #[test]
+    fn flags_naming_the_caller_replace_the_context_and_others_beat_one_file() {
+        let context = path("/ctx");
+        // Nothing given: the context's folder.
+        let used = with_context_credentials(CredentialSources::default(), context.clone());
+        assert_eq!(used.dir, context);
+        // A token alone keeps the context's certificate; so does a CA bundle.
+        let token = CredentialSources {
+            token_file: path("/reader.token"),
+            ca: path("/ca.pem"),
+            ..CredentialSources::default()
+        };
+        let used = with_context_credentials(token, context.clone());
+        assert_eq!(
+            (used.dir, used.token_file, used.ca),
+            (context.clone(), path("/reader.token"), path("/ca.pem"))
+        );
+        // A certificate (or key, or folder) given names another caller: never with the
+        // context's token.
+        for given in [
+            CredentialSources {
+                cert: path("/me.pem"),
+                ..CredentialSources::default()
+            },
+            CredentialSources {
+                key: path("/me-key.pem"),
+                ..CredentialSources::default()
+            },
+            CredentialSources {
+                dir: path("/other"),
+                ..CredentialSources::default()
+            },
+        ] {
+            let expected = given.clone();
+            let used = with_context_credentials(given, context.clone());
+            assert_eq!(used, expected);
+        }
+        // Endpoints not the context's: no context folder at all.
+        let used = with_context_credentials(CredentialSources::default(), None);
+        assert_eq!(used, CredentialSources::default());
     }
 }

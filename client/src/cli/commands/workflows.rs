@@ -42,7 +42,7 @@ pub(super) async fn get(client: &Client, out: &Printer, args: GetArgs) -> anyhow
 
 pub(super) async fn logs(client: &Client, out: &Printer, args: LogsArgs) -> anyhow::Result<()> {
     let workflow = client
-        .get_with_attempts(args.id)
+        .get_with_attempts(args.id, &args.step)
         .await
         .map_err(read_failure(args.id))?;
     let Some(step) = workflow.steps.iter().find(|s| s.name == args.step) else {

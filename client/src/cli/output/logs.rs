@@ -70,9 +70,12 @@ pub fn step_attempts(step: &Step) -> Vec<AttemptView<'_>> {
             earlier: false,
         });
     }
-    let of = views.len();
+    // Counted from the latest, which is the step's attempts-th: a workflow that retried under a
+    // release that kept no earlier attempts has fewer records than attempts.
+    let of = (step.attempts as usize).max(views.len());
+    let first = of + 1 - views.len();
     for (i, view) in views.iter_mut().enumerate() {
-        view.number = i + 1;
+        view.number = first + i;
         view.of = of;
     }
     views
@@ -141,14 +144,15 @@ pub fn render_attempt(workflow_id: u64, step: &str, view: &AttemptView<'_>) -> S
         format_time_ms(view.finished_at_ms)
     ));
     for (title, text) in [("output", view.output), ("error", view.error)] {
-        let kept = view.earlier && text.len() >= EARLIER_ATTEMPT_TEXT_BYTES_MAX;
+        // Within a character of the cap: the tail was cut there (on a character boundary).
+        let kept = view.earlier && text.len() + 4 > EARLIER_ATTEMPT_TEXT_BYTES_MAX;
         let note = if view.outcome == "running" {
             " (the agent sends it when the attempt ends)".to_owned()
         } else if text.is_empty() {
             " (empty)".to_owned()
         } else if kept {
             format!(
-                " (the last {} KiB: an earlier attempt keeps no more)",
+                " (an earlier attempt keeps its last {} KiB at most)",
                 EARLIER_ATTEMPT_TEXT_BYTES_MAX / 1024
             )
         } else {
@@ -207,6 +211,7 @@ mod tests {
             output: "latest output\n".into(),
             error: "latest error".into(),
             exit_code: Some(0),
+            attempts: earlier.len() as u32 + u32::from(attempt_id != 0),
             earlier_attempts: earlier,
             ..Default::default()
         }
@@ -245,10 +250,23 @@ mod tests {
     fn in_backoff_the_latest_attempt_is_not_counted_twice() {
         // The failed attempt 9 is both the last earlier one and the step's own attempt id.
         let mut step = step(StepState::Backoff, 9, vec![failed(9, "oops")]);
+        step.attempts = 1;
         step.output = "checking\n".into();
         let attempts = step_attempts(&step);
         assert_eq!(attempts.len(), 1);
-        assert_eq!(attempts[0].outcome, "failed");
+        assert_eq!(
+            (attempts[0].outcome, attempts[0].number, attempts[0].of),
+            ("failed", 1, 1)
+        );
+    }
+
+    #[test]
+    fn attempts_not_kept_by_an_earlier_release_still_count() {
+        // Three attempts, retried before earlier attempts were kept: only the latest is known.
+        let mut step = step(StepState::Succeeded, 12, vec![]);
+        step.attempts = 3;
+        let latest = choose_attempt(&step, None).unwrap();
+        assert_eq!((latest.number, latest.of), (3, 3));
     }
 
     #[test]
@@ -271,7 +289,7 @@ mod tests {
         let step = step(StepState::Succeeded, 12, vec![failed(9, &long)]);
         let first = choose_attempt(&step, Some(9)).unwrap();
         let text = render_attempt(3, "check-disk", &first);
-        assert!(text.contains("--- error (the last 4 KiB: an earlier attempt keeps no more) ---"));
+        assert!(text.contains("--- error (an earlier attempt keeps its last 4 KiB at most) ---"));
         let mut quiet = step.clone();
         quiet.output.clear();
         let text = render_attempt(3, "check-disk", &choose_attempt(&quiet, None).unwrap());

@@ -285,7 +285,7 @@ pub async fn wait_for_success(
                 .get(pb::GetRequest {
                     workflow_id: id,
                     consistency: 0,
-                    include_attempts: false,
+                    attempts_of_step: String::new(),
                 })
                 .await
                 .ok()?
