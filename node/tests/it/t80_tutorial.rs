@@ -108,14 +108,21 @@ impl Normalizer {
 
     fn actual(&self, line: &str) -> String {
         let line = line.replace(&self.home, "~");
-        let line = self.number.replace_all(&line, |c: &regex::Captures<'_>| {
-            let text = &c[0];
-            text.parse::<u16>()
-                .ok()
-                .and_then(|n| self.ports.iter().find(|(ours, _)| *ours == n))
-                .map_or_else(|| text.to_owned(), |(_, page)| page.to_string())
-        });
-        self.masked(&line)
+        self.masked(&self.ports_mapped(&line, |(ours, page)| (*ours, *page)))
+    }
+
+    /// `text` with every reserved port number replaced by its counterpart: `pair` turns a
+    /// (this run's, the page's) pair into (what to find, what to write).
+    fn ports_mapped(&self, text: &str, pair: impl Fn(&(u16, u16)) -> (u16, u16)) -> String {
+        self.number
+            .replace_all(text, |c: &regex::Captures<'_>| {
+                let text = &c[0];
+                text.parse::<u16>()
+                    .ok()
+                    .and_then(|n| self.ports.iter().map(&pair).find(|(from, _)| *from == n))
+                    .map_or_else(|| text.to_owned(), |(_, to)| to.to_string())
+            })
+            .into_owned()
     }
 
     fn expected(&self, line: &str) -> String {
@@ -131,14 +138,7 @@ impl Normalizer {
 
     /// A command as the page writes it, with this run's ports.
     fn command(&self, command: &str) -> String {
-        let line = self.number.replace_all(command, |c: &regex::Captures<'_>| {
-            let text = &c[0];
-            text.parse::<u16>()
-                .ok()
-                .and_then(|n| self.ports.iter().find(|(_, page)| *page == n))
-                .map_or_else(|| text.to_owned(), |(ours, _)| ours.to_string())
-        });
-        line.into_owned()
+        self.ports_mapped(command, |(ours, page)| (*page, *ours))
     }
 }
 
@@ -208,13 +208,19 @@ fn split_session(output: &str) -> Vec<Ran> {
     ran
 }
 
-fn report(step: &Step, normalizer: &Normalizer, ran: &Ran, why: &str) -> String {
-    let actual: Vec<String> = ran.output.lines().map(|l| normalizer.actual(l)).collect();
-    let expected: Vec<String> = step
+/// Both sides of a comparison, normalized: the page's lines and this run's.
+fn normalized(step: &Step, normalizer: &Normalizer, ran: &Ran) -> (Vec<String>, Vec<String>) {
+    let expected = step
         .expected
         .iter()
         .map(|l| normalizer.expected(l))
         .collect();
+    let actual = ran.output.lines().map(|l| normalizer.actual(l)).collect();
+    (expected, actual)
+}
+
+fn report(step: &Step, normalizer: &Normalizer, ran: &Ran, why: &str) -> String {
+    let (expected, actual) = normalized(step, normalizer, ran);
     format!(
         "{PAGE}:{}: `{}` {why}\n--- the page (normalized) ---\n{}\n--- this run (normalized) ---\n{}\n\
          --- this run (as printed, exit {}) ---\n{}",
@@ -299,12 +305,7 @@ async fn the_tutorial_runs_as_printed() {
 }
 
 fn check(step: &Step, normalizer: &Normalizer, ran: &Ran) {
-    let actual: Vec<String> = ran.output.lines().map(|l| normalizer.actual(l)).collect();
-    let expected: Vec<String> = step
-        .expected
-        .iter()
-        .map(|l| normalizer.expected(l))
-        .collect();
+    let (expected, actual) = normalized(step, normalizer, ran);
     assert!(
         lines_match(&expected, &actual),
         "{}",
