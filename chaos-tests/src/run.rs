@@ -98,6 +98,12 @@ fn classify(result: &Result<pb::SubmitResponse, ClientError>) -> Outcome {
 /// Submits a workflow every ~300 ms until `stop`; keys whose outcome was not an ack are
 /// re-submitted (same key) until acked, also after `stop`, until `drain` says give up. The
 /// client is the latest `clients` holds (a new one after each membership change).
+///
+/// An operator's hand too: about one acked workflow in five is paused at once and resumed about
+/// a second later (sooner once `stop` is set), through the same faults. A pause whose outcome is
+/// unknown may have applied, so it is resumed all the same; a resume is repeated until it is
+/// acknowledged (resuming is idempotent). The checker's invariants must hold regardless, and
+/// every paused workflow must still end.
 async fn workload(
     clients: watch::Receiver<Client>,
     seed: u64,
@@ -107,11 +113,14 @@ async fn workload(
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let mut pending: BTreeMap<String, pb::WorkflowSpec> = BTreeMap::new();
+    // Workflows paused (or maybe paused), and when to resume each.
+    let mut paused: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut n = 0u64;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let deadline = *drain_deadline.lock().expect("not poisoned");
-        if stopping && (pending.is_empty() || deadline.is_some_and(|d| Instant::now() > d)) {
+        let drained = pending.is_empty() && paused.is_empty();
+        if stopping && (drained || deadline.is_some_and(|d| Instant::now() > d)) {
             return;
         }
         let mut batch: Vec<(String, pb::WorkflowSpec)> = pending
@@ -126,8 +135,16 @@ async fn workload(
         for (key, spec) in batch {
             let result = client.submit(spec.clone(), Some(key.clone())).await;
             let outcome = classify(&result);
-            if matches!(outcome, Outcome::Acked(_)) {
+            if let Outcome::Acked(id) = outcome {
                 pending.remove(&key);
+                if !stopping && rng.random_bool(0.2) {
+                    match client.pause(id, true).await {
+                        Err(error) if error.outcome() == ClientOutcome::NotApplied => {}
+                        _ => {
+                            paused.insert(id, Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
             } else {
                 pending.insert(key.clone(), spec);
             }
@@ -135,6 +152,22 @@ async fn workload(
                 .lock()
                 .expect("not poisoned")
                 .push(Request { key, outcome });
+        }
+        let due: Vec<u64> = paused
+            .iter()
+            .filter(|(_, at)| stopping || Instant::now() >= **at)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            // Resumed, or finished meanwhile (its running steps ended while it was paused):
+            // either way nothing of it waits any more.
+            let done = match client.pause(id, false).await {
+                Ok(_) => true,
+                Err(error) => error.code() == Some(tonic::Code::FailedPrecondition),
+            };
+            if done {
+                paused.remove(&id);
+            }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

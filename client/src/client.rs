@@ -23,13 +23,13 @@ use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use baton_proto::v1::{
     AddMemberRequest, AddMemberResponse, CancelRequest, CancelResponse, ClusterStatusRequest,
-    ClusterStatusResponse, CreateTokenRequest, CreateTokenResponse, GetRequest, ListAgentsRequest,
-    ListAgentsResponse, ListRequest, ListResponse, ListTokensRequest, ListTokensResponse,
-    ReadConsistency, RemoveMemberRequest, RemoveMemberResponse, RevokeTokenRequest,
-    RevokeTokenResponse, SaveSnapshotRequest, SnapshotInfo, SubmitBatchRequest, SubmitBatchResult,
-    SubmitRequest, SubmitResponse, TransferLeaderRequest, TransferLeaderResponse,
-    TriggerSnapshotRequest, TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent,
-    WorkflowSpec,
+    ClusterStatusResponse, CreateTokenRequest, CreateTokenResponse, GetHistoryRequest, GetRequest,
+    ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse, ListTokensRequest,
+    ListTokensResponse, PauseRequest, PauseResponse, ReadConsistency, RemoveMemberRequest,
+    RemoveMemberResponse, RetryRequest, RetryResponse, RevokeTokenRequest, RevokeTokenResponse,
+    SaveSnapshotRequest, SnapshotInfo, SubmitBatchRequest, SubmitBatchResult, SubmitRequest,
+    SubmitResponse, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
+    TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent, WorkflowSpec,
 };
 use futures::Stream;
 
@@ -236,6 +236,24 @@ impl Client {
         .await
     }
 
+    /// Every event of a workflow since it was submitted, oldest first (`GetHistory`): kept in the
+    /// cluster's state until the workflow is purged.
+    pub async fn history(
+        &self,
+        workflow_id: u64,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<WorkflowEvent>, ClientError> {
+        let request = GetHistoryRequest {
+            workflow_id,
+            consistency: consistency as i32,
+        };
+        self.unary(
+            move |channel| async move { workflow_client(channel).get_history(request).await },
+        )
+        .await
+        .map(|(_, response)| response.events)
+    }
+
     async fn get_request(&self, request: GetRequest) -> Result<Workflow, ClientError> {
         let workflow_id = request.workflow_id;
         let (endpoint, response) = self
@@ -309,6 +327,46 @@ impl Client {
         self.unary(move |channel| {
             let request = request.clone();
             async move { workflow_client(channel).cancel(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Pauses (`paused` true) or resumes a running workflow; `changed` false when it already was
+    /// so. Safe to repeat.
+    pub async fn pause(
+        &self,
+        workflow_id: u64,
+        paused: bool,
+    ) -> Result<PauseResponse, ClientError> {
+        let request = PauseRequest { workflow_id };
+        self.unary(move |channel| async move {
+            if paused {
+                workflow_client(channel).pause(request).await
+            } else {
+                workflow_client(channel).resume(request).await
+            }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Reruns a finished workflow's failed, cancelled and timed-out steps (`from_step` empty) or
+    /// `from_step`, each with the steps after it; answers the steps that run again. Repeating it
+    /// after an unknown outcome is safe: a workflow already running again is refused
+    /// (FAILED_PRECONDITION).
+    pub async fn retry(
+        &self,
+        workflow_id: u64,
+        from_step: impl Into<String>,
+    ) -> Result<RetryResponse, ClientError> {
+        let request = RetryRequest {
+            workflow_id,
+            from_step: from_step.into(),
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).retry(request).await }
         })
         .await
         .map(|(_, response)| response)

@@ -189,6 +189,21 @@ pub struct NodeArgs {
     /// [default: 256].
     #[arg(long, env = "BATON_DISK_RESERVE_MB")]
     pub disk_reserve_mb: Option<u64>,
+    /// How long a finished workflow stays in the cluster's state when its spec sets no
+    /// `retention`, e.g. `7d`, `12h`; then it is purged (and archived, with --archive-dir)
+    /// [default: 7d].
+    #[arg(long, env = "BATON_RETENTION")]
+    pub retention: Option<String>,
+    /// How long a purged workflow's id and idempotency key are remembered after the purge: a
+    /// submit retried with the key within it still gets the purged workflow's id, and `baton get`
+    /// says when it was purged [default: 24h].
+    #[arg(long, env = "BATON_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<String>,
+    /// Write every workflow this node purges (spec, final state, attempts, history) to this
+    /// folder as JSON lines before it leaves the state; a failed write stops the node rather than
+    /// lose it. See docs/OPERATIONS.md, "Retention and archive".
+    #[arg(long, env = "BATON_ARCHIVE_DIR")]
+    pub archive_dir: Option<PathBuf>,
     /// Dial other members at different addresses than the membership lists,
     /// `MEMBER_ADDR=DIAL_ADDR,...` (testing: the chaos suite puts a proxy on every link).
     #[arg(long, env = "BATON_PEER_DIAL")]
@@ -241,7 +256,43 @@ pub struct Config {
     pub max_connection_age: std::time::Duration,
     /// `--disk-reserve-mb` in bytes; 0 when the reserve is off.
     pub disk_reserve_bytes: u64,
+    pub lifecycle: Lifecycle,
     pub security: SecurityConfig,
+}
+
+/// How long finished work is kept, and where it goes when purged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lifecycle {
+    /// `--retention`.
+    pub default_retention_ms: u64,
+    /// `--idempotency-window`.
+    pub idempotency_window_ms: u64,
+    /// `--archive-dir`.
+    pub archive_dir: Option<PathBuf>,
+}
+
+/// `--retention` when not given.
+pub const RETENTION_DEFAULT_MS: u64 = 7 * 24 * 3_600_000;
+/// `--idempotency-window` when not given.
+pub const IDEMPOTENCY_WINDOW_DEFAULT_MS: u64 = 24 * 3_600_000;
+
+/// A duration flag (`7d`, `90s`), in the bounds a workflow's own `retention` has; the error
+/// names the flag.
+fn duration_flag(flag: &str, text: Option<&str>, default_ms: u64) -> Result<u64, String> {
+    use baton_proto::limits::{RETENTION_MS_MAX, RETENTION_MS_MIN};
+    use baton_proto::spec::{format_duration_ms, parse_duration_ms};
+    let Some(text) = text else {
+        return Ok(default_ms);
+    };
+    let ms = parse_duration_ms(text).map_err(|e| format!("{flag}: {e}"))?;
+    if !(RETENTION_MS_MIN..=RETENTION_MS_MAX).contains(&ms) {
+        return Err(format!(
+            "{flag}: {text:?} is outside {}..={}",
+            format_duration_ms(RETENTION_MS_MIN),
+            format_duration_ms(RETENTION_MS_MAX)
+        ));
+    }
+    Ok(ms)
 }
 
 impl NodeArgs {
@@ -277,6 +328,9 @@ impl NodeArgs {
             max_commands_per_entry,
             max_connection_age_secs,
             disk_reserve_mb,
+            retention,
+            idempotency_window,
+            archive_dir,
             peer_dial,
             tls_ca,
             tls_cert,
@@ -370,6 +424,19 @@ impl NodeArgs {
         let disk_reserve_bytes = disk_reserve_mb
             .checked_mul(1024 * 1024)
             .ok_or_else(|| format!("--disk-reserve-mb ({disk_reserve_mb}) is too large"))?;
+        let lifecycle = Lifecycle {
+            default_retention_ms: duration_flag(
+                "--retention",
+                self.retention.as_deref(),
+                RETENTION_DEFAULT_MS,
+            )?,
+            idempotency_window_ms: duration_flag(
+                "--idempotency-window",
+                self.idempotency_window.as_deref(),
+                IDEMPOTENCY_WINDOW_DEFAULT_MS,
+            )?,
+            archive_dir: self.archive_dir,
+        };
         Ok(Config {
             node_id,
             listen,
@@ -382,6 +449,7 @@ impl NodeArgs {
             peer_dial,
             max_connection_age,
             disk_reserve_bytes,
+            lifecycle,
             security,
         })
     }

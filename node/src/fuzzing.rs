@@ -14,8 +14,8 @@ use prost::Message;
 
 use crate::state::{
     AgentId, ApplyCtx, Assignment, AttemptId, CancelCommand, ClusterState, Command,
-    CompleteCommand, LogEntry, NodeId, RegisterAgentCommand, Response, StepIndex, SubmitCommand,
-    WorkflowId,
+    CompleteCommand, LogEntry, NodeId, PauseCommand, PurgeCommand, RegisterAgentCommand, Response,
+    RetryCommand, StepIndex, SubmitCommand, WorkflowId,
 };
 
 /// A fuzz target's body.
@@ -210,6 +210,8 @@ fn seeded_state() -> ClusterState {
         1,
         1,
         1,
+        0, // retention: the cluster default
+        0, // timeout: none
         0,
         0,
         0,
@@ -222,6 +224,8 @@ fn seeded_state() -> ClusterState {
         1,
         0,
         1,
+        0, // retention: the cluster default
+        0, // timeout: none
         0,
         0,
         0,
@@ -253,7 +257,10 @@ const OP_INIT: u8 = 7;
 const OP_RESERVE: u8 = 8;
 const OP_SNAPSHOT: u8 = 9;
 const OP_MEMBERSHIP: u8 = 10;
-const OPS: u8 = 11;
+const OP_PURGE: u8 = 11;
+const OP_PAUSE: u8 = 12;
+const OP_RETRY: u8 = 13;
+const OPS: u8 = 14;
 
 /// Sequences of state-machine commands, decoded from the bytes by a small interpreter so that
 /// they interact (few names, small ids). Two replicas apply the same log, one of them restarting
@@ -368,6 +375,7 @@ impl Replica {
             OP_CANCEL => Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(u64::from(bytes.below(6))),
                 reason: String::new(),
+                actor: String::new(),
             }),
             OP_REGISTER => {
                 let name = AGENTS[bytes.below(3) as usize];
@@ -417,6 +425,30 @@ impl Replica {
             OP_RESERVE => Command::ReserveNodeId {
                 node_id: NodeId(u64::from(bytes.below(8))),
             },
+            OP_PURGE => Command::Purge(PurgeCommand {
+                workflows: (1..=6u64)
+                    .filter(|_| bytes.below(2) == 0)
+                    .map(WorkflowId)
+                    .collect(),
+                // Seconds, so that times the interpreter reaches (steps of up to 25.5 s) make
+                // workflows and their records due.
+                default_retention_ms: 1_000 * (1 + u64::from(bytes.below(8))),
+                idempotency_window_ms: 1_000 * (1 + u64::from(bytes.below(8))),
+            }),
+            OP_PAUSE => Command::Pause(PauseCommand {
+                workflow_id: WorkflowId(u64::from(bytes.below(6))),
+                paused: bytes.below(2) == 0,
+                actor: String::new(),
+            }),
+            OP_RETRY => Command::Retry(RetryCommand {
+                workflow_id: WorkflowId(u64::from(bytes.below(6))),
+                // The failed ones, or a step by a name that may not exist.
+                from_step: match bytes.below(3) {
+                    0 => String::new(),
+                    _ => NAMES[bytes.below(5) as usize].into(),
+                },
+                actor: String::new(),
+            }),
             OP_MEMBERSHIP => {
                 let ids = |bytes: &mut Bytes| -> Vec<NodeId> {
                     (1..=5u64)
@@ -450,6 +482,10 @@ fn fuzz_spec(bytes: &mut Bytes) -> pb::WorkflowSpec {
     pb::WorkflowSpec {
         name: "w".into(),
         priority: i32::from(bytes.below(3)) - 1,
+        // The cluster default (0), or seconds of its own.
+        retention_ms: u64::from(bytes.below(3)) * 2_000,
+        // None, or a few seconds: some workflows time out.
+        timeout_ms: u64::from(bytes.below(3)) * 3_000,
         steps: (0..steps)
             .map(|i| {
                 let deps = bytes.below(3);
@@ -683,6 +719,7 @@ mod tests {
             Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(1),
                 reason: "r".into(),
+                actor: String::new(),
             }),
             Command::RegisterAgent(RegisterAgentCommand {
                 name: "x".into(),
@@ -723,6 +760,21 @@ mod tests {
                 cluster_id: "c".into(),
             },
             Command::ReserveNodeId { node_id: NodeId(4) },
+            Command::Purge(PurgeCommand {
+                workflows: vec![WorkflowId(1)],
+                default_retention_ms: 1_000,
+                idempotency_window_ms: 1_000,
+            }),
+            Command::Pause(PauseCommand {
+                workflow_id: WorkflowId(1),
+                paused: true,
+                actor: String::new(),
+            }),
+            Command::Retry(RetryCommand {
+                workflow_id: WorkflowId(1),
+                from_step: "a".into(),
+                actor: String::new(),
+            }),
         ];
         for (i, command) in entries.into_iter().enumerate() {
             let kind = command.kind();
@@ -750,6 +802,8 @@ mod tests {
                 1,
                 1,
                 1,
+                0, // retention: the cluster default
+                0, // timeout: none
                 0,
                 0,
                 0,
@@ -762,6 +816,8 @@ mod tests {
                 1,
                 0,
                 1,
+                0, // retention: the cluster default
+                0, // timeout: none
                 0,
                 0,
                 0,
@@ -816,6 +872,8 @@ mod tests {
                 1,
                 0,
                 1,
+                0, // retention: the cluster default
+                0, // timeout: none
                 0,
                 0x10,
                 0,

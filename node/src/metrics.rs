@@ -35,6 +35,13 @@ pub const WORKFLOWS_SUBMITTED: &str = "baton_workflows_submitted_total";
 pub const WORKFLOWS_FINISHED: &str = "baton_workflows_finished_total";
 pub const WORKFLOW_CYCLE_SECONDS: &str = "baton_workflow_cycle_time_seconds";
 pub const ATTEMPTS_FINISHED: &str = "baton_step_attempts_finished_total";
+// --- lifecycle ---
+pub const WORKFLOWS_PURGED: &str = "baton_workflows_purged_total";
+pub const WORKFLOWS_RETAINED: &str = "baton_workflows_retained";
+pub const ARCHIVED: &str = "baton_archive_workflows_written_total";
+pub const WORKFLOW_ACTIONS: &str = "baton_workflow_actions_total";
+/// The `action` labels of [`WORKFLOW_ACTIONS`].
+pub const WORKFLOW_ACTION_NAMES: [&str; 3] = ["pause", "resume", "retry"];
 // --- scheduling ---
 pub const READY_STEPS: &str = "baton_scheduler_ready_steps";
 /// The `priority` label of the default priority (0), reported even while nothing is ready.
@@ -86,7 +93,7 @@ pub const GRPC_REQUEST_SECONDS: &str = "baton_grpc_request_duration_seconds";
 pub const BUILD_INFO: &str = "baton_build_info";
 
 /// Label values of `outcome` on workflow counters and the cycle-time histogram.
-pub const WORKFLOW_OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+pub const WORKFLOW_OUTCOMES: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
 /// Label values of `outcome` on attempt counters.
 pub const ATTEMPT_OUTCOMES: [&str; 3] = ["succeeded", "failed", "lease_expired"];
 /// Label values of `resource` on fleet gauges (the unit is part of the value).
@@ -153,6 +160,22 @@ pub fn describe() {
         WORKFLOW_CYCLE_SECONDS,
         Unit::Seconds,
         "Workflow cycle time, submit to end, by outcome."
+    );
+    describe_counter!(
+        WORKFLOWS_PURGED,
+        "Finished workflows purged from the state once their retention ended."
+    );
+    describe_gauge!(
+        WORKFLOWS_RETAINED,
+        "Workflows held in the replicated state (running, and finished within their retention)."
+    );
+    describe_counter!(
+        WORKFLOW_ACTIONS,
+        "Operators' actions on workflows that changed one, by action (pause, resume, retry)."
+    );
+    describe_counter!(
+        ARCHIVED,
+        "Purged workflows this node wrote to its archive (--archive-dir) before applying the purge."
     );
     describe_counter!(
         ATTEMPTS_FINISHED,
@@ -329,6 +352,11 @@ fn initialize() {
     )
     .set(1.0);
     counter!(WORKFLOWS_SUBMITTED).absolute(0);
+    counter!(WORKFLOWS_PURGED).absolute(0);
+    counter!(ARCHIVED).absolute(0);
+    for action in WORKFLOW_ACTION_NAMES {
+        counter!(WORKFLOW_ACTIONS, "action" => action).absolute(0);
+    }
     for outcome in WORKFLOW_OUTCOMES {
         counter!(WORKFLOWS_FINISHED, "outcome" => outcome).absolute(0);
         let _ = histogram!(WORKFLOW_CYCLE_SECONDS, "outcome" => outcome);
@@ -467,11 +495,22 @@ pub fn applied_events(state: &ClusterState, events: &[pb::WorkflowEvent]) {
         let workflow = state.workflow(crate::state::WorkflowId(event.workflow_id));
         match kind {
             EventKind::WorkflowSubmitted => counter!(WORKFLOWS_SUBMITTED).increment(1),
+            EventKind::WorkflowPurged => counter!(WORKFLOWS_PURGED).increment(1),
+            EventKind::WorkflowPaused => {
+                counter!(WORKFLOW_ACTIONS, "action" => "pause").increment(1);
+            }
+            EventKind::WorkflowResumed => {
+                counter!(WORKFLOW_ACTIONS, "action" => "resume").increment(1);
+            }
+            EventKind::WorkflowRetried => {
+                counter!(WORKFLOW_ACTIONS, "action" => "retry").increment(1);
+            }
             EventKind::WorkflowFinished => {
                 let outcome = match pb::WorkflowState::try_from(event.workflow_state) {
                     Ok(pb::WorkflowState::Succeeded) => "succeeded",
                     Ok(pb::WorkflowState::Failed) => "failed",
                     Ok(pb::WorkflowState::Cancelled) => "cancelled",
+                    Ok(pb::WorkflowState::TimedOut) => "timed_out",
                     _ => continue,
                 };
                 counter!(WORKFLOWS_FINISHED, "outcome" => outcome).increment(1);
@@ -549,6 +588,11 @@ pub fn applied_events(state: &ClusterState, events: &[pb::WorkflowEvent]) {
     }
 }
 
+/// Purged workflows written to this node's archive.
+pub fn archived(workflows: usize) {
+    counter!(ARCHIVED).increment(workflows as u64);
+}
+
 /// How often the leader recomputes its cluster-wide gauges: O(ready steps + agents) each time,
 /// far more often than any scrape, far less often than scheduling rounds.
 pub const LEADER_GAUGES_INTERVAL: Duration = Duration::from_secs(1);
@@ -589,6 +633,7 @@ impl LeaderGauges {
         }
         self.priorities.extend(ready.keys());
         gauge!(LEASES_LIVE).set(state.live_attempts().count() as f64);
+        gauge!(WORKFLOWS_RETAINED).set(state.workflow_count() as f64);
 
         let mut fleet_capacity = [0.0; 3];
         let mut fleet_allocated = [0.0; 3];
@@ -629,6 +674,7 @@ impl LeaderGauges {
             gauge!(READY_STEPS, "priority" => priority.to_string()).set(0.0);
         }
         gauge!(LEASES_LIVE).set(0.0);
+        gauge!(WORKFLOWS_RETAINED).set(0.0);
         gauge!(CLOCK_OFFSET_SECONDS).set(0.0);
         gauge!(FLEET_AGENTS_CONNECTED).set(0.0);
         for resource in RESOURCES {

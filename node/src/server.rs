@@ -69,6 +69,9 @@ pub enum StartError {
     /// Certificates, keys or the bootstrap token could not be loaded.
     #[error("{0}")]
     Security(String),
+    /// The archive folder (`--archive-dir`) cannot be made.
+    #[error("{0}")]
+    Archive(String),
     /// The Raft log or the snapshots could not be opened (a damaged log, a full disk...), or
     /// Raft did not start.
     #[error("{0}")]
@@ -123,12 +126,23 @@ impl Server {
             None => None,
         };
         let security = Security::load(&config.security).map_err(StartError::Security)?;
+        let archive = match &config.lifecycle.archive_dir {
+            Some(dir) => {
+                let folder =
+                    crate::storage::archive::LocalFolder::open(dir).map_err(StartError::Archive)?;
+                Some(crate::storage::archive::Archive::new(Arc::new(folder)))
+            }
+            None => None,
+        };
         let node = Arc::new(
             RaftNode::start(
                 config.node_id,
                 identity.incarnation,
                 &config.data_dir,
-                config.disk_reserve_bytes,
+                crate::raft::StorageSettings {
+                    disk_reserve_bytes: config.disk_reserve_bytes,
+                    archive,
+                },
                 &config.timing,
                 config.peer_dial.clone(),
                 security.tls().cloned(),
@@ -261,7 +275,11 @@ impl Server {
             )),
             _ => None,
         };
-        let scheduler_task = tokio::spawn(scheduler::run(node.clone(), sessions));
+        let scheduler_task = tokio::spawn(scheduler::run(
+            node.clone(),
+            sessions,
+            config.lifecycle.clone(),
+        ));
         let disk_handoff_task = tokio::spawn({
             let node = node.clone();
             async move { node.hand_off_while_disk_low().await }

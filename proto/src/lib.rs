@@ -18,8 +18,10 @@ pub mod raft {
 /// The encoded file descriptor set of every Baton proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 
+pub mod json;
 pub mod limits;
+pub mod names;
 pub mod spec;
 pub mod status;
-mod text;
+pub mod text;
 pub mod validate;

@@ -115,6 +115,13 @@ pub const SUBMIT_BATCH_BYTES_MAX: usize = MIB;
 /// One attempt's execution timeout and a step's schedule-to-start deadline: a week; nothing that
 /// runs longer should hold a lease.
 pub const TIMEOUT_MS_MAX: u64 = 7 * DAY_MS;
+/// A workflow's retention once finished (`retention`): at least a second, so it can be read
+/// once it ends; at most ten years.
+pub const RETENTION_MS_MIN: u64 = SECOND_MS;
+pub const RETENTION_MS_MAX: u64 = 3650 * DAY_MS;
+/// A whole workflow's `timeout`: at least a second, at most a year.
+pub const WORKFLOW_TIMEOUT_MS_MIN: u64 = SECOND_MS;
+pub const WORKFLOW_TIMEOUT_MS_MAX: u64 = 365 * DAY_MS;
 /// Lease TTL of an attempt: agents renew at a fraction of the TTL, so a shorter one floods the
 /// leader with renewals and turns a short pause (GC, a slow disk) into a needless reassignment.
 pub const LEASE_TTL_MS_MIN: u64 = SECOND_MS;

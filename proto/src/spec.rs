@@ -165,7 +165,8 @@ pub struct DurationError {
 }
 
 /// Parses a human duration into milliseconds: an integer (milliseconds) or numbers with units
-/// `h`, `m`, `s`, `ms` from largest to smallest, each at most once: `500ms`, `1s`, `5m`, `1h30m`.
+/// `d`, `h`, `m`, `s`, `ms` from largest to smallest, each at most once: `500ms`, `1s`, `5m`,
+/// `1h30m`, `7d`.
 pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
     let error = |reason| DurationError {
         text: text.to_string(),
@@ -179,7 +180,13 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
         return trimmed.parse::<u64>().map_err(|_| error("it is too large"));
     }
     // Units by decreasing size; each number must use a smaller unit than the one before.
-    const UNITS: [(&str, u64); 4] = [("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)];
+    const UNITS: [(&str, u64); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
     let mut total_ms: u64 = 0;
     let mut next_unit = 0; // index into UNITS of the largest unit still allowed
     let mut rest = trimmed;
@@ -208,7 +215,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
             .map_err(|_| error("it is too large"))?;
         let unit = &rest[digits..digits + letters];
         let Some(position) = UNITS.iter().position(|&(name, _)| name == unit) else {
-            return Err(error("units are h, m, s and ms"));
+            return Err(error("units are d, h, m, s and ms"));
         };
         if position < next_unit {
             return Err(error(
@@ -270,6 +277,10 @@ struct WorkflowDoc {
     priority: i32,
     #[serde(default)]
     input: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "duration_ms")]
+    retention: u64,
+    #[serde(default, deserialize_with = "duration_ms")]
+    timeout: u64,
 }
 
 impl WorkflowDoc {
@@ -280,6 +291,8 @@ impl WorkflowDoc {
             steps: self.steps.into_iter().map(|step| step.0).collect(),
             priority: self.priority,
             input: self.input,
+            retention_ms: self.retention,
+            timeout_ms: self.timeout,
         }
     }
 }
@@ -797,7 +810,7 @@ steps:
         );
         assert_eq!(
             yaml_error("name: w\nlabel: {a: b}\nsteps: []\n"),
-            "line 2, column 1: unknown field \"label\", expected one of \"name\", \"labels\", \"steps\", \"priority\", \"input\""
+            "line 2, column 1: unknown field \"label\", expected one of \"name\", \"labels\", \"steps\", \"priority\", \"input\", \"retention\", \"timeout\""
         );
         assert_eq!(
             yaml_error("name: w\nsteps:\n  - name: a\n    exec: {command: [x], cwd: /}\n"),
@@ -938,6 +951,8 @@ steps:
             ("5m", 300_000),
             ("1h", 3_600_000),
             ("1h30m", 5_400_000),
+            ("7d", 604_800_000),
+            ("1d12h", 129_600_000),
             ("2m3s4ms", 123_004),
             ("1h1ms", 3_600_001),
             (" 30s ", 30_000),
@@ -953,8 +968,8 @@ steps:
             ("1h 30m", "it has a character that is not a digit or a unit"),
             ("-1s", "it has a character that is not a digit or a unit"),
             ("1h30", "the last number has no unit"),
-            ("3d", "units are h, m, s and ms"),
-            ("5M", "units are h, m, s and ms"),
+            ("3w", "units are d, h, m, s and ms"),
+            ("5M", "units are d, h, m, s and ms"),
             (
                 "30m1h",
                 "units must go from largest to smallest, each at most once",
@@ -977,7 +992,7 @@ steps:
         }
         assert_eq!(
             parse_duration_ms("5x").map_err(|e| e.to_string()),
-            Err("invalid duration \"5x\": units are h, m, s and ms, e.g. \"500ms\", \"30s\", \"5m\", \"1h30m\" or an \
+            Err("invalid duration \"5x\": units are d, h, m, s and ms, e.g. \"500ms\", \"30s\", \"5m\", \"1h30m\" or an \
                  integer of milliseconds"
                 .to_string())
         );
@@ -986,7 +1001,7 @@ steps:
             (500, "500ms"),
             (1500, "1s500ms"),
             (5_400_000, "1h30m"),
-            (604_800_000, "168h"),
+            (604_800_000, "7d"),
         ] {
             assert_eq!(format_duration_ms(ms), text);
         }

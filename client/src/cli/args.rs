@@ -97,6 +97,13 @@ pub enum Command {
     List(ListArgs),
     /// Cancel a workflow: pending steps never start, running ones are told to stop.
     Cancel(CancelArgs),
+    /// Pause a running workflow: no new step starts; running steps finish.
+    Pause(IdArgs),
+    /// Resume a paused workflow.
+    Resume(IdArgs),
+    /// Run a finished workflow again from its failed, cancelled or timed-out steps (or from
+    /// --from STEP), with new attempts; the other steps keep their results.
+    Retry(RetryArgs),
     /// Cluster status and administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -105,6 +112,13 @@ pub enum Command {
     /// Print one attempt of a step in full: how it ended, its captured output and error (the
     /// latest attempt unless --attempt names another).
     Logs(LogsArgs),
+    /// Every event of a workflow since it was submitted: each attempt (agent, fencing token,
+    /// times, outcome, bytes reported), retries, cancels and who asked. Kept until the workflow
+    /// is purged.
+    History(HistoryArgs),
+    /// Read purged workflows from an archive folder (`batond --archive-dir`).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// List the agents known to the cluster and what they run.
     Agents,
     /// Run an agent on this machine: take steps from the cluster and run them, until
@@ -208,6 +222,35 @@ pub struct WatchArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// Read the answering node's state without a quorum round: faster, possibly behind.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Print one purged workflow's archive line: its final state with every attempt, its spec
+    /// and its history (the JSON of `baton get -o json` and `baton history -o json`).
+    Get {
+        /// The workflow id.
+        id: u64,
+        /// The archive folder (a node's --archive-dir, or a copy of it).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// List the purged workflows in an archive folder, oldest purge first.
+    List {
+        /// The archive folder (a node's --archive-dir, or a copy of it).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The workflow id.
     pub id: u64,
@@ -265,7 +308,8 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only workflows in these states: running, succeeded, failed, cancelled (comma-separated).
+    /// Only workflows in these states: running, succeeded, failed, cancelled, timed_out
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',', value_parser = parse_state, value_name = "STATE,...")]
     pub state: Vec<WorkflowState>,
 
@@ -284,6 +328,23 @@ pub struct ListArgs {
     /// Read the answering node's state without a quorum round: faster, possibly behind.
     #[arg(long)]
     pub stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The workflow id.
+    pub id: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// Rerun this step and every step after it (even if it succeeded), instead of the failed,
+    /// cancelled and timed-out steps.
+    #[arg(long, value_name = "STEP")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -355,7 +416,9 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 fn parse_state(text: &str) -> Result<WorkflowState, String> {
     baton_client::output::parse_workflow_state(text).ok_or_else(|| {
-        format!("unknown workflow state {text:?}: use running, succeeded, failed or cancelled")
+        format!(
+            "unknown workflow state {text:?}: use running, succeeded, failed, cancelled or timed_out"
+        )
     })
 }
 

@@ -632,3 +632,125 @@ async fn agent_refuses_a_bad_name_before_connecting() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     assert!(text(&output.stderr).contains("name \"bad name\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_prints_every_event_with_its_index_or_as_json() {
+    let script = common::Script::default();
+    *script.events.lock().unwrap() =
+        common::workflow_7_events(baton_client::proto::WorkflowState::Succeeded);
+    let (address, _) = common::start(script).await;
+    let endpoints = address.to_string();
+
+    let output = baton(&["history", "7", "--endpoints", &endpoints]).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("INDEX") && lines[0].ends_with("BY"),
+        "{stdout}"
+    );
+    assert!(lines[1].contains("workflow_submitted"), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("step_assigned") && l.contains("11")),
+        "{stdout}"
+    );
+
+    let output = baton(&["history", "7", "--endpoints", &endpoints, "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let events = json.as_array().unwrap();
+    assert_eq!(events.len(), lines.len() - 1, "one per table row");
+    assert_eq!(events.last().unwrap()["kind"], "workflow_finished");
+
+    let output = baton(&["history", "8", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(text(&output.stderr), "error: workflow 8 not found\n");
+}
+
+/// `baton archive` reads the node's archive files themselves: no cluster is needed.
+#[tokio::test]
+async fn archive_get_and_list_read_an_archive_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |id: u64, name: &str| {
+        serde_json::json!({
+            "purge_index": 90 + id,
+            "purged_at_ms": 1_714_600_000_000u64,
+            "retention_ms": 3_600_000,
+            "workflow": {"id": id, "name": name, "state": "succeeded",
+                         "finished_at_ms": 1_714_596_400_000u64, "steps": []},
+            "history": [],
+        })
+        .to_string()
+    };
+    write(
+        dir.path(),
+        "purge-00000000000000000091.jsonl",
+        &format!("{}\n{}\n", line(1, "first"), line(2, "second")),
+    );
+    write(
+        dir.path(),
+        "purge-00000000000000000093.jsonl",
+        &format!("{}\n", line(3, "third")),
+    );
+    write(dir.path(), "notes.txt", "not an archive file\n");
+    let folder = dir.path().to_str().unwrap();
+
+    let output = baton(&["archive", "list", "--dir", folder]).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let ids: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(ids, ["1", "2", "3"], "{stdout}");
+    assert!(stdout.contains("2024-05-01 21:46:40"), "{stdout}");
+
+    let output = baton(&["archive", "get", "2", "--dir", folder, "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["workflow"]["name"], "second");
+    assert_eq!(json["purge_index"], 92);
+
+    let output = baton(&["archive", "get", "9", "--dir", folder]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).starts_with("error: workflow 9 is not in the archive"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    write(dir.path(), "purge-00000000000000000095.jsonl", "{\"cut\n");
+    let output = baton(&["archive", "list", "--dir", folder]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("purge-00000000000000000095.jsonl line 1: not an archive line"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_retry_say_what_happened_and_exit_by_it() {
+    let (address, _) = common::start(common::Script::default()).await;
+    let endpoints = address.to_string();
+
+    let output = baton(&["pause", "42", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "workflow 42 paused\n");
+    let output = baton(&["resume", "42", "--endpoints", &endpoints, "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["changed"], false);
+
+    // The node's refusal is the message, and the exit code says it failed.
+    let output = baton(&["retry", "42", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        "error: workflow 42 is still running: only a finished workflow can be retried (cancel \
+         it first)\n"
+    );
+    let output = baton(&["pause", "43", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(text(&output.stderr), "error: workflow 43 not found\n");
+}

@@ -16,10 +16,10 @@ use super::{node_error, observed};
 use crate::faults;
 use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX};
 use crate::raft::{RaftNode, outcome};
-use crate::state::outcome::{Cancelled, Submitted};
+use crate::state::outcome::{Cancelled, Paused, Retried, Submitted};
 use crate::state::{
-    CancelCommand, Command, ListQuery, Response as Applied, StepIndex, SubmitCommand, WorkflowId,
-    WorkflowState,
+    CancelCommand, Command, ListQuery, PauseCommand, Response as Applied, RetryCommand, StepIndex,
+    SubmitCommand, WorkflowId, WorkflowState,
 };
 
 type WatchStream =
@@ -127,26 +127,42 @@ impl WorkflowServiceImpl {
     async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Status> {
         self.consistent(req.consistency).await?;
         let id = WorkflowId(req.workflow_id);
-        let workflow = self
-            .node
-            .replica
-            .read(|a| {
-                let workflow = a.state.workflow(id)?;
-                let attempts_of = Some(req.attempts_of_step.as_str()).filter(|s| !s.is_empty());
-                let mut view = workflow.to_proto(true, attempts_of);
-                faults::serve(&mut view);
-                for (i, step) in view.steps.iter_mut().enumerate() {
-                    step.pending_reason = a
-                        .state
-                        .pending_reason(workflow, StepIndex(i as u32))
-                        .unwrap_or_default();
-                }
-                Some(view)
-            })
-            .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
+        let workflow = self.node.replica.read(|a| {
+            let workflow = a.state.workflow(id)?;
+            let attempts_of = Some(req.attempts_of_step.as_str()).filter(|s| !s.is_empty());
+            let mut view = workflow.to_proto(true, attempts_of);
+            faults::serve(&mut view);
+            for (i, step) in view.steps.iter_mut().enumerate() {
+                step.pending_reason = a
+                    .state
+                    .pending_reason(workflow, StepIndex(i as u32))
+                    .unwrap_or_default();
+            }
+            Some(view)
+        });
+        let workflow = workflow.ok_or_else(|| self.missing(id))?;
         Ok(pb::GetResponse {
             workflow: Some(workflow),
         })
+    }
+
+    /// NOT_FOUND for a workflow that is not in the state, saying so when it was purged.
+    fn missing(&self, id: WorkflowId) -> Status {
+        self.node.replica.read(|a| missing(&a.state, id))
+    }
+
+    async fn get_history_inner(
+        &self,
+        req: pb::GetHistoryRequest,
+    ) -> Result<pb::GetHistoryResponse, Status> {
+        self.consistent(req.consistency).await?;
+        let id = WorkflowId(req.workflow_id);
+        let events = self
+            .node
+            .replica
+            .read(|a| a.state.history(id))
+            .ok_or_else(|| self.missing(id))?;
+        Ok(pb::GetHistoryResponse { events })
     }
 
     async fn list_inner(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Status> {
@@ -178,6 +194,7 @@ impl WorkflowServiceImpl {
                 Ok(pb::WorkflowState::Succeeded) => WorkflowState::Succeeded,
                 Ok(pb::WorkflowState::Failed) => WorkflowState::Failed,
                 Ok(pb::WorkflowState::Cancelled) => WorkflowState::Cancelled,
+                Ok(pb::WorkflowState::TimedOut) => WorkflowState::TimedOut,
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "states[{i}]: {raw} is not a workflow state"
@@ -200,7 +217,11 @@ impl WorkflowServiceImpl {
         })
     }
 
-    async fn cancel_inner(&self, req: pb::CancelRequest) -> Result<pb::CancelResponse, Status> {
+    async fn cancel_inner(
+        &self,
+        req: pb::CancelRequest,
+        actor: String,
+    ) -> Result<pb::CancelResponse, Status> {
         if req.reason.len() > CANCEL_REASON_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
                 "reason: {} bytes, more than {CANCEL_REASON_BYTES_MAX}",
@@ -211,6 +232,7 @@ impl WorkflowServiceImpl {
         let cancel = CancelCommand {
             workflow_id: id,
             reason: req.reason,
+            actor,
         };
         let decided = self
             .node
@@ -221,7 +243,63 @@ impl WorkflowServiceImpl {
             Cancelled::Workflow(state) => Ok(pb::CancelResponse {
                 state: state.to_proto() as i32,
             }),
-            Cancelled::NotFound => Err(Status::not_found(format!("workflow {id} not found"))),
+            Cancelled::NotFound => Err(self.missing(id)),
+        }
+    }
+}
+
+impl WorkflowServiceImpl {
+    async fn pause_inner(
+        &self,
+        req: pb::PauseRequest,
+        paused: bool,
+        actor: String,
+    ) -> Result<pb::PauseResponse, Status> {
+        let id = WorkflowId(req.workflow_id);
+        let decided = self
+            .node
+            .propose_client_for(PauseCommand {
+                workflow_id: id,
+                paused,
+                actor,
+            })
+            .await
+            .map_err(node_error)?;
+        match decided.outcome {
+            Paused::Changed(changed) => Ok(pb::PauseResponse { changed }),
+            Paused::NotFound => Err(self.missing(id)),
+            Paused::Refused(reason) => Err(Status::failed_precondition(reason)),
+        }
+    }
+
+    async fn retry_inner(
+        &self,
+        req: pb::RetryRequest,
+        actor: String,
+    ) -> Result<pb::RetryResponse, Status> {
+        if req.from_step.len() > NAME_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "from_step: {} bytes, more than {NAME_LEN_MAX}",
+                req.from_step.len()
+            )));
+        }
+        let id = WorkflowId(req.workflow_id);
+        let decided = self
+            .node
+            .propose_client_for(RetryCommand {
+                workflow_id: id,
+                from_step: req.from_step,
+                actor,
+            })
+            .await
+            .map_err(node_error)?;
+        match decided.outcome {
+            Retried::Steps(steps) => {
+                tracing::info!(workflow = %id, steps = steps.join(","), "workflow retried");
+                Ok(pb::RetryResponse { steps })
+            }
+            Retried::NotFound => Err(self.missing(id)),
+            Retried::Refused(reason) => Err(Status::failed_precondition(reason)),
         }
     }
 }
@@ -333,7 +411,50 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        observed("Cancel", self.cancel_inner(request.into_inner()))
+        let actor = crate::security::actor(&request, &self.node.replica);
+        observed("Cancel", self.cancel_inner(request.into_inner(), actor))
+            .await
+            .map(Response::new)
+    }
+
+    async fn pause(
+        &self,
+        request: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
+        observed("Pause", self.pause_inner(request.into_inner(), true, actor))
+            .await
+            .map(Response::new)
+    }
+
+    async fn resume(
+        &self,
+        request: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
+        observed(
+            "Resume",
+            self.pause_inner(request.into_inner(), false, actor),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn retry(
+        &self,
+        request: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
+        observed("Retry", self.retry_inner(request.into_inner(), actor))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        observed("GetHistory", self.get_history_inner(request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -364,16 +485,41 @@ impl WorkflowServiceImpl {
             Status::resource_exhausted(format!("this node serves {WATCHES_MAX} watches already"))
         })?;
         let only = (req.workflow_id != 0).then_some(WorkflowId(req.workflow_id));
-        let (past, mut live) = self.node.replica.events.subscribe(req.from_index);
-        // A watched workflow that has already ended, with its end no longer retained here (or
-        // from before this node started), still gets its final event so the stream ends.
+        let (past, mut live, seen_through) = match only {
+            None => {
+                let (past, live) = self.node.replica.events.subscribe(req.from_index);
+                (past, live, 0)
+            }
+            Some(id) => {
+                // One workflow: its past is its history in the state (complete, the same on
+                // every node and across restarts). Subscribed first, then read: an event
+                // applied in between is in both, and the live side skips every index the
+                // history already holds (an index's events for a workflow are applied, and
+                // published, together).
+                let (_, live) = self.node.replica.events.subscribe(u64::MAX);
+                let history = self
+                    .node
+                    .replica
+                    .read(|a| a.state.history(id))
+                    .ok_or_else(|| self.missing(id))?;
+                let seen_through = history.last().map_or(0, |e| e.index);
+                let past = history
+                    .into_iter()
+                    .filter(|e| e.index >= req.from_index)
+                    .collect();
+                (past, live, seen_through)
+            }
+        };
+        // A finished workflow whose end is not among the events sent (asked from a later
+        // index, or submitted before histories were kept) still gets a final event, so the
+        // stream ends.
         let mut finished_event = None;
         if let Some(id) = only {
             let workflow = self
                 .node
                 .replica
                 .read(|a| a.state.workflow(id).cloned())
-                .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
+                .ok_or_else(|| self.missing(id))?;
             let end_retained = past
                 .iter()
                 .any(|e| e.workflow_id == id.0 && e.kind == pb::EventKind::WorkflowFinished as i32);
@@ -410,6 +556,7 @@ impl WorkflowServiceImpl {
                                 .await;
                             return;
                         }
+                        Ok(event) if event.index <= seen_through => {}
                         Ok(event) if wanted(&event) => {
                             let last = ends(&event);
                             if tx.send(Ok(event)).await.is_err() || last {
@@ -436,6 +583,26 @@ impl WorkflowServiceImpl {
             let _held = &permit;
             item
         })))
+    }
+}
+
+/// NOT_FOUND for workflow `id`, which `state` does not hold: purged (and when, while its record
+/// is kept), or never submitted.
+fn missing(state: &crate::state::ClusterState, id: WorkflowId) -> Status {
+    use baton_proto::text::format_time_ms;
+    if let Some(record) = state.purge_record(id) {
+        Status::not_found(format!(
+            "workflow {id} was purged at {} UTC: its retention ended (the archive, \
+             `batond --archive-dir`, keeps it when the cluster has one)",
+            format_time_ms(record.purged_at_ms)
+        ))
+    } else if state.was_handed_out(id) {
+        Status::not_found(format!(
+            "workflow {id} was purged: its retention ended, longer ago than the idempotency \
+             window (the archive, `batond --archive-dir`, keeps it when the cluster has one)"
+        ))
+    } else {
+        Status::not_found(format!("workflow {id} not found"))
     }
 }
 

@@ -201,7 +201,10 @@ fn encoded_len(command: &Command) -> usize {
         + match command {
             Command::Submit(submit) => submit.spec.len() + submit.idempotency_key.len(),
             Command::Complete(complete) => complete.output.len() + complete.error.len(),
-            Command::Cancel(cancel) => cancel.reason.len(),
+            Command::Cancel(cancel) => cancel.reason.len() + cancel.actor.len(),
+            Command::Pause(pause) => pause.actor.len(),
+            Command::Retry(retry) => retry.from_step.len() + retry.actor.len(),
+            Command::Purge(purge) => purge.workflows.len() * 16,
             Command::Assign { assignments } => assignments.len() * 32,
             Command::ExpireLeases { attempts } => attempts.len() * 16,
             Command::Membership { previous, members } => (previous.len() + members.len()) * 16,

@@ -19,5 +19,5 @@ pub mod types;
 
 pub use error::{NodeError, REFUSAL_DISK_LOW, REFUSAL_METADATA, overloaded};
 pub use leadership::{DISK_HANDOFF_RETRY, TransferError};
-pub use node::{Decided, Proposed, RaftNode, RaftTiming, outcome};
+pub use node::{Decided, Proposed, RaftNode, RaftTiming, StorageSettings, outcome};
 pub use status::{Member, MembershipError, RaftStatus, Role, SnapshotError, StatusWatch};

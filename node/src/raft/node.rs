@@ -97,26 +97,39 @@ pub struct RaftNode {
     log_closed: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
+/// How a node keeps its data, beyond where.
+pub struct StorageSettings {
+    /// `--disk-reserve-mb` in bytes; 0: no reserve.
+    pub disk_reserve_bytes: u64,
+    /// `--archive-dir`: where purged workflows are written before a purge applies.
+    pub archive: Option<crate::storage::archive::Archive>,
+}
+
 /// How long a proposal waits for a leader (election, forwarding retries) before giving up.
 const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
 
 impl RaftNode {
     /// Opens storage under `data_dir` and starts the Raft member, watching the free space of
-    /// `data_dir`'s disk against `disk_reserve_bytes` (0: no reserve).
+    /// `data_dir`'s disk against the reserve (see [`StorageSettings`]).
     pub async fn start(
         id: RaftNodeId,
         incarnation: String,
         data_dir: &Path,
-        disk_reserve_bytes: u64,
+        storage: StorageSettings,
         timing: &RaftTiming,
         peer_dial: BTreeMap<String, String>,
         tls: Option<std::sync::Arc<baton_security::TlsSettings>>,
     ) -> Result<Self, String> {
+        let StorageSettings {
+            disk_reserve_bytes,
+            archive,
+        } = storage;
         let started = Instant::now();
         let log_store = LogStore::open(&data_dir.join("raft"))?;
         let log_closed = Box::pin(log_store.closed());
         let log_opened_ms = started.elapsed().as_millis() as u64;
-        let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
+        let state_machine =
+            StateMachineStore::open(&data_dir.join("snapshots"))?.with_archive(archive);
         let replica = state_machine.replica();
         let storage_opened = Instant::now();
         let config = openraft::Config {

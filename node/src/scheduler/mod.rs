@@ -1,4 +1,4 @@
-//! Leader only: the loop that proposes assignments, lease expiries and ticks, the agents'
+//! Leader only: the loop that proposes assignments, lease expiries, ticks and purges, the agents'
 //! sessions (the outbox per agent), and the lease deadlines kept in leader memory. Each round's
 //! decisions are a pure function (`plan`), its placement policy another (`placement`); the loop
 //! here only carries them out.
@@ -22,10 +22,13 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
+use crate::config::Lifecycle;
 use crate::metrics;
 use crate::raft::RaftNode;
 use crate::state::outcome::Assigned;
-use crate::state::{AgentId, Assignment, AttemptId, ClusterState, Command, StepState};
+use crate::state::{
+    AgentId, Assignment, AttemptId, ClusterState, Command, PURGE_BATCH_MAX, PurgeCommand, StepState,
+};
 
 pub use crate::limits::{AGENT_OUTBOX_CAPACITY, ASSIGN_BATCH_MAX};
 
@@ -37,6 +40,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(limits::HEARTBEAT
 pub const SESSION_SILENCE_MAX: Duration = Duration::from_millis(limits::SESSION_SILENCE_MS_MAX);
 /// The loop runs at least this often even when nothing wakes it (deadlines, backoff).
 const ROUND_INTERVAL: Duration = Duration::from_millis(50);
+/// While less than a full purge command is due, purges go out at most this often: a finished
+/// workflow outlives its retention by at most about this, and a trickle of purges costs one
+/// entry a second rather than one per round. A full command's worth goes out at once.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub type Outbox = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
@@ -169,8 +176,9 @@ pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb
 }
 
 /// Runs for the life of the node; acts only while it is the leader.
-pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
+pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>, lifecycle: Lifecycle) {
     let mut was_leader = false;
+    let mut last_purge: Option<Instant> = None;
     let mut gauges = metrics::LeaderGauges::default();
     loop {
         tokio::select! {
@@ -208,7 +216,49 @@ pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>) {
         if let Err(err) = round(&node, &sessions, view.state).await {
             tracing::debug!(error = %err, "scheduling round cut short");
         }
+        if let Err(err) = purge(&node, &lifecycle, &mut last_purge).await {
+            tracing::debug!(error = %err, "purge cut short");
+        }
     }
+}
+
+/// Proposes the purge of finished workflows whose retention has passed (and of purge records
+/// past the idempotency window): a full command's worth at once, less at most every
+/// [`PURGE_INTERVAL`]. The state checks each workflow again at apply, with its own time.
+async fn purge(
+    node: &RaftNode,
+    lifecycle: &Lifecycle,
+    last_purge: &mut Option<Instant>,
+) -> Result<(), crate::raft::NodeError> {
+    let now_ms = node.clock.now_ms().await;
+    let due = node.replica.read(|applied| {
+        applied.state.purge_due(
+            now_ms,
+            lifecycle.default_retention_ms,
+            lifecycle.idempotency_window_ms,
+            PURGE_BATCH_MAX,
+        )
+    });
+    let waited = last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL);
+    if due.is_empty() || (due.workflows.len() < PURGE_BATCH_MAX && !waited) {
+        return Ok(());
+    }
+    *last_purge = Some(Instant::now());
+    let command = PurgeCommand {
+        workflows: due.workflows,
+        default_retention_ms: lifecycle.default_retention_ms,
+        idempotency_window_ms: lifecycle.idempotency_window_ms,
+    };
+    let decided = node.propose_for(command).await?;
+    if decided.outcome.workflows > 0 {
+        tracing::info!(
+            workflows = decided.outcome.workflows,
+            records = decided.outcome.records,
+            index = decided.index,
+            "purged finished workflows past their retention"
+        );
+    }
+    Ok(())
 }
 
 /// One pass: decide ([`plan::plan`]), then carry it out: tell agents to stop what no longer

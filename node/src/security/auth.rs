@@ -51,10 +51,13 @@ pub fn access(path: &str) -> Access {
         ("baton.v1.AgentService", _) => Access::Agent,
         ("grpc.health.v1.Health", _) => Access::AnyPeer,
         (s, _) if s.starts_with("grpc.reflection.") => Access::AnyPeer,
-        ("baton.v1.WorkflowService", "Get" | "List" | "Watch") => Access::Client(TokenRole::Reader),
-        ("baton.v1.WorkflowService", "Submit" | "SubmitBatch" | "Cancel") => {
-            Access::Client(TokenRole::Submitter)
+        ("baton.v1.WorkflowService", "Get" | "GetHistory" | "List" | "Watch") => {
+            Access::Client(TokenRole::Reader)
         }
+        (
+            "baton.v1.WorkflowService",
+            "Submit" | "SubmitBatch" | "Cancel" | "Pause" | "Resume" | "Retry",
+        ) => Access::Client(TokenRole::Submitter),
         ("baton.v1.AdminService", "ClusterStatus" | "ListAgents") => {
             Access::Client(TokenRole::Reader)
         }

@@ -27,6 +27,33 @@ pub fn authorized_token_id<T>(request: &tonic::Request<T>) -> Option<String> {
     baton_security::token::from_bearer(value).map(|token| token.id)
 }
 
+/// Who makes a call, for the history (`WorkflowEvent.actor`): the bearer token's name and id,
+/// and the client certificate's identity, as far as the call carried them (`--insecure`: none,
+/// so empty).
+pub fn actor<T>(request: &tonic::Request<T>, replica: &Replica) -> String {
+    let Some(peer) = request.extensions().get::<PeerInfo>() else {
+        return String::new();
+    };
+    let token = authorized_token_id(request).map(|id| {
+        let name = replica.read(|applied| {
+            applied
+                .state
+                .live_token(&id)
+                .map(|record| record.name.clone())
+        });
+        match name {
+            Some(name) => format!("token {name} ({id})"),
+            None => format!("token {id}"),
+        }
+    });
+    let certificate = peer.identity.as_ref().map(|identity| identity.to_string());
+    match (token, certificate) {
+        (Some(token), Some(certificate)) => format!("{token} via {certificate}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => String::new(),
+    }
+}
+
 /// Whether the token with this id is live in this node's applied state (not revoked).
 pub fn token_live(replica: &Replica, id: &str) -> bool {
     replica.read(|applied| applied.state.live_token(id).is_some())

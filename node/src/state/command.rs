@@ -73,11 +73,54 @@ pub enum Command {
         previous: Vec<NodeId>,
         members: Vec<NodeId>,
     },
+    /// An operator pauses (no new step starts) or resumes a running workflow.
+    Pause(PauseCommand),
+    /// An operator reruns a finished workflow: its failed, cancelled and timed-out steps, or one
+    /// step, each with every step after it.
+    Retry(RetryCommand),
+    /// Finished workflows whose retention has passed leave the state (each re-checked at apply
+    /// against the state's time), and purge records older than the idempotency window are
+    /// forgotten. Proposed by the leader, at most `PURGE_BATCH_MAX` workflows per command.
+    Purge(PurgeCommand),
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
     /// batch inside a batch is refused (the batcher splices a proposed batch into its entry).
     Batch(Vec<Command>),
+}
+
+/// See [`Command::Pause`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PauseCommand {
+    pub workflow_id: WorkflowId,
+    /// true: pause; false: resume.
+    pub paused: bool,
+    /// Who asked (see `WorkflowEvent.actor`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
+}
+
+/// See [`Command::Retry`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryCommand {
+    pub workflow_id: WorkflowId,
+    /// Empty: the steps that failed, were cancelled or timed out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_step: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
+}
+
+/// See [`Command::Purge`]. The cluster-wide durations travel in the command, so every replica
+/// decides with the leader's settings and the state's own time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PurgeCommand {
+    pub workflows: Vec<WorkflowId>,
+    /// The retention of workflows whose spec leaves it at 0 (`batond --retention`).
+    pub default_retention_ms: u64,
+    /// How long a purged workflow's record (its id, purge time and idempotency key) is kept
+    /// (`batond --idempotency-window`).
+    pub idempotency_window_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,7 +189,19 @@ impl Command {
             Self::RevokeToken { .. } => "revoke_token",
             Self::BindIncarnation { .. } => "bind_incarnation",
             Self::Membership { .. } => "membership",
+            Self::Purge(_) => "purge",
+            Self::Pause(_) => "pause",
+            Self::Retry(_) => "retry",
             Self::Batch(_) => "batch",
+        }
+    }
+
+    /// Whether this is a purge, or a batch holding one.
+    pub fn purges(&self) -> bool {
+        match self {
+            Self::Purge(_) => true,
+            Self::Batch(commands) => commands.iter().any(Self::purges),
+            _ => false,
         }
     }
 
@@ -178,7 +233,10 @@ impl Command {
             | Self::CreateToken(_)
             | Self::RevokeToken { .. }
             | Self::BindIncarnation { .. }
-            | Self::Membership { .. } => false,
+            | Self::Membership { .. }
+            | Self::Pause(_)
+            | Self::Retry(_)
+            | Self::Purge(_) => false,
         }
     }
 }
@@ -198,6 +256,9 @@ pub struct CancelCommand {
     pub workflow_id: WorkflowId,
     #[serde(default)]
     pub reason: String,
+    /// Who asked (see `WorkflowEvent.actor`); left out when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
 }
 
 /// The outcome of applying one command. Refusals are values, computed alike on every replica.
@@ -240,6 +301,19 @@ pub enum Response {
     /// version, or raced with another command); nothing changed.
     Rejected {
         reason: String,
+    },
+    /// A pause or resume: whether it changed anything (false: the workflow already was so).
+    Paused {
+        changed: bool,
+    },
+    /// A retry: the steps that run again.
+    Retried {
+        steps: Vec<String>,
+    },
+    /// What a [`Command::Purge`] removed: workflows, and purge records past the window.
+    Purged {
+        workflows: u32,
+        records: u32,
     },
     /// The responses to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),
@@ -303,6 +377,7 @@ mod tests {
             Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(1),
                 reason: String::new(),
+                actor: String::new(),
             }),
         ] {
             assert!(!command.adds_workflows(), "{command:?}");
@@ -334,6 +409,7 @@ mod tests {
             command: Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(7),
                 reason: String::new(),
+                actor: String::new(),
             }),
         };
         let bytes = entry.encode();
@@ -352,6 +428,7 @@ mod tests {
                 Command::Cancel(CancelCommand {
                     workflow_id: WorkflowId(7),
                     reason: String::new(),
+                    actor: String::new(),
                 }),
                 Command::Tick,
             ]),
@@ -471,6 +548,30 @@ mod tests {
                 },
                 "0182a774696d655f6d7305a7636f6d6d616e6481ac7265766f6b655f746f6b656e81a26964b030306666303066663030666630306666",
             ),
+            (
+                Command::Purge(PurgeCommand {
+                    workflows: vec![WorkflowId(7), WorkflowId(9)],
+                    default_retention_ms: 1_000,
+                    idempotency_window_ms: 2_000,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a5707572676583a9776f726b666c6f7773920709b464656661756c745f726574656e74696f6e5f6d73cd03e8b56964656d706f74656e63795f77696e646f775f6d73cd07d0",
+            ),
+            (
+                Command::Pause(PauseCommand {
+                    workflow_id: WorkflowId(7),
+                    paused: true,
+                    actor: "token ci (00ff)".into(),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a5706175736583ab776f726b666c6f775f696407a6706175736564c3a56163746f72af746f6b656e20636920283030666629",
+            ),
+            (
+                Command::Retry(RetryCommand {
+                    workflow_id: WorkflowId(7),
+                    from_step: "b".into(),
+                    actor: String::new(),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a5726574727982ab776f726b666c6f775f696407a966726f6d5f73746570a162",
+            ),
         ]
     }
 
@@ -509,7 +610,10 @@ mod tests {
             | Command::RevokeToken { .. }
             | Command::BindIncarnation { .. }
             | Command::Membership { .. }
-            | Command::Batch(_) => 14,
+            | Command::Purge(_)
+            | Command::Pause(_)
+            | Command::Retry(_)
+            | Command::Batch(_) => 17,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }

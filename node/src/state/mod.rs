@@ -8,8 +8,10 @@
 //! The maps are persistent (`imbl`): cloning the state is O(1), so a snapshot builder or a reader
 //! takes a point-in-time copy without blocking `apply`.
 
+mod actions;
 pub mod command;
 pub mod ids;
+pub mod lifecycle;
 pub mod outcome;
 pub mod scheduling;
 mod specs;
@@ -26,10 +28,11 @@ use sha2::{Digest, Sha256};
 
 pub use command::CreateTokenCommand;
 pub use command::{
-    Assignment, CancelCommand, Command, CompleteCommand, LogEntry, RegisterAgentCommand, Response,
-    SubmitCommand,
+    Assignment, CancelCommand, Command, CompleteCommand, LogEntry, PauseCommand, PurgeCommand,
+    RegisterAgentCommand, Response, RetryCommand, SubmitCommand,
 };
 pub use ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
+pub use lifecycle::{PURGE_BATCH_MAX, PurgeDue, PurgeRecord};
 pub use outcome::{Outcome, Proposal};
 pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
 pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
@@ -115,6 +118,20 @@ pub struct ClusterState {
     /// Bearer tokens by id, revoked ones included (ids are never reused). See `tokens.rs`.
     #[serde(default, deserialize_with = "cautious::map")]
     tokens: OrdMap<String, tokens::TokenRecord>,
+    /// What is left of purged workflows for the idempotency window (see `lifecycle.rs`). Left
+    /// out while empty, so a state that never purged encodes as before.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    purge_records: OrdMap<WorkflowId, PurgeRecord>,
+    /// Finished workflows and purge records by due time (derived like `ready_deadlines`).
+    #[serde(skip)]
+    purge_index: lifecycle::PurgeIndex,
+    /// Running workflows with a timeout, by deadline (derived; see `actions.rs`).
+    #[serde(skip)]
+    timeouts: actions::Timeouts,
     /// Decoded specs shared between workflows of equal spec bytes (`specs.rs`): not part of the
     /// state's value (equal whatever it holds), neither encoded nor hashed.
     #[serde(skip)]
@@ -212,10 +229,10 @@ impl ClusterState {
             Command::Batch(commands) => Response::Batch(
                 commands
                     .into_iter()
-                    .map(|command| self.execute(ctx, command, &mut events))
+                    .map(|command| self.execute_recorded(ctx, command, &mut events))
                     .collect(),
             ),
-            command => self.execute(ctx, command, &mut events),
+            command => self.execute_recorded(ctx, command, &mut events),
         };
         // O(state): on every apply in unit and property tests, where states are small.
         #[cfg(test)]
@@ -225,6 +242,19 @@ impl ClusterState {
         #[cfg(all(debug_assertions, not(test)))]
         self.check_after_apply(ctx.index, &events);
         Applied { response, events }
+    }
+
+    /// Applies one command and records the events it derived in their workflows' histories.
+    fn execute_recorded(
+        &mut self,
+        ctx: ApplyCtx,
+        command: Command,
+        events: &mut Events,
+    ) -> Response {
+        let start = events.len();
+        let response = self.execute(ctx, command, events);
+        self.record_history(&events[start..]);
+        response
     }
 
     /// Applies one command; a batch here is one nested in another, and is refused.
@@ -257,6 +287,9 @@ impl ClusterState {
                 node_id,
                 incarnation,
             } => self.bind_incarnation(node_id, incarnation),
+            Command::Purge(purge) => self.purge(ctx, purge, events),
+            Command::Pause(pause) => self.pause(ctx, pause, events),
+            Command::Retry(retry) => self.retry(ctx, retry, events),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -375,6 +408,7 @@ impl ClusterState {
         };
         self.last_workflow_id += 1;
         let id = WorkflowId(self.last_workflow_id);
+        let spec_timeout_ms = spec.timeout_ms;
         let mut workflow = Workflow {
             id,
             spec,
@@ -385,6 +419,12 @@ impl ClusterState {
             reason: String::new(),
             revision: ctx.index,
             steps,
+            paused_at_ms: 0,
+            deadline_ms: match spec_timeout_ms {
+                0 => 0,
+                timeout => self.now_ms.saturating_add(timeout),
+            },
+            history: Vec::new(),
         };
         for step in workflow.steps.iter_mut().filter(|s| s.deps.is_empty()) {
             step.state = StepState::Ready;
@@ -399,10 +439,7 @@ impl ClusterState {
             e.message = workflow.spec.name.clone();
         }));
         for &step in &roots {
-            let key = scheduling::ready_key(&workflow, step);
-            self.ready.insert(key);
-            self.ready_deadlines
-                .insert(key, scheduling::start_timeout_ms(&workflow, step));
+            scheduling::enqueue(&mut self.ready, &mut self.ready_deadlines, &workflow, step);
             events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
                 e.step = workflow.spec.steps[step.get()].name.clone();
                 e.step_state = pb::StepState::Ready as i32;
@@ -420,7 +457,6 @@ impl ClusterState {
     }
 
     fn cancel(&mut self, ctx: ApplyCtx, cancel: CancelCommand, events: &mut Events) -> Response {
-        let now_ms = self.now_ms;
         let Some(workflow) = self.workflows.get(&cancel.workflow_id) else {
             return Response::NotFound {
                 workflow_id: cancel.workflow_id,
@@ -431,7 +467,38 @@ impl ClusterState {
                 state: workflow.state,
             };
         }
-        // Running attempts lose their leases; the leader tells their agents to stop them.
+        let reason = if cancel.reason.is_empty() {
+            "cancelled".to_owned()
+        } else {
+            cancel.reason
+        };
+        self.end_workflow(
+            ctx,
+            cancel.workflow_id,
+            WorkflowState::Cancelled,
+            reason,
+            cancel.actor,
+            events,
+        );
+        Response::Cancelled {
+            state: WorkflowState::Cancelled,
+        }
+    }
+
+    /// Ends running workflow `id` from outside its steps (a cancel, its timeout) as `state`:
+    /// running attempts lose their leases (the leader tells their agents to stop), queued and
+    /// backing-off steps leave their queues, every unfinished step is cancelled.
+    pub(super) fn end_workflow(
+        &mut self,
+        ctx: ApplyCtx,
+        id: WorkflowId,
+        state: WorkflowState,
+        reason: String,
+        actor: String,
+        events: &mut Events,
+    ) {
+        let now_ms = self.now_ms;
+        let workflow = &self.workflows[&id];
         let mut released = Vec::new();
         for (i, run) in workflow.steps.iter().enumerate() {
             match run.state {
@@ -442,11 +509,8 @@ impl ClusterState {
                     self.ready_deadlines.remove(&key);
                 }
                 StepState::Backoff => {
-                    self.backoff.remove(&(
-                        run.retry_at_ms,
-                        cancel.workflow_id,
-                        StepIndex(i as u32),
-                    ));
+                    self.backoff
+                        .remove(&(run.retry_at_ms, id, StepIndex(i as u32)));
                 }
                 _ => {}
             }
@@ -454,36 +518,21 @@ impl ClusterState {
         for attempt in released {
             self.release(attempt);
         }
-        let workflow = Arc::make_mut(
-            self.workflows
-                .get_mut(&cancel.workflow_id)
-                .expect("checked above"),
-        );
-        workflow.state = WorkflowState::Cancelled;
+        let workflow = Arc::make_mut(self.workflows.get_mut(&id).expect("checked above"));
+        workflow.state = state;
         workflow.finished_at_ms = now_ms;
-        workflow.reason = if cancel.reason.is_empty() {
-            "cancelled".to_owned()
-        } else {
-            cancel.reason
-        };
+        workflow.reason = reason;
         workflow.revision = ctx.index;
         for step in workflow.steps.iter_mut().filter(|s| !s.state.is_terminal()) {
             step.state = StepState::Cancelled;
             step.finished_at_ms = now_ms;
         }
         let reason = workflow.reason.clone();
-        events.push(self.event(
-            ctx,
-            cancel.workflow_id,
-            pb::EventKind::WorkflowFinished,
-            |e| {
-                e.workflow_state = pb::WorkflowState::Cancelled as i32;
-                e.message = reason;
-            },
-        ));
-        Response::Cancelled {
-            state: WorkflowState::Cancelled,
-        }
+        events.push(self.event(ctx, id, pb::EventKind::WorkflowFinished, |e| {
+            e.workflow_state = state.to_proto() as i32;
+            e.message = reason;
+            e.actor = actor;
+        }));
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -534,6 +583,8 @@ impl ClusterState {
         let mut state: Self = specs::decoding_with(&memo, || rmp_serde::from_slice(bytes))?;
         state.specs = memo;
         state.ready_deadlines = state.derive_deadlines();
+        state.purge_index = state.derive_purge_index();
+        state.timeouts = state.derive_timeouts();
         Ok(state)
     }
 
@@ -595,9 +646,10 @@ impl ClusterState {
         for (i, run) in workflow.steps.iter().enumerate() {
             let step = StepIndex(i as u32);
             match run.state {
-                StepState::Ready => assert!(
+                StepState::Ready => assert_eq!(
                     self.ready.contains(&scheduling::ready_key(workflow, step)),
-                    "workflow {id} step {i}: ready but not queued"
+                    workflow.paused_at_ms == 0,
+                    "workflow {id} step {i}: ready but not queued, or queued while paused"
                 ),
                 StepState::Backoff => assert!(
                     self.backoff.contains(&(run.retry_at_ms, id, step)),
@@ -687,12 +739,14 @@ impl ClusterState {
             );
         }
         for (key, id) in &self.idempotency_keys {
-            let workflow = self
-                .workflows
-                .get(id)
-                .unwrap_or_else(|| panic!("idempotency key {key:?} names missing workflow {id}"));
-            assert_eq!(&workflow.idempotency_key, key);
+            let owner = match (self.workflows.get(id), self.purge_records.get(id)) {
+                (Some(workflow), _) => &workflow.idempotency_key,
+                (None, Some(record)) => &record.idempotency_key,
+                (None, None) => panic!("idempotency key {key:?} names missing workflow {id}"),
+            };
+            assert_eq!(owner, key);
         }
+        self.check_purge_records();
         self.check_leases();
         for workflow in self.workflows.values() {
             self.check_workflow(workflow);
@@ -707,6 +761,11 @@ impl ClusterState {
             self.ready_deadlines,
             self.derive_deadlines(),
             "the deadline index does not match the ready queue"
+        );
+        assert_eq!(
+            self.timeouts,
+            self.derive_timeouts(),
+            "the timeout index does not match the running workflows"
         );
         for (_, workflow_id, step) in &self.backoff {
             assert_eq!(
@@ -737,12 +796,12 @@ impl ClusterState {
             let ready = workflow
                 .steps
                 .iter()
-                .filter(|s| s.state == StepState::Ready)
+                .filter(|s| s.state == StepState::Ready && workflow.paused_at_ms == 0)
                 .count();
             assert_eq!(
                 ready,
                 queued.get(id).copied().unwrap_or(0),
-                "workflow {id}: ready steps missing from the queue"
+                "workflow {id}: ready steps missing from the queue (or queued while paused)"
             );
             assert_eq!(workflow.steps.len(), workflow.spec.steps.len());
             if workflow.state.is_terminal() {

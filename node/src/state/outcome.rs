@@ -6,8 +6,8 @@
 //! there (`RaftNode::propose_for`), not in every caller.
 
 use super::command::{
-    CancelCommand, Command, CompleteCommand, CreateTokenCommand, RegisterAgentCommand, Response,
-    SubmitCommand,
+    CancelCommand, Command, CompleteCommand, CreateTokenCommand, PauseCommand, PurgeCommand,
+    RegisterAgentCommand, Response, RetryCommand, SubmitCommand,
 };
 use super::ids::{AgentId, AttemptId, WorkflowId};
 use super::workflow::WorkflowState;
@@ -160,6 +160,67 @@ impl Outcome for Assigned {
     }
 }
 
+/// What a purge answers: how many workflows left the state, and how many purge records did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Purged {
+    pub workflows: u32,
+    pub records: u32,
+}
+
+impl Outcome for Purged {
+    const COMMAND: &'static str = "purge";
+    fn from_response(response: Response) -> Result<Self, Response> {
+        match response {
+            Response::Purged { workflows, records } => Ok(Self { workflows, records }),
+            other => Err(other),
+        }
+    }
+}
+
+/// What a pause or resume answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Paused {
+    /// false: the workflow already was as asked.
+    Changed(bool),
+    NotFound,
+    /// Nothing changed: the workflow has finished.
+    Refused(String),
+}
+
+impl Outcome for Paused {
+    const COMMAND: &'static str = "pause";
+    fn from_response(response: Response) -> Result<Self, Response> {
+        match response {
+            Response::Paused { changed } => Ok(Self::Changed(changed)),
+            Response::NotFound { .. } => Ok(Self::NotFound),
+            Response::Rejected { reason } => Ok(Self::Refused(reason)),
+            other => Err(other),
+        }
+    }
+}
+
+/// What a retry answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retried {
+    /// The steps that run again.
+    Steps(Vec<String>),
+    NotFound,
+    /// Nothing changed: the workflow is running, has no such step, or nothing needs a rerun.
+    Refused(String),
+}
+
+impl Outcome for Retried {
+    const COMMAND: &'static str = "retry";
+    fn from_response(response: Response) -> Result<Self, Response> {
+        match response {
+            Response::Retried { steps } => Ok(Self::Steps(steps)),
+            Response::NotFound { .. } => Ok(Self::NotFound),
+            Response::Rejected { reason } => Ok(Self::Refused(reason)),
+            other => Err(other),
+        }
+    }
+}
+
 macro_rules! proposal {
     ($command:ident => $variant:ident, $outcome:ty) => {
         impl From<$command> for Command {
@@ -178,6 +239,9 @@ proposal!(CancelCommand => Cancel, Cancelled);
 proposal!(RegisterAgentCommand => RegisterAgent, Registered);
 proposal!(CompleteCommand => Complete, Reported);
 proposal!(CreateTokenCommand => CreateToken, TokenCreated);
+proposal!(PurgeCommand => Purge, Purged);
+proposal!(PauseCommand => Pause, Paused);
+proposal!(RetryCommand => Retry, Retried);
 
 #[cfg(test)]
 mod tests {

@@ -167,6 +167,22 @@ impl Deadlines {
     }
 }
 
+/// Queues a ready step of `workflow` (with its schedule-to-start deadline), unless the workflow
+/// is paused: a paused workflow's ready steps wait outside the queue until it is resumed.
+pub(super) fn enqueue(
+    ready: &mut OrdSet<ReadyKey>,
+    deadlines: &mut Deadlines,
+    workflow: &Workflow,
+    step: StepIndex,
+) {
+    if workflow.paused_at_ms != 0 {
+        return;
+    }
+    let key = ready_key(workflow, step);
+    ready.insert(key);
+    deadlines.insert(key, start_timeout_ms(workflow, step));
+}
+
 /// A step's schedule-to-start timeout (0: none).
 pub(super) fn start_timeout_ms(workflow: &Workflow, step: StepIndex) -> u64 {
     workflow.spec.steps[step.get()].schedule_to_start_timeout_ms
@@ -259,7 +275,7 @@ impl ClusterState {
     ) -> Option<AttemptId> {
         let agent = self.agents.get(&a.agent_id)?.clone();
         let workflow = self.workflows.get(&a.workflow_id)?;
-        if workflow.state != WorkflowState::Running {
+        if workflow.state != WorkflowState::Running || workflow.paused_at_ms != 0 {
             return None;
         }
         let spec_step = workflow.spec.steps.get(a.step.get())?;
@@ -358,6 +374,7 @@ impl ClusterState {
             "a live attempt is its step's current one"
         );
         run.finished_at_ms = now_ms;
+        let (output_bytes, error_bytes) = (cmd.output.len() as u64, cmd.error.len() as u64);
         run.output = truncate_utf8(cmd.output, OUTPUT_BYTES_MAX);
         run.error = truncate_utf8(cmd.error, OUTPUT_BYTES_MAX);
         run.exit_code = cmd.exit_code;
@@ -369,6 +386,8 @@ impl ClusterState {
                     e.step = name;
                     e.attempt_id = cmd.attempt_id.0;
                     e.step_state = pb::StepState::Succeeded as i32;
+                    e.output_bytes = output_bytes;
+                    e.error_bytes = error_bytes;
                 }),
             );
             self.step_finished(ctx, live.workflow_id, live.step, events);
@@ -393,6 +412,8 @@ impl ClusterState {
                     e.attempt_id = cmd.attempt_id.0;
                     e.step_state = pb::StepState::Backoff as i32;
                     e.message = message;
+                    e.output_bytes = output_bytes;
+                    e.error_bytes = error_bytes;
                 }),
             );
         } else {
@@ -404,6 +425,8 @@ impl ClusterState {
                     e.attempt_id = cmd.attempt_id.0;
                     e.step_state = pb::StepState::Failed as i32;
                     e.message = message;
+                    e.output_bytes = output_bytes;
+                    e.error_bytes = error_bytes;
                 }),
             );
             self.step_finished(ctx, live.workflow_id, live.step, events);
@@ -459,10 +482,12 @@ impl ClusterState {
                 self.step_finished(ctx, live.workflow_id, live.step, events);
             } else {
                 let workflow = self.workflows.get(&live.workflow_id).expect("exists");
-                let key = ready_key(workflow, live.step);
-                self.ready.insert(key);
-                self.ready_deadlines
-                    .insert(key, start_timeout_ms(workflow, live.step));
+                enqueue(
+                    &mut self.ready,
+                    &mut self.ready_deadlines,
+                    workflow,
+                    live.step,
+                );
                 events.push(
                     self.event(ctx, live.workflow_id, pb::EventKind::StepReady, |e| {
                         e.step = name;
@@ -491,10 +516,7 @@ impl ClusterState {
             let run = &mut workflow.steps[step.get()];
             run.state = StepState::Ready;
             run.ready_at_ms = now_ms;
-            let key = ready_key(workflow, step);
-            self.ready.insert(key);
-            self.ready_deadlines
-                .insert(key, start_timeout_ms(workflow, step));
+            enqueue(&mut self.ready, &mut self.ready_deadlines, workflow, step);
             events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
                 e.step = name;
                 e.step_state = pb::StepState::Ready as i32;
@@ -530,6 +552,8 @@ impl ClusterState {
             );
             self.step_finished(ctx, key.workflow_id, key.step, events);
         }
+        // Workflows past their whole-run timeout end, as a cancel would end them.
+        self.time_out_due(ctx, events);
         Response::Done
     }
 
@@ -550,7 +574,7 @@ impl ClusterState {
 
     /// Whether a Tick at `now_ms` would change anything.
     pub fn tick_due(&self, now_ms: u64) -> bool {
-        self.backoff_due(now_ms) || self.any_overdue_ready_at(now_ms)
+        self.backoff_due(now_ms) || self.any_overdue_ready_at(now_ms) || self.timeout_due(now_ms)
     }
 
     /// Whether a retry's backoff has ended by `now_ms`. O(log n).
@@ -663,10 +687,7 @@ impl ClusterState {
             );
         }
         for d in newly_ready {
-            let key = ready_key(&workflow, d);
-            self.ready.insert(key);
-            self.ready_deadlines
-                .insert(key, start_timeout_ms(&workflow, d));
+            enqueue(&mut self.ready, &mut self.ready_deadlines, &workflow, d);
             events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
                 e.step = workflow.spec.steps[d.get()].name.clone();
                 e.step_state = pb::StepState::Ready as i32;
@@ -765,6 +786,9 @@ impl ClusterState {
         if workflow.steps[step.get()].state != StepState::Ready {
             return None;
         }
+        if workflow.paused_at_ms != 0 {
+            return Some("the workflow is paused (baton resume)".to_owned());
+        }
         let spec_step = &workflow.spec.steps[step.get()];
         let request = step_request(spec_step);
         if self.agents.is_empty() {
@@ -815,12 +839,26 @@ pub(super) fn ready_key(workflow: &Workflow, step: StepIndex) -> ReadyKey {
     }
 }
 
+/// The last non-empty line of an attempt's error, for event messages (kept in the workflow's
+/// history): at most [`EVENT_LINE_BYTES_MAX`], its start kept.
 fn last_line(text: &str) -> &str {
-    text.lines()
+    let line = text
+        .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
+        .unwrap_or("");
+    if line.len() <= EVENT_LINE_BYTES_MAX {
+        return line;
+    }
+    let mut cut = EVENT_LINE_BYTES_MAX;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &line[..cut]
 }
+
+/// The longest error line an event carries (the whole error stays on the step).
+pub const EVENT_LINE_BYTES_MAX: usize = 1024;
 
 /// Keeps the last `max` bytes (the end of a log is what explains a failure), on a char boundary.
 pub fn truncate_utf8(mut text: String, max: usize) -> String {

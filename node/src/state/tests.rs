@@ -92,7 +92,28 @@ fn check_events(
     for e in events {
         assert_eq!(e.index, index, "{e:?}");
         assert_eq!(e.time_ms, after.now_ms, "{e:?}");
-        assert!(after.workflow(WorkflowId(e.workflow_id)).is_some(), "{e:?}");
+        let id = WorkflowId(e.workflow_id);
+        if e.kind() == K::WorkflowPurged {
+            // The end of a workflow's life: it was there, finished, and is gone.
+            assert!(before.workflow(id).is_some_and(|w| w.state.is_terminal()));
+            assert!(after.workflow(id).is_none() && after.purge_record(id).is_some());
+        } else {
+            assert!(after.workflow(id).is_some(), "{e:?}");
+            // Every event is in its workflow's history, as published.
+            assert!(
+                after.history(id).unwrap().contains(e),
+                "{e:?} missing from the history"
+            );
+        }
+    }
+    for (id, _) in before.workflows.iter() {
+        if after.workflow(*id).is_none() {
+            assert_eq!(
+                has_purged(events, *id),
+                1,
+                "workflow {id} left without its WORKFLOW_PURGED"
+            );
+        }
     }
     let has = |id: WorkflowId, kind: K, check: &dyn Fn(&pb::WorkflowEvent) -> bool| {
         events
@@ -110,7 +131,11 @@ fn check_events(
                 "workflow {id}: {events:?}"
             );
         }
-        let ended = workflow.state.is_terminal() && old.is_none_or(|o| !o.state.is_terminal());
+        // A retry runs a finished workflow again; if every step it reruns is skipped at once, it
+        // ends again within the same entry.
+        let retried = has(id, K::WorkflowRetried, &|_| true) > 0;
+        let ended =
+            workflow.state.is_terminal() && (retried || old.is_none_or(|o| !o.state.is_terminal()));
         let finished = has(id, K::WorkflowFinished, &|e| {
             e.workflow_state == workflow.state.to_proto() as i32
         });
@@ -131,11 +156,14 @@ fn check_events(
                 assert_eq!(assigned, 1, "workflow {id} step {name} started: {events:?}");
             }
             let step_ended = run.state.is_terminal() && was.is_none_or(|w| !w.state.is_terminal());
-            // Two ends are told by another event alone: the steps a cancel closes (its
-            // WORKFLOW_FINISHED, cancelled), and a step failed by its last lost lease (its
+            // Two ends are told by another event alone: the steps a cancel or a timeout closes
+            // (its WORKFLOW_FINISHED, cancelled or timed out), and a step failed by its last lost lease (its
             // STEP_LEASE_EXPIRED), so attempt counters derived from events count each once.
             let cancelled = run.state == StepState::Cancelled
-                && workflow.state == WorkflowState::Cancelled
+                && matches!(
+                    workflow.state,
+                    WorkflowState::Cancelled | WorkflowState::TimedOut
+                )
                 && finished == 1;
             let lease_lost = run.state == StepState::Failed
                 && has(id, K::StepLeaseExpired, &|e| &e.step == name) == 1;
@@ -151,6 +179,13 @@ fn check_events(
             }
         }
     }
+}
+
+fn has_purged(events: &[pb::WorkflowEvent], id: WorkflowId) -> usize {
+    events
+        .iter()
+        .filter(|e| e.workflow_id == id.0 && e.kind() == pb::EventKind::WorkflowPurged)
+        .count()
 }
 
 #[test]
@@ -271,6 +306,7 @@ fn cancel_finishes_every_open_step_once() {
         Command::Cancel(CancelCommand {
             workflow_id: WorkflowId(1),
             reason: "operator said so".into(),
+            actor: String::new(),
         }),
     );
     assert_eq!(
@@ -288,6 +324,7 @@ fn cancel_finishes_every_open_step_once() {
     let again = log.apply(Command::Cancel(CancelCommand {
         workflow_id: WorkflowId(1),
         reason: String::new(),
+        actor: String::new(),
     }));
     assert_eq!(
         again,
@@ -301,6 +338,7 @@ fn cancel_finishes_every_open_step_once() {
         log.apply(Command::Cancel(CancelCommand {
             workflow_id: WorkflowId(99),
             reason: String::new(),
+            actor: String::new(),
         })),
         Response::NotFound {
             workflow_id: WorkflowId(99)
@@ -353,6 +391,7 @@ fn list_pages_newest_first_with_filters() {
     log.apply(Command::Cancel(CancelCommand {
         workflow_id: WorkflowId(25),
         reason: String::new(),
+        actor: String::new(),
     }));
 
     let mut query = ListQuery {
@@ -416,6 +455,7 @@ fn encoding_round_trips_and_the_hash_follows_the_state() {
     log.apply(Command::Cancel(CancelCommand {
         workflow_id: WorkflowId(1),
         reason: String::new(),
+        actor: String::new(),
     }));
     assert_ne!(log.state.state_hash(), before);
 }
@@ -438,10 +478,23 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
         prop::sample::select(vec!["", "", "k1", "k2", "k3"]),
     )
         .prop_map(|(steps, key)| submit(&spec("w", steps), key));
+    // Some workflows carry a timeout of their own.
+    let arb_submit = (arb_submit, prop::sample::select(vec![0u64, 0, 30_000])).prop_map(
+        |(command, timeout_ms)| match command {
+            Command::Submit(mut submit) if timeout_ms != 0 => {
+                let mut spec = pb::WorkflowSpec::decode(submit.spec.as_slice()).unwrap();
+                spec.timeout_ms = timeout_ms;
+                submit.spec = spec.encode_to_vec();
+                Command::Submit(submit)
+            }
+            other => other,
+        },
+    );
     let arb_cancel = (0u64..6).prop_map(|id| {
         Command::Cancel(CancelCommand {
             workflow_id: WorkflowId(id),
             reason: String::new(),
+            actor: String::new(),
         })
     });
     let arb_init = "[a-c]".prop_map(|cluster_id| Command::InitCluster { cluster_id });
@@ -480,9 +533,36 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
     let arb_expire = prop::collection::vec(1u64..12, 1..3).prop_map(|v| Command::ExpireLeases {
         attempts: v.into_iter().map(AttemptId).collect(),
     });
+    let arb_pause = (0u64..6, prop::bool::ANY).prop_map(|(id, paused)| {
+        Command::Pause(PauseCommand {
+            workflow_id: WorkflowId(id),
+            paused,
+            actor: String::new(),
+        })
+    });
+    let arb_retry =
+        (0u64..6, prop::sample::select(vec!["", "", "a", "c", "z"])).prop_map(|(id, from)| {
+            Command::Retry(RetryCommand {
+                workflow_id: WorkflowId(id),
+                from_step: from.into(),
+                actor: String::new(),
+            })
+        });
+    let arb_purge = (
+        prop::collection::vec(1u64..6, 0..4),
+        prop::sample::select(vec![1_000u64, 30_000]),
+    )
+        .prop_map(|(ids, retention)| {
+            Command::Purge(PurgeCommand {
+                workflows: ids.into_iter().map(WorkflowId).collect(),
+                default_retention_ms: retention,
+                idempotency_window_ms: retention,
+            })
+        });
     let command = prop_oneof![
         4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
         4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 1 => Just(Command::Tick),
+        1 => arb_pause, 1 => arb_retry, 1 => arb_purge,
     ];
     (0u64..100_000, command)
 }
@@ -948,6 +1028,7 @@ fn capacity_is_never_over_allocated_and_cancel_releases_it() {
     log.apply(Command::Cancel(CancelCommand {
         workflow_id: WorkflowId(1),
         reason: String::new(),
+        actor: String::new(),
     }));
     assert!(log.state.live_attempt(a).is_none(), "cancel ends the lease");
     assert_eq!(log.state.allocation(agent), Allocation::default());
@@ -1205,6 +1286,32 @@ fn golden_snapshot_bytes() {
     };
     log.apply(report(attempts[1], false));
     log.apply(report(attempts[2], true));
+    // Snapshots written before workflows kept their history and earlier attempts, and before
+    // purges (2026-12-06), are this state without them.
+    let mut before = log.state.clone();
+    // A purged workflow leaves a record for the idempotency window.
+    log.apply(submit(&spec("gone", vec![step("only", &[])]), "k2"));
+    log.apply(Command::Cancel(CancelCommand {
+        workflow_id: WorkflowId(4),
+        reason: String::new(),
+        actor: "token ci (0123456789abcdef)".into(),
+    }));
+    let later = log.state.now_ms() + 2_000;
+    let purged = log.apply_at(
+        later,
+        Command::Purge(PurgeCommand {
+            workflows: vec![WorkflowId(4)],
+            default_retention_ms: 1_000,
+            idempotency_window_ms: 86_400_000,
+        }),
+    );
+    assert_eq!(
+        purged,
+        Response::Purged {
+            workflows: 1,
+            records: 0
+        }
+    );
     log.state.check_invariants();
 
     use sha2::Digest;
@@ -1218,20 +1325,21 @@ fn golden_snapshot_bytes() {
     assert_eq!(
         (bytes.len(), sha(&bytes).as_str()),
         (
-            1849,
-            "8b752925b0da34a1f74fc313dcd222481eaf4ebc10a2a8837ea440c8fddc499c"
+            2211,
+            "e50c1e7f6d99661804397b9f5e721413bdec7f02c95e2021745ba6de62f3ad3a"
         ),
         "the snapshot encoding changed"
     );
-    // Snapshots and backups written before steps kept their earlier attempts (2026-12-06) are
-    // the bytes of this state without them, pinned then; they still decode, to that state.
-    let mut before = log.state.clone();
+    // The bytes of the earlier state without histories and earlier attempts were pinned then;
+    // they still decode, to that state.
     for id in before.workflows.keys().copied().collect::<Vec<_>>() {
-        let workflow = before.workflows.get_mut(&id).expect("listed");
-        for run in &mut Arc::make_mut(workflow).steps {
+        let workflow = Arc::make_mut(before.workflows.get_mut(&id).expect("listed"));
+        workflow.history.clear();
+        for run in &mut workflow.steps {
             run.earlier.clear();
         }
     }
+    before.purge_index = before.derive_purge_index();
     let old_bytes = before.encode();
     assert_eq!(
         (old_bytes.len(), sha(&old_bytes).as_str()),
@@ -1270,4 +1378,524 @@ fn the_check_after_every_apply_catches_a_step_missing_from_the_queue() {
     log.state.check_after_apply(log.index, &applied.events);
     log.state.ready.clear();
     log.state.check_after_apply(log.index, &applied.events);
+}
+
+/// A purge command as the leader makes it, with a 1 h default retention and a 1 day window.
+fn purge(ids: &[u64]) -> Command {
+    Command::Purge(PurgeCommand {
+        workflows: ids.iter().copied().map(WorkflowId).collect(),
+        default_retention_ms: HOUR_MS,
+        idempotency_window_ms: DAY_MS,
+    })
+}
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+fn cancel(id: u64) -> Command {
+    Command::Cancel(CancelCommand {
+        workflow_id: WorkflowId(id),
+        reason: String::new(),
+        actor: "token alice (00aa)".into(),
+    })
+}
+
+#[test]
+fn a_finished_workflow_is_purged_once_its_retention_has_passed_and_not_before() {
+    let mut log = Log::new();
+    let mut kept_long = spec("long", vec![step("a", &[])]);
+    kept_long.retention_ms = 3 * HOUR_MS;
+    log.apply_at(1_000, submit(&spec("default", vec![step("a", &[])]), "k1"));
+    log.apply_at(1_000, submit(&kept_long, ""));
+    log.apply_at(1_000, submit(&spec("running", vec![step("a", &[])]), ""));
+    log.apply_at(10_000, cancel(1));
+    log.apply_at(10_000, cancel(2));
+
+    // What the leader finds due, by the leader's time and its settings.
+    let due = |state: &ClusterState, now_ms| state.purge_due(now_ms, HOUR_MS, DAY_MS, 256);
+    assert!(due(&log.state, 10_000 + HOUR_MS - 1).is_empty());
+    assert_eq!(due(&log.state, 10_000 + HOUR_MS).workflows, [WorkflowId(1)]);
+    assert_eq!(
+        due(&log.state, 10_000 + 3 * HOUR_MS).workflows,
+        [WorkflowId(1), WorkflowId(2)]
+    );
+
+    // A command naming everything purges only what is due by the state's own time: a leader
+    // whose clock runs ahead (or a stale proposal) purges nothing early.
+    let early = log.apply_at(10_000 + HOUR_MS - 1, purge(&[1, 2, 3, 99]));
+    assert_eq!(
+        early,
+        Response::Purged {
+            workflows: 0,
+            records: 0
+        }
+    );
+    let on_time = log.apply_at(10_000 + HOUR_MS, purge(&[1, 2, 3, 99]));
+    assert_eq!(
+        on_time,
+        Response::Purged {
+            workflows: 1,
+            records: 0
+        }
+    );
+    assert!(log.state.workflow(WorkflowId(1)).is_none());
+    assert_eq!(
+        log.state.purge_record(WorkflowId(1)).unwrap().purged_at_ms,
+        10_000 + HOUR_MS
+    );
+    assert!(
+        log.state.workflow(WorkflowId(2)).is_some(),
+        "its own retention is longer"
+    );
+    assert!(
+        log.state.workflow(WorkflowId(3)).is_some(),
+        "running: never purged"
+    );
+    log.apply_at(10_000 + 3 * HOUR_MS, purge(&[2]));
+    assert!(log.state.workflow(WorkflowId(2)).is_none());
+    assert_eq!(has_purged(&log.events, WorkflowId(1)), 1);
+    assert_eq!(has_purged(&log.events, WorkflowId(2)), 1);
+    // Nothing left to find, and the state agrees with itself through a snapshot.
+    assert!(due(&log.state, 10_000 + 3 * HOUR_MS).workflows.is_empty());
+    let decoded = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(decoded, log.state);
+}
+
+#[test]
+fn a_purged_workflows_key_answers_for_the_window_then_is_forgotten() {
+    let mut log = Log::new();
+    let hello = spec("hello", vec![step("a", &[])]);
+    log.apply_at(1_000, submit(&hello, "order-7"));
+    log.apply_at(2_000, cancel(1));
+    let purged_at = 2_000 + HOUR_MS;
+    log.apply_at(purged_at, purge(&[1]));
+    // Within the window, a retried submit is the same submit: the purged id, not a new workflow.
+    assert_eq!(
+        log.apply_at(purged_at + DAY_MS - 1, submit(&hello, "order-7")),
+        Response::Submitted {
+            workflow_id: WorkflowId(1),
+            created: false
+        }
+    );
+    assert!(
+        !log.state
+            .purge_due(purged_at + DAY_MS - 1, HOUR_MS, DAY_MS, 256)
+            .records
+    );
+    assert!(
+        log.state
+            .purge_due(purged_at + DAY_MS, HOUR_MS, DAY_MS, 256)
+            .records
+    );
+    assert_eq!(
+        log.apply_at(purged_at + DAY_MS, purge(&[])),
+        Response::Purged {
+            workflows: 0,
+            records: 1
+        }
+    );
+    assert!(log.state.purge_record(WorkflowId(1)).is_none());
+    assert!(log.state.was_handed_out(WorkflowId(1)));
+    assert!(!log.state.was_handed_out(WorkflowId(2)));
+    // After it, the key is free again.
+    assert_eq!(
+        log.apply_at(purged_at + DAY_MS + 1, submit(&hello, "order-7")),
+        Response::Submitted {
+            workflow_id: WorkflowId(2),
+            created: true
+        }
+    );
+}
+
+#[test]
+fn a_backlog_is_purged_in_bounded_commands_oldest_first() {
+    let mut log = Log::new();
+    for i in 1..=600u64 {
+        log.apply_at(i, submit(&spec("w", vec![step("a", &[])]), ""));
+        log.apply_at(i, cancel(i));
+    }
+    let now = 600 + HOUR_MS;
+    let due = log.state.purge_due(now, HOUR_MS, DAY_MS, PURGE_BATCH_MAX);
+    assert_eq!(due.workflows.len(), PURGE_BATCH_MAX);
+    assert_eq!(due.workflows.first(), Some(&WorkflowId(1)));
+    let mut rounds = 0;
+    loop {
+        let due = log.state.purge_due(now, HOUR_MS, DAY_MS, PURGE_BATCH_MAX);
+        if due.workflows.is_empty() {
+            break;
+        }
+        let ids: Vec<u64> = due.workflows.iter().map(|id| id.0).collect();
+        log.apply_at(now, purge(&ids));
+        rounds += 1;
+    }
+    assert_eq!(rounds, 3, "600 workflows in commands of at most 256");
+    assert_eq!(log.state.workflow_count(), 0);
+}
+
+#[test]
+fn the_history_holds_every_event_of_a_workflow_in_order_with_who_asked() {
+    let mut log = Log::new();
+    let agent = match log.apply(Command::RegisterAgent(RegisterAgentCommand {
+        name: "a1".into(),
+        labels: Default::default(),
+        slots: 2,
+        cpu_millis: 1000,
+        memory_mb: 1000,
+        task_types: vec![],
+    })) {
+        Response::AgentRegistered { agent_id } => agent_id,
+        other => panic!("{other:?}"),
+    };
+    log.apply(submit(
+        &spec("pair", vec![step("a", &[]), step("b", &["a"])]),
+        "",
+    ));
+    let Response::Assigned { attempts } = log.apply(Command::Assign {
+        assignments: vec![Assignment {
+            workflow_id: WorkflowId(1),
+            step: StepIndex(0),
+            agent_id: agent,
+        }],
+    }) else {
+        panic!("not assigned")
+    };
+    log.apply(Command::Complete(CompleteCommand {
+        attempt_id: attempts[0].unwrap(),
+        agent_id: agent,
+        success: true,
+        output: "x".repeat(100_000),
+        error: "warn".into(),
+        exit_code: Some(0),
+    }));
+    log.apply(cancel(1));
+    let history = log.state.history(WorkflowId(1)).unwrap();
+    let published: Vec<_> = log
+        .events
+        .iter()
+        .filter(|e| e.workflow_id == 1)
+        .cloned()
+        .collect();
+    assert_eq!(history, published);
+    let finished = history
+        .iter()
+        .find(|e| e.kind() == pb::EventKind::StepFinished)
+        .unwrap();
+    // The size reported, not the tail kept.
+    assert_eq!((finished.output_bytes, finished.error_bytes), (100_000, 4));
+    let last = history.last().unwrap();
+    assert_eq!(last.kind(), pb::EventKind::WorkflowFinished);
+    assert_eq!(last.actor, "token alice (00aa)");
+    // Kept through a snapshot.
+    let decoded = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(decoded.history(WorkflowId(1)).unwrap(), history);
+}
+
+#[test]
+fn the_archive_gets_exactly_what_the_entry_purges() {
+    let mut log = Log::new();
+    for i in 1..=3u64 {
+        log.apply_at(1_000, submit(&spec("w", vec![step("a", &[])]), ""));
+        if i != 3 {
+            log.apply_at(1_000, cancel(i));
+        }
+    }
+    let entry = LogEntry {
+        time_ms: 1_000 + HOUR_MS,
+        // Twice in one batch, and a running workflow: each due workflow once.
+        command: Command::Batch(vec![purge(&[1, 3]), purge(&[1, 2])]),
+    };
+    let (at, doomed) = log.state.workflows_to_purge(&entry);
+    assert_eq!(at, 1_000 + HOUR_MS);
+    let ids: Vec<_> = doomed.iter().map(|(w, _)| w.id).collect();
+    assert_eq!(ids, [WorkflowId(1), WorkflowId(2)]);
+    assert!(doomed.iter().all(|(_, retention)| *retention == HOUR_MS));
+    let Response::Batch(responses) = log.apply_at(entry.time_ms, entry.command) else {
+        panic!("a batch answers with a batch")
+    };
+    let purged: u32 = responses
+        .iter()
+        .map(|r| match r {
+            Response::Purged { workflows, .. } => *workflows,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(purged as usize, doomed.len());
+}
+
+fn assign_at(log: &mut Log, time_ms: u64, id: u64, step: u32, agent: AgentId) -> Option<AttemptId> {
+    let Response::Assigned { attempts } = log.apply_at(
+        time_ms,
+        Command::Assign {
+            assignments: vec![Assignment {
+                workflow_id: WorkflowId(id),
+                step: StepIndex(step),
+                agent_id: agent,
+            }],
+        },
+    ) else {
+        panic!("an assign answers with attempts")
+    };
+    attempts[0]
+}
+
+fn report_at(log: &mut Log, time_ms: u64, attempt: AttemptId, agent: AgentId, success: bool) {
+    let response = log.apply_at(
+        time_ms,
+        Command::Complete(CompleteCommand {
+            attempt_id: attempt,
+            agent_id: agent,
+            success,
+            output: format!("out of {attempt}"),
+            error: if success {
+                String::new()
+            } else {
+                "boom".into()
+            },
+            exit_code: Some(if success { 0 } else { 1 }),
+        }),
+    );
+    assert_eq!(response, Response::Completed);
+}
+
+fn pause(id: u64, paused: bool) -> Command {
+    Command::Pause(PauseCommand {
+        workflow_id: WorkflowId(id),
+        paused,
+        actor: "token ops (00bb)".into(),
+    })
+}
+
+#[test]
+fn a_paused_workflow_starts_no_step_and_its_waiting_time_is_not_counted() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 4);
+    let mut deadline = step("b", &["a"]);
+    deadline.schedule_to_start_timeout_ms = 10_000;
+    log.apply_at(
+        1_000,
+        submit(&spec("w", vec![step("a", &[]), deadline]), ""),
+    );
+    let a = assign_at(&mut log, 1_000, 1, 0, agent).unwrap();
+    assert_eq!(
+        log.apply_at(2_000, pause(1, true)),
+        Response::Paused { changed: true }
+    );
+    assert_eq!(
+        log.apply_at(2_000, pause(1, true)),
+        Response::Paused { changed: false },
+        "pausing twice changes nothing"
+    );
+    // The running step finishes; the step it frees waits outside the queue.
+    report_at(&mut log, 3_000, a, agent, true);
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap().clone();
+    assert_eq!(workflow.steps[1].state, StepState::Ready);
+    assert!(log.state.ready_queue().next().is_none());
+    assert_eq!(
+        log.state.pending_reason(&workflow, StepIndex(1)).as_deref(),
+        Some("the workflow is paused (baton resume)")
+    );
+    assert_eq!(
+        assign_at(&mut log, 3_000, 1, 1, agent),
+        None,
+        "an assignment proposed before the pause is refused at apply"
+    );
+    // Paused far longer than the step's schedule-to-start timeout: it does not fail.
+    assert!(!log.state.tick_due(50_000));
+    log.apply_at(50_000, Command::Tick);
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().steps[1].state,
+        StepState::Ready
+    );
+    assert_eq!(
+        log.apply_at(50_000, pause(1, false)),
+        Response::Paused { changed: true }
+    );
+    // Queued again; it became ready while paused, so none of its 10 s is used yet.
+    let key = log.state.ready_queue().next().copied().unwrap();
+    assert_eq!(key.ready_at_ms, 50_000);
+    assert!(!log.state.tick_due(50_000 + 9_999));
+    assert!(log.state.tick_due(50_000 + 10_000));
+    let b = assign_at(&mut log, 51_000, 1, 1, agent).unwrap();
+    report_at(&mut log, 52_000, b, agent, true);
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().state,
+        WorkflowState::Succeeded
+    );
+    let kinds: Vec<_> = log.kinds(1).into_iter().map(|(k, _)| k).collect();
+    assert!(kinds.contains(&pb::EventKind::WorkflowPaused));
+    assert!(kinds.contains(&pb::EventKind::WorkflowResumed));
+    // A finished workflow cannot be paused.
+    assert!(matches!(
+        log.apply_at(53_000, pause(1, true)),
+        Response::Rejected { .. }
+    ));
+}
+
+fn retry(id: u64, from: &str) -> Command {
+    Command::Retry(RetryCommand {
+        workflow_id: WorkflowId(id),
+        from_step: from.into(),
+        actor: "token ops (00bb)".into(),
+    })
+}
+
+#[test]
+fn a_retry_reruns_the_failed_step_and_what_follows_with_new_fencing_tokens() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 4);
+    // a -> b -> c, and d beside them: b fails, so c is skipped; a and d succeed.
+    log.apply_at(
+        1_000,
+        submit(
+            &spec(
+                "w",
+                vec![
+                    step("a", &[]),
+                    step("b", &["a"]),
+                    step("c", &["b"]),
+                    step("d", &[]),
+                ],
+            ),
+            "",
+        ),
+    );
+    let a = assign_at(&mut log, 1_000, 1, 0, agent).unwrap();
+    let d = assign_at(&mut log, 1_000, 1, 3, agent).unwrap();
+    report_at(&mut log, 2_000, a, agent, true);
+    report_at(&mut log, 2_000, d, agent, true);
+    let b = assign_at(&mut log, 2_000, 1, 1, agent).unwrap();
+    report_at(&mut log, 3_000, b, agent, false);
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().state,
+        WorkflowState::Failed
+    );
+    assert!(matches!(
+        log.apply_at(3_000, retry(1, "nope")),
+        Response::Rejected { reason } if reason.contains("its steps are a, b, c, d")
+    ));
+
+    assert_eq!(
+        log.apply_at(4_000, retry(1, "")),
+        Response::Retried {
+            steps: vec!["b".into(), "c".into()]
+        }
+    );
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap().clone();
+    assert_eq!(workflow.state, WorkflowState::Running);
+    assert_eq!(workflow.finished_at_ms, 0);
+    // a and d keep their results; b is ready at once (a is done), c waits for it.
+    assert_eq!(workflow.steps[0].output, format!("out of {a}"));
+    assert_eq!(workflow.steps[3].state, StepState::Succeeded);
+    assert_eq!(workflow.steps[1].state, StepState::Ready);
+    assert_eq!(workflow.steps[2].state, StepState::Waiting);
+    assert_eq!(workflow.steps[1].earlier.last().unwrap().attempt_id, b);
+    // A running workflow cannot be retried again.
+    assert!(matches!(
+        log.apply_at(4_000, retry(1, "")),
+        Response::Rejected { .. }
+    ));
+    let b2 = assign_at(&mut log, 5_000, 1, 1, agent).unwrap();
+    assert!(b2 > b, "a new attempt, a new fencing token");
+    // The stale attempt's report is refused.
+    assert!(matches!(
+        log.apply_at(
+            5_000,
+            Command::Complete(CompleteCommand {
+                attempt_id: b,
+                agent_id: agent,
+                success: true,
+                output: String::new(),
+                error: String::new(),
+                exit_code: None,
+            })
+        ),
+        Response::ReportRefused { .. }
+    ));
+    report_at(&mut log, 6_000, b2, agent, true);
+    let c = assign_at(&mut log, 6_000, 1, 2, agent).unwrap();
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().steps[1].output,
+        format!("out of {b2}"),
+        "what c reads is the rerun b's output"
+    );
+    report_at(&mut log, 7_000, c, agent, true);
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().state,
+        WorkflowState::Succeeded
+    );
+
+    // From a step that succeeded: it and everything after it run again.
+    assert_eq!(
+        log.apply_at(8_000, retry(1, "a")),
+        Response::Retried {
+            steps: vec!["a".into(), "b".into(), "c".into()]
+        }
+    );
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(workflow.steps[3].state, StepState::Succeeded);
+    assert_eq!(
+        workflow.steps[0].earlier.last().unwrap().outcome,
+        super::workflow::AttemptOutcome::Succeeded
+    );
+    assert!(
+        log.state
+            .purge_due(u64::MAX, HOUR_MS, DAY_MS, 256)
+            .workflows
+            .is_empty(),
+        "a running workflow is never due for purge"
+    );
+}
+
+#[test]
+fn a_workflow_past_its_timeout_ends_timed_out_and_its_attempts_lose_their_leases() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 4);
+    let mut bounded = spec("w", vec![step("a", &[]), step("b", &["a"])]);
+    bounded.timeout_ms = 60_000;
+    log.apply_at(1_000, submit(&bounded, ""));
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().deadline_ms,
+        61_000
+    );
+    let a = assign_at(&mut log, 2_000, 1, 0, agent).unwrap();
+    assert!(!log.state.tick_due(60_999));
+    assert!(log.state.tick_due(61_000));
+    log.apply_at(61_000, Command::Tick);
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(workflow.state, WorkflowState::TimedOut);
+    assert!(
+        workflow.reason.starts_with("timed out"),
+        "{}",
+        workflow.reason
+    );
+    assert!(
+        workflow
+            .steps
+            .iter()
+            .all(|s| s.state == StepState::Cancelled)
+    );
+    assert!(log.state.live_attempt(a).is_none(), "its lease is gone");
+    assert!(!log.state.tick_due(u64::MAX));
+    // A retry runs it again with a new deadline, from the retry.
+    log.apply_at(70_000, retry(1, ""));
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().deadline_ms,
+        130_000
+    );
+    assert!(log.state.tick_due(130_000));
+}
+
+#[test]
+fn a_step_ready_before_a_pause_keeps_what_it_had_waited() {
+    let mut log = Log::new();
+    let mut deadline = step("a", &[]);
+    deadline.schedule_to_start_timeout_ms = 10_000;
+    log.apply_at(1_000, submit(&spec("w", vec![deadline]), ""));
+    log.apply_at(4_000, pause(1, true));
+    log.apply_at(100_000, pause(1, false));
+    // 3 s waited before the pause; 7 s left after the resume.
+    let key = log.state.ready_queue().next().copied().unwrap();
+    assert_eq!(key.ready_at_ms, 1_000 + 96_000);
+    assert!(!log.state.tick_due(106_999));
+    assert!(log.state.tick_due(107_000));
 }

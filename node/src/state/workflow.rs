@@ -17,6 +17,7 @@ pub enum WorkflowState {
     Succeeded,
     Failed,
     Cancelled,
+    TimedOut,
 }
 
 impl WorkflowState {
@@ -30,6 +31,7 @@ impl WorkflowState {
             Self::Succeeded => pb::WorkflowState::Succeeded,
             Self::Failed => pb::WorkflowState::Failed,
             Self::Cancelled => pb::WorkflowState::Cancelled,
+            Self::TimedOut => pb::WorkflowState::TimedOut,
         }
     }
 }
@@ -85,6 +87,17 @@ pub struct Workflow {
     pub revision: u64,
     /// One per spec step, same order.
     pub steps: Vec<StepRun>,
+    /// When an operator paused it (state time); 0 while not paused. No step of a paused workflow
+    /// is queued (its ready steps wait outside the queue) or assigned.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paused_at_ms: u64,
+    /// When it times out (the spec's `timeout` from submit or retry); 0: never.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deadline_ms: u64,
+    /// Every event derived for this workflow, length-delimited protobuf, oldest first (see
+    /// `lifecycle.rs`). Left out while empty, so a state from before histories reads as none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_bytes")]
+    pub history: Vec<u8>,
 }
 
 /// The runtime state of one step.
@@ -143,6 +156,10 @@ pub struct EndedAttempt {
 pub enum AttemptOutcome {
     Failed,
     LeaseExpired,
+    /// Run again by a retry.
+    Succeeded,
+    /// Cancelled or timed out, then run again by a retry.
+    Cancelled,
 }
 
 impl EndedAttempt {
@@ -155,6 +172,8 @@ impl EndedAttempt {
             outcome: match self.outcome {
                 AttemptOutcome::Failed => pb::AttemptOutcome::Failed,
                 AttemptOutcome::LeaseExpired => pb::AttemptOutcome::LeaseExpired,
+                AttemptOutcome::Succeeded => pb::AttemptOutcome::Succeeded,
+                AttemptOutcome::Cancelled => pb::AttemptOutcome::Cancelled,
             } as i32,
             exit_code: self.exit_code,
             output: self.output.clone(),
@@ -250,8 +269,25 @@ impl Workflow {
             steps,
             reason: self.reason.clone(),
             revision: self.revision,
+            paused: self.paused_at_ms != 0 && !self.state.is_terminal(),
+            deadline_ms: self.deadline_ms,
         }
     }
+}
+
+impl Workflow {
+    /// The API view with every step's earlier attempts: what the archive keeps.
+    pub fn to_proto_archived(&self) -> pb::Workflow {
+        let mut view = self.to_proto(true, None);
+        for (step, run) in view.steps.iter_mut().zip(&self.steps) {
+            step.earlier_attempts = run.earlier.iter().map(EndedAttempt::to_proto).collect();
+        }
+        view
+    }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// Serializes a protobuf message as its encoded bytes, which are deterministic for our messages

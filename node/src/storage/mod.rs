@@ -1,6 +1,7 @@
 //! Durable storage: the RocksDB Raft log ([`LogStore`]), snapshot files, and the state machine
 //! store ([`StateMachineStore`]), which is the only caller of `state::ClusterState::apply`.
 
+pub mod archive;
 pub mod disk;
 pub mod durable;
 pub mod events;

@@ -19,6 +19,7 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use parking_lot::{Mutex, RwLock};
 
+use super::archive::Archive;
 use super::events::EventLog;
 use super::snapshot;
 use crate::raft::types::{
@@ -121,6 +122,8 @@ pub fn member_ids(membership: &Membership) -> Vec<NodeId> {
 pub struct StateMachineStore {
     replica: Arc<Replica>,
     snapshot_dir: PathBuf,
+    /// Where purged workflows are written before a purge applies (`--archive-dir`).
+    archive: Option<Archive>,
 }
 
 impl StateMachineStore {
@@ -161,7 +164,34 @@ impl StateMachineStore {
                 leader_term: OnceLock::new(),
             }),
             snapshot_dir: snapshot_dir.to_owned(),
+            archive: None,
         })
+    }
+
+    /// Archives every workflow a purge entry removes before applying it (see `archive`).
+    pub fn with_archive(mut self, archive: Option<Archive>) -> Self {
+        self.archive = archive;
+        self
+    }
+
+    /// Writes what `entry` purges to the archive, if this node keeps one. Read from the applied
+    /// state under a short read lock (this store is its only writer, so the entry applies to
+    /// exactly that state), and written before the write lock is taken: readers never wait on
+    /// the archive's fsync.
+    fn archive_purged(&self, index: u64, entry: &LogEntry) -> io::Result<()> {
+        let Some(archive) = &self.archive else {
+            return Ok(());
+        };
+        if !entry.command.purges() {
+            return Ok(());
+        }
+        let (purged_at_ms, doomed) = self
+            .replica
+            .read(|applied| applied.state.workflows_to_purge(entry));
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        archive.write(index, purged_at_ms, &doomed)
     }
 
     pub fn replica(&self) -> Arc<Replica> {
@@ -184,6 +214,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            if let EntryPayload::Normal(log_entry) = &entry.payload {
+                // An error stops the Raft core before the purge applies (see `archive`).
+                self.archive_purged(entry.log_id.index, log_entry)?;
+            }
             let response = {
                 let mut applied = self.replica.applied.write();
                 applied.last_applied = Some(entry.log_id);

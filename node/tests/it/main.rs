@@ -6,6 +6,7 @@ mod common;
 mod t01_map;
 mod t10_replicated_core;
 mod t11_shared_specs;
+mod t16_retention_and_history;
 mod t20_membership_and_snapshots;
 mod t30_scheduler;
 mod t32_agent_follows_leader;

@@ -47,7 +47,7 @@ use crate::limits::*;
 use crate::text::quoted;
 use crate::v1::WorkflowSpec;
 use step::check_step;
-use workflow::{check_input, check_labels, check_name, check_priority};
+use workflow::{check_durations, check_input, check_labels, check_name, check_priority};
 
 /// Checks every rule a submitted workflow must satisfy; `Ok` means the server may commit it.
 pub fn validate_spec(spec: &WorkflowSpec) -> Result<(), SpecError> {
@@ -63,6 +63,7 @@ pub fn validate_spec(spec: &WorkflowSpec) -> Result<(), SpecError> {
     check_priority("priority", "workflow", spec.priority)?;
     check_labels(spec)?;
     check_input(spec)?;
+    check_durations(spec)?;
 
     if spec.steps.is_empty() {
         return Err(SpecError::new("steps", "workflow has no steps"));

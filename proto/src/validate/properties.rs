@@ -30,6 +30,8 @@ fn arbitrary_spec() -> impl Strategy<Value = WorkflowSpec> {
             steps,
             priority,
             input,
+            retention_ms: 0,
+            timeout_ms: 0,
         })
 }
 

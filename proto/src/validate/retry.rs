@@ -137,12 +137,12 @@ mod tests {
         assert_invalid(
             &retrying(3, backoff(BACKOFF_MS_MAX + 1, 2.0, 0)),
             "steps[0].retry.backoff.initial_ms",
-            "step \"only\" backoff initial 24h1ms is longer than the maximum 24h",
+            "step \"only\" backoff initial 1d1ms is longer than the maximum 1d",
         );
         assert_invalid(
             &retrying(3, backoff(0, 2.0, BACKOFF_MS_MAX + 1)),
             "steps[0].retry.backoff.max_ms",
-            "step \"only\" backoff max 24h1ms is longer than the maximum 24h",
+            "step \"only\" backoff max 1d1ms is longer than the maximum 1d",
         );
     }
 }

@@ -202,12 +202,12 @@ mod tests {
         assert_invalid(
             &one_step(|s| s.timeout_ms = TIMEOUT_MS_MAX + 1),
             "steps[0].timeout_ms",
-            "step \"only\" timeout 168h1ms is longer than the maximum 168h",
+            "step \"only\" timeout 7d1ms is longer than the maximum 7d",
         );
         assert_invalid(
             &one_step(|s| s.schedule_to_start_timeout_ms = u64::MAX),
             "steps[0].schedule_to_start_timeout_ms",
-            "step \"only\" schedule-to-start timeout 5124095576030h25m51s615ms is longer than the maximum 168h",
+            "step \"only\" schedule-to-start timeout 213503982334d14h25m51s615ms is longer than the maximum 7d",
         );
         assert_invalid(
             &one_step(|s| s.lease_ttl_ms = 500),

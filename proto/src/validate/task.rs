@@ -87,7 +87,7 @@ mod tests {
         assert_invalid(
             &sleeping(SLEEP_MS_MAX + 1),
             "steps[0].sleep.duration_ms",
-            "step \"only\" sleeps 24h1ms, longer than the maximum 24h",
+            "step \"only\" sleeps 1d1ms, longer than the maximum 1d",
         );
     }
 

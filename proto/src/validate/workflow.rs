@@ -155,6 +155,46 @@ pub(super) fn check_input(spec: &WorkflowSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// `retention` (0: the cluster default) and `timeout` (0: none), each within its bounds.
+pub(super) fn check_durations(spec: &WorkflowSpec) -> Result<(), SpecError> {
+    check_duration(
+        "retention",
+        "retention",
+        spec.retention_ms,
+        RETENTION_MS_MIN..=RETENTION_MS_MAX,
+        "the cluster default",
+    )?;
+    check_duration(
+        "timeout",
+        "timeout",
+        spec.timeout_ms,
+        WORKFLOW_TIMEOUT_MS_MIN..=WORKFLOW_TIMEOUT_MS_MAX,
+        "no timeout",
+    )
+}
+
+fn check_duration(
+    field: &str,
+    what: &str,
+    ms: u64,
+    bounds: std::ops::RangeInclusive<u64>,
+    zero_means: &str,
+) -> Result<(), SpecError> {
+    use crate::text::format_duration_ms as shown;
+    if ms != 0 && !bounds.contains(&ms) {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "workflow {what} {} is outside {}..={} (0 or leaving it out: {zero_means})",
+                shown(ms),
+                shown(*bounds.start()),
+                shown(*bounds.end())
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

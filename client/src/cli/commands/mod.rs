@@ -5,11 +5,13 @@
 //!
 //! Code map: `printer` prints in the chosen output format; `submit` reads spec files and submits
 //! them (one, or many in batches); `wait` follows a submitted workflow to its end (`--wait`);
-//! `workflows` is get, list, cancel and watch; `context` the named contexts and which cluster
+//! `workflows` is get, list, cancel, watch, logs and history; `archive` reads an archive
+//! folder; `context` the named contexts and which cluster
 //! and credentials a command uses; `cluster` the cluster's administration; `tokens`
 //! the bearer tokens; `agent` runs an agent (`baton agent`) and lists them (`baton agents`).
 
 mod agent;
+mod archive;
 mod cluster;
 mod context;
 mod printer;
@@ -61,6 +63,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Context(command) = cli.command {
         return context::context(&Printer { format: cli.output }, command);
     }
+    // Reads a folder: no cluster, no credentials.
+    if let Command::Archive(command) = cli.command {
+        return archive::archive(&Printer { format: cli.output }, command);
+    }
     if let Command::Token(TokenCommand::Generate) = cli.command {
         let token = baton_security::token::generate()
             .map_err(|e| Failure::failed(format!("no randomness for a token: {e}")))?;
@@ -90,17 +96,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => workflows::get(&connect()?, &out, args).await,
         Command::List(args) => workflows::list(&connect()?, &out, args).await,
         Command::Cancel(args) => workflows::cancel(&connect()?, &out, args).await,
+        Command::Pause(args) => workflows::pause(&connect()?, &out, args.id, true).await,
+        Command::Resume(args) => workflows::pause(&connect()?, &out, args.id, false).await,
+        Command::Retry(args) => workflows::retry(&connect()?, &out, args).await,
         Command::Cluster(command) => cluster::cluster(&connect()?, &out, command).await,
         Command::Agents => agent::agents(&connect()?, &out).await,
         Command::Watch(args) => workflows::watch(&connect()?, &out, args).await,
         Command::Logs(args) => workflows::logs(&connect()?, &out, args).await,
+        Command::History(args) => workflows::history(&connect()?, &out, args).await,
         Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
         Command::Token(command) => tokens::token(&connect()?, &out, command).await,
         Command::Bench(args) => {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await
         }
-        Command::Completion { .. } | Command::Version | Command::Context(_) => {
+        Command::Completion { .. }
+        | Command::Version
+        | Command::Context(_)
+        | Command::Archive(_) => {
             unreachable!("answered above")
         }
     }

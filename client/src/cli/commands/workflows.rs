@@ -1,4 +1,5 @@
-//! Reading and changing one workflow or many: `baton get`, `list`, `cancel`, `watch` and `logs`.
+//! Reading and changing one workflow or many: `baton get`, `list`, `cancel`, `pause`, `resume`,
+//! `retry`, `watch`, `logs` and `history`.
 
 use baton_client::output::{self, EventColumns};
 use baton_client::proto::{ListRequest, ReadConsistency, Workflow, WorkflowState};
@@ -7,7 +8,9 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::printer::Printer;
-use crate::cli::args::{CancelArgs, GetArgs, ListArgs, LogsArgs, WatchArgs};
+use crate::cli::args::{
+    CancelArgs, GetArgs, HistoryArgs, ListArgs, LogsArgs, RetryArgs, WatchArgs,
+};
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
 fn consistency(stale: bool) -> ReadConsistency {
@@ -18,11 +21,17 @@ fn consistency(stale: bool) -> ReadConsistency {
     }
 }
 
-/// Words a failed read of workflow `id`.
+/// Words a failed read of workflow `id`: NOT_FOUND as the node says it (a purged workflow's
+/// answer says when it was purged).
 fn read_failure(id: u64) -> impl FnOnce(baton_client::ClientError) -> anyhow::Error {
     move |error| {
         if error.code() == Some(tonic::Code::NotFound) {
-            Failure::failed(format!("workflow {id} not found"))
+            let said = error.status().map(|s| s.message()).unwrap_or_default();
+            Failure::failed(if said.is_empty() {
+                format!("workflow {id} not found")
+            } else {
+                said.to_string()
+            })
         } else {
             client_failure(error, CallKind::Read, Some(&format!("workflow {id}")), None)
         }
@@ -58,6 +67,81 @@ pub(super) async fn logs(client: &Client, out: &Printer, args: LogsArgs) -> anyh
     out.print(
         || output::attempt_json(args.id, &step.name, &view),
         || output::render_attempt(args.id, &step.name, &view),
+    )
+}
+
+/// Words a failed write to workflow `id`: NOT_FOUND and FAILED_PRECONDITION as the node says
+/// them (purged, finished, still running), others with `hint`.
+fn write_failure(id: u64, hint: String) -> impl FnOnce(baton_client::ClientError) -> anyhow::Error {
+    move |error| match error.code() {
+        Some(tonic::Code::NotFound) => read_failure(id)(error),
+        Some(tonic::Code::FailedPrecondition) => Failure::failed(
+            error
+                .status()
+                .map(|s| s.message().to_string())
+                .unwrap_or_default(),
+        ),
+        _ => client_failure(
+            error,
+            CallKind::Write,
+            Some(&format!("workflow {id}")),
+            Some(hint),
+        ),
+    }
+}
+
+pub(super) async fn pause(
+    client: &Client,
+    out: &Printer,
+    id: u64,
+    paused: bool,
+) -> anyhow::Result<()> {
+    let verb = if paused { "pause" } else { "resume" };
+    let response = client.pause(id, paused).await.map_err(write_failure(
+        id,
+        format!("run `baton {verb} {id}` again (it is safe to repeat)"),
+    ))?;
+    let done = if paused { "paused" } else { "resumed" };
+    out.print(
+        || serde_json::json!({ "workflow_id": id, "paused": paused, "changed": response.changed }),
+        || match (response.changed, paused) {
+            (true, _) => format!("workflow {id} {done}"),
+            (false, true) => format!("workflow {id} was already paused"),
+            (false, false) => format!("workflow {id} was not paused"),
+        },
+    )
+}
+
+pub(super) async fn retry(client: &Client, out: &Printer, args: RetryArgs) -> anyhow::Result<()> {
+    let id = args.id;
+    let response = client
+        .retry(id, args.from.unwrap_or_default())
+        .await
+        .map_err(write_failure(
+            id,
+            format!(
+                "see `baton get {id}`: a retry that went through left it running, and `baton \
+                 retry {id}` again is then refused"
+            ),
+        ))?;
+    out.print(
+        || serde_json::json!({ "workflow_id": id, "steps": response.steps }),
+        || format!("workflow {id} running again: {}", response.steps.join(", ")),
+    )
+}
+
+pub(super) async fn history(
+    client: &Client,
+    out: &Printer,
+    args: HistoryArgs,
+) -> anyhow::Result<()> {
+    let events = client
+        .history(args.id, consistency(args.stale))
+        .await
+        .map_err(read_failure(args.id))?;
+    out.print(
+        || Value::Array(events.iter().map(output::event_json).collect()),
+        || output::render_history(&events),
     )
 }
 
@@ -139,7 +223,7 @@ pub(super) async fn watch(client: &Client, out: &Printer, args: WatchArgs) -> an
             }
             Ok(None) => return Ok(()),
             Err(error) if error.code() == Some(tonic::Code::NotFound) => {
-                return Err(Failure::failed(format!("workflow {} not found", args.id)));
+                return Err(read_failure(args.id)(error));
             }
             Err(error) => {
                 return Err(client_failure(

@@ -1,9 +1,10 @@
-//! One workflow event as one line of text (`baton watch`, `baton submit --wait`).
+//! Workflow events as text: one line each (`baton watch`, `baton submit --wait`), or a table
+//! (`baton history`).
 
 use baton_proto::v1::{EventKind, WorkflowEvent};
 
-use super::names::{event_kind_name, step_state_name, workflow_state_name};
-use super::text::{format_time_ms, one_line, or_dash};
+use super::text::{Table, format_time_ms, one_line, or_dash};
+use baton_proto::names::{event_kind_name, step_state_name, workflow_state_name};
 
 /// One line per event for `baton watch` and `baton submit --wait`:
 /// `TIME  STEP  KIND  attempt N  AGENT  MESSAGE`, with `-` for what the event lacks. A line on
@@ -53,26 +54,7 @@ impl EventColumns {
             format!("attempt {}", event.attempt_id)
         };
         let kind = event_kind_name(event.kind);
-        // A workflow's own events say how it stands; step events say how the step does.
-        let message = match EventKind::try_from(event.kind) {
-            Ok(EventKind::WorkflowFinished) => {
-                let state = workflow_state_name(event.workflow_state);
-                if event.message.is_empty() {
-                    state.to_string()
-                } else {
-                    format!("{state}: {}", one_line(&event.message, 200))
-                }
-            }
-            Ok(EventKind::StepFinished) => {
-                let state = step_state_name(event.step_state);
-                if event.message.is_empty() {
-                    state.to_string()
-                } else {
-                    format!("{state}: {}", one_line(&event.message, 200))
-                }
-            }
-            _ => one_line(&event.message, 200),
-        };
+        let message = event_detail(event);
         let step = or_dash(&event.step);
         let agent = or_dash(&event.agent);
         self.step = self.step.max(step.chars().count());
@@ -94,6 +76,64 @@ impl EventColumns {
         );
         line.trim_end().to_string()
     }
+}
+
+/// What an event says beyond its kind: a workflow's own events say how it stands, step events
+/// how the step does.
+fn event_detail(event: &WorkflowEvent) -> String {
+    let with_state = |state: &str| {
+        if event.message.is_empty() {
+            state.to_string()
+        } else {
+            format!("{state}: {}", one_line(&event.message, 200))
+        }
+    };
+    match EventKind::try_from(event.kind) {
+        Ok(EventKind::WorkflowFinished) => with_state(workflow_state_name(event.workflow_state)),
+        Ok(EventKind::StepFinished) => with_state(step_state_name(event.step_state)),
+        _ => one_line(&event.message, 200),
+    }
+}
+
+/// `baton history`: every event of a workflow, oldest first, with its log index, what an
+/// attempt reported (bytes of output and error) and who asked for it.
+pub fn render_history(events: &[WorkflowEvent]) -> String {
+    let mut table = Table::new([
+        "INDEX", "TIME", "STEP", "EVENT", "ATTEMPT", "AGENT", "DETAIL", "BY",
+    ]);
+    for event in events {
+        let reported = matches!(
+            EventKind::try_from(event.kind),
+            Ok(EventKind::StepFinished | EventKind::StepRetrying)
+        ) && event.attempt_id != 0;
+        let mut detail = event_detail(event);
+        if reported {
+            let sizes = format!(
+                "[output {} B, error {} B]",
+                event.output_bytes, event.error_bytes
+            );
+            detail = if detail.is_empty() {
+                sizes
+            } else {
+                format!("{detail} {sizes}")
+            };
+        }
+        table.row([
+            event.index.to_string(),
+            format_time_ms(event.time_ms),
+            or_dash(&event.step),
+            event_kind_name(event.kind).to_string(),
+            if event.attempt_id == 0 {
+                "-".to_string()
+            } else {
+                event.attempt_id.to_string()
+            },
+            or_dash(&event.agent),
+            or_dash(&detail),
+            or_dash(&event.actor),
+        ]);
+    }
+    table.render()
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! ended, and its captured output and error.
 
 use baton_proto::limits::EARLIER_ATTEMPT_TEXT_BYTES_MAX;
-use baton_proto::v1::{AttemptOutcome, Step, StepAttempt, StepState};
+use baton_proto::v1::{Step, StepState};
 use serde_json::{Value, json};
 
-use super::names::step_state_name;
 use super::text::format_time_ms;
+use baton_proto::names::{attempt_outcome_name, step_state_name};
 
 /// One attempt of a step, whichever record holds it: the step's own fields for the latest
 /// attempt, an entry of `earlier_attempts` for the others.
@@ -39,7 +39,7 @@ pub fn step_attempts(step: &Step) -> Vec<AttemptView<'_>> {
             attempt_id: a.attempt_id,
             number: 0,
             of: 0,
-            outcome: attempt_outcome_name(a),
+            outcome: attempt_outcome_name(a.outcome),
             agent: &a.agent,
             started_at_ms: a.started_at_ms,
             finished_at_ms: a.finished_at_ms,
@@ -79,14 +79,6 @@ pub fn step_attempts(step: &Step) -> Vec<AttemptView<'_>> {
         view.of = of;
     }
     views
-}
-
-fn attempt_outcome_name(attempt: &StepAttempt) -> &'static str {
-    match AttemptOutcome::try_from(attempt.outcome) {
-        Ok(AttemptOutcome::Failed) => "failed",
-        Ok(AttemptOutcome::LeaseExpired) => "lease_expired",
-        _ => "unknown",
-    }
 }
 
 /// The attempt `attempt_id` of `step` (its latest without one), or why there is none.
@@ -188,6 +180,7 @@ pub fn attempt_json(workflow_id: u64, step: &str, view: &AttemptView<'_>) -> Val
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_proto::v1::{AttemptOutcome, StepAttempt};
 
     fn failed(attempt_id: u64, error: &str) -> StepAttempt {
         StepAttempt {

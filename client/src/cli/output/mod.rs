@@ -1,39 +1,36 @@
 //! How results look: stable JSON (`-o json`) and aligned human tables, built from the prost types.
 //!
-//! prost types do not derive `Serialize`, and their derived names would leak wire details
-//! (`WORKFLOW_STATE_RUNNING`, `0` for "never"), so the JSON is written by hand here, one
-//! function per message. Its shape is an interface for scripts: field names are the proto's,
-//! enum values lowercase names (`"running"`), times integers of milliseconds since the Unix
-//! epoch (`null` when not set), ids numbers. Add fields freely; never rename or retype one.
+//! The JSON shapes and the enums' names live in `baton_proto::json` and `baton_proto::names`
+//! (the node's archive writes the same shapes) and are re-exported here; `json` holds their
+//! tests against this module's fixtures.
 //!
 //! Code map (the module lives in `cli/` with the rest of the CLI, but is compiled into the
-//! library as the public `baton_client::output`): `names` are the enums' names, `json` the JSON
-//! shapes, `text` the table and cell helpers, `tables` the views of workflows, tokens and
-//! agents, `cluster` the views of the cluster, `events` the one-line form of an event, `logs` one
+//! library as the public `baton_client::output`): `text` the table and cell helpers, `tables` the views of workflows, tokens and
+//! agents, `cluster` the views of the cluster, `events` events as lines and as a history table, `logs` one
 //! attempt of a step in full.
 
 mod cluster;
 mod events;
+#[cfg(test)]
 mod json;
 mod logs;
-mod names;
 mod tables;
 mod text;
 
 pub use self::cluster::{
     NodeStatus, render_cluster_status, render_cluster_statuses, render_members,
 };
-pub use self::events::{EventColumns, render_event_line};
-pub use self::json::{
+pub use self::events::{EventColumns, render_event_line, render_history};
+pub use self::logs::{AttemptView, attempt_json, choose_attempt, render_attempt, step_attempts};
+pub use self::tables::{render_agents, render_tokens, render_workflow, render_workflow_list};
+pub use self::text::{Table, format_time_ms};
+pub use baton_proto::json::{
     agent_json, cluster_status_json, event_json, member_json, members_json, spec_json, step_json,
     submit_json, token_json, workflow_json,
 };
-pub use self::logs::{AttemptView, attempt_json, choose_attempt, render_attempt, step_attempts};
-pub use self::names::{
+pub use baton_proto::names::{
     event_kind_name, parse_workflow_state, run_condition_name, step_state_name, workflow_state_name,
 };
-pub use self::tables::{render_agents, render_tokens, render_workflow, render_workflow_list};
-pub use self::text::{Table, format_time_ms};
 
 /// A workflow with a spec and two steps, for the tests of its views.
 #[cfg(test)]
@@ -72,6 +69,8 @@ mod fixtures {
                 }],
                 priority: 0,
                 input: BTreeMap::new(),
+                retention_ms: 0,
+                timeout_ms: 0,
             }),
             steps: vec![
                 Step {
@@ -98,6 +97,8 @@ mod fixtures {
             ],
             reason: String::new(),
             revision: 17,
+            paused: false,
+            deadline_ms: 0,
         }
     }
 }

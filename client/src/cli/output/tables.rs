@@ -4,22 +4,26 @@ use std::fmt::Write as _;
 
 use baton_proto::v1::{AgentInfo, Step, TokenInfo, Workflow};
 
-use super::names::{step_state_name, workflow_state_name};
 use super::text::{Table, format_time_ms, labels_text, one_line, or_dash};
+use baton_proto::names::{step_state_name, workflow_state_name};
 
 /// The `baton get` view: a header of key/value lines, then one row per step.
 pub fn render_workflow(workflow: &Workflow) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "workflow {}  {}  {}",
+        "workflow {}  {}  {}{}",
         workflow.id,
         workflow.name,
-        workflow_state_name(workflow.state)
+        workflow_state_name(workflow.state),
+        if workflow.paused { " (paused)" } else { "" }
     );
     let mut header = Table::new(["labels:", &labels_text(&workflow.labels)]);
     header.row(["created:", &format_time_ms(workflow.created_at_ms)]);
     header.row(["finished:", &format_time_ms(workflow.finished_at_ms)]);
+    if workflow.deadline_ms != 0 && workflow.finished_at_ms == 0 {
+        header.row(["times out:", &format_time_ms(workflow.deadline_ms)]);
+    }
     if !workflow.reason.is_empty() {
         header.row(["reason:".to_string(), one_line(&workflow.reason, 200)]);
     }

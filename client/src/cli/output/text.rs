@@ -1,6 +1,9 @@
-//! The pieces of the human output: aligned tables, UTC times, and cells kept to one line.
+//! The pieces of the human output: aligned tables, UTC times (`baton_proto::text`, which the
+//! node's messages use too), and cells kept to one line.
 
 use std::collections::BTreeMap;
+
+pub use baton_proto::text::format_time_ms;
 
 /// Columns padded to their widest cell, two spaces apart, no trailing spaces.
 #[derive(Debug, Default)]
@@ -53,38 +56,6 @@ impl Table {
     }
 }
 
-/// `2024-05-01 12:30:05` (UTC) for milliseconds since the epoch; `-` for 0 ("not yet").
-pub fn format_time_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "-".to_string();
-    }
-    let seconds = ms / 1000;
-    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`), so the CLI needs no date library for one column.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// The first line of `text`, cut to `chars_max` characters with `…`: keeps table rows one line.
 pub(super) fn one_line(text: &str, chars_max: usize) -> String {
     let first = text.lines().next().unwrap_or("").trim_end();
@@ -123,14 +94,6 @@ pub(super) fn or_dash(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_print_in_utc() {
-        assert_eq!(format_time_ms(0), "-");
-        assert_eq!(format_time_ms(1), "1970-01-01 00:00:00");
-        assert_eq!(format_time_ms(1_714_566_605_123), "2024-05-01 12:30:05");
-        assert_eq!(format_time_ms(951_782_400_000), "2000-02-29 00:00:00");
-    }
 
     #[test]
     fn tables_align_columns_without_trailing_spaces() {

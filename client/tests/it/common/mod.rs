@@ -198,6 +198,61 @@ impl WorkflowService for Fake {
         }
     }
 
+    async fn pause(
+        &self,
+        request: Request<PauseRequest>,
+    ) -> Result<Response<PauseResponse>, Status> {
+        match request.into_inner().workflow_id {
+            42 => Ok(Response::new(PauseResponse { changed: true })),
+            id => Err(Status::not_found(format!("workflow {id} not found"))),
+        }
+    }
+
+    async fn resume(
+        &self,
+        request: Request<PauseRequest>,
+    ) -> Result<Response<PauseResponse>, Status> {
+        match request.into_inner().workflow_id {
+            42 => Ok(Response::new(PauseResponse { changed: false })),
+            id => Err(Status::not_found(format!("workflow {id} not found"))),
+        }
+    }
+
+    /// Workflow 42 is running: a retry is refused as the node refuses it.
+    async fn retry(
+        &self,
+        request: Request<RetryRequest>,
+    ) -> Result<Response<RetryResponse>, Status> {
+        match request.into_inner().workflow_id {
+            42 => Err(Status::failed_precondition(
+                "workflow 42 is still running: only a finished workflow can be retried (cancel \
+                 it first)",
+            )),
+            id => Err(Status::not_found(format!("workflow {id} not found"))),
+        }
+    }
+
+    /// The scripted events of the workflow, as its history.
+    async fn get_history(
+        &self,
+        request: Request<GetHistoryRequest>,
+    ) -> Result<Response<GetHistoryResponse>, Status> {
+        let id = request.into_inner().workflow_id;
+        let events: Vec<WorkflowEvent> = self
+            .0
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| event.workflow_id == id)
+            .cloned()
+            .collect();
+        if events.is_empty() {
+            return Err(Status::not_found(format!("workflow {id} not found")));
+        }
+        Ok(Response::new(GetHistoryResponse { events }))
+    }
+
     type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WorkflowEvent, Status>> + Send>>;
 
     async fn watch(

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_node::config::{Config, LogFormat, SecurityConfig};
+use baton_node::config::{Config, Lifecycle, LogFormat, SecurityConfig};
 use baton_node::raft::RaftTiming;
 use baton_node::server::Server;
 use baton_proto::v1 as pb;
@@ -56,6 +56,16 @@ impl TestCluster {
         timing: RaftTiming,
         security: impl Fn(u64) -> SecurityConfig,
     ) -> Self {
+        Self::start_customized(n, timing, |id, config| config.security = security(id)).await
+    }
+
+    /// Like [`TestCluster::start`], each node's configuration changed by `customize(id, config)`
+    /// first.
+    pub async fn start_customized(
+        n: u64,
+        timing: RaftTiming,
+        customize: impl Fn(u64, &mut Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -72,7 +82,7 @@ impl TestCluster {
             dir,
         };
         for (id, listener) in listeners {
-            let config = Config {
+            let mut config = Config {
                 node_id: id,
                 listen: listener.local_addr().unwrap(),
                 data_dir: cluster.dir.path().join(format!("node{id}")),
@@ -86,8 +96,10 @@ impl TestCluster {
                 // In-process tests must not depend on the free space of the machine running
                 // them; t58_full_disk tests the reserve with real processes.
                 disk_reserve_bytes: 0,
-                security: security(id),
+                lifecycle: default_lifecycle(),
+                security: SecurityConfig::Insecure,
             };
+            customize(id, &mut config);
             let server = Server::start(&config, Some(listener))
                 .await
                 .expect("node starts");
@@ -114,6 +126,7 @@ impl TestCluster {
             // In-process tests must not depend on the free space of the machine running
             // them; t58_full_disk tests the reserve with real processes.
             disk_reserve_bytes: 0,
+            lifecycle: default_lifecycle(),
             security: SecurityConfig::Insecure,
         };
         let server = Server::start(&config, Some(listener))
@@ -208,6 +221,15 @@ impl TestCluster {
         for (_, server) in std::mem::take(&mut self.servers) {
             server.shutdown().await;
         }
+    }
+}
+
+/// The lifecycle settings `batond` takes by default: a week's retention, no archive.
+pub fn default_lifecycle() -> Lifecycle {
+    Lifecycle {
+        default_retention_ms: baton_node::config::RETENTION_DEFAULT_MS,
+        idempotency_window_ms: baton_node::config::IDEMPOTENCY_WINDOW_DEFAULT_MS,
+        archive_dir: None,
     }
 }
 

@@ -1,7 +1,7 @@
-//! The lowercase names the CLI prints for the proto's enums (`running`, `step_assigned`, ...),
-//! and back for `baton list --state`.
+//! The lowercase names of the proto's enums (`running`, `step_assigned`, ...) in the CLI and in
+//! JSON, and back for `baton list --state`.
 
-use baton_proto::v1::{EventKind, RunCondition, StepState, WorkflowState};
+use crate::v1::{AttemptOutcome, EventKind, RunCondition, StepState, WorkflowState};
 
 /// `running`, `succeeded`, ...; `unspecified` for 0 and `unknown` for a value newer than us.
 pub fn workflow_state_name(state: i32) -> &'static str {
@@ -11,6 +11,7 @@ pub fn workflow_state_name(state: i32) -> &'static str {
         Ok(WorkflowState::Succeeded) => "succeeded",
         Ok(WorkflowState::Failed) => "failed",
         Ok(WorkflowState::Cancelled) => "cancelled",
+        Ok(WorkflowState::TimedOut) => "timed_out",
         Err(_) => "unknown",
     }
 }
@@ -22,6 +23,7 @@ pub fn parse_workflow_state(name: &str) -> Option<WorkflowState> {
         "succeeded" => Some(WorkflowState::Succeeded),
         "failed" => Some(WorkflowState::Failed),
         "cancelled" | "canceled" => Some(WorkflowState::Cancelled),
+        "timed_out" | "timed-out" => Some(WorkflowState::TimedOut),
         _ => None,
     }
 }
@@ -53,7 +55,22 @@ pub fn event_kind_name(kind: i32) -> &'static str {
         Ok(EventKind::StepLeaseExpired) => "step_lease_expired",
         Ok(EventKind::StepSkipped) => "step_skipped",
         Ok(EventKind::CancelRequested) => "cancel_requested",
+        Ok(EventKind::WorkflowPurged) => "workflow_purged",
+        Ok(EventKind::WorkflowPaused) => "workflow_paused",
+        Ok(EventKind::WorkflowResumed) => "workflow_resumed",
+        Ok(EventKind::WorkflowRetried) => "workflow_retried",
         Err(_) => "unknown",
+    }
+}
+
+/// How an earlier attempt ended: `failed`, `lease_expired`.
+pub fn attempt_outcome_name(outcome: i32) -> &'static str {
+    match AttemptOutcome::try_from(outcome) {
+        Ok(AttemptOutcome::Failed) => "failed",
+        Ok(AttemptOutcome::LeaseExpired) => "lease_expired",
+        Ok(AttemptOutcome::Succeeded) => "succeeded",
+        Ok(AttemptOutcome::Cancelled) => "cancelled",
+        _ => "unknown",
     }
 }
 
@@ -86,6 +103,10 @@ mod tests {
         assert_eq!(
             parse_workflow_state("Cancelled"),
             Some(WorkflowState::Cancelled)
+        );
+        assert_eq!(
+            parse_workflow_state("timed_out"),
+            Some(WorkflowState::TimedOut)
         );
         assert_eq!(parse_workflow_state("done"), None);
     }
