@@ -13,6 +13,7 @@
 //! twice leaves the same state as once. A new call that is not idempotent must not go through
 //! `Client::unary` as it is.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -154,6 +155,18 @@ impl Client {
         spec: WorkflowSpec,
         idempotency_key: Option<String>,
     ) -> Result<SubmitResponse, ClientError> {
+        self.submit_with_params(spec, idempotency_key, BTreeMap::new())
+            .await
+    }
+
+    /// [`Client::submit`] with values for the spec's declared parameters (`params`); the node
+    /// checks them (INVALID_ARGUMENT `params["NAME"]: ...`) and fills in defaults.
+    pub async fn submit_with_params(
+        &self,
+        spec: WorkflowSpec,
+        idempotency_key: Option<String>,
+        params: BTreeMap<String, String>,
+    ) -> Result<SubmitResponse, ClientError> {
         let idempotency_key = match idempotency_key {
             Some(key) if !key.is_empty() => {
                 baton_proto::validate::validate_idempotency_key(&key)
@@ -165,6 +178,7 @@ impl Client {
         let request = SubmitRequest {
             spec: Some(spec),
             idempotency_key,
+            params,
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -177,10 +191,21 @@ impl Client {
     /// Submits many workflows in one call: they are committed together, in one log entry, or
     /// the call fails and none is. Items without a key get one generated, so retrying after an
     /// unknown outcome returns the first call's workflows. One result per item, in order; at most
-    /// `limits::SUBMIT_BATCH_ITEMS_MAX` items and `SUBMIT_BATCH_BYTES_MAX` of specs and keys.
+    /// `limits::SUBMIT_BATCH_ITEMS_MAX` items and `SUBMIT_BATCH_BYTES_MAX` of specs, keys and
+    /// parameters (`limits::submit_batch_item_bytes`).
     pub async fn submit_batch(
         &self,
         items: Vec<(WorkflowSpec, Option<String>)>,
+    ) -> Result<Vec<SubmitBatchResult>, ClientError> {
+        self.submit_batch_with_params(items, BTreeMap::new()).await
+    }
+
+    /// [`Client::submit_batch`] with the same parameter values for every item (each spec must
+    /// declare every one given).
+    pub async fn submit_batch_with_params(
+        &self,
+        items: Vec<(WorkflowSpec, Option<String>)>,
+        params: BTreeMap<String, String>,
     ) -> Result<Vec<SubmitBatchResult>, ClientError> {
         let mut submits = Vec::with_capacity(items.len());
         for (i, (spec, key)) in items.into_iter().enumerate() {
@@ -196,6 +221,7 @@ impl Client {
             submits.push(SubmitRequest {
                 spec: Some(spec),
                 idempotency_key,
+                params: params.clone(),
             });
         }
         let request = SubmitBatchRequest { submits };

@@ -71,6 +71,7 @@ fn check_spec(spec: &pb::WorkflowSpec) {
             command: Command::Submit(SubmitCommand {
                 spec: spec.encode_to_vec(),
                 idempotency_key: String::new(),
+                params: Default::default(),
             }),
         },
     );
@@ -371,6 +372,7 @@ impl Replica {
             OP_SUBMIT => Command::Submit(SubmitCommand {
                 spec: fuzz_spec(bytes).encode_to_vec(),
                 idempotency_key: KEYS[bytes.below(3) as usize].into(),
+                params: Default::default(),
             }),
             OP_CANCEL => Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(u64::from(bytes.below(6))),
@@ -605,6 +607,7 @@ mod tests {
                 pb::SubmitRequest {
                     spec: Some(spec.clone()),
                     idempotency_key: "k".into(),
+                    params: Default::default(),
                 }
                 .encode_to_vec(),
             ),
@@ -685,10 +688,12 @@ mod tests {
                         pb::SubmitRequest {
                             spec: Some(spec.clone()),
                             idempotency_key: "k1".into(),
+                            params: Default::default(),
                         },
                         pb::SubmitRequest {
                             spec: Some(spec.clone()),
                             idempotency_key: String::new(),
+                            params: Default::default(),
                         },
                     ],
                 }
@@ -715,6 +720,7 @@ mod tests {
             Command::Submit(SubmitCommand {
                 spec: spec.encode_to_vec(),
                 idempotency_key: "k9".into(),
+                params: Default::default(),
             }),
             Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(1),

@@ -53,6 +53,7 @@ pub fn workflow_json(workflow: &Workflow) -> Value {
         "reason": workflow.reason,
         "revision": workflow.revision,
         "paused": workflow.paused,
+        "params": map_json(&workflow.params),
         "deadline_ms": time_json(workflow.deadline_ms),
         "steps": workflow.steps.iter().map(step_json).collect::<Vec<_>>(),
         "spec": workflow.spec.as_ref().map(spec_json),
@@ -105,6 +106,12 @@ pub fn spec_json(spec: &WorkflowSpec) -> Value {
         "input": map_json(&spec.input),
         "retention_ms": spec.retention_ms,
         "timeout_ms": spec.timeout_ms,
+        "params": spec.params.iter().map(|p| json!({
+            "name": p.name,
+            "default": p.default,
+            "required": p.required,
+            "description": p.description,
+        })).collect::<Vec<_>>(),
         "steps": spec.steps.iter().map(step_spec_json).collect::<Vec<_>>(),
     })
 }

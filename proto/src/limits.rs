@@ -57,7 +57,10 @@ pub const CONSTRAINTS_PER_STEP_MAX: usize = 16;
 /// Entries of a workflow's `input`: values for `{{ input.KEY }}`, not a data store.
 pub const INPUT_ENTRIES_MAX: usize = 128;
 /// Keys plus values of a workflow's `input`: it is copied into every step that reads it.
+/// Parameters count in both input bounds: their values join the input steps read.
 pub const INPUT_BYTES_MAX: usize = 64 * KIB;
+/// A parameter's description: a line for people.
+pub const PARAM_DESCRIPTION_BYTES_MAX: usize = KIB;
 
 // ---- tasks ----
 
@@ -107,8 +110,19 @@ pub const LIST_PAGE_SIZE_DEFAULT: usize = 100;
 /// Workflows in one `SubmitBatch`. A batch takes one proposal slot per item on the node
 /// (1,024 slots), so a batch of this size still finds room while others are in flight.
 pub const SUBMIT_BATCH_ITEMS_MAX: usize = 256;
-/// Encoded specs plus keys in one `SubmitBatch`: the batch is written as one log entry.
+/// Encoded specs plus keys and parameters in one `SubmitBatch`: the batch is written as one log
+/// entry. What each item counts: [`submit_batch_item_bytes`].
 pub const SUBMIT_BATCH_BYTES_MAX: usize = MIB;
+
+/// What one item of a `SubmitBatch` counts against [`SUBMIT_BATCH_BYTES_MAX`]: its encoded spec
+/// (`spec_bytes`), its key, and its parameters' names and values.
+pub fn submit_batch_item_bytes(
+    spec_bytes: usize,
+    key: &str,
+    params: &std::collections::BTreeMap<String, String>,
+) -> usize {
+    spec_bytes + key.len() + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
 
 // ---- time ----
 

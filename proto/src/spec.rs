@@ -281,6 +281,20 @@ struct WorkflowDoc {
     retention: u64,
     #[serde(default, deserialize_with = "duration_ms")]
     timeout: u64,
+    #[serde(default)]
+    params: Vec<ParamDoc>,
+}
+
+/// A declared parameter: `{name, default, required, description}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamDoc {
+    name: String,
+    default: Option<String>,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    description: String,
 }
 
 impl WorkflowDoc {
@@ -293,6 +307,16 @@ impl WorkflowDoc {
             input: self.input,
             retention_ms: self.retention,
             timeout_ms: self.timeout,
+            params: self
+                .params
+                .into_iter()
+                .map(|p| v1::ParamSpec {
+                    name: p.name,
+                    default: p.default,
+                    required: p.required,
+                    description: p.description,
+                })
+                .collect(),
         }
     }
 }
@@ -810,7 +834,7 @@ steps:
         );
         assert_eq!(
             yaml_error("name: w\nlabel: {a: b}\nsteps: []\n"),
-            "line 2, column 1: unknown field \"label\", expected one of \"name\", \"labels\", \"steps\", \"priority\", \"input\", \"retention\", \"timeout\""
+            "line 2, column 1: unknown field \"label\", expected one of \"name\", \"labels\", \"steps\", \"priority\", \"input\", \"retention\", \"timeout\", \"params\""
         );
         assert_eq!(
             yaml_error("name: w\nsteps:\n  - name: a\n    exec: {command: [x], cwd: /}\n"),

@@ -1,9 +1,10 @@
 //! What a running step sees of its workflow: the `BATON_*` environment and `{{ ... }}`
 //! templates in its arguments.
 //!
-//! Two template forms, with optional spaces inside the braces:
-//! `{{ input.KEY }}` (a workflow input value) and `{{ steps.NAME.output }}` (the output of a
-//! dependency). A template naming an input or step that the assignment does not carry fails
+//! Three template forms, with optional spaces inside the braces:
+//! `{{ input.KEY }}` (a workflow input value), `{{ params.NAME }}` (a parameter's value: the
+//! node hands parameters out with the input, so this reads the same map, under the name the
+//! spec declared them by) and `{{ steps.NAME.output }}` (the output of a dependency). A template naming an input or step that the assignment does not carry fails
 //! the attempt with an error naming it: running a command with a literal `{{ input.name }}` in
 //! its arguments would do the wrong thing quietly. Any other `{{ ... }}` is left alone, so that
 //! bodies in other template languages pass through.
@@ -19,6 +20,12 @@ pub enum TemplateError {
         template: String,
         key: String,
     },
+    #[error("{field}: template {template:?} names unknown workflow parameter {name:?}")]
+    UnknownParam {
+        field: String,
+        template: String,
+        name: String,
+    },
     #[error(
         "{field}: template {template:?} names step {step:?}, which is not a dependency of this step"
     )]
@@ -32,7 +39,7 @@ pub enum TemplateError {
 /// The values templates are filled from.
 #[derive(Clone, Copy, Debug)]
 pub struct TemplateValues<'a> {
-    /// The workflow's input.
+    /// The workflow's input, its parameters' values included.
     pub input: &'a BTreeMap<String, String>,
     /// Outputs of the step's dependencies, by step name.
     pub steps: &'a BTreeMap<String, String>,
@@ -82,6 +89,17 @@ impl TemplateValues<'_> {
                     field: field.to_string(),
                     template: template.to_string(),
                     key: key.to_string(),
+                });
+        }
+        if let Some(name) = expression.strip_prefix("params.") {
+            return self
+                .input
+                .get(name)
+                .map(|value| Some(value.as_str()))
+                .ok_or_else(|| TemplateError::UnknownParam {
+                    field: field.to_string(),
+                    template: template.to_string(),
+                    name: name.to_string(),
                 });
         }
         // Step names may hold dots, so the name is everything between the two fixed parts.
@@ -235,6 +253,26 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "http.url: template \"{{steps.test.output}}\" names step \"test\", which is not a dependency of this step"
+        );
+    }
+
+    #[test]
+    fn params_read_the_input_under_their_own_name() {
+        let (input, steps) = maps();
+        let values = TemplateValues {
+            input: &input,
+            steps: &steps,
+        };
+        assert_eq!(
+            values.render("f", "deploy-{{ params.name }}").unwrap(),
+            "deploy-ada"
+        );
+        assert_eq!(
+            values
+                .render("exec.command[0]", "{{params.env}}")
+                .unwrap_err()
+                .to_string(),
+            "exec.command[0]: template \"{{params.env}}\" names unknown workflow parameter \"env\""
         );
     }
 

@@ -205,6 +205,12 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
+    /// A value for a parameter the spec declares (`params:`); repeat for each. Checked before
+    /// anything is sent: an undeclared name, a required parameter left out or a name given
+    /// twice is a usage error naming it. With several files, each spec gets the same values.
+    #[arg(short = 'p', long = "param", value_parser = parse_param, value_name = "NAME=VALUE")]
+    pub params: Vec<(String, String)>,
+
     /// Follow the workflows until they end, printing step events to stderr; exit 0 only if all
     /// succeeded, 1 if one failed or was cancelled.
     #[arg(long)]
@@ -429,6 +435,16 @@ fn parse_dial(text: &str) -> Result<(Endpoint, Endpoint), String> {
     let parse =
         |addr: &str| Endpoint::parse(addr.trim()).map_err(|e| format!("dial {text:?}: {e}"));
     Ok((parse(member)?, parse(dial)?))
+}
+
+/// `NAME=VALUE`; the value is kept as written (spaces and `=` included).
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("parameter {text:?} must be NAME=VALUE")),
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

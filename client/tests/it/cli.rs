@@ -754,3 +754,59 @@ async fn pause_resume_and_retry_say_what_happened_and_exit_by_it() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(text(&output.stderr), "error: workflow 43 not found\n");
 }
+
+#[tokio::test]
+async fn parameters_are_checked_against_the_spec_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "deploy.yaml",
+        "name: deploy\nparams:\n  - {name: version, required: true, description: the release}\n  - {name: env, default: staging}\nsteps:\n  - name: ship\n    exec: {command: [echo, \"{{ params.version }}\"]}\n",
+    );
+    // No node at this address: every one of these fails before connecting.
+    let nowhere = "127.0.0.1:1";
+    let output = baton(&["submit", &file, "--endpoints", nowhere]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "error: {file}: params[\"version\"]: required parameter (the release) has no value: \
+             give one with -p version=VALUE\n"
+        )
+    );
+    let output = baton(&[
+        "submit",
+        &file,
+        "-p",
+        "version=1",
+        "-p",
+        "zone=eu",
+        "--endpoints",
+        nowhere,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("params[\"zone\"]: workflow \"deploy\" declares no parameter \"zone\"; it declares env, version"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = baton(&[
+        "submit",
+        &file,
+        "-p",
+        "version=1",
+        "-p",
+        "version=2",
+        "--endpoints",
+        nowhere,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr),
+        "error: -p version: given twice; give each parameter once\n"
+    );
+    let output = baton(&["submit", &file, "-p", "version", "--endpoints", nowhere]).await;
+    assert_eq!(output.status.code(), Some(2));
+}

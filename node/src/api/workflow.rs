@@ -8,7 +8,7 @@ use baton_proto::limits::{
 };
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_server::WorkflowService;
-use baton_proto::validate::{SpecError, validate_idempotency_key, validate_spec};
+use baton_proto::validate::{SpecError, resolve_params, validate_idempotency_key, validate_spec};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -67,13 +67,17 @@ impl WorkflowServiceImpl {
             .submits
             .iter()
             .map(|item| {
-                item.spec.as_ref().map_or(0, Message::encoded_len) + item.idempotency_key.len()
+                baton_proto::limits::submit_batch_item_bytes(
+                    item.spec.as_ref().map_or(0, Message::encoded_len),
+                    &item.idempotency_key,
+                    &item.params,
+                )
             })
             .sum();
         if bytes > SUBMIT_BATCH_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
-                "submits: {bytes} bytes of specs and keys, more than {SUBMIT_BATCH_BYTES_MAX}; \
-                 split the batch"
+                "submits: {bytes} bytes of specs, keys and parameters, more than \
+                 {SUBMIT_BATCH_BYTES_MAX}; split the batch"
             )));
         }
         if req.submits.is_empty() {
@@ -306,7 +310,7 @@ impl WorkflowServiceImpl {
 
 /// A checked submit request as the command to propose. The error names the field as
 /// `baton_proto::validate` paths it: inside the spec (`steps[0].name`; empty for the spec as a
-/// whole), or `spec` / `idempotency_key` of the request.
+/// whole), or `spec` / `idempotency_key` / `params["NAME"]` of the request.
 fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
     let spec = req.spec.ok_or_else(|| {
         Invalid::Request(SpecError {
@@ -316,9 +320,11 @@ fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
     })?;
     validate_spec(&spec).map_err(Invalid::Spec)?;
     validate_idempotency_key(&req.idempotency_key).map_err(Invalid::Request)?;
+    let params = resolve_params(&spec, &req.params).map_err(Invalid::Request)?;
     Ok(Command::Submit(SubmitCommand {
         spec: spec.encode_to_vec(),
         idempotency_key: req.idempotency_key,
+        params,
     }))
 }
 

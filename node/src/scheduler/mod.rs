@@ -171,7 +171,14 @@ pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb
         lease_ttl_ms: live.lease_ttl_ms,
         timeout_ms: spec_step.timeout_ms,
         inputs,
-        workflow_input: workflow.spec.input.clone(),
+        // Parameters read as input too (their names never clash: `validate_spec`).
+        workflow_input: if workflow.params.is_empty() {
+            workflow.spec.input.clone()
+        } else {
+            let mut input = workflow.spec.input.clone();
+            input.extend(workflow.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+            input
+        },
     })
 }
 

@@ -137,6 +137,7 @@ mod tests {
             self.apply(Command::Submit(SubmitCommand {
                 spec: spec.encode_to_vec(),
                 idempotency_key: "".into(),
+                params: Default::default(),
             }));
         }
     }

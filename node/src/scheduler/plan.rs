@@ -153,6 +153,7 @@ mod tests {
                 Command::Submit(SubmitCommand {
                     spec: spec.encode_to_vec(),
                     idempotency_key: String::new(),
+                    params: Default::default(),
                 }),
             ) {
                 Response::Submitted { workflow_id, .. } => workflow_id,

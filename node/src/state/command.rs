@@ -7,6 +7,8 @@
 //! pinned by golden tests below: change them only with a new version byte and a decoder for the
 //! old one.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
@@ -249,6 +251,10 @@ pub struct SubmitCommand {
     /// Empty = no deduplication.
     #[serde(default)]
     pub idempotency_key: String,
+    /// The values of the spec's declared parameters, resolved by the API (given or defaulted).
+    /// Left out when empty, so a submit without parameters encodes as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -362,6 +368,7 @@ mod tests {
         let submit = Command::Submit(SubmitCommand {
             spec: vec![],
             idempotency_key: String::new(),
+            params: Default::default(),
         });
         assert!(submit.adds_workflows());
         assert!(Command::Batch(vec![Command::Tick, submit.clone()]).adds_workflows());
@@ -392,6 +399,7 @@ mod tests {
             command: Command::Submit(SubmitCommand {
                 spec: vec![0x0a, 0x01, b'w'],
                 idempotency_key: "k1".into(),
+                params: Default::default(),
             }),
         };
         let bytes = entry.encode();
@@ -649,7 +657,8 @@ mod tests {
             entry.command,
             Command::Submit(SubmitCommand {
                 spec: vec![1],
-                idempotency_key: String::new()
+                idempotency_key: String::new(),
+                params: Default::default(),
             })
         );
     }

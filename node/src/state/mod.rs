@@ -420,6 +420,7 @@ impl ClusterState {
             revision: ctx.index,
             steps,
             paused_at_ms: 0,
+            params: submit.params,
             deadline_ms: match spec_timeout_ms {
                 0 => 0,
                 timeout => self.now_ms.saturating_add(timeout),

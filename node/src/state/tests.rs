@@ -26,6 +26,7 @@ fn submit(spec: &pb::WorkflowSpec, key: &str) -> Command {
     Command::Submit(SubmitCommand {
         spec: spec.encode_to_vec(),
         idempotency_key: key.into(),
+        params: Default::default(),
     })
 }
 
@@ -286,6 +287,7 @@ fn specs_that_cannot_run_are_rejected_without_a_trace() {
     let garbage = Command::Submit(SubmitCommand {
         spec: vec![0xff, 0xff, 0xff],
         idempotency_key: String::new(),
+        params: Default::default(),
     });
     assert!(matches!(log.apply(garbage), Response::Rejected { .. }));
     // Only the clock moved; no id was consumed and the key stays free.

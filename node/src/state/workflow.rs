@@ -1,6 +1,7 @@
 //! A workflow as the replicated state holds it: the submitted spec (kept protobuf-encoded on the
 //! wire and in snapshots) and the runtime state of each step, indexed like the spec's steps.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_proto::v1 as pb;
@@ -94,6 +95,9 @@ pub struct Workflow {
     /// When it times out (the spec's `timeout` from submit or retry); 0: never.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deadline_ms: u64,
+    /// Its parameters' values (see `SubmitCommand::params`); steps read them with the input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
     /// Every event derived for this workflow, length-delimited protobuf, oldest first (see
     /// `lifecycle.rs`). Left out while empty, so a state from before histories reads as none.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_bytes")]
@@ -271,6 +275,7 @@ impl Workflow {
             revision: self.revision,
             paused: self.paused_at_ms != 0 && !self.state.is_terminal(),
             deadline_ms: self.deadline_ms,
+            params: self.params.clone(),
         }
     }
 }

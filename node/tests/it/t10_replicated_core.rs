@@ -40,6 +40,7 @@ async fn acknowledged_submissions_survive_a_leader_stop() {
                 let request = pb::SubmitRequest {
                     spec: Some(noop_spec(&format!("wf-{i}"), 2)),
                     idempotency_key: key.clone(),
+                    params: Default::default(),
                 };
                 // Retry on every failure with the same key, moving to another node: the key makes
                 // a retry after an unknown outcome safe.
@@ -181,6 +182,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec("forwarded", 3)),
             idempotency_key: "once".into(),
+            params: Default::default(),
         })
         .await
         .expect("submit through a follower")
@@ -208,6 +210,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec("forwarded", 3)),
             idempotency_key: "once".into(),
+            params: Default::default(),
         })
         .await
         .unwrap()
@@ -235,6 +238,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             pb::SubmitRequest {
                 spec: None,
                 idempotency_key: String::new(),
+                params: Default::default(),
             },
             "spec",
         ),
@@ -242,6 +246,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             pb::SubmitRequest {
                 spec: Some(cycle),
                 idempotency_key: String::new(),
+                params: Default::default(),
             },
             "cycle",
         ),
@@ -249,6 +254,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             pb::SubmitRequest {
                 spec: Some(unknown_dep),
                 idempotency_key: String::new(),
+                params: Default::default(),
             },
             "steps[1].depends_on[0]",
         ),
@@ -256,6 +262,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             pb::SubmitRequest {
                 spec: Some(dup),
                 idempotency_key: String::new(),
+                params: Default::default(),
             },
             "steps[1].name",
         ),
@@ -263,6 +270,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             pb::SubmitRequest {
                 spec: Some(huge),
                 idempotency_key: String::new(),
+                params: Default::default(),
             },
             "steps",
         ),
@@ -270,6 +278,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             pb::SubmitRequest {
                 spec: Some(noop_spec("k", 1)),
                 idempotency_key: "x".repeat(500),
+                params: Default::default(),
             },
             "idempotency_key",
         ),
@@ -391,6 +400,7 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
         let request = pb::SubmitRequest {
             spec: Some(noop_spec(&format!("burst-{i}"), 1)),
             idempotency_key: key(i),
+            params: Default::default(),
         };
         calls.push(tokio::spawn(async move {
             client.submit(request).await.map(|r| r.into_inner())
@@ -467,6 +477,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
                 } else {
                     format!("batch-{b}-{i}")
                 },
+                params: Default::default(),
             })
             .collect(),
     };
@@ -492,6 +503,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
                 let request = pb::SubmitRequest {
                     spec: Some(noop_spec(&name, 1)),
                     idempotency_key: String::new(),
+                    params: Default::default(),
                 };
                 singles.push((
                     name,
@@ -610,6 +622,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
             .map(|i| pb::SubmitRequest {
                 spec: Some(noop_spec(&format!("batch-99-{i}"), 1)),
                 idempotency_key: String::new(),
+                params: Default::default(),
             })
             .collect(),
     };

@@ -26,6 +26,7 @@ async fn submit(cluster: &TestCluster, node: u64, spec: pb::WorkflowSpec, key: &
         .submit(pb::SubmitRequest {
             spec: Some(spec),
             idempotency_key: key.into(),
+            params: Default::default(),
         })
         .await
         .expect("submit")
@@ -181,6 +182,7 @@ async fn finished_workflows_leave_every_node_after_their_retention_archived_firs
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec("short", 2)),
             idempotency_key: "order-1".into(),
+            params: Default::default(),
         })
         .await
         .unwrap()
@@ -426,5 +428,91 @@ async fn operators_pause_resume_and_retry_and_a_timeout_stops_the_run() {
     })
     .await;
     agent.kill();
+    cluster.shutdown().await;
+}
+
+/// Parameters: checked at submit with errors naming them, kept on the workflow, and read by a
+/// real agent's exec step as `{{ params.NAME }}` and as BATON_PARAM_NAME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parameters_are_checked_at_submit_and_reach_the_steps() {
+    use baton_client::Endpoints;
+    use baton_client::agent::Agent;
+    let cluster = TestCluster::start(1, test_timing()).await;
+    let leader = cluster.leader(TIMEOUT).await;
+    let mut client = cluster.workflows(leader).await;
+    let spec = pb::WorkflowSpec {
+        name: "deploy".into(),
+        params: vec![
+            pb::ParamSpec {
+                name: "env".into(),
+                default: Some("staging".into()),
+                ..Default::default()
+            },
+            pb::ParamSpec {
+                name: "version".into(),
+                required: true,
+                description: "the release to deploy".into(),
+                ..Default::default()
+            },
+        ],
+        steps: vec![pb::StepSpec {
+            name: "ship".into(),
+            task: Some(pb::step_spec::Task::Exec(pb::ExecTask {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo {{ params.env }}-{{ params.version }}-$BATON_PARAM_VERSION".into(),
+                ],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let submit_with = |params: &[(&str, &str)]| pb::SubmitRequest {
+        spec: Some(spec.clone()),
+        idempotency_key: String::new(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let missing = client.submit(submit_with(&[])).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert_eq!(
+        missing.message(),
+        "params[\"version\"]: required parameter (the release to deploy) has no value: give one \
+         with -p version=VALUE"
+    );
+    let unknown = client
+        .submit(submit_with(&[("version", "1.2"), ("colour", "red")]))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+    assert!(
+        unknown.message().starts_with("params[\"colour\"]: "),
+        "{}",
+        unknown.message()
+    );
+
+    let id = client
+        .submit(submit_with(&[("version", "1.2")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let workflow = get(&cluster, id).await;
+    assert_eq!(workflow.params["env"], "staging");
+    assert_eq!(workflow.params["version"], "1.2");
+    let endpoints = Endpoints::parse(&cluster.addr(leader).to_string()).unwrap();
+    let agent = Agent::builder(endpoints).name("runner").build().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    let done = common::wait_for_success(&client, id, TIMEOUT).await;
+    assert_eq!(done.steps[0].output.trim_end(), "staging-1.2-1.2");
+    let _ = stop.send(());
+    running.await.unwrap();
     cluster.shutdown().await;
 }

@@ -26,6 +26,7 @@ async fn a_late_joiner_catches_up_by_snapshot() {
             .submit(pb::SubmitRequest {
                 spec: Some(noop_spec(&format!("wf-{i}"), 3)),
                 idempotency_key: format!("k{i}"),
+                params: Default::default(),
             })
             .await
             .expect("submit");

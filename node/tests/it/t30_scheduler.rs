@@ -30,6 +30,7 @@ async fn submit(cluster: &TestCluster, spec: pb::WorkflowSpec) -> pb::SubmitResp
         .submit(pb::SubmitRequest {
             spec: Some(spec),
             idempotency_key: String::new(),
+            params: Default::default(),
         })
         .await
         .expect("submit")

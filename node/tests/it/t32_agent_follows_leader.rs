@@ -148,6 +148,7 @@ async fn an_agent_moves_to_the_new_leader_after_a_leader_transfer() {
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec("after-transfer", 2)),
             idempotency_key: "after-transfer".into(),
+            params: Default::default(),
         })
         .await
         .unwrap()

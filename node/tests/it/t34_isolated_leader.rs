@@ -90,6 +90,7 @@ async fn an_agent_on_a_leader_without_quorum_stops_its_step() {
         .submit(pb::SubmitRequest {
             spec: Some(spec),
             idempotency_key: "isolated".into(),
+            params: Default::default(),
         })
         .await
         .expect("submit")

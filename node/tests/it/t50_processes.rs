@@ -33,6 +33,7 @@ async fn submit(addrs: &[std::net::SocketAddr], key: &str, name: &str) -> pb::Su
                 let request = pb::SubmitRequest {
                     spec: Some(noop_spec(name, 2)),
                     idempotency_key: key.into(),
+                    params: Default::default(),
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner());

@@ -98,6 +98,7 @@ async fn a_killed_agents_step_process_dies_and_the_step_runs_on_another_agent() 
                 let request = pb::SubmitRequest {
                     spec: Some(spec.clone()),
                     idempotency_key: "survives-agent-death".into(),
+                    params: Default::default(),
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

@@ -25,6 +25,7 @@ async fn bound_cluster() -> TestCluster {
             .submit(pb::SubmitRequest {
                 spec: Some(noop_spec(&format!("before-{i}"), 1)),
                 idempotency_key: format!("before-{i}"),
+                params: Default::default(),
             })
             .await
             .expect("submit");
@@ -101,6 +102,7 @@ async fn still_serves(cluster: &TestCluster, leader: u64, name: &str) {
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec(name, 1)),
             idempotency_key: name.into(),
+            params: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("the cluster stopped serving: {e}"));

@@ -232,6 +232,7 @@ async fn submit_once(
         .submit(pb::SubmitRequest {
             spec: Some(spec),
             idempotency_key: key.into(),
+            params: Default::default(),
         })
         .await?;
     Ok(reply.into_inner().workflow_id)
@@ -414,6 +415,7 @@ async fn a_full_data_disk_refuses_new_work_moves_leadership_and_is_recovered_fro
             submits: vec![pb::SubmitRequest {
                 spec: Some(noop_spec("refused-batch", 1)),
                 idempotency_key: "refused-batch".into(),
+                params: Default::default(),
             }],
         })
         .await

@@ -264,6 +264,7 @@ impl Cluster {
                 let request = pb::SubmitRequest {
                     spec: Some(spec.clone()),
                     idempotency_key: key.clone(),
+                    params: Default::default(),
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

@@ -275,6 +275,7 @@ async fn submit(addrs: &[SocketAddr], key: &str, spec: &pb::WorkflowSpec) -> u64
             let request = pb::SubmitRequest {
                 spec: Some(spec.clone()),
                 idempotency_key: key.into(),
+                params: Default::default(),
             };
             if let Ok(reply) = client.submit(request).await {
                 return Some(reply.into_inner().workflow_id);

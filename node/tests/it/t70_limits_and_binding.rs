@@ -99,6 +99,7 @@ async fn agent_a_cannot_renew_or_report_agent_b_attempt() {
         .submit(pb::SubmitRequest {
             spec: Some(one_step("bound")),
             idempotency_key: String::new(),
+            params: Default::default(),
         })
         .await
         .expect("submit")
@@ -223,6 +224,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
         .submit(pb::SubmitRequest {
             spec: Some(first),
             idempotency_key: String::new(),
+            params: Default::default(),
         })
         .await
         .expect("submit");
@@ -233,6 +235,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
         let request = pb::SubmitRequest {
             spec: Some(spec),
             idempotency_key: key.into(),
+            params: Default::default(),
         };
         async move { client.submit(request).await.expect_err("refused") }
     };
@@ -312,6 +315,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
         .submit(pb::SubmitRequest {
             spec: Some(huge),
             idempotency_key: String::new(),
+            params: Default::default(),
         })
         .await
         .expect_err("refused");
@@ -443,6 +447,7 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec("under-load", 1)),
             idempotency_key: "k1".into(),
+            params: Default::default(),
         })
         .await
         .expect_err("refused");
@@ -500,6 +505,7 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
         .submit(pb::SubmitRequest {
             spec: Some(noop_spec("under-load", 1)),
             idempotency_key: "k1".into(),
+            params: Default::default(),
         })
         .await
         .expect("accepted once the load is gone")
@@ -513,6 +519,7 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
             .map(|i| pb::SubmitRequest {
                 spec: Some(noop_spec(&format!("batched-{i}"), 1)),
                 idempotency_key: format!("batched-{i}"),
+                params: Default::default(),
             })
             .collect(),
     };

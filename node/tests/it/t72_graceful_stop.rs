@@ -44,6 +44,7 @@ async fn submit(addrs: &[SocketAddr], key: &str) -> u64 {
                 let request = pb::SubmitRequest {
                     spec: Some(noop_spec(key, 1)),
                     idempotency_key: key.into(),
+                    params: Default::default(),
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

@@ -30,6 +30,7 @@ async fn submit(addrs: &[SocketAddr], key: &str, steps: usize) -> u64 {
                 let request = pb::SubmitRequest {
                     spec: Some(noop_spec(key, steps)),
                     idempotency_key: key.into(),
+                    params: Default::default(),
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

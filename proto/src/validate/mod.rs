@@ -14,7 +14,7 @@
 //! spec as a whole.
 //!
 //! One file per rule family: `error` (the error type), `workflow` (name, priority, labels,
-//! input), `step` (a step's own fields), `task`, `exec` and `http` (per task kind), `retry`,
+//! input), `params` (declared parameters and a submit's values), `step` (a step's own fields), `task`, `exec` and `http` (per task kind), `retry`,
 //! `graph` (dependencies), `request` (submit fields beyond the spec) and `effective` (the
 //! values a valid step runs with once defaults fill its fields).
 
@@ -23,6 +23,7 @@ mod error;
 mod exec;
 mod graph;
 mod http;
+mod params;
 mod request;
 mod retry;
 mod step;
@@ -39,6 +40,7 @@ pub use effective::{
 };
 pub use error::SpecError;
 pub use graph::{StepGraph, topological_order};
+pub use params::resolve_params;
 pub use request::validate_idempotency_key;
 
 use prost::Message;
@@ -64,6 +66,7 @@ pub fn validate_spec(spec: &WorkflowSpec) -> Result<(), SpecError> {
     check_labels(spec)?;
     check_input(spec)?;
     check_durations(spec)?;
+    params::check_params(spec)?;
 
     if spec.steps.is_empty() {
         return Err(SpecError::new("steps", "workflow has no steps"));

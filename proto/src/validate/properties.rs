@@ -32,6 +32,7 @@ fn arbitrary_spec() -> impl Strategy<Value = WorkflowSpec> {
             input,
             retention_ms: 0,
             timeout_ms: 0,
+            params: Default::default(),
         })
 }
 

@@ -1,6 +1,7 @@
 //! `baton submit`: read and check spec files, then submit one with Submit or several in
 //! SubmitBatch calls, and with `--wait` follow them to their end.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,11 @@ use std::path::{Path, PathBuf};
 use baton_client::output::{self, EventColumns};
 use baton_client::proto::{SubmitBatchResult, WorkflowSpec};
 use baton_client::{Client, new_idempotency_key};
-use baton_proto::limits::{SPEC_TEXT_BYTES_MAX, SUBMIT_BATCH_BYTES_MAX, SUBMIT_BATCH_ITEMS_MAX};
+use baton_proto::limits::{
+    SPEC_TEXT_BYTES_MAX, SUBMIT_BATCH_BYTES_MAX, SUBMIT_BATCH_ITEMS_MAX, submit_batch_item_bytes,
+};
 use baton_proto::spec::{SpecFormat, parse_spec};
-use baton_proto::validate::{validate_idempotency_key, validate_spec};
+use baton_proto::validate::{resolve_params, validate_idempotency_key, validate_spec};
 use serde_json::Value;
 
 use super::printer::Printer;
@@ -23,11 +26,13 @@ pub(super) async fn submit(
     out: &Printer,
     args: SubmitArgs,
 ) -> anyhow::Result<()> {
+    let params = param_values(&args.params)?;
     if args.files.len() > 1 {
-        return submit_many(connect, out, args).await;
+        return submit_many(connect, out, args, params).await;
     }
     let file = &args.files[0];
     let (display_name, spec) = read_spec(file)?;
+    check_params(&display_name, &spec, &params)?;
     // Our own key when none was given, so that an unknown outcome can name it for the retry.
     let key = match args.idempotency_key {
         Some(key) => {
@@ -41,7 +46,7 @@ pub(super) async fn submit(
     columns.fit_steps(spec.steps.iter().map(|step| step.name.as_str()));
     let client = connect()?;
     let response = client
-        .submit(spec, Some(key.clone()))
+        .submit_with_params(spec, Some(key.clone()), params)
         .await
         .map_err(|error| {
             let hint = format!(
@@ -82,6 +87,7 @@ async fn submit_many(
     connect: impl FnOnce() -> anyhow::Result<Client>,
     out: &Printer,
     args: SubmitArgs,
+    params: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     if args.files.iter().filter(|f| f.as_os_str() == "-").count() > 1 {
         return Err(Failure::usage("`-` (standard input) can be given once"));
@@ -90,14 +96,14 @@ async fn submit_many(
         Some(key) => key.clone(),
         None => new_idempotency_key(),
     };
-    let items = read_items(&args.files, &base)?;
+    let items = read_items(&args.files, &base, &params)?;
     // One table for every workflow followed: as wide as the longest step name among them.
     let mut columns = EventColumns::default();
     for item in &items {
         columns.fit_steps(item.spec.steps.iter().map(|step| step.name.as_str()));
     }
     let client = connect()?;
-    let done = submit_batches(&client, out, items, &base).await?;
+    let done = submit_batches(&client, out, items, &base, &params).await?;
     if !args.wait {
         return Ok(());
     }
@@ -120,10 +126,15 @@ struct Item {
 }
 
 /// Reads and checks every file, keying file N `BASE-N`.
-fn read_items(files: &[PathBuf], base: &str) -> anyhow::Result<Vec<Item>> {
+fn read_items(
+    files: &[PathBuf],
+    base: &str,
+    params: &BTreeMap<String, String>,
+) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::with_capacity(files.len());
     for (n, file) in files.iter().enumerate() {
         let (display_name, spec) = read_spec(file)?;
+        check_params(&display_name, &spec, params)?;
         let key = format!("{base}-{}", n + 1);
         validate_idempotency_key(&key).map_err(|error| {
             Failure::usage(format!(
@@ -132,7 +143,7 @@ fn read_items(files: &[PathBuf], base: &str) -> anyhow::Result<Vec<Item>> {
                 n + 1
             ))
         })?;
-        let size = batch_item_bytes(&display_name, &spec, &key)?;
+        let size = batch_item_bytes(&display_name, &spec, &key, params)?;
         items.push(Item {
             name: display_name,
             spec,
@@ -150,6 +161,7 @@ async fn submit_batches(
     out: &Printer,
     items: Vec<Item>,
     base: &str,
+    params: &BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<(u64, u64)>> {
     let mut done: Vec<(u64, u64)> = Vec::with_capacity(items.len());
     // After a failure part-way, what was made stays made: say how to finish without repeats.
@@ -165,24 +177,27 @@ async fn submit_batches(
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
         let (names, batch) = next_batch(&mut items);
-        let results = client.submit_batch(batch).await.map_err(|error| {
-            resume(done.len());
-            let hint = format!(
-                "{} may or may not have been submitted; run the same `baton submit` again with \
+        let results = client
+            .submit_batch_with_params(batch, params.clone())
+            .await
+            .map_err(|error| {
+                resume(done.len());
+                let hint = format!(
+                    "{} may or may not have been submitted; run the same `baton submit` again with \
                  `--idempotency-key {base}`: it returns the workflows already made",
-                if done.is_empty() {
-                    "the workflows".to_string()
-                } else {
-                    format!("the workflows after the first {}", done.len())
-                }
-            );
-            client_failure(
-                error,
-                CallKind::Write,
-                Some(&format!("workflows from {} and on", names[0])),
-                Some(hint),
-            )
-        })?;
+                    if done.is_empty() {
+                        "the workflows".to_string()
+                    } else {
+                        format!("the workflows after the first {}", done.len())
+                    }
+                );
+                client_failure(
+                    error,
+                    CallKind::Write,
+                    Some(&format!("workflows from {} and on", names[0])),
+                    Some(hint),
+                )
+            })?;
         if results.len() != names.len() {
             resume(done.len());
             return Err(Failure::unknown(
@@ -261,11 +276,16 @@ fn print_results(
     Ok(refused)
 }
 
-/// What the server counts against a batch's bytes for one item (its encoded spec and its key).
-/// A spec close to the spec limit cannot go with its key in any batch; it is refused here,
-/// naming its file, before anything is sent.
-fn batch_item_bytes(display_name: &str, spec: &WorkflowSpec, key: &str) -> anyhow::Result<usize> {
-    let size = prost::Message::encoded_len(spec) + key.len();
+/// What the server counts against a batch's bytes for one item (its encoded spec, its key and
+/// the parameters). A spec close to the spec limit cannot go with its key in any batch; it is
+/// refused here, naming its file, before anything is sent.
+fn batch_item_bytes(
+    display_name: &str,
+    spec: &WorkflowSpec,
+    key: &str,
+    params: &BTreeMap<String, String>,
+) -> anyhow::Result<usize> {
+    let size = submit_batch_item_bytes(prost::Message::encoded_len(spec), key, params);
     if size > SUBMIT_BATCH_BYTES_MAX {
         return Err(Failure::usage(format!(
             "{display_name}: {size} bytes with its key, more than the {SUBMIT_BATCH_BYTES_MAX} \
@@ -273,6 +293,30 @@ fn batch_item_bytes(display_name: &str, spec: &WorkflowSpec, key: &str) -> anyho
         )));
     }
     Ok(size)
+}
+
+/// `-p` values as a map; a name given twice is a usage error.
+fn param_values(given: &[(String, String)]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    for (name, value) in given {
+        if params.insert(name.clone(), value.clone()).is_some() {
+            return Err(Failure::usage(format!(
+                "-p {name}: given twice; give each parameter once"
+            )));
+        }
+    }
+    Ok(params)
+}
+
+/// The checks the node makes on `params` for `spec`, before anything is sent.
+fn check_params(
+    display_name: &str,
+    spec: &WorkflowSpec,
+    params: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    resolve_params(spec, params)
+        .map(|_| ())
+        .map_err(|error| Failure::usage(format!("{display_name}: {error}")))
 }
 
 /// Reads, parses and validates a spec file (`-`: stdin). Every problem is a usage error naming
@@ -317,7 +361,8 @@ mod tests {
             name: "w".into(),
             ..Default::default()
         };
-        assert!(batch_item_bytes("small.yaml", &spec, "k-1").is_ok());
+        let none = BTreeMap::new();
+        assert!(batch_item_bytes("small.yaml", &spec, "k-1", &none).is_ok());
         // Within a few bytes of the bound with its key fits; 17 bytes more do not.
         let key = "baton-0123456789abcdef-1";
         spec.input.insert("pad".into(), String::new());
@@ -329,12 +374,15 @@ mod tests {
             fits <= SUBMIT_BATCH_BYTES_MAX && fits > SUBMIT_BATCH_BYTES_MAX - 16,
             "{fits}"
         );
-        assert_eq!(batch_item_bytes("edge.yaml", &spec, key).unwrap(), fits);
+        assert_eq!(
+            batch_item_bytes("edge.yaml", &spec, key, &none).unwrap(),
+            fits
+        );
         spec.input.insert(
             "pad".into(),
             "x".repeat(SUBMIT_BATCH_BYTES_MAX - base - 8 + 17),
         );
-        let error = batch_item_bytes("big.yaml", &spec, key).unwrap_err();
+        let error = batch_item_bytes("big.yaml", &spec, key, &none).unwrap_err();
         assert!(error.to_string().starts_with("big.yaml: "), "{error}");
     }
 }

@@ -23,6 +23,7 @@ mod tests {
             "reason": "",
             "revision": 17,
             "paused": false,
+            "params": {},
             "deadline_ms": null,
             "steps": [
                 {
@@ -46,6 +47,7 @@ mod tests {
                 "input": {},
                 "retention_ms": 0,
                 "timeout_ms": 0,
+                "params": [],
                 "steps": [{
                     "name": "create-account",
                     "depends_on": [],

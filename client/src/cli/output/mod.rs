@@ -71,6 +71,7 @@ mod fixtures {
                 input: BTreeMap::new(),
                 retention_ms: 0,
                 timeout_ms: 0,
+                params: Default::default(),
             }),
             steps: vec![
                 Step {
@@ -99,6 +100,7 @@ mod fixtures {
             revision: 17,
             paused: false,
             deadline_ms: 0,
+            params: Default::default(),
         }
     }
 }

@@ -30,6 +30,9 @@ pub fn render_workflow(workflow: &Workflow) -> String {
     if !workflow.idempotency_key.is_empty() {
         header.row(["key:", workflow.idempotency_key.as_str()]);
     }
+    if !workflow.params.is_empty() {
+        header.row(["params:".to_string(), labels_text(&workflow.params)]);
+    }
     header.row(["revision:".to_string(), workflow.revision.to_string()]);
     out.push_str(&header.render());
     if !workflow.steps.is_empty() {
