@@ -28,9 +28,10 @@ use baton_proto::v1::{
     ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse, ListTokensRequest,
     ListTokensResponse, PauseRequest, PauseResponse, ReadConsistency, RemoveMemberRequest,
     RemoveMemberResponse, RetryRequest, RetryResponse, RevokeTokenRequest, RevokeTokenResponse,
-    SaveSnapshotRequest, SnapshotInfo, SubmitBatchRequest, SubmitBatchResult, SubmitRequest,
-    SubmitResponse, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
-    TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent, WorkflowSpec,
+    SaveSnapshotRequest, SignalRequest, SnapshotInfo, SubmitBatchRequest, SubmitBatchResult,
+    SubmitRequest, SubmitResponse, TransferLeaderRequest, TransferLeaderResponse,
+    TriggerSnapshotRequest, TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent,
+    WorkflowSpec,
 };
 use futures::Stream;
 
@@ -396,6 +397,30 @@ impl Client {
         })
         .await
         .map(|(_, response)| response)
+    }
+
+    /// Completes a `wait` step: it succeeds with `data` as its output, or fails when `reject`.
+    /// Repeating it after an unknown outcome is safe: a step no longer waiting is refused
+    /// (FAILED_PRECONDITION).
+    pub async fn signal(
+        &self,
+        workflow_id: u64,
+        step: impl Into<String>,
+        data: impl Into<String>,
+        reject: bool,
+    ) -> Result<(), ClientError> {
+        let request = SignalRequest {
+            workflow_id,
+            step: step.into(),
+            data: data.into(),
+            reject,
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).signal(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The events of one workflow (`workflow_id` 0: of all), from log index `from_index` on.

@@ -15,7 +15,7 @@ use prost::Message;
 use crate::state::{
     AgentId, ApplyCtx, Assignment, AttemptId, CancelCommand, ClusterState, Command,
     CompleteCommand, LogEntry, NodeId, PauseCommand, PurgeCommand, RegisterAgentCommand, Response,
-    RetryCommand, StepIndex, SubmitCommand, WorkflowId,
+    RetryCommand, SignalCommand, StepIndex, SubmitCommand, WorkflowId,
 };
 
 /// A fuzz target's body.
@@ -261,7 +261,8 @@ const OP_MEMBERSHIP: u8 = 10;
 const OP_PURGE: u8 = 11;
 const OP_PAUSE: u8 = 12;
 const OP_RETRY: u8 = 13;
-const OPS: u8 = 14;
+const OP_SIGNAL: u8 = 14;
+const OPS: u8 = 15;
 
 /// Sequences of state-machine commands, decoded from the bytes by a small interpreter so that
 /// they interact (few names, small ids). Two replicas apply the same log, one of them restarting
@@ -451,6 +452,13 @@ impl Replica {
                 },
                 actor: String::new(),
             }),
+            OP_SIGNAL => Command::Signal(SignalCommand {
+                workflow_id: WorkflowId(u64::from(bytes.below(6))),
+                step: NAMES[bytes.below(5) as usize].into(),
+                data: String::new(),
+                reject: bytes.below(2) == 0,
+                actor: String::new(),
+            }),
             OP_MEMBERSHIP => {
                 let ids = |bytes: &mut Bytes| -> Vec<NodeId> {
                     (1..=5u64)
@@ -517,7 +525,15 @@ fn fuzz_spec(bytes: &mut Bytes) -> pb::WorkflowSpec {
                         cpu_millis: 1500,
                         memory_mb: 512,
                     }),
-                    task: Some(pb::step_spec::Task::Noop(pb::NoopTask {})),
+                    // Some steps wait for a signal (with a timeout or not), on no agent.
+                    task: Some(if flags % 7 == 3 {
+                        pb::step_spec::Task::Wait(pb::WaitTask {
+                            signal: "go".into(),
+                            timeout_ms: if flags & 0x40 != 0 { 3_000 } else { 0 },
+                        })
+                    } else {
+                        pb::step_spec::Task::Noop(pb::NoopTask {})
+                    }),
                     ..Default::default()
                 }
             })
@@ -577,8 +593,14 @@ mod tests {
             std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
         };
         let mut specs = Vec::new();
-        for entry in std::fs::read_dir(root.join("examples")).unwrap() {
-            let path = entry.unwrap().path();
+        // In name order, so that the seeds made from the first spec do not depend on the
+        // order the file system lists them in.
+        let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        examples.sort();
+        for path in examples {
             if path.extension().is_none_or(|e| e != "yaml") {
                 continue;
             }
@@ -779,6 +801,13 @@ mod tests {
             Command::Retry(RetryCommand {
                 workflow_id: WorkflowId(1),
                 from_step: "a".into(),
+                actor: String::new(),
+            }),
+            Command::Signal(SignalCommand {
+                workflow_id: WorkflowId(1),
+                step: "a".into(),
+                data: "{}".into(),
+                reject: false,
                 actor: String::new(),
             }),
         ];

@@ -40,6 +40,7 @@ pub const WORKFLOWS_PURGED: &str = "baton_workflows_purged_total";
 pub const WORKFLOWS_RETAINED: &str = "baton_workflows_retained";
 pub const ARCHIVED: &str = "baton_archive_workflows_written_total";
 pub const WORKFLOW_ACTIONS: &str = "baton_workflow_actions_total";
+pub const SIGNALS: &str = "baton_wait_steps_finished_total";
 /// The `action` labels of [`WORKFLOW_ACTIONS`].
 pub const WORKFLOW_ACTION_NAMES: [&str; 3] = ["pause", "resume", "retry"];
 // --- scheduling ---
@@ -172,6 +173,10 @@ pub fn describe() {
     describe_counter!(
         WORKFLOW_ACTIONS,
         "Operators' actions on workflows that changed one, by action (pause, resume, retry)."
+    );
+    describe_counter!(
+        SIGNALS,
+        "Wait steps that ended, by outcome: succeeded (signalled), failed (rejected or timed out)."
     );
     describe_counter!(
         ARCHIVED,
@@ -354,6 +359,9 @@ fn initialize() {
     counter!(WORKFLOWS_SUBMITTED).absolute(0);
     counter!(WORKFLOWS_PURGED).absolute(0);
     counter!(ARCHIVED).absolute(0);
+    for outcome in ["succeeded", "failed"] {
+        counter!(SIGNALS, "outcome" => outcome).absolute(0);
+    }
     for action in WORKFLOW_ACTION_NAMES {
         counter!(WORKFLOW_ACTIONS, "action" => action).absolute(0);
     }
@@ -557,8 +565,21 @@ pub fn applied_events(state: &ClusterState, events: &[pb::WorkflowEvent]) {
                 }
             }
             EventKind::StepFinished if event.attempt_id == 0 => {
-                // The only step end without an attempt: the schedule-to-start timeout.
-                counter!(SCHEDULE_TO_START_TIMEOUTS).increment(1);
+                // A step end without an attempt: a wait step's signal (or its timeout), or else
+                // the schedule-to-start timeout.
+                let waits = workflow
+                    .and_then(|w| w.spec.steps.iter().find(|s| s.name == event.step))
+                    .is_some_and(|s| matches!(s.task, Some(pb::step_spec::Task::Wait(_))));
+                if waits {
+                    let outcome = if event.step_state == pb::StepState::Succeeded as i32 {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    };
+                    counter!(SIGNALS, "outcome" => outcome).increment(1);
+                } else {
+                    counter!(SCHEDULE_TO_START_TIMEOUTS).increment(1);
+                }
             }
             EventKind::StepFinished => {
                 let outcome = if event.step_state == pb::StepState::Succeeded as i32 {

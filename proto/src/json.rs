@@ -149,6 +149,10 @@ fn step_spec_json(step: &StepSpec) -> Value {
             "custom".into(),
             json!({ "type": custom.r#type, "payload": custom.payload }),
         ),
+        Some(Task::Wait(wait)) => object.insert(
+            "wait".into(),
+            json!({ "signal": wait.signal, "timeout_ms": wait.timeout_ms }),
+        ),
         None => None,
     };
     let retry = step.retry.as_ref().map(|retry| {

@@ -39,6 +39,7 @@ pub fn step_state_name(state: i32) -> &'static str {
         Ok(StepState::Failed) => "failed",
         Ok(StepState::Skipped) => "skipped",
         Ok(StepState::Cancelled) => "cancelled",
+        Ok(StepState::AwaitingSignal) => "awaiting_signal",
         Err(_) => "unknown",
     }
 }
@@ -59,6 +60,7 @@ pub fn event_kind_name(kind: i32) -> &'static str {
         Ok(EventKind::WorkflowPaused) => "workflow_paused",
         Ok(EventKind::WorkflowResumed) => "workflow_resumed",
         Ok(EventKind::WorkflowRetried) => "workflow_retried",
+        Ok(EventKind::StepAwaitingSignal) => "step_awaiting_signal",
         Err(_) => "unknown",
     }
 }

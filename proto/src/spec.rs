@@ -359,6 +359,7 @@ struct StepFields {
     noop: Option<NoopDoc>,
     sleep: Option<SleepDoc>,
     custom: Option<CustomDoc>,
+    wait: Option<WaitDoc>,
     retry: Option<RetryDoc>,
     #[serde(default, deserialize_with = "duration_ms")]
     timeout: u64,
@@ -373,7 +374,7 @@ struct StepFields {
 }
 
 /// The keys that name a step's task, as listed in errors.
-const TASK_KEYS: &str = "exec, http, noop, sleep, custom";
+const TASK_KEYS: &str = "exec, http, noop, sleep, custom, wait";
 
 impl TryFrom<StepFields> for StepDoc {
     type Error = String;
@@ -403,6 +404,15 @@ impl TryFrom<StepFields> for StepDoc {
                 Task::Custom(v1::CustomTask {
                     r#type: custom.r#type,
                     payload: custom.payload,
+                }),
+            ));
+        }
+        if let Some(wait) = fields.wait {
+            tasks.push((
+                "wait",
+                Task::Wait(v1::WaitTask {
+                    signal: wait.signal,
+                    timeout_ms: wait.timeout,
                 }),
             ));
         }
@@ -520,6 +530,14 @@ struct NoopDoc {}
 struct SleepDoc {
     #[serde(deserialize_with = "duration_ms")]
     duration: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitDoc {
+    signal: String,
+    #[serde(default, deserialize_with = "duration_ms")]
+    timeout: u64,
 }
 
 #[derive(Deserialize)]

@@ -104,6 +104,9 @@ pub enum Command {
     /// Run a finished workflow again from its failed, cancelled or timed-out steps (or from
     /// --from STEP), with new attempts; the other steps keep their results.
     Retry(RetryArgs),
+    /// Answer a step that waits for a signal (a `wait` step, e.g. an approval): it succeeds
+    /// with --data as its output, or fails with --reject. Needs the operator role.
+    Signal(SignalArgs),
     /// Cluster status and administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -351,6 +354,24 @@ pub struct RetryArgs {
     /// cancelled and timed-out steps.
     #[arg(long, value_name = "STEP")]
     pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// The workflow id.
+    pub id: u64,
+
+    /// The waiting step's name.
+    pub step: String,
+
+    /// JSON that becomes the step's output (steps after it read it as
+    /// `{{ steps.STEP.output }}`); with --reject, why.
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+
+    /// Fail the step (the approval is refused) instead of completing it.
+    #[arg(long)]
+    pub reject: bool,
 }
 
 #[derive(Debug, Args)]

@@ -810,3 +810,46 @@ async fn parameters_are_checked_against_the_spec_before_anything_is_sent() {
     let output = baton(&["submit", &file, "-p", "version", "--endpoints", nowhere]).await;
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_sends_json_data_and_says_why_a_step_cannot_take_it() {
+    let (address, _) = common::start(common::Script::default()).await;
+    let endpoints = address.to_string();
+    let output = baton(&[
+        "signal",
+        "42",
+        "approve",
+        "--data",
+        "{\"ok\": true}",
+        "--endpoints",
+        &endpoints,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        "workflow 42 step approve: signalled\n"
+    );
+    let output = baton(&["signal", "42", "build", "--endpoints", &endpoints]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        "error: step \"build\" of workflow 42 is not waiting for a signal: it is not a wait step\n"
+    );
+    let output = baton(&[
+        "signal",
+        "42",
+        "approve",
+        "--data",
+        "yes please",
+        "--endpoints",
+        &endpoints,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).starts_with("error: --data: not JSON"),
+        "{}",
+        text(&output.stderr)
+    );
+}

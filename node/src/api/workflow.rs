@@ -16,10 +16,10 @@ use super::{node_error, observed};
 use crate::faults;
 use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX};
 use crate::raft::{RaftNode, outcome};
-use crate::state::outcome::{Cancelled, Paused, Retried, Submitted};
+use crate::state::outcome::{Cancelled, Paused, Retried, Signalled, Submitted};
 use crate::state::{
-    CancelCommand, Command, ListQuery, PauseCommand, Response as Applied, RetryCommand, StepIndex,
-    SubmitCommand, WorkflowId, WorkflowState,
+    CancelCommand, Command, ListQuery, PauseCommand, Response as Applied, RetryCommand,
+    SignalCommand, StepIndex, SubmitCommand, WorkflowId, WorkflowState,
 };
 
 type WatchStream =
@@ -276,6 +276,42 @@ impl WorkflowServiceImpl {
         }
     }
 
+    async fn signal_inner(
+        &self,
+        req: pb::SignalRequest,
+        actor: String,
+    ) -> Result<pb::SignalResponse, Status> {
+        use baton_proto::limits::OUTPUT_BYTES_MAX;
+        if req.step.is_empty() || req.step.len() > NAME_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "step: a step name is 1..={NAME_LEN_MAX} bytes"
+            )));
+        }
+        if req.data.len() > OUTPUT_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "data: {} bytes, more than {OUTPUT_BYTES_MAX} (it becomes the step's output)",
+                req.data.len()
+            )));
+        }
+        let id = WorkflowId(req.workflow_id);
+        let decided = self
+            .node
+            .propose_client_for(SignalCommand {
+                workflow_id: id,
+                step: req.step,
+                data: req.data,
+                reject: req.reject,
+                actor,
+            })
+            .await
+            .map_err(node_error)?;
+        match decided.outcome {
+            Signalled::Done => Ok(pb::SignalResponse {}),
+            Signalled::NotFound => Err(self.missing(id)),
+            Signalled::Refused(reason) => Err(Status::failed_precondition(reason)),
+        }
+    }
+
     async fn retry_inner(
         &self,
         req: pb::RetryRequest,
@@ -452,6 +488,16 @@ impl WorkflowService for WorkflowServiceImpl {
     ) -> Result<Response<pb::RetryResponse>, Status> {
         let actor = crate::security::actor(&request, &self.node.replica);
         observed("Retry", self.retry_inner(request.into_inner(), actor))
+            .await
+            .map(Response::new)
+    }
+
+    async fn signal(
+        &self,
+        request: Request<pb::SignalRequest>,
+    ) -> Result<Response<pb::SignalResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
+        observed("Signal", self.signal_inner(request.into_inner(), actor))
             .await
             .map(Response::new)
     }

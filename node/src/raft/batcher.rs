@@ -204,6 +204,7 @@ fn encoded_len(command: &Command) -> usize {
             Command::Cancel(cancel) => cancel.reason.len() + cancel.actor.len(),
             Command::Pause(pause) => pause.actor.len(),
             Command::Retry(retry) => retry.from_step.len() + retry.actor.len(),
+            Command::Signal(signal) => signal.step.len() + signal.data.len() + signal.actor.len(),
             Command::Purge(purge) => purge.workflows.len() * 16,
             Command::Assign { assignments } => assignments.len() * 32,
             Command::ExpireLeases { attempts } => attempts.len() * 16,

@@ -58,6 +58,8 @@ pub fn access(path: &str) -> Access {
             "baton.v1.WorkflowService",
             "Submit" | "SubmitBatch" | "Cancel" | "Pause" | "Resume" | "Retry",
         ) => Access::Client(TokenRole::Submitter),
+        // Approvals: an operator's decision, not a submitter's.
+        ("baton.v1.WorkflowService", "Signal") => Access::Client(TokenRole::Operator),
         ("baton.v1.AdminService", "ClusterStatus" | "ListAgents") => {
             Access::Client(TokenRole::Reader)
         }

@@ -80,6 +80,8 @@ pub enum Command {
     /// An operator reruns a finished workflow: its failed, cancelled and timed-out steps, or one
     /// step, each with every step after it.
     Retry(RetryCommand),
+    /// Someone answers a `wait` step: it succeeds with the data as its output, or fails.
+    Signal(SignalCommand),
     /// Finished workflows whose retention has passed leave the state (each re-checked at apply
     /// against the state's time), and purge records older than the idempotency window are
     /// forgotten. Proposed by the leader, at most `PURGE_BATCH_MAX` workflows per command.
@@ -109,6 +111,19 @@ pub struct RetryCommand {
     /// Empty: the steps that failed, were cancelled or timed out.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub from_step: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
+}
+
+/// See [`Command::Signal`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalCommand {
+    pub workflow_id: WorkflowId,
+    pub step: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reject: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub actor: String,
 }
@@ -194,6 +209,7 @@ impl Command {
             Self::Purge(_) => "purge",
             Self::Pause(_) => "pause",
             Self::Retry(_) => "retry",
+            Self::Signal(_) => "signal",
             Self::Batch(_) => "batch",
         }
     }
@@ -238,6 +254,7 @@ impl Command {
             | Self::Membership { .. }
             | Self::Pause(_)
             | Self::Retry(_)
+            | Self::Signal(_)
             | Self::Purge(_) => false,
         }
     }
@@ -316,6 +333,8 @@ pub enum Response {
     Retried {
         steps: Vec<String>,
     },
+    /// A signal completed its step.
+    Signalled,
     /// What a [`Command::Purge`] removed: workflows, and purge records past the window.
     Purged {
         workflows: u32,
@@ -580,6 +599,16 @@ mod tests {
                 }),
                 "0182a774696d655f6d7305a7636f6d6d616e6481a5726574727982ab776f726b666c6f775f696407a966726f6d5f73746570a162",
             ),
+            (
+                Command::Signal(SignalCommand {
+                    workflow_id: WorkflowId(7),
+                    step: "approve".into(),
+                    data: "{}".into(),
+                    reject: false,
+                    actor: String::new(),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a67369676e616c83ab776f726b666c6f775f696407a473746570a7617070726f7665a464617461a27b7d",
+            ),
         ]
     }
 
@@ -621,7 +650,8 @@ mod tests {
             | Command::Purge(_)
             | Command::Pause(_)
             | Command::Retry(_)
-            | Command::Batch(_) => 17,
+            | Command::Signal(_)
+            | Command::Batch(_) => 18,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }

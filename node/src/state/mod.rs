@@ -14,6 +14,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod outcome;
 pub mod scheduling;
+mod signals;
 mod specs;
 pub mod tokens;
 pub mod workflow;
@@ -29,7 +30,7 @@ use sha2::{Digest, Sha256};
 pub use command::CreateTokenCommand;
 pub use command::{
     Assignment, CancelCommand, Command, CompleteCommand, LogEntry, PauseCommand, PurgeCommand,
-    RegisterAgentCommand, Response, RetryCommand, SubmitCommand,
+    RegisterAgentCommand, Response, RetryCommand, SignalCommand, SubmitCommand,
 };
 pub use ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
 pub use lifecycle::{PURGE_BATCH_MAX, PurgeDue, PurgeRecord};
@@ -132,6 +133,9 @@ pub struct ClusterState {
     /// Running workflows with a timeout, by deadline (derived; see `actions.rs`).
     #[serde(skip)]
     timeouts: actions::Timeouts,
+    /// Steps awaiting a signal with a timeout, by deadline (derived; see `signals.rs`).
+    #[serde(skip)]
+    signal_deadlines: signals::SignalDeadlines,
     /// Decoded specs shared between workflows of equal spec bytes (`specs.rs`): not part of the
     /// state's value (equal whatever it holds), neither encoded nor hashed.
     #[serde(skip)]
@@ -253,6 +257,7 @@ impl ClusterState {
     ) -> Response {
         let start = events.len();
         let response = self.execute(ctx, command, events);
+        self.await_signals(ctx, start, events);
         self.record_history(&events[start..]);
         response
     }
@@ -290,6 +295,7 @@ impl ClusterState {
             Command::Purge(purge) => self.purge(ctx, purge, events),
             Command::Pause(pause) => self.pause(ctx, pause, events),
             Command::Retry(retry) => self.retry(ctx, retry, events),
+            Command::Signal(signal) => self.signal(ctx, signal, events),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -501,9 +507,11 @@ impl ClusterState {
         let now_ms = self.now_ms;
         let workflow = &self.workflows[&id];
         let mut released = Vec::new();
+        let mut waiting = Vec::new();
         for (i, run) in workflow.steps.iter().enumerate() {
             match run.state {
                 StepState::Running => released.push(run.attempt_id),
+                StepState::AwaitingSignal => waiting.push(StepIndex(i as u32)),
                 StepState::Ready => {
                     let key = scheduling::ready_key(workflow, StepIndex(i as u32));
                     self.ready.remove(&key);
@@ -518,6 +526,9 @@ impl ClusterState {
         }
         for attempt in released {
             self.release(attempt);
+        }
+        for step in waiting {
+            self.forget_signal_deadline(id, step);
         }
         let workflow = Arc::make_mut(self.workflows.get_mut(&id).expect("checked above"));
         workflow.state = state;
@@ -586,6 +597,7 @@ impl ClusterState {
         state.ready_deadlines = state.derive_deadlines();
         state.purge_index = state.derive_purge_index();
         state.timeouts = state.derive_timeouts();
+        state.signal_deadlines = state.derive_signal_deadlines();
         Ok(state)
     }
 
@@ -655,6 +667,10 @@ impl ClusterState {
                 StepState::Backoff => assert!(
                     self.backoff.contains(&(run.retry_at_ms, id, step)),
                     "workflow {id} step {i}: in backoff but not in the backoff set"
+                ),
+                StepState::AwaitingSignal => assert!(
+                    !self.ready.contains(&scheduling::ready_key(workflow, step)),
+                    "workflow {id} step {i}: awaiting a signal but queued for an agent"
                 ),
                 StepState::Running => {
                     let live = self.attempts.get(&run.attempt_id);
@@ -767,6 +783,11 @@ impl ClusterState {
             self.timeouts,
             self.derive_timeouts(),
             "the timeout index does not match the running workflows"
+        );
+        assert_eq!(
+            self.signal_deadlines,
+            self.derive_signal_deadlines(),
+            "the signal deadline index does not match the waiting steps"
         );
         for (_, workflow_id, step) in &self.backoff {
             assert_eq!(

@@ -7,7 +7,7 @@
 
 use super::command::{
     CancelCommand, Command, CompleteCommand, CreateTokenCommand, PauseCommand, PurgeCommand,
-    RegisterAgentCommand, Response, RetryCommand, SubmitCommand,
+    RegisterAgentCommand, Response, RetryCommand, SignalCommand, SubmitCommand,
 };
 use super::ids::{AgentId, AttemptId, WorkflowId};
 use super::workflow::WorkflowState;
@@ -221,6 +221,27 @@ impl Outcome for Retried {
     }
 }
 
+/// What a signal answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signalled {
+    Done,
+    NotFound,
+    /// Nothing changed: no such step, or it is not waiting for a signal.
+    Refused(String),
+}
+
+impl Outcome for Signalled {
+    const COMMAND: &'static str = "signal";
+    fn from_response(response: Response) -> Result<Self, Response> {
+        match response {
+            Response::Signalled => Ok(Self::Done),
+            Response::NotFound { .. } => Ok(Self::NotFound),
+            Response::Rejected { reason } => Ok(Self::Refused(reason)),
+            other => Err(other),
+        }
+    }
+}
+
 macro_rules! proposal {
     ($command:ident => $variant:ident, $outcome:ty) => {
         impl From<$command> for Command {
@@ -242,6 +263,7 @@ proposal!(CreateTokenCommand => CreateToken, TokenCreated);
 proposal!(PurgeCommand => Purge, Purged);
 proposal!(PauseCommand => Pause, Paused);
 proposal!(RetryCommand => Retry, Retried);
+proposal!(SignalCommand => Signal, Signalled);
 
 #[cfg(test)]
 mod tests {

@@ -54,6 +54,8 @@ pub fn task_type(step: &pb::StepSpec) -> Option<&str> {
         Task::Noop(_) => "noop",
         Task::Sleep(_) => "sleep",
         Task::Custom(custom) => &custom.r#type,
+        // Never queued for an agent (see `actions.rs`).
+        Task::Wait(_) => "wait",
     })
 }
 
@@ -552,7 +554,9 @@ impl ClusterState {
             );
             self.step_finished(ctx, key.workflow_id, key.step, events);
         }
-        // Workflows past their whole-run timeout end, as a cancel would end them.
+        // Waits past their timeout fail; workflows past their whole-run timeout end, as a
+        // cancel would end them.
+        self.expire_signals(ctx, events);
         self.time_out_due(ctx, events);
         Response::Done
     }
@@ -574,7 +578,10 @@ impl ClusterState {
 
     /// Whether a Tick at `now_ms` would change anything.
     pub fn tick_due(&self, now_ms: u64) -> bool {
-        self.backoff_due(now_ms) || self.any_overdue_ready_at(now_ms) || self.timeout_due(now_ms)
+        self.backoff_due(now_ms)
+            || self.any_overdue_ready_at(now_ms)
+            || self.timeout_due(now_ms)
+            || self.signal_timeout_due(now_ms)
     }
 
     /// Whether a retry's backoff has ended by `now_ms`. O(log n).
@@ -657,7 +664,11 @@ impl ClusterState {
                 }
             }
         }
-        let all_done = workflow.steps.iter().all(|s| s.state.is_terminal());
+        // Ends the workflow once, by the step that finished its last one: called again for
+        // another step of a workflow already ended (a retry calls it per finished dependency)
+        // it changes nothing.
+        let all_done = workflow.state == WorkflowState::Running
+            && workflow.steps.iter().all(|s| s.state.is_terminal());
         if all_done {
             let failed = workflow.steps.iter().any(|s| s.state == StepState::Failed);
             workflow.state = if failed {
@@ -783,6 +794,16 @@ impl ClusterState {
 
     /// Why a ready step is still waiting, when it can be told from the state alone.
     pub fn pending_reason(&self, workflow: &Workflow, step: StepIndex) -> Option<String> {
+        if workflow.steps[step.get()].state == StepState::AwaitingSignal
+            && let Some(pb::step_spec::Task::Wait(wait)) = &workflow.spec.steps[step.get()].task
+        {
+            return Some(format!(
+                "waiting for signal {:?} (baton signal {} {})",
+                wait.signal,
+                workflow.id,
+                workflow.spec.steps[step.get()].name
+            ));
+        }
         if workflow.steps[step.get()].state != StepState::Ready {
             return None;
         }

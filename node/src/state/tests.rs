@@ -469,9 +469,14 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
         names.clone(),
         prop::collection::vec(names, 0..3),
         prop::sample::select(vec![0u64, 0, 500, 20_000]),
+        prop::sample::select(vec![None, None, None, Some(0u64), Some(10_000)]),
     )
-        .prop_map(|(name, deps, start_timeout_ms)| {
-            let mut s = step(name, &deps);
+        .prop_map(|(name, deps, start_timeout_ms, wait)| {
+            let mut s = match wait {
+                // A wait step, with or without a timeout.
+                Some(timeout_ms) => wait_step(name, &deps, "go", timeout_ms),
+                None => step(name, &deps),
+            };
             s.schedule_to_start_timeout_ms = start_timeout_ms;
             s
         });
@@ -550,6 +555,20 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
                 actor: String::new(),
             })
         });
+    let arb_signal = (
+        0u64..6,
+        prop::sample::select(vec!["a", "b", "c"]),
+        prop::bool::ANY,
+    )
+        .prop_map(|(id, step, reject)| {
+            Command::Signal(SignalCommand {
+                workflow_id: WorkflowId(id),
+                step: step.into(),
+                data: String::new(),
+                reject,
+                actor: String::new(),
+            })
+        });
     let arb_purge = (
         prop::collection::vec(1u64..6, 0..4),
         prop::sample::select(vec![1_000u64, 30_000]),
@@ -564,7 +583,7 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
     let command = prop_oneof![
         4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
         4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 1 => Just(Command::Tick),
-        1 => arb_pause, 1 => arb_retry, 1 => arb_purge,
+        1 => arb_pause, 1 => arb_retry, 1 => arb_purge, 2 => arb_signal,
     ];
     (0u64..100_000, command)
 }
@@ -1900,4 +1919,137 @@ fn a_step_ready_before_a_pause_keeps_what_it_had_waited() {
     assert_eq!(key.ready_at_ms, 1_000 + 96_000);
     assert!(!log.state.tick_due(106_999));
     assert!(log.state.tick_due(107_000));
+}
+
+fn wait_step(name: &str, deps: &[&str], signal: &str, timeout_ms: u64) -> pb::StepSpec {
+    pb::StepSpec {
+        name: name.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        task: Some(pb::step_spec::Task::Wait(pb::WaitTask {
+            signal: signal.into(),
+            timeout_ms,
+        })),
+        ..Default::default()
+    }
+}
+
+fn signal(id: u64, step: &str, data: &str, reject: bool) -> Command {
+    Command::Signal(SignalCommand {
+        workflow_id: WorkflowId(id),
+        step: step.into(),
+        data: data.into(),
+        reject,
+        actor: "token lead (00cc)".into(),
+    })
+}
+
+fn approval_spec() -> pb::WorkflowSpec {
+    spec(
+        "release",
+        vec![
+            step("build", &[]),
+            wait_step("approve", &["build"], "go-ahead", HOUR_MS),
+            step("deploy", &["approve"]),
+        ],
+    )
+}
+
+#[test]
+fn an_approval_waits_on_no_agent_then_succeeds_with_the_signal_data() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 4);
+    log.apply_at(1_000, submit(&approval_spec(), ""));
+    let build = assign_at(&mut log, 1_000, 1, 0, agent).unwrap();
+    // Too early: the wait step is not waiting yet.
+    assert!(matches!(
+        log.apply_at(1_500, signal(1, "approve", "{}", false)),
+        Response::Rejected { reason } if reason.contains("it is waiting")
+    ));
+    report_at(&mut log, 2_000, build, agent, true);
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap().clone();
+    assert_eq!(workflow.steps[1].state, StepState::AwaitingSignal);
+    assert!(log.state.ready_queue().next().is_none(), "not for an agent");
+    assert_eq!(
+        assign_at(&mut log, 2_000, 1, 1, agent),
+        None,
+        "never assigned"
+    );
+    assert!(
+        log.state
+            .pending_reason(&workflow, StepIndex(1))
+            .unwrap()
+            .starts_with("waiting for signal \"go-ahead\"")
+    );
+    assert!(matches!(
+        log.apply_at(2_500, signal(1, "deploy", "", false)),
+        Response::Rejected { .. }
+    ));
+    assert_eq!(
+        log.apply_at(3_000, signal(1, "approve", "{\"by\":\"lead\"}", false)),
+        Response::Signalled
+    );
+    let workflow = log.state.workflow(WorkflowId(1)).unwrap().clone();
+    assert_eq!(workflow.steps[1].state, StepState::Succeeded);
+    assert_eq!(workflow.steps[1].output, "{\"by\":\"lead\"}");
+    assert_eq!(workflow.steps[2].state, StepState::Ready);
+    assert!(!log.state.tick_due(u64::MAX), "its timeout is forgotten");
+    // Answered once: a second signal is refused.
+    assert!(matches!(
+        log.apply_at(3_000, signal(1, "approve", "", false)),
+        Response::Rejected { .. }
+    ));
+    let history = log.state.history(WorkflowId(1)).unwrap();
+    let finished = history
+        .iter()
+        .find(|e| e.kind() == pb::EventKind::StepFinished && e.step == "approve")
+        .unwrap();
+    assert_eq!(finished.actor, "token lead (00cc)");
+    assert!(
+        history
+            .iter()
+            .any(|e| e.kind() == pb::EventKind::StepAwaitingSignal)
+    );
+}
+
+#[test]
+fn a_rejection_or_a_timeout_fails_the_wait_and_a_retry_waits_again() {
+    let mut log = Log::new();
+    let root_wait = || {
+        spec(
+            "gate",
+            vec![
+                wait_step("approve", &[], "go-ahead", HOUR_MS),
+                step("deploy", &["approve"]),
+            ],
+        )
+    };
+    log.apply_at(1_000, submit(&root_wait(), ""));
+    log.apply_at(1_000, submit(&root_wait(), ""));
+    assert_eq!(
+        log.apply_at(2_000, signal(1, "approve", "not today", true)),
+        Response::Signalled
+    );
+    let rejected = log.state.workflow(WorkflowId(1)).unwrap();
+    assert_eq!(rejected.state, WorkflowState::Failed);
+    assert_eq!(
+        rejected.steps[0].error,
+        "signal \"go-ahead\" rejected by token lead (00cc): not today"
+    );
+    assert_eq!(rejected.steps[1].state, StepState::Skipped);
+    // Workflow 2 waits past its hour.
+    assert!(!log.state.tick_due(1_000 + HOUR_MS - 1));
+    assert!(log.state.tick_due(1_000 + HOUR_MS));
+    log.apply_at(1_000 + HOUR_MS, Command::Tick);
+    let timed_out = log.state.workflow(WorkflowId(2)).unwrap();
+    assert_eq!(timed_out.steps[0].state, StepState::Failed);
+    assert_eq!(timed_out.steps[0].error, "no signal \"go-ahead\" within 1h");
+    // A retry puts the gate back: it waits for a new signal.
+    log.apply_at(2 * HOUR_MS, retry(1, ""));
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().steps[0].state,
+        StepState::AwaitingSignal
+    );
+    // Cancelling a waiting workflow forgets its deadline.
+    log.apply_at(2 * HOUR_MS, cancel(1));
+    assert!(!log.state.tick_due(u64::MAX));
 }

@@ -48,6 +48,8 @@ pub enum StepState {
     Failed,
     Skipped,
     Cancelled,
+    /// A `wait` step that is ready: it waits for `baton signal`, on no agent.
+    AwaitingSignal,
 }
 
 impl StepState {
@@ -68,6 +70,7 @@ impl StepState {
             Self::Failed => pb::StepState::Failed,
             Self::Skipped => pb::StepState::Skipped,
             Self::Cancelled => pb::StepState::Cancelled,
+            Self::AwaitingSignal => pb::StepState::AwaitingSignal,
         }
     }
 }

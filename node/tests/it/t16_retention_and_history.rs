@@ -516,3 +516,59 @@ async fn parameters_are_checked_at_submit_and_reach_the_steps() {
     running.await.unwrap();
     cluster.shutdown().await;
 }
+
+/// An approval: a `wait` step that no agent runs, answered through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_step_waits_for_its_signal_then_the_run_goes_on() {
+    let cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(TIMEOUT).await;
+    let mut client = cluster.workflows(cluster.follower(leader)).await;
+    let endpoints: Vec<_> = cluster
+        .running()
+        .iter()
+        .map(|&id| cluster.addr(id))
+        .collect();
+    let agent = TestAgent::start("a1", 4, endpoints, |_| Behavior::Succeed);
+    let mut spec = noop_spec("release", 3);
+    spec.steps[1].task = Some(pb::step_spec::Task::Wait(pb::WaitTask {
+        signal: "go-ahead".into(),
+        timeout_ms: 3_600_000,
+    }));
+    let id = submit(&cluster, leader, spec, "").await;
+    let waiting = wait_for(TIMEOUT, "the approval to wait", || async {
+        let workflow = get(&cluster, id).await;
+        (workflow.steps[1].state == pb::StepState::AwaitingSignal as i32).then_some(workflow)
+    })
+    .await;
+    assert_eq!(waiting.steps[1].attempts, 0, "no agent runs a wait step");
+    assert_eq!(
+        waiting.steps[1].pending_reason,
+        format!("waiting for signal \"go-ahead\" (baton signal {id} s1)")
+    );
+    let wrong = client
+        .signal(pb::SignalRequest {
+            workflow_id: id,
+            step: "s2".into(),
+            data: String::new(),
+            reject: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    client
+        .signal(pb::SignalRequest {
+            workflow_id: id,
+            step: "s1".into(),
+            data: "{\"approved_by\":\"lead\"}".into(),
+            reject: false,
+        })
+        .await
+        .unwrap();
+    let done = common::wait_for_success(&client, id, TIMEOUT).await;
+    assert_eq!(done.steps[1].output, "{\"approved_by\":\"lead\"}");
+    assert_eq!(done.steps[2].state, pb::StepState::Succeeded as i32);
+    let executed: Vec<String> = agent.executions().iter().map(|e| e.step.clone()).collect();
+    assert_eq!(executed, ["s0", "s2"], "the agent ran the others only");
+    agent.kill();
+    cluster.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! Rules for a step's task: [`check_task`] sends each kind to its rules; `exec` and `http` have
-//! files of their own, the small kinds are here (`sleep`, `custom`; `noop` has no fields).
+//! files of their own, the small kinds are here (`sleep`, `custom`, `wait`; `noop` has no
+//! fields).
 
 use super::SpecError;
 use super::exec::check_exec;
@@ -7,7 +8,7 @@ use super::http::check_http;
 use super::workflow::is_name_byte;
 use crate::limits::*;
 use crate::text::{format_duration_ms, quoted};
-use crate::v1::{CustomTask, SleepTask, step_spec::Task};
+use crate::v1::{CustomTask, SleepTask, WaitTask, step_spec::Task};
 
 /// The task of `steps[i]`, named `name` in messages: there must be one, valid for its kind.
 pub(super) fn check_task(i: usize, name: &str, task: Option<&Task>) -> Result<(), SpecError> {
@@ -21,7 +22,36 @@ pub(super) fn check_task(i: usize, name: &str, task: Option<&Task>) -> Result<()
         Some(Task::Noop(_)) => Ok(()),
         Some(Task::Sleep(sleep)) => check_sleep(i, name, sleep),
         Some(Task::Custom(custom)) => check_custom(i, name, custom),
+        Some(Task::Wait(wait)) => check_wait(i, name, wait),
     }
+}
+
+/// A `wait` step: a signal name like a step's, and a timeout within a workflow's.
+fn check_wait(i: usize, name: &str, wait: &WaitTask) -> Result<(), SpecError> {
+    if wait.signal.is_empty()
+        || wait.signal.len() > NAME_LEN_MAX
+        || !wait.signal.bytes().all(is_name_byte)
+    {
+        return Err(SpecError::new(
+            format!("steps[{i}].wait.signal"),
+            format!(
+                "step {name} waits for signal {}: a signal name is 1..={NAME_LEN_MAX} characters \
+                 of [A-Za-z0-9._-]",
+                quoted(&wait.signal)
+            ),
+        ));
+    }
+    if wait.timeout_ms > WORKFLOW_TIMEOUT_MS_MAX {
+        return Err(SpecError::new(
+            format!("steps[{i}].wait.timeout_ms"),
+            format!(
+                "step {name} waits {}, longer than the maximum {}",
+                format_duration_ms(wait.timeout_ms),
+                format_duration_ms(WORKFLOW_TIMEOUT_MS_MAX)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_sleep(i: usize, name: &str, sleep: &SleepTask) -> Result<(), SpecError> {

@@ -115,6 +115,8 @@ impl PreparedTask {
             Some(Task::Custom(task)) => Ok(PreparedTask::Custom {
                 task_type: task.r#type.clone(),
             }),
+            // The cluster never hands a wait step to an agent; a node that did is refused.
+            Some(Task::Wait(_)) => Err(PrepareError::Wait),
             None => Err(PrepareError::NoTask),
         }
     }
@@ -125,6 +127,8 @@ impl PreparedTask {
 pub(crate) enum PrepareError {
     #[error("the assignment carries no task")]
     NoTask,
+    #[error("a wait step waits for a signal (baton signal); no agent runs it")]
+    Wait,
     #[error(transparent)]
     Template(#[from] TemplateError),
 }

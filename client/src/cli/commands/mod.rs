@@ -99,6 +99,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(args) => workflows::pause(&connect()?, &out, args.id, true).await,
         Command::Resume(args) => workflows::pause(&connect()?, &out, args.id, false).await,
         Command::Retry(args) => workflows::retry(&connect()?, &out, args).await,
+        Command::Signal(args) => {
+            // The data is checked before anything is sent.
+            workflows::check_signal_data(&args)?;
+            workflows::signal(&connect()?, &out, args).await
+        }
         Command::Cluster(command) => cluster::cluster(&connect()?, &out, command).await,
         Command::Agents => agent::agents(&connect()?, &out).await,
         Command::Watch(args) => workflows::watch(&connect()?, &out, args).await,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::printer::Printer;
 use crate::cli::args::{
-    CancelArgs, GetArgs, HistoryArgs, ListArgs, LogsArgs, RetryArgs, WatchArgs,
+    CancelArgs, GetArgs, HistoryArgs, ListArgs, LogsArgs, RetryArgs, SignalArgs, WatchArgs,
 };
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
@@ -127,6 +127,37 @@ pub(super) async fn retry(client: &Client, out: &Printer, args: RetryArgs) -> an
     out.print(
         || serde_json::json!({ "workflow_id": id, "steps": response.steps }),
         || format!("workflow {id} running again: {}", response.steps.join(", ")),
+    )
+}
+
+/// `--data` must be JSON (a value, an object, a string in quotes).
+pub(super) fn check_signal_data(args: &SignalArgs) -> anyhow::Result<()> {
+    if let Some(data) = &args.data {
+        serde_json::from_str::<Value>(data).map_err(|error| {
+            Failure::usage(format!(
+                "--data: not JSON ({error}); quote a string as '\"text\"'"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) async fn signal(client: &Client, out: &Printer, args: SignalArgs) -> anyhow::Result<()> {
+    let id = args.id;
+    client
+        .signal(id, &args.step, args.data.unwrap_or_default(), args.reject)
+        .await
+        .map_err(write_failure(
+            id,
+            format!(
+                "see `baton get {id}`: a signal that went through finished the step, and \
+                 sending it again is then refused"
+            ),
+        ))?;
+    let done = if args.reject { "rejected" } else { "signalled" };
+    out.print(
+        || serde_json::json!({ "workflow_id": id, "step": args.step, "rejected": args.reject }),
+        || format!("workflow {id} step {}: {done}", args.step),
     )
 }
 

@@ -232,6 +232,22 @@ impl WorkflowService for Fake {
         }
     }
 
+    /// Workflow 42's step `approve` waits for a signal; anything else is refused as the node
+    /// refuses it.
+    async fn signal(
+        &self,
+        request: Request<SignalRequest>,
+    ) -> Result<Response<SignalResponse>, Status> {
+        let request = request.into_inner();
+        match (request.workflow_id, request.step.as_str()) {
+            (42, "approve") => Ok(Response::new(SignalResponse {})),
+            (42, step) => Err(Status::failed_precondition(format!(
+                "step {step:?} of workflow 42 is not waiting for a signal: it is not a wait step"
+            ))),
+            (id, _) => Err(Status::not_found(format!("workflow {id} not found"))),
+        }
+    }
+
     /// The scripted events of the workflow, as its history.
     async fn get_history(
         &self,
