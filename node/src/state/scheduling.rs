@@ -797,8 +797,9 @@ impl ClusterState {
         if workflow.steps[step.get()].state == StepState::AwaitingSignal
             && let Some(pb::step_spec::Task::Wait(wait)) = &workflow.spec.steps[step.get()].task
         {
+            // Shown after "waiting:" by `baton get`.
             return Some(format!(
-                "waiting for signal {:?} (baton signal {} {})",
+                "signal {:?} (baton signal {} {})",
                 wait.signal,
                 workflow.id,
                 workflow.spec.steps[step.get()].name
@@ -862,7 +863,7 @@ pub(super) fn ready_key(workflow: &Workflow, step: StepIndex) -> ReadyKey {
 
 /// The last non-empty line of an attempt's error, for event messages (kept in the workflow's
 /// history): at most [`EVENT_LINE_BYTES_MAX`], its start kept.
-fn last_line(text: &str) -> &str {
+pub(super) fn last_line(text: &str) -> &str {
     let line = text
         .lines()
         .rev()

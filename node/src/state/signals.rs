@@ -16,7 +16,7 @@ use imbl::OrdSet;
 
 use super::command::{Response, SignalCommand};
 use super::ids::{StepIndex, WorkflowId};
-use super::scheduling::{ready_key, truncate_utf8};
+use super::scheduling::{last_line, ready_key, truncate_utf8};
 use super::workflow::{StepState, Workflow};
 use super::{ApplyCtx, ClusterState, Events};
 
@@ -160,10 +160,16 @@ impl ClusterState {
             } else {
                 format!("signal {signal:?} rejected{by}: {data}")
             };
-            (StepState::Failed, run.error.clone())
+            let message = if data.is_empty() {
+                format!("signal {signal:?} rejected")
+            } else {
+                format!("signal {signal:?} rejected: {}", last_line(&data))
+            };
+            (StepState::Failed, message)
         } else {
             run.output = data;
-            (StepState::Succeeded, format!("signal {signal:?}{by}"))
+            // Who signalled is the event's actor.
+            (StepState::Succeeded, format!("signal {signal:?}"))
         };
         run.state = state;
         let output_bytes = run.output.len() as u64;

@@ -1978,7 +1978,7 @@ fn an_approval_waits_on_no_agent_then_succeeds_with_the_signal_data() {
         log.state
             .pending_reason(&workflow, StepIndex(1))
             .unwrap()
-            .starts_with("waiting for signal \"go-ahead\"")
+            .starts_with("signal \"go-ahead\" (baton signal 1 approve)")
     );
     assert!(matches!(
         log.apply_at(2_500, signal(1, "deploy", "", false)),

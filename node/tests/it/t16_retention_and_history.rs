@@ -543,7 +543,7 @@ async fn an_approval_step_waits_for_its_signal_then_the_run_goes_on() {
     assert_eq!(waiting.steps[1].attempts, 0, "no agent runs a wait step");
     assert_eq!(
         waiting.steps[1].pending_reason,
-        format!("waiting for signal \"go-ahead\" (baton signal {id} s1)")
+        format!("signal \"go-ahead\" (baton signal {id} s1)")
     );
     let wrong = client
         .signal(pb::SignalRequest {
