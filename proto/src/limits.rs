@@ -133,6 +133,9 @@ pub const TIMEOUT_MS_MAX: u64 = 7 * DAY_MS;
 /// once it ends; at most ten years.
 pub const RETENTION_MS_MIN: u64 = SECOND_MS;
 pub const RETENTION_MS_MAX: u64 = 3650 * DAY_MS;
+/// Retries of one workflow (`baton retry`): each keeps the previous attempt of every step it
+/// reruns, so the state a workflow holds stays bounded; past it, submit the workflow anew.
+pub const RETRIES_PER_WORKFLOW_MAX: u32 = 20;
 /// A whole workflow's `timeout`: at least a second, at most a year.
 pub const WORKFLOW_TIMEOUT_MS_MIN: u64 = SECOND_MS;
 pub const WORKFLOW_TIMEOUT_MS_MAX: u64 = 365 * DAY_MS;

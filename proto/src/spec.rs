@@ -637,7 +637,7 @@ steps:
         // DESIGN.md's notify-failure step has no task; the spec requires one.
         assert_eq!(
             yaml_error(DESIGN_EXAMPLE),
-            "line 13, column 5: steps[2]: step \"notify-failure\" has no task: give one of exec, http, noop, sleep, custom"
+            "line 13, column 5: steps[2]: step \"notify-failure\" has no task: give one of exec, http, noop, sleep, custom, wait"
         );
     }
 
@@ -847,7 +847,7 @@ steps:
         assert_eq!(
             yaml_error(text),
             "line 7, column 5: steps[1]: unknown field \"dependson\", expected one of \"name\", \"depends_on\", \
-             \"when\", \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"retry\", \"timeout\", \"resources\", \
+             \"when\", \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"wait\", \"retry\", \"timeout\", \"resources\", \
              \"constraints\", \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\""
         );
         assert_eq!(
@@ -863,7 +863,7 @@ steps:
                 "{\"name\": \"w\",\n \"steps\": [{\"name\": \"a\", \"noop\": {},\n   \"timeout_ms\": 5}]}"
             ),
             "line 3, column 15: unknown field \"timeout_ms\", expected one of \"name\", \"depends_on\", \"when\", \
-             \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"retry\", \"timeout\", \"resources\", \"constraints\", \
+             \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"wait\", \"retry\", \"timeout\", \"resources\", \"constraints\", \
              \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\""
         );
     }
@@ -874,16 +874,16 @@ steps:
             yaml_error(
                 "name: w\nsteps:\n  - name: a\n    noop: {}\n  - name: b\n    depends_on: [a]\n"
             ),
-            "line 5, column 5: steps[1]: step \"b\" has no task: give one of exec, http, noop, sleep, custom"
+            "line 5, column 5: steps[1]: step \"b\" has no task: give one of exec, http, noop, sleep, custom, wait"
         );
         assert_eq!(
             yaml_error("name: w\nsteps:\n  - name: a\n    noop: {}\n    sleep: {duration: 1s}\n"),
-            "line 3, column 5: steps[0]: step \"a\" has 2 tasks (noop, sleep): give exactly one of exec, http, noop, sleep, custom"
+            "line 3, column 5: steps[0]: step \"a\" has 2 tasks (noop, sleep): give exactly one of exec, http, noop, sleep, custom, wait"
         );
         let error = json(r#"{"name": "w", "steps": [{"name": "a"}]}"#).expect_err("no task");
         assert_eq!(
             error.message,
-            "step \"a\" has no task: give one of exec, http, noop, sleep, custom"
+            "step \"a\" has no task: give one of exec, http, noop, sleep, custom, wait"
         );
         assert_eq!(error.line, Some(1));
     }

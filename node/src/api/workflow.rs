@@ -334,9 +334,12 @@ impl WorkflowServiceImpl {
             .await
             .map_err(node_error)?;
         match decided.outcome {
-            Retried::Steps(steps) => {
+            Retried::Steps(steps, state) => {
                 tracing::info!(workflow = %id, steps = steps.join(","), "workflow retried");
-                Ok(pb::RetryResponse { steps })
+                Ok(pb::RetryResponse {
+                    steps,
+                    state: state.to_proto() as i32,
+                })
             }
             Retried::NotFound => Err(self.missing(id)),
             Retried::Refused(reason) => Err(Status::failed_precondition(reason)),
@@ -537,6 +540,8 @@ impl WorkflowServiceImpl {
             Status::resource_exhausted(format!("this node serves {WATCHES_MAX} watches already"))
         })?;
         let only = (req.workflow_id != 0).then_some(WorkflowId(req.workflow_id));
+        // For one workflow, where the stream ends: with the last event of `past` when that is
+        // its current end, else with `finished_event` (see below), else with a live end.
         let (past, mut live, seen_through) = match only {
             None => {
                 let (past, live) = self.node.replica.events.subscribe(req.from_index);
@@ -555,37 +560,46 @@ impl WorkflowServiceImpl {
                     .read(|a| a.state.history(id))
                     .ok_or_else(|| self.missing(id))?;
                 let seen_through = history.last().map_or(0, |e| e.index);
-                let past = history
+                let past: Vec<_> = history
                     .into_iter()
                     .filter(|e| e.index >= req.from_index)
                     .collect();
                 (past, live, seen_through)
             }
         };
-        // A finished workflow whose end is not among the events sent (asked from a later
-        // index, or submitted before histories were kept) still gets a final event, so the
-        // stream ends.
+        // A finished workflow's history ends with its current end (a retried workflow's history
+        // holds the ends of its earlier runs too: they do not end the stream). When that end is
+        // not among the events sent (asked from a later index, or submitted before histories
+        // were kept), a final event is made, so the stream ends.
         let mut finished_event = None;
+        let mut past_ends = false;
         if let Some(id) = only {
             let workflow = self
                 .node
                 .replica
                 .read(|a| a.state.workflow(id).cloned())
                 .ok_or_else(|| self.missing(id))?;
-            let end_retained = past
-                .iter()
-                .any(|e| e.workflow_id == id.0 && e.kind == pb::EventKind::WorkflowFinished as i32);
-            if workflow.state.is_terminal() && !end_retained {
-                finished_event = Some(pb::WorkflowEvent {
-                    index: workflow.revision.max(req.from_index),
-                    workflow_id: id.0,
-                    time_ms: workflow.finished_at_ms,
-                    kind: pb::EventKind::WorkflowFinished as i32,
-                    workflow_state: workflow.state.to_proto() as i32,
-                    message: workflow.reason.clone(),
-                    ..Default::default()
-                });
+            // Read after the history: a change in between is at a later index than the history
+            // holds, so it also comes live (and is sent, as `seen_through` lets it through).
+            let current_end = past.last().is_some_and(|e| {
+                e.kind == pb::EventKind::WorkflowFinished as i32 && e.index == workflow.revision
+            });
+            if workflow.state.is_terminal() {
+                if current_end {
+                    past_ends = true;
+                } else {
+                    finished_event = Some(pb::WorkflowEvent {
+                        index: workflow.revision.max(req.from_index),
+                        workflow_id: id.0,
+                        time_ms: workflow.finished_at_ms,
+                        kind: pb::EventKind::WorkflowFinished as i32,
+                        workflow_state: workflow.state.to_proto() as i32,
+                        message: workflow.reason.clone(),
+                        ..Default::default()
+                    });
+                }
             }
+            // Running (again): none of the ends in its past ends the stream.
         }
         let wanted = move |e: &pb::WorkflowEvent| only.is_none_or(|id| e.workflow_id == id.0);
         let ends = move |e: &pb::WorkflowEvent| {
@@ -594,6 +608,7 @@ impl WorkflowServiceImpl {
         let replica = self.node.replica.clone();
         let stream = async_stream_events(
             past,
+            past_ends,
             finished_event,
             move |tx| async move {
                 loop {
@@ -629,7 +644,6 @@ impl WorkflowServiceImpl {
                 }
             },
             wanted,
-            ends,
         );
         Ok(Box::pin(futures::StreamExt::map(stream, move |item| {
             let _held = &permit;
@@ -691,14 +705,14 @@ fn check_list_filters(req: &pb::ListRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// Sends the retained events, then (unless the watched workflow already ended) hands the channel
-/// to `follow` for live ones.
+/// Sends the retained events, then (unless the last of them is the watched workflow's end,
+/// `past_ends`, or `finished` is) hands the channel to `follow` for live ones.
 fn async_stream_events<F, Fut>(
     past: Vec<pb::WorkflowEvent>,
+    past_ends: bool,
     finished: Option<pb::WorkflowEvent>,
     follow: F,
     wanted: impl Fn(&pb::WorkflowEvent) -> bool + Send + Sync + 'static,
-    ends: impl Fn(&pb::WorkflowEvent) -> bool + Send + Sync + 'static,
 ) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WorkflowEvent, Status>> + Send>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::WorkflowEvent, Status>>) -> Fut + Send + 'static,
@@ -707,10 +721,12 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(async move {
         for event in past.into_iter().filter(|e| wanted(e)) {
-            let last = ends(&event);
-            if tx.send(Ok(event)).await.is_err() || last {
+            if tx.send(Ok(event)).await.is_err() {
                 return;
             }
+        }
+        if past_ends {
+            return;
         }
         if let Some(event) = finished {
             let _ = tx.send(Ok(event)).await;

@@ -21,6 +21,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use baton_proto::limits::RETRIES_PER_WORKFLOW_MAX;
 use baton_proto::v1 as pb;
 use imbl::OrdSet;
 
@@ -114,6 +115,15 @@ impl ClusterState {
                 ),
             };
         }
+        if workflow.retries >= RETRIES_PER_WORKFLOW_MAX {
+            return Response::Rejected {
+                reason: format!(
+                    "workflow {id} was retried {} times already, the most one workflow may be: \
+                     submit it anew",
+                    workflow.retries
+                ),
+            };
+        }
         let seeds: Vec<StepIndex> = if cmd.from_step.is_empty() {
             let seeds: Vec<StepIndex> = (0..workflow.steps.len() as u32)
                 .map(StepIndex)
@@ -163,6 +173,7 @@ impl ClusterState {
         self.purge_index_remove(id);
         let workflow = Arc::make_mut(self.workflows.get_mut(&id).expect("checked above"));
         workflow.state = WorkflowState::Running;
+        workflow.retries += 1;
         workflow.finished_at_ms = 0;
         workflow.reason.clear();
         workflow.revision = ctx.index;
@@ -235,7 +246,13 @@ impl ClusterState {
         for dep in finished_deps {
             self.step_finished(ctx, id, dep, events);
         }
-        Response::Retried { steps: names }
+        // Running, or already over again: every rerun step skipped at once (a rerun step whose
+        // condition its finished dependencies rule out).
+        let state = self.workflows[&id].state;
+        Response::Retried {
+            steps: names,
+            state,
+        }
     }
 
     /// Ends every running workflow whose deadline has passed by the state's time (in a Tick).

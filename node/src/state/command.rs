@@ -329,9 +329,11 @@ pub enum Response {
     Paused {
         changed: bool,
     },
-    /// A retry: the steps that run again.
+    /// A retry: the steps that run again, and the workflow's state after it (running, unless
+    /// every rerun step was skipped at once).
     Retried {
         steps: Vec<String>,
+        state: WorkflowState,
     },
     /// A signal completed its step.
     Signalled,

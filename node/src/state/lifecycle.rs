@@ -15,7 +15,6 @@
 //! idempotency window, so a retried submit still gets its id back and `Get` can say when it
 //! went; later purges forget records past the window, at most [`PURGE_RECORDS_MAX`] a command.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use baton_proto::v1 as pb;
@@ -195,32 +194,47 @@ impl ClusterState {
         PurgeDue { workflows, records }
     }
 
-    /// The workflows applying `entry` will purge (each once), as they are before it, each with
-    /// the retention that ended, and the state time of the purge: what an archive must hold
-    /// before the entry is applied. Pure, like `apply`, and decided the same way: no workflow an
-    /// entry finishes can be due in that entry (retention is at least a second).
-    pub fn workflows_to_purge(&self, entry: &LogEntry) -> (u64, Vec<(Arc<Workflow>, u64)>) {
+    /// The workflows applying `entry` at `index` will purge, in the order it purges them, as
+    /// they are before it, each with the retention that ended, and the state time of the purge:
+    /// what an archive must hold before the entry is applied. Found by applying the entry to an
+    /// O(1) copy of the state and reading its `WORKFLOW_PURGED` events, so it is exactly what the
+    /// entry will do, whatever else it holds (a retry of the same workflow before the purge, in
+    /// one batch, keeps it). Pure, like `apply`; entries without a purge cost nothing.
+    pub fn workflows_to_purge(
+        &self,
+        index: u64,
+        entry: &LogEntry,
+    ) -> (u64, Vec<(Arc<Workflow>, u64)>) {
         let now_ms = self.now_ms.max(entry.time_ms);
+        if !entry.command.purges() {
+            return (now_ms, Vec::new());
+        }
         let commands: &[Command] = match &entry.command {
             Command::Batch(commands) => commands,
             command => std::slice::from_ref(command),
         };
-        let mut seen = BTreeSet::new();
-        let mut doomed = Vec::new();
-        for command in commands {
-            let Command::Purge(purge) = command else {
-                continue;
-            };
-            for id in &purge.workflows {
-                if let Some(workflow) = self.workflows.get(id)
-                    && self.purge_is_due(workflow, purge.default_retention_ms, now_ms)
-                    && seen.insert(*id)
-                {
-                    let retention = retention_ms(workflow, purge.default_retention_ms);
-                    doomed.push((workflow.clone(), retention));
-                }
-            }
-        }
+        let mut probe = self.clone();
+        let applied = probe.apply(ApplyCtx { index }, entry.clone());
+        let doomed = applied
+            .events
+            .iter()
+            .filter(|e| e.kind == pb::EventKind::WorkflowPurged as i32)
+            .filter_map(|e| {
+                let id = WorkflowId(e.workflow_id);
+                let workflow = self.workflows.get(&id)?;
+                // The default of the first purge naming it: the one that purged it.
+                let default_ms = commands
+                    .iter()
+                    .find_map(|c| match c {
+                        Command::Purge(p) if p.workflows.contains(&id) => {
+                            Some(p.default_retention_ms)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Some((workflow.clone(), retention_ms(workflow, default_ms)))
+            })
+            .collect();
         (now_ms, doomed)
     }
 

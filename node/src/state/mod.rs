@@ -426,6 +426,7 @@ impl ClusterState {
             revision: ctx.index,
             steps,
             paused_at_ms: 0,
+            retries: 0,
             params: submit.params,
             deadline_ms: match spec_timeout_ms {
                 0 => 0,

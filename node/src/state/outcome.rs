@@ -202,8 +202,8 @@ impl Outcome for Paused {
 /// What a retry answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Retried {
-    /// The steps that run again.
-    Steps(Vec<String>),
+    /// The steps that run again, and the workflow's state after the retry.
+    Steps(Vec<String>, WorkflowState),
     NotFound,
     /// Nothing changed: the workflow is running, has no such step, or nothing needs a rerun.
     Refused(String),
@@ -213,7 +213,7 @@ impl Outcome for Retried {
     const COMMAND: &'static str = "retry";
     fn from_response(response: Response) -> Result<Self, Response> {
         match response {
-            Response::Retried { steps } => Ok(Self::Steps(steps)),
+            Response::Retried { steps, state } => Ok(Self::Steps(steps, state)),
             Response::NotFound { .. } => Ok(Self::NotFound),
             Response::Rejected { reason } => Ok(Self::Refused(reason)),
             other => Err(other),

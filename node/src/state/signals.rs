@@ -155,11 +155,15 @@ impl ClusterState {
         let run = &mut workflow.steps[i];
         run.finished_at_ms = now_ms;
         let (state, message) = if cmd.reject {
-            run.error = if data.is_empty() {
-                format!("signal {signal:?} rejected{by}")
-            } else {
-                format!("signal {signal:?} rejected{by}: {data}")
-            };
+            // Bounded like any step's error (the data alone may fill the bound).
+            run.error = truncate_utf8(
+                if data.is_empty() {
+                    format!("signal {signal:?} rejected{by}")
+                } else {
+                    format!("signal {signal:?} rejected{by}: {data}")
+                },
+                OUTPUT_BYTES_MAX,
+            );
             let message = if data.is_empty() {
                 format!("signal {signal:?} rejected")
             } else {

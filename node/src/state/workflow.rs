@@ -98,6 +98,9 @@ pub struct Workflow {
     /// When it times out (the spec's `timeout` from submit or retry); 0: never.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deadline_ms: u64,
+    /// Operator retries so far (`baton retry`), at most `RETRIES_PER_WORKFLOW_MAX`.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
     /// Its parameters' values (see `SubmitCommand::params`); steps read them with the input.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
@@ -295,6 +298,10 @@ impl Workflow {
 }
 
 fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+fn is_zero_u32(value: &u32) -> bool {
     *value == 0
 }
 

@@ -187,7 +187,7 @@ impl StateMachineStore {
         }
         let (purged_at_ms, doomed) = self
             .replica
-            .read(|applied| applied.state.workflows_to_purge(entry));
+            .read(|applied| applied.state.workflows_to_purge(index, entry));
         if doomed.is_empty() {
             return Ok(());
         }

@@ -404,6 +404,35 @@ async fn operators_pause_resume_and_retry_and_a_timeout_stops_the_run() {
         .map(|e| e.kind())
         .collect();
     assert!(kinds.contains(&pb::EventKind::WorkflowRetried));
+    // A Watch from the start goes past the first run's end to the retried run's.
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            workflow_id: retried,
+            from_index: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watched = Vec::new();
+    while let Some(event) = tokio::time::timeout(TIMEOUT, stream.message())
+        .await
+        .expect("the watch ends")
+        .unwrap()
+    {
+        watched.push(event);
+    }
+    let ends: Vec<i32> = watched
+        .iter()
+        .filter(|e| e.kind() == pb::EventKind::WorkflowFinished)
+        .map(|e| e.workflow_state)
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            pb::WorkflowState::Failed as i32,
+            pb::WorkflowState::Succeeded as i32
+        ]
+    );
 
     // A whole-run timeout ends the workflow and stops the attempt still running.
     let mut spec = noop_spec("bounded", 1);

@@ -71,9 +71,17 @@ pub(super) async fn logs(client: &Client, out: &Printer, args: LogsArgs) -> anyh
 }
 
 /// Words a failed write to workflow `id`: NOT_FOUND and FAILED_PRECONDITION as the node says
-/// them (purged, finished, still running), others with `hint`.
+/// them (purged, finished, still running), others with `hint`. An outcome that is unknown comes
+/// first, whatever the last attempt answered: after a first attempt that may have applied, a
+/// repeat refused with FAILED_PRECONDITION ("still running") may be refused because of it.
 fn write_failure(id: u64, hint: String) -> impl FnOnce(baton_client::ClientError) -> anyhow::Error {
     move |error| match error.code() {
+        _ if error.outcome() == baton_client::Outcome::Unknown => client_failure(
+            error,
+            CallKind::Write,
+            Some(&format!("workflow {id}")),
+            Some(hint),
+        ),
         Some(tonic::Code::NotFound) => read_failure(id)(error),
         Some(tonic::Code::FailedPrecondition) => Failure::failed(
             error
@@ -120,13 +128,22 @@ pub(super) async fn retry(client: &Client, out: &Printer, args: RetryArgs) -> an
         .map_err(write_failure(
             id,
             format!(
-                "see `baton get {id}`: a retry that went through left it running, and `baton \
-                 retry {id}` again is then refused"
+                "see `baton history {id}`: a retry that went through shows as workflow_retried; \
+                 if it did not, run `baton retry {id}` again"
             ),
         ))?;
+    let state = output::workflow_state_name(response.state);
     out.print(
-        || serde_json::json!({ "workflow_id": id, "steps": response.steps }),
-        || format!("workflow {id} running again: {}", response.steps.join(", ")),
+        || serde_json::json!({ "workflow_id": id, "steps": response.steps, "state": state }),
+        || {
+            let steps = response.steps.join(", ");
+            if response.state == WorkflowState::Running as i32 {
+                format!("workflow {id} running again: {steps}")
+            } else {
+                // Every rerun step was skipped at once: its dependencies rule it out.
+                format!("workflow {id}: {steps} skipped again (their conditions do not hold); it is {state}")
+            }
+        },
     )
 }
 
