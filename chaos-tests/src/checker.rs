@@ -40,6 +40,18 @@ pub struct FinalStep {
     pub attempt_id: u64,
     /// The token the accepted result says it was produced by (the step echoes it), if any.
     pub output_token: Option<u64>,
+    /// A `wait` step: it runs on no agent, so it has no executions and no token in its output;
+    /// it opens on a signal, whose data becomes its output.
+    pub gate: Option<Gate>,
+}
+
+/// What a finished `wait` step shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// Its output: the data of the signal that opened it.
+    pub output: String,
+    /// When it ended, in the cluster's time (the same machine clock as the journal's).
+    pub finished_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +84,12 @@ pub struct Evidence {
     /// not fence them, so an overlap with its executions is the zombie case fencing tokens exist
     /// for: counted and reported, not a violation.
     pub zombie_windows: Vec<(String, u64, u64)>,
+    /// The data of each approval the workload sent (or may have: its outcome unknown), by
+    /// workflow; each is unique to its workflow and no rejection carries it.
+    pub approvals: BTreeMap<u64, String>,
+    /// Each retry the workload sent (or may have), by workflow: the steps that had succeeded
+    /// when it was sent, with their accepted tokens. A retry reruns none of them.
+    pub retries: BTreeMap<u64, Vec<(String, u64)>>,
 }
 
 /// What the checker found: violations (any fails the run) and counted facts.
@@ -88,7 +106,7 @@ pub struct Verdict {
     pub invariants: Vec<(&'static str, usize)>,
 }
 
-pub const INVARIANTS: [&str; 9] = [
+pub const INVARIANTS: [&str; 11] = [
     "no acknowledged workflow lost",
     "one workflow per idempotency key",
     "accepted result carries the current token",
@@ -98,6 +116,8 @@ pub const INVARIANTS: [&str; 9] = [
     "capacity never exceeded",
     "every workflow ends",
     "replicas agree (same index and hash)",
+    "a gate opens only on its approval",
+    "a retry reruns no succeeded step",
 ];
 
 pub fn check(evidence: &Evidence) -> Verdict {
@@ -167,6 +187,24 @@ pub fn check(evidence: &Evidence) -> Verdict {
                 .get(&(workflow.id, step.name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
+            if let Some(gate) = &step.gate {
+                // 10: a wait step succeeds only with the data of an approval sent for its own
+                // workflow (a rejection, a timeout or another workflow's signal never opens it).
+                if step.succeeded && evidence.approvals.get(&workflow.id) != Some(&gate.output) {
+                    fail(
+                        INVARIANTS[9],
+                        format!(
+                            "workflow {} step {} opened with {:?}, approval sent: {:?}",
+                            workflow.id,
+                            step.name,
+                            gate.output,
+                            evidence.approvals.get(&workflow.id)
+                        ),
+                        &mut verdict,
+                    );
+                }
+                continue;
+            }
             // 3: the accepted result was produced by the step's current attempt.
             if step.succeeded {
                 match step.output_token {
@@ -207,13 +245,17 @@ pub fn check(evidence: &Evidence) -> Verdict {
                     let Some(dep) = steps.get(dependency.as_str()) else {
                         continue;
                     };
-                    let dep_end = executions
-                        .get(&(workflow.id, dependency.as_str()))
-                        .into_iter()
-                        .flatten()
-                        .filter(|e| e.token == dep.attempt_id)
-                        .filter_map(|e| e.end_ms)
-                        .max();
+                    let dep_end = match &dep.gate {
+                        // A gate ends when its signal applies, in the cluster's time.
+                        Some(gate) => Some(gate.finished_ms),
+                        None => executions
+                            .get(&(workflow.id, dependency.as_str()))
+                            .into_iter()
+                            .flatten()
+                            .filter(|e| e.token == dep.attempt_id)
+                            .filter_map(|e| e.end_ms)
+                            .max(),
+                    };
                     match (start, dep_end) {
                         (Some(start), Some(end)) if start >= end => {}
                         (Some(start), end) => fail(
@@ -290,6 +332,47 @@ pub fn check(evidence: &Evidence) -> Verdict {
                     &mut verdict,
                 );
                 break;
+            }
+        }
+    }
+
+    // 11: a retry reruns only what had not succeeded: each step that had succeeded when the
+    // retry was sent still holds the same accepted token, and no execution of it started
+    // with a newer one.
+    let finals: BTreeMap<u64, &FinalWorkflow> =
+        evidence.workflows.iter().map(|w| (w.id, w)).collect();
+    for (id, kept) in &evidence.retries {
+        let Some(workflow) = finals.get(id) else {
+            continue; // not in the cluster at all: invariant 1's business
+        };
+        for (name, token) in kept {
+            let now = workflow.steps.iter().find(|s| &s.name == name);
+            if !now.is_some_and(|s| s.succeeded && s.attempt_id == *token) {
+                fail(
+                    INVARIANTS[10],
+                    format!(
+                        "workflow {id} step {name} had succeeded with token {token} before a \
+                         retry, ends as {:?}",
+                        now.map(|s| (s.succeeded, s.attempt_id))
+                    ),
+                    &mut verdict,
+                );
+            }
+            let rerun = executions
+                .get(&(*id, name.as_str()))
+                .into_iter()
+                .flatten()
+                .find(|e| e.token > *token);
+            if let Some(rerun) = rerun {
+                fail(
+                    INVARIANTS[10],
+                    format!(
+                        "workflow {id} step {name} succeeded with token {token}, then ran again \
+                         with token {} after a retry",
+                        rerun.token
+                    ),
+                    &mut verdict,
+                );
             }
         }
     }
@@ -406,6 +489,7 @@ mod tests {
             succeeded: true,
             attempt_id,
             output_token: Some(output_token),
+            gate: None,
         }
     }
 
@@ -445,7 +529,31 @@ mod tests {
             replicas_expected: 3,
             slots_per_agent: 1,
             zombie_windows: Vec::new(),
+            approvals: BTreeMap::new(),
+            retries: BTreeMap::new(),
         }
+    }
+
+    /// `clean()` with a gate between `a` and `b`, opened at 250 by the approval sent for it,
+    /// after a retry that kept `a`.
+    fn gated() -> Evidence {
+        let mut evidence = clean();
+        let steps = &mut evidence.workflows[0].steps;
+        steps[1].depends_on = vec!["gate".into()];
+        steps.push(FinalStep {
+            name: "gate".into(),
+            depends_on: vec!["a".into()],
+            succeeded: true,
+            attempt_id: 0,
+            output_token: None,
+            gate: Some(Gate {
+                output: "{\"approved\":1}".into(),
+                finished_ms: 250,
+            }),
+        });
+        evidence.approvals.insert(1, "{\"approved\":1}".into());
+        evidence.retries.insert(1, vec![("a".into(), 2)]);
+        evidence
     }
 
     fn violated(evidence: &Evidence) -> Vec<&'static str> {
@@ -466,6 +574,44 @@ mod tests {
             verdict.fenced_overlaps, 1,
             "token 1 was killed, never ended"
         );
+    }
+
+    #[test]
+    fn a_gate_and_a_retry_pass_when_they_did_what_was_asked() {
+        let verdict = check(&gated());
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+    }
+
+    #[test]
+    fn catches_a_gate_opened_without_its_approval() {
+        // Opened by the rejection's data, or with no approval ever sent.
+        let mut evidence = gated();
+        evidence.workflows[0].steps[2].gate.as_mut().unwrap().output = "not today".into();
+        assert_eq!(violated(&evidence), ["a gate opens only on its approval"]);
+        let mut evidence = gated();
+        evidence.approvals.clear();
+        assert_eq!(violated(&evidence), ["a gate opens only on its approval"]);
+        // A step behind the gate that started before the gate opened.
+        let mut evidence = gated();
+        evidence.workflows[0].steps[2]
+            .gate
+            .as_mut()
+            .unwrap()
+            .finished_ms = 350;
+        assert_eq!(violated(&evidence), ["dependency order held"]);
+    }
+
+    #[test]
+    fn catches_a_retry_that_reran_a_succeeded_step() {
+        // `a` ran again with a new token after the retry, and the new result was taken.
+        let mut evidence = gated();
+        evidence.journal.push(run(5, "agent-1", 500, Some(600)));
+        evidence.workflows[0].steps[0] = step("a", &[], 5, 5);
+        assert_eq!(violated(&evidence), ["a retry reruns no succeeded step"]);
+        // Ran again, even if the old result stayed.
+        let mut evidence = gated();
+        evidence.journal.push(run(5, "agent-1", 500, Some(600)));
+        assert_eq!(violated(&evidence), ["a retry reruns no succeeded step"]);
     }
 
     /// Broken variant 1: apply accepts a report without checking its token. The zombie attempt

@@ -1,7 +1,7 @@
 //! One run: start the cluster, the workload and the fault schedule (safety phase), heal
 //! everything (liveness phase), collect the evidence, check it, print the summary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
-use crate::checker::{self, Evidence, FinalStep, FinalWorkflow, Outcome, ReplicaStatus, Request};
+use crate::checker::{
+    self, Evidence, FinalStep, FinalWorkflow, Gate as FinalGate, Outcome, ReplicaStatus, Request,
+};
 use crate::cluster::{Cluster, SLOTS_PER_AGENT};
 use crate::proxy::Mode;
 use crate::schedule::{self, Broken, Fault, Planned};
@@ -41,8 +43,9 @@ struct FaultRecord {
 
 /// Each step appends `start` and `end` lines to the journal (O_APPEND, one short write each,
 /// so lines never interleave) and prints its token as its output. A flaky step fails its first
-/// attempt (after recording it) so retries happen.
-fn spec(n: u64, flaky: bool) -> pb::WorkflowSpec {
+/// attempt (after recording it) so retries happen. A gated workflow has a `wait` step between
+/// `a` and `d`, which the workload approves (or first rejects, then retries the workflow).
+fn spec(n: u64, flaky: bool, gated: bool) -> pb::WorkflowSpec {
     let script = r#"line() { echo "$1 $BATON_WORKFLOW_ID $BATON_STEP $BATON_ATTEMPT $CHAOS_AGENT $(date +%s%3N)" >> "$CHAOS_JOURNAL"; }
 line start; sleep 0.3; line end
 if [ "$1" = 1 ] && [ "$BATON_ATTEMPT_NUMBER" = 1 ]; then exit 1; fi
@@ -72,16 +75,57 @@ echo "$BATON_ATTEMPT""#;
         timeout_ms: 10_000,
         ..Default::default()
     };
+    let mut steps = vec![
+        step("a", &[], false),
+        step("b", &["a"], flaky),
+        step("c", &["a"], false),
+        step("d", &["b", "c"], false),
+    ];
+    if gated {
+        steps.push(pb::StepSpec {
+            name: GATE.into(),
+            depends_on: vec!["a".into()],
+            // Long enough for the faults, short enough that an unanswered gate still ends
+            // within the liveness phase.
+            task: Some(pb::step_spec::Task::Wait(pb::WaitTask {
+                signal: "chaos-approval".into(),
+                timeout_ms: 20_000,
+            })),
+            ..Default::default()
+        });
+        steps[3].depends_on.push(GATE.into());
+    }
     pb::WorkflowSpec {
         name: format!("chaos-{n}"),
-        steps: vec![
-            step("a", &[], false),
-            step("b", &["a"], flaky),
-            step("c", &["a"], false),
-            step("d", &["b", "c"], false),
-        ],
+        steps,
         ..Default::default()
     }
+}
+
+const GATE: &str = "gate";
+
+/// The data of the approval for workflow `id`: unique to it, and never a rejection's.
+fn approval(id: u64) -> String {
+    format!("{{\"approved\":{id}}}")
+}
+
+/// A gated workflow the workload still answers.
+struct Gate {
+    /// Reject the first time the gate waits, then retry the workflow and approve.
+    reject_first: bool,
+    /// A retry was sent (its outcome known or not): from now on the gate is approved, and the
+    /// workflow is not retried again.
+    retried: bool,
+    next_check: Instant,
+}
+
+/// What the workload did besides submitting, for the checker.
+#[derive(Default)]
+pub struct Operations {
+    pub approvals: BTreeMap<u64, String>,
+    pub rejections: usize,
+    pub retries: BTreeMap<u64, Vec<(String, u64)>>,
+    pub pauses: usize,
 }
 
 fn classify(result: &Result<pb::SubmitResponse, ClientError>) -> Outcome {
@@ -99,27 +143,34 @@ fn classify(result: &Result<pb::SubmitResponse, ClientError>) -> Outcome {
 /// re-submitted (same key) until acked, also after `stop`, until `drain` says give up. The
 /// client is the latest `clients` holds (a new one after each membership change).
 ///
-/// An operator's hand too: about one acked workflow in five is paused at once and resumed about
-/// a second later (sooner once `stop` is set), through the same faults. A pause whose outcome is
-/// unknown may have applied, so it is resumed all the same; a resume is repeated until it is
-/// acknowledged (resuming is idempotent). The checker's invariants must hold regardless, and
-/// every paused workflow must still end.
+/// An operator's hand too, through the same faults, recorded in `operations`:
+/// - about one acked workflow in five is paused at once and resumed about a second later
+///   (sooner once `stop` is set). A pause whose outcome is unknown may have applied, so it is
+///   resumed all the same; a resume is repeated until it is acknowledged (resuming is
+///   idempotent);
+/// - about one workflow in four has a gate (a `wait` step), approved once it waits; half of
+///   them are rejected first, which fails the workflow, then retried (from the failed steps)
+///   and approved. A gate whose workflow ended without it opening is retried once too.
+///
+/// The checker's invariants must hold regardless, and every workflow must still end.
 async fn workload(
     clients: watch::Receiver<Client>,
     seed: u64,
     stop: Arc<AtomicBool>,
     drain_deadline: Arc<Mutex<Option<Instant>>>,
     history: Arc<Mutex<Vec<Request>>>,
+    operations: Arc<Mutex<Operations>>,
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let mut pending: BTreeMap<String, pb::WorkflowSpec> = BTreeMap::new();
     // Workflows paused (or maybe paused), and when to resume each.
     let mut paused: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut gates: BTreeMap<u64, Gate> = BTreeMap::new();
     let mut n = 0u64;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let deadline = *drain_deadline.lock().expect("not poisoned");
-        let drained = pending.is_empty() && paused.is_empty();
+        let drained = pending.is_empty() && paused.is_empty() && gates.is_empty();
         if stopping && (drained || deadline.is_some_and(|d| Instant::now() > d)) {
             return;
         }
@@ -129,7 +180,8 @@ async fn workload(
             .collect();
         if !stopping {
             n += 1;
-            batch.push((format!("s{seed}-wf{n}"), spec(n, rng.random_bool(0.3))));
+            let spec = spec(n, rng.random_bool(0.3), rng.random_bool(0.25));
+            batch.push((format!("s{seed}-wf{n}"), spec));
         }
         let client = clients.borrow().clone();
         for (key, spec) in batch {
@@ -137,11 +189,22 @@ async fn workload(
             let outcome = classify(&result);
             if let Outcome::Acked(id) = outcome {
                 pending.remove(&key);
+                if spec.steps.iter().any(|s| s.name == GATE) {
+                    gates.insert(
+                        id,
+                        Gate {
+                            reject_first: rng.random_bool(0.5),
+                            retried: false,
+                            next_check: Instant::now(),
+                        },
+                    );
+                }
                 if !stopping && rng.random_bool(0.2) {
                     match client.pause(id, true).await {
                         Err(error) if error.outcome() == ClientOutcome::NotApplied => {}
                         _ => {
                             paused.insert(id, Instant::now() + Duration::from_secs(1));
+                            operations.lock().expect("not poisoned").pauses += 1;
                         }
                     }
                 }
@@ -169,7 +232,84 @@ async fn workload(
                 paused.remove(&id);
             }
         }
+        let due: Vec<u64> = gates
+            .iter()
+            .filter(|(_, gate)| Instant::now() >= gate.next_check)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let gate = gates.get_mut(&id).expect("listed");
+            gate.next_check = Instant::now() + Duration::from_millis(500);
+            if answer_gate(&client, id, gate, &operations).await {
+                gates.remove(&id);
+            }
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Moves gated workflow `id` one step on, as its state asks: approves or rejects a waiting
+/// gate, retries a workflow that ended without its gate open. Returns whether nothing is left
+/// to do for it. Errors (faults) are left for the next check.
+async fn answer_gate(
+    client: &Client,
+    id: u64,
+    gate: &mut Gate,
+    operations: &Mutex<Operations>,
+) -> bool {
+    let Ok(workflow) = client.get(id, pb::ReadConsistency::Linearizable).await else {
+        return false;
+    };
+    let Some(step) = workflow.steps.iter().find(|s| s.name == GATE) else {
+        return true;
+    };
+    if step.state == pb::StepState::Succeeded as i32 {
+        return true;
+    }
+    if step.state == pb::StepState::AwaitingSignal as i32 {
+        let reject = gate.reject_first && !gate.retried;
+        let data = if reject {
+            "not yet".to_owned()
+        } else {
+            approval(id)
+        };
+        if !reject {
+            // Recorded before it is sent: an unknown outcome may have applied.
+            operations
+                .lock()
+                .expect("not poisoned")
+                .approvals
+                .insert(id, data.clone());
+        }
+        let sent = client.signal(id, GATE, data, reject).await;
+        if reject && sent.is_ok() {
+            operations.lock().expect("not poisoned").rejections += 1;
+        }
+        return false;
+    }
+    if !is_finished(workflow.state) {
+        return false; // not waiting yet, or failed while the rest of the workflow runs
+    }
+    if gate.retried {
+        return true; // retried once already; it may end without its gate open
+    }
+    let kept: Vec<(String, u64)> = workflow
+        .steps
+        .iter()
+        .filter(|s| s.state == pb::StepState::Succeeded as i32)
+        .map(|s| (s.name.clone(), s.attempt_id))
+        .collect();
+    match client.retry(id, "").await {
+        Err(error) if error.outcome() == ClientOutcome::NotApplied => false,
+        _ => {
+            gate.retried = true;
+            operations
+                .lock()
+                .expect("not poisoned")
+                .retries
+                .insert(id, kept);
+            false
+        }
     }
 }
 
@@ -491,6 +631,13 @@ fn final_workflow(workflow: &pb::Workflow) -> FinalWorkflow {
                 .collect()
         })
         .unwrap_or_default();
+    let gates: BTreeSet<&str> = workflow
+        .spec
+        .iter()
+        .flat_map(|s| &s.steps)
+        .filter(|s| matches!(s.task, Some(pb::step_spec::Task::Wait(_))))
+        .map(|s| s.name.as_str())
+        .collect();
     FinalWorkflow {
         id: workflow.id,
         key: workflow.idempotency_key.clone(),
@@ -508,6 +655,10 @@ fn final_workflow(workflow: &pb::Workflow) -> FinalWorkflow {
                     .split_whitespace()
                     .last()
                     .and_then(|t| t.parse().ok()),
+                gate: gates.contains(step.name.as_str()).then(|| FinalGate {
+                    output: step.output.clone(),
+                    finished_ms: step.finished_at_ms,
+                }),
             })
             .collect(),
     }
@@ -575,6 +726,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
 
     // ---- safety phase: workload under faults.
     let history = Arc::new(Mutex::new(Vec::new()));
+    let operations = Arc::new(Mutex::new(Operations::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let drain_deadline = Arc::new(Mutex::new(None));
     let (workload_client, clients) = watch::channel(cluster.workload_client()?);
@@ -584,6 +736,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         stop.clone(),
         drain_deadline.clone(),
         history.clone(),
+        operations.clone(),
     ));
     let start = Instant::now();
     let run_start_ms = now_ms();
@@ -661,6 +814,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     let journal_text = std::fs::read_to_string(&cluster.journal).unwrap_or_default();
     let journal = checker::parse_journal(&journal_text).map_err(anyhow::Error::msg)?;
     let requests = history.lock().expect("not poisoned").clone();
+    let operations = std::mem::take(&mut *operations.lock().expect("not poisoned"));
     let evidence = Evidence {
         requests,
         journal,
@@ -669,9 +823,18 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         replicas_expected: cluster.nodes.len(),
         slots_per_agent: SLOTS_PER_AGENT,
         zombie_windows,
+        approvals: operations.approvals,
+        retries: operations.retries,
     };
     let verdict = checker::check(&evidence);
-    summary(seed, &records, &evidence, &verdict, recovery_ms);
+    summary(
+        seed,
+        &records,
+        &evidence,
+        &verdict,
+        recovery_ms,
+        (operations.pauses, operations.rejections),
+    );
     let violated: Vec<&'static str> = verdict
         .invariants
         .iter()
@@ -697,6 +860,7 @@ fn summary(
     evidence: &Evidence,
     verdict: &checker::Verdict,
     recovery_ms: u128,
+    (pauses, rejections): (usize, usize),
 ) {
     println!("--- summary, seed {seed}");
     let mut by_fault: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -749,6 +913,18 @@ fn summary(
             .map(|r| &r.key)
             .collect::<std::collections::BTreeSet<_>>()
             .len()
+    );
+    let gates_opened = evidence
+        .workflows
+        .iter()
+        .flat_map(|w| &w.steps)
+        .filter(|s| s.gate.is_some() && s.succeeded)
+        .count();
+    println!(
+        "operators: {pauses} pauses, {} approvals sent ({gates_opened} gates opened), \
+         {rejections} rejections, {} retries",
+        evidence.approvals.len(),
+        evidence.retries.len()
     );
     println!(
         "executions: {} ({} re-executions, {} overlaps with a fenced attempt, {} with a paused \
