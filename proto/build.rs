@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "baton/v1/workflow.proto",
     "baton/v1/agent.proto",
     "baton/v1/admin.proto",
+    "baton/v1/schedule.proto",
     "baton/raft/v1/raft.proto",
 ];
 

@@ -21,6 +21,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("bato
 pub mod json;
 pub mod limits;
 pub mod names;
+pub mod schedule;
 pub mod spec;
 pub mod status;
 pub mod text;

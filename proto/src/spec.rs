@@ -78,7 +78,7 @@ impl fmt::Display for SpecParseError {
 impl std::error::Error for SpecParseError {}
 
 impl SpecParseError {
-    fn without_location(message: String) -> Self {
+    pub(crate) fn without_location(message: String) -> Self {
         SpecParseError {
             line: None,
             column: None,
@@ -88,7 +88,7 @@ impl SpecParseError {
 
     /// serde_norway puts the location at the end (`... at line 7 column 5`); we put it first,
     /// where a reader looks, and drop it from the message.
-    fn from_yaml(error: serde_norway::Error) -> Self {
+    pub(crate) fn from_yaml(error: serde_norway::Error) -> Self {
         let text = error.to_string();
         match error.location() {
             Some(location) => {
@@ -104,7 +104,7 @@ impl SpecParseError {
         }
     }
 
-    fn from_json(error: serde_json::Error) -> Self {
+    pub(crate) fn from_json(error: serde_json::Error) -> Self {
         let text = error.to_string();
         let (line, column) = (error.line(), error.column());
         if line == 0 {
@@ -233,7 +233,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
 }
 
 /// serde `deserialize_with` for a duration given as text or as an integer of milliseconds.
-fn duration_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+pub(crate) fn duration_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     struct DurationVisitor;
     impl Visitor<'_> for DurationVisitor {
         type Value = u64;
@@ -268,7 +268,7 @@ fn present_noop<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Noo
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WorkflowDoc {
+pub(crate) struct WorkflowDoc {
     name: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -298,7 +298,7 @@ struct ParamDoc {
 }
 
 impl WorkflowDoc {
-    fn into_proto(self) -> WorkflowSpec {
+    pub(crate) fn into_proto(self) -> WorkflowSpec {
         WorkflowSpec {
             name: self.name,
             labels: self.labels,

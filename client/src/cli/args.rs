@@ -330,6 +330,10 @@ pub struct ListArgs {
     #[arg(long, value_name = "PREFIX")]
     pub name_prefix: Option<String>,
 
+    /// Only the runs of this schedule.
+    #[arg(long, value_name = "NAME")]
+    pub schedule: Option<String>,
+
     /// Print at most this many workflows (the newest).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,

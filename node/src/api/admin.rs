@@ -72,10 +72,15 @@ impl AdminServiceImpl {
     }
 
     fn members(&self) -> Vec<pb::Member> {
+        let view = self.node.replica.peer_view();
         self.node
             .members()
             .into_iter()
             .map(|m| pb::Member {
+                data_folder: view
+                    .incarnation_of(NodeId(m.id))
+                    .unwrap_or_default()
+                    .to_owned(),
                 node_id: m.id,
                 address: m.addr,
                 voter: m.voter,

@@ -213,6 +213,7 @@ impl WorkflowServiceImpl {
             labels: req.labels,
             before,
             limit,
+            schedule: (!req.schedule.is_empty()).then_some(req.schedule),
         };
         let (page, next) = self.node.replica.read(|a| a.state.list(&query));
         Ok(pb::ListResponse {

@@ -206,6 +206,18 @@ fn encoded_len(command: &Command) -> usize {
             Command::Retry(retry) => retry.from_step.len() + retry.actor.len(),
             Command::Signal(signal) => signal.step.len() + signal.data.len() + signal.actor.len(),
             Command::Purge(purge) => purge.workflows.len() * 16,
+            Command::CreateSchedule(create) => {
+                create.spec.len()
+                    + create.workflow.len()
+                    + create
+                        .params
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
+            Command::PauseSchedule(pause) => pause.name.len(),
+            Command::DeleteSchedule { name } | Command::TriggerSchedule { name } => name.len(),
+            Command::BackfillSchedule(backfill) => backfill.name.len(),
             Command::Assign { assignments } => assignments.len() * 32,
             Command::ExpireLeases { attempts } => attempts.len() * 16,
             Command::Membership { previous, members } => (previous.len() + members.len()) * 16,

@@ -86,6 +86,20 @@ pub enum Command {
     /// against the state's time), and purge records older than the idempotency window are
     /// forgotten. Proposed by the leader, at most `PURGE_BATCH_MAX` workflows per command.
     Purge(PurgeCommand),
+    /// Creates (or replaces) a schedule: see `state::schedules`.
+    CreateSchedule(super::schedules::CreateScheduleCommand),
+    /// Pauses or resumes a schedule.
+    PauseSchedule(super::schedules::PauseScheduleCommand),
+    /// Deletes a schedule; its runs go on.
+    DeleteSchedule {
+        name: String,
+    },
+    /// Runs a schedule now (its nominal time: the entry's time), as its overlap policy allows.
+    TriggerSchedule {
+        name: String,
+    },
+    /// Starts a run for every time in a range that has none.
+    BackfillSchedule(super::schedules::BackfillScheduleCommand),
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
@@ -210,6 +224,11 @@ impl Command {
             Self::Pause(_) => "pause",
             Self::Retry(_) => "retry",
             Self::Signal(_) => "signal",
+            Self::CreateSchedule(_) => "create_schedule",
+            Self::PauseSchedule(_) => "pause_schedule",
+            Self::DeleteSchedule { .. } => "delete_schedule",
+            Self::TriggerSchedule { .. } => "trigger_schedule",
+            Self::BackfillSchedule(_) => "backfill_schedule",
             Self::Batch(_) => "batch",
         }
     }
@@ -238,7 +257,12 @@ impl Command {
     /// frees the cluster.
     pub fn adds_workflows(&self) -> bool {
         match self {
-            Self::Submit(_) => true,
+            // A schedule's runs started by the leader's Tick are admitted work moving along;
+            // creating one, triggering or backfilling it are new work.
+            Self::Submit(_)
+            | Self::CreateSchedule(_)
+            | Self::TriggerSchedule { .. }
+            | Self::BackfillSchedule(_) => true,
             Self::Batch(commands) => commands.iter().any(Self::adds_workflows),
             Self::InitCluster { .. }
             | Self::Cancel(_)
@@ -255,6 +279,8 @@ impl Command {
             | Self::Pause(_)
             | Self::Retry(_)
             | Self::Signal(_)
+            | Self::PauseSchedule(_)
+            | Self::DeleteSchedule { .. }
             | Self::Purge(_) => false,
         }
     }
@@ -341,6 +367,31 @@ pub enum Response {
     Purged {
         workflows: u32,
         records: u32,
+    },
+    /// No schedule of that name.
+    NoSchedule {
+        name: String,
+    },
+    /// A schedule was created (or replaced: `created` false); when it fires next (0: never).
+    ScheduleCreated {
+        created: bool,
+        next_ms: u64,
+    },
+    /// A pause, resume or delete of a schedule: whether it changed anything.
+    ScheduleChanged {
+        changed: bool,
+    },
+    /// A trigger: the run started (None when the overlap policy held it back), its nominal
+    /// time, and what happened (`started`, `skipped`, `buffered`, `already run`).
+    ScheduleFired {
+        workflow_id: Option<WorkflowId>,
+        nominal_ms: u64,
+        outcome: String,
+    },
+    /// A backfill: the runs it started (nominal time, workflow), and how many times had one.
+    Backfilled {
+        started: Vec<(u64, WorkflowId)>,
+        already_run: u32,
     },
     /// The responses to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),
@@ -611,6 +662,38 @@ mod tests {
                 }),
                 "0182a774696d655f6d7305a7636f6d6d616e6481a67369676e616c83ab776f726b666c6f775f696407a473746570a7617070726f7665a464617461a27b7d",
             ),
+            (
+                Command::CreateSchedule(super::super::schedules::CreateScheduleCommand {
+                    spec: vec![10, 1, 110],
+                    workflow: vec![10, 1, 119],
+                    params: BTreeMap::from([("k".into(), "v".into())]),
+                    replace: true,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481af6372656174655f7363686564756c6584a473706563c4030a016ea8776f726b666c6f77c4030a0177a6706172616d7381a16ba176a77265706c616365c3",
+            ),
+            (
+                Command::PauseSchedule(super::super::schedules::PauseScheduleCommand {
+                    name: "n".into(),
+                    paused: true,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ae70617573655f7363686564756c6582a46e616d65a16ea6706175736564c3",
+            ),
+            (
+                Command::DeleteSchedule { name: "n".into() },
+                "0182a774696d655f6d7305a7636f6d6d616e6481af64656c6574655f7363686564756c6581a46e616d65a16e",
+            ),
+            (
+                Command::TriggerSchedule { name: "n".into() },
+                "0182a774696d655f6d7305a7636f6d6d616e6481b0747269676765725f7363686564756c6581a46e616d65a16e",
+            ),
+            (
+                Command::BackfillSchedule(super::super::schedules::BackfillScheduleCommand {
+                    name: "n".into(),
+                    from_ms: 1,
+                    to_ms: 2,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481b16261636b66696c6c5f7363686564756c6583a46e616d65a16ea766726f6d5f6d7301a5746f5f6d7302",
+            ),
         ]
     }
 
@@ -653,7 +736,12 @@ mod tests {
             | Command::Pause(_)
             | Command::Retry(_)
             | Command::Signal(_)
-            | Command::Batch(_) => 18,
+            | Command::CreateSchedule(_)
+            | Command::PauseSchedule(_)
+            | Command::DeleteSchedule { .. }
+            | Command::TriggerSchedule { .. }
+            | Command::BackfillSchedule(_)
+            | Command::Batch(_) => 23,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }

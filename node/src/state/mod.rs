@@ -13,6 +13,7 @@ pub mod command;
 pub mod ids;
 pub mod lifecycle;
 pub mod outcome;
+mod schedules;
 pub mod scheduling;
 mod signals;
 mod specs;
@@ -35,8 +36,11 @@ pub use command::{
 pub use ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
 pub use lifecycle::{PURGE_BATCH_MAX, PurgeDue, PurgeRecord};
 pub use outcome::{Outcome, Proposal};
+pub use schedules::{
+    BackfillScheduleCommand, CreateScheduleCommand, PauseScheduleCommand, Schedule,
+};
 pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
-pub use workflow::{StepRun, StepState, Workflow, WorkflowState};
+pub use workflow::{ScheduledRun, StepRun, StepState, Workflow, WorkflowState};
 
 /// Events produced by one apply, in order; they feed `Watch` (see `storage::events`).
 pub type Events = Vec<pb::WorkflowEvent>;
@@ -136,6 +140,17 @@ pub struct ClusterState {
     /// Steps awaiting a signal with a timeout, by deadline (derived; see `signals.rs`).
     #[serde(skip)]
     signal_deadlines: signals::SignalDeadlines,
+    /// Schedules by name (see `schedules.rs`). Left out while empty, so a state without
+    /// schedules encodes as before.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    schedules: OrdMap<Arc<str>, Arc<schedules::Schedule>>,
+    /// Unpaused schedules by the time they next fire, jitter included (derived).
+    #[serde(skip)]
+    schedule_due: schedules::ScheduleDue,
     /// Decoded specs shared between workflows of equal spec bytes (`specs.rs`): not part of the
     /// state's value (equal whatever it holds), neither encoded nor hashed.
     #[serde(skip)]
@@ -216,6 +231,8 @@ pub struct ListQuery {
     /// Only workflows with an id below this (the page token); None = from the newest.
     pub before: Option<WorkflowId>,
     pub limit: usize,
+    /// Only the runs of this schedule.
+    pub schedule: Option<String>,
 }
 
 impl ClusterState {
@@ -257,6 +274,8 @@ impl ClusterState {
     ) -> Response {
         let start = events.len();
         let response = self.execute(ctx, command, events);
+        // Before the signals: a buffered run a schedule starts here may begin with a wait step.
+        self.schedule_runs_ended(ctx, start, events);
         self.await_signals(ctx, start, events);
         self.record_history(&events[start..]);
         response
@@ -296,6 +315,11 @@ impl ClusterState {
             Command::Pause(pause) => self.pause(ctx, pause, events),
             Command::Retry(retry) => self.retry(ctx, retry, events),
             Command::Signal(signal) => self.signal(ctx, signal, events),
+            Command::CreateSchedule(create) => self.create_schedule(create),
+            Command::PauseSchedule(pause) => self.pause_schedule(pause),
+            Command::DeleteSchedule { name } => self.delete_schedule(&name),
+            Command::TriggerSchedule { name } => self.trigger_schedule(ctx, &name, events),
+            Command::BackfillSchedule(backfill) => self.backfill_schedule(ctx, backfill, events),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -392,6 +416,17 @@ impl ClusterState {
     }
 
     fn submit(&mut self, ctx: ApplyCtx, submit: SubmitCommand, events: &mut Events) -> Response {
+        self.submit_run(ctx, submit, None, events)
+    }
+
+    /// A submit, by a client or (with `schedule`) by a schedule.
+    fn submit_run(
+        &mut self,
+        ctx: ApplyCtx,
+        submit: SubmitCommand,
+        schedule: Option<ScheduledRun>,
+        events: &mut Events,
+    ) -> Response {
         if !submit.idempotency_key.is_empty()
             && let Some(&workflow_id) = self.idempotency_keys.get(submit.idempotency_key.as_str())
         {
@@ -433,6 +468,7 @@ impl ClusterState {
                 timeout => self.now_ms.saturating_add(timeout),
             },
             history: Vec::new(),
+            schedule,
         };
         for step in workflow.steps.iter_mut().filter(|s| s.deps.is_empty()) {
             step.state = StepState::Ready;
@@ -599,6 +635,7 @@ impl ClusterState {
         state.purge_index = state.derive_purge_index();
         state.timeouts = state.derive_timeouts();
         state.signal_deadlines = state.derive_signal_deadlines();
+        state.schedule_due = state.derive_schedule_due();
         Ok(state)
     }
 
@@ -790,6 +827,7 @@ impl ClusterState {
             self.derive_signal_deadlines(),
             "the signal deadline index does not match the waiting steps"
         );
+        self.check_schedules();
         for (_, workflow_id, step) in &self.backoff {
             assert_eq!(
                 self.workflows[workflow_id].steps[step.get()].state,
@@ -845,6 +883,10 @@ impl ListQuery {
                 .labels
                 .iter()
                 .all(|(k, v)| workflow.spec.labels.get(k) == Some(v))
+            && self
+                .schedule
+                .as_deref()
+                .is_none_or(|name| workflow.schedule.as_ref().is_some_and(|s| &*s.name == name))
     }
 }
 

@@ -558,6 +558,8 @@ impl ClusterState {
         // cancel would end them.
         self.expire_signals(ctx, events);
         self.time_out_due(ctx, events);
+        // Schedules whose time has come start their runs.
+        self.fire_schedules(ctx, events);
         Response::Done
     }
 
@@ -582,6 +584,7 @@ impl ClusterState {
             || self.any_overdue_ready_at(now_ms)
             || self.timeout_due(now_ms)
             || self.signal_timeout_due(now_ms)
+            || self.schedule_due_at(now_ms)
     }
 
     /// Whether a retry's backoff has ended by `now_ms`. O(log n).

@@ -2079,3 +2079,303 @@ fn retries_of_one_workflow_are_bounded() {
     let run = &log.state.workflow(WorkflowId(1)).unwrap().steps[0];
     assert!(run.earlier.len() <= run.attempts as usize);
 }
+
+// ---- schedules ----
+
+fn create_schedule(
+    name: &str,
+    every_ms: u64,
+    policy: pb::OverlapPolicy,
+    catchup_window_ms: Option<u64>,
+) -> Command {
+    let schedule = pb::ScheduleSpec {
+        name: name.into(),
+        every_ms,
+        overlap: policy as i32,
+        catchup_window_ms,
+        ..Default::default()
+    };
+    Command::CreateSchedule(CreateScheduleCommand {
+        spec: schedule.encode_to_vec(),
+        workflow: spec("job", vec![step("a", &[])]).encode_to_vec(),
+        params: Default::default(),
+        replace: false,
+    })
+}
+
+/// The runs of schedule `name` so far: (nominal time, id), oldest first.
+fn runs(log: &Log, name: &str) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = log
+        .state
+        .workflows
+        .values()
+        .filter_map(|w| {
+            let run = w.schedule.as_ref()?;
+            (&*run.name == name).then_some((run.nominal_ms, w.id.0))
+        })
+        .collect();
+    runs.sort_unstable();
+    runs
+}
+
+fn schedule_of<'a>(log: &'a Log, name: &str) -> &'a Schedule {
+    log.state.schedule(name).expect("schedule exists")
+}
+
+#[test]
+fn a_schedule_starts_one_run_per_time_however_many_ticks_see_it() {
+    let mut log = Log::new();
+    let created = log.apply_at(
+        1_000,
+        create_schedule("every10", 10_000, pb::OverlapPolicy::Allow, None),
+    );
+    assert_eq!(
+        created,
+        Response::ScheduleCreated {
+            created: true,
+            next_ms: 10_000
+        }
+    );
+    assert!(!log.state.schedule_due_at(9_999));
+    assert!(log.state.schedule_due_at(10_000));
+    log.apply_at(9_999, Command::Tick);
+    assert!(runs(&log, "every10").is_empty(), "not before its time");
+    // Two leaders (or a retried proposal) tick at the same time: one run.
+    log.apply_at(10_000, Command::Tick);
+    log.apply_at(10_000, Command::Tick);
+    log.apply_at(10_500, Command::Tick);
+    assert_eq!(runs(&log, "every10"), [(10_000, 1)]);
+    let run = &log.state.workflows[&WorkflowId(1)];
+    assert_eq!(&*run.idempotency_key, "schedule:every10:10000");
+    assert_eq!(run.to_proto(false, None).schedule, "every10");
+    assert_eq!(schedule_of(&log, "every10").next_ms, Some(20_000));
+    log.apply_at(20_000, Command::Tick);
+    assert_eq!(runs(&log, "every10"), [(10_000, 1), (20_000, 2)]);
+    let s = schedule_of(&log, "every10");
+    assert_eq!((s.started, s.skipped, s.missed), (2, 0, 0));
+    // A second create of the name is refused; a replace keeps the counters.
+    assert!(matches!(
+        log.apply_at(
+            20_001,
+            create_schedule("every10", 5_000, pb::OverlapPolicy::Allow, None)
+        ),
+        Response::Rejected { .. }
+    ));
+    let mut replace = create_schedule("every10", 5_000, pb::OverlapPolicy::Allow, None);
+    if let Command::CreateSchedule(c) = &mut replace {
+        c.replace = true;
+    }
+    assert_eq!(
+        log.apply_at(21_000, replace),
+        Response::ScheduleCreated {
+            created: false,
+            next_ms: 25_000
+        }
+    );
+    assert_eq!(schedule_of(&log, "every10").started, 2);
+}
+
+#[test]
+fn each_overlap_policy_does_what_it_says() {
+    use pb::OverlapPolicy::*;
+    let outcome = |policy: pb::OverlapPolicy| {
+        let mut log = Log::new();
+        log.apply_at(0, create_schedule("s", 10_000, policy, None));
+        log.apply_at(10_000, Command::Tick);
+        log.apply_at(20_000, Command::Tick);
+        log.apply_at(30_000, Command::Tick);
+        log
+    };
+    // skip: run 1 still runs at 20 s and 30 s.
+    let log = outcome(Skip);
+    assert_eq!(runs(&log, "s"), [(10_000, 1)]);
+    assert_eq!(schedule_of(&log, "s").skipped, 2);
+    // allow: three runs at once.
+    let log = outcome(Allow);
+    assert_eq!(runs(&log, "s").len(), 3);
+    assert_eq!(schedule_of(&log, "s").running.len(), 3);
+    // cancel_previous: each new run cancels the one before.
+    let log = outcome(CancelPrevious);
+    assert_eq!(runs(&log, "s"), [(10_000, 1), (20_000, 2), (30_000, 3)]);
+    let states: Vec<WorkflowState> = (1..=3)
+        .map(|i| log.state.workflows[&WorkflowId(i)].state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            WorkflowState::Cancelled,
+            WorkflowState::Cancelled,
+            WorkflowState::Running
+        ]
+    );
+    assert_eq!(schedule_of(&log, "s").running, [(30_000, WorkflowId(3))]);
+    // buffer_one: 20 s waits, 30 s is skipped; 20 s starts when run 1 ends.
+    let mut log = outcome(BufferOne);
+    assert_eq!(runs(&log, "s"), [(10_000, 1)]);
+    let s = schedule_of(&log, "s");
+    assert_eq!((s.buffered, s.skipped), (Some(20_000), 1));
+    log.apply_at(
+        31_000,
+        Command::Cancel(CancelCommand {
+            workflow_id: WorkflowId(1),
+            reason: String::new(),
+            actor: String::new(),
+        }),
+    );
+    assert_eq!(runs(&log, "s"), [(10_000, 1), (20_000, 2)]);
+    let s = schedule_of(&log, "s");
+    assert_eq!(s.buffered, None);
+    assert_eq!(s.running, [(20_000, WorkflowId(2))]);
+}
+
+#[test]
+fn after_an_outage_times_inside_the_catch_up_window_run_and_older_ones_are_missed() {
+    let mut log = Log::new();
+    log.apply_at(
+        0,
+        create_schedule("minutely", 60_000, pb::OverlapPolicy::Allow, Some(150_000)),
+    );
+    // The cluster was down from 30 s to 600 s: times 60 s .. 600 s came and went.
+    log.apply_at(600_000, Command::Tick);
+    assert_eq!(
+        runs(&log, "minutely")
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [480_000, 540_000, 600_000],
+        "the times at most 150 s old run, oldest first"
+    );
+    let s = schedule_of(&log, "minutely");
+    assert_eq!((s.started, s.missed), (3, 7));
+    assert_eq!(s.next_ms, Some(660_000));
+    // A window of 0: only a time reached on time runs.
+    let mut log = Log::new();
+    log.apply_at(
+        0,
+        create_schedule("strict", 60_000, pb::OverlapPolicy::Allow, Some(0)),
+    );
+    log.apply_at(60_000, Command::Tick);
+    log.apply_at(180_001, Command::Tick);
+    assert_eq!(runs(&log, "strict"), [(60_000, 1)]);
+    assert_eq!(schedule_of(&log, "strict").missed, 2);
+}
+
+#[test]
+fn pause_resume_trigger_backfill_and_delete() {
+    let mut log = Log::new();
+    log.apply_at(
+        0,
+        create_schedule("s", 10_000, pb::OverlapPolicy::Allow, None),
+    );
+    let pause = |paused| {
+        Command::PauseSchedule(PauseScheduleCommand {
+            name: "s".into(),
+            paused,
+        })
+    };
+    assert_eq!(
+        log.apply_at(1_000, pause(true)),
+        Response::ScheduleChanged { changed: true }
+    );
+    assert_eq!(
+        log.apply_at(1_000, pause(true)),
+        Response::ScheduleChanged { changed: false }
+    );
+    assert!(
+        !log.state.schedule_due_at(u64::MAX),
+        "a paused schedule is never due"
+    );
+    log.apply_at(35_000, Command::Tick);
+    assert!(runs(&log, "s").is_empty());
+    // Resumed at 35 s: it fires from 40 s; 10 s .. 30 s are neither run nor missed.
+    log.apply_at(35_000, pause(false));
+    assert_eq!(schedule_of(&log, "s").next_ms, Some(40_000));
+    assert_eq!(schedule_of(&log, "s").missed, 0);
+    // A trigger runs now, at the state's time.
+    let fired = log.apply_at(36_000, Command::TriggerSchedule { name: "s".into() });
+    assert_eq!(
+        fired,
+        Response::ScheduleFired {
+            workflow_id: Some(WorkflowId(1)),
+            nominal_ms: 36_000,
+            outcome: "started".into()
+        }
+    );
+    // A backfill runs the range's times that have none; again, it starts nothing.
+    let backfill = || {
+        Command::BackfillSchedule(BackfillScheduleCommand {
+            name: "s".into(),
+            from_ms: 10_000,
+            to_ms: 30_000,
+        })
+    };
+    assert_eq!(
+        log.apply_at(37_000, backfill()),
+        Response::Backfilled {
+            started: vec![
+                (10_000, WorkflowId(2)),
+                (20_000, WorkflowId(3)),
+                (30_000, WorkflowId(4))
+            ],
+            already_run: 0
+        }
+    );
+    assert_eq!(
+        log.apply_at(38_000, backfill()),
+        Response::Backfilled {
+            started: vec![],
+            already_run: 3
+        }
+    );
+    let too_wide = Command::BackfillSchedule(BackfillScheduleCommand {
+        name: "s".into(),
+        from_ms: 1,
+        to_ms: 10_000 * 2_000,
+    });
+    assert!(matches!(
+        log.apply_at(38_000, too_wide),
+        Response::Rejected { .. }
+    ));
+    // Deleted: nothing fires any more; its runs go on with its name.
+    assert_eq!(
+        log.apply_at(39_000, Command::DeleteSchedule { name: "s".into() }),
+        Response::ScheduleChanged { changed: true }
+    );
+    assert!(!log.state.schedule_due_at(u64::MAX));
+    log.apply_at(50_000, Command::Tick);
+    assert_eq!(runs(&log, "s").len(), 4);
+    assert_eq!(
+        log.apply_at(39_000, Command::TriggerSchedule { name: "s".into() }),
+        Response::NoSchedule { name: "s".into() }
+    );
+}
+
+#[test]
+fn a_schedule_survives_a_snapshot_and_jitter_delays_alike_everywhere() {
+    let mut log = Log::new();
+    let mut create = create_schedule("j", 60_000, pb::OverlapPolicy::Skip, None);
+    if let Command::CreateSchedule(c) = &mut create {
+        let mut spec = pb::ScheduleSpec::decode(c.spec.as_slice()).unwrap();
+        spec.jitter_ms = 30_000;
+        c.spec = spec.encode_to_vec();
+    }
+    log.apply_at(0, create);
+    let delay = schedules::jitter_ms("j", 60_000, 30_000);
+    assert!(delay <= 30_000);
+    assert_eq!(delay, schedules::jitter_ms("j", 60_000, 30_000));
+    assert!(!log.state.schedule_due_at(60_000 + delay - 1) || delay == 0);
+    assert!(log.state.schedule_due_at(60_000 + delay));
+    let copy = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(copy, log.state);
+    assert_eq!(copy.state_hash(), log.state.state_hash());
+    assert!(
+        copy.schedule_due_at(60_000 + delay),
+        "the due index is rebuilt"
+    );
+    log.apply_at(60_000 + delay, Command::Tick);
+    assert_eq!(
+        runs(&log, "j"),
+        [(60_000, 1)],
+        "the run keeps its nominal time"
+    );
+}

@@ -108,6 +108,17 @@ pub struct Workflow {
     /// `lifecycle.rs`). Left out while empty, so a state from before histories reads as none.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_bytes")]
     pub history: Vec<u8>,
+    /// The schedule run it is (see `schedules.rs`); None: submitted by a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduledRun>,
+}
+
+/// Which schedule started a workflow, for which of its times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRun {
+    pub name: Arc<str>,
+    /// The time the calendar named (before jitter), ms since the Unix epoch.
+    pub nominal_ms: u64,
 }
 
 /// The runtime state of one step.
@@ -282,6 +293,11 @@ impl Workflow {
             paused: self.paused_at_ms != 0 && !self.state.is_terminal(),
             deadline_ms: self.deadline_ms,
             params: self.params.clone(),
+            schedule: self
+                .schedule
+                .as_ref()
+                .map_or_else(String::new, |s| s.name.to_string()),
+            nominal_time_ms: self.schedule.as_ref().map_or(0, |s| s.nominal_ms),
         }
     }
 }

@@ -111,6 +111,9 @@ async fn a_backup_restores_into_a_new_cluster_that_reuses_no_id_or_token() {
     for i in 0..10 {
         waiting.push(submit(&addrs, &format!("waiting-{i}"), 2).await);
     }
+    // Nothing is written after this but what the test does: the leader binds data folders on
+    // its own, as late as its first round after every member answered.
+    folders_bound(&addrs, Duration::from_secs(30)).await;
     let before = converged_at(&addrs, Duration::from_secs(60)).await;
 
     tracing::info!("--- baton cluster snapshot save");
@@ -274,6 +277,9 @@ async fn a_cluster_recovers_from_one_survivor() {
         wait_for_success(&client, id, Duration::from_secs(60)).await;
     }
     agent.kill();
+    // Nothing is written after this but what the test does: the leader binds data folders on
+    // its own, as late as its first round after every member answered.
+    folders_bound(&addrs, Duration::from_secs(30)).await;
     let before = converged_at(&addrs, Duration::from_secs(60)).await;
 
     tracing::info!("--- every node dies; nodes 2 and 3 lose their data for good");

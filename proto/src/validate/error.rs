@@ -13,7 +13,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    pub(super) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
             field: field.into(),
             message: message.into(),

@@ -42,6 +42,9 @@ pub use error::SpecError;
 pub use graph::{StepGraph, topological_order};
 pub use params::resolve_params;
 pub use request::validate_idempotency_key;
+/// A name of an object other than a workflow or step (a schedule): 1..=NAME_LEN_MAX characters
+/// of `[A-Za-z0-9._-]`; `what` names it in the message.
+pub use workflow::check_name;
 
 use prost::Message;
 
@@ -49,7 +52,7 @@ use crate::limits::*;
 use crate::text::quoted;
 use crate::v1::WorkflowSpec;
 use step::check_step;
-use workflow::{check_durations, check_input, check_labels, check_name, check_priority};
+use workflow::{check_durations, check_input, check_labels, check_priority};
 
 /// Checks every rule a submitted workflow must satisfy; `Ok` means the server may commit it.
 pub fn validate_spec(spec: &WorkflowSpec) -> Result<(), SpecError> {

@@ -7,7 +7,7 @@ use crate::text::quoted;
 use crate::v1::WorkflowSpec;
 
 /// Workflow and step names: 1..=NAME_LEN_MAX characters of `[A-Za-z0-9._-]`.
-pub(super) fn check_name(field: &str, what: &str, name: &str) -> Result<(), SpecError> {
+pub fn check_name(field: &str, what: &str, name: &str) -> Result<(), SpecError> {
     if name.is_empty() {
         return Err(SpecError::new(field, format!("{what} is empty")));
     }

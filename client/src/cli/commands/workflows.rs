@@ -208,6 +208,7 @@ pub(super) async fn list(client: &Client, out: &Printer, args: ListArgs) -> anyh
         page_size: args.limit.map_or(0, |limit| limit.min(1000) as u32),
         page_token: String::new(),
         consistency: consistency(args.stale) as i32,
+        schedule: args.schedule.unwrap_or_default(),
     };
     let mut stream = Box::pin(client.list_all(request));
     let mut workflows: Vec<Workflow> = Vec::new();

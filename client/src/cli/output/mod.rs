@@ -101,6 +101,8 @@ mod fixtures {
             paused: false,
             deadline_ms: 0,
             params: Default::default(),
+            schedule: String::new(),
+            nominal_time_ms: 0,
         }
     }
 }

@@ -336,6 +336,7 @@ impl AdminService for Fake {
                 address: "127.0.0.1:7101".into(),
                 voter: true,
                 matched_index: 10,
+                ..Default::default()
             }],
             ..Default::default()
         }))

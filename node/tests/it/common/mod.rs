@@ -275,6 +275,26 @@ pub async fn converged_at(
     .await
 }
 
+/// Waits until the leader has bound the data folder of every member (`Member.data_folder`):
+/// the bindings are log entries the leader writes on its own, once it has heard from every
+/// member, so a test that compares states across a stop (a hash, a backup) waits for them first.
+pub async fn folders_bound(addrs: &[SocketAddr], timeout: Duration) {
+    wait_for(timeout, "every member's data folder bound", || async {
+        for addr in addrs {
+            let Some(s) = status(*addr).await else {
+                continue;
+            };
+            if s.leader_id == s.node_id {
+                return (!s.members.is_empty()
+                    && s.members.iter().all(|m| !m.data_folder.is_empty()))
+                .then_some(());
+            }
+        }
+        None
+    })
+    .await
+}
+
 /// Polls `probe` until it returns Some, or panics naming what never happened.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
 where
