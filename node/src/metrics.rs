@@ -40,6 +40,10 @@ pub const WORKFLOWS_PURGED: &str = "baton_workflows_purged_total";
 pub const WORKFLOWS_RETAINED: &str = "baton_workflows_retained";
 pub const ARCHIVED: &str = "baton_archive_workflows_written_total";
 pub const WORKFLOW_ACTIONS: &str = "baton_workflow_actions_total";
+// --- schedules (leader; the counts are the replicated state's, so they carry over a failover) ---
+pub const SCHEDULE_RUNS: &str = "baton_schedule_runs_total";
+pub const SCHEDULE_NEXT_FIRE: &str = "baton_schedule_next_fire_timestamp_seconds";
+pub const SCHEDULE_LAG_SECONDS: &str = "baton_schedule_lag_seconds";
 pub const SIGNALS: &str = "baton_wait_steps_finished_total";
 /// The `action` labels of [`WORKFLOW_ACTIONS`].
 pub const WORKFLOW_ACTION_NAMES: [&str; 3] = ["pause", "resume", "retry"];
@@ -169,6 +173,20 @@ pub fn describe() {
     describe_gauge!(
         WORKFLOWS_RETAINED,
         "Workflows held in the replicated state (running, and finished within their retention)."
+    );
+    describe_counter!(
+        SCHEDULE_RUNS,
+        "Times of each schedule, by outcome: started, skipped (overlap policy), missed (older \
+         than the catch-up window when reached). Leader; from the replicated state."
+    );
+    describe_gauge!(
+        SCHEDULE_NEXT_FIRE,
+        "When each unpaused schedule fires next (nominal, Unix seconds); absent when never."
+    );
+    describe_histogram!(
+        SCHEDULE_LAG_SECONDS,
+        Unit::Seconds,
+        "A schedule run's start minus its nominal time (jitter and catch-up included)."
     );
     describe_counter!(
         WORKFLOW_ACTIONS,
@@ -502,7 +520,12 @@ pub fn applied_events(state: &ClusterState, events: &[pb::WorkflowEvent]) {
         };
         let workflow = state.workflow(crate::state::WorkflowId(event.workflow_id));
         match kind {
-            EventKind::WorkflowSubmitted => counter!(WORKFLOWS_SUBMITTED).increment(1),
+            EventKind::WorkflowSubmitted => {
+                counter!(WORKFLOWS_SUBMITTED).increment(1);
+                if let Some(run) = workflow.and_then(|w| w.schedule.as_ref()) {
+                    histogram!(SCHEDULE_LAG_SECONDS).record(seconds(run.nominal_ms, event.time_ms));
+                }
+            }
             EventKind::WorkflowPurged => counter!(WORKFLOWS_PURGED).increment(1),
             EventKind::WorkflowPaused => {
                 counter!(WORKFLOW_ACTIONS, "action" => "pause").increment(1);
@@ -625,6 +648,7 @@ pub struct LeaderGauges {
     last_update: Option<Instant>,
     priorities: BTreeSet<i32>,
     agents: BTreeSet<String>,
+    schedules: BTreeSet<String>,
 }
 
 impl LeaderGauges {
@@ -655,6 +679,27 @@ impl LeaderGauges {
         self.priorities.extend(ready.keys());
         gauge!(LEASES_LIVE).set(state.live_attempts().count() as f64);
         gauge!(WORKFLOWS_RETAINED).set(state.workflow_count() as f64);
+        let mut schedules = BTreeSet::new();
+        for (name, schedule) in state.schedules() {
+            let name = name.to_string();
+            for (outcome, count) in [
+                ("started", schedule.started),
+                ("skipped", schedule.skipped),
+                ("missed", schedule.missed),
+            ] {
+                counter!(SCHEDULE_RUNS, "schedule" => name.clone(), "outcome" => outcome)
+                    .absolute(count);
+            }
+            let next = schedule.next_ms.filter(|_| !schedule.paused);
+            gauge!(SCHEDULE_NEXT_FIRE, "schedule" => name.clone())
+                .set(next.map_or(0.0, |ms| ms as f64 / 1000.0));
+            schedules.insert(name);
+        }
+        // A deleted schedule's series read 0 (never), not its last value.
+        for gone in self.schedules.difference(&schedules) {
+            gauge!(SCHEDULE_NEXT_FIRE, "schedule" => gone.clone()).set(0.0);
+        }
+        self.schedules = schedules;
 
         let mut fleet_capacity = [0.0; 3];
         let mut fleet_allocated = [0.0; 3];

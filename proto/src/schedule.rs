@@ -250,8 +250,7 @@ pub fn parse_schedule(text: &str, format: SpecFormat) -> Result<ScheduleSpec, Sp
         SpecFormat::Yaml => serde_norway::from_str(text).map_err(SpecParseError::from_yaml)?,
         SpecFormat::Json => serde_json::from_str(text).map_err(SpecParseError::from_json)?,
     };
-    doc.into_proto()
-        .map_err(|message| SpecParseError::without_location(message))
+    doc.into_proto().map_err(SpecParseError::without_location)
 }
 
 #[derive(Deserialize)]
@@ -507,6 +506,23 @@ mod tests {
             .starts_with("params[\"nope\"]: ")
         );
         assert!(validate_schedule(&spec()).is_ok());
+    }
+
+    /// Every schedule in `examples/schedules/` parses and passes the node's checks.
+    #[test]
+    fn example_schedules_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/schedules");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/schedules") {
+            let path = entry.expect("an entry").path();
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let spec = parse_schedule(&text, SpecFormat::from_path(&path))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            validate_schedule(&spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(Calendar::new(&spec).unwrap().next_after(0).is_some());
+            checked += 1;
+        }
+        assert!(checked >= 1, "no schedule in {}", dir.display());
     }
 
     #[test]

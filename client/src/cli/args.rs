@@ -122,6 +122,10 @@ pub enum Command {
     /// Read purged workflows from an archive folder (`batond --archive-dir`).
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Schedules: workflows that start themselves, once per scheduled time (docs/SCHEDULES.md).
+    /// Changes need the operator role.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// List the agents known to the cluster and what they run.
     Agents,
     /// Run an agent on this machine: take steps from the cluster and run them, until
@@ -256,6 +260,46 @@ pub enum ArchiveCommand {
         /// The archive folder (a node's --archive-dir, or a copy of it).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule from a file (YAML, or JSON for a .json file; `-` reads stdin).
+    Create {
+        file: PathBuf,
+        /// Replace the schedule of the same name: its counters and runs stay, its next time is
+        /// computed anew.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the schedules: next time, runs started, skipped and missed.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one schedule, its next times and its running runs.
+    Get {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Pause a schedule: it starts nothing until resumed.
+    Pause { name: String },
+    /// Resume a schedule: it fires from its next time after now (the paused times are not run).
+    Resume { name: String },
+    /// Delete a schedule; its runs go on.
+    Delete { name: String },
+    /// Run a schedule now (its overlap policy applies).
+    Trigger { name: String },
+    /// Start a run for every time of the schedule between --from and --to (RFC 3339, both
+    /// included) that has none yet, at most 1000.
+    Backfill {
+        name: String,
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        #[arg(long, value_name = "TIME")]
+        to: String,
     },
 }
 

@@ -67,6 +67,48 @@ async fn a_syntax_error_names_file_and_line_and_exits_2() {
     assert!(output.stdout.is_empty());
 }
 
+/// A schedule file is checked before anything is sent: a bad cron pattern, time zone or key is
+/// a usage error naming the file and the field or line.
+#[tokio::test]
+async fn a_bad_schedule_file_is_refused_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = "workflow: {name: w, steps: [{name: a, noop: {}}]}\n";
+    for (head, said) in [
+        (
+            "name: s\ncron: '61 * * * *'\n",
+            "cron: \"61 * * * *\" is not a cron pattern",
+        ),
+        (
+            "name: s\ncron: '@daily'\ntimezone: Mars/Base\n",
+            "timezone: \"Mars/Base\" is not an IANA time zone",
+        ),
+        (
+            "name: s\nevery: 10ms\n",
+            "every: 10 ms is shorter than the shortest interval, 1s",
+        ),
+        (
+            "name: s\ncron: '@daily'\novelap: skip\n",
+            "line 3, column 1: unknown field \"ovelap\"",
+        ),
+    ] {
+        let file = write(dir.path(), "schedule.yaml", &format!("{head}{workflow}"));
+        let output = baton(&[
+            "schedule",
+            "create",
+            &file,
+            "--endpoints",
+            &common::dead_address().to_string(),
+        ])
+        .await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{file}: ")) && stderr.contains(said),
+            "{stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_validation_error_names_file_and_field_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod schedule;
 pub mod status;
 pub mod workflow;
 

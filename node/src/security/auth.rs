@@ -60,6 +60,11 @@ pub fn access(path: &str) -> Access {
         ) => Access::Client(TokenRole::Submitter),
         // Approvals: an operator's decision, not a submitter's.
         ("baton.v1.WorkflowService", "Signal") => Access::Client(TokenRole::Operator),
+        ("baton.v1.ScheduleService", "GetSchedule" | "ListSchedules") => {
+            Access::Client(TokenRole::Reader)
+        }
+        // A schedule submits on its own, for as long as it exists: an operator's decision.
+        ("baton.v1.ScheduleService", _) => Access::Client(TokenRole::Operator),
         ("baton.v1.AdminService", "ClusterStatus" | "ListAgents") => {
             Access::Client(TokenRole::Reader)
         }

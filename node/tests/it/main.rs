@@ -9,6 +9,7 @@ mod t11_shared_specs;
 mod t16_retention_and_history;
 mod t20_membership_and_snapshots;
 mod t30_scheduler;
+mod t31_schedules;
 mod t32_agent_follows_leader;
 mod t34_isolated_leader;
 mod t50_processes;

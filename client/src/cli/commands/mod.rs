@@ -15,6 +15,7 @@ mod archive;
 mod cluster;
 mod context;
 mod printer;
+mod schedules;
 mod submit;
 mod tokens;
 mod wait;
@@ -111,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => workflows::history(&connect()?, &out, args).await,
         Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
         Command::Token(command) => tokens::token(&connect()?, &out, command).await,
+        Command::Schedule(command) => schedules::schedule(connect, &out, command).await,
         Command::Bench(args) => {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await
