@@ -90,6 +90,21 @@ pub struct Evidence {
     /// Each retry the workload sent (or may have), by workflow: the steps that had succeeded
     /// when it was sent, with their accepted tokens. A retry reruns none of them.
     pub retries: BTreeMap<u64, Vec<(String, u64)>>,
+    /// The schedules the workload created, with what their state says at the end.
+    pub schedules: BTreeMap<String, ScheduleFacts>,
+    /// Every run of a schedule in the final state: (schedule, nominal time, workflow id).
+    pub schedule_runs: Vec<(String, u64, u64)>,
+}
+
+/// A schedule of the workload, as the cluster reports it after the liveness phase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScheduleFacts {
+    /// Its interval: its times are the multiples of it.
+    pub every_ms: u64,
+    /// Times it counted as missed (older than its catch-up window when reached).
+    pub missed: u64,
+    /// Times it started a run for, by its own count.
+    pub started: u64,
 }
 
 /// What the checker found: violations (any fails the run) and counted facts.
@@ -106,7 +121,7 @@ pub struct Verdict {
     pub invariants: Vec<(&'static str, usize)>,
 }
 
-pub const INVARIANTS: [&str; 11] = [
+pub const INVARIANTS: [&str; 12] = [
     "no acknowledged workflow lost",
     "one workflow per idempotency key",
     "accepted result carries the current token",
@@ -118,6 +133,7 @@ pub const INVARIANTS: [&str; 11] = [
     "replicas agree (same index and hash)",
     "a gate opens only on its approval",
     "a retry reruns no succeeded step",
+    "one run per schedule time, none skipped",
 ];
 
 pub fn check(evidence: &Evidence) -> Verdict {
@@ -377,6 +393,64 @@ pub fn check(evidence: &Evidence) -> Verdict {
         }
     }
 
+    // 12: a schedule starts at most one run per nominal time, and every time from its first
+    // run to its last has one, but those it counted as missed (none, with a catch-up window
+    // longer than any outage of the run).
+    for (name, facts) in &evidence.schedules {
+        let mut times: Vec<u64> = evidence
+            .schedule_runs
+            .iter()
+            .filter(|(schedule, _, _)| schedule == name)
+            .map(|&(_, nominal_ms, _)| nominal_ms)
+            .collect();
+        times.sort_unstable();
+        for pair in times.windows(2).filter(|w| w[0] == w[1]) {
+            fail(
+                INVARIANTS[11],
+                format!("schedule {name} ran twice for the time {}", pair[0]),
+                &mut verdict,
+            );
+        }
+        times.dedup();
+        if times.len() as u64 != facts.started {
+            fail(
+                INVARIANTS[11],
+                format!(
+                    "schedule {name} says it started {} runs; the cluster holds {}",
+                    facts.started,
+                    times.len()
+                ),
+                &mut verdict,
+            );
+        }
+        let (Some(first), Some(last)) = (times.first(), times.last()) else {
+            fail(
+                INVARIANTS[11],
+                format!("schedule {name} never started a run"),
+                &mut verdict,
+            );
+            continue;
+        };
+        let expected = (last - first) / facts.every_ms.max(1) + 1;
+        let gaps = expected.saturating_sub(times.len() as u64);
+        if gaps > facts.missed {
+            let missing: Vec<u64> = (0..expected)
+                .map(|i| first + i * facts.every_ms)
+                .filter(|t| times.binary_search(t).is_err())
+                .take(5)
+                .collect();
+            fail(
+                INVARIANTS[11],
+                format!(
+                    "schedule {name}: {gaps} times between its first run and its last have no run \
+                     ({} counted as missed), e.g. {missing:?}",
+                    facts.missed
+                ),
+                &mut verdict,
+            );
+        }
+    }
+
     // 8: liveness: everything ended. 9: every member answers, all at one index with one hash.
     for workflow in &evidence.workflows {
         if !workflow.finished {
@@ -531,7 +605,52 @@ mod tests {
             zombie_windows: Vec::new(),
             approvals: BTreeMap::new(),
             retries: BTreeMap::new(),
+            schedules: BTreeMap::new(),
+            schedule_runs: Vec::new(),
         }
+    }
+
+    /// `clean()` with a schedule every 1000 ms that ran at 1000, 2000 and 4000 and counted 3000
+    /// as missed.
+    fn scheduled() -> Evidence {
+        let mut evidence = clean();
+        evidence.schedules.insert(
+            "s".into(),
+            ScheduleFacts {
+                every_ms: 1000,
+                missed: 1,
+                started: 3,
+            },
+        );
+        evidence.schedule_runs = vec![
+            ("s".into(), 1000, 10),
+            ("s".into(), 2000, 11),
+            ("s".into(), 4000, 12),
+        ];
+        evidence
+    }
+
+    #[test]
+    fn a_schedule_that_ran_once_per_time_passes_and_a_double_or_a_gap_is_caught() {
+        let verdict = check(&scheduled());
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+        let mut doubled = scheduled();
+        doubled.schedule_runs.push(("s".into(), 2000, 13));
+        doubled.schedules.get_mut("s").unwrap().started = 4;
+        assert_eq!(
+            violated(&doubled),
+            ["one run per schedule time, none skipped"]
+        );
+        let mut gap = scheduled();
+        gap.schedules.get_mut("s").unwrap().missed = 0;
+        assert_eq!(violated(&gap), ["one run per schedule time, none skipped"]);
+        let mut silent = scheduled();
+        silent.schedule_runs.clear();
+        silent.schedules.get_mut("s").unwrap().started = 0;
+        assert_eq!(
+            violated(&silent),
+            ["one run per schedule time, none skipped"]
+        );
     }
 
     /// `clean()` with a gate between `a` and `b`, opened at 250 by the approval sent for it,

@@ -104,6 +104,47 @@ echo "$BATON_ATTEMPT""#;
 
 const GATE: &str = "gate";
 
+/// The workload's schedule: a run of the usual four steps every [`SCHEDULE_EVERY_MS`], through
+/// every fault of the safety phase, paused when it ends.
+const SCHEDULE: &str = "chaos-every-2s";
+const SCHEDULE_EVERY_MS: u64 = 2_000;
+
+fn schedule_spec() -> pb::ScheduleSpec {
+    let mut workflow = spec(0, false, false);
+    workflow.name = "chaos-scheduled".into();
+    pb::ScheduleSpec {
+        name: SCHEDULE.into(),
+        workflow: Some(workflow),
+        every_ms: SCHEDULE_EVERY_MS,
+        // Runs overlap freely: every time must get its run, and the checker sees each.
+        overlap: pb::OverlapPolicy::Allow as i32,
+        ..Default::default()
+    }
+}
+
+/// Creates (or `paused`: pauses) the workload's schedule, retrying through faults; an outcome
+/// left unknown is retried too (a create repeated is ALREADY_EXISTS, a pause is idempotent).
+async fn steer_schedule(client: &Client, paused: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = if paused {
+            client.pause_schedule(SCHEDULE, true).await.map(|_| ())
+        } else {
+            match client.create_schedule(schedule_spec(), false).await {
+                Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() > deadline => {
+                anyhow::bail!("schedule {SCHEDULE} (paused: {paused}): {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// The data of the approval for workflow `id`: unique to it, and never a rejection's.
 fn approval(id: u64) -> String {
     format!("{{\"approved\":{id}}}")
@@ -730,6 +771,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     let stop = Arc::new(AtomicBool::new(false));
     let drain_deadline = Arc::new(Mutex::new(None));
     let (workload_client, clients) = watch::channel(cluster.workload_client()?);
+    steer_schedule(&workload_client.borrow().clone(), false).await?;
     let workload = tokio::spawn(workload(
         clients,
         seed,
@@ -780,6 +822,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
             proc.resume();
         }
     }
+    // No new schedule run once the faults end: what it started must end like the rest.
+    steer_schedule(&cluster.direct_client(None)?, true).await?;
     let liveness_deadline = Instant::now() + LIVENESS_PATIENCE;
     *drain_deadline.lock().expect("not poisoned") = Some(liveness_deadline);
     stop.store(true, Ordering::Relaxed);
@@ -815,6 +859,24 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     let journal = checker::parse_journal(&journal_text).map_err(anyhow::Error::msg)?;
     let requests = history.lock().expect("not poisoned").clone();
     let operations = std::mem::take(&mut *operations.lock().expect("not poisoned"));
+    let schedule = reader
+        .get_schedule(SCHEDULE, pb::ReadConsistency::Linearizable)
+        .await?
+        .schedule
+        .unwrap_or_default();
+    let schedules = BTreeMap::from([(
+        SCHEDULE.to_owned(),
+        checker::ScheduleFacts {
+            every_ms: SCHEDULE_EVERY_MS,
+            missed: schedule.runs_missed,
+            started: schedule.runs_started,
+        },
+    )]);
+    let schedule_runs = workflows
+        .iter()
+        .filter(|w| !w.schedule.is_empty())
+        .map(|w| (w.schedule.clone(), w.nominal_time_ms, w.id))
+        .collect();
     let evidence = Evidence {
         requests,
         journal,
@@ -825,6 +887,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         zombie_windows,
         approvals: operations.approvals,
         retries: operations.retries,
+        schedules,
+        schedule_runs,
     };
     let verdict = checker::check(&evidence);
     summary(
@@ -926,6 +990,12 @@ fn summary(
         evidence.approvals.len(),
         evidence.retries.len()
     );
+    for (name, facts) in &evidence.schedules {
+        println!(
+            "schedule {name}: {} runs started, {} times missed",
+            facts.started, facts.missed
+        );
+    }
     println!(
         "executions: {} ({} re-executions, {} overlaps with a fenced attempt, {} with a paused \
          agent's zombie); liveness reached in {recovery_ms} ms",

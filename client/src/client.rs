@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::tls::{Credentials, TokenInterceptor, Transport};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::schedule_service_client::ScheduleServiceClient;
+use baton_proto::v1::template_service_client::TemplateServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use baton_proto::v1::{
     AddMemberRequest, AddMemberResponse, CancelRequest, CancelResponse, ClusterStatusRequest,
@@ -33,6 +34,10 @@ use baton_proto::v1::{
     SubmitRequest, SubmitResponse, TransferLeaderRequest, TransferLeaderResponse,
     TriggerSnapshotRequest, TriggerSnapshotResponse, WatchRequest, Workflow, WorkflowEvent,
     WorkflowSpec,
+};
+use baton_proto::v1::{
+    ApplyTemplateRequest, ApplyTemplateResponse, DeleteTemplateRequest, GetTemplateRequest,
+    ListTemplatesRequest, Template,
 };
 use baton_proto::v1::{
     BackfillScheduleRequest, BackfillScheduleResponse, CreateScheduleRequest,
@@ -187,6 +192,8 @@ impl Client {
             spec: Some(spec),
             idempotency_key,
             params,
+            template: String::new(),
+            template_version: 0,
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -230,6 +237,8 @@ impl Client {
                 spec: Some(spec),
                 idempotency_key,
                 params: params.clone(),
+                template: String::new(),
+                template_version: 0,
             });
         }
         let request = SubmitBatchRequest { submits };
@@ -404,6 +413,87 @@ impl Client {
         })
         .await
         .map(|(_, response)| response)
+    }
+
+    /// Starts template `name` (its latest version, or `version`) with `params`. Idempotent per
+    /// key, as [`Client::submit_with_params`].
+    pub async fn submit_template(
+        &self,
+        name: &str,
+        version: u32,
+        idempotency_key: String,
+        params: BTreeMap<String, String>,
+    ) -> Result<SubmitResponse, ClientError> {
+        let request = SubmitRequest {
+            spec: None,
+            idempotency_key,
+            params,
+            template: name.into(),
+            template_version: version,
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).submit(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Registers `spec` as a template (a new version when it changed).
+    pub async fn apply_template(
+        &self,
+        spec: WorkflowSpec,
+    ) -> Result<ApplyTemplateResponse, ClientError> {
+        let request = ApplyTemplateRequest { spec: Some(spec) };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { template_client(channel).apply_template(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    pub async fn get_template(
+        &self,
+        name: &str,
+        version: u32,
+        consistency: ReadConsistency,
+    ) -> Result<Template, ClientError> {
+        let request = GetTemplateRequest {
+            name: name.into(),
+            version,
+            consistency: consistency as i32,
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { template_client(channel).get_template(request).await }
+        })
+        .await
+        .map(|(_, response)| response.template.unwrap_or_default())
+    }
+
+    pub async fn list_templates(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Template>, ClientError> {
+        let request = ListTemplatesRequest {
+            consistency: consistency as i32,
+        };
+        self.unary(
+            move |channel| async move { template_client(channel).list_templates(request).await },
+        )
+        .await
+        .map(|(_, response)| response.templates)
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
+        let request = DeleteTemplateRequest { name: name.into() };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { template_client(channel).delete_template(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Creates a schedule (or replaces one of the same name with `replace`).
@@ -909,6 +999,12 @@ pub(crate) fn channel(
 
 fn workflow_client(channel: Transport) -> WorkflowServiceClient<Transport> {
     WorkflowServiceClient::new(channel)
+        .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
+}
+
+fn template_client(channel: Transport) -> TemplateServiceClient<Transport> {
+    TemplateServiceClient::new(channel)
         .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
 }

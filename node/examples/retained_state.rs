@@ -112,6 +112,7 @@ fn main() {
             spec: spec_of(i),
             idempotency_key: format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15),
             params: Default::default(),
+            template: None,
         })) else {
             panic!("submit {i} refused")
         };

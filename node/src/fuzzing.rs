@@ -72,6 +72,7 @@ fn check_spec(spec: &pb::WorkflowSpec) {
                 spec: spec.encode_to_vec(),
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: None,
             }),
         },
     );
@@ -374,6 +375,7 @@ impl Replica {
                 spec: fuzz_spec(bytes).encode_to_vec(),
                 idempotency_key: KEYS[bytes.below(3) as usize].into(),
                 params: Default::default(),
+                template: None,
             }),
             OP_CANCEL => Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(u64::from(bytes.below(6))),
@@ -630,6 +632,8 @@ mod tests {
                     spec: Some(spec.clone()),
                     idempotency_key: "k".into(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 }
                 .encode_to_vec(),
             ),
@@ -711,11 +715,15 @@ mod tests {
                             spec: Some(spec.clone()),
                             idempotency_key: "k1".into(),
                             params: Default::default(),
+                            template: String::new(),
+                            template_version: 0,
                         },
                         pb::SubmitRequest {
                             spec: Some(spec.clone()),
                             idempotency_key: String::new(),
                             params: Default::default(),
+                            template: String::new(),
+                            template_version: 0,
                         },
                     ],
                 }
@@ -743,6 +751,7 @@ mod tests {
                 spec: spec.encode_to_vec(),
                 idempotency_key: "k9".into(),
                 params: Default::default(),
+                template: None,
             }),
             Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(1),

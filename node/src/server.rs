@@ -9,6 +9,7 @@ use baton_proto::raft::v1::raft_service_server::RaftServiceServer;
 use baton_proto::v1::admin_service_server::AdminServiceServer;
 use baton_proto::v1::agent_service_server::AgentServiceServer;
 use baton_proto::v1::schedule_service_server::ScheduleServiceServer;
+use baton_proto::v1::template_service_server::TemplateServiceServer;
 use baton_proto::v1::workflow_service_server::WorkflowServiceServer;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -203,6 +204,13 @@ impl Server {
                 WorkflowServiceServer::new(WorkflowServiceImpl { node: node.clone() })
                     .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
                     .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+            )
+            .add_service(
+                TemplateServiceServer::new(crate::api::template::TemplateServiceImpl {
+                    node: node.clone(),
+                })
+                .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             )
             .add_service(
                 ScheduleServiceServer::new(crate::api::schedule::ScheduleServiceImpl {

@@ -55,6 +55,12 @@ pub fn workflow_json(workflow: &Workflow) -> Value {
         "paused": workflow.paused,
         "params": map_json(&workflow.params),
         "deadline_ms": time_json(workflow.deadline_ms),
+        // The schedule that started it and the time it is the run for (null: submitted).
+        "schedule": (!workflow.schedule.is_empty()).then_some(&workflow.schedule),
+        "nominal_time_ms": time_json(workflow.nominal_time_ms),
+        // The template it was started from and its version (null: a spec of its own).
+        "template": (!workflow.template.is_empty()).then_some(&workflow.template),
+        "template_version": (workflow.template_version != 0).then_some(workflow.template_version),
         "steps": workflow.steps.iter().map(step_json).collect::<Vec<_>>(),
         "spec": workflow.spec.as_ref().map(spec_json),
     })
@@ -205,6 +211,7 @@ pub fn member_json(member: &Member) -> Value {
         "address": member.address,
         "voter": member.voter,
         "matched_index": member.matched_index,
+        "data_folder": member.data_folder,
     })
 }
 

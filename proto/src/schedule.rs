@@ -222,10 +222,23 @@ pub fn validate_schedule(spec: &ScheduleSpec) -> Result<BTreeMap<String, String>
             format!("{} is not an overlap policy", spec.overlap),
         ));
     }
-    let workflow = spec
-        .workflow
-        .as_ref()
-        .ok_or_else(|| SpecError::new("workflow", "a schedule needs the workflow it runs"))?;
+    if !spec.template.is_empty() {
+        if spec.workflow.is_some() {
+            return Err(SpecError::new(
+                "template",
+                "a schedule runs a workflow or a template, not both",
+            ));
+        }
+        check_name("template", "template name", &spec.template)?;
+        // The params are checked against the template by the node, which has it.
+        return Ok(spec.params.clone());
+    }
+    let workflow = spec.workflow.as_ref().ok_or_else(|| {
+        SpecError::new(
+            "workflow",
+            "a schedule needs the workflow it runs (`workflow:` or `template:`)",
+        )
+    })?;
     let prefixed = |e: SpecError| SpecError {
         field: if e.field.is_empty() {
             "workflow".into()
@@ -257,7 +270,11 @@ pub fn parse_schedule(text: &str, format: SpecFormat) -> Result<ScheduleSpec, Sp
 #[serde(deny_unknown_fields)]
 struct ScheduleDoc {
     name: String,
-    workflow: WorkflowDoc,
+    #[serde(default)]
+    workflow: Option<WorkflowDoc>,
+    /// `NAME` or `NAME@VERSION`.
+    #[serde(default)]
+    template: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, String>,
     #[serde(default)]
@@ -297,9 +314,15 @@ impl ScheduleDoc {
                 )
             })?,
         };
+        let (template, template_version) = match self.template.as_deref() {
+            None => (String::new(), 0),
+            Some(text) => parse_template_ref(text).map_err(|e| format!("template: {e}"))?,
+        };
         Ok(ScheduleSpec {
             name: self.name,
-            workflow: Some(self.workflow.into_proto()),
+            workflow: self.workflow.map(WorkflowDoc::into_proto),
+            template,
+            template_version,
             params: self.params,
             cron: self.cron,
             every_ms: self.every,
@@ -321,6 +344,20 @@ impl ScheduleDoc {
                 .unwrap_or(0),
             paused: self.paused,
         })
+    }
+}
+
+/// `NAME` or `NAME@VERSION` (a template and one of its versions; 0: the latest).
+pub fn parse_template_ref(text: &str) -> Result<(String, u32), String> {
+    match text.split_once('@') {
+        None => Ok((text.to_owned(), 0)),
+        Some((name, version)) => match version.parse::<u32>() {
+            Ok(v) if v > 0 => Ok((name.to_owned(), v)),
+            _ => Err(format!(
+                "{} is not NAME@VERSION with a version of 1 or more",
+                quoted(text)
+            )),
+        },
     }
 }
 

@@ -122,6 +122,10 @@ pub enum Command {
     /// Read purged workflows from an archive folder (`batond --archive-dir`).
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Templates: registered, versioned workflow specs to submit by name (`submit --template`)
+    /// or to schedule (docs/SCHEDULES.md, "Templates").
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Schedules: workflows that start themselves, once per scheduled time (docs/SCHEDULES.md).
     /// Changes need the operator role.
     #[command(subcommand)]
@@ -202,8 +206,13 @@ pub struct SubmitArgs {
     /// first (nothing is submitted if one is bad), then submitted in SubmitBatch calls of up to
     /// 256, each committed whole; one `ID<TAB>FILE` line (or JSON line) each. Nodes run with
     /// `--max-commands-per-entry 1` refuse batches: submit one file at a time there.
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(required_unless_present = "template", value_name = "FILE")]
     pub files: Vec<PathBuf>,
+
+    /// Start a registered template (`baton template apply`) instead of files: its latest
+    /// version, or NAME@VERSION. Its params are checked by the node.
+    #[arg(long, value_name = "NAME[@VERSION]", conflicts_with = "files")]
+    pub template: Option<String>,
 
     /// Deduplication key: submitting again with the same key returns the first workflow instead
     /// of creating another. Generated when absent (and printed if the outcome is unknown). With
@@ -261,6 +270,27 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Register a workflow spec file under its name: version 1, or a new version when it
+    /// changed (an unchanged spec keeps its version).
+    Apply { file: PathBuf },
+    /// List the templates with their latest version.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show a template's latest version, or NAME@VERSION, with its whole spec.
+    Get {
+        #[arg(value_name = "NAME[@VERSION]")]
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Forget a template; its runs keep its name and version.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

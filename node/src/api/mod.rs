@@ -24,6 +24,7 @@ pub mod admin;
 pub mod agent;
 pub mod schedule;
 pub mod status;
+pub mod template;
 pub mod workflow;
 
 pub use status::{inbound_error, node_error, size_status};

@@ -61,9 +61,21 @@ impl ScheduleServiceImpl {
         let mut spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: a schedule spec is required"))?;
-        let params =
+        let mut params =
             validate_schedule(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let workflow = spec.workflow.take().expect("validated: it has a workflow");
+        if !spec.template.is_empty() {
+            // Checked against the template now, for an error that names the parameter; each
+            // run checks them again against the version it starts.
+            let (template, _) =
+                super::template::resolve(&self.node, &spec.template, spec.template_version).await?;
+            params = baton_proto::validate::resolve_params(&template, &spec.params)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let workflow = spec
+            .workflow
+            .take()
+            .map(|w| w.encode_to_vec())
+            .unwrap_or_default();
         if !req.replace
             && self
                 .node
@@ -78,7 +90,7 @@ impl ScheduleServiceImpl {
         }
         let command = Command::CreateSchedule(CreateScheduleCommand {
             spec: spec.encode_to_vec(),
-            workflow: workflow.encode_to_vec(),
+            workflow,
             params,
             replace: req.replace,
         });

@@ -42,8 +42,28 @@ impl WorkflowServiceImpl {
         }
     }
 
-    async fn submit_inner(&self, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
-        let command = submit_command(req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn submit_inner(&self, mut req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
+        let mut template = None;
+        if !req.template.is_empty() {
+            if req.spec.is_some() {
+                return Err(Status::invalid_argument(
+                    "template: a submit names a spec or a template, not both",
+                ));
+            }
+            let (spec, reference) =
+                super::template::resolve(&self.node, &req.template, req.template_version).await?;
+            req.spec = Some(spec);
+            template = Some(reference);
+        } else if req.template_version != 0 {
+            return Err(Status::invalid_argument(
+                "template_version: set without a template",
+            ));
+        }
+        let mut command =
+            submit_command(req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Command::Submit(submit) = &mut command {
+            submit.template = template;
+        }
         let proposed = self
             .node
             .propose_client(command)
@@ -103,6 +123,11 @@ impl WorkflowServiceImpl {
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
+                if !item.template.is_empty() || item.template_version != 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "submits[{i}].template: a batch takes specs; submit a template alone"
+                    )));
+                }
                 submit_command(item).map_err(|e| {
                     Status::invalid_argument(format!("submits[{i}].{}", request_path(&e)))
                 })
@@ -365,6 +390,7 @@ fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
         spec: spec.encode_to_vec(),
         idempotency_key: req.idempotency_key,
         params,
+        template: None,
     }))
 }
 

@@ -199,7 +199,11 @@ fn encoded_len(command: &Command) -> usize {
     const FRAME: usize = 128;
     FRAME
         + match command {
-            Command::Submit(submit) => submit.spec.len() + submit.idempotency_key.len(),
+            Command::Submit(submit) => {
+                submit.spec.len()
+                    + submit.idempotency_key.len()
+                    + submit.template.as_ref().map_or(0, |t| t.name.len())
+            }
             Command::Complete(complete) => complete.output.len() + complete.error.len(),
             Command::Cancel(cancel) => cancel.reason.len() + cancel.actor.len(),
             Command::Pause(pause) => pause.actor.len(),
@@ -216,6 +220,8 @@ fn encoded_len(command: &Command) -> usize {
                         .sum::<usize>()
             }
             Command::PauseSchedule(pause) => pause.name.len(),
+            Command::ApplyTemplate(apply) => apply.spec.len(),
+            Command::DeleteTemplate { name } => name.len(),
             Command::DeleteSchedule { name } | Command::TriggerSchedule { name } => name.len(),
             Command::BackfillSchedule(backfill) => backfill.name.len(),
             Command::Assign { assignments } => assignments.len() * 32,

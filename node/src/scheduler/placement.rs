@@ -138,6 +138,7 @@ mod tests {
                 spec: spec.encode_to_vec(),
                 idempotency_key: "".into(),
                 params: Default::default(),
+                template: None,
             }));
         }
     }

@@ -154,6 +154,7 @@ mod tests {
                     spec: spec.encode_to_vec(),
                     idempotency_key: String::new(),
                     params: Default::default(),
+                    template: None,
                 }),
             ) {
                 Response::Submitted { workflow_id, .. } => workflow_id,

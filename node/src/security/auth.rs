@@ -60,6 +60,13 @@ pub fn access(path: &str) -> Access {
         ) => Access::Client(TokenRole::Submitter),
         // Approvals: an operator's decision, not a submitter's.
         ("baton.v1.WorkflowService", "Signal") => Access::Client(TokenRole::Operator),
+        ("baton.v1.TemplateService", "GetTemplate" | "ListTemplates") => {
+            Access::Client(TokenRole::Reader)
+        }
+        // A template is what others start: registering one is like submitting.
+        ("baton.v1.TemplateService", "ApplyTemplate" | "DeleteTemplate") => {
+            Access::Client(TokenRole::Submitter)
+        }
         ("baton.v1.ScheduleService", "GetSchedule" | "ListSchedules") => {
             Access::Client(TokenRole::Reader)
         }

@@ -86,6 +86,12 @@ pub enum Command {
     /// against the state's time), and purge records older than the idempotency window are
     /// forgotten. Proposed by the leader, at most `PURGE_BATCH_MAX` workflows per command.
     Purge(PurgeCommand),
+    /// Registers a workflow spec as a template, as a new version if it changed.
+    ApplyTemplate(super::templates::ApplyTemplateCommand),
+    /// Forgets a template (its runs keep its name and version).
+    DeleteTemplate {
+        name: String,
+    },
     /// Creates (or replaces) a schedule: see `state::schedules`.
     CreateSchedule(super::schedules::CreateScheduleCommand),
     /// Pauses or resumes a schedule.
@@ -224,6 +230,8 @@ impl Command {
             Self::Pause(_) => "pause",
             Self::Retry(_) => "retry",
             Self::Signal(_) => "signal",
+            Self::ApplyTemplate(_) => "apply_template",
+            Self::DeleteTemplate { .. } => "delete_template",
             Self::CreateSchedule(_) => "create_schedule",
             Self::PauseSchedule(_) => "pause_schedule",
             Self::DeleteSchedule { .. } => "delete_schedule",
@@ -281,6 +289,8 @@ impl Command {
             | Self::Signal(_)
             | Self::PauseSchedule(_)
             | Self::DeleteSchedule { .. }
+            | Self::ApplyTemplate(_)
+            | Self::DeleteTemplate { .. }
             | Self::Purge(_) => false,
         }
     }
@@ -298,6 +308,10 @@ pub struct SubmitCommand {
     /// Left out when empty, so a submit without parameters encodes as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
+    /// The template version `spec` is (the API resolved it); recorded on the workflow. Left out
+    /// when None, so a submit of a spec of its own encodes as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::templates::TemplateRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -367,6 +381,16 @@ pub enum Response {
     Purged {
         workflows: u32,
         records: u32,
+    },
+    /// A template applied: its version, and whether it is new (false: the spec equals the
+    /// latest version).
+    TemplateApplied {
+        version: u32,
+        created: bool,
+    },
+    /// No template of that name.
+    NoTemplate {
+        name: String,
     },
     /// No schedule of that name.
     NoSchedule {
@@ -441,6 +465,7 @@ mod tests {
             spec: vec![],
             idempotency_key: String::new(),
             params: Default::default(),
+            template: None,
         });
         assert!(submit.adds_workflows());
         assert!(Command::Batch(vec![Command::Tick, submit.clone()]).adds_workflows());
@@ -472,6 +497,7 @@ mod tests {
                 spec: vec![0x0a, 0x01, b'w'],
                 idempotency_key: "k1".into(),
                 params: Default::default(),
+                template: None,
             }),
         };
         let bytes = entry.encode();
@@ -679,6 +705,16 @@ mod tests {
                 "0182a774696d655f6d7305a7636f6d6d616e6481ae70617573655f7363686564756c6582a46e616d65a16ea6706175736564c3",
             ),
             (
+                Command::ApplyTemplate(super::super::templates::ApplyTemplateCommand {
+                    spec: vec![10, 1, 110],
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ae6170706c795f74656d706c61746581a473706563c4030a016e",
+            ),
+            (
+                Command::DeleteTemplate { name: "n".into() },
+                "0182a774696d655f6d7305a7636f6d6d616e6481af64656c6574655f74656d706c61746581a46e616d65a16e",
+            ),
+            (
                 Command::DeleteSchedule { name: "n".into() },
                 "0182a774696d655f6d7305a7636f6d6d616e6481af64656c6574655f7363686564756c6581a46e616d65a16e",
             ),
@@ -736,12 +772,14 @@ mod tests {
             | Command::Pause(_)
             | Command::Retry(_)
             | Command::Signal(_)
+            | Command::ApplyTemplate(_)
+            | Command::DeleteTemplate { .. }
             | Command::CreateSchedule(_)
             | Command::PauseSchedule(_)
             | Command::DeleteSchedule { .. }
             | Command::TriggerSchedule { .. }
             | Command::BackfillSchedule(_)
-            | Command::Batch(_) => 23,
+            | Command::Batch(_) => 25,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }
@@ -779,6 +817,7 @@ mod tests {
                 spec: vec![1],
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: None,
             })
         );
     }

@@ -17,6 +17,7 @@ mod schedules;
 pub mod scheduling;
 mod signals;
 mod specs;
+pub mod templates;
 pub mod tokens;
 pub mod workflow;
 
@@ -40,6 +41,7 @@ pub use schedules::{
     BackfillScheduleCommand, CreateScheduleCommand, PauseScheduleCommand, Schedule,
 };
 pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
+pub use templates::{ApplyTemplateCommand, Template, TemplateRef};
 pub use workflow::{ScheduledRun, StepRun, StepState, Workflow, WorkflowState};
 
 /// Events produced by one apply, in order; they feed `Watch` (see `storage::events`).
@@ -148,6 +150,13 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     schedules: OrdMap<Arc<str>, Arc<schedules::Schedule>>,
+    /// Templates by name (see `templates.rs`); left out while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    templates: OrdMap<Arc<str>, Arc<templates::Template>>,
     /// Unpaused schedules by the time they next fire, jitter included (derived).
     #[serde(skip)]
     schedule_due: schedules::ScheduleDue,
@@ -315,6 +324,8 @@ impl ClusterState {
             Command::Pause(pause) => self.pause(ctx, pause, events),
             Command::Retry(retry) => self.retry(ctx, retry, events),
             Command::Signal(signal) => self.signal(ctx, signal, events),
+            Command::ApplyTemplate(apply) => self.apply_template(apply),
+            Command::DeleteTemplate { name } => self.delete_template(&name),
             Command::CreateSchedule(create) => self.create_schedule(create),
             Command::PauseSchedule(pause) => self.pause_schedule(pause),
             Command::DeleteSchedule { name } => self.delete_schedule(&name),
@@ -469,6 +480,7 @@ impl ClusterState {
             },
             history: Vec::new(),
             schedule,
+            template: submit.template,
         };
         for step in workflow.steps.iter_mut().filter(|s| s.deps.is_empty()) {
             step.state = StepState::Ready;

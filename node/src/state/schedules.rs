@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use baton_proto::schedule::{Calendar, catchup_window_ms, overlap};
 use baton_proto::v1 as pb;
+use baton_proto::validate::resolve_params;
 use imbl::OrdSet;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::command::{Response, SubmitCommand};
 use super::ids::WorkflowId;
+use super::templates::TemplateRef;
 use super::workflow::{ScheduledRun, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
 
@@ -68,6 +70,10 @@ pub struct Schedule {
     pub skipped: u64,
     pub missed: u64,
     pub last_run: Option<(u64, WorkflowId)>,
+    /// Why the latest time that could not start a run did not (its template gone, its params
+    /// no longer fit it); empty once a run starts again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
 }
 
 impl Schedule {
@@ -101,6 +107,7 @@ impl Schedule {
             runs_missed: self.missed,
             last_run: self.last_run.map(run),
             paused: self.paused,
+            last_error: self.last_error.clone(),
         }
     }
 
@@ -171,6 +178,8 @@ enum Fired {
     AlreadyRun,
     Skipped,
     Buffered,
+    /// Nothing to run (its template gone, its params no longer fit it).
+    Failed(String),
 }
 
 impl Fired {
@@ -180,6 +189,7 @@ impl Fired {
             Fired::AlreadyRun => "already run",
             Fired::Skipped => "skipped (a run is still running; overlap policy)",
             Fired::Buffered => "buffered (starts when the running run ends)",
+            Fired::Failed(_) => "failed",
         }
     }
 }
@@ -245,9 +255,32 @@ impl ClusterState {
                 };
             }
         };
-        if pb::WorkflowSpec::decode(create.workflow.as_slice()).is_err() {
+        if spec.template.is_empty() {
+            if create.workflow.is_empty()
+                || pb::WorkflowSpec::decode(create.workflow.as_slice()).is_err()
+            {
+                return Response::Rejected {
+                    reason: "the schedule's workflow spec does not decode".into(),
+                };
+            }
+        } else if !create.workflow.is_empty() {
             return Response::Rejected {
-                reason: "the schedule's workflow spec does not decode".into(),
+                reason: "a schedule runs a workflow or a template, not both".into(),
+            };
+        } else if self
+            .template(&spec.template)
+            .and_then(|t| t.version(spec.template_version))
+            .is_none()
+        {
+            return Response::Rejected {
+                reason: format!(
+                    "no template {:?}{}",
+                    spec.template,
+                    match spec.template_version {
+                        0 => String::new(),
+                        v => format!(" version {v}"),
+                    }
+                ),
             };
         }
         let next_ms = calendar.next_after(self.now_ms);
@@ -274,6 +307,7 @@ impl ClusterState {
                     skipped: 0,
                     missed: 0,
                     last_run: None,
+                    last_error: String::new(),
                 }),
             );
         }
@@ -332,6 +366,9 @@ impl ClusterState {
         };
         let nominal_ms = self.now_ms;
         let fired = self.fire_time(ctx, &name, nominal_ms, events);
+        if let Fired::Failed(reason) = fired {
+            return Response::Rejected { reason };
+        }
         Response::ScheduleFired {
             workflow_id: match fired {
                 Fired::Started(id) => Some(id),
@@ -376,8 +413,9 @@ impl ClusterState {
         let mut already_run = 0;
         for nominal_ms in times {
             match self.start_run(ctx, &name, nominal_ms, events) {
-                Some(id) => started.push((nominal_ms, id)),
-                None => already_run += 1,
+                Fired::Started(id) => started.push((nominal_ms, id)),
+                Fired::Failed(reason) => return Response::Rejected { reason },
+                _ => already_run += 1,
             }
         }
         Response::Backfilled {
@@ -464,25 +502,73 @@ impl ClusterState {
                 }
             }
         }
-        match self.start_run(ctx, name, nominal_ms, events) {
-            Some(id) => Fired::Started(id),
-            None => Fired::AlreadyRun,
-        }
+        self.start_run(ctx, name, nominal_ms, events)
     }
 
-    /// Starts the run of `name` for `nominal_ms`; None when that time has a run already.
+    /// What a run of `schedule` starts: its workflow, or its template's version (the latest
+    /// unless it names one), with its params resolved against that spec's declarations.
+    fn run_submit(&self, schedule: &Schedule, key: String) -> Result<SubmitCommand, String> {
+        let spec = schedule.spec();
+        let (bytes, template) = if spec.template.is_empty() {
+            (schedule.workflow.clone(), None)
+        } else {
+            let found = self
+                .template(&spec.template)
+                .and_then(|t| Some((t, t.version(spec.template_version)?)));
+            let Some((_, version)) = found else {
+                return Err(format!(
+                    "template {:?}{} does not exist",
+                    spec.template,
+                    match spec.template_version {
+                        0 => String::new(),
+                        v => format!(" version {v}"),
+                    }
+                ));
+            };
+            let name = self
+                .templates
+                .get_key_value(spec.template.as_str())
+                .map(|(k, _)| k.clone())
+                .expect("found above");
+            (
+                version.spec.clone(),
+                Some(TemplateRef {
+                    name,
+                    version: version.version,
+                }),
+            )
+        };
+        let decoded = pb::WorkflowSpec::decode(bytes.as_slice())
+            .map_err(|e| format!("the workflow spec does not decode: {e}"))?;
+        let params = resolve_params(&decoded, &schedule.params).map_err(|e| e.to_string())?;
+        Ok(SubmitCommand {
+            spec: bytes,
+            idempotency_key: key,
+            params,
+            template,
+        })
+    }
+
+    /// Starts the run of `name` for `nominal_ms`: `AlreadyRun` when that time has a run, or
+    /// `Failed` when there is nothing to run (counted as skipped, with the reason kept).
     fn start_run(
         &mut self,
         ctx: ApplyCtx,
         name: &Arc<str>,
         nominal_ms: u64,
         events: &mut Events,
-    ) -> Option<WorkflowId> {
+    ) -> Fired {
         let schedule = &self.schedules[name];
-        let submit = SubmitCommand {
-            spec: schedule.workflow.clone(),
-            idempotency_key: run_key(name, nominal_ms),
-            params: schedule.params.clone(),
+        let submit = match self.run_submit(schedule, run_key(name, nominal_ms)) {
+            Ok(submit) => submit,
+            Err(reason) => {
+                let reason = format!("schedule {name}: no run for {nominal_ms}: {reason}");
+                self.change_schedule(name, |s| {
+                    s.skipped += 1;
+                    s.last_error = reason.clone();
+                });
+                return Fired::Failed(reason);
+            }
         };
         let run = ScheduledRun {
             name: name.clone(),
@@ -497,10 +583,11 @@ impl ClusterState {
                     s.running.push((nominal_ms, workflow_id));
                     s.started += 1;
                     s.last_run = Some((nominal_ms, workflow_id));
+                    s.last_error.clear();
                 });
-                Some(workflow_id)
+                Fired::Started(workflow_id)
             }
-            _ => None,
+            _ => Fired::AlreadyRun,
         }
     }
 

@@ -27,6 +27,7 @@ fn submit(spec: &pb::WorkflowSpec, key: &str) -> Command {
         spec: spec.encode_to_vec(),
         idempotency_key: key.into(),
         params: Default::default(),
+        template: None,
     })
 }
 
@@ -288,6 +289,7 @@ fn specs_that_cannot_run_are_rejected_without_a_trace() {
         spec: vec![0xff, 0xff, 0xff],
         idempotency_key: String::new(),
         params: Default::default(),
+        template: None,
     });
     assert!(matches!(log.apply(garbage), Response::Rejected { .. }));
     // Only the clock moved; no id was consumed and the key stays free.
@@ -580,10 +582,61 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
                 idempotency_window_ms: retention,
             })
         });
+    // Schedules of every overlap policy (an inline workflow, or a template that may be
+    // deleted), paused, triggered and backfilled among the rest.
+    let arb_schedule = (
+        prop::sample::select(vec!["s1", "s2"]),
+        prop::sample::select(vec![
+            pb::OverlapPolicy::Skip,
+            pb::OverlapPolicy::BufferOne,
+            pb::OverlapPolicy::Allow,
+            pb::OverlapPolicy::CancelPrevious,
+        ]),
+        prop::bool::ANY,
+        prop::bool::ANY,
+    )
+        .prop_map(|(name, policy, templated, replace)| {
+            let mut command = create_schedule(name, 5_000, policy, Some(20_000));
+            if let Command::CreateSchedule(create) = &mut command {
+                create.replace = replace;
+                if templated {
+                    let mut spec = pb::ScheduleSpec::decode(create.spec.as_slice()).unwrap();
+                    spec.template = "tpl".into();
+                    create.spec = spec.encode_to_vec();
+                    create.workflow.clear();
+                }
+            }
+            command
+        });
+    let arb_steer = (prop::sample::select(vec!["s1", "s2"]), 0u8..5).prop_map(|(name, what)| {
+        let name = name.to_string();
+        match what {
+            0 => Command::PauseSchedule(PauseScheduleCommand { name, paused: true }),
+            1 => Command::PauseSchedule(PauseScheduleCommand {
+                name,
+                paused: false,
+            }),
+            2 => Command::TriggerSchedule { name },
+            3 => Command::BackfillSchedule(BackfillScheduleCommand {
+                name,
+                from_ms: 1,
+                to_ms: 30_000,
+            }),
+            _ => Command::DeleteSchedule { name },
+        }
+    });
+    let arb_template = prop::bool::ANY.prop_map(|delete| {
+        if delete {
+            Command::DeleteTemplate { name: "tpl".into() }
+        } else {
+            apply_template(&spec("tpl", vec![step("a", &[])]))
+        }
+    });
     let command = prop_oneof![
         4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
-        4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 1 => Just(Command::Tick),
+        4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 2 => Just(Command::Tick),
         1 => arb_pause, 1 => arb_retry, 1 => arb_purge, 2 => arb_signal,
+        1 => arb_schedule, 2 => arb_steer, 1 => arb_template,
     ];
     (0u64..100_000, command)
 }
@@ -2378,4 +2431,177 @@ fn a_schedule_survives_a_snapshot_and_jitter_delays_alike_everywhere() {
         [(60_000, 1)],
         "the run keeps its nominal time"
     );
+}
+
+// ---- templates ----
+
+fn apply_template(spec: &pb::WorkflowSpec) -> Command {
+    Command::ApplyTemplate(ApplyTemplateCommand {
+        spec: spec.encode_to_vec(),
+    })
+}
+
+#[test]
+fn a_changed_spec_makes_a_new_template_version_and_runs_record_theirs() {
+    let mut log = Log::new();
+    let v1 = spec("report", vec![step("a", &[])]);
+    assert_eq!(
+        log.apply(apply_template(&v1)),
+        Response::TemplateApplied {
+            version: 1,
+            created: true
+        }
+    );
+    assert_eq!(
+        log.apply(apply_template(&v1)),
+        Response::TemplateApplied {
+            version: 1,
+            created: false
+        },
+        "an equal spec keeps its version"
+    );
+    let v2 = spec("report", vec![step("a", &[]), step("b", &["a"])]);
+    assert_eq!(
+        log.apply(apply_template(&v2)),
+        Response::TemplateApplied {
+            version: 2,
+            created: true
+        }
+    );
+    let template = log.state.template("report").unwrap();
+    assert_eq!(
+        template
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(template.version(0).unwrap().version, 2, "0 is the latest");
+    // A submit the API resolved to version 1 records it; runs of one version share one spec.
+    let submit_v1 = |key: &str| {
+        Command::Submit(SubmitCommand {
+            spec: template.version(1).unwrap().spec.clone(),
+            idempotency_key: key.into(),
+            params: Default::default(),
+            template: Some(TemplateRef {
+                name: "report".into(),
+                version: 1,
+            }),
+        })
+    };
+    let (first, second) = (submit_v1("k1"), submit_v1("k2"));
+    log.apply(first);
+    log.apply(second);
+    let (a, b) = (
+        &log.state.workflows[&WorkflowId(1)],
+        &log.state.workflows[&WorkflowId(2)],
+    );
+    assert!(
+        Arc::ptr_eq(&a.spec, &b.spec),
+        "runs of one version share their spec"
+    );
+    let view = a.to_proto(false, None);
+    assert_eq!(
+        (view.template.as_str(), view.template_version),
+        ("report", 1)
+    );
+    assert_eq!(
+        log.apply(Command::DeleteTemplate {
+            name: "report".into()
+        }),
+        Response::Done
+    );
+    assert_eq!(
+        log.apply(Command::DeleteTemplate {
+            name: "report".into()
+        }),
+        Response::NoTemplate {
+            name: "report".into()
+        }
+    );
+    assert_eq!(
+        log.state.workflows[&WorkflowId(1)].template,
+        Some(TemplateRef {
+            name: "report".into(),
+            version: 1
+        }),
+        "runs keep their template"
+    );
+}
+
+#[test]
+fn a_schedule_of_a_template_runs_its_latest_version_and_counts_a_missing_one_as_skipped() {
+    let mut log = Log::new();
+    log.apply_at(0, apply_template(&spec("job", vec![step("a", &[])])));
+    let schedule = pb::ScheduleSpec {
+        name: "t".into(),
+        template: "job".into(),
+        every_ms: 10_000,
+        overlap: pb::OverlapPolicy::Allow as i32,
+        ..Default::default()
+    };
+    let created = log.apply_at(
+        0,
+        Command::CreateSchedule(CreateScheduleCommand {
+            spec: schedule.encode_to_vec(),
+            workflow: Vec::new(),
+            params: Default::default(),
+            replace: false,
+        }),
+    );
+    assert!(
+        matches!(created, Response::ScheduleCreated { .. }),
+        "{created:?}"
+    );
+    log.apply_at(10_000, Command::Tick);
+    log.apply_at(
+        15_000,
+        apply_template(&spec("job", vec![step("a", &[]), step("b", &["a"])])),
+    );
+    log.apply_at(20_000, Command::Tick);
+    let versions: Vec<u32> = runs(&log, "t")
+        .iter()
+        .map(|(_, id)| {
+            log.state.workflows[&WorkflowId(*id)]
+                .template
+                .as_ref()
+                .unwrap()
+                .version
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [1, 2],
+        "each run takes the latest version when it starts"
+    );
+    log.apply_at(21_000, Command::DeleteTemplate { name: "job".into() });
+    log.apply_at(30_000, Command::Tick);
+    let s = schedule_of(&log, "t");
+    assert_eq!((s.started, s.skipped), (2, 1));
+    assert!(
+        s.last_error.contains("template \"job\" does not exist"),
+        "{}",
+        s.last_error
+    );
+    assert_eq!(s.next_ms, Some(40_000), "it goes on to its next time");
+    // A schedule naming a template that does not exist is refused.
+    let missing = pb::ScheduleSpec {
+        name: "u".into(),
+        template: "nope".into(),
+        every_ms: 10_000,
+        ..Default::default()
+    };
+    assert!(matches!(
+        log.apply_at(
+            31_000,
+            Command::CreateSchedule(CreateScheduleCommand {
+                spec: missing.encode_to_vec(),
+                workflow: Vec::new(),
+                params: Default::default(),
+                replace: false,
+            })
+        ),
+        Response::Rejected { .. }
+    ));
 }

@@ -111,6 +111,9 @@ pub struct Workflow {
     /// The schedule run it is (see `schedules.rs`); None: submitted by a client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduledRun>,
+    /// The template version it was started from; None: a spec of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::templates::TemplateRef>,
 }
 
 /// Which schedule started a workflow, for which of its times.
@@ -298,6 +301,11 @@ impl Workflow {
                 .as_ref()
                 .map_or_else(String::new, |s| s.name.to_string()),
             nominal_time_ms: self.schedule.as_ref().map_or(0, |s| s.nominal_ms),
+            template: self
+                .template
+                .as_ref()
+                .map_or_else(String::new, |t| t.name.to_string()),
+            template_version: self.template.as_ref().map_or(0, |t| t.version),
         }
     }
 }

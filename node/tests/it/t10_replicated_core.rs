@@ -41,6 +41,8 @@ async fn acknowledged_submissions_survive_a_leader_stop() {
                     spec: Some(noop_spec(&format!("wf-{i}"), 2)),
                     idempotency_key: key.clone(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 // Retry on every failure with the same key, moving to another node: the key makes
                 // a retry after an unknown outcome safe.
@@ -183,6 +185,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             spec: Some(noop_spec("forwarded", 3)),
             idempotency_key: "once".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("submit through a follower")
@@ -211,6 +215,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
             spec: Some(noop_spec("forwarded", 3)),
             idempotency_key: "once".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .unwrap()
@@ -239,6 +245,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
                 spec: None,
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             },
             "spec",
         ),
@@ -247,6 +255,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
                 spec: Some(cycle),
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             },
             "cycle",
         ),
@@ -255,6 +265,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
                 spec: Some(unknown_dep),
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             },
             "steps[1].depends_on[0]",
         ),
@@ -263,6 +275,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
                 spec: Some(dup),
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             },
             "steps[1].name",
         ),
@@ -271,6 +285,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
                 spec: Some(huge),
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             },
             "steps",
         ),
@@ -279,6 +295,8 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
                 spec: Some(noop_spec("k", 1)),
                 idempotency_key: "x".repeat(500),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             },
             "idempotency_key",
         ),
@@ -401,6 +419,8 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
             spec: Some(noop_spec(&format!("burst-{i}"), 1)),
             idempotency_key: key(i),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         };
         calls.push(tokio::spawn(async move {
             client.submit(request).await.map(|r| r.into_inner())
@@ -478,6 +498,8 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
                     format!("batch-{b}-{i}")
                 },
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             })
             .collect(),
     };
@@ -504,6 +526,8 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
                     spec: Some(noop_spec(&name, 1)),
                     idempotency_key: String::new(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 singles.push((
                     name,
@@ -623,6 +647,8 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
                 spec: Some(noop_spec(&format!("batch-99-{i}"), 1)),
                 idempotency_key: String::new(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             })
             .collect(),
     };

@@ -43,6 +43,7 @@ fn equal_specs_share_one_decoded_copy_before_and_after_a_snapshot() {
                     spec,
                     idempotency_key: format!("run-{i}"),
                     params: Default::default(),
+                    template: None,
                 }),
             },
         );

@@ -27,6 +27,8 @@ async fn submit(cluster: &TestCluster, node: u64, spec: pb::WorkflowSpec, key: &
             spec: Some(spec),
             idempotency_key: key.into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("submit")
@@ -183,6 +185,8 @@ async fn finished_workflows_leave_every_node_after_their_retention_archived_firs
             spec: Some(noop_spec("short", 2)),
             idempotency_key: "order-1".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .unwrap()
@@ -505,6 +509,8 @@ async fn parameters_are_checked_at_submit_and_reach_the_steps() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        template: String::new(),
+        template_version: 0,
     };
     let missing = client.submit(submit_with(&[])).await.unwrap_err();
     assert_eq!(missing.code(), Code::InvalidArgument);

@@ -27,6 +27,8 @@ async fn a_late_joiner_catches_up_by_snapshot() {
                 spec: Some(noop_spec(&format!("wf-{i}"), 3)),
                 idempotency_key: format!("k{i}"),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             })
             .await
             .expect("submit");

@@ -31,6 +31,8 @@ async fn submit(cluster: &TestCluster, spec: pb::WorkflowSpec) -> pb::SubmitResp
             spec: Some(spec),
             idempotency_key: String::new(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("submit")

@@ -151,3 +151,129 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
         .expect_err("no such schedule");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+/// Templates on a cluster: versions, a submit by name (latest or a version) recording what it
+/// ran, params checked against the template, a schedule of a template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn templates_are_versioned_and_submitted_by_name() {
+    use baton_proto::v1::template_service_client::TemplateServiceClient;
+    let cluster = TestCluster::start(3, test_timing()).await;
+    let leader = cluster.leader(TIMEOUT).await;
+    // A follower: its answers must see what the leader applied a moment ago.
+    let follower = cluster.follower(leader);
+    let mut templates = TemplateServiceClient::new(channel(cluster.addr(follower)));
+    let mut v1 = noop_spec("report", 1);
+    v1.params = vec![pb::ParamSpec {
+        name: "region".into(),
+        required: true,
+        ..Default::default()
+    }];
+    let mut v2 = v1.clone();
+    v2.steps = noop_spec("report", 2).steps;
+    for (spec, version, created) in [(&v1, 1, true), (&v1, 1, false), (&v2, 2, true)] {
+        let applied = templates
+            .apply_template(pb::ApplyTemplateRequest {
+                spec: Some(spec.clone()),
+            })
+            .await
+            .expect("apply")
+            .into_inner();
+        assert_eq!((applied.version, applied.created), (version, created));
+    }
+    let mut workflows = cluster.workflows(follower).await;
+    let submit = |version: u32, params: &[(&str, &str)]| pb::SubmitRequest {
+        spec: None,
+        idempotency_key: String::new(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        template: "report".into(),
+        template_version: version,
+    };
+    for (version, steps) in [(0, 2), (1, 1)] {
+        let id = workflows
+            .submit(submit(version, &[("region", "eu")]))
+            .await
+            .expect("submit a template")
+            .into_inner()
+            .workflow_id;
+        let workflow = workflows
+            .get(pb::GetRequest {
+                workflow_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .workflow
+            .expect("a workflow");
+        let expected = if version == 0 { 2 } else { version };
+        assert_eq!(
+            (workflow.template.as_str(), workflow.template_version),
+            ("report", expected)
+        );
+        assert_eq!(workflow.steps.len(), steps);
+        assert_eq!(workflow.params["region"], "eu");
+    }
+    let missing = workflows.submit(submit(0, &[])).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    assert!(
+        missing.message().starts_with("params[\"region\"]: "),
+        "{missing}"
+    );
+    let unknown = workflows
+        .submit(submit(7, &[("region", "eu")]))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown}");
+
+    tracing::info!("--- a schedule of the template runs its latest version");
+    let mut schedules = ScheduleServiceClient::new(channel(cluster.addr(follower)));
+    let refused = schedules
+        .create_schedule(pb::CreateScheduleRequest {
+            spec: Some(pb::ScheduleSpec {
+                name: "from-template".into(),
+                template: "report".into(),
+                every_ms: 1_000,
+                ..Default::default()
+            }),
+            replace: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(
+        refused.message().contains("params[\"region\"]"),
+        "{refused}"
+    );
+    schedules
+        .create_schedule(pb::CreateScheduleRequest {
+            spec: Some(pb::ScheduleSpec {
+                name: "from-template".into(),
+                template: "report".into(),
+                every_ms: 1_000,
+                params: [("region".to_string(), "us".to_string())].into(),
+                ..Default::default()
+            }),
+            replace: false,
+        })
+        .await
+        .expect("create");
+    let run = wait_for(TIMEOUT, "a run of the template's schedule", || async {
+        let listed = cluster
+            .workflows(follower)
+            .await
+            .list(pb::ListRequest {
+                schedule: "from-template".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        listed.workflows.into_iter().next()
+    })
+    .await;
+    assert_eq!((run.template.as_str(), run.template_version), ("report", 2));
+    assert_eq!(run.params["region"], "us");
+}

@@ -149,6 +149,8 @@ async fn an_agent_moves_to_the_new_leader_after_a_leader_transfer() {
             spec: Some(noop_spec("after-transfer", 2)),
             idempotency_key: "after-transfer".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .unwrap()

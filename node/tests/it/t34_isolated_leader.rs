@@ -91,6 +91,8 @@ async fn an_agent_on_a_leader_without_quorum_stops_its_step() {
             spec: Some(spec),
             idempotency_key: "isolated".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("submit")

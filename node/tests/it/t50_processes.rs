@@ -34,6 +34,8 @@ async fn submit(addrs: &[std::net::SocketAddr], key: &str, name: &str) -> pb::Su
                     spec: Some(noop_spec(name, 2)),
                     idempotency_key: key.into(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner());

@@ -99,6 +99,8 @@ async fn a_killed_agents_step_process_dies_and_the_step_runs_on_another_agent() 
                     spec: Some(spec.clone()),
                     idempotency_key: "survives-agent-death".into(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

@@ -26,6 +26,8 @@ async fn bound_cluster() -> TestCluster {
                 spec: Some(noop_spec(&format!("before-{i}"), 1)),
                 idempotency_key: format!("before-{i}"),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             })
             .await
             .expect("submit");
@@ -103,6 +105,8 @@ async fn still_serves(cluster: &TestCluster, leader: u64, name: &str) {
             spec: Some(noop_spec(name, 1)),
             idempotency_key: name.into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .unwrap_or_else(|e| panic!("the cluster stopped serving: {e}"));

@@ -233,6 +233,8 @@ async fn submit_once(
             spec: Some(spec),
             idempotency_key: key.into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await?;
     Ok(reply.into_inner().workflow_id)
@@ -416,6 +418,8 @@ async fn a_full_data_disk_refuses_new_work_moves_leadership_and_is_recovered_fro
                 spec: Some(noop_spec("refused-batch", 1)),
                 idempotency_key: "refused-batch".into(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             }],
         })
         .await

@@ -265,6 +265,8 @@ impl Cluster {
                     spec: Some(spec.clone()),
                     idempotency_key: key.clone(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

@@ -276,6 +276,8 @@ async fn submit(addrs: &[SocketAddr], key: &str, spec: &pb::WorkflowSpec) -> u64
                 spec: Some(spec.clone()),
                 idempotency_key: key.into(),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             };
             if let Ok(reply) = client.submit(request).await {
                 return Some(reply.into_inner().workflow_id);

@@ -100,6 +100,8 @@ async fn agent_a_cannot_renew_or_report_agent_b_attempt() {
             spec: Some(one_step("bound")),
             idempotency_key: String::new(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("submit")
@@ -225,6 +227,8 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
             spec: Some(first),
             idempotency_key: String::new(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("submit");
@@ -236,6 +240,8 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
             spec: Some(spec),
             idempotency_key: key.into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         };
         async move { client.submit(request).await.expect_err("refused") }
     };
@@ -316,6 +322,8 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
             spec: Some(huge),
             idempotency_key: String::new(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect_err("refused");
@@ -448,6 +456,8 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
             spec: Some(noop_spec("under-load", 1)),
             idempotency_key: "k1".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect_err("refused");
@@ -506,6 +516,8 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
             spec: Some(noop_spec("under-load", 1)),
             idempotency_key: "k1".into(),
             params: Default::default(),
+            template: String::new(),
+            template_version: 0,
         })
         .await
         .expect("accepted once the load is gone")
@@ -520,6 +532,8 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
                 spec: Some(noop_spec(&format!("batched-{i}"), 1)),
                 idempotency_key: format!("batched-{i}"),
                 params: Default::default(),
+                template: String::new(),
+                template_version: 0,
             })
             .collect(),
     };

@@ -45,6 +45,8 @@ async fn submit(addrs: &[SocketAddr], key: &str) -> u64 {
                     spec: Some(noop_spec(key, 1)),
                     idempotency_key: key.into(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

@@ -31,6 +31,8 @@ async fn submit(addrs: &[SocketAddr], key: &str, steps: usize) -> u64 {
                     spec: Some(noop_spec(key, steps)),
                     idempotency_key: key.into(),
                     params: Default::default(),
+                    template: String::new(),
+                    template_version: 0,
                 };
                 if let Ok(reply) = client.submit(request).await {
                     return Some(reply.into_inner().workflow_id);

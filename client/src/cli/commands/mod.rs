@@ -113,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
         Command::Token(command) => tokens::token(&connect()?, &out, command).await,
         Command::Schedule(command) => schedules::schedule(connect, &out, command).await,
+        Command::Template(command) => schedules::template(connect, &out, command).await,
         Command::Bench(args) => {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await

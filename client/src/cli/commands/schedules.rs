@@ -1,20 +1,21 @@
-//! `baton schedule`: create, list, get, pause, resume, delete, trigger and backfill schedules.
+//! `baton schedule`: create, list, get, pause, resume, delete, trigger and backfill schedules;
+//! `baton template`: apply, list, get and delete templates.
 
 use std::io::Read;
 use std::path::Path;
 
 use baton_client::Client;
-use baton_client::proto::{ReadConsistency, Schedule, ScheduleRun};
+use baton_client::proto::{ReadConsistency, Schedule, ScheduleRun, Template};
 use baton_proto::limits::SPEC_TEXT_BYTES_MAX;
 use baton_proto::schedule::{
-    catchup_window_ms, format_time_ms, overlap, overlap_name, parse_schedule, parse_time_ms,
-    validate_schedule,
+    catchup_window_ms, format_time_ms, overlap, overlap_name, parse_schedule, parse_template_ref,
+    parse_time_ms, validate_schedule,
 };
 use baton_proto::spec::{SpecFormat, format_duration_ms};
 use serde_json::{Value, json};
 
 use super::printer::Printer;
-use crate::cli::args::ScheduleCommand;
+use crate::cli::args::{ScheduleCommand, TemplateCommand};
 use crate::cli::failure::{CallKind, Failure, client_failure};
 
 fn consistency(stale: bool) -> ReadConsistency {
@@ -42,6 +43,124 @@ fn failure(name: &str, kind: CallKind) -> impl FnOnce(baton_client::ClientError)
         ),
         _ => client_failure(error, kind, Some(&object), None),
     }
+}
+
+pub(super) async fn template(
+    connect: impl FnOnce() -> anyhow::Result<Client>,
+    out: &Printer,
+    command: TemplateCommand,
+) -> anyhow::Result<()> {
+    let read = |name: &str| {
+        let object = format!("template {name}");
+        move |error: baton_client::ClientError| match error.code() {
+            Some(tonic::Code::NotFound | tonic::Code::InvalidArgument) => Failure::failed(
+                error
+                    .status()
+                    .map(|s| s.message().to_string())
+                    .unwrap_or_default(),
+            ),
+            _ => client_failure(error, CallKind::Read, Some(&object), None),
+        }
+    };
+    match command {
+        TemplateCommand::Apply { file } => {
+            let (display_name, spec) = super::submit::read_spec(&file)?;
+            let name = spec.name.clone();
+            let applied = connect()?
+                .apply_template(spec)
+                .await
+                .map_err(failure(&name, CallKind::Write))?;
+            out.print(
+                || json!({"name": name, "version": applied.version, "created": applied.created}),
+                || {
+                    if applied.created {
+                        format!(
+                            "template {name} version {} from {display_name}",
+                            applied.version
+                        )
+                    } else {
+                        format!(
+                            "template {name} unchanged: still version {}",
+                            applied.version
+                        )
+                    }
+                },
+            )
+        }
+        TemplateCommand::List { stale } => {
+            let templates = connect()?
+                .list_templates(consistency(stale))
+                .await
+                .map_err(|e| client_failure(e, CallKind::Read, Some("templates"), None))?;
+            out.print(
+                || Value::Array(templates.iter().map(template_json).collect()),
+                || {
+                    if templates.is_empty() {
+                        return "no templates".into();
+                    }
+                    let width = templates
+                        .iter()
+                        .map(|t| t.name.len())
+                        .max()
+                        .unwrap_or(4)
+                        .max(4);
+                    let mut lines = vec![format!("{:<width$}  VERSION  VERSIONS KEPT", "NAME")];
+                    for t in &templates {
+                        lines.push(format!(
+                            "{:<width$}  {:<7}  {}",
+                            t.name,
+                            t.version,
+                            t.versions.len()
+                        ));
+                    }
+                    lines.join("\n")
+                },
+            )
+        }
+        TemplateCommand::Get { name, stale } => {
+            let (name, version) =
+                parse_template_ref(&name).map_err(|e| Failure::usage(format!("NAME: {e}")))?;
+            let template = connect()?
+                .get_template(&name, version, consistency(stale))
+                .await
+                .map_err(read(&name))?;
+            out.print(
+                || template_json(&template),
+                || {
+                    let spec = template.spec.clone().unwrap_or_default();
+                    let steps: Vec<&str> = spec.steps.iter().map(|s| s.name.as_str()).collect();
+                    format!(
+                        "template {} version {} (of {:?}), applied {}\nsteps: {}",
+                        template.name,
+                        template.version,
+                        template.versions,
+                        format_time_ms(template.created_at_ms),
+                        steps.join(", ")
+                    )
+                },
+            )
+        }
+        TemplateCommand::Delete { name } => {
+            connect()?
+                .delete_template(&name)
+                .await
+                .map_err(failure(&name, CallKind::Write))?;
+            out.print(
+                || json!({"name": name, "deleted": true}),
+                || format!("template {name} deleted (its runs keep its name and version)"),
+            )
+        }
+    }
+}
+
+fn template_json(template: &Template) -> Value {
+    json!({
+        "name": template.name,
+        "version": template.version,
+        "versions": template.versions,
+        "created_at_ms": template.created_at_ms,
+        "spec": template.spec.as_ref().map(baton_proto::json::spec_json),
+    })
 }
 
 pub(super) async fn schedule(
@@ -220,6 +339,9 @@ fn schedule_json(schedule: &Schedule) -> Value {
         "end_at_ms": spec.end_at_ms,
         "params": spec.params,
         "workflow": spec.workflow.as_ref().map(|w| w.name.clone()),
+        "template": spec.template,
+        "template_version": spec.template_version,
+        "last_error": schedule.last_error,
         "paused": schedule.paused,
         "created_at_ms": schedule.created_at_ms,
         "next_fire_ms": schedule.next_fire_ms,
@@ -294,10 +416,21 @@ fn render_one(schedule: &Schedule, upcoming: &[u64]) -> String {
             format_duration_ms(catchup_window_ms(&spec)),
             format_duration_ms(spec.jitter_ms)
         ),
-        format!(
-            "workflow  {}",
-            spec.workflow.as_ref().map_or("", |w| w.name.as_str())
-        ),
+        if spec.template.is_empty() {
+            format!(
+                "workflow  {}",
+                spec.workflow.as_ref().map_or("", |w| w.name.as_str())
+            )
+        } else {
+            format!(
+                "template  {}{}",
+                spec.template,
+                match spec.template_version {
+                    0 => " (latest version at each run)".to_string(),
+                    v => format!("@{v}"),
+                }
+            )
+        },
         format!(
             "state     {}",
             if schedule.paused { "paused" } else { "active" }
@@ -307,6 +440,9 @@ fn render_one(schedule: &Schedule, upcoming: &[u64]) -> String {
             schedule.runs_started, schedule.runs_skipped, schedule.runs_missed
         ),
     ];
+    if !schedule.last_error.is_empty() {
+        lines.push(format!("error     {}", schedule.last_error));
+    }
     if let Some(last) = &schedule.last_run {
         lines.push(format!(
             "last run  workflow {} for {}",

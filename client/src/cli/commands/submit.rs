@@ -27,6 +27,9 @@ pub(super) async fn submit(
     args: SubmitArgs,
 ) -> anyhow::Result<()> {
     let params = param_values(&args.params)?;
+    if let Some(template) = &args.template {
+        return submit_template(connect, out, template, &args, params).await;
+    }
     if args.files.len() > 1 {
         return submit_many(connect, out, args, params).await;
     }
@@ -319,9 +322,72 @@ fn check_params(
         .map_err(|error| Failure::usage(format!("{display_name}: {error}")))
 }
 
+/// `baton submit --template NAME[@VERSION]`: the node resolves the template and checks the
+/// params against it.
+async fn submit_template(
+    connect: impl FnOnce() -> anyhow::Result<Client>,
+    out: &Printer,
+    template: &str,
+    args: &SubmitArgs,
+    params: BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let (name, version) = baton_proto::schedule::parse_template_ref(template)
+        .map_err(|e| Failure::usage(format!("--template: {e}")))?;
+    let key = match &args.idempotency_key {
+        Some(key) => {
+            validate_idempotency_key(key)
+                .map_err(|error| Failure::usage(format!("--idempotency-key: {}", error.message)))?;
+            key.clone()
+        }
+        None => new_idempotency_key(),
+    };
+    let client = connect()?;
+    let response = client
+        .submit_template(&name, version, key.clone(), params)
+        .await
+        .map_err(|error| {
+            if error.code() == Some(tonic::Code::NotFound)
+                || error.code() == Some(tonic::Code::InvalidArgument)
+            {
+                return Failure::failed(
+                    error
+                        .status()
+                        .map(|s| s.message().to_string())
+                        .unwrap_or_default(),
+                );
+            }
+            let hint = format!(
+                "the workflow may or may not have been submitted; run `baton submit --template \
+                 {template} --idempotency-key {key}` again: it returns the first workflow if \
+                 there is one"
+            );
+            client_failure(
+                error,
+                CallKind::Write,
+                Some(&format!("workflow from template {template}")),
+                Some(hint),
+            )
+        })?;
+    out.print(
+        || output::submit_json(&response),
+        || response.workflow_id.to_string(),
+    )?;
+    if !args.wait {
+        return Ok(());
+    }
+    let mut columns = EventColumns::default();
+    wait_for_end(
+        &client,
+        response.workflow_id,
+        response.log_index,
+        &mut columns,
+    )
+    .await
+}
+
 /// Reads, parses and validates a spec file (`-`: stdin). Every problem is a usage error naming
 /// the file, and the line and column or the field.
-fn read_spec(path: &Path) -> anyhow::Result<(String, WorkflowSpec)> {
+pub(super) fn read_spec(path: &Path) -> anyhow::Result<(String, WorkflowSpec)> {
     let from_stdin = path.as_os_str() == "-";
     let display_name = if from_stdin {
         "<stdin>".to_string()

@@ -25,6 +25,10 @@ mod tests {
             "paused": false,
             "params": {},
             "deadline_ms": null,
+            "schedule": null,
+            "nominal_time_ms": null,
+            "template": null,
+            "template_version": null,
             "steps": [
                 {
                     "name": "create-account", "state": "succeeded", "attempts": 1,

@@ -103,6 +103,8 @@ mod fixtures {
             params: Default::default(),
             schedule: String::new(),
             nominal_time_ms: 0,
+            template: String::new(),
+            template_version: 0,
         }
     }
 }

@@ -30,6 +30,25 @@ pub fn render_workflow(workflow: &Workflow) -> String {
     if !workflow.idempotency_key.is_empty() {
         header.row(["key:", workflow.idempotency_key.as_str()]);
     }
+    if !workflow.schedule.is_empty() {
+        header.row([
+            "schedule:".to_string(),
+            format!(
+                "{}, the run for {}",
+                workflow.schedule,
+                format_time_ms(workflow.nominal_time_ms)
+            ),
+        ]);
+    }
+    if !workflow.template.is_empty() {
+        header.row([
+            "template:".to_string(),
+            format!(
+                "{} version {}",
+                workflow.template, workflow.template_version
+            ),
+        ]);
+    }
     if !workflow.params.is_empty() {
         header.row(["params:".to_string(), labels_text(&workflow.params)]);
     }
