@@ -177,11 +177,18 @@ impl Server {
             });
             (stop, task)
         });
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder()
             .build_v1()
             .map_err(|e| StartError::Internal(format!("grpc reflection: {e}")))?;
+        // v1alpha too: grpcio-reflection, grpc_cli and older grpcurl speak only that one.
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
+            .map_err(|e| StartError::Internal(format!("grpc reflection v1alpha: {e}")))?;
 
         let router = connections(config)
             .concurrency_limit_per_connection(limits::REQUESTS_PER_CONNECTION_MAX)
@@ -236,7 +243,8 @@ impl Server {
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             )
             .add_service(health_service)
-            .add_service(reflection);
+            .add_service(reflection)
+            .add_service(reflection_v1alpha);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let tls = security.tls().cloned();
         let serving = tokio::spawn(async move {

@@ -153,6 +153,8 @@ async fn reflection_lists_the_public_services() {
         "baton.v1.WorkflowService",
         "baton.v1.AgentService",
         "baton.v1.AdminService",
+        "baton.v1.ScheduleService",
+        "baton.v1.TemplateService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
@@ -166,6 +168,37 @@ async fn reflection_lists_the_public_services() {
         panic!("no file descriptor for baton.v1.WorkflowService");
     };
     assert!(!files.file_descriptor_proto.is_empty());
+
+    // The same through v1alpha, which older tools speak (grpcio-reflection, grpc_cli).
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(channel(cluster.addr(1)));
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("v1alpha reflection answers")
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) = replies
+            .message()
+            .await
+            .unwrap()
+            .and_then(|r| r.message_response)
+        else {
+            panic!("no list of services over v1alpha");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.iter().any(|n| n == "baton.v1.WorkflowService"),
+            "{names:?}"
+        );
+    }
     cluster.shutdown().await;
 }
 
