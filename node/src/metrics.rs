@@ -181,7 +181,8 @@ pub fn describe() {
     );
     describe_gauge!(
         SCHEDULE_NEXT_FIRE,
-        "When each unpaused schedule fires next (nominal, Unix seconds); absent when never."
+        "When each unpaused schedule next starts a run (its nominal time plus its jitter, Unix \
+         seconds); 0 when paused or never again."
     );
     describe_histogram!(
         SCHEDULE_LAG_SECONDS,
@@ -690,7 +691,7 @@ impl LeaderGauges {
                 counter!(SCHEDULE_RUNS, "schedule" => name.clone(), "outcome" => outcome)
                     .absolute(count);
             }
-            let next = schedule.next_ms.filter(|_| !schedule.paused);
+            let next = schedule.due_at(&name);
             gauge!(SCHEDULE_NEXT_FIRE, "schedule" => name.clone())
                 .set(next.map_or(0.0, |ms| ms as f64 / 1000.0));
             schedules.insert(name);

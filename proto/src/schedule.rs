@@ -222,6 +222,9 @@ pub fn validate_schedule(spec: &ScheduleSpec) -> Result<BTreeMap<String, String>
             format!("{} is not an overlap policy", spec.overlap),
         ));
     }
+    if spec.template.is_empty() && spec.template_version != 0 {
+        return Err(SpecError::new("template_version", "set without a template"));
+    }
     if !spec.template.is_empty() {
         if spec.workflow.is_some() {
             return Err(SpecError::new(

@@ -241,9 +241,10 @@ impl ScheduleServiceImpl {
                 already_run,
             }),
             Applied::NoSchedule { .. } => Err(no_schedule(&req.name)),
-            Applied::Rejected { reason } => Err(Status::invalid_argument(format!(
-                "from_ms: {reason} (at most {BACKFILL_RUNS_MAX} runs)"
-            ))),
+            Applied::Rejected { reason } if reason.contains("backfill it in parts") => Err(
+                Status::invalid_argument(format!("to_ms: {reason} (at most {BACKFILL_RUNS_MAX})")),
+            ),
+            Applied::Rejected { reason } => Err(Status::failed_precondition(reason)),
             other => Err(Status::internal(format!("backfill schedule: {other:?}"))),
         }
     }

@@ -41,6 +41,9 @@ use super::{ApplyCtx, ClusterState, Events};
 
 /// Schedule times one entry handles at most (run, skipped or counted as missed).
 pub const FIRES_PER_TICK_MAX: usize = 1024;
+/// How late past its due time (nominal time plus jitter) a time may be reached and still run
+/// with a catch-up window of 0: the delay of a leader's round and its proposal, not an outage.
+pub const CATCHUP_GRACE_MS: u64 = 10_000;
 
 /// Unpaused schedules by the time they next fire (nominal time plus jitter).
 pub(super) type ScheduleDue = OrdSet<(u64, Arc<str>)>;
@@ -111,8 +114,8 @@ impl Schedule {
         }
     }
 
-    /// When it next fires, jitter included, while it is unpaused.
-    fn due_at(&self, name: &str) -> Option<u64> {
+    /// When it next starts a run, jitter included, while it is unpaused.
+    pub fn due_at(&self, name: &str) -> Option<u64> {
         let next = self.next_ms.filter(|_| !self.paused)?;
         Some(next.saturating_add(jitter_ms(name, next, self.spec().jitter_ms)))
     }
@@ -283,8 +286,16 @@ impl ClusterState {
                 ),
             };
         }
-        let next_ms = calendar.next_after(self.now_ms);
         let exists = self.schedules.contains_key(spec.name.as_str());
+        // A replace keeps a time already reached but not fired yet (in its jitter, or the Tick
+        // not applied): it runs under the new spec rather than vanish uncounted.
+        let pending = self
+            .schedules
+            .get(spec.name.as_str())
+            .filter(|s| !s.paused)
+            .and_then(|s| s.next_ms)
+            .filter(|&t| t <= self.now_ms);
+        let next_ms = pending.or_else(|| calendar.next_after(self.now_ms));
         if exists && !create.replace {
             return Response::Rejected {
                 reason: format!("schedule {:?} already exists", spec.name),
@@ -337,7 +348,12 @@ impl ClusterState {
         let calendar = Calendar::new(&self.schedules[&name].spec()).ok();
         self.change_schedule(&name, |s| {
             s.paused = pause.paused;
-            if !pause.paused {
+            if pause.paused {
+                // A paused schedule starts nothing, a buffered time included.
+                if s.buffered.take().is_some() {
+                    s.skipped += 1;
+                }
+            } else {
                 s.next_ms = calendar.and_then(|c| c.next_after(now_ms));
             }
         });
@@ -398,7 +414,9 @@ impl ClusterState {
                 reason: "the schedule's calendar does not parse".into(),
             };
         };
-        let times = match calendar.times_in(backfill.from_ms, backfill.to_ms, BACKFILL_RUNS_MAX) {
+        // Times still to come are the schedule's own to fire.
+        let to_ms = backfill.to_ms.min(self.now_ms);
+        let times = match calendar.times_in(backfill.from_ms, to_ms, BACKFILL_RUNS_MAX) {
             Ok(times) => times,
             Err(_) => {
                 return Response::Rejected {
@@ -412,7 +430,7 @@ impl ClusterState {
         let mut started = Vec::new();
         let mut already_run = 0;
         for nominal_ms in times {
-            match self.start_run(ctx, &name, nominal_ms, events) {
+            match self.start_run(ctx, &name, nominal_ms, false, events) {
                 Fired::Started(id) => started.push((nominal_ms, id)),
                 Fired::Failed(reason) => return Response::Rejected { reason },
                 _ => already_run += 1,
@@ -441,10 +459,16 @@ impl ClusterState {
             let next_ms = Calendar::new(&spec)
                 .ok()
                 .and_then(|c| c.next_after(nominal_ms));
-            if now_ms.saturating_sub(nominal_ms) > catchup_window_ms(&spec) {
+            // Late from when it was due to start (its jitter included), beyond the delay of a
+            // leader's round: an outage, not the scheduling itself.
+            let late_ms = now_ms.saturating_sub(at);
+            if late_ms > catchup_window_ms(&spec).saturating_add(CATCHUP_GRACE_MS) {
                 self.change_schedule(&name, |s| s.missed += 1);
-            } else {
-                self.fire_time(ctx, &name, nominal_ms, events);
+            } else if let Fired::Failed(reason) = self.fire_time(ctx, &name, nominal_ms, events) {
+                self.change_schedule(&name, |s| {
+                    s.skipped += 1;
+                    s.last_error = reason;
+                });
             }
             self.change_schedule(&name, |s| s.next_ms = next_ms);
         }
@@ -458,6 +482,8 @@ impl ClusterState {
         nominal_ms: u64,
         events: &mut Events,
     ) -> Fired {
+        // Runs that ended earlier in this entry (a timeout in the same Tick) no longer count.
+        self.release_ended_runs(ctx, name, events);
         let schedule = &self.schedules[name];
         if !schedule.running.is_empty() {
             match overlap(&schedule.spec()) {
@@ -478,6 +504,12 @@ impl ClusterState {
                 }
                 pb::OverlapPolicy::Allow => {}
                 pb::OverlapPolicy::CancelPrevious => {
+                    // Nothing is cancelled for a run that cannot start.
+                    if let Err(reason) = self.run_submit(schedule, String::new()) {
+                        return Fired::Failed(format!(
+                            "schedule {name}: no run for {nominal_ms}: {reason}"
+                        ));
+                    }
                     let running = self.change_schedule(name, |s| std::mem::take(&mut s.running));
                     for (_, id) in running {
                         if self
@@ -502,7 +534,36 @@ impl ClusterState {
                 }
             }
         }
-        self.start_run(ctx, name, nominal_ms, events)
+        self.start_run(ctx, name, nominal_ms, true, events)
+    }
+
+    /// Takes the runs of `name` that ended out of its running list; a buffered time starts once
+    /// none is left (unless the schedule is paused). A buffered time that cannot start is
+    /// counted as skipped.
+    fn release_ended_runs(&mut self, ctx: ApplyCtx, name: &Arc<str>, events: &mut Events) {
+        let workflows = &self.workflows;
+        let ended = |id: &WorkflowId| workflows.get(id).is_none_or(|w| w.state.is_terminal());
+        if !self.schedules[name].running.iter().any(|(_, id)| ended(id)) {
+            return;
+        }
+        let workflows = self.workflows.clone();
+        let ready = self.change_schedule(name, |s| {
+            s.running
+                .retain(|(_, id)| workflows.get(id).is_some_and(|w| !w.state.is_terminal()));
+            if s.running.is_empty() && !s.paused {
+                s.buffered.take()
+            } else {
+                None
+            }
+        });
+        if let Some(nominal_ms) = ready
+            && let Fired::Failed(reason) = self.start_run(ctx, name, nominal_ms, true, events)
+        {
+            self.change_schedule(name, |s| {
+                s.skipped += 1;
+                s.last_error = reason;
+            });
+        }
     }
 
     /// What a run of `schedule` starts: its workflow, or its template's version (the latest
@@ -550,24 +611,24 @@ impl ClusterState {
     }
 
     /// Starts the run of `name` for `nominal_ms`: `AlreadyRun` when that time has a run, or
-    /// `Failed` when there is nothing to run (counted as skipped, with the reason kept).
+    /// `Failed` when there is nothing to run (the caller counts it, or refuses its command).
+    /// A `tracked` run joins the running list the overlap policy looks at (a backfill's does
+    /// not: backfills run whatever the policy).
     fn start_run(
         &mut self,
         ctx: ApplyCtx,
         name: &Arc<str>,
         nominal_ms: u64,
+        tracked: bool,
         events: &mut Events,
     ) -> Fired {
         let schedule = &self.schedules[name];
         let submit = match self.run_submit(schedule, run_key(name, nominal_ms)) {
             Ok(submit) => submit,
             Err(reason) => {
-                let reason = format!("schedule {name}: no run for {nominal_ms}: {reason}");
-                self.change_schedule(name, |s| {
-                    s.skipped += 1;
-                    s.last_error = reason.clone();
-                });
-                return Fired::Failed(reason);
+                return Fired::Failed(format!(
+                    "schedule {name}: no run for {nominal_ms}: {reason}"
+                ));
             }
         };
         let run = ScheduledRun {
@@ -580,7 +641,9 @@ impl ClusterState {
                 created: true,
             } => {
                 self.change_schedule(name, |s| {
-                    s.running.push((nominal_ms, workflow_id));
+                    if tracked {
+                        s.running.push((nominal_ms, workflow_id));
+                    }
                     s.started += 1;
                     s.last_run = Some((nominal_ms, workflow_id));
                     s.last_error.clear();
@@ -606,26 +669,26 @@ impl ClusterState {
             })
             .collect();
         for (id, ended) in changed {
-            let Some(run) = self.workflows.get(&id).and_then(|w| w.schedule.clone()) else {
+            let Some(workflow) = self.workflows.get(&id) else {
+                continue;
+            };
+            // A retry that ended its workflow at once (every rerun step skipped) runs nothing.
+            if !ended && workflow.state.is_terminal() {
+                continue;
+            }
+            let Some(run) = workflow.schedule.clone() else {
                 continue;
             };
             let Some(name) = self.schedule_name(&run.name) else {
                 continue; // deleted
             };
-            let ready = self.change_schedule(&name, |s| {
-                s.running.retain(|(_, w)| *w != id);
-                if !ended {
+            if ended {
+                self.release_ended_runs(ctx, &name, events);
+            } else {
+                self.change_schedule(&name, |s| {
+                    s.running.retain(|(_, w)| *w != id);
                     s.running.push((run.nominal_ms, id));
-                    return None;
-                }
-                if s.running.is_empty() {
-                    s.buffered.take()
-                } else {
-                    None
-                }
-            });
-            if let Some(nominal_ms) = ready {
-                self.start_run(ctx, &name, nominal_ms, events);
+                });
             }
         }
     }

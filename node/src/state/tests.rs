@@ -2262,6 +2262,25 @@ fn each_overlap_policy_does_what_it_says() {
         ]
     );
     assert_eq!(schedule_of(&log, "s").running, [(30_000, WorkflowId(3))]);
+    // skip, with the running run ending in the very entry that reaches the next time (its
+    // workflow timeout): the time runs.
+    let mut log = Log::new();
+    log.apply_at(0, create_schedule("t", 10_000, Skip, None));
+    if let Some(s) = log.state.schedules.get_mut("t") {
+        // Runs of this schedule time out after 5 s.
+        let s = Arc::make_mut(s);
+        let mut workflow = pb::WorkflowSpec::decode(s.workflow.as_slice()).unwrap();
+        workflow.timeout_ms = 5_000;
+        s.workflow = workflow.encode_to_vec();
+    }
+    log.apply_at(10_000, Command::Tick);
+    log.apply_at(20_000, Command::Tick);
+    assert_eq!(runs(&log, "t"), [(10_000, 1), (20_000, 2)]);
+    assert_eq!(
+        log.state.workflows[&WorkflowId(1)].state,
+        WorkflowState::TimedOut
+    );
+    assert_eq!(schedule_of(&log, "t").skipped, 0);
     // buffer_one: 20 s waits, 30 s is skipped; 20 s starts when run 1 ends.
     let mut log = outcome(BufferOne);
     assert_eq!(runs(&log, "s"), [(10_000, 1)]);
@@ -2301,7 +2320,7 @@ fn after_an_outage_times_inside_the_catch_up_window_run_and_older_ones_are_misse
     let s = schedule_of(&log, "minutely");
     assert_eq!((s.started, s.missed), (3, 7));
     assert_eq!(s.next_ms, Some(660_000));
-    // A window of 0: only a time reached on time runs.
+    // A window of 0: only a time reached on time (within the scheduling grace) runs.
     let mut log = Log::new();
     log.apply_at(
         0,
@@ -2309,8 +2328,12 @@ fn after_an_outage_times_inside_the_catch_up_window_run_and_older_ones_are_misse
     );
     log.apply_at(60_000, Command::Tick);
     log.apply_at(180_001, Command::Tick);
-    assert_eq!(runs(&log, "strict"), [(60_000, 1)]);
-    assert_eq!(schedule_of(&log, "strict").missed, 2);
+    assert_eq!(
+        runs(&log, "strict"),
+        [(60_000, 1), (180_000, 2)],
+        "120 s is a minute late and missed; 180 s, 1 ms late, runs"
+    );
+    assert_eq!(schedule_of(&log, "strict").missed, 1);
 }
 
 #[test]
@@ -2380,13 +2403,26 @@ fn pause_resume_trigger_backfill_and_delete() {
             already_run: 3
         }
     );
+    // Times still to come are the schedule's own: a backfill past now starts up to now only.
+    let ahead = Command::BackfillSchedule(BackfillScheduleCommand {
+        name: "s".into(),
+        from_ms: 30_000,
+        to_ms: 90_000,
+    });
+    assert_eq!(
+        log.apply_at(38_000, ahead),
+        Response::Backfilled {
+            started: vec![],
+            already_run: 1
+        }
+    );
     let too_wide = Command::BackfillSchedule(BackfillScheduleCommand {
         name: "s".into(),
         from_ms: 1,
         to_ms: 10_000 * 2_000,
     });
     assert!(matches!(
-        log.apply_at(38_000, too_wide),
+        log.apply_at(10_000 * 2_000, too_wide),
         Response::Rejected { .. }
     ));
     // Deleted: nothing fires any more; its runs go on with its name.
@@ -2406,7 +2442,8 @@ fn pause_resume_trigger_backfill_and_delete() {
 #[test]
 fn a_schedule_survives_a_snapshot_and_jitter_delays_alike_everywhere() {
     let mut log = Log::new();
-    let mut create = create_schedule("j", 60_000, pb::OverlapPolicy::Skip, None);
+    // A catch-up window of 0: a run that starts in its jitter is not late.
+    let mut create = create_schedule("j", 60_000, pb::OverlapPolicy::Skip, Some(0));
     if let Command::CreateSchedule(c) = &mut create {
         let mut spec = pb::ScheduleSpec::decode(c.spec.as_slice()).unwrap();
         spec.jitter_ms = 30_000;
@@ -2431,6 +2468,7 @@ fn a_schedule_survives_a_snapshot_and_jitter_delays_alike_everywhere() {
         [(60_000, 1)],
         "the run keeps its nominal time"
     );
+    assert_eq!(schedule_of(&log, "j").missed, 0);
 }
 
 // ---- templates ----
