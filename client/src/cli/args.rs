@@ -322,8 +322,8 @@ pub enum ScheduleCommand {
     Delete { name: String },
     /// Run a schedule now (its overlap policy applies).
     Trigger { name: String },
-    /// Start a run for every time of the schedule between --from and --to (RFC 3339, both
-    /// included) that has none yet, at most 1000.
+    /// Start a run for every past time of the schedule between --from and --to (RFC 3339, both
+    /// included) that has none yet, at most 1000, whatever its overlap policy.
     Backfill {
         name: String,
         #[arg(long, value_name = "TIME")]
