@@ -742,6 +742,10 @@ impl LeaderGauges {
         }
         gauge!(LEASES_LIVE).set(0.0);
         gauge!(WORKFLOWS_RETAINED).set(0.0);
+        // Only the leader says when schedules fire next (a follower's 0 means "not me").
+        for name in std::mem::take(&mut self.schedules) {
+            gauge!(SCHEDULE_NEXT_FIRE, "schedule" => name).set(0.0);
+        }
         gauge!(CLOCK_OFFSET_SECONDS).set(0.0);
         gauge!(FLEET_AGENTS_CONNECTED).set(0.0);
         for resource in RESOURCES {

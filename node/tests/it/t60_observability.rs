@@ -651,6 +651,38 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     })
     .await;
 
+    tracing::info!("--- a schedule runs every second (after the exact counts above)");
+    wait_for(PHASE_TIMEOUT, "a schedule created", || async {
+        for addr in &addrs {
+            let mut schedules =
+                baton_proto::v1::schedule_service_client::ScheduleServiceClient::new(channel(
+                    *addr,
+                ));
+            let created = schedules
+                .create_schedule(pb::CreateScheduleRequest {
+                    spec: Some(pb::ScheduleSpec {
+                        name: "every-second".into(),
+                        workflow: Some(noop_spec("scheduled", 1)),
+                        every_ms: 1_000,
+                        overlap: pb::OverlapPolicy::Allow as i32,
+                        ..Default::default()
+                    }),
+                    replace: true,
+                })
+                .await;
+            if created.is_ok() {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    prom.wait_value(
+        r#"sum(baton_schedule_runs_total{outcome="started"})"#,
+        |v| v >= 3.0,
+    )
+    .await;
+
     tracing::info!("--- the rules and configs in deploy/ pass promtool");
     promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], None);
     promtool(
@@ -719,6 +751,26 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
         alerts = alerts.len(),
         "expressions checked"
     );
+    wait_for(PHASE_TIMEOUT, "the schedule deleted", || async {
+        for addr in &addrs {
+            let mut schedules =
+                baton_proto::v1::schedule_service_client::ScheduleServiceClient::new(channel(
+                    *addr,
+                ));
+            let deleted = schedules
+                .delete_schedule(pb::DeleteScheduleRequest {
+                    name: "every-second".into(),
+                })
+                .await;
+            match deleted {
+                Ok(_) => return Some(()),
+                Err(e) if e.code() == tonic::Code::NotFound => return Some(()),
+                Err(_) => {}
+            }
+        }
+        None
+    })
+    .await;
 
     tracing::info!("--- leadership moves: the old leader's cluster-wide gauges go to 0");
     let leader_instance = || async {
@@ -819,9 +871,11 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
             );
         }
     }
+    // The schedule's runs ("scheduled", started after the counts were checked) aside.
     let finished: Vec<&Json> = node_lines
         .iter()
         .filter(|l| l["fields"]["message"] == "workflow finished")
+        .filter(|l| l["fields"]["name"] != "scheduled")
         .collect();
     // Logged once per workflow, by the leader that counts it (the same rule as the counters).
     if stable {
