@@ -124,11 +124,16 @@ fn schedule_spec() -> pb::ScheduleSpec {
 
 /// Creates (or `paused`: pauses) the workload's schedule, retrying through faults; an outcome
 /// left unknown is retried too (a create repeated is ALREADY_EXISTS, a pause is idempotent).
+/// A pause that finds no schedule is done: a build that lost the acknowledged schedule is the
+/// checker's to judge (its runs no longer match its count), not the harness's.
 async fn steer_schedule(client: &Client, paused: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let result = if paused {
-            client.pause_schedule(SCHEDULE, true).await.map(|_| ())
+            match client.pause_schedule(SCHEDULE, true).await {
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(()),
+                other => other.map(|_| ()),
+            }
         } else {
             match client.create_schedule(schedule_spec(), false).await {
                 Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
@@ -822,8 +827,11 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
             proc.resume();
         }
     }
-    // No new schedule run once the faults end: what it started must end like the rest.
-    steer_schedule(&cluster.direct_client(None)?, true).await?;
+    // No new schedule run once the faults end: what it started must end like the rest. A
+    // cluster that cannot pause it in 30 s keeps starting runs: the liveness check says so.
+    if let Err(error) = steer_schedule(&cluster.direct_client(None)?, true).await {
+        println!("  schedule not paused: {error:#}");
+    }
     let liveness_deadline = Instant::now() + LIVENESS_PATIENCE;
     *drain_deadline.lock().expect("not poisoned") = Some(liveness_deadline);
     stop.store(true, Ordering::Relaxed);
@@ -859,11 +867,25 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     let journal = checker::parse_journal(&journal_text).map_err(anyhow::Error::msg)?;
     let requests = history.lock().expect("not poisoned").clone();
     let operations = std::mem::take(&mut *operations.lock().expect("not poisoned"));
-    let schedule = reader
-        .get_schedule(SCHEDULE, pb::ReadConsistency::Linearizable)
-        .await?
-        .schedule
-        .unwrap_or_default();
+    // A schedule the cluster lost reads as one that started nothing (the checker then finds
+    // its runs unaccounted for); one it cannot report at all, likewise.
+    let mut schedule = pb::Schedule::default();
+    for _ in 0..50 {
+        match reader
+            .get_schedule(SCHEDULE, pb::ReadConsistency::Linearizable)
+            .await
+        {
+            Ok(got) => {
+                schedule = got.schedule.unwrap_or_default();
+                break;
+            }
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                println!("  schedule {SCHEDULE} is gone from the cluster");
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
     let schedules = BTreeMap::from([(
         SCHEDULE.to_owned(),
         checker::ScheduleFacts {
