@@ -7,7 +7,9 @@
 #                                      compiler and make for RocksDB
 #   source scripts/prereqs.sh test     building and testing (scripts/test, bench-retained, CI):
 #                                      the above, plus the tools the tests run beside Baton
-#   source scripts/prereqs.sh deploy   scripts/validate-deploy's Kubernetes validator
+#   source scripts/prereqs.sh deploy   scripts/validate-deploy's Kubernetes validator and
+#                                      scripts/validate-openapi's OpenAPI validator
+#   source scripts/prereqs.sh browser  scripts/browser-test: Debian's chromium and Playwright
 #
 # The tests need Prometheus (`prometheus` and `promtool`) for the observability test, which checks
 # the metrics, the alert rules and the dashboard against a real Prometheus; etcd (`etcd-server`,
@@ -22,7 +24,8 @@
 # port with a temporary storage folder. The same holds for `etcd-server`: the bench starts its own
 # three members on free loopback ports. Recommends (node-exporter) are not installed.
 #
-# scripts/validate-deploy checks the Kubernetes manifests with kubernetes-validate (PyPI), kept in
+# scripts/validate-deploy checks the Kubernetes manifests with kubernetes-validate (PyPI), and
+# scripts/validate-openapi the JSON API's document with openapi-spec-validator (PyPI), kept in
 # a venv under ~/.cache (Debian's Python refuses system-wide pip installs, PEP 668). cargo-fuzz is
 # scripts/fuzz's own business (it installs it where a nightly toolchain exists).
 set -euo pipefail
@@ -33,7 +36,8 @@ case "$baton_prereqs_for" in
   build) baton_packages=(libclang-dev g++ make) ;;
   test) baton_packages=(libclang-dev g++ make prometheus etcd-server python3 faketime curl) ;;
   deploy) baton_packages=(python3-venv) ;;
-  *) echo "prereqs.sh: name what to install: build, test or deploy (got '$baton_prereqs_for')" >&2
+  browser) baton_packages=(python3-venv chromium) ;;
+  *) echo "prereqs.sh: name what to install: build, test, deploy or browser (got '$baton_prereqs_for')" >&2
      return 2 2>/dev/null || exit 2 ;;
 esac
 missing=()
@@ -49,6 +53,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}"
 fi
 
+if [ "$baton_prereqs_for" = browser ]; then
+  BATON_VENV="${BATON_VENV:-$HOME/.cache/baton-venv}"
+  export BATON_VENV
+  [ -x "$BATON_VENV/bin/python" ] || python3 -m venv "$BATON_VENV"
+  # Playwright's Python package brings its driver; the browser is Debian's chromium (Playwright's
+  # own browser download cannot reach its host from here).
+  if ! "$BATON_VENV/bin/python" -c 'import playwright' >/dev/null 2>&1; then
+    echo "installing playwright into $BATON_VENV" >&2
+    "$BATON_VENV/bin/pip" install -q playwright==1.64.1
+  fi
+fi
+
 if [ "$baton_prereqs_for" = deploy ]; then
   BATON_VENV="${BATON_VENV:-$HOME/.cache/baton-venv}"
   export BATON_VENV
@@ -56,5 +72,10 @@ if [ "$baton_prereqs_for" = deploy ]; then
     echo "installing kubernetes-validate into $BATON_VENV" >&2
     python3 -m venv "$BATON_VENV"
     "$BATON_VENV/bin/pip" install -q kubernetes-validate==1.37.0
+  fi
+  # scripts/validate-openapi: the JSON API's OpenAPI document against the 3.1 schema.
+  if ! "$BATON_VENV/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    echo "installing openapi-spec-validator into $BATON_VENV" >&2
+    "$BATON_VENV/bin/pip" install -q openapi-spec-validator==0.9.0
   fi
 fi

@@ -23,6 +23,7 @@ use crate::tls::{Credentials, TokenInterceptor, Transport};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::schedule_service_client::ScheduleServiceClient;
 use baton_proto::v1::template_service_client::TemplateServiceClient;
+use baton_proto::v1::trigger_service_client::TriggerServiceClient;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use baton_proto::v1::{
     AddMemberRequest, AddMemberResponse, CancelRequest, CancelResponse, ClusterStatusRequest,
@@ -41,9 +42,10 @@ use baton_proto::v1::{
 };
 use baton_proto::v1::{
     BackfillScheduleRequest, BackfillScheduleResponse, CreateScheduleRequest,
-    CreateScheduleResponse, DeleteScheduleRequest, GetScheduleRequest, GetScheduleResponse,
-    ListSchedulesRequest, PauseScheduleRequest, Schedule, ScheduleSpec, TriggerScheduleRequest,
-    TriggerScheduleResponse,
+    CreateScheduleResponse, CreateTriggerRequest, CreateTriggerResponse, DeleteScheduleRequest,
+    DeleteTriggerRequest, GetScheduleRequest, GetScheduleResponse, GetTriggerRequest,
+    ListSchedulesRequest, ListTriggersRequest, PauseScheduleRequest, Schedule, ScheduleSpec,
+    Trigger, TriggerScheduleRequest, TriggerScheduleResponse, TriggerSpec,
 };
 use futures::Stream;
 
@@ -545,6 +547,67 @@ impl Client {
         .map(|(_, response)| response.schedules)
     }
 
+    /// Creates a webhook trigger (or replaces one of the same name with `replace`).
+    pub async fn create_trigger(
+        &self,
+        spec: TriggerSpec,
+        secret: String,
+        replace: bool,
+    ) -> Result<CreateTriggerResponse, ClientError> {
+        let request = CreateTriggerRequest {
+            spec: Some(spec),
+            secret,
+            replace,
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { trigger_client(channel).create_trigger(request).await }
+        })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    pub async fn get_trigger(
+        &self,
+        name: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Trigger, ClientError> {
+        let request = GetTriggerRequest {
+            name: name.into(),
+            consistency: consistency as i32,
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { trigger_client(channel).get_trigger(request).await }
+        })
+        .await
+        .map(|(_, response)| response.trigger.unwrap_or_default())
+    }
+
+    pub async fn list_triggers(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Trigger>, ClientError> {
+        let request = ListTriggersRequest {
+            consistency: consistency as i32,
+        };
+        self.unary(
+            move |channel| async move { trigger_client(channel).list_triggers(request).await },
+        )
+        .await
+        .map(|(_, response)| response.triggers)
+    }
+
+    pub async fn delete_trigger(&self, name: &str) -> Result<(), ClientError> {
+        let request = DeleteTriggerRequest { name: name.into() };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { trigger_client(channel).delete_trigger(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Pauses (or, with `paused` false, resumes) a schedule. Idempotent.
     pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<bool, ClientError> {
         let request = PauseScheduleRequest {
@@ -1011,6 +1074,12 @@ fn template_client(channel: Transport) -> TemplateServiceClient<Transport> {
 
 fn schedule_client(channel: Transport) -> ScheduleServiceClient<Transport> {
     ScheduleServiceClient::new(channel)
+        .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
+}
+
+fn trigger_client(channel: Transport) -> TriggerServiceClient<Transport> {
+    TriggerServiceClient::new(channel)
         .max_decoding_message_size(DECODE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ENCODE_MESSAGE_BYTES_MAX)
 }

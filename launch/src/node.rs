@@ -34,6 +34,8 @@ pub struct NodeSpec {
     /// `--initial-cluster` (see [`initial_cluster`]); `None` for a node that joins later.
     pub initial_cluster: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// `--http-listen`: the JSON API.
+    pub http_listen: Option<SocketAddr>,
     pub security: Security,
     /// Flags after the ones above.
     pub extra: Vec<OsString>,
@@ -61,6 +63,7 @@ impl NodeSpec {
             data_dir: dir.join(format!("node{id}")),
             initial_cluster: None,
             metrics_listen: None,
+            http_listen: None,
             security: Security::Insecure,
             extra: Vec::new(),
             env: Vec::new(),
@@ -75,6 +78,11 @@ impl NodeSpec {
 
     pub fn metrics(mut self, addr: SocketAddr) -> NodeSpec {
         self.metrics_listen = Some(addr);
+        self
+    }
+
+    pub fn http(mut self, addr: SocketAddr) -> NodeSpec {
+        self.http_listen = Some(addr);
         self
     }
 
@@ -101,6 +109,7 @@ impl NodeSpec {
     pub fn ports(&self) -> Vec<u16> {
         std::iter::once(self.listen.port())
             .chain(self.metrics_listen.map(|a| a.port()))
+            .chain(self.http_listen.map(|a| a.port()))
             .collect()
     }
 
@@ -134,6 +143,10 @@ impl NodeSpec {
         if let Some(metrics) = self.metrics_listen {
             args.push("--metrics-listen".into());
             args.push(metrics.to_string().into());
+        }
+        if let Some(http) = self.http_listen {
+            args.push("--http-listen".into());
+            args.push(http.to_string().into());
         }
         args.extend(self.extra.iter().cloned());
         args

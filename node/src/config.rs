@@ -41,6 +41,8 @@ pub enum Subcommands {
     /// Make a CA and the certificates a deployment needs (nodes, agents, clients) and a
     /// bootstrap admin token, in one folder; files already there are kept. See docs/SECURITY.md.
     Certs(CertsArgs),
+    /// Print the JSON API's OpenAPI document (what `/api/v1/openapi.json` serves) and exit.
+    Openapi,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +115,9 @@ pub struct DevArgs {
     /// Metrics port of node 1; nodes 2 and 3 take the next two, the agent the one after.
     #[arg(long, default_value_t = 9101)]
     pub metrics_base_port: u16,
+    /// HTTPS (JSON API) port of node 1; nodes 2 and 3 take the next two.
+    #[arg(long, default_value_t = 8441)]
+    pub http_base_port: u16,
     /// Start from empty data folders.
     #[arg(long)]
     pub fresh: bool,
@@ -155,6 +160,11 @@ pub struct NodeArgs {
     /// load balancers). It answers only health checks.
     #[arg(long, env = "BATON_HEALTH_LISTEN")]
     pub health_listen: Option<String>,
+    /// Serve the JSON API (`/api/v1/`) on this address: HTTPS with the node's certificate and
+    /// no client certificate asked for; callers present a bearer token (plaintext and open to
+    /// all with --insecure). See docs/HTTP.md.
+    #[arg(long, env = "BATON_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// Log format [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -248,6 +258,8 @@ pub struct Config {
     pub initial_cluster: BTreeMap<u64, String>,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
+    /// `--http-listen`: the JSON API's address.
+    pub http_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub timing: RaftTiming,
     /// Member address -> address actually dialled (`--peer-dial`); empty unless testing.
@@ -319,6 +331,7 @@ impl NodeArgs {
             initial_cluster,
             metrics_listen,
             health_listen,
+            http_listen,
             log_format,
             heartbeat_ms,
             election_timeout_min_ms,
@@ -368,6 +381,7 @@ impl NodeArgs {
         }
         let metrics_listen = optional_addr("--metrics-listen", self.metrics_listen.as_deref())?;
         let health_listen = optional_addr("--health-listen", self.health_listen.as_deref())?;
+        let http_listen = optional_addr("--http-listen", self.http_listen.as_deref())?;
         let defaults = RaftTiming::default();
         let timing = RaftTiming {
             heartbeat_ms: self.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
@@ -444,6 +458,7 @@ impl NodeArgs {
             initial_cluster,
             metrics_listen,
             health_listen,
+            http_listen,
             log_format: self.log_format.unwrap_or_default(),
             timing,
             peer_dial,

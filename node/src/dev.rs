@@ -51,9 +51,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut children = Vec::new();
     for i in 1..=NODES {
         let metrics = port(args.metrics_base_port, i, "--metrics-base-port")?;
+        let http = port(args.http_base_port, i, "--http-base-port")?;
         let spec = NodeSpec::new(i, listen[i as usize - 1], &args.data_dir)
             .initial_cluster(initial_cluster.clone())
             .metrics(SocketAddr::from(([127, 0, 0, 1], metrics)))
+            .http(SocketAddr::from(([127, 0, 0, 1], http)))
             .security(Security::Tls {
                 pki: creds.pki_dir.clone(),
                 bootstrap_token: Some(creds.client_dir.join("token")),
@@ -111,6 +113,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     println!(
         "Baton dev cluster: {NODES} nodes on {endpoints} and one agent (data and logs in {data})\n\
+         console: https://127.0.0.1:{h}/ (sign in with the admin token in {client}/token; \
+         the CA is {tls}/ca.pem)\n\
+         JSON API: https://127.0.0.1:{h}/api/v1/ (and the next two ports; docs/HTTP.md)\n\
          metrics: http://127.0.0.1:{m}/metrics (and the next two ports; the agent's: \
          http://{agent_metrics}/metrics)\n\n\
          Mutual TLS and tokens are on: the CA and certificates are in {tls}, the admin token \
@@ -125,6 +130,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          Ctrl-C stops the cluster; the data stays for the next run (--fresh starts over).",
         data = args.data_dir.display(),
         m = args.metrics_base_port,
+        h = args.http_base_port,
         tls = creds.pki_dir.display(),
         client = creds.client_dir.display(),
     );

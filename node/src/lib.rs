@@ -17,6 +17,8 @@ pub mod faults;
 pub mod fuzzing;
 #[cfg(feature = "server")]
 pub mod health;
+#[cfg(feature = "server")]
+pub mod http;
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod metrics;

@@ -199,3 +199,12 @@ impl Admission {
         self.watches.add_permits(watches);
     }
 }
+
+/// Open connections to the HTTP listener (`--http-listen`) at once; more wait in the kernel's
+/// accept queue until one closes.
+pub const HTTP_CONNECTIONS_MAX: usize = 1024;
+/// An HTTP request body (a spec, a batch): as for a gRPC request.
+pub const HTTP_BODY_BYTES_MAX: usize = PUBLIC_REQUEST_BYTES_MAX;
+/// Server-Sent Events streams (watches) share the node's watch limit (`WATCHES_MAX`); a comment
+/// line is sent this often so proxies and browsers keep an idle stream open.
+pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);

@@ -36,6 +36,19 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Subcommands::Openapi) = &cli.command {
+        let document = baton_node::http::openapi::document();
+        return match serde_json::to_string_pretty(&document) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("batond openapi: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Subcommands::Certs(args)) = &cli.command {
         return match baton_node::certs::run(args) {
             Ok(said) => {

@@ -95,6 +95,9 @@ pub const STORAGE_DISK_LOW: &str = "baton_storage_disk_low";
 // --- gRPC ---
 pub const GRPC_REQUESTS: &str = "baton_grpc_requests_total";
 pub const GRPC_REQUEST_SECONDS: &str = "baton_grpc_request_duration_seconds";
+pub const HTTP_REQUESTS: &str = "baton_http_requests_total";
+pub const TRIGGER_DELIVERIES: &str = "baton_trigger_deliveries_total";
+pub const HTTP_REQUEST_SECONDS: &str = "baton_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "baton_build_info";
 
 /// Label values of `outcome` on workflow counters and the cycle-time histogram.
@@ -355,6 +358,20 @@ pub fn describe() {
         Unit::Seconds,
         "gRPC request latency, by method (streams: time to open)."
     );
+    describe_counter!(
+        TRIGGER_DELIVERIES,
+        "Webhook deliveries (POST /api/v1/triggers/NAME), by trigger and outcome: started, \
+         duplicate (a redelivery of a delivery id), bad_signature, unknown_trigger, failed."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "Requests to the HTTP listener (--http-listen), by route (method and pattern) and HTTP status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency, by route (event streams: time to open)."
+    );
     describe_gauge!(
         CLOCK_OFFSET_SECONDS,
         Unit::Seconds,
@@ -458,6 +475,20 @@ pub fn snapshot_built(index: u64, bytes: usize, elapsed: Duration) {
 pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
     counter!(GRPC_REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
     histogram!(GRPC_REQUEST_SECONDS, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// One request to the HTTP listener, by route (its pattern, `/api/v1/workflows/{id}`) and status.
+pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let route = format!("{method} {route}");
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
+    histogram!(HTTP_REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// One webhook delivery, by trigger (empty for an unknown name) and outcome: started,
+/// duplicate (a redelivery), bad_signature, unknown_trigger, failed.
+pub fn trigger_delivery(trigger: &str, outcome: &'static str) {
+    counter!(TRIGGER_DELIVERIES, "trigger" => trigger.to_string(), "outcome" => outcome)
+        .increment(1);
 }
 
 pub fn commands_per_entry(n: usize) {

@@ -10,6 +10,7 @@ use baton_proto::v1::admin_service_server::AdminServiceServer;
 use baton_proto::v1::agent_service_server::AgentServiceServer;
 use baton_proto::v1::schedule_service_server::ScheduleServiceServer;
 use baton_proto::v1::template_service_server::TemplateServiceServer;
+use baton_proto::v1::trigger_service_server::TriggerServiceServer;
 use baton_proto::v1::workflow_service_server::WorkflowServiceServer;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -46,6 +47,8 @@ pub struct Server {
     health_task: JoinHandle<()>,
     /// The plaintext health-only server (`--health-listen`), if any, and its stop signal.
     health_only: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The JSON API (`--http-listen`), if any.
+    http: Option<crate::http::HttpServer>,
 }
 
 /// Why `batond` did not start: the one start-up error type. Each says what to fix; `batond`
@@ -120,6 +123,20 @@ impl Server {
                         .await
                         .map_err(|source| StartError::Bind {
                             flag: "--health-listen",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let http_listener = match config.http_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            flag: "--http-listen",
                             addr,
                             source,
                         })?,
@@ -227,6 +244,13 @@ impl Server {
                 .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
             )
             .add_service(
+                TriggerServiceServer::new(crate::api::trigger::TriggerServiceImpl {
+                    node: node.clone(),
+                })
+                .max_decoding_message_size(limits::PUBLIC_REQUEST_BYTES_MAX)
+                .max_encoding_message_size(limits::PUBLIC_RESPONSE_BYTES_MAX),
+            )
+            .add_service(
                 AdminServiceServer::new(AdminServiceImpl {
                     node: node.clone(),
                     sessions: sessions.clone(),
@@ -245,6 +269,28 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha);
+        let http = match http_listener {
+            Some(listener) => {
+                let http = crate::http::HttpServer::start(
+                    listener,
+                    &security,
+                    node.clone(),
+                    sessions.clone(),
+                )
+                .map_err(|e| StartError::Internal(format!("--http-listen: {e}")))?;
+                match &security {
+                    Security::Insecure => tracing::warn!(
+                        addr = %http.addr,
+                        "serving the JSON API over plaintext HTTP with no authentication (--insecure)"
+                    ),
+                    Security::Secure { .. } => {
+                        tracing::info!(url = %format!("https://{}/", http.addr), "serving the JSON API over HTTPS")
+                    }
+                }
+                Some(http)
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let tls = security.tls().cloned();
         let serving = tokio::spawn(async move {
@@ -321,6 +367,7 @@ impl Server {
             health,
             health_task,
             health_only,
+            http,
         })
     }
 
@@ -410,9 +457,17 @@ impl Server {
         }
     }
 
+    /// The JSON API's address (`--http-listen`), if it is served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|http| http.addr)
+    }
+
     /// Stops serving and shuts Raft down; the data stays on disk.
     pub async fn shutdown(mut self) {
         self.health_task.abort();
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
         if let Some((stop, mut task)) = self.health_only.take() {
             let _ = stop.send(());
             // A probe's Watch stream never ends by itself: give the rest a moment, then drop it.

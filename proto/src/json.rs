@@ -9,9 +9,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::schedule::{catchup_window_ms, overlap, overlap_name};
 use crate::v1::{
-    AgentInfo, ClusterStatusResponse, Member, Step, StepAttempt, StepSpec, SubmitResponse,
-    TokenInfo, Workflow, WorkflowEvent, WorkflowSpec, step_spec::Task,
+    AgentInfo, ClusterStatusResponse, Member, Schedule, ScheduleRun, Step, StepAttempt, StepSpec,
+    SubmitResponse, Template, TokenInfo, Trigger, Workflow, WorkflowEvent, WorkflowSpec,
+    step_spec::Task,
 };
 use serde_json::{Map, Value, json};
 
@@ -264,5 +266,65 @@ pub fn token_json(token: &TokenInfo) -> Value {
         "role": token.role,
         "created_at_ms": time_json(token.created_ms),
         "revoked_at_ms": time_json(token.revoked_ms),
+    })
+}
+
+/// A template: its latest (or asked-for) version, with its spec when the server sent it.
+pub fn template_json(template: &Template) -> Value {
+    json!({
+        "name": template.name,
+        "version": template.version,
+        "versions": template.versions,
+        "created_at_ms": template.created_at_ms,
+        "spec": template.spec.as_ref().map(spec_json),
+    })
+}
+
+/// One run of a schedule.
+pub fn run_json(run: &ScheduleRun) -> Value {
+    json!({"workflow_id": run.workflow_id, "nominal_time_ms": run.nominal_time_ms})
+}
+
+/// A schedule: its spec's fields, its state and its counters.
+pub fn schedule_json(schedule: &Schedule) -> Value {
+    let spec = schedule.spec.clone().unwrap_or_default();
+    json!({
+        "name": spec.name,
+        "cron": spec.cron,
+        "every_ms": spec.every_ms,
+        "timezone": spec.timezone,
+        "overlap": overlap_name(overlap(&spec)),
+        "catchup_window_ms": catchup_window_ms(&spec),
+        "jitter_ms": spec.jitter_ms,
+        "start_at_ms": spec.start_at_ms,
+        "end_at_ms": spec.end_at_ms,
+        "params": spec.params,
+        "workflow": spec.workflow.as_ref().map(|w| w.name.clone()),
+        "template": spec.template,
+        "template_version": spec.template_version,
+        "last_error": schedule.last_error,
+        "paused": schedule.paused,
+        "created_at_ms": schedule.created_at_ms,
+        "next_fire_ms": schedule.next_fire_ms,
+        "running": schedule.running.iter().map(run_json).collect::<Vec<_>>(),
+        "buffered_nominal_ms": schedule.buffered_nominal_ms,
+        "runs_started": schedule.runs_started,
+        "runs_skipped": schedule.runs_skipped,
+        "runs_missed": schedule.runs_missed,
+        "last_run": schedule.last_run.as_ref().map(run_json),
+    })
+}
+
+/// A webhook trigger (never its secret).
+pub fn trigger_json(trigger: &Trigger) -> Value {
+    let spec = trigger.spec.clone().unwrap_or_default();
+    json!({
+        "name": spec.name,
+        "template": spec.template,
+        "template_version": spec.template_version,
+        "params": spec.params,
+        "params_from_body": spec.params_from_body,
+        "created_at_ms": trigger.created_at_ms,
+        "url_path": format!("/api/v1/triggers/{}", spec.name),
     })
 }

@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::spec::{SpecFormat, SpecParseError, WorkflowDoc, duration_ms};
 use crate::text::quoted;
-use crate::v1::{OverlapPolicy, ScheduleSpec};
+use crate::v1::{OverlapPolicy, ScheduleSpec, TriggerSpec};
 use crate::validate::{SpecError, check_name, resolve_params, validate_spec};
 
 /// The catch-up window of a schedule that sets none.
@@ -45,6 +45,11 @@ pub const JITTER_MS_MAX: u64 = 24 * 3600 * 1000;
 pub const CATCHUP_WINDOW_MS_MAX: u64 = 366 * 24 * 3600 * 1000;
 /// Runs one backfill starts at most.
 pub const BACKFILL_RUNS_MAX: usize = 1000;
+/// A webhook trigger's secret, in bytes: at least 128 bits, and no essay.
+pub const TRIGGER_SECRET_BYTES_MIN: usize = 16;
+pub const TRIGGER_SECRET_BYTES_MAX: usize = 256;
+/// Parameters a trigger sets, fixed and from the body together.
+pub const TRIGGER_PARAMS_MAX: usize = 64;
 
 /// The catch-up window `spec` takes.
 pub fn catchup_window_ms(spec: &ScheduleSpec) -> u64 {
@@ -396,6 +401,115 @@ pub fn format_time_ms(ms: u64) -> String {
         .map_or_else(|| format!("{ms} ms"), |t| t.to_string())
 }
 
+/// Checks a webhook trigger as the node does before creating it (the template's own parameters
+/// are checked by the node, which has it, and again at each delivery).
+pub fn validate_trigger(spec: &TriggerSpec) -> Result<(), SpecError> {
+    check_name("name", "trigger name", &spec.name)?;
+    if spec.template.is_empty() {
+        return Err(SpecError::new(
+            "template",
+            "a trigger starts a template (`template: NAME` or `NAME@VERSION`)",
+        ));
+    }
+    check_name("template", "template name", &spec.template)?;
+    let count = spec.params.len() + spec.params_from_body.len();
+    if count > TRIGGER_PARAMS_MAX {
+        return Err(SpecError::new(
+            "params",
+            format!("{count} parameters, more than {TRIGGER_PARAMS_MAX}"),
+        ));
+    }
+    for name in spec.params.keys() {
+        check_name(&format!("params.{name}"), "parameter name", name)?;
+    }
+    for (name, pointer) in &spec.params_from_body {
+        check_name(&format!("params_from_body.{name}"), "parameter name", name)?;
+        if spec.params.contains_key(name) {
+            return Err(SpecError::new(
+                format!("params_from_body.{name}"),
+                "also in params: give it one source",
+            ));
+        }
+        if !pointer.starts_with('/') || pointer.len() > 512 {
+            return Err(SpecError::new(
+                format!("params_from_body.{name}"),
+                format!(
+                    "{} is not a JSON Pointer into the body (`/ref`, `/head_commit/id`)",
+                    quoted(pointer)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a trigger's secret: its length only (any text is a key).
+pub fn validate_trigger_secret(secret: &str) -> Result<(), SpecError> {
+    let n = secret.len();
+    if !(TRIGGER_SECRET_BYTES_MIN..=TRIGGER_SECRET_BYTES_MAX).contains(&n) {
+        return Err(SpecError::new(
+            "secret",
+            format!(
+                "{n} bytes; a trigger's secret has {TRIGGER_SECRET_BYTES_MIN} to \
+                 {TRIGGER_SECRET_BYTES_MAX}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a trigger file (YAML or JSON); see [`validate_trigger`].
+pub fn parse_trigger(text: &str, format: SpecFormat) -> Result<TriggerSpec, SpecParseError> {
+    if text.trim().is_empty() {
+        return Err(SpecParseError::without_location(
+            "trigger text is empty".into(),
+        ));
+    }
+    let doc: TriggerDoc = match format {
+        SpecFormat::Yaml => serde_norway::from_str(text).map_err(SpecParseError::from_yaml)?,
+        SpecFormat::Json => serde_json::from_str(text).map_err(SpecParseError::from_json)?,
+    };
+    let (template, template_version) = parse_template_ref(&doc.template)
+        .map_err(|e| SpecParseError::without_location(format!("template: {e}")))?;
+    Ok(TriggerSpec {
+        name: doc.name,
+        template,
+        template_version,
+        params: doc.params,
+        params_from_body: doc.params_from_body,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerDoc {
+    name: String,
+    /// `NAME` or `NAME@VERSION`.
+    template: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    params_from_body: BTreeMap<String, String>,
+}
+
+/// The parameters of one delivery: the trigger's fixed ones, and those its pointers find in the
+/// JSON `body` (a string as is, any other value as its JSON text; nothing found: left out).
+pub fn delivery_params(spec: &TriggerSpec, body: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut params = spec.params.clone();
+    for (name, pointer) in &spec.params_from_body {
+        match body.pointer(pointer) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(text)) => {
+                params.insert(name.clone(), text.clone());
+            }
+            Some(other) => {
+                params.insert(name.clone(), other.to_string());
+            }
+        }
+    }
+    params
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,5 +702,46 @@ mod tests {
             overlap.to_string(),
             "overlap: \"never\" is not one of skip, buffer_one, allow, cancel_previous"
         );
+    }
+
+    #[test]
+    fn triggers_parse_check_and_map_a_delivery() {
+        let text = "name: on-push\ntemplate: deploy@3\nparams: {env: staging}\n\
+                    params_from_body: {sha: /head_commit/id, branch: /ref, size: /size}\n";
+        let spec = parse_trigger(text, SpecFormat::Yaml).unwrap();
+        assert_eq!(
+            (spec.template.as_str(), spec.template_version),
+            ("deploy", 3)
+        );
+        validate_trigger(&spec).unwrap();
+        let body = serde_json::json!({"ref": "refs/heads/main", "head_commit": {"id": "abc"},
+                                      "size": 3});
+        let params = delivery_params(&spec, &body);
+        assert_eq!(params["env"], "staging");
+        assert_eq!(params["sha"], "abc");
+        assert_eq!(params["branch"], "refs/heads/main");
+        assert_eq!(params["size"], "3");
+        // A pointer that finds nothing leaves the parameter to its default.
+        let params = delivery_params(&spec, &serde_json::json!({}));
+        assert_eq!(params.len(), 1);
+
+        let field = |text: &str| {
+            let spec = parse_trigger(text, SpecFormat::Yaml).unwrap();
+            validate_trigger(&spec).unwrap_err().field
+        };
+        assert_eq!(
+            field("name: x\ntemplate: t\nparams_from_body: {a: ref}\n"),
+            "params_from_body.a"
+        );
+        assert_eq!(
+            field("name: x\ntemplate: t\nparams: {a: b}\nparams_from_body: {a: /a}\n"),
+            "params_from_body.a"
+        );
+        assert_eq!(field("name: \"bad name\"\ntemplate: t\n"), "name");
+        assert!(parse_trigger("name: x\n", SpecFormat::Yaml).is_err());
+        assert!(parse_trigger("name: x\ntemplate: t\nsecret: s\n", SpecFormat::Yaml).is_err());
+        assert!(validate_trigger_secret("short").is_err());
+        assert!(validate_trigger_secret(&"k".repeat(16)).is_ok());
+        assert!(validate_trigger_secret(&"k".repeat(257)).is_err());
     }
 }

@@ -43,6 +43,13 @@ pub struct TlsConnection {
     info: PeerInfo,
 }
 
+impl TlsConnection {
+    /// Who is at the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
 impl Connected for TlsConnection {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
@@ -93,6 +100,23 @@ pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsSettings>,
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static {
+    incoming_with(listener, tls, TlsSettings::server_config)
+}
+
+/// [`incoming`] for the HTTPS listener: the node's certificate, no client certificate asked for
+/// ([`TlsSettings::web_server_config`]); every connection's identity is `None`.
+pub fn incoming_web(
+    listener: TcpListener,
+    tls: Arc<TlsSettings>,
+) -> impl Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static {
+    incoming_with(listener, tls, TlsSettings::web_server_config)
+}
+
+fn incoming_with(
+    listener: TcpListener,
+    tls: Arc<TlsSettings>,
+    config: fn(&TlsSettings) -> Arc<rustls::ServerConfig>,
+) -> impl Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static {
     let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPTED_QUEUE_MAX);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
     tokio::spawn(async move {
@@ -114,7 +138,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.server_config());
+            let acceptor = TlsAcceptor::from(config(&tls));
             let accepted_tx = accepted_tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;

@@ -94,6 +94,8 @@ struct Current {
 struct Built {
     identity: PeerIdentity,
     server: Arc<ServerConfig>,
+    /// The HTTPS listener's: the same certificate, no client certificate asked for.
+    web: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
 
@@ -143,6 +145,13 @@ impl TlsSettings {
     /// required; ALPN `h2`.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.current().server
+    }
+
+    /// The configuration of the HTTPS listener (`batond --http-listen`): this node's certificate,
+    /// no client certificate asked for (browsers and webhook senders have none; callers present
+    /// a bearer token instead); ALPN `h2` and `http/1.1`.
+    pub fn web_server_config(&self) -> Arc<ServerConfig> {
+        self.current().web
     }
 
     /// The configuration for dialling a node: its certificate must chain to the CA, match the
@@ -255,6 +264,13 @@ fn build(
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| invalid(&files.key, format!("does not match the certificate: {e}")))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
+    let mut web = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&files.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| invalid(&files.key, format!("does not match the certificate: {e}")))?;
+    web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
     let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
@@ -272,6 +288,7 @@ fn build(
     Ok(Built {
         identity,
         server: Arc::new(server),
+        web: Arc::new(web),
         client: Arc::new(client),
     })
 }

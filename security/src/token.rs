@@ -109,6 +109,13 @@ pub fn generate() -> Result<NewToken, getrandom::Error> {
     })
 }
 
+/// A fresh shared secret (a webhook trigger's): 32 random bytes as 64 hex digits.
+pub fn random_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
 /// Parses `baton_ID_SECRET` (surrounding whitespace ignored, as in a file). `None` for anything
 /// else: the caller answers UNAUTHENTICATED without saying why.
 pub fn parse(text: &str) -> Option<PresentedToken> {

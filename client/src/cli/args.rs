@@ -130,6 +130,10 @@ pub enum Command {
     /// Changes need the operator role.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Webhook triggers: a signed POST to a node's HTTP listener starts a run of a template
+    /// (docs/SCHEDULES.md, "Webhook triggers"). Changes need the operator role.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
     /// List the agents known to the cluster and what they run.
     Agents,
     /// Run an agent on this machine: take steps from the cluster and run them, until
@@ -331,6 +335,35 @@ pub enum ScheduleCommand {
         #[arg(long, value_name = "TIME")]
         to: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TriggerCommand {
+    /// Create a trigger from a file (YAML, or JSON for a .json file; `-` reads stdin). Without
+    /// --secret-file a secret is generated and printed once: give it to the sender.
+    Create {
+        file: PathBuf,
+        /// A file holding the secret senders sign with (16 to 256 bytes; a trailing newline is
+        /// dropped).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+        /// Replace the trigger of the same name (and its secret).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the triggers.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one trigger (never its secret).
+    Get {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a trigger; the runs it started go on, later deliveries get 404.
+    Delete { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ pub mod agent;
 pub mod schedule;
 pub mod status;
 pub mod template;
+pub mod trigger;
 pub mod workflow;
 
 pub use status::{inbound_error, node_error, size_status};

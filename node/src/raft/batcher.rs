@@ -221,7 +221,8 @@ fn encoded_len(command: &Command) -> usize {
             }
             Command::PauseSchedule(pause) => pause.name.len(),
             Command::ApplyTemplate(apply) => apply.spec.len(),
-            Command::DeleteTemplate { name } => name.len(),
+            Command::DeleteTemplate { name } | Command::DeleteTrigger { name } => name.len(),
+            Command::CreateTrigger(create) => create.spec.len() + create.secret.len(),
             Command::DeleteSchedule { name } | Command::TriggerSchedule { name } => name.len(),
             Command::BackfillSchedule(backfill) => backfill.name.len(),
             Command::Assign { assignments } => assignments.len() * 32,

@@ -72,6 +72,11 @@ pub fn access(path: &str) -> Access {
         }
         // A schedule submits on its own, for as long as it exists: an operator's decision.
         ("baton.v1.ScheduleService", _) => Access::Client(TokenRole::Operator),
+        ("baton.v1.TriggerService", "GetTrigger" | "ListTriggers") => {
+            Access::Client(TokenRole::Reader)
+        }
+        // A trigger lets whoever holds its secret start runs: an operator's decision too.
+        ("baton.v1.TriggerService", _) => Access::Client(TokenRole::Operator),
         ("baton.v1.AdminService", "ClusterStatus" | "ListAgents") => {
             Access::Client(TokenRole::Reader)
         }
@@ -378,6 +383,14 @@ mod tests {
         );
         assert_eq!(access("garbage"), Access::Client(TokenRole::Admin));
         assert_eq!(access("/grpc.health.v1.Health/Check"), Access::AnyPeer);
+        assert_eq!(
+            access("/baton.v1.TriggerService/ListTriggers"),
+            Access::Client(TokenRole::Reader)
+        );
+        assert_eq!(
+            access("/baton.v1.TriggerService/CreateTrigger"),
+            Access::Client(TokenRole::Operator)
+        );
     }
 
     #[test]

@@ -106,6 +106,12 @@ pub enum Command {
     },
     /// Starts a run for every time in a range that has none.
     BackfillSchedule(super::schedules::BackfillScheduleCommand),
+    /// Creates (or replaces) a webhook trigger: see `state::triggers`.
+    CreateTrigger(super::triggers::CreateTriggerCommand),
+    /// Deletes a webhook trigger; the runs it started go on.
+    DeleteTrigger {
+        name: String,
+    },
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
@@ -237,6 +243,8 @@ impl Command {
             Self::DeleteSchedule { .. } => "delete_schedule",
             Self::TriggerSchedule { .. } => "trigger_schedule",
             Self::BackfillSchedule(_) => "backfill_schedule",
+            Self::CreateTrigger(_) => "create_trigger",
+            Self::DeleteTrigger { .. } => "delete_trigger",
             Self::Batch(_) => "batch",
         }
     }
@@ -291,6 +299,8 @@ impl Command {
             | Self::DeleteSchedule { .. }
             | Self::ApplyTemplate(_)
             | Self::DeleteTemplate { .. }
+            | Self::CreateTrigger(_)
+            | Self::DeleteTrigger { .. }
             | Self::Purge(_) => false,
         }
     }
@@ -416,6 +426,18 @@ pub enum Response {
     Backfilled {
         started: Vec<(u64, WorkflowId)>,
         already_run: u32,
+    },
+    /// A trigger was created (or replaced: `created` false).
+    TriggerCreated {
+        created: bool,
+    },
+    /// A trigger of that name exists, and the create did not ask to replace it.
+    TriggerExists {
+        name: String,
+    },
+    /// No trigger of that name.
+    NoTrigger {
+        name: String,
     },
     /// The responses to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),
@@ -730,6 +752,18 @@ mod tests {
                 }),
                 "0182a774696d655f6d7305a7636f6d6d616e6481b16261636b66696c6c5f7363686564756c6583a46e616d65a16ea766726f6d5f6d7301a5746f5f6d7302",
             ),
+            (
+                Command::CreateTrigger(super::super::triggers::CreateTriggerCommand {
+                    spec: vec![10, 1, 110],
+                    secret: "s".into(),
+                    replace: true,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ae6372656174655f7472696767657283a473706563c4030a016ea6736563726574a173a77265706c616365c3",
+            ),
+            (
+                Command::DeleteTrigger { name: "n".into() },
+                "0182a774696d655f6d7305a7636f6d6d616e6481ae64656c6574655f7472696767657281a46e616d65a16e",
+            ),
         ]
     }
 
@@ -779,7 +813,9 @@ mod tests {
             | Command::DeleteSchedule { .. }
             | Command::TriggerSchedule { .. }
             | Command::BackfillSchedule(_)
-            | Command::Batch(_) => 25,
+            | Command::CreateTrigger(_)
+            | Command::DeleteTrigger { .. }
+            | Command::Batch(_) => 27,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }

@@ -19,6 +19,7 @@ mod signals;
 mod specs;
 pub mod templates;
 pub mod tokens;
+pub mod triggers;
 pub mod workflow;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ pub use schedules::{
 };
 pub use scheduling::{Agent, Allocation, LiveAttempt, ReadyKey};
 pub use templates::{ApplyTemplateCommand, Template, TemplateRef};
+pub use triggers::{CreateTriggerCommand, Trigger};
 pub use workflow::{ScheduledRun, StepRun, StepState, Workflow, WorkflowState};
 
 /// Events produced by one apply, in order; they feed `Watch` (see `storage::events`).
@@ -157,6 +159,13 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     templates: OrdMap<Arc<str>, Arc<templates::Template>>,
+    /// Webhook triggers by name (see `triggers.rs`); left out while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    triggers: OrdMap<Arc<str>, Arc<triggers::Trigger>>,
     /// Unpaused schedules by the time they next fire, jitter included (derived).
     #[serde(skip)]
     schedule_due: schedules::ScheduleDue,
@@ -331,6 +340,8 @@ impl ClusterState {
             Command::DeleteSchedule { name } => self.delete_schedule(&name),
             Command::TriggerSchedule { name } => self.trigger_schedule(ctx, &name, events),
             Command::BackfillSchedule(backfill) => self.backfill_schedule(ctx, backfill, events),
+            Command::CreateTrigger(create) => self.create_trigger(create),
+            Command::DeleteTrigger { name } => self.delete_trigger(&name),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -632,6 +643,18 @@ impl ClusterState {
         let more = page.len() == query.limit && iter.next().is_some();
         let next = more.then(|| page.last().map(|w| w.id)).flatten();
         (page, next)
+    }
+
+    /// How many of the newest `limit` workflows are in each state, and whether older ones were
+    /// left out (the console's counts: bounded, so a page never scans a huge state).
+    pub fn state_counts(&self, limit: usize) -> (BTreeMap<&'static str, usize>, bool) {
+        let mut counts = BTreeMap::new();
+        let mut iter = self.workflows.values().rev();
+        for workflow in iter.by_ref().take(limit) {
+            let name = baton_proto::names::workflow_state_name(workflow.state.to_proto() as i32);
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        (counts, iter.next().is_some())
     }
 
     /// The canonical encoding: the snapshot payload, and what the state hash is taken over.

@@ -26,3 +26,4 @@ mod t74_backup_and_recovery;
 mod t76_secure_processes;
 mod t80_tutorial;
 mod t82_cli_errors;
+mod t84_http_api;

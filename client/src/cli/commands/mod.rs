@@ -18,6 +18,7 @@ mod printer;
 mod schedules;
 mod submit;
 mod tokens;
+mod triggers;
 mod wait;
 mod workflows;
 
@@ -114,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => tokens::token(&connect()?, &out, command).await,
         Command::Schedule(command) => schedules::schedule(connect, &out, command).await,
         Command::Template(command) => schedules::template(connect, &out, command).await,
+        Command::Trigger(command) => triggers::trigger(connect, &out, command).await,
         Command::Bench(args) => {
             let (endpoints, config) = bench_setup;
             crate::cli::bench::run(endpoints, config, out.json(), args).await

@@ -5,7 +5,8 @@ use std::io::Read;
 use std::path::Path;
 
 use baton_client::Client;
-use baton_client::proto::{ReadConsistency, Schedule, ScheduleRun, Template};
+use baton_client::proto::{ReadConsistency, Schedule};
+use baton_proto::json::{run_json, schedule_json, template_json};
 use baton_proto::limits::SPEC_TEXT_BYTES_MAX;
 use baton_proto::schedule::{
     catchup_window_ms, format_time_ms, overlap, overlap_name, parse_schedule, parse_template_ref,
@@ -153,16 +154,6 @@ pub(super) async fn template(
     }
 }
 
-fn template_json(template: &Template) -> Value {
-    json!({
-        "name": template.name,
-        "version": template.version,
-        "versions": template.versions,
-        "created_at_ms": template.created_at_ms,
-        "spec": template.spec.as_ref().map(baton_proto::json::spec_json),
-    })
-}
-
 pub(super) async fn schedule(
     connect: impl FnOnce() -> anyhow::Result<Client>,
     out: &Printer,
@@ -307,10 +298,6 @@ fn next_text(next_ms: u64) -> String {
     }
 }
 
-fn run_json(run: &ScheduleRun) -> Value {
-    json!({"workflow_id": run.workflow_id, "nominal_time_ms": run.nominal_time_ms})
-}
-
 fn when_text(schedule: &Schedule) -> String {
     let spec = schedule.spec.clone().unwrap_or_default();
     let zone = if spec.timezone.is_empty() {
@@ -323,35 +310,6 @@ fn when_text(schedule: &Schedule) -> String {
     } else {
         format!("cron \"{}\" {zone}", spec.cron)
     }
-}
-
-fn schedule_json(schedule: &Schedule) -> Value {
-    let spec = schedule.spec.clone().unwrap_or_default();
-    json!({
-        "name": spec.name,
-        "cron": spec.cron,
-        "every_ms": spec.every_ms,
-        "timezone": spec.timezone,
-        "overlap": overlap_name(overlap(&spec)),
-        "catchup_window_ms": catchup_window_ms(&spec),
-        "jitter_ms": spec.jitter_ms,
-        "start_at_ms": spec.start_at_ms,
-        "end_at_ms": spec.end_at_ms,
-        "params": spec.params,
-        "workflow": spec.workflow.as_ref().map(|w| w.name.clone()),
-        "template": spec.template,
-        "template_version": spec.template_version,
-        "last_error": schedule.last_error,
-        "paused": schedule.paused,
-        "created_at_ms": schedule.created_at_ms,
-        "next_fire_ms": schedule.next_fire_ms,
-        "running": schedule.running.iter().map(run_json).collect::<Vec<_>>(),
-        "buffered_nominal_ms": schedule.buffered_nominal_ms,
-        "runs_started": schedule.runs_started,
-        "runs_skipped": schedule.runs_skipped,
-        "runs_missed": schedule.runs_missed,
-        "last_run": schedule.last_run.as_ref().map(run_json),
-    })
 }
 
 fn render_list(schedules: &[Schedule]) -> String {
@@ -475,7 +433,9 @@ fn render_one(schedule: &Schedule, upcoming: &[u64]) -> String {
 
 /// Reads, parses and checks a schedule file (`-`: stdin), as the node will: every problem is a
 /// usage error naming the file, and the line or the field.
-fn read_schedule(path: &Path) -> anyhow::Result<(String, baton_client::proto::ScheduleSpec)> {
+/// A file's text (or stdin's, for `-`), its name for messages, and its format: the bound and the
+/// errors every spec-like file gets.
+pub(super) fn read_text(path: &Path) -> anyhow::Result<(String, String, SpecFormat)> {
     let from_stdin = path.as_os_str() == "-";
     let display_name = if from_stdin {
         "<stdin>".to_string()
@@ -502,6 +462,11 @@ fn read_schedule(path: &Path) -> anyhow::Result<(String, baton_client::proto::Sc
     } else {
         SpecFormat::from_path(path)
     };
+    Ok((display_name, text, format))
+}
+
+fn read_schedule(path: &Path) -> anyhow::Result<(String, baton_client::proto::ScheduleSpec)> {
+    let (display_name, text, format) = read_text(path)?;
     let spec = parse_schedule(&text, format)
         .map_err(|error| Failure::usage(format!("{display_name}: {error}")))?;
     validate_schedule(&spec).map_err(|error| Failure::usage(format!("{display_name}: {error}")))?;

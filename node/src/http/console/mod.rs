@@ -1,0 +1,980 @@
+//! The web console, served by the node itself on the HTTP listener: server-rendered pages (no
+//! build step) with a little plain JavaScript (`assets/console.js`) for the live DAG.
+//!
+//! Every page reads through the same gRPC service calls the JSON API makes, authorized as the
+//! method it reads (`List` for the workflows, `Get` for one...), with the token of the viewer's
+//! session cookie (`/login`). Buttons appear for the actions the viewer's role allows, each
+//! asking before it acts; each is a form carrying the session's CSRF token, and the node checks
+//! the role again when it is posted (403 otherwise).
+
+pub mod html;
+pub mod layout;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use baton_proto::names::{step_state_name, workflow_state_name};
+use baton_proto::text::format_time_ms;
+use baton_proto::v1 as pb;
+use baton_proto::v1::admin_service_server::AdminService;
+use baton_proto::v1::schedule_service_server::ScheduleService;
+use baton_proto::v1::workflow_service_server::WorkflowService;
+use baton_security::{PeerRole, TokenRole};
+use tonic::{Code, Status};
+
+use super::error::http_status;
+use super::session::{self, Credential};
+use super::{Api, Caller};
+use crate::security::auth::{Access, access, decide};
+use html::{DagStep, Frame, badge, esc, page, url};
+
+/// Workflows the list page counts by state, newest first.
+const COUNTED_MAX: usize = 100_000;
+const PAGE_SIZE: u32 = 50;
+
+/// Adds the console's routes.
+pub fn routes(router: Router<Api>) -> Router<Api> {
+    router
+        .route("/", get(|| async { Redirect::to("/workflows") }))
+        .route("/console/console.css", get(css))
+        .route("/console/console.js", get(js))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/workflows", get(workflows_page))
+        .route("/workflows/{id}", get(workflow_page))
+        .route("/workflows/{id}/{action}", post(workflow_action))
+        .route("/agents", get(agents_page))
+        .route("/cluster", get(cluster_page))
+        .route("/schedules", get(schedules_page))
+}
+
+async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/console.css"),
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/console.js"),
+    )
+        .into_response()
+}
+
+/// Who is looking: their calls' credentials, their role (None under --insecure: everything is
+/// open), and their session's CSRF token.
+struct Viewer {
+    caller: Caller,
+    role: Option<TokenRole>,
+    name: String,
+    csrf: String,
+}
+
+impl Viewer {
+    /// Whether the viewer may call `rpc`.
+    fn may(&self, rpc: &str) -> bool {
+        match (self.role, access(rpc)) {
+            (None, _) => true,
+            (Some(role), Access::Client(needed)) => role.includes(needed),
+            _ => false,
+        }
+    }
+
+    fn frame(&self) -> Frame<'_> {
+        Frame {
+            who: self
+                .role
+                .map(|role| format!("token {} ({})", self.name, role.as_str())),
+            csrf: &self.csrf,
+        }
+    }
+}
+
+/// The viewer of a page that reads through `rpc`: to the login page without a session, a 403
+/// page when the role may not read it.
+fn viewer(api: &Api, headers: &HeaderMap, uri: &Uri, rpc: &str) -> Result<Viewer, Box<Response>> {
+    if !api.secure {
+        return Ok(Viewer {
+            caller: Caller::default(),
+            role: None,
+            name: String::new(),
+            csrf: String::new(),
+        });
+    }
+    let to_login = || {
+        let next = uri.path_and_query().map_or("/workflows", |p| p.as_str());
+        Redirect::to(&format!("/login?next={}", url(next))).into_response()
+    };
+    let Some(Credential {
+        presented, text, ..
+    }) = session::credential(headers)
+    else {
+        return Err(Box::new(to_login()));
+    };
+    let Some((role, name)) = session::lookup(api, &presented) else {
+        return Err(Box::new(to_login()));
+    };
+    if let Err(status) = decide(
+        rpc,
+        access(rpc),
+        Some(PeerRole::Client),
+        Some(&presented),
+        |_| Some(role),
+    ) {
+        crate::metrics::auth_refused(status.code());
+        let csrf = session::csrf_for(&text);
+        let frame = Frame {
+            who: Some(format!("token {name} ({})", role.as_str())),
+            csrf: &csrf,
+        };
+        return Err(Box::new(error_page(&frame, &status)));
+    }
+    Ok(Viewer {
+        caller: Caller::with_token(&text),
+        role: Some(role),
+        name,
+        csrf: session::csrf_for(&text),
+    })
+}
+
+/// An error as a page, with the status the JSON API would answer.
+fn error_page(frame: &Frame<'_>, status: &Status) -> Response {
+    let body = format!(
+        "<h1>{}</h1><p class=\"notice error\">{}</p><p><a href=\"/workflows\">Back to the \
+         workflows</a></p>",
+        esc(http_status(status.code())
+            .canonical_reason()
+            .unwrap_or("Error")),
+        esc(status.message())
+    );
+    (
+        http_status(status.code()),
+        Html(page("Error", "", frame, &body)),
+    )
+        .into_response()
+}
+
+// ---- Login --------------------------------------------------------------------------------
+
+/// Only a path of this site: never `//host` or `https://...`.
+fn safe_next(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/workflows"
+    }
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+fn login_form(next: &str, csrf: &str, error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p class=\"notice error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    format!(
+        "<div class=\"login card\"><h1>Sign in to Baton</h1>{error}<p class=\"muted\">Paste a \
+         token (`baton token create --role reader`). It is kept in an HttpOnly cookie for 12 \
+         hours; what you may do is what its role may do.</p><form method=\"post\" \
+         action=\"/login\"><input type=\"hidden\" name=\"next\" value=\"{}\"><input \
+         type=\"hidden\" name=\"csrf\" value=\"{}\"><label>Token<textarea name=\"token\" \
+         autocomplete=\"off\" spellcheck=\"false\" required autofocus></textarea></label>\
+         <p><button class=\"primary\" type=\"submit\">Sign in</button></p></form></div>",
+        esc(next),
+        esc(csrf)
+    )
+}
+
+fn login_response(api: &Api, status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let csrf = baton_security::token::random_secret().unwrap_or_default();
+    let frame = Frame {
+        who: None,
+        csrf: "",
+    };
+    let mut response = (
+        status,
+        Html(page("Sign in", "", &frame, &login_form(next, &csrf, error))),
+    )
+        .into_response();
+    if let Ok(cookie) = HeaderValue::from_str(&session::login_cookie(&csrf, api.secure)) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+async fn login_page(State(api): State<Api>, uri: Uri) -> Response {
+    let query = query_map(&uri);
+    let next = safe_next(query.get("next").map_or("/workflows", String::as_str)).to_string();
+    if !api.secure {
+        return Redirect::to(&next).into_response();
+    }
+    login_response(&api, StatusCode::OK, &next, None)
+}
+
+fn form(body: &Bytes) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+async fn login(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let fields = form(&body);
+    let next = safe_next(fields.get("next").map_or("/workflows", String::as_str)).to_string();
+    if !api.secure {
+        return Redirect::to(&next).into_response();
+    }
+    let expected = session::cookie(&headers, session::LOGIN_COOKIE).unwrap_or("");
+    let given = fields.get("csrf").map_or("", String::as_str);
+    if expected.is_empty() || !session::same(expected, given) {
+        return login_response(
+            &api,
+            StatusCode::FORBIDDEN,
+            &next,
+            Some("The sign-in form expired or came from another site: sign in again here."),
+        );
+    }
+    let text = fields.get("token").map_or("", |t| t.trim());
+    let known = baton_security::token::parse(text).and_then(|p| session::lookup(&api, &p));
+    if known.is_none() {
+        crate::metrics::auth_refused(Code::Unauthenticated);
+        return login_response(
+            &api,
+            StatusCode::UNAUTHORIZED,
+            &next,
+            Some("That is not a valid token (unknown, revoked or malformed)."),
+        );
+    }
+    let mut response = Redirect::to(&next).into_response();
+    let headers = response.headers_mut();
+    for cookie in [
+        session::session_cookie(text, api.secure),
+        session::clear_cookie(session::LOGIN_COOKIE, api.secure),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+async fn logout(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let fields = form(&body);
+    if let Some(credential) = session::credential(&headers)
+        && !session::same(
+            &session::csrf_for(&credential.text),
+            fields.get("csrf").map_or("", String::as_str),
+        )
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "the logout form came from another site",
+        )
+            .into_response();
+    }
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(value) =
+        HeaderValue::from_str(&session::clear_cookie(session::SESSION_COOKIE, api.secure))
+    {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+// ---- Workflows ----------------------------------------------------------------------------
+
+fn time(ms: u64) -> String {
+    if ms == 0 {
+        "—".into()
+    } else {
+        format_time_ms(ms)
+    }
+}
+
+async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match viewer(&api, &headers, &uri, "/baton.v1.WorkflowService/List") {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let query = query_map(&uri);
+    let get = |key: &str| query.get(key).map_or("", |v| v.trim());
+    let state = get("state");
+    let mut request = pb::ListRequest {
+        name_prefix: get("name").into(),
+        schedule: get("schedule").into(),
+        page_size: PAGE_SIZE,
+        page_token: get("page").into(),
+        ..Default::default()
+    };
+    if !state.is_empty() {
+        match baton_proto::names::parse_workflow_state(state) {
+            Some(s) => request.states.push(s as i32),
+            None => {
+                return error_page(
+                    &viewer.frame(),
+                    &Status::invalid_argument(format!("state: {state:?} is not a workflow state")),
+                );
+            }
+        }
+    }
+    if let Some((key, value)) = get("label").split_once('=') {
+        request
+            .labels
+            .insert(key.trim().into(), value.trim().into());
+    } else if !get("label").is_empty() {
+        return error_page(
+            &viewer.frame(),
+            &Status::invalid_argument("label: write it as key=value"),
+        );
+    }
+    let listed = match WorkflowService::list(&api.workflows, viewer.caller.request(request)).await {
+        Ok(listed) => listed.into_inner(),
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let (counts, capped) = api.node.replica.read(|a| a.state.state_counts(COUNTED_MAX));
+    let keep = |key: &str, value: &str| -> String {
+        let mut parts: Vec<String> = ["name", "label", "schedule", "state"]
+            .iter()
+            .filter(|k| **k != key && !get(k).is_empty())
+            .map(|k| format!("{k}={}", url(get(k))))
+            .collect();
+        if !value.is_empty() {
+            parts.push(format!("{key}={}", url(value)));
+        }
+        if parts.is_empty() {
+            "/workflows".into()
+        } else {
+            format!("/workflows?{}", parts.join("&"))
+        }
+    };
+    let mut body = String::from("<h1>Workflows</h1><nav class=\"counts\" aria-label=\"By state\">");
+    let total: usize = counts.values().sum();
+    body.push_str(&format!(
+        "<a href=\"{}\"{}><b>{total}</b>all</a>",
+        esc(&keep("state", "")),
+        if state.is_empty() {
+            " aria-current=\"true\""
+        } else {
+            ""
+        }
+    ));
+    for name in ["running", "succeeded", "failed", "cancelled", "timed_out"] {
+        body.push_str(&format!(
+            "<a href=\"{}\"{} data-count=\"{name}\"><b>{}</b>{name}</a>",
+            esc(&keep("state", name)),
+            if state == name {
+                " aria-current=\"true\""
+            } else {
+                ""
+            },
+            counts.get(name).copied().unwrap_or(0),
+        ));
+    }
+    body.push_str("</nav>");
+    if capped {
+        body.push_str(&format!(
+            "<p class=\"muted\">Counts of the newest {COUNTED_MAX} workflows.</p>"
+        ));
+    }
+    body.push_str(&format!(
+        "<form class=\"filters\" method=\"get\" action=\"/workflows\" role=\"search\">\
+         <label>Name starts with<input name=\"name\" value=\"{}\"></label>\
+         <label>Label<input name=\"label\" placeholder=\"team=web\" value=\"{}\"></label>\
+         <label>Schedule<input name=\"schedule\" value=\"{}\"></label>\
+         <label>State<select name=\"state\">{}</select></label>\
+         <button type=\"submit\">Filter</button> <a href=\"/workflows\">Clear</a></form>",
+        esc(get("name")),
+        esc(get("label")),
+        esc(get("schedule")),
+        [
+            "",
+            "running",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "timed_out"
+        ]
+        .iter()
+        .map(|s| format!(
+            "<option value=\"{s}\"{}>{}</option>",
+            if *s == state { " selected" } else { "" },
+            if s.is_empty() { "any" } else { s }
+        ))
+        .collect::<String>()
+    ));
+    if listed.workflows.is_empty() {
+        body.push_str("<p class=\"card muted\">No workflows match.</p>");
+    } else {
+        body.push_str(
+            "<table><thead><tr><th>Id</th><th>Name</th><th>State</th><th>Labels</th>\
+             <th>Started by</th><th>Created</th><th>Finished</th></tr></thead><tbody>",
+        );
+        for w in &listed.workflows {
+            let labels = w
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let origin = match (w.schedule.is_empty(), w.template.is_empty()) {
+                (false, _) => format!(
+                    "schedule <a href=\"/workflows?schedule={}\">{}</a>",
+                    url(&w.schedule),
+                    esc(&w.schedule)
+                ),
+                (true, false) => format!("template {}@{}", esc(&w.template), w.template_version),
+                (true, true) => "submit".into(),
+            };
+            body.push_str(&format!(
+                "<tr data-workflow=\"{id}\"><td><a href=\"/workflows/{id}\">{id}</a></td>\
+                 <td><a href=\"/workflows/{id}\">{name}</a>{paused}</td><td>{state}</td>\
+                 <td class=\"mono\">{labels}</td><td>{origin}</td><td>{created}</td>\
+                 <td>{finished}</td></tr>",
+                id = w.id,
+                name = esc(&w.name),
+                paused = if w.paused {
+                    " <span class=\"muted\">(paused)</span>"
+                } else {
+                    ""
+                },
+                state = badge(workflow_state_name(w.state)),
+                created = time(w.created_at_ms),
+                finished = time(w.finished_at_ms),
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    if !listed.next_page_token.is_empty() {
+        let next = keep("page", &listed.next_page_token);
+        body.push_str(&format!(
+            "<div class=\"pager\"><a class=\"button\" href=\"{}\">Older workflows →</a></div>",
+            esc(&next)
+        ));
+    }
+    Html(page("Workflows", "workflows", &viewer.frame(), &body)).into_response()
+}
+
+/// A button that posts `action` for workflow `id`, asking `confirm` first.
+fn action_button(
+    viewer: &Viewer,
+    id: u64,
+    action: &str,
+    label: &str,
+    confirm: &str,
+    class: &str,
+) -> String {
+    format!(
+        "<form method=\"post\" action=\"/workflows/{id}/{action}\" data-confirm=\"{}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\" \
+         class=\"{class}\" data-action=\"{action}\">{label}</button></form>",
+        esc(confirm),
+        esc(&viewer.csrf),
+    )
+}
+
+async fn workflow_page(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = match viewer(&api, &headers, &uri, "/baton.v1.WorkflowService/Get") {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return error_page(
+            &viewer.frame(),
+            &Status::invalid_argument(format!("{id:?} is not a workflow id")),
+        );
+    };
+    let request = pb::GetRequest {
+        workflow_id: id,
+        ..Default::default()
+    };
+    let w = match WorkflowService::get(&api.workflows, viewer.caller.request(request)).await {
+        Ok(got) => got.into_inner().workflow.unwrap_or_default(),
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let state = workflow_state_name(w.state);
+    let running = state == "running";
+    let notice = query_map(&uri)
+        .get("done")
+        .map(|done| format!("<p class=\"notice\" role=\"status\">{}</p>", esc(done)))
+        .unwrap_or_default();
+    let mut body = format!(
+        "{notice}<h1>{name} <span class=\"muted\">#{id}</span> <span id=\"workflow-state\" \
+         class=\"badge {state}\">{state}</span> <span id=\"live\" class=\"live\"></span></h1>",
+        name = esc(&w.name),
+    );
+    body.push_str("<div class=\"facts\" id=\"facts\">");
+    body.push_str(&format!(
+        "<div><span>Created</span>{}</div><div><span>Finished</span><time \
+         id=\"fact-finished\">{}</time></div><div id=\"fact-paused\"{}><span>Paused</span>yes: \
+         no new step starts</div>",
+        time(w.created_at_ms),
+        time(w.finished_at_ms),
+        if w.paused { "" } else { " hidden" }
+    ));
+    let mut fact = |label: &str, value: String| {
+        body.push_str(&format!("<div><span>{label}</span>{value}</div>"));
+    };
+    if !w.labels.is_empty() {
+        fact(
+            "Labels",
+            format!(
+                "<span class=\"mono\">{}</span>",
+                w.labels
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+    }
+    if !w.params.is_empty() {
+        fact(
+            "Parameters",
+            format!(
+                "<span class=\"mono\">{}</span>",
+                w.params
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+    }
+    if !w.schedule.is_empty() {
+        fact(
+            "Schedule",
+            format!("{} at {}", esc(&w.schedule), time(w.nominal_time_ms)),
+        );
+    }
+    if !w.template.is_empty() {
+        fact(
+            "Template",
+            format!("{}@{}", esc(&w.template), w.template_version),
+        );
+    }
+    if !w.reason.is_empty() {
+        fact("Reason", esc(&w.reason));
+    }
+    body.push_str("</div><div class=\"actions\">");
+    let mut actions = String::new();
+    if running && viewer.may("/baton.v1.WorkflowService/Cancel") {
+        actions.push_str(&format!(
+            "<span data-while-running>{}</span>",
+            action_button(
+                &viewer,
+                id,
+                "cancel",
+                "Cancel",
+                &format!(
+                    "Cancel workflow {id} ({})? Its pending steps never start and its running \
+                     steps are told to stop.",
+                    w.name
+                ),
+                "danger",
+            )
+        ));
+    }
+    if running && viewer.may("/baton.v1.WorkflowService/Pause") {
+        let (action, label, confirm) = if w.paused {
+            (
+                "resume",
+                "Resume",
+                format!("Resume workflow {id}? Its ready steps start again."),
+            )
+        } else {
+            (
+                "pause",
+                "Pause",
+                format!("Pause workflow {id}? No new step starts; running steps finish."),
+            )
+        };
+        actions.push_str(&format!(
+            "<span data-while-running>{}</span>",
+            action_button(&viewer, id, action, label, &confirm, "")
+        ));
+    }
+    if !running && viewer.may("/baton.v1.WorkflowService/Retry") && state != "succeeded" {
+        actions.push_str(&action_button(
+            &viewer,
+            id,
+            "retry",
+            "Retry",
+            &format!(
+                "Retry workflow {id}? Its failed, cancelled and timed-out steps, and every step \
+                 after them, run again; succeeded steps keep their results."
+            ),
+            "primary",
+        ));
+    }
+    let awaiting: Vec<&pb::Step> = w
+        .steps
+        .iter()
+        .filter(|s| step_state_name(s.state) == "awaiting_signal")
+        .collect();
+    if viewer.may("/baton.v1.WorkflowService/Signal") {
+        for step in awaiting {
+            actions.push_str(&format!(
+                "<form method=\"post\" action=\"/workflows/{id}/signal\" data-confirm=\"Approve \
+                 step {name} of workflow {id}? The steps after it start.\"><input type=\"hidden\" \
+                 name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"step\" \
+                 value=\"{name}\"><button type=\"submit\" class=\"primary\" \
+                 data-action=\"approve\">Approve {name}</button></form>\
+                 <form method=\"post\" action=\"/workflows/{id}/signal\" data-confirm=\"Reject \
+                 step {name} of workflow {id}? The step fails.\"><input type=\"hidden\" \
+                 name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"step\" \
+                 value=\"{name}\"><input type=\"hidden\" name=\"reject\" value=\"true\"><button \
+                 type=\"submit\" data-action=\"reject\">Reject {name}</button></form>",
+                name = esc(&step.name),
+                csrf = esc(&viewer.csrf),
+            ));
+        }
+    }
+    if actions.is_empty() {
+        actions.push_str("<span class=\"muted\">No action for your role in this state.</span>");
+    }
+    body.push_str(&actions);
+    body.push_str("</div>");
+
+    // The DAG, from the spec's order and dependencies and the steps' states.
+    let spec_steps = w
+        .spec
+        .as_ref()
+        .map(|s| s.steps.as_slice())
+        .unwrap_or_default();
+    let index: HashMap<&str, usize> = spec_steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let states: HashMap<&str, &'static str> = w
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), step_state_name(s.state)))
+        .collect();
+    let dag: Vec<DagStep<'_>> = spec_steps
+        .iter()
+        .map(|s| DagStep {
+            name: &s.name,
+            state: states.get(s.name.as_str()).copied().unwrap_or("waiting"),
+            depends_on: s
+                .depends_on
+                .iter()
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect(),
+        })
+        .collect();
+    body.push_str(&format!(
+        "<div class=\"layout\"><section class=\"dag\" aria-label=\"Steps\">{}</section>\
+         <aside class=\"panel card\" id=\"step-panel\" aria-live=\"polite\"><p class=\"muted\">\
+         Select a step (click it, or Tab to it and press Enter) to see its attempts, agent, \
+         times, output and error.</p></aside></div>",
+        html::dag_svg(id, !running, &dag)
+    ));
+    body.push_str(&format!(
+        "<p class=\"muted\">History: <a href=\"/api/v1/workflows/{id}/history\">JSON</a> · \
+         <span class=\"mono\">baton history {id}</span></p>"
+    ));
+    Html(page(
+        &format!("{} #{id}", w.name),
+        "workflows",
+        &viewer.frame(),
+        &body,
+    ))
+    .into_response()
+}
+
+/// A button's form: checked for the session's CSRF token, then the action's gRPC call with the
+/// viewer's token (so its role is checked again); back to the page with what happened.
+async fn workflow_action(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let rpc = match action.as_str() {
+        "cancel" => "/baton.v1.WorkflowService/Cancel",
+        "pause" => "/baton.v1.WorkflowService/Pause",
+        "resume" => "/baton.v1.WorkflowService/Resume",
+        "retry" => "/baton.v1.WorkflowService/Retry",
+        "signal" => "/baton.v1.WorkflowService/Signal",
+        _ => return (StatusCode::NOT_FOUND, "no such action").into_response(),
+    };
+    let viewer = match viewer(&api, &headers, &uri, rpc) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let fields = form(&body);
+    if api.secure && !session::same(&viewer.csrf, fields.get("csrf").map_or("", String::as_str)) {
+        return error_page(
+            &viewer.frame(),
+            &Status::permission_denied(
+                "the form came without this session's CSRF token (from another site, or an old \
+                 page): reload the page and try again",
+            ),
+        );
+    }
+    let Ok(workflow_id) = id.parse::<u64>() else {
+        return error_page(
+            &viewer.frame(),
+            &Status::invalid_argument("not a workflow id"),
+        );
+    };
+    let workflows = &api.workflows;
+    let caller = &viewer.caller;
+    let done: Result<String, Status> = match action.as_str() {
+        "cancel" => WorkflowService::cancel(
+            workflows,
+            caller.request(pb::CancelRequest {
+                workflow_id,
+                reason: "cancelled from the console".into(),
+            }),
+        )
+        .await
+        .map(|_| "Cancel requested.".to_string()),
+        "pause" => {
+            WorkflowService::pause(workflows, caller.request(pb::PauseRequest { workflow_id }))
+                .await
+                .map(|_| "Paused.".to_string())
+        }
+        "resume" => {
+            WorkflowService::resume(workflows, caller.request(pb::PauseRequest { workflow_id }))
+                .await
+                .map(|_| "Resumed.".to_string())
+        }
+        "retry" => WorkflowService::retry(
+            workflows,
+            caller.request(pb::RetryRequest {
+                workflow_id,
+                from_step: String::new(),
+            }),
+        )
+        .await
+        .map(|r| format!("Retrying: {}.", r.into_inner().steps.join(", "))),
+        _ => {
+            let step = fields.get("step").cloned().unwrap_or_default();
+            let reject = fields.get("reject").is_some_and(|v| v == "true");
+            WorkflowService::signal(
+                workflows,
+                caller.request(pb::SignalRequest {
+                    workflow_id,
+                    step: step.clone(),
+                    data: if reject {
+                        String::new()
+                    } else {
+                        format!("approved in the console by {}", viewer.name)
+                    },
+                    reject,
+                }),
+            )
+            .await
+            .map(|_| format!("{step} {}.", if reject { "rejected" } else { "approved" }))
+        }
+    };
+    match done {
+        Ok(what) => {
+            Redirect::to(&format!("/workflows/{workflow_id}?done={}", url(&what))).into_response()
+        }
+        Err(status) => error_page(&viewer.frame(), &status),
+    }
+}
+
+// ---- Agents, cluster, schedules -----------------------------------------------------------
+
+async fn agents_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match viewer(&api, &headers, &uri, "/baton.v1.AdminService/ListAgents") {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let agents = match AdminService::list_agents(
+        &api.admin,
+        viewer.caller.request(pb::ListAgentsRequest {}),
+    )
+    .await
+    {
+        Ok(listed) => listed.into_inner().agents,
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let mut body = String::from("<h1>Agents</h1>");
+    if agents.is_empty() {
+        body.push_str("<p class=\"card muted\">No agent has registered. Start one with <span class=\"mono\">baton agent --name NAME</span>.</p>");
+    } else {
+        body.push_str("<table><thead><tr><th>Name</th><th>Connected</th><th>Slots used</th><th>CPU</th><th>Memory</th><th>Labels</th><th>Task types</th><th>Running</th></tr></thead><tbody>");
+        for a in &agents {
+            let used = if a.slots == 0 {
+                0.0
+            } else {
+                f64::from(a.slots_used) / f64::from(a.slots) * 100.0
+            };
+            let running = a
+                .running
+                .iter()
+                .map(|r| {
+                    format!(
+                        "<a href=\"/workflows/{id}\">{id}</a>/{}",
+                        esc(&r.step),
+                        id = r.workflow_id
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            body.push_str(&format!(
+                "<tr data-agent=\"{name}\"><td>{name}</td><td>{connected}</td><td>{su}/{s}<div class=\"meter\" aria-hidden=\"true\"><span style=\"width:{used:.0}%\"></span></div></td><td>{cu}/{c} m</td><td>{mu}/{m} MB</td><td class=\"mono\">{labels}</td><td class=\"mono\">{types}</td><td>{running}</td></tr>",
+                name = esc(&a.name),
+                connected = if a.connected { "yes" } else { "<strong>no</strong>" },
+                su = a.slots_used,
+                s = a.slots,
+                cu = a.cpu_millis_used,
+                c = a.cpu_millis,
+                mu = a.memory_mb_used,
+                m = a.memory_mb,
+                labels = a.labels.iter().map(|(k, v)| format!("{}={}", esc(k), esc(v))).collect::<Vec<_>>().join(" "),
+                types = esc(&a.task_types.join(" ")),
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    Html(page("Agents", "agents", &viewer.frame(), &body)).into_response()
+}
+
+async fn cluster_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match viewer(&api, &headers, &uri, "/baton.v1.AdminService/ClusterStatus") {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let s = match AdminService::cluster_status(
+        &api.admin,
+        viewer.caller.request(pb::ClusterStatusRequest {}),
+    )
+    .await
+    {
+        Ok(status) => status.into_inner(),
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let leader = if s.leader_id == 0 {
+        "none".to_string()
+    } else {
+        s.leader_id.to_string()
+    };
+    let mut body = format!(
+        "<h1>Cluster <span class=\"muted mono\">{cluster}</span></h1><p class=\"muted\">As node \
+         {node} sees it (its role: {role}).</p><div class=\"facts\" id=\"cluster-facts\">\
+         <div><span>Leader</span>{leader}</div><div><span>Term</span>{term}</div>\
+         <div><span>Committed index</span>{committed}</div><div><span>Applied index</span>\
+         {applied}</div><div><span>Snapshot index</span>{snapshot}</div><div><span>State hash \
+         at the applied index</span><span class=\"mono\">{hash}</span></div></div>",
+        cluster = esc(&s.cluster_id),
+        node = s.node_id,
+        role = esc(&s.role),
+        term = s.term,
+        committed = s.committed_index,
+        applied = s.applied_index,
+        snapshot = s.snapshot_index,
+        hash = esc(&s.state_hash),
+    );
+    body.push_str("<h2>Members</h2><table><thead><tr><th>Node</th><th>Address</th><th>Voter</th><th>Replicated to (leader's view)</th><th>Data folder</th></tr></thead><tbody>");
+    for m in &s.members {
+        body.push_str(&format!(
+            "<tr data-member=\"{id}\"><td>{id}{lead}</td><td class=\"mono\">{addr}</td><td>{voter}</td><td>{matched}</td><td class=\"mono\">{folder}</td></tr>",
+            id = m.node_id,
+            lead = if m.node_id == s.leader_id { " (leader)" } else { "" },
+            addr = esc(&m.address),
+            voter = if m.voter { "yes" } else { "learner" },
+            matched = if m.matched_index == 0 { "—".to_string() } else { m.matched_index.to_string() },
+            folder = esc(&m.data_folder),
+        ));
+    }
+    body.push_str("</tbody></table><p class=\"muted\">Every node's state hash at its applied index: <span class=\"mono\">baton cluster status --all</span> compares them.</p>");
+    Html(page("Cluster", "cluster", &viewer.frame(), &body)).into_response()
+}
+
+async fn schedules_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match viewer(
+        &api,
+        &headers,
+        &uri,
+        "/baton.v1.ScheduleService/ListSchedules",
+    ) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let schedules = match ScheduleService::list_schedules(
+        &api.schedules,
+        viewer.caller.request(pb::ListSchedulesRequest::default()),
+    )
+    .await
+    {
+        Ok(listed) => listed.into_inner().schedules,
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let mut body = String::from("<h1>Schedules</h1>");
+    if schedules.is_empty() {
+        body.push_str("<p class=\"card muted\">No schedules. Create one with <span class=\"mono\">baton schedule create FILE</span> (docs/SCHEDULES.md).</p>");
+    } else {
+        body.push_str("<table><thead><tr><th>Name</th><th>When</th><th>Next run</th><th>Runs started</th><th>Skipped</th><th>Missed</th><th>Last run</th><th>Problem</th></tr></thead><tbody>");
+        for sc in &schedules {
+            let spec = sc.spec.clone().unwrap_or_default();
+            let when = if spec.cron.is_empty() {
+                format!(
+                    "every {}",
+                    baton_proto::text::format_duration_ms(spec.every_ms)
+                )
+            } else {
+                format!(
+                    "<span class=\"mono\">{}</span> {}",
+                    esc(&spec.cron),
+                    esc(if spec.timezone.is_empty() {
+                        "UTC"
+                    } else {
+                        &spec.timezone
+                    })
+                )
+            };
+            let next = if sc.paused {
+                "paused".to_string()
+            } else {
+                time(sc.next_fire_ms)
+            };
+            let last = sc.last_run.as_ref().map_or("—".to_string(), |r| {
+                format!("<a href=\"/workflows/{id}\">{id}</a>", id = r.workflow_id)
+            });
+            body.push_str(&format!(
+                "<tr data-schedule=\"{name}\"><td><a href=\"/workflows?schedule={qname}\">{name}</a></td><td>{when}</td><td>{next}</td><td>{started}</td><td>{skipped}</td><td>{missed}</td><td>{last}</td><td>{error}</td></tr>",
+                name = esc(&spec.name),
+                qname = url(&spec.name),
+                started = sc.runs_started,
+                skipped = sc.runs_skipped,
+                missed = sc.runs_missed,
+                error = esc(&sc.last_error),
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    Html(page("Schedules", "schedules", &viewer.frame(), &body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(safe_next("/workflows/7"), "/workflows/7");
+        assert_eq!(safe_next("//evil.example/x"), "/workflows");
+        assert_eq!(safe_next("https://evil.example/"), "/workflows");
+        assert_eq!(safe_next("/\\evil.example"), "/workflows");
+    }
+}
