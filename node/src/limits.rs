@@ -203,6 +203,15 @@ impl Admission {
 /// Open connections to the HTTP listener (`--http-listen`) at once; more wait in the kernel's
 /// accept queue until one closes.
 pub const HTTP_CONNECTIONS_MAX: usize = 1024;
+/// Requests the HTTP listener works on at once, across its connections (more wait their turn):
+/// with the body bound, what unauthenticated callers (webhook senders, the login form) can make
+/// a node hold is bounded too.
+pub const HTTP_REQUESTS_IN_FLIGHT_MAX: usize = 128;
+/// HTTP/2 streams per connection on the HTTP listener.
+pub const HTTP_STREAMS_PER_CONNECTION_MAX: u32 = 64;
+/// A client that has not sent a request's headers within this long is dropped (HTTP/1); an
+/// HTTP/2 peer that does not answer pings within [`KEEPALIVE_TIMEOUT`] is dropped.
+pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP request body (a spec, a batch): as for a gRPC request.
 pub const HTTP_BODY_BYTES_MAX: usize = PUBLIC_REQUEST_BYTES_MAX;
 /// Server-Sent Events streams (watches) share the node's watch limit (`WATCHES_MAX`); a comment

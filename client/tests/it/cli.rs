@@ -109,6 +109,43 @@ async fn a_bad_schedule_file_is_refused_before_any_call() {
     }
 }
 
+/// A trigger file and its secret are checked before anything is sent.
+#[tokio::test]
+async fn a_bad_trigger_file_or_secret_is_refused_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = write(dir.path(), "short-secret", "too-short\n");
+    for (contents, secret, said) in [
+        (
+            "name: t\ntemplate: deploy\nparams_from_body: {sha: after}\n",
+            None,
+            "params_from_body.sha: \"after\" is not a JSON Pointer",
+        ),
+        ("name: t\n", None, "missing field \"template\""),
+        (
+            "name: t\ntemplate: deploy\nsecret: s\n",
+            None,
+            "unknown field \"secret\"",
+        ),
+        (
+            "name: t\ntemplate: deploy\n",
+            Some(short.as_str()),
+            "9 bytes; a trigger's secret has 16 to 256",
+        ),
+    ] {
+        let file = write(dir.path(), "trigger.yaml", contents);
+        let mut args = vec!["trigger", "create", &file];
+        if let Some(secret) = secret {
+            args.extend(["--secret-file", secret]);
+        }
+        let dead = common::dead_address().to_string();
+        args.extend(["--endpoints", &dead]);
+        let output = baton(&args).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn a_validation_error_names_file_and_field_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();

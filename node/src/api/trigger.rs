@@ -4,14 +4,16 @@
 
 use std::sync::Arc;
 
+use baton_proto::limits::IDEMPOTENCY_KEY_LEN_MAX;
 use baton_proto::schedule::{delivery_params, validate_trigger, validate_trigger_secret};
 use baton_proto::v1 as pb;
 use baton_proto::v1::trigger_service_server::TriggerService;
 use hmac::{Hmac, Mac};
 use prost::Message;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use super::workflow::DELIVERY_KEY_PREFIX;
 use super::{node_error, observed};
 use crate::raft::RaftNode;
 use crate::state::{Command, CreateTriggerCommand, Response as Applied};
@@ -59,6 +61,17 @@ pub fn verify_signature(
     })
 }
 
+/// The idempotency key of delivery `id` of trigger `name`: `trigger:NAME:ID`, readable in
+/// `baton get`, or, when that is longer than a key may be, `trigger:` and a SHA-256 of both.
+pub fn delivery_key(name: &str, id: &str) -> String {
+    let key = format!("{DELIVERY_KEY_PREFIX}{name}:{id}");
+    if key.len() <= IDEMPOTENCY_KEY_LEN_MAX {
+        return key;
+    }
+    let digest = Sha256::digest(format!("{name}\0{id}").as_bytes());
+    format!("{DELIVERY_KEY_PREFIX}{}", hex::encode(digest))
+}
+
 /// The submit a delivery makes: the trigger's template with the delivery's parameters, keyed by
 /// the trigger and the delivery id (a redelivery finds the first run) when there is one.
 pub fn delivery_request(
@@ -69,7 +82,7 @@ pub fn delivery_request(
     pb::SubmitRequest {
         spec: None,
         idempotency_key: delivery
-            .map(|id| format!("trigger:{}:{id}", spec.name))
+            .map(|id| delivery_key(&spec.name, id))
             .unwrap_or_default(),
         params: delivery_params(spec, body),
         template: spec.template.clone(),
@@ -275,5 +288,10 @@ mod tests {
         assert_eq!(request.template, "deploy");
         assert_eq!(request.params["sha"], "abc");
         assert_eq!(delivery_request(&spec, &body, None).idempotency_key, "");
+        // Long names and ids still make a key that fits, one per (trigger, delivery).
+        let long = delivery_key(&"n".repeat(128), &"d".repeat(128));
+        assert!(long.len() <= IDEMPOTENCY_KEY_LEN_MAX && long.starts_with("trigger:"));
+        assert_ne!(long, delivery_key(&"n".repeat(128), &"e".repeat(128)));
+        assert_eq!(long, delivery_key(&"n".repeat(128), &"d".repeat(128)));
     }
 }

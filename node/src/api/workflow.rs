@@ -29,7 +29,30 @@ pub struct WorkflowServiceImpl {
     pub node: Arc<RaftNode>,
 }
 
+/// Idempotency keys beginning with this are webhook deliveries' (`api::trigger`): a caller's
+/// submit cannot take one, so none can claim a delivery's run in advance.
+pub const DELIVERY_KEY_PREFIX: &str = "trigger:";
+
+fn not_reserved(field: &str, key: &str) -> Result<(), Status> {
+    if key.starts_with(DELIVERY_KEY_PREFIX) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: keys beginning with {DELIVERY_KEY_PREFIX:?} are reserved for webhook \
+             deliveries"
+        )));
+    }
+    Ok(())
+}
+
 impl WorkflowServiceImpl {
+    /// A webhook delivery's submit (`api::trigger`): as [`WorkflowService::submit`], with the
+    /// delivery's key in the reserved `trigger:` space.
+    pub async fn submit_delivery(
+        &self,
+        request: pb::SubmitRequest,
+    ) -> Result<pb::SubmitResponse, Status> {
+        observed("Submit", self.submit_inner(request)).await
+    }
+
     /// Waits until a read here sees every write acknowledged before it, unless the caller chose
     /// a stale read.
     async fn consistent(&self, consistency: i32) -> Result<(), Status> {
@@ -447,18 +470,29 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        observed("Submit", self.submit_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let request = request.into_inner();
+        let submit = async {
+            not_reserved("idempotency_key", &request.idempotency_key)?;
+            self.submit_inner(request).await
+        };
+        observed("Submit", submit).await.map(Response::new)
     }
 
     async fn submit_batch(
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        observed("SubmitBatch", self.submit_batch_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let request = request.into_inner();
+        let submit = async {
+            for (i, item) in request.submits.iter().enumerate() {
+                not_reserved(
+                    &format!("submits[{i}].idempotency_key"),
+                    &item.idempotency_key,
+                )?;
+            }
+            self.submit_batch_inner(request).await
+        };
+        observed("SubmitBatch", submit).await.map(Response::new)
     }
 
     async fn get(

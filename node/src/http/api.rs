@@ -995,8 +995,8 @@ fn watch_start(headers: &HeaderMap, params: &Params) -> Result<(u64, usize), Api
         let parsed = text
             .split_once('.')
             .and_then(|(index, n)| Some((index.parse().ok()?, n.parse::<usize>().ok()?)));
-        return match parsed {
-            Some((index, n)) => Ok((index, n + 1)),
+        return match parsed.and_then(|(index, n): (u64, usize)| Some((index, n.checked_add(1)?))) {
+            Some((index, skip)) => Ok((index, skip)),
             None => Err(ApiError::invalid(format!(
                 "Last-Event-ID: {text:?} is not an event id of this API (INDEX.N)"
             ))),
@@ -1060,6 +1060,16 @@ async fn watch(
 ) -> Answer {
     let params = Params::parse(uri, WATCH_QUERY)?;
     let start = watch_start(headers, &params)?;
+    // Every workflow's events come from the node's recent-events ring, which forgets its oldest
+    // one at a time: resuming inside the oldest index kept could skip events the client never
+    // saw. Say so instead (one workflow's events come from its history, always whole).
+    if workflow == 0 && start.1 > 0 && start.0 <= api.node.replica.events.oldest_index() {
+        return Err(ApiError(Status::failed_precondition(format!(
+            "Last-Event-ID: this node no longer keeps every event of index {}; watch again from \
+             a later index (?from_index=)",
+            start.0
+        ))));
+    }
     let request = pb::WatchRequest {
         workflow_id: workflow,
         from_index: start.0,
@@ -1601,7 +1611,12 @@ async fn deliver_inner(
         Some(trigger) => trigger,
         None => {
             // Created a moment ago on the leader, perhaps: look again once this node has
-            // applied everything committed before the delivery arrived.
+            // applied everything committed before the delivery arrived. Anyone may post to any
+            // name, so only a few such reads run at once; past them, the answer is 404 now.
+            let _permit = api
+                .unknown_trigger_reads
+                .try_acquire()
+                .map_err(|_| crate::api::trigger::no_trigger(name))?;
             api.node.linearize().await.map_err(crate::api::node_error)?;
             read().ok_or_else(|| crate::api::trigger::no_trigger(name))?
         }
@@ -1633,9 +1648,7 @@ async fn deliver_inner(
         }
     };
     let request = crate::api::trigger::delivery_request(&spec, &document, delivery);
-    let submitted = WorkflowService::submit(&api.workflows, tonic::Request::new(request))
-        .await?
-        .into_inner();
+    let submitted = api.workflows.submit_delivery(request).await?;
     let mut value = shapes::submit_json(&submitted);
     value["trigger"] = json!(name);
     value["delivery"] = json!(delivery);

@@ -37,6 +37,7 @@ use crate::api::schedule::ScheduleServiceImpl;
 use crate::api::template::TemplateServiceImpl;
 use crate::api::trigger::TriggerServiceImpl;
 use crate::api::workflow::WorkflowServiceImpl;
+use crate::limits;
 use crate::raft::RaftNode;
 use crate::scheduler::Sessions;
 use crate::security::Security;
@@ -53,6 +54,9 @@ pub struct Services {
     pub node: Arc<RaftNode>,
     /// false under `--insecure`: every call is let through, as on the gRPC port.
     pub secure: bool,
+    /// Webhook deliveries to a name this node does not know wait for a linearizable read (the
+    /// trigger may be new) only this many at a time: anyone can post to any name.
+    pub unknown_trigger_reads: tokio::sync::Semaphore,
 }
 
 /// The routes' shared state.
@@ -194,22 +198,13 @@ impl HttpServer {
             },
             node,
             secure: security.is_secure(),
+            unknown_trigger_reads: tokio::sync::Semaphore::new(4),
         };
         let router = router(Api(Arc::new(services)));
         let listener = listen::Listener::new(listener, security.tls().cloned())?;
         let addr = axum::serve::Listener::local_addr(&listener)?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!(%error, "http listener failed");
-            }
-        });
+        let task = tokio::spawn(serve(listener, router, stopped));
         Ok(HttpServer {
             addr,
             stop: Some(stop),
@@ -223,15 +218,58 @@ impl HttpServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
+        if let Some(task) = self.task.take() {
             let _ = task.await;
         }
     }
+}
+
+/// Serves `router` on every connection `listener` accepts until `stop`, with the connection
+/// rules of [`crate::limits`]: a deadline for a request's headers (HTTP/1), pings that drop a
+/// silent peer and a bound on streams (HTTP/2). On stop, open requests get a moment to finish.
+async fn serve(
+    mut listener: listen::Listener,
+    router: axum::Router,
+    mut stop: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits::HTTP_HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(limits::HTTP_STREAMS_PER_CONNECTION_MAX)
+        .max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX);
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (io, _remote) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            _ = &mut stop => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "http connection ended");
+            }
+        });
+    }
+    drop(listener);
+    // Open requests get a moment; event streams never end by themselves, so after it every
+    // connection is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    connections.shutdown().await;
 }
 
 /// The whole router: every route of [`api::ROUTES`] behind [`authorize`] (when it names a
@@ -265,6 +303,9 @@ pub fn router(api: Api) -> axum::Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::limits::HTTP_BODY_BYTES_MAX,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits::HTTP_REQUESTS_IN_FLIGHT_MAX,
         ))
         .layer(axum::middleware::from_fn(observe))
         .with_state(api)

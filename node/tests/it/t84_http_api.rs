@@ -127,6 +127,32 @@ impl Http {
     }
 }
 
+impl Http {
+    /// The first `n` events of a stream that does not end by itself (every workflow's).
+    async fn first_events(&self, path: &str, n: usize) -> Vec<(String, Value)> {
+        let mut response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the node answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut text = String::new();
+        loop {
+            let events = parse_events(&text);
+            if events.len() >= n {
+                return events[..n].to_vec();
+            }
+            let chunk = tokio::time::timeout(TIMEOUT, response.chunk())
+                .await
+                .expect("events keep coming")
+                .expect("the stream reads")
+                .expect("the stream does not end");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
 /// `event:`/`id:`/`data:` blocks separated by blank lines; comments (keep-alives) skipped.
 fn parse_events(text: &str) -> Vec<(String, Value)> {
     let mut events = Vec::new();
@@ -408,6 +434,22 @@ async fn every_route_answers_as_documented() {
     let no_route = http.get("/api/v1/nothing").await;
     assert_eq!(no_route.status, StatusCode::NOT_FOUND);
     assert_eq!(no_route.code(), "not_found");
+    let reserved = http
+        .call(
+            Method::POST,
+            "/api/v1/workflows",
+            Some(("application/yaml", spec)),
+            &[("idempotency-key", "trigger:on-push:1")],
+        )
+        .await;
+    assert_eq!(reserved.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reserved
+            .message()
+            .contains("reserved for webhook deliveries"),
+        "{}",
+        reserved.message()
+    );
     let wrong_method = http
         .call(Method::DELETE, "/api/v1/workflows", None, &[])
         .await;
@@ -492,6 +534,20 @@ async fn every_route_answers_as_documented() {
             .await;
         assert_eq!(resumed, streamed[cut + 1..], "resumed after event {cut}");
     }
+
+    // Every workflow's events, from an index on, resumable the same way; a resume id past what
+    // a u64 counts is refused, not wrapped.
+    let all = http.first_events("/api/v1/events?from_index=1", 6).await;
+    assert!(all.iter().any(|(_, e)| e["workflow_id"] == id), "{all:?}");
+    let overflow = http
+        .call(
+            Method::GET,
+            &format!("/api/v1/workflows/{id}/events"),
+            None,
+            &[("last-event-id", "5.18446744073709551615")],
+        )
+        .await;
+    assert_eq!(overflow.status, StatusCode::BAD_REQUEST);
 
     // Cancel a running workflow; cancelling it again leaves it so.
     let held = http

@@ -97,13 +97,17 @@ pub struct DagStep<'a> {
 
 /// The DAG as SVG: a box per step (`g.step` with `data-step` and `data-state`, focusable, a
 /// button to screen readers), an arrow per dependency, laid out by [`layout::layout`].
-pub fn dag_svg(workflow_id: u64, finished: bool, steps: &[DagStep<'_>]) -> String {
+///
+/// `from_index`: the first log index the page does not show yet (the workflow's revision plus
+/// one): the live updates start there, so a retried workflow's earlier end is not replayed.
+pub fn dag_svg(workflow_id: u64, finished: bool, from_index: u64, steps: &[DagStep<'_>]) -> String {
     let deps: Vec<Vec<usize>> = steps.iter().map(|s| s.depends_on.clone()).collect();
     let laid = layout::layout(&deps);
     let mut svg = String::new();
     let _ = write!(
         svg,
-        "<svg data-workflow=\"{workflow_id}\" data-finished=\"{finished}\" width=\"{w}\" \
+        "<svg data-workflow=\"{workflow_id}\" data-finished=\"{finished}\" \
+         data-from-index=\"{from_index}\" width=\"{w}\" \
          height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"group\" aria-label=\"The workflow's \
          steps, in the order they run\" xmlns=\"http://www.w3.org/2000/svg\"><defs><marker \
          id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" \
@@ -114,17 +118,27 @@ pub fn dag_svg(workflow_id: u64, finished: bool, steps: &[DagStep<'_>]) -> Strin
     );
     for edge in &laid.edges {
         let (a, b) = (&laid.nodes[edge.from], &laid.nodes[edge.to]);
-        let (x1, y1) = (a.x + NODE_WIDTH, a.y + NODE_HEIGHT / 2.0);
-        let (x2, y2) = (b.x, b.y + NODE_HEIGHT / 2.0);
-        let bend = (x2 - x1) / 2.0;
+        let (mut x, mut y) = (a.x + NODE_WIDTH, a.y + NODE_HEIGHT / 2.0);
+        let mut d = format!("M{x},{y}");
+        // A curve across each gap between columns; a straight run across each skipped column.
+        let curve = |d: &mut String, x: &mut f64, y: &mut f64, x2: f64, y2: f64| {
+            let bend = (x2 - *x) / 2.0;
+            let _ = write!(d, " C{},{} {},{y2} {x2},{y2}", *x + bend, *y, x2 - bend);
+            (*x, *y) = (x2, y2);
+        };
+        for &(vx, vy) in &edge.via {
+            let mid = vy + NODE_HEIGHT / 2.0;
+            curve(&mut d, &mut x, &mut y, vx, mid);
+            x = vx + NODE_WIDTH;
+            let _ = write!(d, " L{x},{y}");
+        }
+        curve(&mut d, &mut x, &mut y, b.x, b.y + NODE_HEIGHT / 2.0);
         let _ = write!(
             svg,
-            "<path class=\"edge\" data-from=\"{}\" data-to=\"{}\" d=\"M{x1},{y1} C{},{y1} {},{y2} \
-             {x2},{y2}\" marker-end=\"url(#arrow)\"/>",
+            "<path class=\"edge\" data-from=\"{}\" data-to=\"{}\" d=\"{d}\" \
+             marker-end=\"url(#arrow)\"/>",
             esc(steps[edge.from].name),
             esc(steps[edge.to].name),
-            x1 + bend,
-            x2 - bend,
         );
     }
     for (step, at) in steps.iter().zip(&laid.nodes) {
@@ -170,6 +184,7 @@ mod tests {
         let svg = dag_svg(
             7,
             false,
+            1,
             &[
                 DagStep {
                     name: "build",

@@ -13,11 +13,14 @@ pub struct Placed {
 }
 
 /// An edge between two placed steps, from the right middle of `from`'s box to the left middle
-/// of `to`'s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// of `to`'s. An edge that skips columns passes through a free slot of each column between
+/// (`via`, the slots' top-left corners: cross them horizontally at mid-height), so it never runs
+/// behind another step's box.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Edge {
     pub from: usize,
     pub to: usize,
+    pub via: Vec<(f64, f64)>,
 }
 
 /// The layout of a whole workflow.
@@ -40,23 +43,37 @@ const SWEEPS: usize = 4;
 /// Lays out `n` steps whose dependencies are `depends_on[i]` (indexes of earlier-finishing
 /// steps). Dependencies that name no step, or that would close a cycle (the server refuses
 /// both; a layout never panics on them), are left out of the layering.
+///
+/// Steps and the slots long edges pass through ("virtual" nodes, numbered after the steps) are
+/// ordered together, so a long edge's path takes part in reducing crossings like a step does.
 pub fn layout(depends_on: &[Vec<usize>]) -> Layout {
     let n = depends_on.len();
-    let layer = layers(depends_on);
+    let mut layer = layers(depends_on);
     let layer_count = layer.iter().copied().max().map_or(0, |m| m + 1);
-    let edges: Vec<Edge> = depends_on
-        .iter()
-        .enumerate()
-        .flat_map(|(to, deps)| deps.iter().map(move |&from| Edge { from, to }))
-        .filter(|e| e.from < n && layer[e.from] < layer[e.to])
-        .collect();
+    // Each edge as its chain of nodes: from, the virtual nodes of the columns it skips, to.
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    for (to, deps) in depends_on.iter().enumerate() {
+        for &from in deps {
+            if from >= n || layer[from] >= layer[to] {
+                continue;
+            }
+            let mut chain = vec![from];
+            for l in layer[from] + 1..layer[to] {
+                chain.push(layer.len());
+                layer.push(l);
+            }
+            chain.push(to);
+            chains.push(chain);
+        }
+    }
+    let total = layer.len();
 
     // Columns, first in the order given, then by barycenter sweeps.
     let mut columns: Vec<Vec<usize>> = vec![Vec::new(); layer_count];
     for (i, &l) in layer.iter().enumerate() {
         columns[l].push(i);
     }
-    let mut position = vec![0.0f64; n];
+    let mut position = vec![0.0f64; total];
     let index_positions = |columns: &Vec<Vec<usize>>, position: &mut Vec<f64>| {
         for column in columns {
             for (row, &i) in column.iter().enumerate() {
@@ -65,11 +82,13 @@ pub fn layout(depends_on: &[Vec<usize>]) -> Layout {
         }
     };
     index_positions(&columns, &mut position);
-    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for e in &edges {
-        parents[e.to].push(e.from);
-        children[e.from].push(e.to);
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); total];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); total];
+    for chain in &chains {
+        for pair in chain.windows(2) {
+            parents[pair[1]].push(pair[0]);
+            children[pair[0]].push(pair[1]);
+        }
     }
     for sweep in 0..SWEEPS {
         let forward = sweep % 2 == 0;
@@ -105,13 +124,13 @@ pub fn layout(depends_on: &[Vec<usize>]) -> Layout {
     let width = MARGIN * 2.0
         + layer_count as f64 * NODE_WIDTH
         + layer_count.saturating_sub(1) as f64 * COLUMN_GAP;
-    let mut nodes = vec![
+    let mut slots = vec![
         Placed {
             layer: 0,
             x: 0.0,
             y: 0.0
         };
-        n
+        total
     ];
     for (l, column) in columns.iter().enumerate() {
         // Each column centred vertically.
@@ -119,15 +138,27 @@ pub fn layout(depends_on: &[Vec<usize>]) -> Layout {
             column.len() as f64 * NODE_HEIGHT + column.len().saturating_sub(1) as f64 * ROW_GAP;
         let top = (height - column_height) / 2.0;
         for (row, &i) in column.iter().enumerate() {
-            nodes[i] = Placed {
+            slots[i] = Placed {
                 layer: l,
                 x: MARGIN + l as f64 * (NODE_WIDTH + COLUMN_GAP),
                 y: top + row as f64 * (NODE_HEIGHT + ROW_GAP),
             };
         }
     }
+    let edges = chains
+        .iter()
+        .map(|chain| Edge {
+            from: chain[0],
+            to: chain[chain.len() - 1],
+            via: chain[1..chain.len() - 1]
+                .iter()
+                .map(|&v| (slots[v].x, slots[v].y))
+                .collect(),
+        })
+        .collect();
+    slots.truncate(n);
     Layout {
-        nodes,
+        nodes: slots,
         edges,
         width,
         height: height.max(MARGIN * 2.0),
@@ -231,6 +262,20 @@ mod tests {
                 let (from, to) = (&laid.nodes[e.from], &laid.nodes[e.to]);
                 prop_assert!(from.layer < to.layer);
                 prop_assert!(from.x + NODE_WIDTH < to.x, "edge {:?} does not point forward", e);
+                // A long edge crosses each column between through a slot of its own, left to
+                // right, never behind a step's box.
+                prop_assert_eq!(e.via.len(), to.layer - from.layer - 1);
+                let mut x_before = from.x;
+                for &(x, y) in &e.via {
+                    prop_assert!(x > x_before);
+                    x_before = x;
+                    let slot = Placed { layer: 0, x, y };
+                    for node in &laid.nodes {
+                        prop_assert!(!overlaps(&slot, node), "{:?} runs behind {:?}", e, node);
+                    }
+                    prop_assert!(y + NODE_HEIGHT <= laid.height);
+                }
+                prop_assert!(x_before < to.x);
             }
             // Layers are longest paths: a step sits right after its deepest dependency.
             for (i, d) in deps.iter().enumerate() {
@@ -258,6 +303,21 @@ mod tests {
             .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
             .collect();
         assert_eq!(layout(&chain).nodes[999].layer, 999);
+    }
+
+    #[test]
+    fn an_edge_that_skips_a_column_goes_around_the_step_in_it() {
+        // deploy -> smoke -> rollback, and deploy -> rollback directly.
+        let laid = layout(&[vec![], vec![0], vec![0, 1]]);
+        let long = laid
+            .edges
+            .iter()
+            .find(|e| e.from == 0 && e.to == 2)
+            .unwrap();
+        assert_eq!(long.via.len(), 1);
+        let (x, y) = long.via[0];
+        assert_eq!(x, laid.nodes[1].x);
+        assert_ne!(y, laid.nodes[1].y);
     }
 
     #[test]

@@ -166,7 +166,9 @@ fn error_page(frame: &Frame<'_>, status: &Status) -> Response {
 
 /// Only a path of this site: never `//host` or `https://...`.
 fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    // Browsers drop tabs and newlines from URLs (`/\t/evil` is `//evil`): only visible ASCII.
+    let visible = next.bytes().all(|b| (b'!'..=b'~').contains(&b));
+    if visible && next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
         next
     } else {
         "/workflows"
@@ -339,7 +341,8 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
         Ok(listed) => listed.into_inner(),
         Err(status) => return error_page(&viewer.frame(), &status),
     };
-    let (counts, capped) = api.node.replica.read(|a| a.state.state_counts(COUNTED_MAX));
+    // Counted on a point-in-time copy: apply does not wait for it.
+    let (counts, capped) = api.node.replica.view().state.state_counts(COUNTED_MAX);
     let keep = |key: &str, value: &str| -> String {
         let mut parts: Vec<String> = ["name", "label", "schedule", "state"]
             .iter()
@@ -681,7 +684,7 @@ async fn workflow_page(
          <aside class=\"panel card\" id=\"step-panel\" aria-live=\"polite\"><p class=\"muted\">\
          Select a step (click it, or Tab to it and press Enter) to see its attempts, agent, \
          times, output and error.</p></aside></div>",
-        html::dag_svg(id, !running, &dag)
+        html::dag_svg(id, !running, w.revision + 1, &dag)
     ));
     body.push_str(&format!(
         "<p class=\"muted\">History: <a href=\"/api/v1/workflows/{id}/history\">JSON</a> · \
@@ -976,5 +979,8 @@ mod tests {
         assert_eq!(safe_next("//evil.example/x"), "/workflows");
         assert_eq!(safe_next("https://evil.example/"), "/workflows");
         assert_eq!(safe_next("/\\evil.example"), "/workflows");
+        assert_eq!(safe_next("/\t/evil.example"), "/workflows");
+        assert_eq!(safe_next("/\n/evil.example"), "/workflows");
+        assert_eq!(safe_next("/ /evil.example"), "/workflows");
     }
 }

@@ -87,7 +87,9 @@ if (dag) {
   });
 
   if (dag.dataset.finished !== "true") {
-    const source = new EventSource(`/api/v1/workflows/${id}/events`);
+    // From the first index the page does not show: nothing already drawn is replayed.
+    const source = new EventSource(
+      `/api/v1/workflows/${id}/events?from_index=${dag.dataset.fromIndex}`);
     source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
     source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
     source.addEventListener("workflow_event", (message) => {
