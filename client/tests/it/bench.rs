@@ -20,12 +20,22 @@ fn batond_is_built() -> bool {
     true
 }
 
+/// `baton` as a new user runs it: no context from this machine's config folder (`batond dev`
+/// saves one there), no endpoints from the environment.
+fn baton() -> Command {
+    let mut command = Command::new(BATON);
+    command
+        .env("BATON_CLIENT_CONFIG", "/nonexistent/baton/config.toml")
+        .env_remove("BATON_CONTEXT")
+        .env_remove("BATON_ENDPOINTS");
+    command
+}
+
 fn bench(args: &[&str]) -> (Value, String) {
     assert!(batond_is_built());
-    let out = Command::new(BATON)
+    let out = baton()
         .args(["bench", "--start-cluster", "-o", "json"])
         .args(args)
-        .env_remove("BATON_ENDPOINTS")
         .output()
         .expect("run baton bench");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -115,7 +125,7 @@ fn a_secured_cluster_runs_the_same_load() {
 
 #[test]
 fn bad_arguments_fail_before_starting_anything() {
-    let out = Command::new(BATON)
+    let out = baton()
         .args(["bench", "--agents", "2"])
         .output()
         .expect("run baton bench");

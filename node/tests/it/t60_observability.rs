@@ -56,13 +56,20 @@ fn tool(name: &str) -> PathBuf {
         })
 }
 
-fn spawn_node(id: usize, grpc: &[u16], metrics: SocketAddr, dir: &Path) -> Proc {
-    let metrics = metrics.to_string();
+fn spawn_node(id: usize, grpc: &[u16], metrics: SocketAddr, http: SocketAddr, dir: &Path) -> Proc {
+    let (metrics, http) = (metrics.to_string(), http.to_string());
     procs::spawn_node(
         id,
         grpc,
         dir,
-        &["--metrics-listen", &metrics, "--log-format", "json"],
+        &[
+            "--metrics-listen",
+            &metrics,
+            "--http-listen",
+            &http,
+            "--log-format",
+            "json",
+        ],
     )
 }
 
@@ -319,18 +326,27 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let prometheus_bin = tool("prometheus");
     let dir = tempfile::tempdir().unwrap();
-    let ports = reserve_ports(9);
+    let ports = reserve_ports(12);
     let grpc = &ports[0..3];
     let node_metrics: Vec<SocketAddr> = ports[3..6].iter().map(|p| loopback(*p)).collect();
     let agent_metrics: Vec<SocketAddr> = ports[6..8].iter().map(|p| loopback(*p)).collect();
     let prometheus_addr = loopback(ports[8]);
+    let node_http: Vec<SocketAddr> = ports[9..12].iter().map(|p| loopback(*p)).collect();
     let addrs: Vec<SocketAddr> = grpc.iter().map(|p| loopback(*p)).collect();
     let endpoints: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
     let endpoints = endpoints.join(",");
 
     tracing::info!("--- a three-node cluster, two agents, and Prometheus scraping them");
     let mut nodes: Vec<Proc> = (1..=3)
-        .map(|id| spawn_node(id, grpc, node_metrics[id - 1], dir.path()))
+        .map(|id| {
+            spawn_node(
+                id,
+                grpc,
+                node_metrics[id - 1],
+                node_http[id - 1],
+                dir.path(),
+            )
+        })
         .collect();
     let mut agents = vec![
         spawn_agent(
@@ -714,6 +730,62 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     let alerts = alert_expressions();
     assert_eq!(loaded.len(), alerts.len(), "rules Prometheus loaded");
 
+    tracing::info!("--- the JSON API on every node, and a signed webhook delivery");
+    for addr in &node_http {
+        let listed = prom
+            .http
+            .get(format!("http://{addr}/api/v1/workflows?page_size=5"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 200);
+    }
+    let mut templates =
+        baton_proto::v1::template_service_client::TemplateServiceClient::new(channel(addrs[0]));
+    templates
+        .apply_template(pb::ApplyTemplateRequest {
+            spec: Some(noop_spec("hooked", 1)),
+        })
+        .await
+        .unwrap();
+    let secret = "observability-webhook-secret";
+    baton_proto::v1::trigger_service_client::TriggerServiceClient::new(channel(addrs[0]))
+        .create_trigger(pb::CreateTriggerRequest {
+            spec: Some(pb::TriggerSpec {
+                name: "hook".into(),
+                template: "hooked".into(),
+                ..Default::default()
+            }),
+            secret: secret.into(),
+            replace: false,
+        })
+        .await
+        .unwrap();
+    let body = r#"{"event": "push"}"#;
+    let signature = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let delivered = prom
+        .http
+        .post(format!("http://{}/api/v1/triggers/hook", node_http[1]))
+        .header("x-baton-signature-256", signature)
+        .header("x-baton-delivery", "observability-1")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), 201);
+    prom.wait_value("sum(baton_http_requests_total)", |v| v >= 4.0)
+        .await;
+    prom.wait_value(
+        r#"sum(baton_trigger_deliveries_total{trigger="hook",outcome="started"})"#,
+        |v| v == 1.0,
+    )
+    .await;
+
     tracing::info!("--- every dashboard expression returns data; every alert parses");
     let expressions = dashboard_expressions();
     let mut missing = Vec::new();
@@ -871,11 +943,12 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
             );
         }
     }
-    // The schedule's runs ("scheduled", started after the counts were checked) aside.
+    // The schedule's runs ("scheduled") and the webhook's ("hooked"), started after the counts
+    // were checked, aside.
     let finished: Vec<&Json> = node_lines
         .iter()
         .filter(|l| l["fields"]["message"] == "workflow finished")
-        .filter(|l| l["fields"]["name"] != "scheduled")
+        .filter(|l| l["fields"]["name"] != "scheduled" && l["fields"]["name"] != "hooked")
         .collect();
     // Logged once per workflow, by the leader that counts it (the same rule as the counters).
     if stable {

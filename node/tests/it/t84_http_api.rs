@@ -860,7 +860,18 @@ async fn every_route_answers_as_documented() {
     assert_eq!(status.body["leader_id"], leader);
     assert_eq!(status.body["members"].as_array().unwrap().len(), 3);
 
-    // Every route was called and its answers matched the document; the metrics saw them.
+    // Under --insecure the console needs no session.
+    for path in [
+        "/workflows".to_string(),
+        format!("/workflows/{id}"),
+        "/agents".into(),
+        "/cluster".into(),
+        "/schedules".into(),
+    ] {
+        assert_eq!(http.get(&path).await.status, StatusCode::OK, "{path}");
+    }
+
+    // Every route was called and its answers matched the document.
     cluster.shutdown().await;
 }
 
@@ -1253,5 +1264,271 @@ async fn a_signed_delivery_starts_one_run_per_delivery_id() {
     let after = deliver(Some(sign(secret, body)), Some("d-3"), false).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND);
     assert_eq!(count().await, 2);
+    secure.cluster.shutdown().await;
+}
+
+/// The hidden `csrf` field of the first form on a page.
+fn csrf_field(html: &str) -> String {
+    let found = regex::Regex::new(r#"name="csrf" value="([^"]*)""#)
+        .unwrap()
+        .captures(html)
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    found[1].to_string()
+}
+
+/// The value `Set-Cookie` gives cookie `name`, and the whole header.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|header| {
+            let value = header[name.len() + 1..]
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (value, header.to_string())
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn console_pages_need_a_session_and_their_forms_a_csrf_token() {
+    let secure = start_secure().await;
+    let leader = secure.cluster.leader(TIMEOUT).await;
+    let follower = secure.cluster.follower(leader);
+    let reader_token = secure.token("reader").await;
+    let ca = std::fs::read(secure.pki.path().join("ca.pem")).unwrap();
+    // Redirects and cookies by hand, to see each.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = http_base(&secure.cluster, follower, "https");
+    let get = |path: String, cookie: Option<String>| {
+        let mut request = client.get(format!("{base}{path}"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    let post = |path: String, cookie: Option<String>, form: String| {
+        let mut request = client
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    // A running workflow (no agent: its step stays ready).
+    let api = secure.http(follower, Some(&secure.admin));
+    let submitted = api
+        .call(
+            Method::POST,
+            "/api/v1/workflows",
+            Some(("application/yaml", HOLD_SPEC)),
+            &[],
+        )
+        .await;
+    let id = submitted.body["workflow_id"].as_u64().unwrap();
+
+    // Without a session, a page sends the viewer to sign in, and back afterwards.
+    let page = get(format!("/workflows/{id}"), None).await.unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        page.headers()["location"],
+        format!("/login?next=%2Fworkflows%2F{id}")
+    );
+
+    // Signing in: the form's CSRF value must come back with its cookie.
+    let sign_in = |token: String, next: &'static str| {
+        let (get, post) = (&get, &post);
+        async move {
+            let form = get(format!("/login?next={next}"), None).await.unwrap();
+            let (login_cookie, _) = set_cookie(&form, "baton_login").expect("a login cookie");
+            let csrf = csrf_field(&form.text().await.unwrap());
+            assert_eq!(csrf, login_cookie);
+            let body = format!("token={token}&next={next}&csrf={csrf}");
+            let forged = post(
+                "/login".into(),
+                Some(format!("baton_login={login_cookie}")),
+                body.replace(&csrf, "forged"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+            let signed = post(
+                "/login".into(),
+                Some(format!("baton_login={login_cookie}")),
+                body,
+            )
+            .await
+            .unwrap();
+            assert_eq!(signed.status(), StatusCode::SEE_OTHER);
+            let location = signed.headers()["location"].to_str().unwrap().to_string();
+            let (session, header) = set_cookie(&signed, "baton_session").expect("a session cookie");
+            assert!(
+                header.contains("HttpOnly")
+                    && header.contains("SameSite=Strict")
+                    && header.contains("Secure"),
+                "{header}"
+            );
+            (format!("baton_session={session}"), location)
+        }
+    };
+    let form = get("/login".into(), None).await.unwrap();
+    let (login_cookie, _) = set_cookie(&form, "baton_login").unwrap();
+    let bad = post(
+        "/login".into(),
+        Some(format!("baton_login={login_cookie}")),
+        format!("token=baton_0_0&csrf={login_cookie}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    let (admin, location) = sign_in(secure.admin.clone(), "%2Fworkflows").await;
+    assert_eq!(location, "/workflows");
+    let (_, elsewhere) = sign_in(secure.admin.clone(), "%2F%2Fevil.example%2F").await;
+    assert_eq!(
+        elsewhere, "/workflows",
+        "only this site's paths are followed"
+    );
+
+    // Pages with the session; the admin's workflow page has a cancel form with the CSRF token.
+    for path in ["/workflows", "/agents", "/cluster", "/schedules"] {
+        let page = get(path.into(), Some(admin.clone())).await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK, "{path}");
+        assert!(page.text().await.unwrap().contains("<main>"), "{path}");
+    }
+    let cluster = get("/cluster".into(), Some(admin.clone()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        cluster.contains("The 3 nodes that answered hold the same state")
+            || cluster.contains("No disagreement seen"),
+        "{cluster}"
+    );
+    let html = get(format!("/workflows/{id}"), Some(admin.clone()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(r#"data-action="cancel""#), "{html}");
+    assert!(
+        html.contains(r#"data-step="hold" data-state="ready""#),
+        "{html}"
+    );
+    let csrf = csrf_field(&html);
+    // Without the token a form is refused; with it, it acts and goes back to the page.
+    let forged = post(
+        format!("/workflows/{id}/pause"),
+        Some(admin.clone()),
+        "csrf=nope".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let paused = post(
+        format!("/workflows/{id}/pause"),
+        Some(admin.clone()),
+        format!("csrf={csrf}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(paused.status(), StatusCode::SEE_OTHER);
+    assert!(
+        paused.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("/workflows/{id}?done="))
+    );
+    assert_eq!(
+        api.get(&format!("/api/v1/workflows/{id}")).await.body["paused"],
+        true
+    );
+
+    // The JSON API takes the session too; a change made with it needs X-Baton-CSRF.
+    let read = client
+        .get(format!("{base}/api/v1/workflows/{id}"))
+        .header("cookie", admin.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let without = client
+        .post(format!("{base}/api/v1/workflows/{id}/resume"))
+        .header("cookie", admin.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), StatusCode::FORBIDDEN);
+    let with = client
+        .post(format!("{base}/api/v1/workflows/{id}/resume"))
+        .header("cookie", admin.clone())
+        .header("x-baton-csrf", csrf.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), StatusCode::OK);
+
+    // A reader sees the page without the buttons, and is refused when it posts one anyway.
+    let (reader, _) = sign_in(reader_token, "%2Fworkflows").await;
+    let html = get(format!("/workflows/{id}"), Some(reader.clone()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("data-action="), "{html}");
+    let reader_csrf = csrf_field(&html);
+    let refused = post(
+        format!("/workflows/{id}/cancel"),
+        Some(reader.clone()),
+        format!("csrf={reader_csrf}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.get(&format!("/api/v1/workflows/{id}")).await.body["state"],
+        "running"
+    );
+    let cancelled = post(
+        format!("/workflows/{id}/cancel"),
+        Some(admin.clone()),
+        format!("csrf={csrf}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        api.get(&format!("/api/v1/workflows/{id}")).await.body["state"],
+        "cancelled"
+    );
+
+    // Logging out needs the token too, and ends the cookie.
+    let kept = post("/logout".into(), Some(admin.clone()), "csrf=nope".into())
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::FORBIDDEN);
+    let out = post(
+        "/logout".into(),
+        Some(admin.clone()),
+        format!("csrf={csrf}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let (_, header) = set_cookie(&out, "baton_session").unwrap();
+    assert!(header.contains("Max-Age=0"), "{header}");
     secure.cluster.shutdown().await;
 }

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use baton_proto::names::{step_state_name, workflow_state_name};
 use baton_proto::text::format_time_ms;
 use baton_proto::v1 as pb;
+use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::admin_service_server::AdminService;
 use baton_proto::v1::schedule_service_server::ScheduleService;
 use baton_proto::v1::workflow_service_server::WorkflowService;
@@ -32,6 +33,50 @@ use super::session::{self, Credential};
 use super::{Api, Caller};
 use crate::security::auth::{Access, access, decide};
 use html::{DagStep, Frame, badge, esc, page, url};
+
+/// How long the cluster page waits for another member's status.
+const PEER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the members that answered hold the same state: equal hashes wherever their applied
+/// indexes are equal (a hash is of the state at its node's applied index).
+fn agreement(views: &[(u64, Result<pb::ClusterStatusResponse, Status>)]) -> String {
+    let answered: Vec<&pb::ClusterStatusResponse> =
+        views.iter().filter_map(|(_, v)| v.as_ref().ok()).collect();
+    let silent = views.len() - answered.len();
+    let mut by_index: std::collections::BTreeMap<u64, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for view in &answered {
+        by_index
+            .entry(view.applied_index)
+            .or_default()
+            .insert(view.state_hash.as_str());
+    }
+    if let Some((index, _)) = by_index.iter().find(|(_, hashes)| hashes.len() > 1) {
+        return format!(
+            "The state hashes differ at applied index {index}: these nodes hold different states. \
+             Outside a rolling upgrade (docs/OPERATIONS.md, \"Stopping a node, rolling restart \
+             and upgrade\"), replace the node that differs (\"Add, remove, replace a node\")."
+        );
+    }
+    let unanswered = if silent == 0 {
+        String::new()
+    } else {
+        format!(" {silent} did not answer.")
+    };
+    match by_index.len() {
+        0 => format!("No member answered.{unanswered}"),
+        1 => format!(
+            "The {} nodes that answered hold the same state (the same hash at applied index \
+             {}).{unanswered}",
+            answered.len(),
+            by_index.keys().next().copied().unwrap_or(0)
+        ),
+        _ => format!(
+            "No disagreement seen: the nodes are at different applied indexes, so their hashes \
+             are of different states; nodes at the same index agree.{unanswered}"
+        ),
+    }
+}
 
 /// Workflows the list page counts by state, newest first.
 const COUNTED_MAX: usize = 100_000;
@@ -877,8 +922,7 @@ async fn cluster_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> R
          {node} sees it (its role: {role}).</p><div class=\"facts\" id=\"cluster-facts\">\
          <div><span>Leader</span>{leader}</div><div><span>Term</span>{term}</div>\
          <div><span>Committed index</span>{committed}</div><div><span>Applied index</span>\
-         {applied}</div><div><span>Snapshot index</span>{snapshot}</div><div><span>State hash \
-         at the applied index</span><span class=\"mono\">{hash}</span></div></div>",
+         {applied}</div><div><span>Snapshot index</span>{snapshot}</div></div>",
         cluster = esc(&s.cluster_id),
         node = s.node_id,
         role = esc(&s.role),
@@ -886,12 +930,57 @@ async fn cluster_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> R
         committed = s.committed_index,
         applied = s.applied_index,
         snapshot = s.snapshot_index,
-        hash = esc(&s.state_hash),
     );
-    body.push_str("<h2>Members</h2><table><thead><tr><th>Node</th><th>Address</th><th>Voter</th><th>Replicated to (leader's view)</th><th>Data folder</th></tr></thead><tbody>");
+    // Every other member's own view (its applied index and state hash), asked over the
+    // cluster's links with the viewer's token, all at once and briefly: a node that does not
+    // answer is shown as such.
+    let own = &s;
+    let views = futures::future::join_all(s.members.iter().map(|m| {
+        let (api, caller, id, addr) = (&api, &viewer.caller, m.node_id, m.address.clone());
+        async move {
+            if id == own.node_id {
+                return (id, Ok(own.clone()));
+            }
+            let asked = async {
+                let channel = api
+                    .node
+                    .peers
+                    .channel(&addr)
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                AdminServiceClient::new(channel)
+                    .cluster_status(caller.request(pb::ClusterStatusRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            };
+            let view = match tokio::time::timeout(PEER_STATUS_TIMEOUT, asked).await {
+                Ok(view) => view,
+                Err(_) => Err(Status::deadline_exceeded("no answer in time")),
+            };
+            (id, view)
+        }
+    }))
+    .await;
+    body.push_str(&format!(
+        "<h2>Members</h2><p id=\"hash-agreement\" class=\"notice{}\">{}</p>",
+        if agreement(&views).starts_with("The state hashes differ") {
+            " error"
+        } else {
+            ""
+        },
+        esc(&agreement(&views))
+    ));
+    body.push_str("<table><thead><tr><th>Node</th><th>Address</th><th>Voter</th><th>Replicated to (leader's view)</th><th>Applied index</th><th>State hash</th><th>Data folder</th></tr></thead><tbody>");
     for m in &s.members {
+        let (applied, hash) = match views.iter().find(|(id, _)| *id == m.node_id) {
+            Some((_, Ok(view))) => (view.applied_index.to_string(), esc(&view.state_hash)),
+            Some((_, Err(status))) => (
+                "—".into(),
+                format!("<span class=\"muted\">{}</span>", esc(status.message())),
+            ),
+            None => ("—".into(), String::new()),
+        };
         body.push_str(&format!(
-            "<tr data-member=\"{id}\"><td>{id}{lead}</td><td class=\"mono\">{addr}</td><td>{voter}</td><td>{matched}</td><td class=\"mono\">{folder}</td></tr>",
+            "<tr data-member=\"{id}\"><td>{id}{lead}</td><td class=\"mono\">{addr}</td><td>{voter}</td><td>{matched}</td><td>{applied}</td><td class=\"mono\">{hash}</td><td class=\"mono\">{folder}</td></tr>",
             id = m.node_id,
             lead = if m.node_id == s.leader_id { " (leader)" } else { "" },
             addr = esc(&m.address),
@@ -900,7 +989,7 @@ async fn cluster_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> R
             folder = esc(&m.data_folder),
         ));
     }
-    body.push_str("</tbody></table><p class=\"muted\">Every node's state hash at its applied index: <span class=\"mono\">baton cluster status --all</span> compares them.</p>");
+    body.push_str("</tbody></table>");
     Html(page("Cluster", "cluster", &viewer.frame(), &body)).into_response()
 }
 
@@ -972,6 +1061,29 @@ async fn schedules_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_are_compared_only_at_equal_applied_indexes() {
+        let view = |index: u64, hash: &str| {
+            Ok(pb::ClusterStatusResponse {
+                applied_index: index,
+                state_hash: hash.into(),
+                ..Default::default()
+            })
+        };
+        let same = [(1, view(9, "aa")), (2, view(9, "aa")), (3, view(9, "aa"))];
+        assert!(agreement(&same).starts_with("The 3 nodes that answered hold the same state"));
+        let differ = [(1, view(9, "aa")), (2, view(9, "bb")), (3, view(7, "cc"))];
+        assert!(agreement(&differ).starts_with("The state hashes differ at applied index 9"));
+        let apart = [
+            (1, view(9, "aa")),
+            (2, view(8, "bb")),
+            (3, Err(Status::unavailable("x"))),
+        ];
+        let said = agreement(&apart);
+        assert!(said.starts_with("No disagreement seen"), "{said}");
+        assert!(said.ends_with("1 did not answer."), "{said}");
+    }
 
     #[test]
     fn only_local_paths_are_followed_after_login() {

@@ -178,10 +178,12 @@ pub fn spawn_program(program: &Path, args: &[OsString], dir: &Path, name: &str) 
 }
 
 /// Runs a one-shot command (`batond restore`, `baton cluster ...`) to its end: exit code,
-/// stdout, stderr.
+/// stdout, stderr. No `baton` context of this machine's user applies (`batond dev` saves one).
 pub fn run_to_end(program: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(program)
         .args(args)
+        .env("BATON_CLIENT_CONFIG", "/nonexistent/baton/config.toml")
+        .env_remove("BATON_CONTEXT")
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
