@@ -7,7 +7,8 @@
 //!   to the next command or the block's end are its expected output.
 //! - `$ scripts/dev` starts the cluster: the runner builds nothing (the test build did) and runs
 //!   `batond dev` as that script would, in the background, on ports reserved for this test; the
-//!   page's ports (7001-7003 for gRPC, 9101-9104 for metrics) stand for them, both ways. It then
+//!   page's ports (7001-7003 for gRPC, 9101-9104 for metrics, 8441-8443 for the console) stand
+//!   for them, both ways. It then
 //!   waits until the dev agent is connected, as a person would before typing on.
 //! - The session's home is a temporary folder shown as `~`, with a copy of `examples/` in
 //!   `~/baton`, the working folder, so the page's paths are the ones a user on a fresh clone sees.
@@ -33,6 +34,7 @@ const PAGE: &str = "docs/TUTORIAL.md";
 /// The page's ports, for which the runner's stand.
 const DOC_GRPC_BASE: u16 = 7001;
 const DOC_METRICS_BASE: u16 = 9101;
+const DOC_HTTP_BASE: u16 = 8441;
 const START_COMMAND: &str = "scripts/dev";
 const STATUS_COMMAND: &str = "echo $?";
 
@@ -250,6 +252,7 @@ async fn the_tutorial_runs_as_printed() {
         .map(|i| (dev.grpc[i as usize], DOC_GRPC_BASE + i))
         .collect();
     ports.extend((0..METRICS_PORTS).map(|i| (dev.metrics[i as usize], DOC_METRICS_BASE + i)));
+    ports.extend((0..NODES).map(|i| (dev.http[i as usize], DOC_HTTP_BASE + i)));
     let normalizer = Normalizer::new(&dev.home, ports);
     let start = Ran {
         output: dev.banner.clone(),

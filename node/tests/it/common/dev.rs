@@ -26,6 +26,8 @@ pub struct DevCluster {
     pub work: PathBuf,
     pub grpc: Ports,
     pub metrics: Ports,
+    /// The console and JSON API, one per node.
+    pub http: Ports,
     /// What `batond dev` printed up to its banner's end.
     pub banner: String,
     _dev: Proc,
@@ -41,10 +43,12 @@ impl DevCluster {
         let mut picker = PortPicker::new();
         let grpc = picker.reserve_consecutive(NODES as usize).unwrap();
         let metrics = picker.reserve_consecutive(METRICS_PORTS as usize).unwrap();
+        let http = picker.reserve_consecutive(NODES as usize).unwrap();
         let mut dev = session_command(&batond_binary(), &home, &work);
         dev.args(["dev", "--data-dir", ".baton-dev"])
             .args(["--base-port", &grpc[0].to_string()])
-            .args(["--metrics-base-port", &metrics[0].to_string()]);
+            .args(["--metrics-base-port", &metrics[0].to_string()])
+            .args(["--http-base-port", &http[0].to_string()]);
         let log = tmp.path().join("dev.log");
         let dev = Proc::spawn(dev, &log).expect("start batond dev");
         let banner = wait_for(Duration::from_secs(120), "batond dev's banner", || {
@@ -58,6 +62,7 @@ impl DevCluster {
             work,
             grpc,
             metrics,
+            http,
             banner,
             _dev: dev,
         };
