@@ -116,14 +116,21 @@ pub enum Broken {
     ExpireOffLog,
     /// Appends acknowledged before they are synced. Exposed by a power cut of every node.
     AckBeforeSync,
+    /// A rejected `wait` step opens as if approved. Exposed by the workload's rejections (any
+    /// schedule; followers killed meanwhile).
+    RejectApproves,
+    /// A retry reruns from the first step. Exposed by the workload's retries of rejected runs.
+    RetryFromStart,
 }
 
 impl Broken {
     #[cfg(test)]
-    pub const ALL: [Broken; 3] = [
+    pub const ALL: [Broken; 5] = [
         Broken::UnfencedReports,
         Broken::ExpireOffLog,
         Broken::AckBeforeSync,
+        Broken::RejectApproves,
+        Broken::RetryFromStart,
     ];
 
     /// The value of `BATON_FAULT_INJECTION` that selects it in `batond`.
@@ -132,6 +139,8 @@ impl Broken {
             Broken::UnfencedReports => "unfenced-reports",
             Broken::ExpireOffLog => "expire-off-log",
             Broken::AckBeforeSync => "ack-before-sync",
+            Broken::RejectApproves => "reject-approves",
+            Broken::RetryFromStart => "retry-from-start",
         }
     }
 
@@ -142,6 +151,11 @@ impl Broken {
             Broken::UnfencedReports => repeated(Fault::DelayAgent, 5_000, safety_ms),
             Broken::ExpireOffLog => repeated(Fault::KillAgent, 4_000, safety_ms),
             Broken::AckBeforeSync => repeated(Fault::PowerLossAll, 1_000, safety_ms),
+            // The workload's own gates expose these; a follower killed now and then keeps the
+            // run a fault run.
+            Broken::RejectApproves | Broken::RetryFromStart => {
+                repeated(Fault::KillFollower, 1_500, safety_ms)
+            }
         }
     }
 
@@ -157,6 +171,8 @@ impl Broken {
                 "no acknowledged workflow lost",
                 "one workflow per idempotency key",
             ],
+            Broken::RejectApproves => &["a gate opens only on its approval"],
+            Broken::RetryFromStart => &["a retry reruns no succeeded step"],
         }
     }
 }

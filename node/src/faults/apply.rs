@@ -18,7 +18,7 @@ use baton_proto::v1 as pb;
 use super::{Broken, active, expired_here};
 use crate::state::{
     Applied, ApplyCtx, AttemptId, ClusterState, Command, CompleteCommand, LogEntry, Response,
-    StepState, WorkflowId,
+    RetryCommand, SignalCommand, StepState, WorkflowId,
 };
 
 /// What the wrapper keeps between entries.
@@ -43,7 +43,13 @@ fn notes() -> MutexGuard<'static, Notes> {
 
 /// Applies `entry` as the chosen broken behaviour would have the state apply it.
 pub fn apply(state: &mut ClusterState, ctx: ApplyCtx, entry: LogEntry) -> Applied {
-    if !active(Broken::UnfencedReports) && !active(Broken::ExpireOffLog) {
+    let rewrites = [
+        Broken::UnfencedReports,
+        Broken::ExpireOffLog,
+        Broken::RejectApproves,
+        Broken::RetryFromStart,
+    ];
+    if !rewrites.into_iter().any(active) {
         return state.apply(ctx, entry);
     }
     let time_ms = entry.time_ms;
@@ -116,6 +122,23 @@ fn rewrite(state: &ClusterState, command: Command) -> Result<Command, Response> 
             })
         }
         Command::Complete(report) if active(Broken::UnfencedReports) => unfenced(state, report),
+        // The rejection is read as an approval.
+        Command::Signal(signal) if active(Broken::RejectApproves) && signal.reject => {
+            Ok(Command::Signal(SignalCommand {
+                reject: false,
+                ..signal
+            }))
+        }
+        // The rerun starts at the workflow's first step, whatever had succeeded.
+        Command::Retry(retry) if active(Broken::RetryFromStart) => {
+            let first = state
+                .workflow(retry.workflow_id)
+                .and_then(|w| w.spec.steps.first().map(|s| s.name.clone()));
+            Ok(Command::Retry(RetryCommand {
+                from_step: first.unwrap_or(retry.from_step),
+                ..retry
+            }))
+        }
         command => Ok(command),
     }
 }

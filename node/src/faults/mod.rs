@@ -27,13 +27,22 @@ pub enum Broken {
     /// any fsync: they sit in the kernel's page cache, which a process kill keeps and a power cut
     /// loses, so a power cut loses acknowledged entries.
     AckBeforeSync,
+    /// An operator's rejection of a `wait` step is applied as an approval (a decision read
+    /// backwards): the gate opens, with the rejection's words as its output, and the steps
+    /// behind it run.
+    RejectApproves,
+    /// A retry reruns its workflow from the first step instead of from what failed: steps that
+    /// had succeeded run again, with new fencing tokens (a rerun scope computed wrongly).
+    RetryFromStart,
 }
 
 impl Broken {
-    pub const ALL: [Broken; 3] = [
+    pub const ALL: [Broken; 5] = [
         Broken::UnfencedReports,
         Broken::ExpireOffLog,
         Broken::AckBeforeSync,
+        Broken::RejectApproves,
+        Broken::RetryFromStart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +50,8 @@ impl Broken {
             Broken::UnfencedReports => "unfenced-reports",
             Broken::ExpireOffLog => "expire-off-log",
             Broken::AckBeforeSync => "ack-before-sync",
+            Broken::RejectApproves => "reject-approves",
+            Broken::RetryFromStart => "retry-from-start",
         }
     }
 
