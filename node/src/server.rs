@@ -276,6 +276,7 @@ impl Server {
                     &security,
                     node.clone(),
                     sessions.clone(),
+                    config.max_connection_age,
                 )
                 .map_err(|e| StartError::Internal(format!("--http-listen: {e}")))?;
                 match &security {

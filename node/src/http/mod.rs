@@ -181,11 +181,14 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Serves the JSON API on `listener` until [`HttpServer::shutdown`].
+    /// `max_connection_age`: `--max-connection-age-secs`, as for gRPC: a connection older than
+    /// this is closed gracefully (its client reconnects), so none is held for ever.
     pub fn start(
         listener: TcpListener,
         security: &Security,
         node: Arc<RaftNode>,
         sessions: Arc<Sessions>,
+        max_connection_age: Duration,
     ) -> std::io::Result<HttpServer> {
         let services = Services {
             workflows: WorkflowServiceImpl { node: node.clone() },
@@ -204,7 +207,7 @@ impl HttpServer {
         let listener = listen::Listener::new(listener, security.tls().cloned())?;
         let addr = axum::serve::Listener::local_addr(&listener)?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, router, stopped));
+        let task = tokio::spawn(serve(listener, router, stopped, max_connection_age));
         Ok(HttpServer {
             addr,
             stop: Some(stop),
@@ -226,11 +229,14 @@ impl HttpServer {
 
 /// Serves `router` on every connection `listener` accepts until `stop`, with the connection
 /// rules of [`crate::limits`]: a deadline for a request's headers (HTTP/1), pings that drop a
-/// silent peer and a bound on streams (HTTP/2). On stop, open requests get a moment to finish.
+/// silent peer and a bound on streams (HTTP/2), and a maximum age, after which a connection
+/// is closed gracefully (HTTP/2 GOAWAY; HTTP/1 after its current response) within
+/// [`limits::CONNECTION_AGE_GRACE`]. On stop, open requests get a moment to finish.
 async fn serve(
     mut listener: listen::Listener,
     router: axum::Router,
     mut stop: oneshot::Receiver<()>,
+    max_age: Duration,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
@@ -247,7 +253,8 @@ async fn serve(
         .max_concurrent_streams(limits::HTTP_STREAMS_PER_CONNECTION_MAX)
         .max_header_list_size(limits::REQUEST_HEADERS_BYTES_MAX);
     let service = hyper_util::service::TowerToHyperService::new(router);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let grace = limits::CONNECTION_AGE_GRACE.min(max_age);
+    let (stopping, _) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (io, _remote) = tokio::select! {
@@ -258,9 +265,27 @@ async fn serve(
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service.clone())
             .into_owned();
-        let connection = graceful.watch(connection);
+        let mut stopping = stopping.subscribe();
         connections.spawn(async move {
-            if let Err(error) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                _ = tokio::time::sleep(max_age) => None,
+                _ = stopping.wait_for(|stopping| *stopping) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    // Too old, or the node stops: no new request on it; the open ones get the
+                    // grace period (event streams never end by themselves).
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(grace, connection).await {
+                        Ok(ended) => ended,
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "http connection ended");
             }
         });
@@ -268,7 +293,11 @@ async fn serve(
     drop(listener);
     // Open requests get a moment; event streams never end by themselves, so after it every
     // connection is dropped.
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    stopping.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     connections.shutdown().await;
 }
 

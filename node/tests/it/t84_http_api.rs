@@ -1532,3 +1532,53 @@ async fn console_pages_need_a_session_and_their_forms_a_csrf_token() {
     assert!(header.contains("Max-Age=0"), "{header}");
     secure.cluster.shutdown().await;
 }
+
+/// A connection older than `--max-connection-age-secs` is closed, event streams included: no
+/// client holds one of the listener's connections for ever, and a new one is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_connection_is_closed_and_its_client_served_again() {
+    init_logs();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = TestCluster::start_customized(3, test_timing(), |_, config| {
+        on_free_port(config);
+        config.max_connection_age = Duration::from_secs(2);
+    })
+    .await;
+    let leader = cluster.leader(TIMEOUT).await;
+    let http = Http::new(
+        reqwest::Client::new(),
+        http_base(&cluster, leader, "http"),
+        None,
+    );
+    // No agent: its step stays ready, and its event stream would never end by itself.
+    let held = http
+        .call(
+            Method::POST,
+            "/api/v1/workflows",
+            Some(("application/yaml", HOLD_SPEC)),
+            &[],
+        )
+        .await;
+    let id = held.body["workflow_id"].as_u64().unwrap();
+    let mut stream = http
+        .client
+        .get(format!("{}/api/v1/workflows/{id}/events", http.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // The stream reads (its history first, then keep-alives every 15 s) until the connection's
+    // age (2 s) and grace (2 s): bounded as a whole, so a stream that is never closed fails.
+    let read_to_end = async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            assert!(!chunk.is_empty());
+        }
+    };
+    tokio::time::timeout(TIMEOUT, read_to_end)
+        .await
+        .expect("the connection is closed by its age, within the grace");
+    let again = http.get(&format!("/api/v1/workflows/{id}")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["state"], "running");
+    cluster.shutdown().await;
+}
