@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -1606,24 +1607,32 @@ async fn deliver_inner(
     body: &Bytes,
 ) -> Result<(Response, bool), ApiError> {
     Params::parse(uri, &[])?;
-    let read = || api.node.replica.read(|a| a.state.trigger(name).cloned());
-    let trigger = match read() {
-        Some(trigger) => trigger,
-        None => {
-            // Created a moment ago on the leader, perhaps: look again once this node has
-            // applied everything committed before the delivery arrived. Anyone may post to any
-            // name, so only a few such reads run at once; past them, the answer is 404 now.
-            let _permit = api
-                .unknown_trigger_reads
-                .try_acquire()
-                .map_err(|_| crate::api::trigger::no_trigger(name))?;
-            api.node.linearize().await.map_err(crate::api::node_error)?;
-            read().ok_or_else(|| crate::api::trigger::no_trigger(name))?
-        }
-    };
     let (header, signature) =
         first_header(headers, &["x-baton-signature-256", "x-hub-signature-256"]);
-    crate::api::trigger::verify_signature(header, signature, &trigger.secret, body)?;
+    // The trigger and its secret as of this node's applied state: known, and signed for.
+    let check = || -> Result<Arc<crate::state::Trigger>, ApiError> {
+        let trigger = api
+            .node
+            .replica
+            .read(|a| a.state.trigger(name).cloned())
+            .ok_or_else(|| crate::api::trigger::no_trigger(name))?;
+        crate::api::trigger::verify_signature(header, signature, &trigger.secret, body)?;
+        Ok(trigger)
+    };
+    // A delivery is decided on a linearizable read: a trigger deleted, or its secret replaced,
+    // before the delivery arrived is seen as such on every node (a follower may lag). The read
+    // costs a quorum round, so an unauthenticated caller gets one only for a delivery signed
+    // with the secret this node knows, or, a few at a time, for a name or secret it does not
+    // know yet (a trigger created or replaced a moment ago); past those, this node's answer.
+    let _permit = match check() {
+        Ok(_) => None,
+        Err(refused) => match api.unknown_trigger_reads.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => return Err(refused),
+        },
+    };
+    api.node.linearize().await.map_err(crate::api::node_error)?;
+    let trigger = check()?;
     let (delivery_header, delivery) =
         first_header(headers, &["x-baton-delivery", "x-github-delivery"]);
     if let Some(id) = delivery
