@@ -290,7 +290,10 @@ impl Cluster {
         };
         let deadline = Instant::now() + patience;
         let token = loop {
-            match client.create_token("chaos-agents", "agent").await {
+            match client
+                .create_token("chaos-agents", "agent", Default::default())
+                .await
+            {
                 Ok(created) => break created.token,
                 // Until the first leader has recorded the bootstrap admin token.
                 Err(_) if Instant::now() < deadline => {

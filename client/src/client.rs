@@ -47,6 +47,9 @@ use baton_proto::v1::{
     ListSchedulesRequest, ListTriggersRequest, PauseScheduleRequest, Schedule, ScheduleSpec,
     Trigger, TriggerScheduleRequest, TriggerScheduleResponse, TriggerSpec,
 };
+use baton_proto::v1::{
+    CreateNamespaceRequest, DeleteNamespaceRequest, ListNamespacesRequest, Namespace,
+};
 use futures::Stream;
 
 use crate::endpoints::{Endpoint, Endpoints};
@@ -76,6 +79,9 @@ pub struct ClientConfig {
     pub retry_budget: Duration,
     /// TLS and token; the default is plaintext without a token.
     pub credentials: Credentials,
+    /// The namespace submits, listings, watches of every workflow, templates, schedules and
+    /// triggers act in; empty: `default`.
+    pub namespace: String,
 }
 
 impl Default for ClientConfig {
@@ -91,6 +97,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(2),
             retry_budget: Duration::from_secs(30),
             credentials: Credentials::default(),
+            namespace: String::new(),
         }
     }
 }
@@ -196,6 +203,7 @@ impl Client {
             params,
             template: String::new(),
             template_version: 0,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -241,6 +249,7 @@ impl Client {
                 params: params.clone(),
                 template: String::new(),
                 template_version: 0,
+                namespace: self.inner.config.namespace.clone(),
             });
         }
         let request = SubmitBatchRequest { submits };
@@ -432,6 +441,7 @@ impl Client {
             params,
             template: name.into(),
             template_version: version,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -446,7 +456,10 @@ impl Client {
         &self,
         spec: WorkflowSpec,
     ) -> Result<ApplyTemplateResponse, ClientError> {
-        let request = ApplyTemplateRequest { spec: Some(spec) };
+        let request = ApplyTemplateRequest {
+            spec: Some(spec),
+            namespace: self.inner.config.namespace.clone(),
+        };
         self.unary(move |channel| {
             let request = request.clone();
             async move { template_client(channel).apply_template(request).await }
@@ -465,6 +478,7 @@ impl Client {
             name: name.into(),
             version,
             consistency: consistency as i32,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -480,16 +494,21 @@ impl Client {
     ) -> Result<Vec<Template>, ClientError> {
         let request = ListTemplatesRequest {
             consistency: consistency as i32,
+            namespace: self.inner.config.namespace.clone(),
         };
-        self.unary(
-            move |channel| async move { template_client(channel).list_templates(request).await },
-        )
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { template_client(channel).list_templates(request).await }
+        })
         .await
         .map(|(_, response)| response.templates)
     }
 
     pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
-        let request = DeleteTemplateRequest { name: name.into() };
+        let request = DeleteTemplateRequest {
+            name: name.into(),
+            namespace: self.inner.config.namespace.clone(),
+        };
         self.unary(move |channel| {
             let request = request.clone();
             async move { template_client(channel).delete_template(request).await }
@@ -507,6 +526,7 @@ impl Client {
         let request = CreateScheduleRequest {
             spec: Some(spec),
             replace,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -524,6 +544,7 @@ impl Client {
         let request = GetScheduleRequest {
             name: name.into(),
             consistency: consistency as i32,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -539,10 +560,12 @@ impl Client {
     ) -> Result<Vec<Schedule>, ClientError> {
         let request = ListSchedulesRequest {
             consistency: consistency as i32,
+            namespace: self.inner.config.namespace.clone(),
         };
-        self.unary(
-            move |channel| async move { schedule_client(channel).list_schedules(request).await },
-        )
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { schedule_client(channel).list_schedules(request).await }
+        })
         .await
         .map(|(_, response)| response.schedules)
     }
@@ -558,6 +581,7 @@ impl Client {
             spec: Some(spec),
             secret,
             replace,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -575,6 +599,7 @@ impl Client {
         let request = GetTriggerRequest {
             name: name.into(),
             consistency: consistency as i32,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -590,16 +615,21 @@ impl Client {
     ) -> Result<Vec<Trigger>, ClientError> {
         let request = ListTriggersRequest {
             consistency: consistency as i32,
+            namespace: self.inner.config.namespace.clone(),
         };
-        self.unary(
-            move |channel| async move { trigger_client(channel).list_triggers(request).await },
-        )
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { trigger_client(channel).list_triggers(request).await }
+        })
         .await
         .map(|(_, response)| response.triggers)
     }
 
     pub async fn delete_trigger(&self, name: &str) -> Result<(), ClientError> {
-        let request = DeleteTriggerRequest { name: name.into() };
+        let request = DeleteTriggerRequest {
+            name: name.into(),
+            namespace: self.inner.config.namespace.clone(),
+        };
         self.unary(move |channel| {
             let request = request.clone();
             async move { trigger_client(channel).delete_trigger(request).await }
@@ -613,6 +643,7 @@ impl Client {
         let request = PauseScheduleRequest {
             name: name.into(),
             paused,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -623,7 +654,10 @@ impl Client {
     }
 
     pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
-        let request = DeleteScheduleRequest { name: name.into() };
+        let request = DeleteScheduleRequest {
+            name: name.into(),
+            namespace: self.inner.config.namespace.clone(),
+        };
         self.unary(move |channel| {
             let request = request.clone();
             async move { schedule_client(channel).delete_schedule(request).await }
@@ -638,7 +672,10 @@ impl Client {
         &self,
         name: &str,
     ) -> Result<TriggerScheduleResponse, ClientError> {
-        let request = TriggerScheduleRequest { name: name.into() };
+        let request = TriggerScheduleRequest {
+            name: name.into(),
+            namespace: self.inner.config.namespace.clone(),
+        };
         self.unary(move |channel| {
             let request = request.clone();
             async move { schedule_client(channel).trigger_schedule(request).await }
@@ -659,6 +696,7 @@ impl Client {
             name: name.into(),
             from_ms,
             to_ms,
+            namespace: self.inner.config.namespace.clone(),
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -703,10 +741,18 @@ impl Client {
         let request = WatchRequest {
             workflow_id,
             from_index,
+            namespace: match workflow_id {
+                0 => self.inner.config.namespace.clone(),
+                _ => String::new(),
+            },
+            all_namespaces: false,
         };
-        self.unary(move |channel| async move { workflow_client(channel).watch(request).await })
-            .await
-            .map(|(_, stream)| stream)
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { workflow_client(channel).watch(request).await }
+        })
+        .await
+        .map(|(_, stream)| stream)
     }
 
     // ---- AdminService ----
@@ -844,10 +890,13 @@ impl Client {
     /// Creates a token; the answer holds its text, shown this once. One attempt only: a token
     /// is not idempotent (a repeat would make a second one), so after an unknown outcome check
     /// `list_tokens` and revoke what is not wanted.
+    /// `namespaces` (namespace -> role) makes a token that acts only there; `role` is then
+    /// empty.
     pub async fn create_token(
         &self,
         name: &str,
         role: &str,
+        namespaces: BTreeMap<String, String>,
     ) -> Result<CreateTokenResponse, ClientError> {
         let inner = &*self.inner;
         let index = inner.preferred.load(Ordering::Relaxed) % inner.endpoints.len();
@@ -855,6 +904,7 @@ impl Client {
         let request = CreateTokenRequest {
             name: name.to_owned(),
             role: role.to_owned(),
+            namespaces,
         };
         let channel = inner.channels[index].clone();
         self.attempt(&endpoint, admin_client(channel).create_token(request))
@@ -869,6 +919,50 @@ impl Client {
         })
         .await
         .map(|(_, response)| response)
+    }
+
+    // ---- namespaces (AdminService) ----
+
+    /// Creates a namespace (a cluster-wide admin token). ALREADY_EXISTS when it does.
+    pub async fn create_namespace(&self, name: &str, description: &str) -> Result<(), ClientError> {
+        let request = CreateNamespaceRequest {
+            name: name.to_owned(),
+            description: description.to_owned(),
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { admin_client(channel).create_namespace(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The namespaces this client's token may read.
+    pub async fn list_namespaces(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Namespace>, ClientError> {
+        let request = ListNamespacesRequest {
+            consistency: consistency as i32,
+        };
+        self.unary(
+            move |channel| async move { admin_client(channel).list_namespaces(request).await },
+        )
+        .await
+        .map(|(_, response)| response.namespaces)
+    }
+
+    /// Deletes an empty namespace; FAILED_PRECONDITION naming what a non-empty one holds.
+    pub async fn delete_namespace(&self, name: &str) -> Result<(), ClientError> {
+        let request = DeleteNamespaceRequest {
+            name: name.to_owned(),
+        };
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { admin_client(channel).delete_namespace(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Revokes a token everywhere (through the log); revoking twice is harmless.

@@ -252,6 +252,7 @@ impl DevCredentials {
             let request = baton_proto::v1::CreateTokenRequest {
                 name: DEV_AGENT.into(),
                 role: "agent".into(),
+                namespaces: Default::default(),
             };
             match client.create_token(request).await {
                 Ok(created) => {

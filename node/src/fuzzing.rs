@@ -73,6 +73,7 @@ fn check_spec(spec: &pb::WorkflowSpec) {
                 idempotency_key: String::new(),
                 params: Default::default(),
                 template: None,
+                namespace: String::new(),
             }),
         },
     );
@@ -263,7 +264,8 @@ const OP_PURGE: u8 = 11;
 const OP_PAUSE: u8 = 12;
 const OP_RETRY: u8 = 13;
 const OP_SIGNAL: u8 = 14;
-const OPS: u8 = 15;
+const OP_NAMESPACE: u8 = 15;
+const OPS: u8 = 16;
 
 /// Sequences of state-machine commands, decoded from the bytes by a small interpreter so that
 /// they interact (few names, small ids). Two replicas apply the same log, one of them restarting
@@ -376,6 +378,7 @@ impl Replica {
                 idempotency_key: KEYS[bytes.below(3) as usize].into(),
                 params: Default::default(),
                 template: None,
+                namespace: String::new(),
             }),
             OP_CANCEL => Command::Cancel(CancelCommand {
                 workflow_id: WorkflowId(u64::from(bytes.below(6))),
@@ -461,6 +464,24 @@ impl Replica {
                 reject: bytes.below(2) == 0,
                 actor: String::new(),
             }),
+            // A second namespace comes and goes; submits to it use the same keys as
+            // `default`'s (two workflows), or are refused while it does not exist.
+            OP_NAMESPACE => match bytes.below(3) {
+                0 => Command::CreateNamespace(crate::state::CreateNamespaceCommand {
+                    name: "team-a".into(),
+                    description: String::new(),
+                }),
+                1 => Command::DeleteNamespace {
+                    name: "team-a".into(),
+                },
+                _ => Command::Submit(SubmitCommand {
+                    spec: fuzz_spec(bytes).encode_to_vec(),
+                    idempotency_key: KEYS[bytes.below(3) as usize].into(),
+                    params: Default::default(),
+                    template: None,
+                    namespace: "team-a".into(),
+                }),
+            },
             OP_MEMBERSHIP => {
                 let ids = |bytes: &mut Bytes| -> Vec<NodeId> {
                     (1..=5u64)
@@ -629,6 +650,7 @@ mod tests {
             (
                 0,
                 pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(spec.clone()),
                     idempotency_key: "k".into(),
                     params: Default::default(),
@@ -668,6 +690,8 @@ mod tests {
             (
                 4,
                 pb::WatchRequest {
+                    all_namespaces: Default::default(),
+                    namespace: Default::default(),
                     workflow_id: 1,
                     from_index: 5,
                 }
@@ -712,6 +736,7 @@ mod tests {
                 pb::SubmitBatchRequest {
                     submits: vec![
                         pb::SubmitRequest {
+                            namespace: Default::default(),
                             spec: Some(spec.clone()),
                             idempotency_key: "k1".into(),
                             params: Default::default(),
@@ -719,6 +744,7 @@ mod tests {
                             template_version: 0,
                         },
                         pb::SubmitRequest {
+                            namespace: Default::default(),
                             spec: Some(spec.clone()),
                             idempotency_key: String::new(),
                             params: Default::default(),
@@ -748,6 +774,7 @@ mod tests {
         }
         let entries = vec![
             Command::Submit(SubmitCommand {
+                namespace: Default::default(),
                 spec: spec.encode_to_vec(),
                 idempotency_key: "k9".into(),
                 params: Default::default(),

@@ -42,10 +42,31 @@ pub fn submit_json(response: &SubmitResponse) -> Value {
     })
 }
 
+/// A namespace as the API names it: `default` for the empty name of older answers.
+pub fn namespace_json(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        "default"
+    } else {
+        namespace
+    }
+}
+
+/// A namespace and what it holds.
+pub fn namespace_info_json(namespace: &crate::v1::Namespace) -> Value {
+    json!({
+        "name": namespace.name,
+        "description": namespace.description,
+        "created_at_ms": time_json(namespace.created_ms),
+        "workflows": namespace.workflows,
+        "running": namespace.running,
+    })
+}
+
 /// A workflow, with its spec and steps when the server sent them (Get does, List does not).
 pub fn workflow_json(workflow: &Workflow) -> Value {
     json!({
         "id": workflow.id,
+        "namespace": namespace_json(&workflow.namespace),
         "name": workflow.name,
         "state": workflow_state_name(workflow.state),
         "labels": map_json(&workflow.labels),
@@ -193,6 +214,7 @@ pub fn event_json(event: &WorkflowEvent) -> Value {
     json!({
         "index": event.index,
         "workflow_id": event.workflow_id,
+        "namespace": namespace_json(&event.namespace),
         "time_ms": time_json(event.time_ms),
         "kind": event_kind_name(event.kind),
         "step": if event.step.is_empty() { Value::Null } else { json!(event.step) },
@@ -263,7 +285,9 @@ pub fn token_json(token: &TokenInfo) -> Value {
     json!({
         "id": token.id,
         "name": token.name,
+        // Empty for a namespaced token, whose roles are in `namespaces`.
         "role": token.role,
+        "namespaces": token.namespaces,
         "created_at_ms": time_json(token.created_ms),
         "revoked_at_ms": time_json(token.revoked_ms),
     })
@@ -272,6 +296,7 @@ pub fn token_json(token: &TokenInfo) -> Value {
 /// A template: its latest (or asked-for) version, with its spec when the server sent it.
 pub fn template_json(template: &Template) -> Value {
     json!({
+        "namespace": namespace_json(&template.namespace),
         "name": template.name,
         "version": template.version,
         "versions": template.versions,
@@ -289,6 +314,7 @@ pub fn run_json(run: &ScheduleRun) -> Value {
 pub fn schedule_json(schedule: &Schedule) -> Value {
     let spec = schedule.spec.clone().unwrap_or_default();
     json!({
+        "namespace": namespace_json(&schedule.namespace),
         "name": spec.name,
         "cron": spec.cron,
         "every_ms": spec.every_ms,
@@ -318,13 +344,18 @@ pub fn schedule_json(schedule: &Schedule) -> Value {
 /// A webhook trigger (never its secret).
 pub fn trigger_json(trigger: &Trigger) -> Value {
     let spec = trigger.spec.clone().unwrap_or_default();
+    let namespace = namespace_json(&trigger.namespace);
     json!({
+        "namespace": namespace,
         "name": spec.name,
         "template": spec.template,
         "template_version": spec.template_version,
         "params": spec.params,
         "params_from_body": spec.params_from_body,
         "created_at_ms": trigger.created_at_ms,
-        "url_path": format!("/api/v1/triggers/{}", spec.name),
+        "url_path": match namespace {
+            "default" => format!("/api/v1/triggers/{}", spec.name),
+            other => format!("/api/v1/triggers/{}?namespace={other}", spec.name),
+        },
     })
 }

@@ -63,6 +63,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// The namespace to act in: submits, lists, watches of every workflow, templates,
+    /// schedules, triggers, and `token create` (a token for this namespace only). `default`
+    /// when not given. A workflow named by id is found in whatever namespace it is.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "BATON_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub namespace: Option<String>,
+
     /// Format of the logs on stderr (an agent's, or a command's retries and failovers).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -139,6 +151,10 @@ pub enum Command {
     /// Run an agent on this machine: take steps from the cluster and run them, until
     /// SIGINT or SIGTERM (which stops the running steps first).
     Agent(AgentArgs),
+    /// Namespaces: create, list, delete (changes need a cluster-wide admin token). Every
+    /// workflow, template, schedule and trigger lives in one; `default` always exists.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// Bearer tokens: create, list, revoke (admin role), or generate one offline.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -182,15 +198,35 @@ pub enum ContextCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Create a namespace: 1-63 of a-z 0-9 -, starting with a letter.
+    Create {
+        name: String,
+        /// What it is for, shown by `namespace list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the namespaces the token may read, with their workflows.
+    List,
+    /// Delete an empty namespace (refused, naming what it holds, otherwise).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token in the cluster and print it (shown once; the cluster keeps its hash).
+    /// With --namespace (or BATON_NAMESPACE), or --grant, the token acts only in those
+    /// namespaces; without, everywhere.
     Create {
         /// A label for people, e.g. who holds it.
         #[arg(long)]
         name: String,
-        /// admin, operator, submitter, reader or agent.
+        /// admin, operator, submitter, reader or agent (agent tokens are cluster-wide).
         #[arg(long)]
-        role: String,
+        role: Option<String>,
+        /// A role in one more namespace, NAMESPACE=ROLE; repeat for several.
+        #[arg(long = "grant", value_parser = parse_label, value_name = "NAMESPACE=ROLE")]
+        grants: Vec<(String, String)>,
     },
     /// List tokens (id, name, role, created, revoked); never their secrets.
     List,
@@ -440,6 +476,10 @@ pub struct ListArgs {
     /// Only the runs of this schedule.
     #[arg(long, value_name = "NAME")]
     pub schedule: Option<String>,
+
+    /// Every namespace the token may read, instead of --namespace's.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
 
     /// Print at most this many workflows (the newest).
     #[arg(long, value_name = "N")]

@@ -366,9 +366,13 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        observed("ListAgents", self.list_agents_inner(Caller::of(&request)))
-            .await
-            .map(Response::new)
+        let grants = crate::security::grants::Grants::of(&request, &self.node.replica);
+        observed(
+            "ListAgents",
+            self.list_agents_inner(Caller::of(&request), grants),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn create_token(
@@ -399,6 +403,43 @@ impl AdminService for AdminServiceImpl {
         observed(
             "RevokeToken",
             tokens::revoke(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
+        observed(
+            "CreateNamespace",
+            super::namespace::create(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_namespaces(
+        &self,
+        request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let grants = crate::security::grants::Grants::of(&request, &self.node.replica);
+        observed(
+            "ListNamespaces",
+            super::namespace::list(&self.node, &grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn delete_namespace(
+        &self,
+        request: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
+        observed(
+            "DeleteNamespace",
+            super::namespace::delete(&self.node, request.into_inner()),
         )
         .await
         .map(Response::new)
@@ -452,7 +493,13 @@ impl AdminServiceImpl {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
-    async fn list_agents_inner(&self, caller: Caller) -> Result<pb::ListAgentsResponse, Status> {
+    /// The fleet is shared by every namespace; a namespaced token sees only the running steps
+    /// of the namespaces it may read.
+    async fn list_agents_inner(
+        &self,
+        caller: Caller,
+        grants: crate::security::grants::Grants,
+    ) -> Result<pb::ListAgentsResponse, Status> {
         // Connection state is leader memory: ask the leader.
         if let Some(mut leader) = self.leader_admin().await? {
             return Ok(leader
@@ -470,14 +517,15 @@ impl AdminServiceImpl {
                         .state
                         .live_attempts()
                         .filter(|(_, live)| live.agent_id == agent.id)
-                        .map(|(id, live)| pb::RunningAttempt {
-                            workflow_id: live.workflow_id.0,
-                            step: a
-                                .state
-                                .workflow(live.workflow_id)
-                                .map(|w| w.spec.steps[live.step.get()].name.clone())
-                                .unwrap_or_default(),
-                            attempt_id: id.0,
+                        .filter_map(|(id, live)| {
+                            let workflow = a.state.workflow(live.workflow_id)?;
+                            grants
+                                .allows(&workflow.namespace, baton_security::TokenRole::Reader)
+                                .then(|| pb::RunningAttempt {
+                                    workflow_id: live.workflow_id.0,
+                                    step: workflow.spec.steps[live.step.get()].name.clone(),
+                                    attempt_id: id.0,
+                                })
                         })
                         .collect();
                     pb::AgentInfo {

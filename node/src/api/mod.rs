@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod namespace;
 pub mod schedule;
 pub mod status;
 pub mod template;
@@ -46,4 +47,39 @@ pub async fn observed<T>(
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
     metrics::grpc_request(method, code, started.elapsed());
     result
+}
+
+/// The namespace a request names (`field`; empty: `default`), checked: INVALID_ARGUMENT naming
+/// the field for a name no namespace can have.
+pub fn namespace_arg(field: &str, namespace: &str) -> Result<String, Status> {
+    let namespace = crate::state::namespaces::or_default(namespace);
+    crate::state::namespaces::check_namespace_name(namespace)
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+    Ok(namespace.to_string())
+}
+
+/// NOT_FOUND unless `namespace` exists (after a linearizable read when this node has not seen
+/// it yet: one created a moment ago counts).
+pub async fn namespace_exists(node: &crate::raft::RaftNode, namespace: &str) -> Result<(), Status> {
+    let exists = || node.replica.read(|a| a.state.namespace_exists(namespace));
+    if exists() {
+        return Ok(());
+    }
+    node.linearize().await.map_err(node_error)?;
+    if exists() {
+        return Ok(());
+    }
+    Err(Status::not_found(format!(
+        "namespace {namespace} does not exist (an admin creates it: baton namespace create \
+         {namespace})"
+    )))
+}
+
+/// A namespace as commands carry it: empty for `default`, so those encode as before.
+pub fn stored_namespace(namespace: String) -> String {
+    if crate::state::namespaces::is_default(&namespace) {
+        String::new()
+    } else {
+        namespace
+    }
 }

@@ -9,9 +9,12 @@ use baton_proto::v1::schedule_service_server::ScheduleService;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::node_error;
-use super::observed;
+use baton_security::TokenRole;
+
+use super::{namespace_arg, namespace_exists, node_error, observed, stored_namespace};
 use crate::raft::RaftNode;
+use crate::security::grants::Grants;
+use crate::state::namespaces::{scoped_name, split_scoped};
 use crate::state::{
     BackfillScheduleCommand, Command, CreateScheduleCommand, PauseScheduleCommand,
     Response as Applied,
@@ -56,8 +59,16 @@ impl ScheduleServiceImpl {
 
     async fn create_inner(
         &self,
+        grants: Grants,
         req: pb::CreateScheduleRequest,
     ) -> Result<pb::CreateScheduleResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "ScheduleService.CreateSchedule",
+            &namespace,
+            TokenRole::Operator,
+        )?;
+        namespace_exists(&self.node, &namespace).await?;
         let mut spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: a schedule spec is required"))?;
@@ -66,8 +77,13 @@ impl ScheduleServiceImpl {
         if !spec.template.is_empty() {
             // Checked against the template now, for an error that names the parameter; each
             // run checks them again against the version it starts.
-            let (template, _) =
-                super::template::resolve(&self.node, &spec.template, spec.template_version).await?;
+            let (template, _) = super::template::resolve(
+                &self.node,
+                &namespace,
+                &spec.template,
+                spec.template_version,
+            )
+            .await?;
             params = baton_proto::validate::resolve_params(&template, &spec.params)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
@@ -77,10 +93,11 @@ impl ScheduleServiceImpl {
             .map(|w| w.encode_to_vec())
             .unwrap_or_default();
         if !req.replace
-            && self
-                .node
-                .replica
-                .read(|a| a.state.schedule(&spec.name).is_some())
+            && self.node.replica.read(|a| {
+                a.state
+                    .schedule(&scoped_name(&namespace, &spec.name))
+                    .is_some()
+            })
         {
             return Err(Status::already_exists(format!(
                 "schedule {:?} already exists: delete it first, or replace it (baton schedule \
@@ -93,6 +110,7 @@ impl ScheduleServiceImpl {
             workflow,
             params,
             replace: req.replace,
+            namespace: stored_namespace(namespace),
         });
         match self.apply(command).await? {
             Applied::ScheduleCreated { created, next_ms } => Ok(pb::CreateScheduleResponse {
@@ -109,16 +127,23 @@ impl ScheduleServiceImpl {
 
     async fn get_inner(
         &self,
+        grants: Grants,
         req: pb::GetScheduleRequest,
     ) -> Result<pb::GetScheduleResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require("ScheduleService.GetSchedule", &namespace, TokenRole::Reader)?;
         checked_name(&req.name)?;
         self.consistent(req.consistency).await?;
         let schedule = self
             .node
             .replica
-            .read(|a| a.state.schedule(&req.name).cloned())
+            .read(|a| {
+                a.state
+                    .schedule(&scoped_name(&namespace, &req.name))
+                    .cloned()
+            })
             .ok_or_else(|| no_schedule(&req.name))?;
-        let view = schedule.to_proto(true);
+        let view = schedule.to_proto(&namespace, true);
         let mut upcoming = Vec::new();
         if !schedule.paused
             && let (Some(next), Ok(calendar)) = (schedule.next_ms, Calendar::new(&schedule.spec()))
@@ -139,13 +164,21 @@ impl ScheduleServiceImpl {
 
     async fn list_inner(
         &self,
+        grants: Grants,
         req: pb::ListSchedulesRequest,
     ) -> Result<pb::ListSchedulesResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "ScheduleService.ListSchedules",
+            &namespace,
+            TokenRole::Reader,
+        )?;
         self.consistent(req.consistency).await?;
         let schedules = self.node.replica.read(|a| {
             a.state
                 .schedules()
-                .map(|(_, s)| s.to_proto(false))
+                .filter(|(key, _)| split_scoped(key).0 == namespace)
+                .map(|(_, s)| s.to_proto(&namespace, false))
                 .collect()
         });
         Ok(pb::ListSchedulesResponse { schedules })
@@ -153,11 +186,18 @@ impl ScheduleServiceImpl {
 
     async fn pause_inner(
         &self,
+        grants: Grants,
         req: pb::PauseScheduleRequest,
     ) -> Result<pb::PauseScheduleResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "ScheduleService.PauseSchedule",
+            &namespace,
+            TokenRole::Operator,
+        )?;
         checked_name(&req.name)?;
         let command = Command::PauseSchedule(PauseScheduleCommand {
-            name: req.name.clone(),
+            name: scoped_name(&namespace, &req.name),
             paused: req.paused,
         });
         match self.apply(command).await? {
@@ -169,12 +209,19 @@ impl ScheduleServiceImpl {
 
     async fn delete_inner(
         &self,
+        grants: Grants,
         req: pb::DeleteScheduleRequest,
     ) -> Result<pb::DeleteScheduleResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "ScheduleService.DeleteSchedule",
+            &namespace,
+            TokenRole::Operator,
+        )?;
         checked_name(&req.name)?;
         match self
             .apply(Command::DeleteSchedule {
-                name: req.name.clone(),
+                name: scoped_name(&namespace, &req.name),
             })
             .await?
         {
@@ -186,12 +233,19 @@ impl ScheduleServiceImpl {
 
     async fn trigger_inner(
         &self,
+        grants: Grants,
         req: pb::TriggerScheduleRequest,
     ) -> Result<pb::TriggerScheduleResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "ScheduleService.TriggerSchedule",
+            &namespace,
+            TokenRole::Operator,
+        )?;
         checked_name(&req.name)?;
         match self
             .apply(Command::TriggerSchedule {
-                name: req.name.clone(),
+                name: scoped_name(&namespace, &req.name),
             })
             .await?
         {
@@ -212,8 +266,15 @@ impl ScheduleServiceImpl {
 
     async fn backfill_inner(
         &self,
+        grants: Grants,
         req: pb::BackfillScheduleRequest,
     ) -> Result<pb::BackfillScheduleResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "ScheduleService.BackfillSchedule",
+            &namespace,
+            TokenRole::Operator,
+        )?;
         checked_name(&req.name)?;
         if req.from_ms == 0 || req.to_ms < req.from_ms {
             return Err(Status::invalid_argument(format!(
@@ -222,7 +283,7 @@ impl ScheduleServiceImpl {
             )));
         }
         let command = Command::BackfillSchedule(BackfillScheduleCommand {
-            name: req.name.clone(),
+            name: scoped_name(&namespace, &req.name),
             from_ms: req.from_ms,
             to_ms: req.to_ms,
         });
@@ -256,16 +317,21 @@ impl ScheduleService for ScheduleServiceImpl {
         &self,
         request: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
-        observed("CreateSchedule", self.create_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "CreateSchedule",
+            self.create_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_schedule(
         &self,
         request: Request<pb::GetScheduleRequest>,
     ) -> Result<Response<pb::GetScheduleResponse>, Status> {
-        observed("GetSchedule", self.get_inner(request.into_inner()))
+        let grants = Grants::of(&request, &self.node.replica);
+        observed("GetSchedule", self.get_inner(grants, request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -274,45 +340,62 @@ impl ScheduleService for ScheduleServiceImpl {
         &self,
         request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        observed("ListSchedules", self.list_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "ListSchedules",
+            self.list_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn pause_schedule(
         &self,
         request: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
-        observed("PauseSchedule", self.pause_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "PauseSchedule",
+            self.pause_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn delete_schedule(
         &self,
         request: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
-        observed("DeleteSchedule", self.delete_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "DeleteSchedule",
+            self.delete_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn trigger_schedule(
         &self,
         request: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
-        observed("TriggerSchedule", self.trigger_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "TriggerSchedule",
+            self.trigger_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn backfill_schedule(
         &self,
         request: Request<pb::BackfillScheduleRequest>,
     ) -> Result<Response<pb::BackfillScheduleResponse>, Status> {
+        let grants = Grants::of(&request, &self.node.replica);
         observed(
             "BackfillSchedule",
-            self.backfill_inner(request.into_inner()),
+            self.backfill_inner(grants, request.into_inner()),
         )
         .await
         .map(Response::new)

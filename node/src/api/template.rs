@@ -10,9 +10,12 @@ use baton_proto::validate::validate_spec;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::node_error;
-use super::observed;
+use baton_security::TokenRole;
+
+use super::{namespace_arg, namespace_exists, node_error, observed, stored_namespace};
 use crate::raft::RaftNode;
+use crate::security::grants::Grants;
+use crate::state::namespaces::{scoped_name, split_scoped};
 use crate::state::{ApplyTemplateCommand, Command, Response as Applied, TemplateRef};
 
 pub struct TemplateServiceImpl {
@@ -35,15 +38,17 @@ fn no_template(name: &str, version: u32) -> Status {
 /// that a version applied a moment ago is seen: the spec and the reference a submit records.
 pub async fn resolve(
     node: &RaftNode,
+    namespace: &str,
     name: &str,
     version: u32,
 ) -> Result<(pb::WorkflowSpec, TemplateRef), Status> {
     baton_proto::validate::check_name("template", "template name", name)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     node.linearize().await.map_err(node_error)?;
+    let key = scoped_name(namespace, name);
     node.replica
         .read(|a| {
-            let (key, template) = a.state.templates().find(|(k, _)| &***k == name)?;
+            let (key, template) = a.state.template_entry(&key)?;
             let found = template.version(version)?;
             let spec = pb::WorkflowSpec::decode(found.spec.as_slice()).ok()?;
             Some((
@@ -60,8 +65,15 @@ pub async fn resolve(
 impl TemplateServiceImpl {
     async fn apply_inner(
         &self,
+        grants: Grants,
         req: pb::ApplyTemplateRequest,
     ) -> Result<pb::ApplyTemplateResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "TemplateService.ApplyTemplate",
+            &namespace,
+            TokenRole::Submitter,
+        )?;
         let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: a workflow spec is required"))?;
@@ -72,8 +84,10 @@ impl TemplateServiceImpl {
                 format!("spec.{}: {}", e.field, e.message)
             })
         })?;
+        namespace_exists(&self.node, &namespace).await?;
         let command = Command::ApplyTemplate(ApplyTemplateCommand {
             spec: spec.encode_to_vec(),
+            namespace: stored_namespace(namespace),
         });
         match self
             .node
@@ -92,8 +106,11 @@ impl TemplateServiceImpl {
 
     async fn get_inner(
         &self,
+        grants: Grants,
         req: pb::GetTemplateRequest,
     ) -> Result<pb::GetTemplateResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require("TemplateService.GetTemplate", &namespace, TokenRole::Reader)?;
         checked_name(&req.name)?;
         if pb::ReadConsistency::try_from(req.consistency) != Ok(pb::ReadConsistency::Stale) {
             self.node.linearize().await.map_err(node_error)?;
@@ -102,9 +119,9 @@ impl TemplateServiceImpl {
             .node
             .replica
             .read(|a| {
-                let template = a.state.template(&req.name)?;
+                let template = a.state.template(&scoped_name(&namespace, &req.name))?;
                 let version = template.version(req.version)?;
-                Some(template.to_proto(&req.name, version, true))
+                Some(template.to_proto(&namespace, &req.name, version, true))
             })
             .ok_or_else(|| no_template(&req.name, req.version))?;
         Ok(pb::GetTemplateResponse {
@@ -114,15 +131,25 @@ impl TemplateServiceImpl {
 
     async fn list_inner(
         &self,
+        grants: Grants,
         req: pb::ListTemplatesRequest,
     ) -> Result<pb::ListTemplatesResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "TemplateService.ListTemplates",
+            &namespace,
+            TokenRole::Reader,
+        )?;
         if pb::ReadConsistency::try_from(req.consistency) != Ok(pb::ReadConsistency::Stale) {
             self.node.linearize().await.map_err(node_error)?;
         }
         let templates = self.node.replica.read(|a| {
             a.state
                 .templates()
-                .map(|(name, t)| t.to_proto(name, t.latest(), false))
+                .filter_map(|(key, t)| {
+                    let (of, name) = split_scoped(key);
+                    (of == namespace).then(|| t.to_proto(of, name, t.latest(), false))
+                })
                 .collect()
         });
         Ok(pb::ListTemplatesResponse { templates })
@@ -130,13 +157,20 @@ impl TemplateServiceImpl {
 
     async fn delete_inner(
         &self,
+        grants: Grants,
         req: pb::DeleteTemplateRequest,
     ) -> Result<pb::DeleteTemplateResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "TemplateService.DeleteTemplate",
+            &namespace,
+            TokenRole::Submitter,
+        )?;
         checked_name(&req.name)?;
         match self
             .node
             .propose_client(Command::DeleteTemplate {
-                name: req.name.clone(),
+                name: scoped_name(&namespace, &req.name),
             })
             .await
             .map_err(node_error)?
@@ -155,16 +189,21 @@ impl TemplateService for TemplateServiceImpl {
         &self,
         request: Request<pb::ApplyTemplateRequest>,
     ) -> Result<Response<pb::ApplyTemplateResponse>, Status> {
-        observed("ApplyTemplate", self.apply_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "ApplyTemplate",
+            self.apply_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_template(
         &self,
         request: Request<pb::GetTemplateRequest>,
     ) -> Result<Response<pb::GetTemplateResponse>, Status> {
-        observed("GetTemplate", self.get_inner(request.into_inner()))
+        let grants = Grants::of(&request, &self.node.replica);
+        observed("GetTemplate", self.get_inner(grants, request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -173,17 +212,25 @@ impl TemplateService for TemplateServiceImpl {
         &self,
         request: Request<pb::ListTemplatesRequest>,
     ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
-        observed("ListTemplates", self.list_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "ListTemplates",
+            self.list_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn delete_template(
         &self,
         request: Request<pb::DeleteTemplateRequest>,
     ) -> Result<Response<pb::DeleteTemplateResponse>, Status> {
-        observed("DeleteTemplate", self.delete_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "DeleteTemplate",
+            self.delete_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 }

@@ -13,9 +13,13 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use baton_security::TokenRole;
+
 use super::workflow::DELIVERY_KEY_PREFIX;
-use super::{node_error, observed};
+use super::{namespace_arg, namespace_exists, node_error, observed, stored_namespace};
 use crate::raft::RaftNode;
+use crate::security::grants::Grants;
+use crate::state::namespaces::{scoped_name, split_scoped};
 use crate::state::{Command, CreateTriggerCommand, Response as Applied};
 
 pub struct TriggerServiceImpl {
@@ -75,6 +79,7 @@ pub fn delivery_key(name: &str, id: &str) -> String {
 /// The submit a delivery makes: the trigger's template with the delivery's parameters, keyed by
 /// the trigger and the delivery id (a redelivery finds the first run) when there is one.
 pub fn delivery_request(
+    namespace: &str,
     spec: &pb::TriggerSpec,
     body: &serde_json::Value,
     delivery: Option<&str>,
@@ -87,6 +92,7 @@ pub fn delivery_request(
         params: delivery_params(spec, body),
         template: spec.template.clone(),
         template_version: spec.template_version,
+        namespace: namespace.to_string(),
     }
 }
 
@@ -103,8 +109,16 @@ impl TriggerServiceImpl {
 
     async fn create_inner(
         &self,
+        grants: Grants,
         req: pb::CreateTriggerRequest,
     ) -> Result<pb::CreateTriggerResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "TriggerService.CreateTrigger",
+            &namespace,
+            TokenRole::Operator,
+        )?;
+        namespace_exists(&self.node, &namespace).await?;
         let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: a trigger spec is required"))?;
@@ -113,8 +127,13 @@ impl TriggerServiceImpl {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // The template must exist now, and the fixed parameters fit it; each delivery checks
         // the parameters again against the version it starts.
-        let (template, _) =
-            super::template::resolve(&self.node, &spec.template, spec.template_version).await?;
+        let (template, _) = super::template::resolve(
+            &self.node,
+            &namespace,
+            &spec.template,
+            spec.template_version,
+        )
+        .await?;
         for name in spec.params.keys().chain(spec.params_from_body.keys()) {
             if !template.params.iter().any(|p| &p.name == name) {
                 return Err(Status::invalid_argument(format!(
@@ -128,6 +147,7 @@ impl TriggerServiceImpl {
             spec: spec.encode_to_vec(),
             secret: req.secret,
             replace: req.replace,
+            namespace: stored_namespace(namespace),
         });
         match self
             .node
@@ -148,14 +168,21 @@ impl TriggerServiceImpl {
 
     async fn get_inner(
         &self,
+        grants: Grants,
         req: pb::GetTriggerRequest,
     ) -> Result<pb::GetTriggerResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require("TriggerService.GetTrigger", &namespace, TokenRole::Reader)?;
         checked_name(&req.name)?;
         self.consistent(req.consistency).await?;
         let trigger = self
             .node
             .replica
-            .read(|a| a.state.trigger(&req.name).map(|t| t.to_proto()))
+            .read(|a| {
+                a.state
+                    .trigger(&scoped_name(&namespace, &req.name))
+                    .map(|t| t.to_proto(&namespace))
+            })
             .ok_or_else(|| no_trigger(&req.name))?;
         Ok(pb::GetTriggerResponse {
             trigger: Some(trigger),
@@ -164,25 +191,38 @@ impl TriggerServiceImpl {
 
     async fn list_inner(
         &self,
+        grants: Grants,
         req: pb::ListTriggersRequest,
     ) -> Result<pb::ListTriggersResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require("TriggerService.ListTriggers", &namespace, TokenRole::Reader)?;
         self.consistent(req.consistency).await?;
-        let triggers = self
-            .node
-            .replica
-            .read(|a| a.state.triggers().map(|(_, t)| t.to_proto()).collect());
+        let triggers = self.node.replica.read(|a| {
+            a.state
+                .triggers()
+                .filter(|(key, _)| split_scoped(key).0 == namespace)
+                .map(|(_, t)| t.to_proto(&namespace))
+                .collect()
+        });
         Ok(pb::ListTriggersResponse { triggers })
     }
 
     async fn delete_inner(
         &self,
+        grants: Grants,
         req: pb::DeleteTriggerRequest,
     ) -> Result<pb::DeleteTriggerResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "TriggerService.DeleteTrigger",
+            &namespace,
+            TokenRole::Operator,
+        )?;
         checked_name(&req.name)?;
         match self
             .node
             .propose_client(Command::DeleteTrigger {
-                name: req.name.clone(),
+                name: scoped_name(&namespace, &req.name),
             })
             .await
             .map_err(node_error)?
@@ -201,16 +241,21 @@ impl TriggerService for TriggerServiceImpl {
         &self,
         request: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
-        observed("CreateTrigger", self.create_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "CreateTrigger",
+            self.create_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_trigger(
         &self,
         request: Request<pb::GetTriggerRequest>,
     ) -> Result<Response<pb::GetTriggerResponse>, Status> {
-        observed("GetTrigger", self.get_inner(request.into_inner()))
+        let grants = Grants::of(&request, &self.node.replica);
+        observed("GetTrigger", self.get_inner(grants, request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -219,18 +264,26 @@ impl TriggerService for TriggerServiceImpl {
         &self,
         request: Request<pb::ListTriggersRequest>,
     ) -> Result<Response<pb::ListTriggersResponse>, Status> {
-        observed("ListTriggers", self.list_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "ListTriggers",
+            self.list_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn delete_trigger(
         &self,
         request: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
-        observed("DeleteTrigger", self.delete_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "DeleteTrigger",
+            self.delete_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 }
 
@@ -283,11 +336,15 @@ mod tests {
             ..Default::default()
         };
         let body = serde_json::json!({"after": "abc"});
-        let request = delivery_request(&spec, &body, Some("d-1"));
+        let request = delivery_request("team-a", &spec, &body, Some("d-1"));
         assert_eq!(request.idempotency_key, "trigger:on-push:d-1");
         assert_eq!(request.template, "deploy");
+        assert_eq!(request.namespace, "team-a");
         assert_eq!(request.params["sha"], "abc");
-        assert_eq!(delivery_request(&spec, &body, None).idempotency_key, "");
+        assert_eq!(
+            delivery_request("default", &spec, &body, None).idempotency_key,
+            ""
+        );
         // Long names and ids still make a key that fits, one per (trigger, delivery).
         let long = delivery_key(&"n".repeat(128), &"d".repeat(128));
         assert!(long.len() <= IDEMPOTENCY_KEY_LEN_MAX && long.starts_with("trigger:"));

@@ -12,10 +12,13 @@ use baton_proto::validate::{SpecError, resolve_params, validate_idempotency_key,
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{node_error, observed};
+use baton_security::TokenRole;
+
+use super::{namespace_arg, namespace_exists, node_error, observed, stored_namespace};
 use crate::faults;
 use crate::limits::{CANCEL_REASON_BYTES_MAX, LIST_FILTER_STATES_MAX, WATCHES_MAX};
 use crate::raft::{RaftNode, outcome};
+use crate::security::grants::{self, Grants};
 use crate::state::outcome::{Cancelled, Paused, Retried, Signalled, Submitted};
 use crate::state::{
     CancelCommand, Command, ListQuery, PauseCommand, Response as Applied, RetryCommand,
@@ -50,7 +53,40 @@ impl WorkflowServiceImpl {
         &self,
         request: pb::SubmitRequest,
     ) -> Result<pb::SubmitResponse, Status> {
-        observed("Submit", self.submit_inner(request)).await
+        observed("Submit", self.submit_inner(&Grants::All, request)).await
+    }
+
+    /// Checks the caller may do what `needed` may in workflow `id`'s namespace. Cluster-wide
+    /// tokens (and `--insecure` calls) were decided by the method table already. A workflow of
+    /// a namespace the caller may not read answers NOT_FOUND, as one that does not exist.
+    async fn check_workflow(
+        &self,
+        grants: &Grants,
+        method: &str,
+        id: WorkflowId,
+        needed: TokenRole,
+    ) -> Result<(), Status> {
+        if !matches!(grants, Grants::Namespaces(_)) {
+            return Ok(());
+        }
+        let namespace_of = || {
+            self.node
+                .replica
+                .read(|a| a.state.workflow(id).map(|w| w.namespace.clone()))
+        };
+        let mut namespace = namespace_of();
+        if namespace.is_none() {
+            // Submitted a moment ago through another node, perhaps.
+            self.node.linearize().await.map_err(node_error)?;
+            namespace = namespace_of();
+        }
+        let Some(namespace) = namespace else {
+            return Err(self.missing(id));
+        };
+        if !grants.allows(&namespace, TokenRole::Reader) {
+            return Err(Status::not_found(format!("workflow {id} not found")));
+        }
+        grants.require(method, &namespace, needed)
     }
 
     /// Waits until a read here sees every write acknowledged before it, unless the caller chose
@@ -65,7 +101,14 @@ impl WorkflowServiceImpl {
         }
     }
 
-    async fn submit_inner(&self, mut req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
+    async fn submit_inner(
+        &self,
+        grants: &Grants,
+        mut req: pb::SubmitRequest,
+    ) -> Result<pb::SubmitResponse, Status> {
+        let namespace = namespace_arg("namespace", &req.namespace)?;
+        grants.require("WorkflowService.Submit", &namespace, TokenRole::Submitter)?;
+        namespace_exists(&self.node, &namespace).await?;
         let mut template = None;
         if !req.template.is_empty() {
             if req.spec.is_some() {
@@ -73,8 +116,13 @@ impl WorkflowServiceImpl {
                     "template: a submit names a spec or a template, not both",
                 ));
             }
-            let (spec, reference) =
-                super::template::resolve(&self.node, &req.template, req.template_version).await?;
+            let (spec, reference) = super::template::resolve(
+                &self.node,
+                &namespace,
+                &req.template,
+                req.template_version,
+            )
+            .await?;
             req.spec = Some(spec);
             template = Some(reference);
         } else if req.template_version != 0 {
@@ -98,6 +146,7 @@ impl WorkflowServiceImpl {
     /// Every item checked before any is proposed; then all in one entry.
     async fn submit_batch_inner(
         &self,
+        grants: &Grants,
         req: pb::SubmitBatchRequest,
     ) -> Result<pb::SubmitBatchResponse, Status> {
         if req.submits.len() > SUBMIT_BATCH_ITEMS_MAX {
@@ -141,6 +190,21 @@ impl WorkflowServiceImpl {
             }
             _ => {}
         }
+        let mut namespaces = std::collections::BTreeSet::new();
+        for (i, item) in req.submits.iter().enumerate() {
+            namespaces.insert(namespace_arg(
+                &format!("submits[{i}].namespace"),
+                &item.namespace,
+            )?);
+        }
+        for namespace in &namespaces {
+            grants.require(
+                "WorkflowService.SubmitBatch",
+                namespace,
+                TokenRole::Submitter,
+            )?;
+            namespace_exists(&self.node, namespace).await?;
+        }
         let commands = req
             .submits
             .into_iter()
@@ -176,9 +240,15 @@ impl WorkflowServiceImpl {
         Ok(pb::SubmitBatchResponse { results })
     }
 
-    async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Status> {
+    async fn get_inner(
+        &self,
+        grants: Grants,
+        req: pb::GetRequest,
+    ) -> Result<pb::GetResponse, Status> {
         self.consistent(req.consistency).await?;
         let id = WorkflowId(req.workflow_id);
+        self.check_workflow(&grants, "WorkflowService.Get", id, TokenRole::Reader)
+            .await?;
         let workflow = self.node.replica.read(|a| {
             let workflow = a.state.workflow(id)?;
             let attempts_of = Some(req.attempts_of_step.as_str()).filter(|s| !s.is_empty());
@@ -205,10 +275,13 @@ impl WorkflowServiceImpl {
 
     async fn get_history_inner(
         &self,
+        grants: Grants,
         req: pb::GetHistoryRequest,
     ) -> Result<pb::GetHistoryResponse, Status> {
         self.consistent(req.consistency).await?;
         let id = WorkflowId(req.workflow_id);
+        self.check_workflow(&grants, "WorkflowService.GetHistory", id, TokenRole::Reader)
+            .await?;
         let events = self
             .node
             .replica
@@ -217,7 +290,17 @@ impl WorkflowServiceImpl {
         Ok(pb::GetHistoryResponse { events })
     }
 
-    async fn list_inner(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Status> {
+    async fn list_inner(
+        &self,
+        grants: Grants,
+        req: pb::ListRequest,
+    ) -> Result<pb::ListResponse, Status> {
+        let namespaces = grants::scope(
+            &grants,
+            "WorkflowService.List",
+            &namespace_arg_or_all(&req.namespace, req.all_namespaces)?,
+            req.all_namespaces,
+        )?;
         let limit = match req.page_size as usize {
             0 => LIST_PAGE_SIZE_DEFAULT,
             n if n > LIST_PAGE_SIZE_MAX => {
@@ -262,6 +345,7 @@ impl WorkflowServiceImpl {
             before,
             limit,
             schedule: (!req.schedule.is_empty()).then_some(req.schedule),
+            namespaces,
         };
         let (page, next) = self.node.replica.read(|a| a.state.list(&query));
         Ok(pb::ListResponse {
@@ -272,6 +356,7 @@ impl WorkflowServiceImpl {
 
     async fn cancel_inner(
         &self,
+        grants: Grants,
         req: pb::CancelRequest,
         actor: String,
     ) -> Result<pb::CancelResponse, Status> {
@@ -282,6 +367,8 @@ impl WorkflowServiceImpl {
             )));
         }
         let id = WorkflowId(req.workflow_id);
+        self.check_workflow(&grants, "WorkflowService.Cancel", id, TokenRole::Submitter)
+            .await?;
         let cancel = CancelCommand {
             workflow_id: id,
             reason: req.reason,
@@ -304,11 +391,18 @@ impl WorkflowServiceImpl {
 impl WorkflowServiceImpl {
     async fn pause_inner(
         &self,
+        grants: Grants,
         req: pb::PauseRequest,
         paused: bool,
         actor: String,
     ) -> Result<pb::PauseResponse, Status> {
         let id = WorkflowId(req.workflow_id);
+        let method = match paused {
+            true => "WorkflowService.Pause",
+            false => "WorkflowService.Resume",
+        };
+        self.check_workflow(&grants, method, id, TokenRole::Submitter)
+            .await?;
         let decided = self
             .node
             .propose_client_for(PauseCommand {
@@ -327,6 +421,7 @@ impl WorkflowServiceImpl {
 
     async fn signal_inner(
         &self,
+        grants: Grants,
         req: pb::SignalRequest,
         actor: String,
     ) -> Result<pb::SignalResponse, Status> {
@@ -343,6 +438,8 @@ impl WorkflowServiceImpl {
             )));
         }
         let id = WorkflowId(req.workflow_id);
+        self.check_workflow(&grants, "WorkflowService.Signal", id, TokenRole::Operator)
+            .await?;
         let decided = self
             .node
             .propose_client_for(SignalCommand {
@@ -363,6 +460,7 @@ impl WorkflowServiceImpl {
 
     async fn retry_inner(
         &self,
+        grants: Grants,
         req: pb::RetryRequest,
         actor: String,
     ) -> Result<pb::RetryResponse, Status> {
@@ -373,6 +471,8 @@ impl WorkflowServiceImpl {
             )));
         }
         let id = WorkflowId(req.workflow_id);
+        self.check_workflow(&grants, "WorkflowService.Retry", id, TokenRole::Submitter)
+            .await?;
         let decided = self
             .node
             .propose_client_for(RetryCommand {
@@ -414,6 +514,7 @@ fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
         idempotency_key: req.idempotency_key,
         params,
         template: None,
+        namespace: stored_namespace(crate::state::namespaces::or_default(&req.namespace).into()),
     }))
 }
 
@@ -470,10 +571,11 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let grants = Grants::of(&request, &self.node.replica);
         let request = request.into_inner();
         let submit = async {
             not_reserved("idempotency_key", &request.idempotency_key)?;
-            self.submit_inner(request).await
+            self.submit_inner(&grants, request).await
         };
         observed("Submit", submit).await.map(Response::new)
     }
@@ -482,6 +584,7 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let grants = Grants::of(&request, &self.node.replica);
         let request = request.into_inner();
         let submit = async {
             for (i, item) in request.submits.iter().enumerate() {
@@ -490,7 +593,7 @@ impl WorkflowService for WorkflowServiceImpl {
                     &item.idempotency_key,
                 )?;
             }
-            self.submit_batch_inner(request).await
+            self.submit_batch_inner(&grants, request).await
         };
         observed("SubmitBatch", submit).await.map(Response::new)
     }
@@ -499,7 +602,8 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        observed("Get", self.get_inner(request.into_inner()))
+        let grants = Grants::of(&request, &self.node.replica);
+        observed("Get", self.get_inner(grants, request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -508,7 +612,8 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        observed("List", self.list_inner(request.into_inner()))
+        let grants = Grants::of(&request, &self.node.replica);
+        observed("List", self.list_inner(grants, request.into_inner()))
             .await
             .map(Response::new)
     }
@@ -518,9 +623,13 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let actor = crate::security::actor(&request, &self.node.replica);
-        observed("Cancel", self.cancel_inner(request.into_inner(), actor))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "Cancel",
+            self.cancel_inner(grants, request.into_inner(), actor),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn pause(
@@ -528,9 +637,13 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
         let actor = crate::security::actor(&request, &self.node.replica);
-        observed("Pause", self.pause_inner(request.into_inner(), true, actor))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "Pause",
+            self.pause_inner(grants, request.into_inner(), true, actor),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn resume(
@@ -538,9 +651,10 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
         let actor = crate::security::actor(&request, &self.node.replica);
+        let grants = Grants::of(&request, &self.node.replica);
         observed(
             "Resume",
-            self.pause_inner(request.into_inner(), false, actor),
+            self.pause_inner(grants, request.into_inner(), false, actor),
         )
         .await
         .map(Response::new)
@@ -551,9 +665,13 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, Status> {
         let actor = crate::security::actor(&request, &self.node.replica);
-        observed("Retry", self.retry_inner(request.into_inner(), actor))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "Retry",
+            self.retry_inner(grants, request.into_inner(), actor),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn signal(
@@ -561,18 +679,26 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::SignalRequest>,
     ) -> Result<Response<pb::SignalResponse>, Status> {
         let actor = crate::security::actor(&request, &self.node.replica);
-        observed("Signal", self.signal_inner(request.into_inner(), actor))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "Signal",
+            self.signal_inner(grants, request.into_inner(), actor),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_history(
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        observed("GetHistory", self.get_history_inner(request.into_inner()))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "GetHistory",
+            self.get_history_inner(grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     type WatchStream = WatchStream;
@@ -582,9 +708,13 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let token_id = crate::security::authorized_token_id(&request);
-        observed("Watch", self.watch_inner(request.into_inner(), token_id))
-            .await
-            .map(Response::new)
+        let grants = Grants::of(&request, &self.node.replica);
+        observed(
+            "Watch",
+            self.watch_inner(grants, request.into_inner(), token_id),
+        )
+        .await
+        .map(Response::new)
     }
 }
 
@@ -593,9 +723,35 @@ impl WorkflowServiceImpl {
     /// at the first event after the token's revocation is applied here.
     async fn watch_inner(
         &self,
+        grants: Grants,
         req: pb::WatchRequest,
         token_id: Option<String>,
     ) -> Result<WatchStream, Status> {
+        // Which namespaces an all-workflows watch covers (None: every one); a one-workflow
+        // watch needs to read that workflow's.
+        let namespaces = match req.workflow_id {
+            0 => grants::scope(
+                &grants,
+                "WorkflowService.Watch",
+                &namespace_arg_or_all(&req.namespace, req.all_namespaces)?,
+                req.all_namespaces,
+            )?,
+            id => {
+                if !req.namespace.is_empty() || req.all_namespaces {
+                    return Err(Status::invalid_argument(
+                        "namespace: a watch of one workflow takes no namespace (its own is used)",
+                    ));
+                }
+                self.check_workflow(
+                    &grants,
+                    "WorkflowService.Watch",
+                    WorkflowId(id),
+                    TokenRole::Reader,
+                )
+                .await?;
+                None
+            }
+        };
         // Held by the stream: dropping the stream (the client went) frees the slot.
         let permit = self.node.admission.watch().ok_or_else(|| {
             Status::resource_exhausted(format!("this node serves {WATCHES_MAX} watches already"))
@@ -662,7 +818,14 @@ impl WorkflowServiceImpl {
             }
             // Running (again): none of the ends in its past ends the stream.
         }
-        let wanted = move |e: &pb::WorkflowEvent| only.is_none_or(|id| e.workflow_id == id.0);
+        let namespaces = Arc::new(namespaces);
+        let wanted = move |e: &pb::WorkflowEvent| {
+            only.is_none_or(|id| e.workflow_id == id.0)
+                && namespaces.as_ref().as_ref().is_none_or(|set| {
+                    set.contains(crate::state::namespaces::or_default(&e.namespace))
+                })
+        };
+        let wanted_live = wanted.clone();
         let ends = move |e: &pb::WorkflowEvent| {
             only.is_some() && e.kind == pb::EventKind::WorkflowFinished as i32
         };
@@ -685,7 +848,7 @@ impl WorkflowServiceImpl {
                             return;
                         }
                         Ok(event) if event.index <= seen_through => {}
-                        Ok(event) if wanted(&event) => {
+                        Ok(event) if wanted_live(&event) => {
                             let last = ends(&event);
                             if tx.send(Ok(event)).await.is_err() || last {
                                 return;
@@ -731,6 +894,15 @@ fn missing(state: &crate::state::ClusterState, id: WorkflowId) -> Status {
     } else {
         Status::not_found(format!("workflow {id} not found"))
     }
+}
+
+/// A listing's or a watch's namespace: checked when named, empty with `all` (the caller's
+/// readable ones are taken then).
+fn namespace_arg_or_all(namespace: &str, all: bool) -> Result<String, Status> {
+    if all && namespace.is_empty() {
+        return Ok(String::new());
+    }
+    namespace_arg("namespace", namespace)
 }
 
 /// Bounds a `List` request's filters like the fields they filter on.

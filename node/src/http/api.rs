@@ -92,13 +92,35 @@ const CONSISTENCY: Param = Param {
             `stale` (this node's applied state; never waits on a quorum)",
 };
 
-const SUBMIT_QUERY: &[Param] = &[Param {
-    name: "param",
+const NAMESPACE: Param = Param {
+    name: "namespace",
     kind: Kind::String,
-    repeated: true,
-    about: "`key=value`: a value for the spec's parameter `key` (`?param=env=prod`); repeat \
-            for more.",
-}];
+    repeated: false,
+    about: "The namespace; `default` when absent.",
+};
+
+const ALL_NAMESPACES: Param = Param {
+    name: "all_namespaces",
+    kind: Kind::Boolean,
+    repeated: false,
+    about: "`true`: every namespace the caller may read (without `namespace`).",
+};
+
+/// Routes of an object of a namespace (templates, schedules, triggers) that read nothing else.
+const NS_QUERY: &[Param] = &[NAMESPACE];
+
+const NS_READ_QUERY: &[Param] = &[NAMESPACE, CONSISTENCY];
+
+const SUBMIT_QUERY: &[Param] = &[
+    Param {
+        name: "param",
+        kind: Kind::String,
+        repeated: true,
+        about: "`key=value`: a value for the spec's parameter `key` (`?param=env=prod`); repeat \
+                for more.",
+    },
+    NAMESPACE,
+];
 
 const LIST_QUERY: &[Param] = &[
     Param {
@@ -138,6 +160,8 @@ const LIST_QUERY: &[Param] = &[
         repeated: false,
         about: "`next_page_token` of the previous page.",
     },
+    NAMESPACE,
+    ALL_NAMESPACES,
     CONSISTENCY,
 ];
 
@@ -151,13 +175,17 @@ const GET_QUERY: &[Param] = &[
     CONSISTENCY,
 ];
 
-const WATCH_QUERY: &[Param] = &[Param {
+const FROM_INDEX: Param = Param {
     name: "from_index",
     kind: Kind::Integer,
     repeated: false,
     about: "Only events at or after this log index (a `Last-Event-ID` header takes precedence: \
             the stream resumes right after that event).",
-}];
+};
+
+const WATCH_QUERY: &[Param] = &[FROM_INDEX];
+
+const WATCH_ALL_QUERY: &[Param] = &[FROM_INDEX, NAMESPACE, ALL_NAMESPACES];
 
 const READ_QUERY: &[Param] = &[CONSISTENCY];
 
@@ -202,15 +230,19 @@ const TEMPLATE_QUERY: &[Param] = &[
         repeated: false,
         about: "This version; the latest when absent.",
     },
+    NAMESPACE,
     CONSISTENCY,
 ];
 
-const SCHEDULE_CREATE_QUERY: &[Param] = &[Param {
-    name: "replace",
-    kind: Kind::Boolean,
-    repeated: false,
-    about: "`true`: replace a schedule of the same name (its run history stays).",
-}];
+const SCHEDULE_CREATE_QUERY: &[Param] = &[
+    Param {
+        name: "replace",
+        kind: Kind::Boolean,
+        repeated: false,
+        about: "`true`: replace a schedule of the same name (its run history stays).",
+    },
+    NAMESPACE,
+];
 
 /// Every route of the JSON API. The router and the OpenAPI document are both built from this.
 pub const ROUTES: &[Route] = &[
@@ -309,7 +341,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/events",
         rpc: "/baton.v1.WorkflowService/Watch",
         summary: "Every workflow's events as Server-Sent Events, from `from_index` on.",
-        query: WATCH_QUERY,
+        query: WATCH_ALL_QUERY,
         headers: LAST_EVENT_HEADER,
         body: Body::None,
         ok: 200,
@@ -393,7 +425,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/templates",
         rpc: "/baton.v1.TemplateService/ListTemplates",
         summary: "Every template, its latest version, without the spec's steps.",
-        query: READ_QUERY,
+        query: NS_READ_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -407,7 +439,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Register a template: the body is a workflow spec (YAML or JSON) whose name \
                   names the template. A changed spec makes a new version (201); the same spec \
                   keeps the latest (200).",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::Spec,
         ok: 201,
@@ -431,7 +463,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/templates/{name}",
         rpc: "/baton.v1.TemplateService/DeleteTemplate",
         summary: "Delete a template and all its versions; its runs keep its name and version.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -443,7 +475,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/templates/{name}/runs",
         rpc: "/baton.v1.WorkflowService/Submit",
         summary: "Start a run of a template with parameters; `Idempotency-Key` as for a submit.",
-        query: &[],
+        query: NS_QUERY,
         headers: IDEMPOTENCY_HEADER,
         body: Body::Json {
             schema: "RunRequest",
@@ -458,7 +490,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules",
         rpc: "/baton.v1.ScheduleService/ListSchedules",
         summary: "Every schedule, by name.",
-        query: READ_QUERY,
+        query: NS_READ_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -483,7 +515,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules/{name}",
         rpc: "/baton.v1.ScheduleService/GetSchedule",
         summary: "One schedule, its counters and its next few times (`upcoming_ms`).",
-        query: READ_QUERY,
+        query: NS_READ_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -495,7 +527,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules/{name}",
         rpc: "/baton.v1.ScheduleService/DeleteSchedule",
         summary: "Delete a schedule; its runs go on.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -507,7 +539,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules/{name}/pause",
         rpc: "/baton.v1.ScheduleService/PauseSchedule",
         summary: "Pause a schedule: it starts nothing until resumed.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -519,7 +551,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules/{name}/resume",
         rpc: "/baton.v1.ScheduleService/PauseSchedule",
         summary: "Resume a paused schedule.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -531,7 +563,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules/{name}/trigger",
         rpc: "/baton.v1.ScheduleService/TriggerSchedule",
         summary: "Start a run now, subject to the overlap policy.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -543,7 +575,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/schedules/{name}/backfill",
         rpc: "/baton.v1.ScheduleService/BackfillSchedule",
         summary: "Start a run for every time of the schedule in [from_ms, to_ms] that has none.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::Json {
             schema: "BackfillRequest",
@@ -559,7 +591,7 @@ pub const ROUTES: &[Route] = &[
         rpc: "/baton.v1.TriggerService/ListTriggers",
         summary: "Every webhook trigger, by name (never their secrets). Create them with `baton \
                   trigger create`.",
-        query: READ_QUERY,
+        query: NS_READ_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -571,7 +603,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/triggers/{name}",
         rpc: "/baton.v1.TriggerService/GetTrigger",
         summary: "One webhook trigger (never its secret).",
-        query: READ_QUERY,
+        query: NS_READ_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -583,7 +615,7 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/triggers/{name}",
         rpc: "/baton.v1.TriggerService/DeleteTrigger",
         summary: "Delete a webhook trigger; the runs it started go on.",
-        query: &[],
+        query: NS_QUERY,
         headers: &[],
         body: Body::None,
         ok: 200,
@@ -599,7 +631,7 @@ pub const ROUTES: &[Route] = &[
                   trigger's secret (HMAC-SHA256, `sha256=HEX`, as GitHub signs). 401 and no run \
                   for a missing or wrong signature; a repeated delivery id answers 200 with the \
                   first run.",
-        query: &[],
+        query: NS_QUERY,
         headers: DELIVERY_HEADERS,
         body: Body::Webhook,
         ok: 201,
@@ -617,6 +649,46 @@ pub const ROUTES: &[Route] = &[
         ok: 200,
         answer: "AgentList",
         handler: || get(agents),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/namespaces",
+        rpc: "/baton.v1.AdminService/ListNamespaces",
+        summary: "The namespaces the caller may read, with how many workflows each holds.",
+        query: READ_QUERY,
+        headers: &[],
+        body: Body::None,
+        ok: 200,
+        answer: "NamespaceList",
+        handler: || get(list_namespaces),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/namespaces",
+        rpc: "/baton.v1.AdminService/CreateNamespace",
+        summary: "Create a namespace (a cluster-wide admin token). 409 when it exists.",
+        query: &[],
+        headers: &[],
+        body: Body::Json {
+            schema: "NamespaceRequest",
+            optional: false,
+        },
+        ok: 201,
+        answer: "Empty",
+        handler: || post(create_namespace),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/v1/namespaces/{name}",
+        rpc: "/baton.v1.AdminService/DeleteNamespace",
+        summary: "Delete an empty namespace (a cluster-wide admin token); 409 naming what it \
+                  still holds otherwise.",
+        query: &[],
+        headers: &[],
+        body: Body::None,
+        ok: 200,
+        answer: "Empty",
+        handler: || delete(delete_namespace),
     },
     Route {
         method: "GET",
@@ -666,6 +738,11 @@ impl Params {
             }
         }
         Ok(Params(pairs))
+    }
+
+    /// `?namespace=`, empty when absent (the service takes `default`).
+    fn namespace(&self) -> String {
+        self.one("namespace").unwrap_or_default().to_string()
     }
 
     fn one(&self, name: &str) -> Option<&str> {
@@ -842,6 +919,7 @@ async fn submit(
         spec: Some(spec_body(&headers, &body)?),
         idempotency_key: idempotency_key(&headers)?,
         params: params.pairs("param")?,
+        namespace: params.namespace(),
         ..Default::default()
     };
     let submitted = WorkflowService::submit(&api.workflows, caller.request(request))
@@ -868,6 +946,8 @@ struct BatchItem {
     idempotency_key: String,
     #[serde(default)]
     params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    namespace: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -899,6 +979,7 @@ async fn submit_batch(
             params: item.params,
             template: item.template,
             template_version: item.template_version,
+            namespace: item.namespace,
         });
     }
     let results = WorkflowService::submit_batch(
@@ -940,6 +1021,8 @@ async fn list(State(api): State<Api>, Extension(caller): Extension<Caller>, uri:
         page_token: params.one("page_token").unwrap_or_default().to_string(),
         consistency: params.consistency()?,
         schedule: params.one("schedule").unwrap_or_default().to_string(),
+        namespace: params.namespace(),
+        all_namespaces: params.boolean("all_namespaces")?,
     };
     let page = WorkflowService::list(&api.workflows, caller.request(request))
         .await?
@@ -1059,7 +1142,13 @@ async fn watch(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Answer {
-    let params = Params::parse(uri, WATCH_QUERY)?;
+    let params = Params::parse(
+        uri,
+        match workflow {
+            0 => WATCH_ALL_QUERY,
+            _ => WATCH_QUERY,
+        },
+    )?;
     let start = watch_start(headers, &params)?;
     // Every workflow's events come from the node's recent-events ring, which forgets its oldest
     // one at a time: resuming inside the oldest index kept could skip events the client never
@@ -1074,6 +1163,8 @@ async fn watch(
     let request = pb::WatchRequest {
         workflow_id: workflow,
         from_index: start.0,
+        namespace: params.namespace(),
+        all_namespaces: params.boolean("all_namespaces")?,
     };
     let events = WorkflowService::watch(&api.workflows, caller.request(request))
         .await?
@@ -1237,9 +1328,10 @@ async fn list_templates(
     Extension(caller): Extension<Caller>,
     uri: Uri,
 ) -> Answer {
-    let params = Params::parse(&uri, READ_QUERY)?;
+    let params = Params::parse(&uri, NS_READ_QUERY)?;
     let request = pb::ListTemplatesRequest {
         consistency: params.consistency()?,
+        namespace: params.namespace(),
     };
     let templates = TemplateService::list_templates(&api.templates, caller.request(request))
         .await?
@@ -1255,12 +1347,15 @@ async fn apply_template(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
+    let params = Params::parse(&uri, NS_QUERY)?;
     let spec = spec_body(&headers, &body)?;
     let name = spec.name.clone();
     let applied = TemplateService::apply_template(
         &api.templates,
-        caller.request(pb::ApplyTemplateRequest { spec: Some(spec) }),
+        caller.request(pb::ApplyTemplateRequest {
+            spec: Some(spec),
+            namespace: params.namespace(),
+        }),
     )
     .await?
     .into_inner();
@@ -1282,6 +1377,7 @@ async fn get_template(
         name,
         version: params.number("version")?.unwrap_or(0),
         consistency: params.consistency()?,
+        namespace: params.namespace(),
     };
     let template = TemplateService::get_template(&api.templates, caller.request(request))
         .await?
@@ -1297,10 +1393,13 @@ async fn delete_template(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
+    let params = Params::parse(&uri, NS_QUERY)?;
     TemplateService::delete_template(
         &api.templates,
-        caller.request(pb::DeleteTemplateRequest { name }),
+        caller.request(pb::DeleteTemplateRequest {
+            name,
+            namespace: params.namespace(),
+        }),
     )
     .await?;
     ok(json!({}))
@@ -1323,14 +1422,18 @@ async fn run_template(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
-    let RunBody { params, version } = json_body(&body, true)?;
+    let params = Params::parse(&uri, NS_QUERY)?;
+    let RunBody {
+        params: values,
+        version,
+    } = json_body(&body, true)?;
     let request = pb::SubmitRequest {
         spec: None,
         idempotency_key: idempotency_key(&headers)?,
-        params,
+        params: values,
         template: name,
         template_version: version,
+        namespace: params.namespace(),
     };
     let submitted = WorkflowService::submit(&api.workflows, caller.request(request))
         .await?
@@ -1349,9 +1452,10 @@ async fn list_schedules(
     Extension(caller): Extension<Caller>,
     uri: Uri,
 ) -> Answer {
-    let params = Params::parse(&uri, READ_QUERY)?;
+    let params = Params::parse(&uri, NS_READ_QUERY)?;
     let request = pb::ListSchedulesRequest {
         consistency: params.consistency()?,
+        namespace: params.namespace(),
     };
     let schedules = ScheduleService::list_schedules(&api.schedules, caller.request(request))
         .await?
@@ -1377,6 +1481,7 @@ async fn create_schedule(
         caller.request(pb::CreateScheduleRequest {
             spec: Some(spec),
             replace: params.boolean("replace")?,
+            namespace: params.namespace(),
         }),
     )
     .await?
@@ -1394,10 +1499,11 @@ async fn get_schedule(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    let params = Params::parse(&uri, READ_QUERY)?;
+    let params = Params::parse(&uri, NS_READ_QUERY)?;
     let request = pb::GetScheduleRequest {
         name,
         consistency: params.consistency()?,
+        namespace: params.namespace(),
     };
     let got = ScheduleService::get_schedule(&api.schedules, caller.request(request))
         .await?
@@ -1413,19 +1519,32 @@ async fn delete_schedule(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
+    let params = Params::parse(&uri, NS_QUERY)?;
     ScheduleService::delete_schedule(
         &api.schedules,
-        caller.request(pb::DeleteScheduleRequest { name }),
+        caller.request(pb::DeleteScheduleRequest {
+            name,
+            namespace: params.namespace(),
+        }),
     )
     .await?;
     ok(json!({}))
 }
 
-async fn set_schedule_paused(api: &Api, caller: &Caller, name: String, paused: bool) -> Answer {
+async fn set_schedule_paused(
+    api: &Api,
+    caller: &Caller,
+    params: &Params,
+    name: String,
+    paused: bool,
+) -> Answer {
     let changed = ScheduleService::pause_schedule(
         &api.schedules,
-        caller.request(pb::PauseScheduleRequest { name, paused }),
+        caller.request(pb::PauseScheduleRequest {
+            name,
+            paused,
+            namespace: params.namespace(),
+        }),
     )
     .await?
     .into_inner()
@@ -1439,8 +1558,8 @@ async fn pause_schedule(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
-    set_schedule_paused(&api, &caller, name, true).await
+    let params = Params::parse(&uri, NS_QUERY)?;
+    set_schedule_paused(&api, &caller, &params, name, true).await
 }
 
 async fn resume_schedule(
@@ -1449,8 +1568,8 @@ async fn resume_schedule(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
-    set_schedule_paused(&api, &caller, name, false).await
+    let params = Params::parse(&uri, NS_QUERY)?;
+    set_schedule_paused(&api, &caller, &params, name, false).await
 }
 
 async fn trigger_schedule(
@@ -1459,10 +1578,13 @@ async fn trigger_schedule(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
+    let params = Params::parse(&uri, NS_QUERY)?;
     let fired = ScheduleService::trigger_schedule(
         &api.schedules,
-        caller.request(pb::TriggerScheduleRequest { name }),
+        caller.request(pb::TriggerScheduleRequest {
+            name,
+            namespace: params.namespace(),
+        }),
     )
     .await?
     .into_inner();
@@ -1487,7 +1609,7 @@ async fn backfill_schedule(
     uri: Uri,
     body: Bytes,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
+    let params = Params::parse(&uri, NS_QUERY)?;
     let BackfillBody { from_ms, to_ms } = json_body(&body, false)?;
     let filled = ScheduleService::backfill_schedule(
         &api.schedules,
@@ -1495,6 +1617,7 @@ async fn backfill_schedule(
             name: name.clone(),
             from_ms,
             to_ms,
+            namespace: params.namespace(),
         }),
     )
     .await?
@@ -1513,9 +1636,10 @@ async fn list_triggers(
     Extension(caller): Extension<Caller>,
     uri: Uri,
 ) -> Answer {
-    let params = Params::parse(&uri, READ_QUERY)?;
+    let params = Params::parse(&uri, NS_READ_QUERY)?;
     let request = pb::ListTriggersRequest {
         consistency: params.consistency()?,
+        namespace: params.namespace(),
     };
     let triggers = TriggerService::list_triggers(&api.triggers, caller.request(request))
         .await?
@@ -1530,10 +1654,11 @@ async fn get_trigger(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    let params = Params::parse(&uri, READ_QUERY)?;
+    let params = Params::parse(&uri, NS_READ_QUERY)?;
     let request = pb::GetTriggerRequest {
         name,
         consistency: params.consistency()?,
+        namespace: params.namespace(),
     };
     let trigger = TriggerService::get_trigger(&api.triggers, caller.request(request))
         .await?
@@ -1549,10 +1674,13 @@ async fn delete_trigger(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Answer {
-    Params::parse(&uri, &[])?;
+    let params = Params::parse(&uri, NS_QUERY)?;
     TriggerService::delete_trigger(
         &api.triggers,
-        caller.request(pb::DeleteTriggerRequest { name }),
+        caller.request(pb::DeleteTriggerRequest {
+            name,
+            namespace: params.namespace(),
+        }),
     )
     .await?;
     ok(json!({}))
@@ -1606,15 +1734,17 @@ async fn deliver_inner(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Response, bool), ApiError> {
-    Params::parse(uri, &[])?;
+    let params = Params::parse(uri, NS_QUERY)?;
     let (header, signature) =
         first_header(headers, &["x-baton-signature-256", "x-hub-signature-256"]);
+    let namespace = crate::api::namespace_arg("namespace", &params.namespace())?;
+    let scoped = crate::state::namespaces::scoped_name(&namespace, name);
     // The trigger and its secret as of this node's applied state: known, and signed for.
     let check = || -> Result<Arc<crate::state::Trigger>, ApiError> {
         let trigger = api
             .node
             .replica
-            .read(|a| a.state.trigger(name).cloned())
+            .read(|a| a.state.trigger(&scoped).cloned())
             .ok_or_else(|| crate::api::trigger::no_trigger(name))?;
         crate::api::trigger::verify_signature(header, signature, &trigger.secret, body)?;
         Ok(trigger)
@@ -1656,7 +1786,12 @@ async fn deliver_inner(
             Err(_) => Value::Null,
         }
     };
-    let request = crate::api::trigger::delivery_request(&spec, &document, delivery);
+    let request = crate::api::trigger::delivery_request(
+        &crate::api::stored_namespace(namespace),
+        &spec,
+        &document,
+        delivery,
+    );
     let submitted = api.workflows.submit_delivery(request).await?;
     let mut value = shapes::submit_json(&submitted);
     value["trigger"] = json!(name);
@@ -1667,6 +1802,68 @@ async fn deliver_inner(
         value,
     )?;
     Ok((response, submitted.created))
+}
+
+// ---- Namespaces ---------------------------------------------------------------------------
+
+async fn list_namespaces(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Answer {
+    let params = Params::parse(&uri, READ_QUERY)?;
+    let request = pb::ListNamespacesRequest {
+        consistency: params.consistency()?,
+    };
+    let namespaces = AdminService::list_namespaces(&api.admin, caller.request(request))
+        .await?
+        .into_inner()
+        .namespaces;
+    ok(json!({
+        "namespaces": namespaces.iter().map(shapes::namespace_info_json).collect::<Vec<_>>(),
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NamespaceBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_namespace(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    body: Bytes,
+) -> Answer {
+    Params::parse(&uri, &[])?;
+    let NamespaceBody { name, description } = json_body(&body, false)?;
+    AdminService::create_namespace(
+        &api.admin,
+        caller.request(pb::CreateNamespaceRequest {
+            name: name.clone(),
+            description,
+        }),
+    )
+    .await?;
+    created(true, format!("/api/v1/namespaces/{name}"), json!({}))
+}
+
+async fn delete_namespace(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Answer {
+    Params::parse(&uri, &[])?;
+    AdminService::delete_namespace(
+        &api.admin,
+        caller.request(pb::DeleteNamespaceRequest { name }),
+    )
+    .await?;
+    ok(json!({}))
 }
 
 // ---- Cluster ------------------------------------------------------------------------------
@@ -1718,7 +1915,7 @@ mod tests {
         assert_eq!(
             message("/x?stat=running", LIST_QUERY),
             "query parameter stat: unknown; this route takes state, name, label, schedule, \
-             page_size, page_token, consistency"
+             page_size, page_token, namespace, all_namespaces, consistency"
         );
         assert_eq!(
             message("/x?name=a&name=b", LIST_QUERY),
@@ -1805,11 +2002,19 @@ mod tests {
                 route.path
             );
             if !route.rpc.is_empty() {
-                // Every named method is in the table with a client role below admin: none falls
-                // to the admin-only default through a typo.
+                // Every named method is in the table with a client role below admin, or is one
+                // of the cluster's own admin calls: none falls to the admin-only default
+                // through a typo.
+                use crate::security::auth::Access;
                 let access = crate::security::auth::access(route.rpc);
+                let own = route.rpc.ends_with("/CreateNamespace")
+                    || route.rpc.ends_with("/DeleteNamespace");
                 assert!(
-                    matches!(access, crate::security::auth::Access::Client(role) if role != baton_security::TokenRole::Admin),
+                    match access {
+                        Access::Client(role) => role != baton_security::TokenRole::Admin,
+                        Access::Cluster(role) => own && role == baton_security::TokenRole::Admin,
+                        _ => false,
+                    },
                     "{}",
                     route.rpc
                 );
@@ -1830,6 +2035,7 @@ mod tests {
                 "SignalRequest" => json_body::<SignalBody>(&bytes, false).map(drop),
                 "RunRequest" => json_body::<RunBody>(&bytes, false).map(drop),
                 "BackfillRequest" => json_body::<BackfillBody>(&bytes, false).map(drop),
+                "NamespaceRequest" => json_body::<NamespaceBody>(&bytes, false).map(drop),
                 other => panic!("no handler type for {other}"),
             }
         }

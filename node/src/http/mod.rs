@@ -123,7 +123,7 @@ pub async fn authorize(
             access(rpc),
             Some(PeerRole::Client),
             credential.as_ref().map(|c| &c.presented),
-            |t| session::lookup(&api, t).map(|(role, _)| role),
+            |t| session::lookup(&api, t).map(|(scope, _)| scope),
         );
         if let Err(status) = decision {
             crate::metrics::auth_refused(status.code());
@@ -161,8 +161,17 @@ async fn observe(request: Request, next: Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = request.method().clone();
+    let http1 = request.version() < axum::http::Version::HTTP_2;
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // A body refused for its size is left unread, so the connection cannot carry another
+    // request: say so, or a client reuses it and loses its next request to the close.
+    if http1 && response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     crate::metrics::http_request(
         method.as_str(),
         &route,

@@ -298,6 +298,7 @@ pub fn request_schemas() -> Vec<(&'static str, Value)> {
                             "template_version": int(),
                             "idempotency_key": string(),
                             "params": map_of_strings(),
+                            "namespace": string(),
                         },
                     })),
                 )],
@@ -351,6 +352,15 @@ pub fn request_schemas() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
+            "NamespaceRequest",
+            request(
+                "A new namespace: 1-63 of a-z 0-9 -, starting with a letter.",
+                &[("name", string()), ("description", string())],
+                &["name"],
+                json!({"name": "team-a", "description": "the payments team"}),
+            ),
+        ),
+        (
             "BackfillRequest",
             request(
                 "The range of nominal times, in milliseconds since the Unix epoch; it ends at \
@@ -391,6 +401,7 @@ fn schemas() -> Value {
          `spec` null.",
         &[
             ("id", int()),
+            ("namespace", string()),
             ("name", string()),
             ("state", string()),
             ("labels", map_of_strings()),
@@ -418,6 +429,7 @@ fn schemas() -> Value {
         &[
             ("index", int()),
             ("workflow_id", int()),
+            ("namespace", string()),
             ("time_ms", nullable("integer")),
             ("kind", string()),
             ("step", nullable("string")),
@@ -440,7 +452,7 @@ fn schemas() -> Value {
         "description": "A schedule: its spec's fields, its state and its counters (Get adds \
             `upcoming_ms`, its next few times).",
         "properties": {
-            "name": string(), "cron": string(), "every_ms": int(), "timezone": string(),
+            "namespace": string(), "name": string(), "cron": string(), "every_ms": int(), "timezone": string(),
             "overlap": string(), "catchup_window_ms": int(), "jitter_ms": int(),
             "start_at_ms": int(), "end_at_ms": int(), "params": map_of_strings(),
             "workflow": nullable("string"), "template": string(), "template_version": int(),
@@ -451,11 +463,12 @@ fn schemas() -> Value {
             "last_run": {"oneOf": [reference("ScheduleRun"), {"type": "null"}]},
             "upcoming_ms": array(int()),
         },
-        "required": ["name", "paused", "next_fire_ms", "runs_started", "runs_skipped", "runs_missed"],
+        "required": ["namespace", "name", "paused", "next_fire_ms", "runs_started", "runs_skipped", "runs_missed"],
     });
     let template = object(
         "A template version (List: without the spec's steps).",
         &[
+            ("namespace", string()),
             ("name", string()),
             ("version", int()),
             ("versions", array(int())),
@@ -678,6 +691,7 @@ fn schemas() -> Value {
             object(
                 "A webhook trigger; deliveries go to `url_path` on any node's HTTP listener.",
                 &[
+                    ("namespace", string()),
                     ("name", string()),
                     ("template", string()),
                     ("template_version", int()),
@@ -711,6 +725,26 @@ fn schemas() -> Value {
         (
             "AgentList",
             object("The agents.", &[("agents", array(reference("Agent")))]),
+        ),
+        (
+            "Namespace",
+            object(
+                "A namespace and what it holds (`default` has no creation time).",
+                &[
+                    ("name", string()),
+                    ("description", string()),
+                    ("created_at_ms", nullable("integer")),
+                    ("workflows", int()),
+                    ("running", int()),
+                ],
+            ),
+        ),
+        (
+            "NamespaceList",
+            object(
+                "The namespaces the caller may read.",
+                &[("namespaces", array(reference("Namespace")))],
+            ),
         ),
         (
             "OpenApi",

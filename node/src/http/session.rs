@@ -6,8 +6,8 @@
 //! session's token, which a page of another site cannot know. Any node checks either, since both
 //! are the replicated tokens.
 
+use crate::security::auth::TokenScope;
 use axum::http::HeaderMap;
-use baton_security::TokenRole;
 use baton_security::token::{self, PresentedToken};
 use sha2::{Digest, Sha256};
 
@@ -61,14 +61,14 @@ pub fn credential(headers: &HeaderMap) -> Option<Credential> {
     })
 }
 
-/// The live token's role and name, digests compared in constant time.
-pub fn lookup(api: &Api, presented: &PresentedToken) -> Option<(TokenRole, String)> {
+/// The live token's scope and name, digests compared in constant time.
+pub fn lookup(api: &Api, presented: &PresentedToken) -> Option<(TokenScope, String)> {
     api.node.replica.read(|applied| {
         applied
             .state
             .live_token(&presented.id)
             .filter(|record| token::digest_matches(&record.digest, &presented.digest))
-            .map(|record| (record.role, record.name.clone()))
+            .map(|record| (TokenScope::of(record), record.name.clone()))
     })
 }
 

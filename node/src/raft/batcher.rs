@@ -221,14 +221,25 @@ fn encoded_len(command: &Command) -> usize {
             }
             Command::PauseSchedule(pause) => pause.name.len(),
             Command::ApplyTemplate(apply) => apply.spec.len(),
-            Command::DeleteTemplate { name } | Command::DeleteTrigger { name } => name.len(),
+            Command::DeleteTemplate { name }
+            | Command::DeleteTrigger { name }
+            | Command::DeleteNamespace { name } => name.len(),
+            Command::CreateNamespace(create) => create.name.len() + create.description.len(),
             Command::CreateTrigger(create) => create.spec.len() + create.secret.len(),
             Command::DeleteSchedule { name } | Command::TriggerSchedule { name } => name.len(),
             Command::BackfillSchedule(backfill) => backfill.name.len(),
             Command::Assign { assignments } => assignments.len() * 32,
             Command::ExpireLeases { attempts } => attempts.len() * 16,
             Command::Membership { previous, members } => (previous.len() + members.len()) * 16,
-            Command::CreateToken(create) => create.name.len() + create.digest.len(),
+            Command::CreateToken(create) => {
+                create.name.len()
+                    + create.digest.len()
+                    + create
+                        .namespaces
+                        .keys()
+                        .map(|ns| ns.len() + 16)
+                        .sum::<usize>()
+            }
             Command::BindIncarnation { incarnation, .. } => incarnation.len(),
             Command::RegisterAgent(register) => {
                 register.name.len()

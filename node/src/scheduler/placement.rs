@@ -135,6 +135,7 @@ mod tests {
                 ..Default::default()
             };
             self.apply(Command::Submit(SubmitCommand {
+                namespace: Default::default(),
                 spec: spec.encode_to_vec(),
                 idempotency_key: "".into(),
                 params: Default::default(),

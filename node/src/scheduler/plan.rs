@@ -151,6 +151,7 @@ mod tests {
             match self.apply_at(
                 1_000,
                 Command::Submit(SubmitCommand {
+                    namespace: Default::default(),
                     spec: spec.encode_to_vec(),
                     idempotency_key: String::new(),
                     params: Default::default(),

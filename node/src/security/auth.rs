@@ -35,8 +35,30 @@ pub enum Access {
     /// An agent certificate and an `agent` token.
     Agent,
     /// A client certificate and a token whose role includes this one, or a node certificate
-    /// forwarding a client's call with that client's token.
+    /// forwarding a client's call with that client's token. A namespaced token passes when one
+    /// of its namespaces' roles does; the service then checks the namespace the call acts on
+    /// (`grants.rs`).
     Client(TokenRole),
+    /// As `Client`, for the cluster's own calls (members, snapshots, tokens, namespaces): only
+    /// a cluster-wide token will do.
+    Cluster(TokenRole),
+}
+
+/// What the auth layer knows of a presented token: its role (a namespaced token's strongest),
+/// and whether it is cluster-wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenScope {
+    pub role: TokenRole,
+    pub cluster_wide: bool,
+}
+
+impl TokenScope {
+    pub fn of(record: &crate::state::tokens::TokenRecord) -> TokenScope {
+        TokenScope {
+            role: record.role,
+            cluster_wide: record.namespaces.is_empty(),
+        }
+    }
 }
 
 /// The method table. A method missing here needs an admin token: a new RPC is closed until
@@ -80,14 +102,18 @@ pub fn access(path: &str) -> Access {
         ("baton.v1.AdminService", "ClusterStatus" | "ListAgents") => {
             Access::Client(TokenRole::Reader)
         }
+        // Namespaces the caller may read (the service filters the list).
+        ("baton.v1.AdminService", "ListNamespaces") => Access::Client(TokenRole::Reader),
+        // A snapshot holds every namespace's workflows: the cluster's own.
         (
             "baton.v1.AdminService",
             "AddMember" | "RemoveMember" | "TransferLeader" | "TriggerSnapshot" | "SaveSnapshot",
-        ) => Access::Client(TokenRole::Operator),
-        ("baton.v1.AdminService", "CreateToken" | "ListTokens" | "RevokeToken") => {
-            Access::Client(TokenRole::Admin)
-        }
-        _ => Access::Client(TokenRole::Admin),
+        ) => Access::Cluster(TokenRole::Operator),
+        (
+            "baton.v1.AdminService",
+            "CreateToken" | "ListTokens" | "RevokeToken" | "CreateNamespace" | "DeleteNamespace",
+        ) => Access::Cluster(TokenRole::Admin),
+        _ => Access::Cluster(TokenRole::Admin),
     }
 }
 
@@ -102,7 +128,7 @@ pub fn decide(
     access: Access,
     peer: Option<PeerRole>,
     presented: Option<&PresentedToken>,
-    lookup: impl FnOnce(&PresentedToken) -> Option<TokenRole>,
+    lookup: impl FnOnce(&PresentedToken) -> Option<TokenScope>,
 ) -> Result<(), Status> {
     let unauthenticated = || {
         Status::unauthenticated(
@@ -125,7 +151,7 @@ pub fn decide(
             "is for cluster nodes only (a node certificate)".into(),
         )),
         (Access::Agent, PeerRole::Agent) => {
-            let role = role_of_token()?;
+            let role = role_of_token()?.role;
             (role == TokenRole::Agent).then_some(()).ok_or_else(|| {
                 denied(format!(
                     "needs a token with role agent; this token's role is {}",
@@ -134,16 +160,37 @@ pub fn decide(
             })
         }
         (Access::Client(needed), PeerRole::Client | PeerRole::Node) => {
-            let role = role_of_token()?;
-            role.includes(needed).then_some(()).ok_or_else(|| {
+            let token = role_of_token()?;
+            token.role.includes(needed).then_some(()).ok_or_else(|| {
                 denied(format!(
-                    "needs a token with role {}; this token's role is {}",
+                    "needs a token with role {}; this token's {} {}",
                     roles_including(needed),
-                    role.as_str()
+                    match token.cluster_wide {
+                        true => "role is",
+                        false => "strongest role in its namespaces is",
+                    },
+                    token.role.as_str()
                 ))
             })
         }
-        (Access::Agent | Access::Client(_), _) => {
+        (Access::Cluster(needed), PeerRole::Client | PeerRole::Node) => {
+            let token = role_of_token()?;
+            if !token.cluster_wide {
+                return Err(denied(format!(
+                    "needs a cluster-wide token with role {}; this token acts only in its \
+                     namespaces",
+                    roles_including(needed)
+                )));
+            }
+            token.role.includes(needed).then_some(()).ok_or_else(|| {
+                denied(format!(
+                    "needs a token with role {}; this token's role is {}",
+                    roles_including(needed),
+                    token.role.as_str()
+                ))
+            })
+        }
+        (Access::Agent | Access::Client(_) | Access::Cluster(_), _) => {
             // Authenticate first, so a wrong certificate with no token still reads as
             // "unauthenticated", the same as everywhere else.
             role_of_token()?;
@@ -167,7 +214,7 @@ fn method_name(path: &str) -> String {
 }
 
 /// `submitter, operator or admin`: the roles that may do what `needed` may, weakest first.
-fn roles_including(needed: TokenRole) -> String {
+pub(super) fn roles_including(needed: TokenRole) -> String {
     let mut roles: Vec<&str> = TokenRole::ALL
         .iter()
         .rev()
@@ -260,7 +307,7 @@ where
                     .state
                     .live_token(&t.id)
                     .filter(|record| token::digest_matches(&record.digest, &t.digest))
-                    .map(|record| record.role)
+                    .map(TokenScope::of)
             })
         });
         match decision {
@@ -293,7 +340,12 @@ mod tests {
             access,
             peer,
             token.map(|_| &presented),
-            |_| token,
+            |_| {
+                token.map(|role| TokenScope {
+                    role,
+                    cluster_wide: true,
+                })
+            },
         )
     }
 
@@ -319,7 +371,7 @@ mod tests {
         );
         assert_eq!(
             message(
-                Access::Client(T::Admin),
+                Access::Cluster(T::Admin),
                 Some(PeerRole::Client),
                 Some(T::Operator)
             ),
@@ -367,21 +419,29 @@ mod tests {
         );
         assert_eq!(
             access("/baton.v1.AdminService/AddMember"),
-            Access::Client(TokenRole::Operator)
+            Access::Cluster(TokenRole::Operator)
         );
         assert_eq!(
             access("/baton.v1.AdminService/RevokeToken"),
-            Access::Client(TokenRole::Admin)
+            Access::Cluster(TokenRole::Admin)
         );
         assert_eq!(
             access("/baton.v1.AdminService/SomethingNew"),
-            Access::Client(TokenRole::Admin)
+            Access::Cluster(TokenRole::Admin)
         );
         assert_eq!(
             access("/baton.v1.AdminService/SaveSnapshot"),
-            Access::Client(TokenRole::Operator)
+            Access::Cluster(TokenRole::Operator)
         );
-        assert_eq!(access("garbage"), Access::Client(TokenRole::Admin));
+        assert_eq!(
+            access("/baton.v1.AdminService/CreateNamespace"),
+            Access::Cluster(TokenRole::Admin)
+        );
+        assert_eq!(
+            access("/baton.v1.AdminService/ListNamespaces"),
+            Access::Client(TokenRole::Reader)
+        );
+        assert_eq!(access("garbage"), Access::Cluster(TokenRole::Admin));
         assert_eq!(access("/grpc.health.v1.Health/Check"), Access::AnyPeer);
         assert_eq!(
             access("/baton.v1.TriggerService/ListTriggers"),
@@ -390,6 +450,46 @@ mod tests {
         assert_eq!(
             access("/baton.v1.TriggerService/CreateTrigger"),
             Access::Client(TokenRole::Operator)
+        );
+    }
+
+    #[test]
+    fn a_namespaced_token_passes_namespaced_methods_but_never_the_clusters_own() {
+        let presented = PresentedToken {
+            id: "x".into(),
+            digest: [0; 32],
+        };
+        let namespaced = |role| {
+            move |_: &PresentedToken| {
+                Some(TokenScope {
+                    role,
+                    cluster_wide: false,
+                })
+            }
+        };
+        let call = |method: &str, role| {
+            decide(
+                method,
+                access(method),
+                Some(PeerRole::Client),
+                Some(&presented),
+                namespaced(role),
+            )
+        };
+        assert!(call("/baton.v1.WorkflowService/Submit", TokenRole::Submitter).is_ok());
+        assert!(call("/baton.v1.AdminService/ListNamespaces", TokenRole::Reader).is_ok());
+        let refused = call("/baton.v1.AdminService/CreateToken", TokenRole::Admin).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "AdminService.CreateToken needs a cluster-wide token with role admin; this token \
+             acts only in its namespaces"
+        );
+        let refused = call("/baton.v1.WorkflowService/Signal", TokenRole::Submitter).unwrap_err();
+        assert_eq!(
+            refused.message(),
+            "WorkflowService.Signal needs a token with role operator or admin; this token's \
+             strongest role in its namespaces is submitter"
         );
     }
 

@@ -3,11 +3,13 @@
 //! - mutual TLS on the one gRPC port, from `baton_security` (certificates reload from disk);
 //! - [`auth`]: the tower layer that checks, for every RPC, the caller's certificate role and
 //!   bearer token against the method table;
+//! - [`grants`]: the role a call's token holds in the namespace the call acts on;
 //! - [`tokens`]: the AdminService token RPCs and the bootstrap admin token.
 //!
 //! `--insecure` turns all of it off (plaintext, no tokens); nothing else does.
 
 pub mod auth;
+pub mod grants;
 pub mod tokens;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Token management: the AdminService token RPCs (admin role; the method table in `auth.rs`
 //! enforces it) and the bootstrap admin token. Every change goes through the Raft log.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_proto::v1 as pb;
@@ -11,8 +12,18 @@ use tonic::Status;
 
 use crate::api::node_error;
 use crate::raft::{RaftNode, outcome};
+use crate::state::namespaces::check_namespace_name;
 use crate::state::outcome::{TokenCreated, TokenRevoked};
 use crate::state::{Command, CreateTokenCommand};
+
+/// Strength of a role, for a namespaced token's strongest (agents are never namespaced).
+fn rank(role: TokenRole) -> u8 {
+    TokenRole::ALL
+        .iter()
+        .rev()
+        .filter(|r| role.includes(**r))
+        .count() as u8
+}
 
 pub async fn create(
     node: &RaftNode,
@@ -23,18 +34,51 @@ pub async fn create(
             "name: must be 1-128 of A-Z a-z 0-9 . _ -",
         ));
     }
-    let role = TokenRole::parse(&req.role).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "role: {:?} is not one of admin, operator, submitter, reader, agent",
-            req.role
-        ))
-    })?;
+    let mut namespaces = BTreeMap::new();
+    for (namespace, role) in &req.namespaces {
+        check_namespace_name(namespace)
+            .map_err(|e| Status::invalid_argument(format!("namespaces: {e}")))?;
+        let role = TokenRole::parse(role)
+            .filter(|r| *r != TokenRole::Agent)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "namespaces[{namespace:?}]: {role:?} is not one of admin, operator, \
+                     submitter, reader (agents are cluster-wide)"
+                ))
+            })?;
+        namespaces.insert(namespace.clone(), role);
+    }
+    let role = match (
+        req.role.as_str(),
+        namespaces.values().max_by_key(|r| rank(**r)),
+    ) {
+        ("", Some(strongest)) => *strongest,
+        ("", None) => {
+            return Err(Status::invalid_argument(
+                "role: required (admin, operator, submitter, reader or agent), or namespaces",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(Status::invalid_argument(
+                "role: a namespaced token takes its roles from namespaces; leave role empty",
+            ));
+        }
+        (role, None) => TokenRole::parse(role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "role: {role:?} is not one of admin, operator, submitter, reader, agent"
+            ))
+        })?,
+    };
+    for namespace in namespaces.keys() {
+        super::super::api::namespace_exists(node, namespace).await?;
+    }
     let new = token::generate()
         .map_err(|e| Status::internal(format!("no randomness for a token: {e}")))?;
     let create = CreateTokenCommand {
         id: new.id.clone(),
         name: req.name,
         role,
+        namespaces,
         digest: new.digest.to_vec(),
         bootstrap: false,
     };
@@ -55,9 +99,17 @@ pub async fn list(node: &RaftNode) -> Result<pb::ListTokensResponse, Status> {
             .map(|t| pb::TokenInfo {
                 id: t.id.clone(),
                 name: t.name.clone(),
-                role: t.role.to_string(),
+                role: match t.namespaces.is_empty() {
+                    true => t.role.to_string(),
+                    false => String::new(),
+                },
                 created_ms: t.created_ms,
                 revoked_ms: t.revoked_ms.unwrap_or(0),
+                namespaces: t
+                    .namespaces
+                    .iter()
+                    .map(|(ns, role)| (ns.clone(), role.to_string()))
+                    .collect(),
             })
             .collect()
     });
@@ -99,6 +151,7 @@ pub async fn bootstrap_when_leader(node: Arc<RaftNode>, bootstrap: PresentedToke
                 id: bootstrap.id.clone(),
                 name: "bootstrap".into(),
                 role: TokenRole::Admin,
+                namespaces: BTreeMap::new(),
                 digest: bootstrap.digest.to_vec(),
                 bootstrap: true,
             });

@@ -112,6 +112,12 @@ pub enum Command {
     DeleteTrigger {
         name: String,
     },
+    /// Creates a namespace: see `state::namespaces`.
+    CreateNamespace(super::namespaces::CreateNamespaceCommand),
+    /// Deletes an empty namespace.
+    DeleteNamespace {
+        name: String,
+    },
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
@@ -171,7 +177,11 @@ pub struct CreateTokenCommand {
     /// 16 hex digits, chosen at random by the creator; refused if already used.
     pub id: String,
     pub name: String,
+    /// Cluster-wide: the role; namespaced: the strongest of `namespaces`' roles.
     pub role: baton_security::TokenRole,
+    /// Namespace -> role for a token that acts only in those; empty: cluster-wide.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, baton_security::TokenRole>,
     /// SHA-256 of the token's secret.
     #[serde(with = "serde_bytes")]
     pub digest: Vec<u8>,
@@ -245,6 +255,8 @@ impl Command {
             Self::BackfillSchedule(_) => "backfill_schedule",
             Self::CreateTrigger(_) => "create_trigger",
             Self::DeleteTrigger { .. } => "delete_trigger",
+            Self::CreateNamespace(_) => "create_namespace",
+            Self::DeleteNamespace { .. } => "delete_namespace",
             Self::Batch(_) => "batch",
         }
     }
@@ -301,6 +313,8 @@ impl Command {
             | Self::DeleteTemplate { .. }
             | Self::CreateTrigger(_)
             | Self::DeleteTrigger { .. }
+            | Self::CreateNamespace(_)
+            | Self::DeleteNamespace { .. }
             | Self::Purge(_) => false,
         }
     }
@@ -322,6 +336,10 @@ pub struct SubmitCommand {
     /// when None, so a submit of a spec of its own encodes as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<super::templates::TemplateRef>,
+    /// The namespace it runs in; empty: `default` (left out, so a default submit encodes as
+    /// before).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -439,6 +457,14 @@ pub enum Response {
     NoTrigger {
         name: String,
     },
+    /// A namespace of that name exists already.
+    NamespaceExists {
+        name: String,
+    },
+    /// No namespace of that name.
+    NoNamespace {
+        name: String,
+    },
     /// The responses to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),
 }
@@ -484,6 +510,7 @@ mod tests {
     #[test]
     fn only_submits_and_batches_holding_one_add_workflows() {
         let submit = Command::Submit(SubmitCommand {
+            namespace: Default::default(),
             spec: vec![],
             idempotency_key: String::new(),
             params: Default::default(),
@@ -516,6 +543,7 @@ mod tests {
         let entry = LogEntry {
             time_ms: 1_700_000_000_000,
             command: Command::Submit(SubmitCommand {
+                namespace: Default::default(),
                 spec: vec![0x0a, 0x01, b'w'],
                 idempotency_key: "k1".into(),
                 params: Default::default(),
@@ -662,6 +690,7 @@ mod tests {
             ),
             (
                 Command::CreateToken(CreateTokenCommand {
+                    namespaces: Default::default(),
                     id: "00ff00ff00ff00ff".into(),
                     name: "ci".into(),
                     role: baton_security::TokenRole::Submitter,
@@ -712,6 +741,7 @@ mod tests {
             ),
             (
                 Command::CreateSchedule(super::super::schedules::CreateScheduleCommand {
+                    namespace: Default::default(),
                     spec: vec![10, 1, 110],
                     workflow: vec![10, 1, 119],
                     params: BTreeMap::from([("k".into(), "v".into())]),
@@ -728,6 +758,7 @@ mod tests {
             ),
             (
                 Command::ApplyTemplate(super::super::templates::ApplyTemplateCommand {
+                    namespace: Default::default(),
                     spec: vec![10, 1, 110],
                 }),
                 "0182a774696d655f6d7305a7636f6d6d616e6481ae6170706c795f74656d706c61746581a473706563c4030a016e",
@@ -754,6 +785,7 @@ mod tests {
             ),
             (
                 Command::CreateTrigger(super::super::triggers::CreateTriggerCommand {
+                    namespace: Default::default(),
                     spec: vec![10, 1, 110],
                     secret: "s".into(),
                     replace: true,
@@ -763,6 +795,43 @@ mod tests {
             (
                 Command::DeleteTrigger { name: "n".into() },
                 "0182a774696d655f6d7305a7636f6d6d616e6481ae64656c6574655f7472696767657281a46e616d65a16e",
+            ),
+            (
+                Command::CreateNamespace(super::super::namespaces::CreateNamespaceCommand {
+                    name: "team-a".into(),
+                    description: "d".into(),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481b06372656174655f6e616d65737061636582a46e616d65a67465616d2d61ab6465736372697074696f6ea164",
+            ),
+            (
+                Command::DeleteNamespace {
+                    name: "team-a".into(),
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481b064656c6574655f6e616d65737061636581a46e616d65a67465616d2d61",
+            ),
+            (
+                Command::Submit(SubmitCommand {
+                    spec: vec![1],
+                    idempotency_key: "k".into(),
+                    params: BTreeMap::new(),
+                    template: None,
+                    namespace: "team-a".into(),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a67375626d697483a473706563c40101af6964656d706f74656e63795f6b6579a16ba96e616d657370616365a67465616d2d61",
+            ),
+            (
+                Command::CreateToken(CreateTokenCommand {
+                    id: "t".into(),
+                    name: "n".into(),
+                    role: baton_security::TokenRole::Submitter,
+                    namespaces: BTreeMap::from([(
+                        "team-a".to_string(),
+                        baton_security::TokenRole::Submitter,
+                    )]),
+                    digest: vec![7],
+                    bootstrap: false,
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481ac6372656174655f746f6b656e86a26964a174a46e616d65a16ea4726f6c65a97375626d6974746572aa6e616d6573706163657381a67465616d2d61a97375626d6974746572a6646967657374c40107a9626f6f747374726170c2",
             ),
         ]
     }
@@ -815,7 +884,9 @@ mod tests {
             | Command::BackfillSchedule(_)
             | Command::CreateTrigger(_)
             | Command::DeleteTrigger { .. }
-            | Command::Batch(_) => 27,
+            | Command::CreateNamespace(_)
+            | Command::DeleteNamespace { .. }
+            | Command::Batch(_) => 29,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }
@@ -850,6 +921,7 @@ mod tests {
         assert_eq!(
             entry.command,
             Command::Submit(SubmitCommand {
+                namespace: Default::default(),
                 spec: vec![1],
                 idempotency_key: String::new(),
                 params: Default::default(),

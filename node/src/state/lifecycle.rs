@@ -37,7 +37,8 @@ pub const PURGE_RECORDS_MAX: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurgeRecord {
     pub purged_at_ms: u64,
-    /// Its idempotency key (empty: none), still mapped to its id in the key index.
+    /// Its idempotency key as the key index holds it (scoped by namespace; empty: none), still
+    /// mapped to its id there.
     pub idempotency_key: Arc<str>,
 }
 
@@ -124,12 +125,15 @@ impl ClusterState {
                 id,
                 PurgeRecord {
                     purged_at_ms: now_ms,
-                    idempotency_key: workflow.idempotency_key.clone(),
+                    idempotency_key: workflow.index_key(),
                 },
             );
             self.purge_index.records.insert((now_ms, id));
             let retention = retention_ms(&workflow, purge.default_retention_ms);
             events.push(self.event(ctx, id, pb::EventKind::WorkflowPurged, |e| {
+                if !super::namespaces::is_default(&workflow.namespace) {
+                    e.namespace = workflow.namespace.to_string();
+                }
                 e.workflow_state = workflow.state.to_proto() as i32;
                 e.message = format!(
                     "retention of {} ended",
@@ -258,7 +262,9 @@ impl ClusterState {
     /// Appends the events one command derived to their workflows' histories, and keeps the
     /// derived indexes that follow a workflow's life (purge order, timeouts). Called after each command, so a batch records
     /// exactly what consecutive entries would.
-    pub(super) fn record_history(&mut self, events: &[pb::WorkflowEvent]) {
+    /// An event of a namespace other than `default` is published with its namespace (watchers
+    /// filter on it); the history leaves it out, since its workflow says it.
+    pub(super) fn record_history(&mut self, events: &mut [pb::WorkflowEvent]) {
         for event in events {
             if event.kind == pb::EventKind::WorkflowPurged as i32 {
                 continue;
@@ -270,6 +276,9 @@ impl ClusterState {
             event
                 .encode_length_delimited(&mut workflow.history)
                 .expect("a Vec grows as needed");
+            if !super::namespaces::is_default(&workflow.namespace) {
+                event.namespace = workflow.namespace.to_string();
+            }
             // The derived indexes follow the workflow's life: a deadline from submit or retry
             // (see `actions.rs`), a place in the purge order once it finished.
             let deadline = (workflow.deadline_ms, workflow.id);
@@ -346,9 +355,12 @@ pub fn decode_history(workflow: &Workflow) -> Vec<pb::WorkflowEvent> {
     while !bytes.is_empty() {
         // Written by `append_event` on this replica or another: it decodes, or the state is
         // corrupt (a snapshot's checksum caught that before).
-        let Ok(event) = pb::WorkflowEvent::decode_length_delimited(&mut bytes) else {
+        let Ok(mut event) = pb::WorkflowEvent::decode_length_delimited(&mut bytes) else {
             break;
         };
+        if !super::namespaces::is_default(&workflow.namespace) {
+            event.namespace = workflow.namespace.to_string();
+        }
         events.push(event);
     }
     events

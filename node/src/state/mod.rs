@@ -12,6 +12,7 @@ mod actions;
 pub mod command;
 pub mod ids;
 pub mod lifecycle;
+pub mod namespaces;
 pub mod outcome;
 mod schedules;
 pub mod scheduling;
@@ -37,6 +38,7 @@ pub use command::{
 };
 pub use ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
 pub use lifecycle::{PURGE_BATCH_MAX, PurgeDue, PurgeRecord};
+pub use namespaces::{CreateNamespaceCommand, DEFAULT_NAMESPACE};
 pub use outcome::{Outcome, Proposal};
 pub use schedules::{
     BackfillScheduleCommand, CreateScheduleCommand, PauseScheduleCommand, Schedule,
@@ -166,6 +168,13 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     triggers: OrdMap<Arc<str>, Arc<triggers::Trigger>>,
+    /// Namespaces besides `default`, by name (see `namespaces.rs`); left out while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    namespaces: OrdMap<Arc<str>, namespaces::Namespace>,
     /// Unpaused schedules by the time they next fire, jitter included (derived).
     #[serde(skip)]
     schedule_due: schedules::ScheduleDue,
@@ -249,8 +258,10 @@ pub struct ListQuery {
     /// Only workflows with an id below this (the page token); None = from the newest.
     pub before: Option<WorkflowId>,
     pub limit: usize,
-    /// Only the runs of this schedule.
+    /// Only the runs of this schedule (its scoped name).
     pub schedule: Option<String>,
+    /// Only workflows of these namespaces; None: of every one.
+    pub namespaces: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ClusterState {
@@ -295,7 +306,7 @@ impl ClusterState {
         // Before the signals: a buffered run a schedule starts here may begin with a wait step.
         self.schedule_runs_ended(ctx, start, events);
         self.await_signals(ctx, start, events);
-        self.record_history(&events[start..]);
+        self.record_history(&mut events[start..]);
         response
     }
 
@@ -342,6 +353,8 @@ impl ClusterState {
             Command::BackfillSchedule(backfill) => self.backfill_schedule(ctx, backfill, events),
             Command::CreateTrigger(create) => self.create_trigger(create),
             Command::DeleteTrigger { name } => self.delete_trigger(&name),
+            Command::CreateNamespace(create) => self.create_namespace(create),
+            Command::DeleteNamespace { name } => self.delete_namespace(&name),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -449,8 +462,19 @@ impl ClusterState {
         schedule: Option<ScheduledRun>,
         events: &mut Events,
     ) -> Response {
-        if !submit.idempotency_key.is_empty()
-            && let Some(&workflow_id) = self.idempotency_keys.get(submit.idempotency_key.as_str())
+        let Some(namespace) = self.namespace_arc(namespaces::or_default(&submit.namespace)) else {
+            return Response::Rejected {
+                reason: format!("namespace {} does not exist", submit.namespace),
+            };
+        };
+        // In `default`, the index and the workflow share one key.
+        let idempotency_key: Arc<str> = Arc::from(submit.idempotency_key);
+        let key = (!idempotency_key.is_empty()).then(|| match namespaces::is_default(&namespace) {
+            true => idempotency_key.clone(),
+            false => namespaces::scoped_key(&namespace, &idempotency_key),
+        });
+        if let Some(key) = &key
+            && let Some(&workflow_id) = self.idempotency_keys.get(key)
         {
             return Response::Submitted {
                 workflow_id,
@@ -474,8 +498,9 @@ impl ClusterState {
         let spec_timeout_ms = spec.timeout_ms;
         let mut workflow = Workflow {
             id,
+            namespace,
             spec,
-            idempotency_key: Arc::from(submit.idempotency_key),
+            idempotency_key,
             state: WorkflowState::Running,
             created_at_ms: self.now_ms,
             finished_at_ms: 0,
@@ -512,9 +537,8 @@ impl ClusterState {
                 e.step_state = pb::StepState::Ready as i32;
             }));
         }
-        let key = workflow.idempotency_key.clone();
         self.workflows.insert(id, Arc::new(workflow));
-        if !key.is_empty() {
+        if let Some(key) = key {
             self.idempotency_keys.insert(key, id);
         }
         Response::Submitted {
@@ -647,10 +671,19 @@ impl ClusterState {
 
     /// How many of the newest `limit` workflows are in each state, and whether older ones were
     /// left out (the console's counts: bounded, so a page never scans a huge state).
-    pub fn state_counts(&self, limit: usize) -> (BTreeMap<&'static str, usize>, bool) {
+    /// `namespaces`: only workflows of these (None: of every one), among the newest `limit`.
+    pub fn state_counts(
+        &self,
+        limit: usize,
+        namespaces: Option<&std::collections::BTreeSet<String>>,
+    ) -> (BTreeMap<&'static str, usize>, bool) {
         let mut counts = BTreeMap::new();
         let mut iter = self.workflows.values().rev();
-        for workflow in iter.by_ref().take(limit) {
+        for workflow in iter
+            .by_ref()
+            .take(limit)
+            .filter(|w| namespaces.is_none_or(|set| set.contains(&*w.namespace)))
+        {
             let name = baton_proto::names::workflow_state_name(workflow.state.to_proto() as i32);
             *counts.entry(name).or_insert(0) += 1;
         }
@@ -716,9 +749,14 @@ impl ClusterState {
             workflow.spec.steps.len(),
             "workflow {id}: steps"
         );
+        assert!(
+            self.namespace_exists(&workflow.namespace),
+            "workflow {id}: its namespace {} does not exist",
+            workflow.namespace
+        );
         if !workflow.idempotency_key.is_empty() {
             assert_eq!(
-                self.idempotency_keys.get(&workflow.idempotency_key),
+                self.idempotency_keys.get(&workflow.index_key()),
                 Some(&id),
                 "workflow {id}: its idempotency key maps elsewhere"
             );
@@ -830,8 +868,8 @@ impl ClusterState {
         }
         for (key, id) in &self.idempotency_keys {
             let owner = match (self.workflows.get(id), self.purge_records.get(id)) {
-                (Some(workflow), _) => &workflow.idempotency_key,
-                (None, Some(record)) => &record.idempotency_key,
+                (Some(workflow), _) => &workflow.index_key(),
+                (None, Some(record)) => &record.idempotency_key.clone(),
                 (None, None) => panic!("idempotency key {key:?} names missing workflow {id}"),
             };
             assert_eq!(owner, key);
@@ -922,6 +960,10 @@ impl ListQuery {
                 .schedule
                 .as_deref()
                 .is_none_or(|name| workflow.schedule.as_ref().is_some_and(|s| &*s.name == name))
+            && self
+                .namespaces
+                .as_ref()
+                .is_none_or(|set| set.contains(&*workflow.namespace))
     }
 }
 

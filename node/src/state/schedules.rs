@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::command::{Response, SubmitCommand};
 use super::ids::WorkflowId;
+use super::namespaces::{DEFAULT_NAMESPACE, or_default, scoped_name, split_scoped};
 use super::templates::TemplateRef;
 use super::workflow::{ScheduledRun, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
@@ -86,7 +87,7 @@ impl Schedule {
     }
 
     /// The API view; `with_workflow`: with the workflow's whole spec.
-    pub fn to_proto(&self, with_workflow: bool) -> pb::Schedule {
+    pub fn to_proto(&self, namespace: &str, with_workflow: bool) -> pb::Schedule {
         let mut spec = self.spec();
         if with_workflow {
             spec.workflow = pb::WorkflowSpec::decode(self.workflow.as_slice()).ok();
@@ -111,6 +112,7 @@ impl Schedule {
             last_run: self.last_run.map(run),
             paused: self.paused,
             last_error: self.last_error.clone(),
+            namespace: namespace.to_string(),
         }
     }
 
@@ -156,6 +158,9 @@ pub struct CreateScheduleCommand {
     /// Replace a schedule of the same name (its counters and runs stay).
     #[serde(default)]
     pub replace: bool,
+    /// Its namespace; empty: `default` (left out, so it encodes as before namespaces).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 /// See [`super::Command::PauseSchedule`].
@@ -258,6 +263,11 @@ impl ClusterState {
                 };
             }
         };
+        if !self.namespace_exists(or_default(&create.namespace)) {
+            return Response::Rejected {
+                reason: format!("namespace {} does not exist", create.namespace),
+            };
+        }
         if spec.template.is_empty() {
             if create.workflow.is_empty()
                 || pb::WorkflowSpec::decode(create.workflow.as_slice()).is_err()
@@ -271,7 +281,7 @@ impl ClusterState {
                 reason: "a schedule runs a workflow or a template, not both".into(),
             };
         } else if self
-            .template(&spec.template)
+            .template(&scoped_name(&create.namespace, &spec.template))
             .and_then(|t| t.version(spec.template_version))
             .is_none()
         {
@@ -286,12 +296,13 @@ impl ClusterState {
                 ),
             };
         }
-        let exists = self.schedules.contains_key(spec.name.as_str());
+        let key = scoped_name(&create.namespace, &spec.name);
+        let exists = self.schedules.contains_key(key.as_str());
         // A replace keeps a time already reached but not fired yet (in its jitter, or the Tick
         // not applied): it runs under the new spec rather than vanish uncounted.
         let pending = self
             .schedules
-            .get(spec.name.as_str())
+            .get(key.as_str())
             .filter(|s| !s.paused)
             .and_then(|s| s.next_ms)
             .filter(|&t| t <= self.now_ms);
@@ -301,7 +312,7 @@ impl ClusterState {
                 reason: format!("schedule {:?} already exists", spec.name),
             };
         }
-        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let name: Arc<str> = Arc::from(key);
         if !exists {
             self.schedules.insert(
                 name.clone(),
@@ -505,7 +516,7 @@ impl ClusterState {
                 pb::OverlapPolicy::Allow => {}
                 pb::OverlapPolicy::CancelPrevious => {
                     // Nothing is cancelled for a run that cannot start.
-                    if let Err(reason) = self.run_submit(schedule, String::new()) {
+                    if let Err(reason) = self.run_submit(name, schedule, String::new()) {
                         return Fired::Failed(format!(
                             "schedule {name}: no run for {nominal_ms}: {reason}"
                         ));
@@ -568,13 +579,20 @@ impl ClusterState {
 
     /// What a run of `schedule` starts: its workflow, or its template's version (the latest
     /// unless it names one), with its params resolved against that spec's declarations.
-    fn run_submit(&self, schedule: &Schedule, key: String) -> Result<SubmitCommand, String> {
+    fn run_submit(
+        &self,
+        name: &str,
+        schedule: &Schedule,
+        key: String,
+    ) -> Result<SubmitCommand, String> {
         let spec = schedule.spec();
+        let namespace = split_scoped(name).0;
+        let template_key = scoped_name(namespace, &spec.template);
         let (bytes, template) = if spec.template.is_empty() {
             (schedule.workflow.clone(), None)
         } else {
             let found = self
-                .template(&spec.template)
+                .template(&template_key)
                 .and_then(|t| Some((t, t.version(spec.template_version)?)));
             let Some((_, version)) = found else {
                 return Err(format!(
@@ -588,7 +606,7 @@ impl ClusterState {
             };
             let name = self
                 .templates
-                .get_key_value(spec.template.as_str())
+                .get_key_value(template_key.as_str())
                 .map(|(k, _)| k.clone())
                 .expect("found above");
             (
@@ -607,6 +625,10 @@ impl ClusterState {
             idempotency_key: key,
             params,
             template,
+            namespace: match namespace {
+                DEFAULT_NAMESPACE => String::new(),
+                other => other.to_string(),
+            },
         })
     }
 
@@ -623,7 +645,7 @@ impl ClusterState {
         events: &mut Events,
     ) -> Fired {
         let schedule = &self.schedules[name];
-        let submit = match self.run_submit(schedule, run_key(name, nominal_ms)) {
+        let submit = match self.run_submit(name, schedule, run_key(name, nominal_ms)) {
             Ok(submit) => submit,
             Err(reason) => {
                 return Fired::Failed(format!(

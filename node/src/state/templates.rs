@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
 use super::command::Response;
+use super::namespaces::{or_default, scoped_name};
 
 /// Versions kept per template; older ones are forgotten (their runs keep their number).
 pub const TEMPLATE_VERSIONS_KEPT: usize = 64;
@@ -49,6 +50,7 @@ impl Template {
     /// The API view of `version`; `with_steps`: the whole spec.
     pub fn to_proto(
         &self,
+        namespace: &str,
         name: &str,
         version: &TemplateVersion,
         with_steps: bool,
@@ -63,6 +65,7 @@ impl Template {
             spec: Some(spec),
             created_at_ms: version.created_at_ms,
             versions: self.versions.iter().map(|v| v.version).collect(),
+            namespace: namespace.to_string(),
         }
     }
 }
@@ -73,11 +76,15 @@ pub struct ApplyTemplateCommand {
     /// A `baton.v1.WorkflowSpec`; its name is the template's.
     #[serde(with = "serde_bytes")]
     pub spec: Vec<u8>,
+    /// Its namespace; empty: `default` (left out, so it encodes as before namespaces).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 /// Which template version a run was started from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateRef {
+    /// Its scoped name (`team-a/deploy` outside `default`).
     pub name: Arc<str>,
     pub version: u32,
 }
@@ -85,6 +92,11 @@ pub struct TemplateRef {
 impl ClusterState {
     pub fn template(&self, name: &str) -> Option<&Arc<Template>> {
         self.templates.get(name)
+    }
+
+    /// The template with this scoped name, and the name as the state shares it.
+    pub fn template_entry(&self, name: &str) -> Option<(&Arc<str>, &Arc<Template>)> {
+        self.templates.get_key_value(name)
     }
 
     pub fn templates(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Template>)> {
@@ -103,10 +115,16 @@ impl ClusterState {
                 reason: "a template needs a name".into(),
             };
         }
+        if !self.namespace_exists(or_default(&apply.namespace)) {
+            return Response::Rejected {
+                reason: format!("namespace {} does not exist", apply.namespace),
+            };
+        }
         let now_ms = self.now_ms;
-        let name: Arc<str> = match self.templates.get_key_value(spec.name.as_str()) {
+        let key = scoped_name(&apply.namespace, &spec.name);
+        let name: Arc<str> = match self.templates.get_key_value(key.as_str()) {
             Some((name, _)) => name.clone(),
-            None => Arc::from(spec.name.as_str()),
+            None => Arc::from(key),
         };
         let template = self.templates.entry(name).or_insert_with(|| {
             Arc::new(Template {

@@ -24,6 +24,7 @@ fn spec(name: &str, steps: Vec<pb::StepSpec>) -> pb::WorkflowSpec {
 
 fn submit(spec: &pb::WorkflowSpec, key: &str) -> Command {
     Command::Submit(SubmitCommand {
+        namespace: Default::default(),
         spec: spec.encode_to_vec(),
         idempotency_key: key.into(),
         params: Default::default(),
@@ -100,7 +101,15 @@ fn check_events(
             assert!(before.workflow(id).is_some_and(|w| w.state.is_terminal()));
             assert!(after.workflow(id).is_none() && after.purge_record(id).is_some());
         } else {
-            assert!(after.workflow(id).is_some(), "{e:?}");
+            let workflow = after.workflow(id);
+            assert!(workflow.is_some(), "{e:?}");
+            // Published with its namespace, unless that is `default`.
+            let namespace = workflow.map(|w| &*w.namespace).unwrap_or_default();
+            assert_eq!(
+                namespaces::or_default(&e.namespace),
+                namespace,
+                "{e:?} of a workflow in {namespace}"
+            );
             // Every event is in its workflow's history, as published.
             assert!(
                 after.history(id).unwrap().contains(e),
@@ -286,6 +295,7 @@ fn specs_that_cannot_run_are_rejected_without_a_trace() {
         );
     }
     let garbage = Command::Submit(SubmitCommand {
+        namespace: Default::default(),
         spec: vec![0xff, 0xff, 0xff],
         idempotency_key: String::new(),
         params: Default::default(),
@@ -632,11 +642,53 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
             apply_template(&spec("tpl", vec![step("a", &[])]))
         }
     });
+    // A second namespace, created and deleted among the rest: submits, schedules and
+    // templates land in it (or are refused while it does not exist), keys repeat across it.
+    let arb_namespace = prop::bool::ANY.prop_map(|delete| match delete {
+        true => Command::DeleteNamespace {
+            name: "team-a".into(),
+        },
+        false => Command::CreateNamespace(CreateNamespaceCommand {
+            name: "team-a".into(),
+            description: String::new(),
+        }),
+    });
+    let in_team_a = |command: Command| match command {
+        Command::Submit(mut submit) => {
+            submit.namespace = "team-a".into();
+            Command::Submit(submit)
+        }
+        Command::CreateSchedule(mut create) => {
+            create.namespace = "team-a".into();
+            Command::CreateSchedule(create)
+        }
+        Command::ApplyTemplate(mut apply) => {
+            apply.namespace = "team-a".into();
+            Command::ApplyTemplate(apply)
+        }
+        Command::DeleteTemplate { name } => Command::DeleteTemplate {
+            name: format!("team-a/{name}"),
+        },
+        Command::DeleteSchedule { name } => Command::DeleteSchedule {
+            name: format!("team-a/{name}"),
+        },
+        Command::TriggerSchedule { name } => Command::TriggerSchedule {
+            name: format!("team-a/{name}"),
+        },
+        other => other,
+    };
+    let namespaced = prop_oneof![
+        arb_submit.clone().prop_map(in_team_a),
+        arb_schedule.clone().prop_map(in_team_a),
+        arb_steer.clone().prop_map(in_team_a),
+        arb_template.clone().prop_map(in_team_a),
+    ];
     let command = prop_oneof![
         4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
         4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 2 => Just(Command::Tick),
         1 => arb_pause, 1 => arb_retry, 1 => arb_purge, 2 => arb_signal,
-        1 => arb_schedule, 2 => arb_steer, 1 => arb_template,
+        1 => arb_schedule, 2 => arb_steer, 1 => arb_template, 1 => arb_namespace,
+        2 => namespaced,
     ];
     (0u64..100_000, command)
 }
@@ -660,11 +712,12 @@ proptest! {
         a.state.check_invariants();
         prop_assert_eq!(a.state.state_hash(), b.state.state_hash());
         prop_assert_eq!(&a.state, &b.state);
-        // Every key maps to exactly one workflow, and no two workflows share a key.
+        // Every key maps to exactly one workflow, and no two workflows of a namespace share
+        // a key.
         let mut keys = std::collections::BTreeSet::new();
         for (_, wf) in &a.state.workflows {
             if !wf.idempotency_key.is_empty() {
-                prop_assert!(keys.insert(wf.idempotency_key.clone()));
+                prop_assert!(keys.insert((wf.namespace.clone(), wf.idempotency_key.clone())));
             }
         }
     }
@@ -1306,6 +1359,7 @@ fn golden_snapshot_bytes() {
         incarnation: "00ff00ff00ff00ff".into(),
     });
     log.apply(Command::CreateToken(CreateTokenCommand {
+        namespaces: Default::default(),
         id: "0123456789abcdef".into(),
         name: "ci".into(),
         role: baton_security::TokenRole::Submitter,
@@ -2149,6 +2203,7 @@ fn create_schedule(
         ..Default::default()
     };
     Command::CreateSchedule(CreateScheduleCommand {
+        namespace: Default::default(),
         spec: schedule.encode_to_vec(),
         workflow: spec("job", vec![step("a", &[])]).encode_to_vec(),
         params: Default::default(),
@@ -2475,6 +2530,7 @@ fn a_schedule_survives_a_snapshot_and_jitter_delays_alike_everywhere() {
 
 fn apply_template(spec: &pb::WorkflowSpec) -> Command {
     Command::ApplyTemplate(ApplyTemplateCommand {
+        namespace: Default::default(),
         spec: spec.encode_to_vec(),
     })
 }
@@ -2519,6 +2575,7 @@ fn a_changed_spec_makes_a_new_template_version_and_runs_record_theirs() {
     // A submit the API resolved to version 1 records it; runs of one version share one spec.
     let submit_v1 = |key: &str| {
         Command::Submit(SubmitCommand {
+            namespace: Default::default(),
             spec: template.version(1).unwrap().spec.clone(),
             idempotency_key: key.into(),
             params: Default::default(),
@@ -2582,6 +2639,7 @@ fn a_schedule_of_a_template_runs_its_latest_version_and_counts_a_missing_one_as_
     let created = log.apply_at(
         0,
         Command::CreateSchedule(CreateScheduleCommand {
+            namespace: Default::default(),
             spec: schedule.encode_to_vec(),
             workflow: Vec::new(),
             params: Default::default(),
@@ -2634,7 +2692,307 @@ fn a_schedule_of_a_template_runs_its_latest_version_and_counts_a_missing_one_as_
         log.apply_at(
             31_000,
             Command::CreateSchedule(CreateScheduleCommand {
+                namespace: Default::default(),
                 spec: missing.encode_to_vec(),
+                workflow: Vec::new(),
+                params: Default::default(),
+                replace: false,
+            })
+        ),
+        Response::Rejected { .. }
+    ));
+}
+
+// ---- namespaces ----
+
+fn create_namespace(name: &str) -> Command {
+    Command::CreateNamespace(CreateNamespaceCommand {
+        name: name.into(),
+        description: String::new(),
+    })
+}
+
+fn submit_in(namespace: &str, spec: &pb::WorkflowSpec, key: &str) -> Command {
+    match submit(spec, key) {
+        Command::Submit(mut submit) => {
+            submit.namespace = namespace.into();
+            Command::Submit(submit)
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_namespace_keeps_its_keys_and_a_submit_to_a_missing_one_writes_nothing() {
+    let mut log = Log::new();
+    let job = spec("job", vec![step("a", &[])]);
+    let before = log.state.clone();
+    assert_eq!(
+        log.apply(submit_in("team-a", &job, "k")),
+        Response::Rejected {
+            reason: "namespace team-a does not exist".into()
+        }
+    );
+    assert_eq!(log.state.workflows, before.workflows, "nothing written");
+    assert_eq!(log.apply(create_namespace("team-a")), Response::Done);
+    assert_eq!(
+        log.apply(create_namespace("team-a")),
+        Response::NamespaceExists {
+            name: "team-a".into()
+        }
+    );
+    assert!(matches!(
+        log.apply(create_namespace("default")),
+        Response::NamespaceExists { .. }
+    ));
+    assert!(matches!(
+        log.apply(create_namespace("Team_A")),
+        Response::Rejected { .. }
+    ));
+    // One key, two namespaces: two workflows; again in one: the first.
+    let Response::Submitted {
+        workflow_id: in_default,
+        created: true,
+    } = log.apply(submit(&job, "k"))
+    else {
+        panic!("not created")
+    };
+    let Response::Submitted {
+        workflow_id: in_team,
+        created: true,
+    } = log.apply(submit_in("team-a", &job, "k"))
+    else {
+        panic!("not created")
+    };
+    assert_ne!(in_default, in_team);
+    assert_eq!(
+        log.apply(submit_in("team-a", &job, "k")),
+        Response::Submitted {
+            workflow_id: in_team,
+            created: false
+        }
+    );
+    assert_eq!(
+        log.apply(submit_in("default", &job, "k")),
+        Response::Submitted {
+            workflow_id: in_default,
+            created: false
+        },
+        "`default` named or not is one namespace"
+    );
+    assert_eq!(&*log.state.workflow(in_team).unwrap().namespace, "team-a");
+    assert_eq!(
+        log.state
+            .workflow(in_team)
+            .unwrap()
+            .to_proto(false, None)
+            .namespace,
+        "team-a"
+    );
+    // Its events say their namespace; `default`'s leave it empty.
+    assert!(
+        log.events
+            .iter()
+            .filter(|e| e.workflow_id == in_team.0)
+            .all(|e| e.namespace == "team-a")
+    );
+    assert!(
+        log.events
+            .iter()
+            .filter(|e| e.workflow_id == in_default.0)
+            .all(|e| e.namespace.is_empty())
+    );
+    // A listing of one namespace sees only its own.
+    let query = |namespaces: &[&str]| ListQuery {
+        limit: 10,
+        namespaces: Some(namespaces.iter().map(|n| n.to_string()).collect()),
+        ..Default::default()
+    };
+    let ids = |q: ListQuery| {
+        log.state
+            .list(&q)
+            .0
+            .iter()
+            .map(|w| w.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(query(&["team-a"])), [in_team]);
+    assert_eq!(ids(query(&["default"])), [in_default]);
+    assert_eq!(ids(query(&["default", "team-a"])), [in_team, in_default]);
+    // A snapshot keeps it all.
+    let copy = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(copy, log.state);
+    assert_eq!(copy.state_hash(), log.state.state_hash());
+}
+
+#[test]
+fn a_namespace_is_deleted_only_when_empty() {
+    let mut log = Log::new();
+    log.apply(create_namespace("team-a"));
+    let job = spec("job", vec![step("a", &[])]);
+    let Response::Submitted { workflow_id, .. } = log.apply(submit_in("team-a", &job, "")) else {
+        panic!("not submitted")
+    };
+    log.apply(Command::ApplyTemplate(ApplyTemplateCommand {
+        namespace: "team-a".into(),
+        spec: job.encode_to_vec(),
+    }));
+    let Response::Rejected { reason } = log.apply(Command::DeleteNamespace {
+        name: "team-a".into(),
+    }) else {
+        panic!("a namespace holding work was deleted")
+    };
+    assert_eq!(
+        reason,
+        "namespace team-a is not empty: it holds 1 workflows, 1 templates (delete them, revoke \
+         the tokens, or wait for finished workflows' retention to end)"
+    );
+    assert!(matches!(
+        log.apply(Command::DeleteNamespace {
+            name: "default".into()
+        }),
+        Response::Rejected { .. }
+    ));
+    assert_eq!(
+        log.apply(Command::DeleteNamespace {
+            name: "team-b".into()
+        }),
+        Response::NoNamespace {
+            name: "team-b".into()
+        }
+    );
+    log.apply(cancel(workflow_id.0));
+    log.apply_at(
+        1_000_000_000,
+        Command::Purge(PurgeCommand {
+            workflows: vec![workflow_id],
+            default_retention_ms: 1,
+            idempotency_window_ms: 1,
+        }),
+    );
+    assert_eq!(
+        log.apply_at(
+            1_000_000_001,
+            Command::DeleteTemplate {
+                name: "team-a/job".into()
+            }
+        ),
+        Response::Done
+    );
+    // A live token naming it holds it too: deleted and created again, the namespace would be
+    // the token's again.
+    log.apply_at(
+        1_000_000_002,
+        Command::CreateToken(CreateTokenCommand {
+            id: "t1".into(),
+            name: "team-a-ci".into(),
+            role: baton_security::TokenRole::Submitter,
+            namespaces: [("team-a".into(), baton_security::TokenRole::Submitter)].into(),
+            digest: vec![1; 32],
+            bootstrap: false,
+        }),
+    );
+    let Response::Rejected { reason } = log.apply_at(
+        1_000_000_003,
+        Command::DeleteNamespace {
+            name: "team-a".into(),
+        },
+    ) else {
+        panic!("a namespace a live token names was deleted")
+    };
+    assert!(reason.contains("it holds 1 live tokens"), "{reason}");
+    log.apply_at(1_000_000_004, Command::RevokeToken { id: "t1".into() });
+    assert_eq!(
+        log.apply_at(
+            1_000_000_005,
+            Command::DeleteNamespace {
+                name: "team-a".into()
+            }
+        ),
+        Response::Done
+    );
+    assert!(!log.state.namespace_exists("team-a"));
+    // A token for a namespace that does not exist is refused.
+    assert!(matches!(
+        log.apply_at(
+            1_000_000_006,
+            Command::CreateToken(CreateTokenCommand {
+                id: "t2".into(),
+                name: "late".into(),
+                role: baton_security::TokenRole::Reader,
+                namespaces: [("team-a".into(), baton_security::TokenRole::Reader)].into(),
+                digest: vec![2; 32],
+                bootstrap: false,
+            })
+        ),
+        Response::Rejected { .. }
+    ));
+}
+
+#[test]
+fn templates_and_schedules_of_a_namespace_are_its_own_and_its_runs_run_there() {
+    let mut log = Log::new();
+    log.apply_at(1_000, create_namespace("team-a"));
+    // One template name in two namespaces: two templates.
+    let mine = spec("report", vec![step("a", &[])]);
+    let theirs = spec("report", vec![step("a", &[]), step("b", &["a"])]);
+    log.apply_at(1_000, apply_template(&mine));
+    log.apply_at(
+        1_000,
+        Command::ApplyTemplate(ApplyTemplateCommand {
+            namespace: "team-a".into(),
+            spec: theirs.encode_to_vec(),
+        }),
+    );
+    assert_eq!(
+        log.state.template("team-a/report").unwrap().versions.len(),
+        1
+    );
+    assert_eq!(log.state.template("report").unwrap().versions.len(), 1);
+    // A schedule of team-a runs team-a's template, in team-a.
+    let schedule = pb::ScheduleSpec {
+        name: "nightly".into(),
+        every_ms: 10_000,
+        template: "report".into(),
+        ..Default::default()
+    };
+    let created = log.apply_at(
+        1_000,
+        Command::CreateSchedule(CreateScheduleCommand {
+            namespace: "team-a".into(),
+            spec: schedule.encode_to_vec(),
+            workflow: Vec::new(),
+            params: Default::default(),
+            replace: false,
+        }),
+    );
+    assert!(
+        matches!(created, Response::ScheduleCreated { .. }),
+        "{created:?}"
+    );
+    assert!(log.state.schedule("nightly").is_none());
+    log.apply_at(10_000, Command::Tick);
+    let run = runs(&log, "team-a/nightly");
+    assert_eq!(run.len(), 1);
+    let workflow = log.state.workflow(WorkflowId(run[0].1)).unwrap();
+    assert_eq!(&*workflow.namespace, "team-a");
+    assert_eq!(
+        workflow.spec.steps.len(),
+        2,
+        "team-a's version of the template"
+    );
+    let view = workflow.to_proto(false, None);
+    assert_eq!(
+        (view.schedule.as_str(), view.template.as_str()),
+        ("nightly", "report")
+    );
+    // A schedule in a namespace that does not exist is refused.
+    assert!(matches!(
+        log.apply_at(
+            10_000,
+            Command::CreateSchedule(CreateScheduleCommand {
+                namespace: "team-b".into(),
+                spec: schedule.encode_to_vec(),
                 workflow: Vec::new(),
                 params: Default::default(),
                 replace: false,

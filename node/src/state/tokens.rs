@@ -1,6 +1,8 @@
 //! Bearer tokens in the replicated state: created and revoked through the log, so a revocation
 //! takes effect on every replica as it applies. Only the SHA-256 of a token's secret is kept.
 
+use std::collections::BTreeMap;
+
 use baton_security::TokenRole;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +12,11 @@ use super::{ClusterState, CreateTokenCommand, Response};
 pub struct TokenRecord {
     pub id: String,
     pub name: String,
+    /// A cluster-wide token's role; for a namespaced one, its strongest role in any of them.
     pub role: TokenRole,
+    /// Namespace -> role: the token acts only in these. Empty: cluster-wide (`role` everywhere).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, TokenRole>,
     #[serde(with = "serde_bytes")]
     pub digest: Vec<u8>,
     pub created_ms: u64,
@@ -25,6 +31,15 @@ impl ClusterState {
                 reason: "tokens exist already: the bootstrap token is not needed".into(),
             };
         }
+        if let Some(missing) = create
+            .namespaces
+            .keys()
+            .find(|ns| !self.namespace_exists(ns))
+        {
+            return Response::Rejected {
+                reason: format!("namespace {missing} does not exist"),
+            };
+        }
         if self.tokens.contains_key(&create.id) {
             return Response::Rejected {
                 reason: format!("token id {} is already used", create.id),
@@ -36,6 +51,7 @@ impl ClusterState {
                 id: create.id,
                 name: create.name,
                 role: create.role,
+                namespaces: create.namespaces,
                 digest: create.digest,
                 created_ms: self.now_ms,
                 revoked_ms: None,
@@ -96,6 +112,7 @@ mod tests {
             id: id.into(),
             name: format!("n-{id}"),
             role: TokenRole::Admin,
+            namespaces: BTreeMap::new(),
             digest: vec![7; 32],
             bootstrap,
         })

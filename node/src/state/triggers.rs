@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
 use super::command::Response;
+use super::namespaces::{or_default, scoped_name};
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trigger {
@@ -41,10 +42,11 @@ impl Trigger {
     }
 
     /// The API view: never the secret.
-    pub fn to_proto(&self) -> pb::Trigger {
+    pub fn to_proto(&self, namespace: &str) -> pb::Trigger {
         pb::Trigger {
             spec: Some(self.spec()),
             created_at_ms: self.created_at_ms,
+            namespace: namespace.to_string(),
         }
     }
 }
@@ -57,6 +59,9 @@ pub struct CreateTriggerCommand {
     pub spec: Vec<u8>,
     pub secret: String,
     pub replace: bool,
+    /// Its namespace; empty: `default` (left out, so it encodes as before namespaces).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for CreateTriggerCommand {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for CreateTriggerCommand {
             .field("spec", &self.spec)
             .field("secret", &"<redacted>")
             .field("replace", &self.replace)
+            .field("namespace", &self.namespace)
             .finish()
     }
 }
@@ -90,12 +96,18 @@ impl ClusterState {
                 reason: "a trigger needs a name".into(),
             };
         }
-        let exists = self.triggers.contains_key(spec.name.as_str());
+        if !self.namespace_exists(or_default(&create.namespace)) {
+            return Response::Rejected {
+                reason: format!("namespace {} does not exist", create.namespace),
+            };
+        }
+        let key = scoped_name(&create.namespace, &spec.name);
+        let exists = self.triggers.contains_key(key.as_str());
         if exists && !create.replace {
             return Response::TriggerExists { name: spec.name };
         }
         self.triggers.insert(
-            Arc::from(spec.name.as_str()),
+            Arc::from(key),
             Arc::new(Trigger {
                 spec: create.spec,
                 secret: create.secret,

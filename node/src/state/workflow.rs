@@ -78,6 +78,13 @@ impl StepState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
     pub id: WorkflowId,
+    /// Shared with the state's namespace record. Left out for `default`, so a workflow from
+    /// before namespaces reads as one of `default`.
+    #[serde(
+        default = "super::namespaces::default_namespace",
+        skip_serializing_if = "is_default_namespace"
+    )]
+    pub namespace: Arc<str>,
     /// Shared with snapshot builders and readers; never mutated after submit.
     #[serde(with = "proto_bytes")]
     pub spec: Arc<pb::WorkflowSpec>,
@@ -296,16 +303,16 @@ impl Workflow {
             paused: self.paused_at_ms != 0 && !self.state.is_terminal(),
             deadline_ms: self.deadline_ms,
             params: self.params.clone(),
-            schedule: self
-                .schedule
-                .as_ref()
-                .map_or_else(String::new, |s| s.name.to_string()),
+            // Schedules and templates are of the workflow's namespace: their names without it.
+            schedule: self.schedule.as_ref().map_or_else(String::new, |s| {
+                super::namespaces::split_scoped(&s.name).1.to_string()
+            }),
             nominal_time_ms: self.schedule.as_ref().map_or(0, |s| s.nominal_ms),
-            template: self
-                .template
-                .as_ref()
-                .map_or_else(String::new, |t| t.name.to_string()),
+            template: self.template.as_ref().map_or_else(String::new, |t| {
+                super::namespaces::split_scoped(&t.name).1.to_string()
+            }),
             template_version: self.template.as_ref().map_or(0, |t| t.version),
+            namespace: self.namespace.to_string(),
         }
     }
 }
@@ -319,6 +326,22 @@ impl Workflow {
         }
         view
     }
+}
+
+impl Workflow {
+    /// Its idempotency key as the state's key index holds it (scoped by its namespace); empty
+    /// when it has none.
+    pub fn index_key(&self) -> Arc<str> {
+        if self.idempotency_key.is_empty() || super::namespaces::is_default(&self.namespace) {
+            self.idempotency_key.clone()
+        } else {
+            super::namespaces::scoped_key(&self.namespace, &self.idempotency_key)
+        }
+    }
+}
+
+fn is_default_namespace(namespace: &Arc<str>) -> bool {
+    super::namespaces::is_default(namespace)
 }
 
 fn is_zero(value: &u64) -> bool {

@@ -252,6 +252,29 @@ def main():
             _, still = cluster.api(1, "GET", f"/api/v1/workflows/{hid}")
             assert still["state"] == "running", still["state"]
 
+            # A team's token sees its own namespace only: its workflows, and another's as
+            # missing. The admin sees every namespace at once, each row naming its own.
+            status, _ = cluster.api(1, "POST", "/api/v1/namespaces", '{"name": "team-a"}')
+            assert status == 201, status
+            team = cluster.baton("-n", "team-a", "token", "create", "--name", "team-a",
+                                 "--role", "submitter")["token"]
+            status, mine = cluster.api(2, "POST", "/api/v1/workflows?namespace=team-a",
+                                       (ROOT / "examples" / "hello.yaml").read_text(),
+                                       token=team, content_type="application/yaml")
+            assert status == 201, mine
+            tid = mine["workflow_id"]
+            team_page = browser.new_context(ignore_https_errors=True).new_page()
+            login(team_page, cluster, 2, team, "/workflows")
+            expect(team_page.locator("select[data-namespace]")).to_have_value("team-a")
+            expect(team_page.locator(f'tr[data-workflow="{tid}"]')).to_be_visible()
+            expect(team_page.locator(f'tr[data-workflow="{wid}"]')).to_have_count(0)
+            team_page.screenshot(path=str(ARTIFACTS / "namespace.png"), full_page=True)
+            response = team_page.goto(cluster.url(2, f"/workflows/{wid}"))
+            assert response.status == 404, response.status
+            page.goto(cluster.url(1, "/workflows?namespace=*"))
+            expect(page.locator(f'tr[data-workflow="{tid}"]')).to_contain_text("team-a")
+            expect(page.locator(f'tr[data-workflow="{wid}"]')).to_contain_text("default")
+
             # Stop the node serving the admin's page; carry on from another node.
             cluster.stop("node1")
             wait_until("node 3 to serve reads again",

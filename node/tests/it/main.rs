@@ -27,3 +27,4 @@ mod t76_secure_processes;
 mod t80_tutorial;
 mod t82_cli_errors;
 mod t84_http_api;
+mod t86_namespaces;

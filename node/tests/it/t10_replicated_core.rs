@@ -38,6 +38,7 @@ async fn acknowledged_submissions_survive_a_leader_stop() {
             for i in (c..TOTAL).step_by(CLIENTS) {
                 let key = format!("key-{i}");
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(noop_spec(&format!("wf-{i}"), 2)),
                     idempotency_key: key.clone(),
                     params: Default::default(),
@@ -182,6 +183,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
     let mut via_follower = cluster.workflows(follower).await;
     let submitted = via_follower
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("forwarded", 3)),
             idempotency_key: "once".into(),
             params: Default::default(),
@@ -212,6 +214,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
 
     let again = via_other
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("forwarded", 3)),
             idempotency_key: "once".into(),
             params: Default::default(),
@@ -242,6 +245,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
     let cases: Vec<(pb::SubmitRequest, &str)> = vec![
         (
             pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: None,
                 idempotency_key: String::new(),
                 params: Default::default(),
@@ -252,6 +256,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         ),
         (
             pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(cycle),
                 idempotency_key: String::new(),
                 params: Default::default(),
@@ -262,6 +267,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         ),
         (
             pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(unknown_dep),
                 idempotency_key: String::new(),
                 params: Default::default(),
@@ -272,6 +278,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         ),
         (
             pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(dup),
                 idempotency_key: String::new(),
                 params: Default::default(),
@@ -282,6 +289,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         ),
         (
             pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(huge),
                 idempotency_key: String::new(),
                 params: Default::default(),
@@ -292,6 +300,7 @@ async fn any_node_serves_any_call_and_bad_input_changes_nothing() {
         ),
         (
             pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec("k", 1)),
                 idempotency_key: "x".repeat(500),
                 params: Default::default(),
@@ -416,6 +425,7 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_answer() {
     for i in 0..SUBMITS {
         let mut client = via[i % 2].clone();
         let request = pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec(&format!("burst-{i}"), 1)),
             idempotency_key: key(i),
             params: Default::default(),
@@ -491,6 +501,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
     let batch = |b: usize| pb::SubmitBatchRequest {
         submits: (0..ITEMS)
             .map(|i| pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec(&format!("batch-{b}-{i}"), 1 + i % 3)),
                 idempotency_key: if i < 2 {
                     format!("batch-{b}-pair")
@@ -523,6 +534,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
                 let name = format!("single-{b}-{i}");
                 let mut client = via[i % 2].clone();
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(noop_spec(&name, 1)),
                     idempotency_key: String::new(),
                     params: Default::default(),
@@ -644,6 +656,7 @@ async fn a_batch_commits_in_one_entry_and_answers_each_item() {
     let too_many = pb::SubmitBatchRequest {
         submits: (0..=baton_proto::limits::SUBMIT_BATCH_ITEMS_MAX)
             .map(|i| pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec(&format!("batch-99-{i}"), 1)),
                 idempotency_key: String::new(),
                 params: Default::default(),

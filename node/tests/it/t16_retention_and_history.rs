@@ -24,6 +24,7 @@ async fn submit(cluster: &TestCluster, node: u64, spec: pb::WorkflowSpec, key: &
         .workflows(node)
         .await
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(spec),
             idempotency_key: key.into(),
             params: Default::default(),
@@ -182,6 +183,7 @@ async fn finished_workflows_leave_every_node_after_their_retention_archived_firs
         .workflows(leader)
         .await
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("short", 2)),
             idempotency_key: "order-1".into(),
             params: Default::default(),
@@ -277,6 +279,8 @@ async fn a_history_is_the_same_on_every_node_and_survives_every_node_restarting(
         .workflows(2)
         .await
         .watch(pb::WatchRequest {
+            all_namespaces: Default::default(),
+            namespace: Default::default(),
             workflow_id: id,
             from_index: 0,
         })
@@ -411,6 +415,8 @@ async fn operators_pause_resume_and_retry_and_a_timeout_stops_the_run() {
     // A Watch from the start goes past the first run's end to the retried run's.
     let mut stream = client
         .watch(pb::WatchRequest {
+            all_namespaces: Default::default(),
+            namespace: Default::default(),
             workflow_id: retried,
             from_index: 0,
         })
@@ -503,6 +509,7 @@ async fn parameters_are_checked_at_submit_and_reach_the_steps() {
         ..Default::default()
     };
     let submit_with = |params: &[(&str, &str)]| pb::SubmitRequest {
+        namespace: Default::default(),
         spec: Some(spec.clone()),
         idempotency_key: String::new(),
         params: params

@@ -24,6 +24,7 @@ async fn a_late_joiner_catches_up_by_snapshot() {
     for i in 0..300 {
         client
             .submit(pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec(&format!("wf-{i}"), 3)),
                 idempotency_key: format!("k{i}"),
                 params: Default::default(),

@@ -28,6 +28,7 @@ async fn submit(cluster: &TestCluster, spec: pb::WorkflowSpec) -> pb::SubmitResp
         .workflows(leader)
         .await
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(spec),
             idempotency_key: String::new(),
             params: Default::default(),
@@ -50,6 +51,8 @@ async fn watch_to_end(
     let mut client = cluster.workflows(node).await;
     let mut stream = client
         .watch(pb::WatchRequest {
+            all_namespaces: Default::default(),
+            namespace: Default::default(),
             workflow_id: id,
             from_index,
         })

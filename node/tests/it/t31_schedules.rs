@@ -62,6 +62,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     };
     let created = schedules
         .create_schedule(pb::CreateScheduleRequest {
+            namespace: Default::default(),
             spec: Some(spec.clone()),
             replace: false,
         })
@@ -71,6 +72,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     assert!(created.created && created.next_fire_ms % 1_000 == 0);
     let again = schedules
         .create_schedule(pb::CreateScheduleRequest {
+            namespace: Default::default(),
             spec: Some(spec),
             replace: false,
         })
@@ -105,6 +107,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     let mut schedules = ScheduleServiceClient::new(channel(cluster.addr(new_leader)));
     let got = schedules
         .get_schedule(pb::GetScheduleRequest {
+            namespace: Default::default(),
             name: "every-second".into(),
             consistency: 0,
         })
@@ -118,6 +121,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     tracing::info!("--- a backfill of times that ran starts nothing; a trigger starts one run");
     let filled = schedules
         .backfill_schedule(pb::BackfillScheduleRequest {
+            namespace: Default::default(),
             name: "every-second".into(),
             from_ms: times[0],
             to_ms: times[2],
@@ -128,6 +132,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     assert_eq!((filled.started.len(), filled.already_run), (0, 3));
     let fired = schedules
         .trigger_schedule(pb::TriggerScheduleRequest {
+            namespace: Default::default(),
             name: "every-second".into(),
         })
         .await
@@ -136,6 +141,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     assert_ne!(fired.workflow_id, 0, "{fired:?}");
     let paused = schedules
         .pause_schedule(pb::PauseScheduleRequest {
+            namespace: Default::default(),
             name: "every-second".into(),
             paused: true,
         })
@@ -145,6 +151,7 @@ async fn a_schedule_runs_once_per_time_across_a_leader_kill() {
     assert!(paused.changed);
     let missing = schedules
         .trigger_schedule(pb::TriggerScheduleRequest {
+            namespace: Default::default(),
             name: "nope".into(),
         })
         .await
@@ -173,6 +180,7 @@ async fn templates_are_versioned_and_submitted_by_name() {
     for (spec, version, created) in [(&v1, 1, true), (&v1, 1, false), (&v2, 2, true)] {
         let applied = templates
             .apply_template(pb::ApplyTemplateRequest {
+                namespace: Default::default(),
                 spec: Some(spec.clone()),
             })
             .await
@@ -182,6 +190,7 @@ async fn templates_are_versioned_and_submitted_by_name() {
     }
     let mut workflows = cluster.workflows(follower).await;
     let submit = |version: u32, params: &[(&str, &str)]| pb::SubmitRequest {
+        namespace: Default::default(),
         spec: None,
         idempotency_key: String::new(),
         params: params
@@ -232,6 +241,7 @@ async fn templates_are_versioned_and_submitted_by_name() {
     let mut schedules = ScheduleServiceClient::new(channel(cluster.addr(follower)));
     let refused = schedules
         .create_schedule(pb::CreateScheduleRequest {
+            namespace: Default::default(),
             spec: Some(pb::ScheduleSpec {
                 name: "from-template".into(),
                 template: "report".into(),
@@ -249,6 +259,7 @@ async fn templates_are_versioned_and_submitted_by_name() {
     );
     schedules
         .create_schedule(pb::CreateScheduleRequest {
+            namespace: Default::default(),
             spec: Some(pb::ScheduleSpec {
                 name: "from-template".into(),
                 template: "report".into(),

@@ -146,6 +146,7 @@ async fn an_agent_moves_to_the_new_leader_after_a_leader_transfer() {
     let mut workflows = cluster.workflows(new_leader).await;
     let id = workflows
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("after-transfer", 2)),
             idempotency_key: "after-transfer".into(),
             params: Default::default(),

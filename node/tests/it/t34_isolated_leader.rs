@@ -88,6 +88,7 @@ async fn an_agent_on_a_leader_without_quorum_stops_its_step() {
         .workflows(leader)
         .await
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(spec),
             idempotency_key: "isolated".into(),
             params: Default::default(),

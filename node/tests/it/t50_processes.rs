@@ -31,6 +31,7 @@ async fn submit(addrs: &[std::net::SocketAddr], key: &str, name: &str) -> pb::Su
             for addr in addrs {
                 let mut client = WorkflowServiceClient::new(channel(*addr));
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(noop_spec(name, 2)),
                     idempotency_key: key.into(),
                     params: Default::default(),

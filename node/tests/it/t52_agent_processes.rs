@@ -96,6 +96,7 @@ async fn a_killed_agents_step_process_dies_and_the_step_runs_on_another_agent() 
             for addr in &addrs {
                 let mut client = WorkflowServiceClient::new(channel(*addr));
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(spec.clone()),
                     idempotency_key: "survives-agent-death".into(),
                     params: Default::default(),

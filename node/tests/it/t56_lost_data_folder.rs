@@ -23,6 +23,7 @@ async fn bound_cluster() -> TestCluster {
     for i in 0..3 {
         client
             .submit(pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec(&format!("before-{i}"), 1)),
                 idempotency_key: format!("before-{i}"),
                 params: Default::default(),
@@ -102,6 +103,7 @@ async fn still_serves(cluster: &TestCluster, leader: u64, name: &str) {
         .workflows(leader)
         .await
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec(name, 1)),
             idempotency_key: name.into(),
             params: Default::default(),

@@ -230,6 +230,7 @@ async fn submit_once(
 ) -> Result<u64, tonic::Status> {
     let reply = WorkflowServiceClient::new(channel(addr))
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(spec),
             idempotency_key: key.into(),
             params: Default::default(),
@@ -415,6 +416,7 @@ async fn a_full_data_disk_refuses_new_work_moves_leadership_and_is_recovered_fro
     let batch = WorkflowServiceClient::new(channel(addrs[1]))
         .submit_batch(pb::SubmitBatchRequest {
             submits: vec![pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec("refused-batch", 1)),
                 idempotency_key: "refused-batch".into(),
                 params: Default::default(),

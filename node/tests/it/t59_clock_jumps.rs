@@ -262,6 +262,7 @@ impl Cluster {
             for &node in self.nodes.keys() {
                 let mut client = WorkflowServiceClient::new(channel(self.addr(node)));
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(spec.clone()),
                     idempotency_key: key.clone(),
                     params: Default::default(),
@@ -496,6 +497,8 @@ fn assert_waiting_or_due(
 async fn events(addr: SocketAddr, workflow_id: u64) -> Vec<pb::WorkflowEvent> {
     let mut stream = WorkflowServiceClient::new(channel(addr))
         .watch(pb::WatchRequest {
+            all_namespaces: Default::default(),
+            namespace: Default::default(),
             workflow_id,
             from_index: 0,
         })

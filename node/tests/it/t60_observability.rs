@@ -280,6 +280,7 @@ async fn submit(addrs: &[SocketAddr], key: &str, spec: &pb::WorkflowSpec) -> u64
         for addr in addrs {
             let mut client = WorkflowServiceClient::new(channel(*addr));
             let request = pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(spec.clone()),
                 idempotency_key: key.into(),
                 params: Default::default(),
@@ -676,6 +677,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
                 ));
             let created = schedules
                 .create_schedule(pb::CreateScheduleRequest {
+                    namespace: Default::default(),
                     spec: Some(pb::ScheduleSpec {
                         name: "every-second".into(),
                         workflow: Some(noop_spec("scheduled", 1)),
@@ -744,6 +746,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
         baton_proto::v1::template_service_client::TemplateServiceClient::new(channel(addrs[0]));
     templates
         .apply_template(pb::ApplyTemplateRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("hooked", 1)),
         })
         .await
@@ -751,6 +754,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     let secret = "observability-webhook-secret";
     baton_proto::v1::trigger_service_client::TriggerServiceClient::new(channel(addrs[0]))
         .create_trigger(pb::CreateTriggerRequest {
+            namespace: Default::default(),
             spec: Some(pb::TriggerSpec {
                 name: "hook".into(),
                 template: "hooked".into(),
@@ -831,6 +835,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
                 ));
             let deleted = schedules
                 .delete_schedule(pb::DeleteScheduleRequest {
+                    namespace: Default::default(),
                     name: "every-second".into(),
                 })
                 .await;

@@ -97,6 +97,7 @@ async fn agent_a_cannot_renew_or_report_agent_b_attempt() {
         .workflows(leader)
         .await
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(one_step("bound")),
             idempotency_key: String::new(),
             params: Default::default(),
@@ -224,6 +225,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
     }
     client
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(first),
             idempotency_key: String::new(),
             params: Default::default(),
@@ -237,6 +239,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
     let refused = |spec: pb::WorkflowSpec, key: &str| {
         let mut client = client.clone();
         let request = pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(spec),
             idempotency_key: key.into(),
             params: Default::default(),
@@ -319,6 +322,7 @@ async fn oversize_and_malformed_inputs_are_refused_and_change_nothing() {
     let mut big_client = client.clone().max_encoding_message_size(64 * 1024 * 1024);
     let status = big_client
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(huge),
             idempotency_key: String::new(),
             params: Default::default(),
@@ -453,6 +457,7 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
     assert_eq!(taken, baton_node::limits::PROPOSALS_IN_FLIGHT_MAX);
     let status = client
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("under-load", 1)),
             idempotency_key: "k1".into(),
             params: Default::default(),
@@ -485,6 +490,8 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
     let (sessions, watches) = admission.withhold_streams(usize::MAX);
     let status = client
         .watch(pb::WatchRequest {
+            all_namespaces: Default::default(),
+            namespace: Default::default(),
             workflow_id: 0,
             from_index: 0,
         })
@@ -513,6 +520,7 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
     admission.restore_streams(sessions, watches);
     let submitted = client
         .submit(pb::SubmitRequest {
+            namespace: Default::default(),
             spec: Some(noop_spec("under-load", 1)),
             idempotency_key: "k1".into(),
             params: Default::default(),
@@ -529,6 +537,7 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
     let batch = |n: usize| pb::SubmitBatchRequest {
         submits: (0..n)
             .map(|i| pb::SubmitRequest {
+                namespace: Default::default(),
                 spec: Some(noop_spec(&format!("batched-{i}"), 1)),
                 idempotency_key: format!("batched-{i}"),
                 params: Default::default(),

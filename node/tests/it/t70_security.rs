@@ -171,8 +171,15 @@ async fn roles_tokens_and_certificates_are_enforced() {
     );
 
     tracing::info!("--- a reader cannot submit; a submitter cannot change membership");
-    let reader_token = admin.create_token("r", "reader").await.unwrap().token;
-    let submitter = admin.create_token("s", "submitter").await.unwrap();
+    let reader_token = admin
+        .create_token("r", "reader", Default::default())
+        .await
+        .unwrap()
+        .token;
+    let submitter = admin
+        .create_token("s", "submitter", Default::default())
+        .await
+        .unwrap();
     let reader = secure.client(&[1, 2, 3], true, Some(&reader_token));
     assert_eq!(code(reader.cluster_status().await), Some(Code::Ok));
     assert_eq!(
@@ -193,7 +200,7 @@ async fn roles_tokens_and_certificates_are_enforced() {
         Some(Code::PermissionDenied)
     );
     assert_eq!(
-        code(admin.create_token("x", "emperor").await),
+        code(admin.create_token("x", "emperor", Default::default()).await),
         Some(Code::InvalidArgument)
     );
 
@@ -260,7 +267,11 @@ async fn roles_tokens_and_certificates_are_enforced() {
     );
 
     tracing::info!("--- a client certificate with an agent token cannot open an agent session");
-    let agent_token = admin.create_token("a1", "agent").await.unwrap().token;
+    let agent_token = admin
+        .create_token("a1", "agent", Default::default())
+        .await
+        .unwrap()
+        .token;
     let as_client = secure.client(&[1], true, Some(&agent_token));
     assert_eq!(
         code(as_client.cluster_status().await),
@@ -362,7 +373,10 @@ async fn agent_session(
 async fn agents_are_bound_to_their_certificate_and_revocation_ends_their_sessions() {
     let secure = start().await;
     let admin = secure.admin().await;
-    let agent = admin.create_token("a1", "agent").await.unwrap();
+    let agent = admin
+        .create_token("a1", "agent", Default::default())
+        .await
+        .unwrap();
     let leader = secure.cluster.leader(TIMEOUT).await;
 
     tracing::info!("--- agent a1's certificate cannot register as another agent");
@@ -422,8 +436,16 @@ async fn a_call_a_follower_forwards_is_authorized_on_the_callers_token() {
     let admin = secure.admin().await;
     let leader = secure.cluster.leader(TIMEOUT).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let reader = admin.create_token("r", "reader").await.unwrap().token;
-    let operator = admin.create_token("o", "operator").await.unwrap().token;
+    let reader = admin
+        .create_token("r", "reader", Default::default())
+        .await
+        .unwrap()
+        .token;
+    let operator = admin
+        .create_token("o", "operator", Default::default())
+        .await
+        .unwrap()
+        .token;
     for token in [&reader, &operator] {
         let one = secure.client(&[follower], true, Some(token));
         wait_for(TIMEOUT, "the new tokens to reach the follower", || async {

@@ -42,6 +42,7 @@ async fn submit(addrs: &[SocketAddr], key: &str) -> u64 {
             for addr in addrs {
                 let mut client = WorkflowServiceClient::new(channel(*addr));
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(noop_spec(key, 1)),
                     idempotency_key: key.into(),
                     params: Default::default(),

@@ -28,6 +28,7 @@ async fn submit(addrs: &[SocketAddr], key: &str, steps: usize) -> u64 {
             for addr in addrs {
                 let mut client = WorkflowServiceClient::new(channel(*addr));
                 let request = pb::SubmitRequest {
+                    namespace: Default::default(),
                     spec: Some(noop_spec(key, steps)),
                     idempotency_key: key.into(),
                     params: Default::default(),

@@ -15,28 +15,28 @@ use serde_json::{Value, json};
 use crate::common::agent::{Behavior, TestAgent};
 use crate::common::{TestCluster, init_logs, test_timing, wait_for};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client of one node's HTTP listener.
-struct Http {
+pub(crate) struct Http {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 /// One answer: status, headers, and the body as JSON (`Null` when it is not JSON).
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
 }
 
 impl Answer {
     /// The error code of an error answer.
-    fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
-    fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or("")
     }
 }
@@ -50,7 +50,7 @@ impl Http {
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -81,11 +81,11 @@ impl Http {
         }
     }
 
-    async fn get(&self, path: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str) -> Answer {
         self.call(Method::GET, path, None, &[]).await
     }
 
-    async fn post_json(&self, path: &str, body: Value) -> Answer {
+    pub(crate) async fn post_json(&self, path: &str, body: Value) -> Answer {
         self.call(
             Method::POST,
             path,
@@ -95,12 +95,16 @@ impl Http {
         .await
     }
 
-    async fn post(&self, path: &str) -> Answer {
+    pub(crate) async fn post(&self, path: &str) -> Answer {
         self.call(Method::POST, path, None, &[]).await
     }
 
     /// The events of an event stream that ends by itself (a finished workflow's), as (id, data).
-    async fn events(&self, path: &str, last_event_id: Option<&str>) -> Vec<(String, Value)> {
+    pub(crate) async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Vec<(String, Value)> {
         let mut request = self.client.get(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -129,7 +133,7 @@ impl Http {
 
 impl Http {
     /// The first `n` events of a stream that does not end by itself (every workflow's).
-    async fn first_events(&self, path: &str, n: usize) -> Vec<(String, Value)> {
+    pub(crate) async fn first_events(&self, path: &str, n: usize) -> Vec<(String, Value)> {
         let mut response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -431,6 +435,8 @@ async fn every_route_answers_as_documented() {
         )
         .await;
     assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Its unread body ends the connection, and the client is told so (not to reuse it).
+    assert_eq!(too_big.headers["connection"], "close");
     let no_route = http.get("/api/v1/nothing").await;
     assert_eq!(no_route.status, StatusCode::NOT_FOUND);
     assert_eq!(no_route.code(), "not_found");
@@ -876,13 +882,13 @@ async fn every_route_answers_as_documented() {
 }
 
 /// A cluster with TLS and tokens, its JSON API on HTTPS, and an admin token.
-struct Secure {
-    cluster: TestCluster,
+pub(crate) struct Secure {
+    pub(crate) cluster: TestCluster,
     pki: tempfile::TempDir,
-    admin: String,
+    pub(crate) admin: String,
 }
 
-async fn start_secure() -> Secure {
+pub(crate) async fn start_secure() -> Secure {
     init_logs();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pki = tempfile::tempdir().unwrap();
@@ -925,19 +931,24 @@ impl Secure {
             .unwrap()
     }
 
-    fn http(&self, id: u64, token: Option<&str>) -> Http {
+    pub(crate) fn http(&self, id: u64, token: Option<&str>) -> Http {
         Http::new(self.client(), http_base(&self.cluster, id, "https"), token)
     }
 
     /// A gRPC client with the admin token (and a client certificate), once the bootstrap token
     /// works.
-    async fn grpc_admin(&self) -> baton_client::Client {
+    pub(crate) async fn grpc_admin(&self) -> baton_client::Client {
         let admin = self.http(1, Some(&self.admin));
         // The bootstrap token is recorded by the first leader: wait until it works.
         wait_for(TIMEOUT, "the bootstrap admin token to work", || async {
             (admin.get("/api/v1/cluster").await.status == StatusCode::OK).then_some(())
         })
         .await;
+        self.grpc(&self.admin, "")
+    }
+
+    /// A gRPC client of every node with a client certificate, `token`, acting in `namespace`.
+    pub(crate) fn grpc(&self, token: &str, namespace: &str) -> baton_client::Client {
         let endpoints = (1..=3)
             .map(|id| self.cluster.addr(id).to_string())
             .collect::<Vec<_>>()
@@ -952,8 +963,9 @@ impl Secure {
             baton_client::ClientConfig {
                 credentials: baton_client::Credentials {
                     tls: Some(tls),
-                    token: Some(self.admin.clone()),
+                    token: Some(token.to_owned()),
                 },
+                namespace: namespace.to_owned(),
                 ..baton_client::ClientConfig::default()
             },
         )
@@ -964,7 +976,7 @@ impl Secure {
     async fn token(&self, role: &str) -> String {
         self.grpc_admin()
             .await
-            .create_token(&format!("http-{role}"), role)
+            .create_token(&format!("http-{role}"), role, Default::default())
             .await
             .unwrap()
             .token

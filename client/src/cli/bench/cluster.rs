@@ -211,7 +211,10 @@ impl LocalCluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             self.check_alive()?;
-            match client.create_token("bench-agents", "agent").await {
+            match client
+                .create_token("bench-agents", "agent", Default::default())
+                .await
+            {
                 Ok(created) => return Ok(created.token),
                 Err(error) if Instant::now() > deadline => {
                     bail!("creating the agents' token within {READY_TIMEOUT:?}: {error}")

@@ -82,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ClientConfig {
         call_timeout: cli.timeout,
         credentials,
+        namespace: cli.namespace.clone().unwrap_or_default(),
         ..ClientConfig::default()
     };
     let agent_credentials = config.credentials.clone();
@@ -112,7 +113,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => workflows::logs(&connect()?, &out, args).await,
         Command::History(args) => workflows::history(&connect()?, &out, args).await,
         Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
-        Command::Token(command) => tokens::token(&connect()?, &out, command).await,
+        Command::Token(command) => {
+            tokens::token(&connect()?, &out, command, cli.namespace.as_deref()).await
+        }
+        Command::Namespace(command) => tokens::namespace(&connect()?, &out, command).await,
         Command::Schedule(command) => schedules::schedule(connect, &out, command).await,
         Command::Template(command) => schedules::template(connect, &out, command).await,
         Command::Trigger(command) => triggers::trigger(connect, &out, command).await,

@@ -1,31 +1,64 @@
 //! `baton token create | list | revoke`: the cluster's bearer tokens (`generate` needs no
-//! cluster and is answered in [`super::run`]).
+//! cluster and is answered in [`super::run`]); and `baton namespace`, whose names tokens carry.
 
 use baton_client::Client;
 use baton_client::output;
 use serde_json::Value;
 
 use super::printer::Printer;
-use crate::cli::args::TokenCommand;
+use crate::cli::args::{NamespaceCommand, TokenCommand};
+use crate::cli::failure::Failure;
 use crate::cli::failure::{CallKind, client_failure};
 
 /// `baton token ...`.
+/// `namespace`: `--namespace` (or BATON_NAMESPACE): a token created then acts only there.
 pub(super) async fn token(
     client: &Client,
     out: &Printer,
     command: TokenCommand,
+    namespace: Option<&str>,
 ) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create { name, role, grants } => {
+            let mut namespaces: std::collections::BTreeMap<String, String> =
+                grants.into_iter().collect();
+            let role = match (namespace, role) {
+                (Some(namespace), Some(role)) => {
+                    namespaces.insert(namespace.to_string(), role);
+                    String::new()
+                }
+                (None, Some(role)) if namespaces.is_empty() => role,
+                (None, Some(_)) => {
+                    return Err(Failure::usage(
+                        "--role with --grant needs --namespace (the role's namespace); or give \
+                         every namespace as --grant NAMESPACE=ROLE",
+                    ));
+                }
+                (_, None) if !namespaces.is_empty() => String::new(),
+                (_, None) => {
+                    return Err(Failure::usage(
+                        "--role is required (admin, operator, submitter, reader or agent), or \
+                         --grant NAMESPACE=ROLE",
+                    ));
+                }
+            };
+            let scope = match namespaces.is_empty() {
+                true => "every namespace".to_string(),
+                false => namespaces
+                    .iter()
+                    .map(|(ns, role)| format!("{ns} ({role})"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
             let created = client
-                .create_token(&name, &role)
+                .create_token(&name, &role, namespaces)
                 .await
                 .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
             out.print(
                 || serde_json::json!({"id": created.id, "token": created.token}),
                 || {
                     format!(
-                        "id:    {}\ntoken: {}\n(shown once: store it now)",
+                        "id:    {}\ntoken: {}\nacts in: {scope}\n(shown once: store it now)",
                         created.id, created.token
                     )
                 },
@@ -58,5 +91,52 @@ pub(super) async fn token(
             )
         }
         TokenCommand::Generate => unreachable!("handled before connecting"),
+    }
+}
+
+/// `baton namespace ...`.
+pub(super) async fn namespace(
+    client: &Client,
+    out: &Printer,
+    command: NamespaceCommand,
+) -> anyhow::Result<()> {
+    match command {
+        NamespaceCommand::Create { name, description } => {
+            client
+                .create_namespace(&name, &description)
+                .await
+                .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
+            out.print(
+                || serde_json::json!({"name": name, "created": true}),
+                || format!("namespace {name} created"),
+            )
+        }
+        NamespaceCommand::List => {
+            let namespaces = client
+                .list_namespaces(baton_proto::v1::ReadConsistency::Linearizable)
+                .await
+                .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+            out.print(
+                || {
+                    Value::Array(
+                        namespaces
+                            .iter()
+                            .map(baton_proto::json::namespace_info_json)
+                            .collect(),
+                    )
+                },
+                || output::render_namespaces(&namespaces),
+            )
+        }
+        NamespaceCommand::Delete { name } => {
+            client
+                .delete_namespace(&name)
+                .await
+                .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
+            out.print(
+                || serde_json::json!({"name": name, "deleted": true}),
+                || format!("namespace {name} deleted"),
+            )
+        }
     }
 }

@@ -201,6 +201,11 @@ pub(super) async fn list(client: &Client, out: &Printer, args: ListArgs) -> anyh
         );
     }
     let request = ListRequest {
+        all_namespaces: args.all_namespaces,
+        namespace: match args.all_namespaces {
+            true => String::new(),
+            false => client.config().namespace.clone(),
+        },
         states: args.state.iter().map(|state| *state as i32).collect(),
         name_prefix: args.name_prefix.unwrap_or_default(),
         labels: args.labels.into_iter().collect(),
@@ -222,7 +227,10 @@ pub(super) async fn list(client: &Client, out: &Printer, args: ListArgs) -> anyh
     }
     out.print(
         || Value::Array(workflows.iter().map(output::workflow_json).collect()),
-        || output::render_workflow_list(&workflows),
+        || match args.all_namespaces {
+            true => output::render_workflow_list_namespaced(&workflows),
+            false => output::render_workflow_list(&workflows),
+        },
     )
 }
 

@@ -14,6 +14,7 @@ mod tests {
         let value = workflow_json(&sample_workflow());
         let expected = json!({
             "id": 42,
+            "namespace": "default",
             "name": "onboard-employee",
             "state": "running",
             "labels": {"team": "it"},

@@ -22,7 +22,10 @@ pub use self::cluster::{
 };
 pub use self::events::{EventColumns, render_event_line, render_history};
 pub use self::logs::{AttemptView, attempt_json, choose_attempt, render_attempt, step_attempts};
-pub use self::tables::{render_agents, render_tokens, render_workflow, render_workflow_list};
+pub use self::tables::{
+    render_agents, render_namespaces, render_tokens, render_workflow, render_workflow_list,
+    render_workflow_list_namespaced,
+};
 pub use self::text::{Table, format_time_ms};
 pub use baton_proto::json::{
     agent_json, cluster_status_json, event_json, member_json, members_json, spec_json, step_json,
@@ -45,6 +48,7 @@ mod fixtures {
     pub(super) fn sample_workflow() -> Workflow {
         Workflow {
             id: 42,
+            namespace: "default".into(),
             name: "onboard-employee".into(),
             labels: BTreeMap::from([("team".to_string(), "it".to_string())]),
             state: WorkflowState::Running as i32,

@@ -19,6 +19,11 @@ pub fn render_workflow(workflow: &Workflow) -> String {
         if workflow.paused { " (paused)" } else { "" }
     );
     let mut header = Table::new(["labels:", &labels_text(&workflow.labels)]);
+    // Another namespace than `default` is said; `default` goes without saying.
+    let namespace = baton_proto::json::namespace_json(&workflow.namespace);
+    if namespace != "default" {
+        header.row(["namespace:", namespace]);
+    }
     header.row(["created:", &format_time_ms(workflow.created_at_ms)]);
     header.row(["finished:", &format_time_ms(workflow.finished_at_ms)]);
     if workflow.deadline_ms != 0 && workflow.finished_at_ms == 0 {
@@ -104,6 +109,21 @@ fn step_detail(step: &Step) -> String {
 }
 
 /// The `baton list` view.
+pub fn render_namespaces(namespaces: &[baton_proto::v1::Namespace]) -> String {
+    let mut table = Table::new(["NAME", "WORKFLOWS", "RUNNING", "CREATED", "DESCRIPTION"]);
+    for namespace in namespaces {
+        table.row([
+            namespace.name.clone(),
+            namespace.workflows.to_string(),
+            namespace.running.to_string(),
+            format_time_ms(namespace.created_ms),
+            namespace.description.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// Workflows of one namespace; [`render_workflow_list_namespaced`] adds a NAMESPACE column.
 pub fn render_workflow_list(workflows: &[Workflow]) -> String {
     let mut table = Table::new(["ID", "NAME", "STATE", "CREATED", "FINISHED", "LABELS"]);
     for workflow in workflows {
@@ -119,13 +139,48 @@ pub fn render_workflow_list(workflows: &[Workflow]) -> String {
     table.render()
 }
 
+/// Workflows of several namespaces (`baton list -A`).
+pub fn render_workflow_list_namespaced(workflows: &[Workflow]) -> String {
+    let mut table = Table::new([
+        "ID",
+        "NAMESPACE",
+        "NAME",
+        "STATE",
+        "CREATED",
+        "FINISHED",
+        "LABELS",
+    ]);
+    for workflow in workflows {
+        table.row([
+            workflow.id.to_string(),
+            baton_proto::json::namespace_json(&workflow.namespace).to_string(),
+            workflow.name.clone(),
+            workflow_state_name(workflow.state).to_string(),
+            format_time_ms(workflow.created_at_ms),
+            format_time_ms(workflow.finished_at_ms),
+            labels_text(&workflow.labels),
+        ]);
+    }
+    table.render()
+}
+
 pub fn render_tokens(tokens: &[TokenInfo]) -> String {
     let mut table = Table::new(["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
     for token in tokens {
+        // A namespaced token: its role in each of its namespaces.
+        let role = match token.namespaces.is_empty() {
+            true => token.role.clone(),
+            false => token
+                .namespaces
+                .iter()
+                .map(|(ns, role)| format!("{role} in {ns}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         table.row([
             token.id.clone(),
             token.name.clone(),
-            token.role.clone(),
+            role,
             format_time_ms(token.created_ms),
             if token.revoked_ms == 0 {
                 "-".to_owned()

@@ -276,7 +276,7 @@ impl WorkflowService for Fake {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
-        self.0.watch_requests.lock().unwrap().push(request);
+        self.0.watch_requests.lock().unwrap().push(request.clone());
         let scripted: Vec<WorkflowEvent> = self
             .0
             .events
@@ -392,6 +392,24 @@ impl AdminService for Fake {
         &self,
         _r: Request<baton_proto::v1::RevokeTokenRequest>,
     ) -> Result<Response<baton_proto::v1::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn create_namespace(
+        &self,
+        _r: Request<baton_proto::v1::CreateNamespaceRequest>,
+    ) -> Result<Response<baton_proto::v1::CreateNamespaceResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_namespaces(
+        &self,
+        _r: Request<baton_proto::v1::ListNamespacesRequest>,
+    ) -> Result<Response<baton_proto::v1::ListNamespacesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn delete_namespace(
+        &self,
+        _r: Request<baton_proto::v1::DeleteNamespaceRequest>,
+    ) -> Result<Response<baton_proto::v1::DeleteNamespaceResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     async fn list_agents(

@@ -25,13 +25,15 @@ use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::admin_service_server::AdminService;
 use baton_proto::v1::schedule_service_server::ScheduleService;
 use baton_proto::v1::workflow_service_server::WorkflowService;
-use baton_security::{PeerRole, TokenRole};
+use baton_security::PeerRole;
 use tonic::{Code, Status};
 
 use super::error::http_status;
 use super::session::{self, Credential};
 use super::{Api, Caller};
 use crate::security::auth::{Access, access, decide};
+use crate::security::grants::Grants;
+use crate::state::DEFAULT_NAMESPACE;
 use html::{DagStep, Frame, badge, esc, page, url};
 
 /// How long the cluster page waits for another member's status.
@@ -118,26 +120,51 @@ async fn js() -> Response {
 /// open), and their session's CSRF token.
 struct Viewer {
     caller: Caller,
-    role: Option<TokenRole>,
+    /// Its roles by namespace ([`Grants::All`] under --insecure).
+    grants: Grants,
     name: String,
     csrf: String,
 }
 
 impl Viewer {
-    /// Whether the viewer may call `rpc`.
-    fn may(&self, rpc: &str) -> bool {
-        match (self.role, access(rpc)) {
-            (None, _) => true,
-            (Some(role), Access::Client(needed)) => role.includes(needed),
+    /// Whether the viewer may call `rpc` on what lives in `namespace`.
+    fn may(&self, rpc: &str, namespace: &str) -> bool {
+        match (&self.grants, access(rpc)) {
+            (Grants::All, _) => true,
+            (grants, Access::Client(needed)) => grants.allows(namespace, needed),
+            (Grants::Cluster(role), Access::Cluster(needed)) => role.includes(needed),
             _ => false,
         }
     }
 
+    /// The namespace a page shows when its address names none: `default` when the viewer
+    /// may read it, else the first one it may.
+    fn home_namespace(&self) -> String {
+        match self.grants.readable() {
+            Some(set) if !set.contains(DEFAULT_NAMESPACE) => set
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            _ => DEFAULT_NAMESPACE.into(),
+        }
+    }
+
     fn frame(&self) -> Frame<'_> {
+        let who = match &self.grants {
+            Grants::All => None,
+            Grants::Cluster(role) => Some(format!("token {} ({role})", self.name)),
+            Grants::Namespaces(roles) => Some(format!(
+                "token {} ({})",
+                self.name,
+                roles
+                    .iter()
+                    .map(|(ns, role)| format!("{role} in {ns}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
         Frame {
-            who: self
-                .role
-                .map(|role| format!("token {} ({})", self.name, role.as_str())),
+            who,
             csrf: &self.csrf,
         }
     }
@@ -149,7 +176,7 @@ fn viewer(api: &Api, headers: &HeaderMap, uri: &Uri, rpc: &str) -> Result<Viewer
     if !api.secure {
         return Ok(Viewer {
             caller: Caller::default(),
-            role: None,
+            grants: Grants::All,
             name: String::new(),
             csrf: String::new(),
         });
@@ -164,15 +191,16 @@ fn viewer(api: &Api, headers: &HeaderMap, uri: &Uri, rpc: &str) -> Result<Viewer
     else {
         return Err(Box::new(to_login()));
     };
-    let Some((role, name)) = session::lookup(api, &presented) else {
+    let Some((scope, name)) = session::lookup(api, &presented) else {
         return Err(Box::new(to_login()));
     };
+    let role = scope.role;
     if let Err(status) = decide(
         rpc,
         access(rpc),
         Some(PeerRole::Client),
         Some(&presented),
-        |_| Some(role),
+        |_| Some(scope),
     ) {
         crate::metrics::auth_refused(status.code());
         let csrf = session::csrf_for(&text);
@@ -182,9 +210,17 @@ fn viewer(api: &Api, headers: &HeaderMap, uri: &Uri, rpc: &str) -> Result<Viewer
         };
         return Err(Box::new(error_page(&frame, &status)));
     }
+    let grants = api
+        .node
+        .replica
+        .read(|a| match a.state.live_token(&presented.id) {
+            Some(record) if record.namespaces.is_empty() => Grants::Cluster(record.role),
+            Some(record) => Grants::Namespaces(record.namespaces.clone()),
+            None => Grants::Namespaces(Default::default()),
+        });
     Ok(Viewer {
         caller: Caller::with_token(&text),
-        role: Some(role),
+        grants,
         name,
         csrf: session::csrf_for(&text),
     })
@@ -354,11 +390,20 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
     let query = query_map(&uri);
     let get = |key: &str| query.get(key).map_or("", |v| v.trim());
     let state = get("state");
+    // `?namespace=` names one; `*` is every one the viewer may read.
+    let home = viewer.home_namespace();
+    let namespace = match get("namespace") {
+        "" => home.as_str(),
+        named => named,
+    };
+    let all = namespace == "*";
     let mut request = pb::ListRequest {
         name_prefix: get("name").into(),
         schedule: get("schedule").into(),
         page_size: PAGE_SIZE,
         page_token: get("page").into(),
+        namespace: if all { String::new() } else { namespace.into() },
+        all_namespaces: all,
         ..Default::default()
     };
     if !state.is_empty() {
@@ -386,10 +431,21 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
         Ok(listed) => listed.into_inner(),
         Err(status) => return error_page(&viewer.frame(), &status),
     };
-    // Counted on a point-in-time copy: apply does not wait for it.
-    let (counts, capped) = api.node.replica.view().state.state_counts(COUNTED_MAX);
+    // Counted on a point-in-time copy (apply does not wait for it), over the namespaces the
+    // page shows.
+    let counted = match all {
+        true => viewer.grants.readable(),
+        false => Some(std::collections::BTreeSet::from([namespace.to_string()])),
+    };
+    let (counts, capped) = api
+        .node
+        .replica
+        .view()
+        .state
+        .state_counts(COUNTED_MAX, counted.as_ref());
+    let namespaces = readable_namespaces(&api, &viewer).await;
     let keep = |key: &str, value: &str| -> String {
-        let mut parts: Vec<String> = ["name", "label", "schedule", "state"]
+        let mut parts: Vec<String> = ["namespace", "name", "label", "schedule", "state"]
             .iter()
             .filter(|k| **k != key && !get(k).is_empty())
             .map(|k| format!("{k}={}", url(get(k))))
@@ -429,16 +485,18 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
     body.push_str("</nav>");
     if capped {
         body.push_str(&format!(
-            "<p class=\"muted\">Counts of the newest {COUNTED_MAX} workflows.</p>"
+            "<p class=\"muted\">Counts among the newest {COUNTED_MAX} workflows.</p>"
         ));
     }
     body.push_str(&format!(
         "<form class=\"filters\" method=\"get\" action=\"/workflows\" role=\"search\">\
+         <label>Namespace<select name=\"namespace\" data-namespace>{}</select></label>\
          <label>Name starts with<input name=\"name\" value=\"{}\"></label>\
          <label>Label<input name=\"label\" placeholder=\"team=web\" value=\"{}\"></label>\
          <label>Schedule<input name=\"schedule\" value=\"{}\"></label>\
          <label>State<select name=\"state\">{}</select></label>\
          <button type=\"submit\">Filter</button> <a href=\"/workflows\">Clear</a></form>",
+        namespace_options(&namespaces, namespace),
         esc(get("name")),
         esc(get("label")),
         esc(get("schedule")),
@@ -461,10 +519,11 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
     if listed.workflows.is_empty() {
         body.push_str("<p class=\"card muted\">No workflows match.</p>");
     } else {
-        body.push_str(
-            "<table><thead><tr><th>Id</th><th>Name</th><th>State</th><th>Labels</th>\
+        body.push_str(&format!(
+            "<table><thead><tr><th>Id</th>{}<th>Name</th><th>State</th><th>Labels</th>\
              <th>Started by</th><th>Created</th><th>Finished</th></tr></thead><tbody>",
-        );
+            if all { "<th>Namespace</th>" } else { "" }
+        ));
         for w in &listed.workflows {
             let labels = w
                 .labels
@@ -474,7 +533,8 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
                 .join(" ");
             let origin = match (w.schedule.is_empty(), w.template.is_empty()) {
                 (false, _) => format!(
-                    "schedule <a href=\"/workflows?schedule={}\">{}</a>",
+                    "schedule <a href=\"/workflows?namespace={}&amp;schedule={}\">{}</a>",
+                    url(&w.namespace),
                     url(&w.schedule),
                     esc(&w.schedule)
                 ),
@@ -483,10 +543,15 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
             };
             body.push_str(&format!(
                 "<tr data-workflow=\"{id}\"><td><a href=\"/workflows/{id}\">{id}</a></td>\
-                 <td><a href=\"/workflows/{id}\">{name}</a>{paused}</td><td>{state}</td>\
+                 {namespace}<td><a href=\"/workflows/{id}\">{name}</a>{paused}</td><td>{state}</td>\
                  <td class=\"mono\">{labels}</td><td>{origin}</td><td>{created}</td>\
                  <td>{finished}</td></tr>",
                 id = w.id,
+                namespace = if all {
+                    format!("<td>{}</td>", esc(&w.namespace))
+                } else {
+                    String::new()
+                },
                 name = esc(&w.name),
                 paused = if w.paused {
                     " <span class=\"muted\">(paused)</span>"
@@ -508,6 +573,50 @@ async fn workflows_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
         ));
     }
     Html(page("Workflows", "workflows", &viewer.frame(), &body)).into_response()
+}
+
+/// The namespaces the viewer may read, by name, then `*` (all of them) when there are
+/// several.
+async fn readable_namespaces(api: &Api, viewer: &Viewer) -> Vec<String> {
+    let listed = AdminService::list_namespaces(
+        &api.admin,
+        viewer.caller.request(pb::ListNamespacesRequest {
+            consistency: pb::ReadConsistency::Stale as i32,
+        }),
+    )
+    .await;
+    let mut names: Vec<String> = match listed {
+        Ok(listed) => listed
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect(),
+        Err(_) => vec![viewer.home_namespace()],
+    };
+    if names.len() > 1 {
+        names.push("*".into());
+    }
+    names
+}
+
+/// `<option>`s of a namespace selector, `current` selected (named even when not listed).
+fn namespace_options(namespaces: &[String], current: &str) -> String {
+    let mut options: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    if !options.contains(&current) {
+        options.insert(0, current);
+    }
+    options
+        .iter()
+        .map(|name| {
+            format!(
+                "<option value=\"{}\"{}>{}</option>",
+                esc(name),
+                if *name == current { " selected" } else { "" },
+                if *name == "*" { "all" } else { name }
+            )
+        })
+        .collect()
 }
 
 /// A button that posts `action` for workflow `id`, asking `confirm` first.
@@ -554,6 +663,7 @@ async fn workflow_page(
     };
     let state = workflow_state_name(w.state);
     let running = state == "running";
+    let namespace = w.namespace.as_str();
     let notice = query_map(&uri)
         .get("done")
         .map(|done| format!("<p class=\"notice\" role=\"status\">{}</p>", esc(done)))
@@ -618,7 +728,7 @@ async fn workflow_page(
     }
     body.push_str("</div><div class=\"actions\">");
     let mut actions = String::new();
-    if running && viewer.may("/baton.v1.WorkflowService/Cancel") {
+    if running && viewer.may("/baton.v1.WorkflowService/Cancel", namespace) {
         actions.push_str(&format!(
             "<span data-while-running>{}</span>",
             action_button(
@@ -635,7 +745,7 @@ async fn workflow_page(
             )
         ));
     }
-    if running && viewer.may("/baton.v1.WorkflowService/Pause") {
+    if running && viewer.may("/baton.v1.WorkflowService/Pause", namespace) {
         let (action, label, confirm) = if w.paused {
             (
                 "resume",
@@ -654,7 +764,8 @@ async fn workflow_page(
             action_button(&viewer, id, action, label, &confirm, "")
         ));
     }
-    if !running && viewer.may("/baton.v1.WorkflowService/Retry") && state != "succeeded" {
+    if !running && viewer.may("/baton.v1.WorkflowService/Retry", namespace) && state != "succeeded"
+    {
         actions.push_str(&action_button(
             &viewer,
             id,
@@ -672,7 +783,7 @@ async fn workflow_page(
         .iter()
         .filter(|s| step_state_name(s.state) == "awaiting_signal")
         .collect();
-    if viewer.may("/baton.v1.WorkflowService/Signal") {
+    if viewer.may("/baton.v1.WorkflowService/Signal", namespace) {
         for step in awaiting {
             actions.push_str(&format!(
                 "<form method=\"post\" action=\"/workflows/{id}/signal\" data-confirm=\"Approve \
@@ -1003,16 +1114,37 @@ async fn schedules_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
+    let query = query_map(&uri);
+    let namespace = match query.get("namespace").map_or("", |v| v.trim()) {
+        "" => viewer.home_namespace(),
+        named => named.to_string(),
+    };
     let schedules = match ScheduleService::list_schedules(
         &api.schedules,
-        viewer.caller.request(pb::ListSchedulesRequest::default()),
+        viewer.caller.request(pb::ListSchedulesRequest {
+            namespace: namespace.clone(),
+            ..Default::default()
+        }),
     )
     .await
     {
         Ok(listed) => listed.into_inner().schedules,
         Err(status) => return error_page(&viewer.frame(), &status),
     };
-    let mut body = String::from("<h1>Schedules</h1>");
+    let namespaces = readable_namespaces(&api, &viewer).await;
+    let mut body = format!(
+        "<h1>Schedules</h1><form class=\"filters\" method=\"get\" action=\"/schedules\">\
+         <label>Namespace<select name=\"namespace\" data-namespace>{}</select></label>\
+         <button type=\"submit\">Show</button></form>",
+        namespace_options(
+            &namespaces
+                .iter()
+                .filter(|n| n.as_str() != "*")
+                .cloned()
+                .collect::<Vec<_>>(),
+            &namespace
+        )
+    );
     if schedules.is_empty() {
         body.push_str("<p class=\"card muted\">No schedules. Create one with <span class=\"mono\">baton schedule create FILE</span> (docs/SCHEDULES.md).</p>");
     } else {
@@ -1044,9 +1176,10 @@ async fn schedules_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
                 format!("<a href=\"/workflows/{id}\">{id}</a>", id = r.workflow_id)
             });
             body.push_str(&format!(
-                "<tr data-schedule=\"{name}\"><td><a href=\"/workflows?schedule={qname}\">{name}</a></td><td>{when}</td><td>{next}</td><td>{started}</td><td>{skipped}</td><td>{missed}</td><td>{last}</td><td>{error}</td></tr>",
+                "<tr data-schedule=\"{name}\"><td><a href=\"/workflows?namespace={qns}&amp;schedule={qname}\">{name}</a></td><td>{when}</td><td>{next}</td><td>{started}</td><td>{skipped}</td><td>{missed}</td><td>{last}</td><td>{error}</td></tr>",
                 name = esc(&spec.name),
                 qname = url(&spec.name),
+                qns = url(&namespace),
                 started = sc.runs_started,
                 skipped = sc.runs_skipped,
                 missed = sc.runs_missed,
