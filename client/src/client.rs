@@ -49,6 +49,7 @@ use baton_proto::v1::{
 };
 use baton_proto::v1::{
     CreateNamespaceRequest, DeleteNamespaceRequest, ListNamespacesRequest, Namespace,
+    NamespaceQuotas, UpdateNamespaceRequest,
 };
 use futures::Stream;
 
@@ -923,11 +924,18 @@ impl Client {
 
     // ---- namespaces (AdminService) ----
 
-    /// Creates a namespace (a cluster-wide admin token). ALREADY_EXISTS when it does.
-    pub async fn create_namespace(&self, name: &str, description: &str) -> Result<(), ClientError> {
+    /// Creates a namespace (a cluster-wide admin token) with its quotas (None: no limits).
+    /// ALREADY_EXISTS when it does.
+    pub async fn create_namespace(
+        &self,
+        name: &str,
+        description: &str,
+        quotas: Option<NamespaceQuotas>,
+    ) -> Result<(), ClientError> {
         let request = CreateNamespaceRequest {
             name: name.to_owned(),
             description: description.to_owned(),
+            quotas,
         };
         self.unary(move |channel| {
             let request = request.clone();
@@ -935,6 +943,19 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Changes the fields `request` sets (a cluster-wide admin token); the namespace after.
+    pub async fn update_namespace(
+        &self,
+        request: UpdateNamespaceRequest,
+    ) -> Result<Namespace, ClientError> {
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { admin_client(channel).update_namespace(request).await }
+        })
+        .await
+        .map(|(_, response)| response.namespace.unwrap_or_default())
     }
 
     /// The namespaces this client's token may read.

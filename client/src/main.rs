@@ -4,13 +4,18 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::args::{Cli, Command, LogFormat};
 use crate::cli::failure::{EXIT_FAILED, EXIT_OK, report};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    cli.namespace_flag = cli::args::namespace_on_command_line(&matches);
     // Logs (retries, failovers) go to stderr, quiet unless RUST_LOG asks for more; an agent is
     // a service, whose operators want to see what it runs.
     let default_filter = if matches!(cli.command, Command::Agent(_)) {

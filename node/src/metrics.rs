@@ -97,6 +97,10 @@ pub const GRPC_REQUESTS: &str = "baton_grpc_requests_total";
 pub const GRPC_REQUEST_SECONDS: &str = "baton_grpc_request_duration_seconds";
 pub const HTTP_REQUESTS: &str = "baton_http_requests_total";
 pub const TRIGGER_DELIVERIES: &str = "baton_trigger_deliveries_total";
+pub const NAMESPACE_RUNNING: &str = "baton_namespace_running_workflows";
+pub const NAMESPACE_ACTIVE_STEPS: &str = "baton_namespace_active_steps";
+pub const NAMESPACE_QUOTA: &str = "baton_namespace_quota";
+pub const QUOTA_REFUSALS: &str = "baton_namespace_quota_refusals_total";
 pub const HTTP_REQUEST_SECONDS: &str = "baton_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "baton_build_info";
 
@@ -363,6 +367,24 @@ pub fn describe() {
         "Webhook deliveries (POST /api/v1/triggers/NAME), by trigger and outcome: started, \
          duplicate (a redelivery of a delivery id), bad_signature, unknown_trigger, failed."
     );
+    describe_gauge!(
+        NAMESPACE_RUNNING,
+        "Running workflows, by namespace (leader only)."
+    );
+    describe_gauge!(
+        NAMESPACE_ACTIVE_STEPS,
+        "Ready plus running steps, by namespace (leader only)."
+    );
+    describe_gauge!(
+        NAMESPACE_QUOTA,
+        "A namespace's quota, by namespace and quota (max_running_workflows, max_active_steps, \
+         submits_per_second); 0 is no limit (leader only)."
+    );
+    describe_counter!(
+        QUOTA_REFUSALS,
+        "Submits, schedule triggers, backfills and retries a namespace's quota refused, by \
+         namespace and quota (on the node that took the call)."
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "Requests to the HTTP listener (--http-listen), by route (method and pattern) and HTTP status."
@@ -489,6 +511,15 @@ pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
 pub fn trigger_delivery(trigger: &str, outcome: &'static str) {
     counter!(TRIGGER_DELIVERIES, "trigger" => trigger.to_string(), "outcome" => outcome)
         .increment(1);
+}
+
+pub fn quota_refused(over: &crate::state::OverQuota) {
+    counter!(
+        QUOTA_REFUSALS,
+        "namespace" => over.namespace.clone(),
+        "quota" => over.quota.name()
+    )
+    .increment(1);
 }
 
 pub fn commands_per_entry(n: usize) {
@@ -681,6 +712,7 @@ pub struct LeaderGauges {
     priorities: BTreeSet<i32>,
     agents: BTreeSet<String>,
     schedules: BTreeSet<String>,
+    namespaces: BTreeSet<String>,
 }
 
 impl LeaderGauges {
@@ -732,6 +764,28 @@ impl LeaderGauges {
             gauge!(SCHEDULE_NEXT_FIRE, "schedule" => gone.clone()).set(0.0);
         }
         self.schedules = schedules;
+        let mut namespaces = BTreeSet::new();
+        for (name, _) in state.namespaces() {
+            let live = state.live(name);
+            let quotas = state.quotas(name);
+            let name = name.to_string();
+            gauge!(NAMESPACE_RUNNING, "namespace" => name.clone()).set(live.running as f64);
+            gauge!(NAMESPACE_ACTIVE_STEPS, "namespace" => name.clone())
+                .set(live.active_steps as f64);
+            for (quota, value) in [
+                ("max_running_workflows", quotas.running_workflows),
+                ("max_active_steps", quotas.active_steps),
+                ("submits_per_second", u64::from(quotas.submits_per_second)),
+            ] {
+                gauge!(NAMESPACE_QUOTA, "namespace" => name.clone(), "quota" => quota)
+                    .set(value as f64);
+            }
+            namespaces.insert(name);
+        }
+        for gone in self.namespaces.difference(&namespaces) {
+            clear_namespace(gone);
+        }
+        self.namespaces = namespaces;
 
         let mut fleet_capacity = [0.0; 3];
         let mut fleet_allocated = [0.0; 3];
@@ -777,6 +831,9 @@ impl LeaderGauges {
         for name in std::mem::take(&mut self.schedules) {
             gauge!(SCHEDULE_NEXT_FIRE, "schedule" => name).set(0.0);
         }
+        for name in std::mem::take(&mut self.namespaces) {
+            clear_namespace(&name);
+        }
         gauge!(CLOCK_OFFSET_SECONDS).set(0.0);
         gauge!(FLEET_AGENTS_CONNECTED).set(0.0);
         for resource in RESOURCES {
@@ -790,6 +847,19 @@ impl LeaderGauges {
                 gauge!(AGENT_ALLOCATED, "agent" => name.clone(), "resource" => resource).set(0.0);
             }
         }
+    }
+}
+
+/// A namespace's series read 0 once it is gone, or once this node no longer leads.
+fn clear_namespace(name: &str) {
+    gauge!(NAMESPACE_RUNNING, "namespace" => name.to_string()).set(0.0);
+    gauge!(NAMESPACE_ACTIVE_STEPS, "namespace" => name.to_string()).set(0.0);
+    for quota in [
+        "max_running_workflows",
+        "max_active_steps",
+        "submits_per_second",
+    ] {
+        gauge!(NAMESPACE_QUOTA, "namespace" => name.to_string(), "quota" => quota).set(0.0);
     }
 }
 

@@ -59,6 +59,18 @@ pub fn namespace_info_json(namespace: &crate::v1::Namespace) -> Value {
         "created_at_ms": time_json(namespace.created_ms),
         "workflows": namespace.workflows,
         "running": namespace.running,
+        "active_steps": namespace.active_steps,
+        "quotas": quotas_json(&namespace.quotas.unwrap_or_default()),
+    })
+}
+
+/// A namespace's quotas; 0 is no limit.
+pub fn quotas_json(quotas: &crate::v1::NamespaceQuotas) -> Value {
+    json!({
+        "max_running_workflows": quotas.max_running_workflows,
+        "max_active_steps": quotas.max_active_steps,
+        "submits_per_second": quotas.submits_per_second,
+        "submit_burst": quotas.submit_burst,
     })
 }
 

@@ -64,8 +64,9 @@ pub struct Cli {
     pub token_file: Option<PathBuf>,
 
     /// The namespace to act in: submits, lists, watches of every workflow, templates,
-    /// schedules, triggers, and `token create` (a token for this namespace only). `default`
-    /// when not given. A workflow named by id is found in whatever namespace it is.
+    /// schedules and triggers; `default` when not given. A workflow named by id is found in
+    /// whatever namespace it is. `token create -n NS` (the flag itself, not the variable) makes
+    /// a token for that namespace only.
     #[arg(
         short = 'n',
         long,
@@ -75,12 +76,29 @@ pub struct Cli {
     )]
     pub namespace: Option<String>,
 
+    /// Whether --namespace was given on the command line (not only by BATON_NAMESPACE).
+    #[arg(skip)]
+    pub namespace_flag: bool,
+
     /// Format of the logs on stderr (an agent's, or a command's retries and failovers).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Whether `--namespace` came from the command line (a global flag: given to any subcommand),
+/// rather than from BATON_NAMESPACE.
+pub fn namespace_on_command_line(matches: &clap::ArgMatches) -> bool {
+    let mut at = Some(matches);
+    while let Some(m) = at {
+        if m.value_source("namespace") == Some(clap::parser::ValueSource::CommandLine) {
+            return true;
+        }
+        at = m.subcommand().map(|(_, sub)| sub);
+    }
+    false
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -205,11 +223,40 @@ pub enum NamespaceCommand {
         /// What it is for, shown by `namespace list`.
         #[arg(long, default_value = "")]
         description: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
     },
-    /// List the namespaces the token may read, with their workflows.
+    /// Change a namespace's description or quotas (those given; `default`'s too). 0 lifts a
+    /// quota.
+    Set {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// List the namespaces the token may read: workflows, running, active steps, quotas.
     List,
     /// Delete an empty namespace (refused, naming what it holds, otherwise).
     Delete { name: String },
+}
+
+/// A namespace's quotas (docs/SECURITY.md, "Quotas"); each refuses what passes it with
+/// RESOURCE_EXHAUSTED naming it.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    /// Running workflows at once.
+    #[arg(long, value_name = "N")]
+    pub max_running_workflows: Option<u64>,
+    /// Ready plus running steps at once.
+    #[arg(long, value_name = "N")]
+    pub max_active_steps: Option<u64>,
+    /// Submits per second, on average.
+    #[arg(long, value_name = "N")]
+    pub submits_per_second: Option<u32>,
+    /// Submits at once after a quiet spell (default: the rate).
+    #[arg(long, value_name = "N")]
+    pub submit_burst: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -666,6 +713,27 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "not in docs/OPERATIONS.md: {missing:?}");
+    }
+
+    #[test]
+    fn only_a_namespace_flag_counts_as_given_on_the_command_line() {
+        use clap::CommandFactory;
+        let given = |args: &[&str]| {
+            let matches = Cli::command()
+                .try_get_matches_from(std::iter::once("baton").chain(args.iter().copied()))
+                .unwrap();
+            namespace_on_command_line(&matches)
+        };
+        assert!(given(&["-n", "team-a", "token", "list"]));
+        assert!(given(&[
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--namespace",
+            "team-a"
+        ]));
+        assert!(!given(&["token", "list"]));
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

@@ -420,6 +420,18 @@ impl AdminService for AdminServiceImpl {
         .map(Response::new)
     }
 
+    async fn update_namespace(
+        &self,
+        request: Request<pb::UpdateNamespaceRequest>,
+    ) -> Result<Response<pb::UpdateNamespaceResponse>, Status> {
+        observed(
+            "UpdateNamespace",
+            super::namespace::update(&self.node, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
     async fn list_namespaces(
         &self,
         request: Request<pb::ListNamespacesRequest>,

@@ -260,6 +260,10 @@ impl ScheduleServiceImpl {
             }),
             Applied::NoSchedule { .. } => Err(no_schedule(&req.name)),
             Applied::Rejected { reason } => Err(Status::failed_precondition(reason)),
+            Applied::OverQuota(over) => {
+                crate::metrics::quota_refused(&over);
+                Err(Status::resource_exhausted(over.to_string()))
+            }
             other => Err(Status::internal(format!("trigger schedule: {other:?}"))),
         }
     }
@@ -291,7 +295,9 @@ impl ScheduleServiceImpl {
             Applied::Backfilled {
                 started,
                 already_run,
+                stopped,
             } => Ok(pb::BackfillScheduleResponse {
+                stopped: stopped.map(|over| over.to_string()).unwrap_or_default(),
                 started: started
                     .into_iter()
                     .map(|(nominal_ms, id)| pb::ScheduleRun {
@@ -306,6 +312,10 @@ impl ScheduleServiceImpl {
                 Status::invalid_argument(format!("to_ms: {reason} (at most {BACKFILL_RUNS_MAX})")),
             ),
             Applied::Rejected { reason } => Err(Status::failed_precondition(reason)),
+            Applied::OverQuota(over) => {
+                crate::metrics::quota_refused(&over);
+                Err(Status::resource_exhausted(over.to_string()))
+            }
             other => Err(Status::internal(format!("backfill schedule: {other:?}"))),
         }
     }

@@ -80,8 +80,9 @@ impl WorkflowServiceImpl {
             self.node.linearize().await.map_err(node_error)?;
             namespace = namespace_of();
         }
+        // Nothing about a workflow it may not read, not even when it was purged.
         let Some(namespace) = namespace else {
-            return Err(self.missing(id));
+            return Err(Status::not_found(format!("workflow {id} not found")));
         };
         if !grants.allows(&namespace, TokenRole::Reader) {
             return Err(Status::not_found(format!("workflow {id} not found")));
@@ -140,7 +141,7 @@ impl WorkflowServiceImpl {
             .propose_client(command)
             .await
             .map_err(node_error)?;
-        submitted(proposed.index, proposed.response)?.map_err(Status::failed_precondition)
+        submitted(proposed.index, proposed.response)?.map_err(Refused::into_status)
     }
 
     /// Every item checked before any is proposed; then all in one entry.
@@ -230,7 +231,7 @@ impl WorkflowServiceImpl {
             .map(|response| {
                 let outcome = match submitted(index, response)? {
                     Ok(response) => pb::submit_batch_result::Outcome::Submitted(response),
-                    Err(reason) => pb::submit_batch_result::Outcome::Rejected(reason),
+                    Err(refused) => pb::submit_batch_result::Outcome::Rejected(refused.message()),
                 };
                 Ok(pb::SubmitBatchResult {
                     outcome: Some(outcome),
@@ -492,6 +493,10 @@ impl WorkflowServiceImpl {
             }
             Retried::NotFound => Err(self.missing(id)),
             Retried::Refused(reason) => Err(Status::failed_precondition(reason)),
+            Retried::OverQuota(over) => {
+                crate::metrics::quota_refused(&over);
+                Err(Status::resource_exhausted(over.to_string()))
+            }
         }
     }
 }
@@ -546,7 +551,31 @@ fn request_path(invalid: &Invalid) -> String {
 
 /// The answer to one applied submit, committed at `index`: the workflow, or (inside) the reason
 /// apply refused it.
-fn submitted(index: u64, response: Applied) -> Result<Result<pb::SubmitResponse, String>, Status> {
+/// Why the state machine wrote nothing for a submit.
+enum Refused {
+    /// FAILED_PRECONDITION: the state cannot take it.
+    Rejected(String),
+    /// RESOURCE_EXHAUSTED: a quota of its namespace.
+    OverQuota(crate::state::OverQuota),
+}
+
+impl Refused {
+    fn message(self) -> String {
+        match self {
+            Refused::Rejected(reason) => reason,
+            Refused::OverQuota(over) => over.to_string(),
+        }
+    }
+
+    fn into_status(self) -> Status {
+        match self {
+            Refused::Rejected(reason) => Status::failed_precondition(reason),
+            Refused::OverQuota(over) => Status::resource_exhausted(over.to_string()),
+        }
+    }
+}
+
+fn submitted(index: u64, response: Applied) -> Result<Result<pb::SubmitResponse, Refused>, Status> {
     match outcome::<Submitted>(response).map_err(node_error)? {
         Submitted::Workflow {
             workflow_id,
@@ -561,7 +590,11 @@ fn submitted(index: u64, response: Applied) -> Result<Result<pb::SubmitResponse,
                 log_index: index,
             }))
         }
-        Submitted::Rejected(reason) => Ok(Err(reason)),
+        Submitted::Rejected(reason) => Ok(Err(Refused::Rejected(reason))),
+        Submitted::OverQuota(over) => {
+            crate::metrics::quota_refused(&over);
+            Ok(Err(Refused::OverQuota(over)))
+        }
     }
 }
 
@@ -808,6 +841,10 @@ impl WorkflowServiceImpl {
                     finished_event = Some(pb::WorkflowEvent {
                         index: workflow.revision.max(req.from_index),
                         workflow_id: id.0,
+                        namespace: match crate::state::namespaces::is_default(&workflow.namespace) {
+                            true => String::new(),
+                            false => workflow.namespace.to_string(),
+                        },
                         time_ms: workflow.finished_at_ms,
                         kind: pb::EventKind::WorkflowFinished as i32,
                         workflow_state: workflow.state.to_proto() as i32,
@@ -907,6 +944,10 @@ fn namespace_arg_or_all(namespace: &str, all: bool) -> Result<String, Status> {
 
 /// Bounds a `List` request's filters like the fields they filter on.
 fn check_list_filters(req: &pb::ListRequest) -> Result<(), Status> {
+    if !req.schedule.is_empty() {
+        baton_proto::validate::check_name("schedule", "schedule name", &req.schedule)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
     if req.name_prefix.len() > NAME_LEN_MAX {
         return Err(Status::invalid_argument(format!(
             "name_prefix: {} bytes, more than {NAME_LEN_MAX}",

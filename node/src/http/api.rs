@@ -13,7 +13,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use baton_proto::json as shapes;
 use baton_proto::names::parse_workflow_state;
 use baton_proto::spec::{SpecFormat, parse_spec};
@@ -676,6 +676,22 @@ pub const ROUTES: &[Route] = &[
         ok: 201,
         answer: "Empty",
         handler: || post(create_namespace),
+    },
+    Route {
+        method: "PATCH",
+        path: "/api/v1/namespaces/{name}",
+        rpc: "/baton.v1.AdminService/UpdateNamespace",
+        summary: "Change a namespace's description or quotas (a cluster-wide admin token): the \
+                  fields given; 0 lifts a quota. Answers the namespace after.",
+        query: &[],
+        headers: &[],
+        body: Body::Json {
+            schema: "NamespaceUpdate",
+            optional: false,
+        },
+        ok: 200,
+        answer: "Namespace",
+        handler: || patch(update_namespace),
     },
     Route {
         method: "DELETE",
@@ -1626,6 +1642,7 @@ async fn backfill_schedule(
         "name": name,
         "started": filled.started.iter().map(shapes::run_json).collect::<Vec<_>>(),
         "already_run": filled.already_run,
+        "stopped": (!filled.stopped.is_empty()).then_some(&filled.stopped),
     }))
 }
 
@@ -1737,6 +1754,10 @@ async fn deliver_inner(
     let params = Params::parse(uri, NS_QUERY)?;
     let (header, signature) =
         first_header(headers, &["x-baton-signature-256", "x-hub-signature-256"]);
+    // A name is one path segment of [A-Za-z0-9._-]: never a scoped name (`%2F` decodes to a
+    // slash), so a delivery reaches only the trigger of the namespace it names.
+    baton_proto::validate::check_name("name", "trigger name", name)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let namespace = crate::api::namespace_arg("namespace", &params.namespace())?;
     let scoped = crate::state::namespaces::scoped_name(&namespace, name);
     // The trigger and its secret as of this node's applied state: known, and signed for.
@@ -1830,6 +1851,65 @@ struct NamespaceBody {
     name: String,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    quotas: Option<QuotasBody>,
+}
+
+/// A namespace's quotas as JSON; 0 is no limit.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct QuotasBody {
+    #[serde(default)]
+    max_running_workflows: u64,
+    #[serde(default)]
+    max_active_steps: u64,
+    #[serde(default)]
+    submits_per_second: u32,
+    #[serde(default)]
+    submit_burst: u32,
+}
+
+/// The fields of a namespace to change; those absent stay.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NamespaceUpdateBody {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    max_running_workflows: Option<u64>,
+    #[serde(default)]
+    max_active_steps: Option<u64>,
+    #[serde(default)]
+    submits_per_second: Option<u32>,
+    #[serde(default)]
+    submit_burst: Option<u32>,
+}
+
+async fn update_namespace(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Answer {
+    Params::parse(&uri, &[])?;
+    let update: NamespaceUpdateBody = json_body(&body, false)?;
+    let namespace = AdminService::update_namespace(
+        &api.admin,
+        caller.request(pb::UpdateNamespaceRequest {
+            name,
+            description: update.description,
+            max_running_workflows: update.max_running_workflows,
+            max_active_steps: update.max_active_steps,
+            submits_per_second: update.submits_per_second,
+            submit_burst: update.submit_burst,
+        }),
+    )
+    .await?
+    .into_inner()
+    .namespace
+    .unwrap_or_default();
+    ok(shapes::namespace_info_json(&namespace))
 }
 
 async fn create_namespace(
@@ -1839,12 +1919,22 @@ async fn create_namespace(
     body: Bytes,
 ) -> Answer {
     Params::parse(&uri, &[])?;
-    let NamespaceBody { name, description } = json_body(&body, false)?;
+    let NamespaceBody {
+        name,
+        description,
+        quotas,
+    } = json_body(&body, false)?;
     AdminService::create_namespace(
         &api.admin,
         caller.request(pb::CreateNamespaceRequest {
             name: name.clone(),
             description,
+            quotas: quotas.map(|q| pb::NamespaceQuotas {
+                max_running_workflows: q.max_running_workflows,
+                max_active_steps: q.max_active_steps,
+                submits_per_second: q.submits_per_second,
+                submit_burst: q.submit_burst,
+            }),
         }),
     )
     .await?;
@@ -2008,6 +2098,7 @@ mod tests {
                 use crate::security::auth::Access;
                 let access = crate::security::auth::access(route.rpc);
                 let own = route.rpc.ends_with("/CreateNamespace")
+                    || route.rpc.ends_with("/UpdateNamespace")
                     || route.rpc.ends_with("/DeleteNamespace");
                 assert!(
                     match access {
@@ -2036,6 +2127,7 @@ mod tests {
                 "RunRequest" => json_body::<RunBody>(&bytes, false).map(drop),
                 "BackfillRequest" => json_body::<BackfillBody>(&bytes, false).map(drop),
                 "NamespaceRequest" => json_body::<NamespaceBody>(&bytes, false).map(drop),
+                "NamespaceUpdate" => json_body::<NamespaceUpdateBody>(&bytes, false).map(drop),
                 other => panic!("no handler type for {other}"),
             }
         }

@@ -354,10 +354,43 @@ pub fn request_schemas() -> Vec<(&'static str, Value)> {
         (
             "NamespaceRequest",
             request(
-                "A new namespace: 1-63 of a-z 0-9 -, starting with a letter.",
-                &[("name", string()), ("description", string())],
+                "A new namespace: 1-63 of a-z 0-9 -, starting with a letter, and its quotas \
+                 (optional; 0 is no limit).",
+                &[
+                    ("name", string()),
+                    ("description", string()),
+                    (
+                        "quotas",
+                        json!({
+                            "type": "object",
+                            "additionalProperties": false,
+                            "properties": {
+                                "max_running_workflows": int(),
+                                "max_active_steps": int(),
+                                "submits_per_second": int(),
+                                "submit_burst": int(),
+                            },
+                        }),
+                    ),
+                ],
                 &["name"],
-                json!({"name": "team-a", "description": "the payments team"}),
+                json!({"name": "team-a", "description": "the payments team",
+                       "quotas": {"max_running_workflows": 50, "submits_per_second": 20}}),
+            ),
+        ),
+        (
+            "NamespaceUpdate",
+            request(
+                "The fields to change; those absent stay. 0 lifts a quota.",
+                &[
+                    ("description", string()),
+                    ("max_running_workflows", int()),
+                    ("max_active_steps", int()),
+                    ("submits_per_second", int()),
+                    ("submit_burst", int()),
+                ],
+                &[],
+                json!({"max_running_workflows": 100}),
             ),
         ),
         (
@@ -678,11 +711,13 @@ fn schemas() -> Value {
         (
             "Backfilled",
             object(
-                "The runs started, and the times that had one already.",
+                "The runs started, the times that had one already, and why it stopped before \
+                 the range's end (the namespace's quota; null: it did not).",
                 &[
                     ("name", string()),
                     ("started", array(reference("ScheduleRun"))),
                     ("already_run", int()),
+                    ("stopped", nullable("string")),
                 ],
             ),
         ),
@@ -729,13 +764,27 @@ fn schemas() -> Value {
         (
             "Namespace",
             object(
-                "A namespace and what it holds (`default` has no creation time).",
+                "A namespace, what it holds and its quotas (`default` has no creation time).",
                 &[
                     ("name", string()),
                     ("description", string()),
                     ("created_at_ms", nullable("integer")),
                     ("workflows", int()),
                     ("running", int()),
+                    ("active_steps", int()),
+                    ("quotas", reference("Quotas")),
+                ],
+            ),
+        ),
+        (
+            "Quotas",
+            object(
+                "A namespace's quotas; 0 is no limit. A submit past one answers 429 naming it.",
+                &[
+                    ("max_running_workflows", int()),
+                    ("max_active_steps", int()),
+                    ("submits_per_second", int()),
+                    ("submit_burst", int()),
                 ],
             ),
         ),

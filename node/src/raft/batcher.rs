@@ -225,6 +225,9 @@ fn encoded_len(command: &Command) -> usize {
             | Command::DeleteTrigger { name }
             | Command::DeleteNamespace { name } => name.len(),
             Command::CreateNamespace(create) => create.name.len() + create.description.len(),
+            Command::UpdateNamespace(update) => {
+                update.name.len() + update.description.as_ref().map_or(0, String::len)
+            }
             Command::CreateTrigger(create) => create.spec.len() + create.secret.len(),
             Command::DeleteSchedule { name } | Command::TriggerSchedule { name } => name.len(),
             Command::BackfillSchedule(backfill) => backfill.name.len(),

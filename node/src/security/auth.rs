@@ -111,7 +111,8 @@ pub fn access(path: &str) -> Access {
         ) => Access::Cluster(TokenRole::Operator),
         (
             "baton.v1.AdminService",
-            "CreateToken" | "ListTokens" | "RevokeToken" | "CreateNamespace" | "DeleteNamespace",
+            "CreateToken" | "ListTokens" | "RevokeToken" | "CreateNamespace" | "UpdateNamespace"
+            | "DeleteNamespace",
         ) => Access::Cluster(TokenRole::Admin),
         _ => Access::Cluster(TokenRole::Admin),
     }

@@ -169,6 +169,11 @@ impl ClusterState {
             }
         };
         let rerun = with_dependents(workflow, &seeds);
+        // Running again counts against its namespace's quota (its rerun steps are queued as
+        // their dependencies allow, so only the running-workflows one applies).
+        if let Some(over) = self.over_quota(&workflow.namespace, 0, false) {
+            return Response::OverQuota(over);
+        }
         // Out of the purge index under its finished key, before the key changes.
         self.purge_index_remove(id);
         let workflow = Arc::make_mut(self.workflows.get_mut(&id).expect("checked above"));

@@ -118,6 +118,8 @@ pub enum Command {
     DeleteNamespace {
         name: String,
     },
+    /// Changes a namespace's description and quotas (the fields given).
+    UpdateNamespace(super::namespaces::UpdateNamespaceCommand),
     /// Commands the leader grouped into one entry (see `raft::batcher`), or a client's
     /// `SubmitBatch`. They apply in order, exactly as consecutive entries would, with this
     /// entry's index and time; the response is [`Response::Batch`], one response per command. A
@@ -257,6 +259,7 @@ impl Command {
             Self::DeleteTrigger { .. } => "delete_trigger",
             Self::CreateNamespace(_) => "create_namespace",
             Self::DeleteNamespace { .. } => "delete_namespace",
+            Self::UpdateNamespace(_) => "update_namespace",
             Self::Batch(_) => "batch",
         }
     }
@@ -315,6 +318,7 @@ impl Command {
             | Self::DeleteTrigger { .. }
             | Self::CreateNamespace(_)
             | Self::DeleteNamespace { .. }
+            | Self::UpdateNamespace(_)
             | Self::Purge(_) => false,
         }
     }
@@ -444,6 +448,10 @@ pub enum Response {
     Backfilled {
         started: Vec<(u64, WorkflowId)>,
         already_run: u32,
+        /// The namespace's quota that stopped it before the range's end (the runs started
+        /// stand).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped: Option<super::namespaces::OverQuota>,
     },
     /// A trigger was created (or replaced: `created` false).
     TriggerCreated {
@@ -465,6 +473,8 @@ pub enum Response {
     NoNamespace {
         name: String,
     },
+    /// A namespace's quota refused the command; nothing changed.
+    OverQuota(super::namespaces::OverQuota),
     /// The responses to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),
 }
@@ -798,10 +808,20 @@ mod tests {
             ),
             (
                 Command::CreateNamespace(super::super::namespaces::CreateNamespaceCommand {
+                    quotas: Default::default(),
                     name: "team-a".into(),
                     description: "d".into(),
                 }),
                 "0182a774696d655f6d7305a7636f6d6d616e6481b06372656174655f6e616d65737061636582a46e616d65a67465616d2d61ab6465736372697074696f6ea164",
+            ),
+            (
+                Command::UpdateNamespace(super::super::namespaces::UpdateNamespaceCommand {
+                    name: "team-a".into(),
+                    running_workflows: Some(10),
+                    submits_per_second: Some(5),
+                    ..Default::default()
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481b07570646174655f6e616d65737061636583a46e616d65a67465616d2d61b172756e6e696e675f776f726b666c6f77730ab27375626d6974735f7065725f7365636f6e6405",
             ),
             (
                 Command::DeleteNamespace {
@@ -886,7 +906,8 @@ mod tests {
             | Command::DeleteTrigger { .. }
             | Command::CreateNamespace(_)
             | Command::DeleteNamespace { .. }
-            | Command::Batch(_) => 29,
+            | Command::UpdateNamespace(_)
+            | Command::Batch(_) => 30,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }

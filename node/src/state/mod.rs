@@ -38,7 +38,9 @@ pub use command::{
 };
 pub use ids::{AgentId, AttemptId, NodeId, StepIndex, WorkflowId};
 pub use lifecycle::{PURGE_BATCH_MAX, PurgeDue, PurgeRecord};
-pub use namespaces::{CreateNamespaceCommand, DEFAULT_NAMESPACE};
+pub use namespaces::{
+    CreateNamespaceCommand, DEFAULT_NAMESPACE, OverQuota, Quota, Quotas, UpdateNamespaceCommand,
+};
 pub use outcome::{Outcome, Proposal};
 pub use schedules::{
     BackfillScheduleCommand, CreateScheduleCommand, PauseScheduleCommand, Schedule,
@@ -175,6 +177,17 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     namespaces: OrdMap<Arc<str>, namespaces::Namespace>,
+    /// The submit budget of each namespace with a submit rate (see `namespaces.rs`); left out
+    /// while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    submit_buckets: OrdMap<Arc<str>, namespaces::Bucket>,
+    /// Running workflows and ready-plus-running steps per namespace (derived).
+    #[serde(skip)]
+    live_counts: namespaces::LiveCounts,
     /// Unpaused schedules by the time they next fire, jitter included (derived).
     #[serde(skip)]
     schedule_due: schedules::ScheduleDue,
@@ -258,7 +271,7 @@ pub struct ListQuery {
     /// Only workflows with an id below this (the page token); None = from the newest.
     pub before: Option<WorkflowId>,
     pub limit: usize,
-    /// Only the runs of this schedule (its scoped name).
+    /// Only the runs of schedules of this name (in the namespaces listed).
     pub schedule: Option<String>,
     /// Only workflows of these namespaces; None: of every one.
     pub namespaces: Option<std::collections::BTreeSet<String>>,
@@ -307,6 +320,7 @@ impl ClusterState {
         self.schedule_runs_ended(ctx, start, events);
         self.await_signals(ctx, start, events);
         self.record_history(&mut events[start..]);
+        self.count_live(&events[start..]);
         response
     }
 
@@ -355,6 +369,7 @@ impl ClusterState {
             Command::DeleteTrigger { name } => self.delete_trigger(&name),
             Command::CreateNamespace(create) => self.create_namespace(create),
             Command::DeleteNamespace { name } => self.delete_namespace(&name),
+            Command::UpdateNamespace(update) => self.update_namespace(update),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -493,6 +508,11 @@ impl ClusterState {
             Ok(steps) => steps,
             Err(reason) => return Response::Rejected { reason },
         };
+        let roots = steps.iter().filter(|s| s.deps.is_empty()).count() as u64;
+        if let Some(over) = self.over_quota(&namespace, roots, true) {
+            return Response::OverQuota(over);
+        }
+        self.draw_submit(&namespace);
         self.last_workflow_id += 1;
         let id = WorkflowId(self.last_workflow_id);
         let spec_timeout_ms = spec.timeout_ms;
@@ -537,6 +557,9 @@ impl ClusterState {
                 e.step_state = pb::StepState::Ready as i32;
             }));
         }
+        // Counted at once: one command may start several (a schedule's backfill or its due
+        // times), each against its namespace's quota.
+        self.live_counts.update(id, Some(&workflow));
         self.workflows.insert(id, Arc::new(workflow));
         if let Some(key) = key {
             self.idempotency_keys.insert(key, id);
@@ -629,6 +652,10 @@ impl ClusterState {
             e.message = reason;
             e.actor = actor;
         }));
+        // Credited at once: a schedule that cancels its previous run starts the next one in
+        // the same command, against its namespace's quota.
+        let ended = self.workflows.get(&id).cloned();
+        self.live_counts.update(id, ended.as_deref());
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -704,6 +731,7 @@ impl ClusterState {
         state.timeouts = state.derive_timeouts();
         state.signal_deadlines = state.derive_signal_deadlines();
         state.schedule_due = state.derive_schedule_due();
+        state.live_counts = state.derive_live_counts();
         Ok(state)
     }
 
@@ -885,6 +913,7 @@ impl ClusterState {
                 StepState::Ready
             );
         }
+        self.check_live_counts();
         assert_eq!(
             self.ready_deadlines,
             self.derive_deadlines(),
@@ -956,10 +985,12 @@ impl ListQuery {
                 .labels
                 .iter()
                 .all(|(k, v)| workflow.spec.labels.get(k) == Some(v))
-            && self
-                .schedule
-                .as_deref()
-                .is_none_or(|name| workflow.schedule.as_ref().is_some_and(|s| &*s.name == name))
+            && self.schedule.as_deref().is_none_or(|name| {
+                workflow
+                    .schedule
+                    .as_ref()
+                    .is_some_and(|s| namespaces::split_scoped(&s.name).1 == name)
+            })
             && self
                 .namespaces
                 .as_ref()

@@ -12,10 +12,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
 use super::command::Response;
+use super::ids::WorkflowId;
+use super::workflow::{StepState, Workflow};
 
 /// The namespace of everything that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -101,12 +104,107 @@ pub fn scoped_key(namespace: &str, key: &str) -> Arc<str> {
     }
 }
 
-/// A namespace other than `default`.
+/// A namespace's record: any namespace but `default`, and `default` once its settings were
+/// changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Quotas::is_none")]
+    pub quotas: Quotas,
+}
+
+/// A namespace's quotas; 0 is no limit. Checked at apply, with the state's own counts and
+/// time, so every replica refuses alike and a new leader neither resets nor doubles a budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Running workflows at once: a submit (or a schedule's run, or a retry) past it is
+    /// refused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub running_workflows: u64,
+    /// Ready plus running steps at once: a submit whose first steps would pass it is refused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub active_steps: u64,
+    /// Submits per second, on average (a token bucket refilled with the state's time).
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub submits_per_second: u32,
+    /// Submits at once after a quiet spell (the bucket's size); 0: `submits_per_second`.
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub submit_burst: u32,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Quotas {
+    pub fn is_none(&self) -> bool {
+        *self == Quotas::default()
+    }
+
+    /// The bucket's size in thousandths of a submit.
+    fn burst_milli(&self) -> u64 {
+        u64::from(self.submit_burst.max(self.submits_per_second)) * 1000
+    }
+}
+
+/// Which quota refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quota {
+    RunningWorkflows,
+    ActiveSteps,
+    SubmitsPerSecond,
+}
+
+impl Quota {
+    /// Its name in the API and the CLI (`max_running_workflows`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Quota::RunningWorkflows => "max_running_workflows",
+            Quota::ActiveSteps => "max_active_steps",
+            Quota::SubmitsPerSecond => "submits_per_second",
+        }
+    }
+}
+
+/// A refusal by a quota: the namespace, the quota and its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverQuota {
+    pub namespace: String,
+    pub quota: Quota,
+    pub limit: u64,
+}
+
+impl std::fmt::Display for OverQuota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.quota {
+            Quota::RunningWorkflows => format!("{} running workflows", self.limit),
+            Quota::ActiveSteps => format!("{} ready and running steps", self.limit),
+            Quota::SubmitsPerSecond => format!("{} submits per second", self.limit),
+        };
+        write!(
+            f,
+            "namespace {} is at its quota {} of {what}: nothing was written; wait for work to \
+             finish, or raise it (baton namespace set {} --{} N)",
+            self.namespace,
+            self.quota.name(),
+            self.namespace,
+            self.quota.name().replace('_', "-"),
+        )
+    }
+}
+
+/// A namespace's submit budget: thousandths of a submit, as of a state time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub level_milli: u64,
+    pub at_ms: u64,
 }
 
 /// See [`super::Command::CreateNamespace`]. The API has checked the name.
@@ -115,6 +213,82 @@ pub struct CreateNamespaceCommand {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    #[serde(default, skip_serializing_if = "Quotas::is_none")]
+    pub quotas: Quotas,
+}
+
+/// See [`super::Command::UpdateNamespace`]: each field given replaces the namespace's; one left
+/// out keeps it, so two operators changing different quotas do not undo each other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateNamespaceCommand {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_workflows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submits_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_burst: Option<u32>,
+}
+
+/// Running workflows and ready-plus-running steps of one namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub running: u64,
+    pub active_steps: u64,
+}
+
+/// [`Live`] counts per namespace, derived: rebuilt by `decode`, kept after every command from
+/// the workflows its events name (every change to a workflow yields an event of it), and
+/// checked against a recount by the invariants. A quota check reads it in O(log n).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct LiveCounts {
+    /// Per workflow that is running or has an active step: (running, active steps).
+    of: OrdMap<WorkflowId, (bool, u32)>,
+    by_namespace: OrdMap<Arc<str>, Live>,
+}
+
+impl LiveCounts {
+    /// What `workflow` adds now.
+    fn counted(workflow: &Workflow) -> (bool, u32) {
+        let active = workflow
+            .steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Ready | StepState::Running))
+            .count() as u32;
+        (!workflow.state.is_terminal(), active)
+    }
+
+    /// Brings workflow `id` (None: gone) up to date; idempotent.
+    pub(super) fn update(&mut self, id: WorkflowId, workflow: Option<&Workflow>) {
+        let old = self.of.get(&id).copied().unwrap_or((false, 0));
+        let new = workflow.map_or((false, 0), Self::counted);
+        if old == new {
+            return;
+        }
+        let Some(workflow) = workflow else {
+            // Only finished workflows leave the state, and those count nothing.
+            self.of.remove(&id);
+            return;
+        };
+        let live = self
+            .by_namespace
+            .entry(workflow.namespace.clone())
+            .or_default();
+        live.running = (live.running + u64::from(new.0)).saturating_sub(u64::from(old.0));
+        live.active_steps = (live.active_steps + u64::from(new.1)).saturating_sub(u64::from(old.1));
+        if *live == Live::default() {
+            self.by_namespace.remove(&workflow.namespace);
+        }
+        if new == (false, 0) {
+            self.of.remove(&id);
+        } else {
+            self.of.insert(id, new);
+        }
+    }
 }
 
 /// What a namespace holds (see [`ClusterState::namespace_usage`]).
@@ -138,6 +312,121 @@ impl ClusterState {
         is_default(name) || self.namespaces.contains_key(name)
     }
 
+    /// Namespace `name`'s quotas (none for a namespace without a record).
+    pub fn quotas(&self, name: &str) -> Quotas {
+        self.namespaces
+            .get(name)
+            .map(|n| n.quotas)
+            .unwrap_or_default()
+    }
+
+    /// Running workflows and ready-plus-running steps of namespace `name`.
+    pub fn live(&self, name: &str) -> Live {
+        self.live_counts
+            .by_namespace
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The quota a new running workflow of `namespace` with `roots` ready steps would pass, if
+    /// any (`submit`: it is a submit, which the submit rate limits too).
+    pub(super) fn over_quota(
+        &self,
+        namespace: &str,
+        roots: u64,
+        submit: bool,
+    ) -> Option<OverQuota> {
+        let quotas = self.quotas(namespace);
+        if quotas.is_none() {
+            return None;
+        }
+        let live = self.live(namespace);
+        let over = |quota, limit: u64| OverQuota {
+            namespace: namespace.to_string(),
+            quota,
+            limit,
+        };
+        if quotas.running_workflows != 0 && live.running >= quotas.running_workflows {
+            return Some(over(Quota::RunningWorkflows, quotas.running_workflows));
+        }
+        if quotas.active_steps != 0 && live.active_steps.saturating_add(roots) > quotas.active_steps
+        {
+            return Some(over(Quota::ActiveSteps, quotas.active_steps));
+        }
+        if submit && quotas.submits_per_second != 0 && self.submit_budget_milli(namespace) < 1000 {
+            return Some(over(
+                Quota::SubmitsPerSecond,
+                u64::from(quotas.submits_per_second),
+            ));
+        }
+        None
+    }
+
+    /// What `namespace`'s bucket holds now, refilled at its rate since it was last drawn.
+    fn submit_budget_milli(&self, namespace: &str) -> u64 {
+        let quotas = self.quotas(namespace);
+        let full = quotas.burst_milli();
+        match self.submit_buckets.get(namespace) {
+            None => full,
+            Some(bucket) => bucket
+                .level_milli
+                .saturating_add(
+                    self.now_ms
+                        .saturating_sub(bucket.at_ms)
+                        .saturating_mul(u64::from(quotas.submits_per_second)),
+                )
+                .min(full),
+        }
+    }
+
+    /// Takes one submit from `namespace`'s bucket, when it has a rate.
+    pub(super) fn draw_submit(&mut self, namespace: &Arc<str>) {
+        if self.quotas(namespace).submits_per_second == 0 {
+            return;
+        }
+        let level_milli = self.submit_budget_milli(namespace).saturating_sub(1000);
+        self.submit_buckets.insert(
+            namespace.clone(),
+            Bucket {
+                level_milli,
+                at_ms: self.now_ms,
+            },
+        );
+    }
+
+    /// After every command: the live counts of the workflows its events name.
+    pub(super) fn count_live(&mut self, events: &[baton_proto::v1::WorkflowEvent]) {
+        let mut last = None;
+        for event in events {
+            let id = WorkflowId(event.workflow_id);
+            // Events of one workflow come together: skip the repeats cheaply.
+            if last == Some(id) {
+                continue;
+            }
+            last = Some(id);
+            let workflow = self.workflows.get(&id).cloned();
+            self.live_counts.update(id, workflow.as_deref());
+        }
+    }
+
+    /// The live counts, recounted from the workflows.
+    pub(super) fn derive_live_counts(&self) -> LiveCounts {
+        let mut counts = LiveCounts::default();
+        for (id, workflow) in &self.workflows {
+            counts.update(*id, Some(workflow));
+        }
+        counts
+    }
+
+    pub(super) fn check_live_counts(&self) {
+        assert_eq!(
+            self.live_counts,
+            self.derive_live_counts(),
+            "live counts per namespace"
+        );
+    }
+
     /// The shared name of namespace `name`, if it exists (workflows hold it, so a namespace's
     /// name is allocated once).
     pub(super) fn namespace_arc(&self, name: &str) -> Option<Arc<str>> {
@@ -154,7 +443,9 @@ impl ClusterState {
             .iter()
             .map(|(name, ns)| (&**name, Some(ns)))
             .collect();
-        all.push((DEFAULT_NAMESPACE, None));
+        if !self.namespaces.contains_key(DEFAULT_NAMESPACE) {
+            all.push((DEFAULT_NAMESPACE, None));
+        }
         all.sort_by_key(|(name, _)| *name);
         all.into_iter()
     }
@@ -198,8 +489,51 @@ impl ClusterState {
             Namespace {
                 description: create.description,
                 created_ms: self.now_ms,
+                quotas: create.quotas,
             },
         );
+        Response::Done
+    }
+
+    /// [`super::Command::UpdateNamespace`]. `default` gets a record the first time.
+    pub(super) fn update_namespace(&mut self, update: UpdateNamespaceCommand) -> Response {
+        if !self.namespace_exists(&update.name) {
+            return Response::NoNamespace { name: update.name };
+        }
+        let now_ms = self.now_ms;
+        let record = self
+            .namespaces
+            .entry(Arc::from(update.name.as_str()))
+            .or_insert_with(|| Namespace {
+                description: String::new(),
+                created_ms: now_ms,
+                quotas: Quotas::default(),
+            });
+        if let Some(description) = update.description {
+            record.description = description;
+        }
+        let quotas = &mut record.quotas;
+        let rate_before = (quotas.submits_per_second, quotas.submit_burst);
+        for (field, value) in [
+            (&mut quotas.running_workflows, update.running_workflows),
+            (&mut quotas.active_steps, update.active_steps),
+        ] {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        for (field, value) in [
+            (&mut quotas.submits_per_second, update.submits_per_second),
+            (&mut quotas.submit_burst, update.submit_burst),
+        ] {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        // A new rate starts from a full bucket of its own.
+        if rate_before != (quotas.submits_per_second, quotas.submit_burst) {
+            self.submit_buckets.remove(update.name.as_str());
+        }
         Response::Done
     }
 
@@ -218,19 +552,29 @@ impl ClusterState {
             .get(name)
             .copied()
             .unwrap_or_default();
+        // Keys of its purged workflows answer until the idempotency window ends: a namespace
+        // created again under the name would find them.
+        let prefix = format!("{name}\n");
+        let keys = self
+            .idempotency_keys
+            .range(Arc::<str>::from(prefix.as_str())..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter(|(_, id)| !self.workflows.contains_key(*id))
+            .count() as u64;
         // A live token naming it would act in a namespace created again under the name.
         let tokens = self
             .tokens
             .values()
             .filter(|t| t.revoked_ms.is_none() && t.namespaces.contains_key(name))
             .count() as u64;
-        if !usage.is_empty() || tokens > 0 {
+        if !usage.is_empty() || tokens > 0 || keys > 0 {
             let held: Vec<String> = [
                 (usage.workflows, "workflows"),
                 (usage.templates, "templates"),
                 (usage.schedules, "schedules"),
                 (usage.triggers, "triggers"),
                 (tokens, "live tokens"),
+                (keys, "idempotency keys of purged workflows"),
             ]
             .into_iter()
             .filter(|(n, _)| *n > 0)
@@ -239,12 +583,14 @@ impl ClusterState {
             return Response::Rejected {
                 reason: format!(
                     "namespace {name} is not empty: it holds {} (delete them, revoke the \
-                     tokens, or wait for finished workflows' retention to end)",
+                     tokens, or wait for finished workflows' retention and the idempotency \
+                     window to end)",
                     held.join(", ")
                 ),
             };
         }
         self.namespaces.remove(name);
+        self.submit_buckets.remove(name);
         Response::Done
     }
 }

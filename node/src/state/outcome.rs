@@ -34,8 +34,10 @@ pub enum Submitted {
         created: bool,
     },
     /// Nothing written: a spec apply cannot take (it passed the API's checks on a node of
-    /// another version, or does not decode).
+    /// another version, or does not decode), or a namespace that does not exist.
     Rejected(String),
+    /// Nothing written: a quota of its namespace refused it.
+    OverQuota(super::namespaces::OverQuota),
 }
 
 /// What a cancel answers.
@@ -91,6 +93,7 @@ impl Outcome for Submitted {
                 created,
             }),
             Response::Rejected { reason } => Ok(Self::Rejected(reason)),
+            Response::OverQuota(over) => Ok(Self::OverQuota(over)),
             other => Err(other),
         }
     }
@@ -207,6 +210,8 @@ pub enum Retried {
     NotFound,
     /// Nothing changed: the workflow is running, has no such step, or nothing needs a rerun.
     Refused(String),
+    /// Nothing changed: its namespace is at its running-workflows quota.
+    OverQuota(super::namespaces::OverQuota),
 }
 
 impl Outcome for Retried {
@@ -216,6 +221,7 @@ impl Outcome for Retried {
             Response::Retried { steps, state } => Ok(Self::Steps(steps, state)),
             Response::NotFound { .. } => Ok(Self::NotFound),
             Response::Rejected { reason } => Ok(Self::Refused(reason)),
+            Response::OverQuota(over) => Ok(Self::OverQuota(over)),
             other => Err(other),
         }
     }

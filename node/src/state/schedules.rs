@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::command::{Response, SubmitCommand};
 use super::ids::WorkflowId;
-use super::namespaces::{DEFAULT_NAMESPACE, or_default, scoped_name, split_scoped};
+use super::namespaces::{DEFAULT_NAMESPACE, OverQuota, or_default, scoped_name, split_scoped};
 use super::templates::TemplateRef;
 use super::workflow::{ScheduledRun, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
@@ -188,9 +188,22 @@ enum Fired {
     Buffered,
     /// Nothing to run (its template gone, its params no longer fit it).
     Failed(String),
+    /// Its namespace's quota held the run back.
+    OverQuota(OverQuota),
 }
 
 impl Fired {
+    /// Why no run started, for the schedule's `last_error`, when that is a problem.
+    fn problem(&self, name: &str, nominal_ms: u64) -> Option<String> {
+        match self {
+            Fired::Failed(reason) => Some(reason.clone()),
+            Fired::OverQuota(over) => {
+                Some(format!("schedule {name}: no run for {nominal_ms}: {over}"))
+            }
+            _ => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Fired::Started(_) => "started",
@@ -198,6 +211,7 @@ impl Fired {
             Fired::Skipped => "skipped (a run is still running; overlap policy)",
             Fired::Buffered => "buffered (starts when the running run ends)",
             Fired::Failed(_) => "failed",
+            Fired::OverQuota(_) => "over quota",
         }
     }
 }
@@ -393,8 +407,10 @@ impl ClusterState {
         };
         let nominal_ms = self.now_ms;
         let fired = self.fire_time(ctx, &name, nominal_ms, events);
-        if let Fired::Failed(reason) = fired {
-            return Response::Rejected { reason };
+        match fired {
+            Fired::Failed(reason) => return Response::Rejected { reason },
+            Fired::OverQuota(over) => return Response::OverQuota(over),
+            _ => {}
         }
         Response::ScheduleFired {
             workflow_id: match fired {
@@ -444,12 +460,22 @@ impl ClusterState {
             match self.start_run(ctx, &name, nominal_ms, false, events) {
                 Fired::Started(id) => started.push((nominal_ms, id)),
                 Fired::Failed(reason) => return Response::Rejected { reason },
+                // The runs started stand; the rest wait for a backfill once work has finished.
+                Fired::OverQuota(over) if started.is_empty() => return Response::OverQuota(over),
+                Fired::OverQuota(over) => {
+                    return Response::Backfilled {
+                        started,
+                        already_run,
+                        stopped: Some(over),
+                    };
+                }
                 _ => already_run += 1,
             }
         }
         Response::Backfilled {
             started,
             already_run,
+            stopped: None,
         }
     }
 
@@ -475,7 +501,10 @@ impl ClusterState {
             let late_ms = now_ms.saturating_sub(at);
             if late_ms > catchup_window_ms(&spec).saturating_add(CATCHUP_GRACE_MS) {
                 self.change_schedule(&name, |s| s.missed += 1);
-            } else if let Fired::Failed(reason) = self.fire_time(ctx, &name, nominal_ms, events) {
+            } else if let Some(reason) = self
+                .fire_time(ctx, &name, nominal_ms, events)
+                .problem(&name, nominal_ms)
+            {
                 self.change_schedule(&name, |s| {
                     s.skipped += 1;
                     s.last_error = reason;
@@ -568,7 +597,9 @@ impl ClusterState {
             }
         });
         if let Some(nominal_ms) = ready
-            && let Fired::Failed(reason) = self.start_run(ctx, name, nominal_ms, true, events)
+            && let Some(reason) = self
+                .start_run(ctx, name, nominal_ms, true, events)
+                .problem(name, nominal_ms)
         {
             self.change_schedule(name, |s| {
                 s.skipped += 1;
@@ -672,6 +703,7 @@ impl ClusterState {
                 });
                 Fired::Started(workflow_id)
             }
+            Response::OverQuota(over) => Fired::OverQuota(over),
             _ => Fired::AlreadyRun,
         }
     }

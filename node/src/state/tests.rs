@@ -649,6 +649,7 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
             name: "team-a".into(),
         },
         false => Command::CreateNamespace(CreateNamespaceCommand {
+            quotas: Default::default(),
             name: "team-a".into(),
             description: String::new(),
         }),
@@ -683,12 +684,28 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
         arb_steer.clone().prop_map(in_team_a),
         arb_template.clone().prop_map(in_team_a),
     ];
+    // Quotas come and go on both namespaces: submits, retries and schedule runs meet them.
+    let arb_quota = (
+        prop::sample::select(vec!["default", "team-a"]),
+        prop::sample::select(vec![None, Some(0u64), Some(1), Some(3)]),
+        prop::sample::select(vec![None, Some(0u64), Some(2), Some(6)]),
+        prop::sample::select(vec![None, Some(0u32), Some(1), Some(5)]),
+    )
+        .prop_map(|(name, running, active, rate)| {
+            Command::UpdateNamespace(UpdateNamespaceCommand {
+                name: name.into(),
+                running_workflows: running,
+                active_steps: active,
+                submits_per_second: rate,
+                ..Default::default()
+            })
+        });
     let command = prop_oneof![
         4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
         4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 2 => Just(Command::Tick),
         1 => arb_pause, 1 => arb_retry, 1 => arb_purge, 2 => arb_signal,
         1 => arb_schedule, 2 => arb_steer, 1 => arb_template, 1 => arb_namespace,
-        2 => namespaced,
+        2 => namespaced, 1 => arb_quota,
     ];
     (0u64..100_000, command)
 }
@@ -2443,6 +2460,7 @@ fn pause_resume_trigger_backfill_and_delete() {
     assert_eq!(
         log.apply_at(37_000, backfill()),
         Response::Backfilled {
+            stopped: Default::default(),
             started: vec![
                 (10_000, WorkflowId(2)),
                 (20_000, WorkflowId(3)),
@@ -2454,6 +2472,7 @@ fn pause_resume_trigger_backfill_and_delete() {
     assert_eq!(
         log.apply_at(38_000, backfill()),
         Response::Backfilled {
+            stopped: Default::default(),
             started: vec![],
             already_run: 3
         }
@@ -2467,6 +2486,7 @@ fn pause_resume_trigger_backfill_and_delete() {
     assert_eq!(
         log.apply_at(38_000, ahead),
         Response::Backfilled {
+            stopped: Default::default(),
             started: vec![],
             already_run: 1
         }
@@ -2707,6 +2727,7 @@ fn a_schedule_of_a_template_runs_its_latest_version_and_counts_a_missing_one_as_
 
 fn create_namespace(name: &str) -> Command {
     Command::CreateNamespace(CreateNamespaceCommand {
+        quotas: Default::default(),
         name: name.into(),
         description: String::new(),
     })
@@ -2845,7 +2866,8 @@ fn a_namespace_is_deleted_only_when_empty() {
     assert_eq!(
         reason,
         "namespace team-a is not empty: it holds 1 workflows, 1 templates (delete them, revoke \
-         the tokens, or wait for finished workflows' retention to end)"
+         the tokens, or wait for finished workflows' retention and the idempotency window to \
+         end)"
     );
     assert!(matches!(
         log.apply(Command::DeleteNamespace {
@@ -3000,4 +3022,296 @@ fn templates_and_schedules_of_a_namespace_are_its_own_and_its_runs_run_there() {
         ),
         Response::Rejected { .. }
     ));
+}
+
+// ---- quotas ----
+
+fn set_quotas(
+    namespace: &str,
+    running: Option<u64>,
+    active: Option<u64>,
+    rate: Option<(u32, u32)>,
+) -> Command {
+    Command::UpdateNamespace(UpdateNamespaceCommand {
+        name: namespace.into(),
+        running_workflows: running,
+        active_steps: active,
+        submits_per_second: rate.map(|r| r.0),
+        submit_burst: rate.map(|r| r.1),
+        ..Default::default()
+    })
+}
+
+fn over(namespace: &str, quota: Quota, limit: u64) -> Response {
+    Response::OverQuota(OverQuota {
+        namespace: namespace.into(),
+        quota,
+        limit,
+    })
+}
+
+#[test]
+fn a_running_workflows_quota_refuses_the_next_and_changes_nothing() {
+    let mut log = Log::new();
+    log.apply(create_namespace("team-a"));
+    log.apply(set_quotas("team-a", Some(2), None, None));
+    let job = spec("job", vec![step("a", &[])]);
+    for key in ["k1", "k2"] {
+        assert!(matches!(
+            log.apply(submit_in("team-a", &job, key)),
+            Response::Submitted { created: true, .. }
+        ));
+    }
+    assert_eq!(log.state.live("team-a").running, 2);
+    let before = log.state.clone();
+    assert_eq!(
+        log.apply(submit_in("team-a", &job, "k3")),
+        over("team-a", Quota::RunningWorkflows, 2)
+    );
+    assert_eq!(log.state.workflows, before.workflows, "nothing written");
+    assert_eq!(log.state.idempotency_keys, before.idempotency_keys);
+    // A repeat of a key already taken still answers with its workflow.
+    assert!(matches!(
+        log.apply(submit_in("team-a", &job, "k1")),
+        Response::Submitted { created: false, .. }
+    ));
+    // Other namespaces are not held back.
+    assert!(matches!(
+        log.apply(submit(&job, "k3")),
+        Response::Submitted { created: true, .. }
+    ));
+    // One ends: room for one more.
+    let Response::Submitted { workflow_id, .. } = log.apply(submit_in("team-a", &job, "k1")) else {
+        panic!()
+    };
+    log.apply(cancel(workflow_id.0));
+    assert_eq!(log.state.live("team-a").running, 1);
+    assert!(matches!(
+        log.apply(submit_in("team-a", &job, "k3")),
+        Response::Submitted { created: true, .. }
+    ));
+    // A retry runs a workflow again, so it counts too.
+    assert_eq!(
+        log.apply(Command::Retry(RetryCommand {
+            workflow_id,
+            from_step: String::new(),
+            actor: String::new(),
+        })),
+        over("team-a", Quota::RunningWorkflows, 2)
+    );
+    // 0 lifts it.
+    log.apply(set_quotas("team-a", Some(0), None, None));
+    assert!(matches!(
+        log.apply(submit_in("team-a", &job, "k4")),
+        Response::Submitted { created: true, .. }
+    ));
+}
+
+#[test]
+fn an_active_steps_quota_counts_ready_and_running_steps() {
+    let mut log = Log::new();
+    log.apply(set_quotas("default", None, Some(3), None));
+    let agent = register(&mut log, "x", 4);
+    // Two roots and a step after them: 2 active.
+    let fan = spec(
+        "fan",
+        vec![step("a", &[]), step("b", &[]), step("c", &["a", "b"])],
+    );
+    let Response::Submitted { workflow_id, .. } = log.apply(submit(&fan, "")) else {
+        panic!()
+    };
+    assert_eq!(log.state.live("default").active_steps, 2);
+    // Two more roots would make 4.
+    assert_eq!(
+        log.apply(submit(&fan, "")),
+        over("default", Quota::ActiveSteps, 3)
+    );
+    // Running counts as much as ready.
+    let attempt = assign(&mut log, workflow_id.0, 0, agent).unwrap();
+    assert_eq!(log.state.live("default").active_steps, 2);
+    let single = spec("one", vec![step("a", &[])]);
+    assert!(matches!(
+        log.apply(submit(&single, "")),
+        Response::Submitted { created: true, .. }
+    ));
+    assert_eq!(log.state.live("default").active_steps, 3);
+    assert_eq!(
+        log.apply(submit(&single, "")),
+        over("default", Quota::ActiveSteps, 3)
+    );
+    // A step that finished frees its place (its dependent waits for the other).
+    report(&mut log, attempt, agent, true);
+    assert_eq!(log.state.live("default").active_steps, 2);
+    assert!(matches!(
+        log.apply(submit(&single, "")),
+        Response::Submitted { created: true, .. }
+    ));
+    let copy = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(copy.live("default"), log.state.live("default"));
+}
+
+#[test]
+fn a_submit_rate_refills_with_the_states_time_across_any_leader() {
+    let mut log = Log::new();
+    // 2 a second, bursts of 3.
+    log.apply_at(10_000, set_quotas("default", None, None, Some((2, 3))));
+    let job = spec("job", vec![step("a", &[])]);
+    for _ in 0..3 {
+        assert!(matches!(
+            log.apply_at(10_000, submit(&job, "")),
+            Response::Submitted { created: true, .. }
+        ));
+    }
+    assert_eq!(
+        log.apply_at(10_000, submit(&job, "")),
+        over("default", Quota::SubmitsPerSecond, 2)
+    );
+    // A leader whose clock is behind stamps an earlier time: the state's time does not go
+    // back, so nothing refills.
+    assert_eq!(
+        log.apply_at(9_000, submit(&job, "")),
+        over("default", Quota::SubmitsPerSecond, 2)
+    );
+    // Half a second later: one more.
+    assert!(matches!(
+        log.apply_at(10_500, submit(&job, "")),
+        Response::Submitted { created: true, .. }
+    ));
+    assert_eq!(
+        log.apply_at(10_500, submit(&job, "")),
+        over("default", Quota::SubmitsPerSecond, 2)
+    );
+    // A snapshot carries the budget: a node restored from it refuses alike.
+    let mut copy = ClusterState::decode(&log.state.encode()).unwrap();
+    let refused = copy.apply(
+        ApplyCtx { index: 999 },
+        LogEntry {
+            time_ms: 10_500,
+            command: submit(&job, ""),
+        },
+    );
+    assert_eq!(
+        refused.response,
+        over("default", Quota::SubmitsPerSecond, 2)
+    );
+    // A long quiet spell refills up to the burst, no more.
+    for _ in 0..3 {
+        assert!(matches!(
+            log.apply_at(60_000, submit(&job, "")),
+            Response::Submitted { created: true, .. }
+        ));
+    }
+    assert_eq!(
+        log.apply_at(60_000, submit(&job, "")),
+        over("default", Quota::SubmitsPerSecond, 2)
+    );
+    // An update that leaves the rate alone keeps the bucket; one that changes it starts full.
+    log.apply_at(60_000, set_quotas("default", Some(100), None, None));
+    assert_eq!(
+        log.apply_at(60_000, submit(&job, "")),
+        over("default", Quota::SubmitsPerSecond, 2)
+    );
+    log.apply_at(60_000, set_quotas("default", None, None, Some((1, 1))));
+    assert!(matches!(
+        log.apply_at(60_000, submit(&job, "")),
+        Response::Submitted { created: true, .. }
+    ));
+}
+
+#[test]
+fn a_schedule_run_a_quota_holds_back_is_skipped_and_says_why() {
+    let mut log = Log::new();
+    log.apply_at(1_000, set_quotas("default", Some(1), None, None));
+    log.apply_at(1_000, submit(&spec("busy", vec![step("a", &[])]), ""));
+    log.apply_at(
+        1_000,
+        create_schedule("every10", 10_000, pb::OverlapPolicy::Allow, None),
+    );
+    log.apply_at(10_000, Command::Tick);
+    assert!(runs(&log, "every10").is_empty());
+    let schedule = schedule_of(&log, "every10");
+    assert_eq!(schedule.skipped, 1);
+    assert!(
+        schedule
+            .last_error
+            .contains("quota max_running_workflows of 1"),
+        "{}",
+        schedule.last_error
+    );
+    // A trigger now is refused by the quota, naming it.
+    assert_eq!(
+        log.apply_at(
+            11_000,
+            Command::TriggerSchedule {
+                name: "every10".into()
+            }
+        ),
+        over("default", Quota::RunningWorkflows, 1)
+    );
+    // A backfill starts what fits and says why it stopped.
+    log.apply_at(11_000, set_quotas("default", Some(3), None, None));
+    let Response::Backfilled {
+        started, stopped, ..
+    } = log.apply_at(
+        50_000,
+        Command::BackfillSchedule(BackfillScheduleCommand {
+            name: "every10".into(),
+            from_ms: 1,
+            to_ms: 49_000,
+        }),
+    )
+    else {
+        panic!("not backfilled")
+    };
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(stopped.map(|o| o.quota), Some(Quota::RunningWorkflows));
+}
+
+#[test]
+fn a_namespace_with_keys_of_purged_workflows_waits_for_the_window() {
+    let mut log = Log::new();
+    log.apply(create_namespace("team-a"));
+    let Response::Submitted { workflow_id, .. } =
+        log.apply(submit_in("team-a", &spec("job", vec![step("a", &[])]), "k"))
+    else {
+        panic!()
+    };
+    log.apply(cancel(workflow_id.0));
+    log.apply_at(
+        1_000_000,
+        Command::Purge(PurgeCommand {
+            workflows: vec![workflow_id],
+            default_retention_ms: 1,
+            idempotency_window_ms: 100_000,
+        }),
+    );
+    let Response::Rejected { reason } = log.apply_at(
+        1_000_001,
+        Command::DeleteNamespace {
+            name: "team-a".into(),
+        },
+    ) else {
+        panic!("deleted with a key still answering")
+    };
+    assert!(
+        reason.contains("1 idempotency keys of purged workflows"),
+        "{reason}"
+    );
+    log.apply_at(
+        2_000_000,
+        Command::Purge(PurgeCommand {
+            workflows: vec![],
+            default_retention_ms: 1,
+            idempotency_window_ms: 100_000,
+        }),
+    );
+    assert_eq!(
+        log.apply_at(
+            2_000_001,
+            Command::DeleteNamespace {
+                name: "team-a".into()
+            }
+        ),
+        Response::Done
+    );
 }

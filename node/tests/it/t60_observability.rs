@@ -790,6 +790,42 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     )
     .await;
 
+    tracing::info!("--- a namespace with quotas, and a submit one of them refuses");
+    baton_proto::v1::admin_service_client::AdminServiceClient::new(channel(addrs[0]))
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "teams".into(),
+            description: String::new(),
+            quotas: Some(pb::NamespaceQuotas {
+                max_running_workflows: 50,
+                max_active_steps: 1,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let refused = WorkflowServiceClient::new(channel(addrs[1]))
+        .submit(pb::SubmitRequest {
+            spec: Some(workflow(
+                "two-roots",
+                vec![step("a", sleep(10)), step("b", sleep(10))],
+            )),
+            namespace: "teams".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    prom.wait_value(
+        r#"sum(baton_namespace_quota_refusals_total{namespace="teams",quota="max_active_steps"})"#,
+        |v| v == 1.0,
+    )
+    .await;
+    prom.wait_value(
+        r#"max(baton_namespace_quota{namespace="teams",quota="max_running_workflows"})"#,
+        |v| v == 50.0,
+    )
+    .await;
+
     tracing::info!("--- every dashboard expression returns data; every alert parses");
     let expressions = dashboard_expressions();
     let mut missing = Vec::new();

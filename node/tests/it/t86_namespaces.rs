@@ -44,14 +44,14 @@ async fn a_teams_token_acts_in_its_namespace_only() {
     let secure = start_secure().await;
     let admin = secure.grpc_admin().await;
     for name in ["team-a", "team-b"] {
-        admin.create_namespace(name, "a team").await.unwrap();
+        admin.create_namespace(name, "a team", None).await.unwrap();
     }
     assert_eq!(
-        code(admin.create_namespace("team-a", "").await),
+        code(admin.create_namespace("team-a", "", None).await),
         Code::AlreadyExists
     );
     assert_eq!(
-        code(admin.create_namespace("Team_A", "").await),
+        code(admin.create_namespace("Team_A", "", None).await),
         Code::InvalidArgument
     );
     let token = |namespace: &str, role: &str| {
@@ -286,7 +286,7 @@ async fn a_teams_token_acts_in_its_namespace_only() {
 
     // The cluster's own calls need a cluster-wide token.
     assert_eq!(
-        message(a.create_namespace("team-c", "").await),
+        message(a.create_namespace("team-c", "", None).await),
         "AdminService.CreateNamespace needs a cluster-wide token with role admin; this token \
          acts only in its namespaces"
     );
@@ -301,7 +301,7 @@ async fn a_teams_token_acts_in_its_namespace_only() {
         refused.starts_with("namespace team-a is not empty: it holds 3 workflows, 1 templates"),
         "{refused}"
     );
-    admin.create_namespace("scratch", "").await.unwrap();
+    admin.create_namespace("scratch", "", None).await.unwrap();
     admin.delete_namespace("scratch").await.unwrap();
     assert_eq!(
         code(admin.delete_namespace("scratch").await),
@@ -386,5 +386,116 @@ async fn a_teams_token_acts_in_its_namespace_only() {
     // Its own team may cancel it.
     let cancelled = a.cancel(in_a.workflow_id, "done").await.unwrap();
     assert_eq!(cancelled.state, pb::WorkflowState::Cancelled as i32);
+    secure.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_refuses_with_its_name_and_writes_nothing() {
+    let secure = start_secure().await;
+    let admin = secure.grpc_admin().await;
+    admin
+        .create_namespace(
+            "batch",
+            "nightly jobs",
+            Some(pb::NamespaceQuotas {
+                max_running_workflows: 2,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let batch = secure.grpc(&secure.admin, "batch");
+    // No agent runs them: both stay running.
+    let spec = noop_spec("job", 1);
+    for _ in 0..2 {
+        batch.submit(spec.clone(), None).await.unwrap();
+    }
+    let refused = batch.submit(spec.clone(), Some("third".into())).await;
+    let status = refused.unwrap_err().status().cloned().unwrap();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "namespace batch is at its quota max_running_workflows of 2 running workflows: nothing \
+         was written; wait for work to finish, or raise it (baton namespace set batch \
+         --max-running-workflows N)"
+    );
+    assert_eq!(
+        ids(&batch, "batch", false).await.len(),
+        2,
+        "nothing written"
+    );
+    // The same refusal over HTTPS is a 429.
+    let leader = secure.cluster.leader(TIMEOUT).await;
+    let http = secure.http(secure.cluster.follower(leader), Some(&secure.admin));
+    let answer = http
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/workflows?namespace=batch",
+            Some((
+                "application/yaml",
+                "name: job\nsteps:\n  - name: s\n    noop: {}\n",
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.code(), "resource_exhausted");
+    assert!(answer.message().contains("max_running_workflows of 2"));
+    // The namespace says what it holds against its quota; raising it lets the next one in.
+    let listed = admin
+        .list_namespaces(pb::ReadConsistency::Linearizable)
+        .await
+        .unwrap();
+    let shown = listed.iter().find(|n| n.name == "batch").unwrap();
+    assert_eq!((shown.running, shown.active_steps), (2, 2));
+    let changed = admin
+        .update_namespace(pb::UpdateNamespaceRequest {
+            name: "batch".into(),
+            max_running_workflows: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let quotas = changed.quotas.unwrap();
+    assert_eq!(quotas.max_running_workflows, 3);
+    assert_eq!(
+        changed.description, "nightly jobs",
+        "what was not given stays"
+    );
+    assert!(
+        batch
+            .submit(spec.clone(), Some("third".into()))
+            .await
+            .unwrap()
+            .created
+    );
+    // Over HTTPS too, field by field.
+    let patched = http
+        .call(
+            reqwest::Method::PATCH,
+            "/api/v1/namespaces/batch",
+            Some(("application/json", r#"{"max_active_steps": 10}"#)),
+            &[],
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(patched.body["quotas"]["max_active_steps"], 10);
+    assert_eq!(patched.body["quotas"]["max_running_workflows"], 3);
+    // Bad quotas are refused before anything is proposed.
+    assert_eq!(
+        message(
+            admin
+                .create_namespace(
+                    "bursty",
+                    "",
+                    Some(pb::NamespaceQuotas {
+                        submit_burst: 5,
+                        ..Default::default()
+                    }),
+                )
+                .await
+        ),
+        "quotas.submit_burst: set without quotas.submits_per_second (the rate it bursts above)"
+    );
     secure.cluster.shutdown().await;
 }

@@ -114,7 +114,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => workflows::history(&connect()?, &out, args).await,
         Command::Agent(args) => agent::agent(endpoints_for_agent, agent_credentials, args).await,
         Command::Token(command) => {
-            tokens::token(&connect()?, &out, command, cli.namespace.as_deref()).await
+            let namespace = cli
+                .namespace_flag
+                .then_some(cli.namespace.as_deref())
+                .flatten();
+            tokens::token(&connect()?, &out, command, namespace).await
         }
         Command::Namespace(command) => tokens::namespace(&connect()?, &out, command).await,
         Command::Schedule(command) => schedules::schedule(connect, &out, command).await,

@@ -246,7 +246,8 @@ pub(super) async fn schedule(
             out.print(
                 || {
                     json!({"name": name, "started": filled.started.iter().map(run_json).collect::<Vec<_>>(),
-                           "already_run": filled.already_run})
+                           "already_run": filled.already_run,
+                           "stopped": (!filled.stopped.is_empty()).then_some(&filled.stopped)})
                 },
                 || {
                     let mut text = format!(
@@ -260,6 +261,9 @@ pub(super) async fn schedule(
                             format_time_ms(run.nominal_time_ms),
                             run.workflow_id
                         ));
+                    }
+                    if !filled.stopped.is_empty() {
+                        text.push_str(&format!("\nstopped early: {}", filled.stopped));
                     }
                     text
                 },

@@ -22,6 +22,19 @@ pub(super) async fn token(
         TokenCommand::Create { name, role, grants } => {
             let mut namespaces: std::collections::BTreeMap<String, String> =
                 grants.into_iter().collect();
+            if let (Some(ns), true) = (namespace, role.is_some())
+                && namespaces.contains_key(ns)
+            {
+                return Err(Failure::usage(format!(
+                    "--namespace {ns} and --grant {ns}=... both give a role in {ns}: give one"
+                )));
+            }
+            if role.as_deref() == Some("agent") && (namespace.is_some() || !namespaces.is_empty()) {
+                return Err(Failure::usage(
+                    "--role agent: agent tokens are cluster-wide (the fleet serves every \
+                     namespace); leave out --namespace and --grant",
+                ));
+            }
             let role = match (namespace, role) {
                 (Some(namespace), Some(role)) => {
                     namespaces.insert(namespace.to_string(), role);
@@ -101,9 +114,19 @@ pub(super) async fn namespace(
     command: NamespaceCommand,
 ) -> anyhow::Result<()> {
     match command {
-        NamespaceCommand::Create { name, description } => {
+        NamespaceCommand::Create {
+            name,
+            description,
+            quotas,
+        } => {
+            let quotas = baton_client::proto::NamespaceQuotas {
+                max_running_workflows: quotas.max_running_workflows.unwrap_or(0),
+                max_active_steps: quotas.max_active_steps.unwrap_or(0),
+                submits_per_second: quotas.submits_per_second.unwrap_or(0),
+                submit_burst: quotas.submit_burst.unwrap_or(0),
+            };
             client
-                .create_namespace(&name, &description)
+                .create_namespace(&name, &description, Some(quotas))
                 .await
                 .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
             out.print(
@@ -126,6 +149,28 @@ pub(super) async fn namespace(
                     )
                 },
                 || output::render_namespaces(&namespaces),
+            )
+        }
+        NamespaceCommand::Set {
+            name,
+            description,
+            quotas,
+        } => {
+            let request = baton_client::proto::UpdateNamespaceRequest {
+                name: name.clone(),
+                description,
+                max_running_workflows: quotas.max_running_workflows,
+                max_active_steps: quotas.max_active_steps,
+                submits_per_second: quotas.submits_per_second,
+                submit_burst: quotas.submit_burst,
+            };
+            let namespace = client
+                .update_namespace(request)
+                .await
+                .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
+            out.print(
+                || baton_proto::json::namespace_info_json(&namespace),
+                || output::render_namespaces(std::slice::from_ref(&namespace)),
             )
         }
         NamespaceCommand::Delete { name } => {

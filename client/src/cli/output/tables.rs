@@ -110,12 +110,35 @@ fn step_detail(step: &Step) -> String {
 
 /// The `baton list` view.
 pub fn render_namespaces(namespaces: &[baton_proto::v1::Namespace]) -> String {
-    let mut table = Table::new(["NAME", "WORKFLOWS", "RUNNING", "CREATED", "DESCRIPTION"]);
+    let mut table = Table::new([
+        "NAME",
+        "WORKFLOWS",
+        "RUNNING",
+        "ACTIVE STEPS",
+        "SUBMIT RATE",
+        "CREATED",
+        "DESCRIPTION",
+    ]);
     for namespace in namespaces {
+        let quotas = namespace.quotas.unwrap_or_default();
+        // Each count against its quota, when it has one.
+        let of = |count: u64, quota: u64| match quota {
+            0 => count.to_string(),
+            quota => format!("{count}/{quota}"),
+        };
+        let rate = match quotas.submits_per_second {
+            0 => "-".to_string(),
+            per_second => format!(
+                "{per_second}/s, burst {}",
+                quotas.submit_burst.max(per_second)
+            ),
+        };
         table.row([
             namespace.name.clone(),
             namespace.workflows.to_string(),
-            namespace.running.to_string(),
+            of(namespace.running, quotas.max_running_workflows),
+            of(namespace.active_steps, quotas.max_active_steps),
+            rate,
             format_time_ms(namespace.created_ms),
             namespace.description.clone(),
         ]);

@@ -400,6 +400,12 @@ impl AdminService for Fake {
     ) -> Result<Response<baton_proto::v1::CreateNamespaceResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn update_namespace(
+        &self,
+        _r: Request<baton_proto::v1::UpdateNamespaceRequest>,
+    ) -> Result<Response<baton_proto::v1::UpdateNamespaceResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn list_namespaces(
         &self,
         _r: Request<baton_proto::v1::ListNamespacesRequest>,
