@@ -924,18 +924,21 @@ impl Client {
 
     // ---- namespaces (AdminService) ----
 
-    /// Creates a namespace (a cluster-wide admin token) with its quotas (None: no limits).
+    /// Creates a namespace (a cluster-wide admin token) with its quotas (None: no limits) and
+    /// weight (0: 1).
     /// ALREADY_EXISTS when it does.
     pub async fn create_namespace(
         &self,
         name: &str,
         description: &str,
         quotas: Option<NamespaceQuotas>,
+        weight: u32,
     ) -> Result<(), ClientError> {
         let request = CreateNamespaceRequest {
             name: name.to_owned(),
             description: description.to_owned(),
             quotas,
+            weight,
         };
         self.unary(move |channel| {
             let request = request.clone();

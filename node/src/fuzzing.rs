@@ -468,6 +468,7 @@ impl Replica {
             // `default`'s (two workflows), or are refused while it does not exist.
             OP_NAMESPACE => match bytes.below(3) {
                 0 => Command::CreateNamespace(crate::state::CreateNamespaceCommand {
+                    weight: Default::default(),
                     quotas: Default::default(),
                     name: "team-a".into(),
                     description: String::new(),

@@ -60,6 +60,7 @@ pub fn namespace_info_json(namespace: &crate::v1::Namespace) -> Value {
         "workflows": namespace.workflows,
         "running": namespace.running,
         "active_steps": namespace.active_steps,
+        "weight": namespace.weight,
         "quotas": quotas_json(&namespace.quotas.unwrap_or_default()),
     })
 }

@@ -241,8 +241,8 @@ pub enum NamespaceCommand {
     Delete { name: String },
 }
 
-/// A namespace's quotas (docs/SECURITY.md, "Quotas"); each refuses what passes it with
-/// RESOURCE_EXHAUSTED naming it.
+/// A namespace's quotas (docs/SECURITY.md, "Quotas"), each refusing what passes it with
+/// RESOURCE_EXHAUSTED naming it, and its weight in fair scheduling.
 #[derive(Debug, Args)]
 pub struct QuotaArgs {
     /// Running workflows at once.
@@ -257,6 +257,9 @@ pub struct QuotaArgs {
     /// Submits at once after a quiet spell (default: the rate).
     #[arg(long, value_name = "N")]
     pub submit_burst: Option<u32>,
+    /// Its share of the fleet when namespaces compete for agents (1 to 1000; default 1).
+    #[arg(long, value_name = "N")]
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,11 +8,21 @@ use tonic::Status;
 use super::node_error;
 use crate::raft::RaftNode;
 use crate::security::grants::Grants;
-use crate::state::namespaces::{NAMESPACE_DESCRIPTION_MAX, check_namespace_name};
+use crate::state::namespaces::{NAMESPACE_DESCRIPTION_MAX, WEIGHT_MAX, check_namespace_name};
 use crate::state::{
     ClusterState, Command, CreateNamespaceCommand, Quotas, Response as Applied,
     UpdateNamespaceCommand,
 };
+
+/// A weight as a request gives it: 0 (unset) or 1 to WEIGHT_MAX.
+fn checked_weight(field: &str, weight: u32) -> Result<u32, Status> {
+    if weight > WEIGHT_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {weight} is more than {WEIGHT_MAX}"
+        )));
+    }
+    Ok(weight)
+}
 
 fn quotas_of(q: &pb::NamespaceQuotas) -> Quotas {
     Quotas {
@@ -46,6 +56,7 @@ fn view(
             submits_per_second: quotas.submits_per_second,
             submit_burst: quotas.submit_burst,
         }),
+        weight: state.weight(name),
     }
 }
 
@@ -70,6 +81,7 @@ pub async fn create(
         ));
     }
     let command = Command::CreateNamespace(CreateNamespaceCommand {
+        weight: checked_weight("weight", req.weight)?,
         quotas: req.quotas.as_ref().map(quotas_of).unwrap_or_default(),
         name: req.name.clone(),
         description: req.description,
@@ -156,6 +168,10 @@ pub async fn update(
         )));
     }
     let command = Command::UpdateNamespace(UpdateNamespaceCommand {
+        weight: req
+            .weight
+            .map(|w| checked_weight("weight", w))
+            .transpose()?,
         name: req.name.clone(),
         description: req.description,
         running_workflows: req.max_running_workflows,

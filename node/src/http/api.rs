@@ -1853,6 +1853,8 @@ struct NamespaceBody {
     description: String,
     #[serde(default)]
     quotas: Option<QuotasBody>,
+    #[serde(default)]
+    weight: u32,
 }
 
 /// A namespace's quotas as JSON; 0 is no limit.
@@ -1883,6 +1885,8 @@ struct NamespaceUpdateBody {
     submits_per_second: Option<u32>,
     #[serde(default)]
     submit_burst: Option<u32>,
+    #[serde(default)]
+    weight: Option<u32>,
 }
 
 async fn update_namespace(
@@ -1903,6 +1907,7 @@ async fn update_namespace(
             max_active_steps: update.max_active_steps,
             submits_per_second: update.submits_per_second,
             submit_burst: update.submit_burst,
+            weight: update.weight,
         }),
     )
     .await?
@@ -1923,6 +1928,7 @@ async fn create_namespace(
         name,
         description,
         quotas,
+        weight,
     } = json_body(&body, false)?;
     AdminService::create_namespace(
         &api.admin,
@@ -1935,6 +1941,7 @@ async fn create_namespace(
                 submits_per_second: q.submits_per_second,
                 submit_burst: q.submit_burst,
             }),
+            weight,
         }),
     )
     .await?;

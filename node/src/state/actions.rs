@@ -70,7 +70,7 @@ impl ClusterState {
             for &step in &ready {
                 let key = ready_key(workflow, step);
                 self.ready.remove(&key);
-                self.ready_deadlines.remove(&key);
+                self.ready_index.remove(&key, &workflow.namespace);
             }
             // 0 means "not paused"; state time is never 0 once an entry has applied.
             workflow.paused_at_ms = now_ms.max(1);
@@ -84,7 +84,7 @@ impl ClusterState {
                 let run = &mut workflow.steps[step.get()];
                 let waited_paused = now_ms.saturating_sub(run.ready_at_ms.max(paused_at_ms));
                 run.ready_at_ms = run.ready_at_ms.saturating_add(waited_paused);
-                enqueue(&mut self.ready, &mut self.ready_deadlines, workflow, step);
+                enqueue(&mut self.ready, &mut self.ready_index, workflow, step);
             }
             pb::EventKind::WorkflowResumed
         };
@@ -234,7 +234,7 @@ impl ClusterState {
                 run.state = StepState::Ready;
                 run.ready_at_ms = now_ms;
                 let name = workflow.spec.steps[step.get()].name.clone();
-                enqueue(&mut self.ready, &mut self.ready_deadlines, workflow, step);
+                enqueue(&mut self.ready, &mut self.ready_index, workflow, step);
                 events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
                     e.step = name;
                     e.step_state = pb::StepState::Ready as i32;

@@ -808,6 +808,7 @@ mod tests {
             ),
             (
                 Command::CreateNamespace(super::super::namespaces::CreateNamespaceCommand {
+                    weight: Default::default(),
                     quotas: Default::default(),
                     name: "team-a".into(),
                     description: "d".into(),

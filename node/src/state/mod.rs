@@ -124,7 +124,7 @@ pub struct ClusterState {
     /// `ready`'s steps that have a schedule-to-start deadline, by deadline (derived: rebuilt by
     /// `decode`, checked by the invariants, not encoded, so not in snapshots or the hash).
     #[serde(skip)]
-    ready_deadlines: scheduling::Deadlines,
+    ready_index: scheduling::ReadyIndex,
     // A refused report changes nothing here (it is counted by the node's metrics instead), so
     // an agent cannot move the state with reports about attempts that are not its own. Snapshots
     // of earlier releases carry a `reports_refused` count; decoding ignores it.
@@ -139,7 +139,7 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     purge_records: OrdMap<WorkflowId, PurgeRecord>,
-    /// Finished workflows and purge records by due time (derived like `ready_deadlines`).
+    /// Finished workflows and purge records by due time (derived like `ready_index`).
     #[serde(skip)]
     purge_index: lifecycle::PurgeIndex,
     /// Running workflows with a timeout, by deadline (derived; see `actions.rs`).
@@ -551,7 +551,7 @@ impl ClusterState {
             e.message = workflow.spec.name.clone();
         }));
         for &step in &roots {
-            scheduling::enqueue(&mut self.ready, &mut self.ready_deadlines, &workflow, step);
+            scheduling::enqueue(&mut self.ready, &mut self.ready_index, &workflow, step);
             events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
                 e.step = workflow.spec.steps[step.get()].name.clone();
                 e.step_state = pb::StepState::Ready as i32;
@@ -622,7 +622,7 @@ impl ClusterState {
                 StepState::Ready => {
                     let key = scheduling::ready_key(workflow, StepIndex(i as u32));
                     self.ready.remove(&key);
-                    self.ready_deadlines.remove(&key);
+                    self.ready_index.remove(&key, &workflow.namespace);
                 }
                 StepState::Backoff => {
                     self.backoff
@@ -726,7 +726,7 @@ impl ClusterState {
         let memo = specs::SpecMemo::default();
         let mut state: Self = specs::decoding_with(&memo, || rmp_serde::from_slice(bytes))?;
         state.specs = memo;
-        state.ready_deadlines = state.derive_deadlines();
+        state.ready_index = state.derive_ready_index();
         state.purge_index = state.derive_purge_index();
         state.timeouts = state.derive_timeouts();
         state.signal_deadlines = state.derive_signal_deadlines();
@@ -915,8 +915,8 @@ impl ClusterState {
         }
         self.check_live_counts();
         assert_eq!(
-            self.ready_deadlines,
-            self.derive_deadlines(),
+            self.ready_index,
+            self.derive_ready_index(),
             "the deadline index does not match the ready queue"
         );
         assert_eq!(

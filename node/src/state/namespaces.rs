@@ -113,6 +113,21 @@ pub struct Namespace {
     pub created_ms: u64,
     #[serde(default, skip_serializing_if = "Quotas::is_none")]
     pub quotas: Quotas,
+    /// Its share of the fleet when namespaces compete for agents (see [`Namespace::weight`]);
+    /// 0 (left out) is 1.
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub weight: u32,
+}
+
+/// The most a namespace's weight may be.
+pub const WEIGHT_MAX: u32 = 1_000;
+
+impl Namespace {
+    /// Its weight: when several namespaces have ready steps, placement takes from each in
+    /// proportion to it.
+    pub fn weight(&self) -> u32 {
+        self.weight.clamp(1, WEIGHT_MAX)
+    }
 }
 
 /// A namespace's quotas; 0 is no limit. Checked at apply, with the state's own counts and
@@ -215,6 +230,8 @@ pub struct CreateNamespaceCommand {
     pub description: String,
     #[serde(default, skip_serializing_if = "Quotas::is_none")]
     pub quotas: Quotas,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub weight: u32,
 }
 
 /// See [`super::Command::UpdateNamespace`]: each field given replaces the namespace's; one left
@@ -232,6 +249,8 @@ pub struct UpdateNamespaceCommand {
     pub submits_per_second: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submit_burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// Running workflows and ready-plus-running steps of one namespace.
@@ -318,6 +337,21 @@ impl ClusterState {
             .get(name)
             .map(|n| n.quotas)
             .unwrap_or_default()
+    }
+
+    /// Namespace `name`'s weight (1 for one without a record).
+    pub fn weight(&self, name: &str) -> u32 {
+        self.namespaces.get(name).map_or(1, Namespace::weight)
+    }
+
+    /// Each namespace that has ready steps: its name, its weight and its ready steps in queue
+    /// order (priority, then age).
+    pub fn ready_by_namespace(
+        &self,
+    ) -> impl Iterator<Item = (&str, u32, &imbl::OrdSet<super::ReadyKey>)> {
+        self.ready_index
+            .namespaces()
+            .map(|(name, keys)| (&**name, self.weight(name), keys))
     }
 
     /// Running workflows and ready-plus-running steps of namespace `name`.
@@ -490,6 +524,7 @@ impl ClusterState {
                 description: create.description,
                 created_ms: self.now_ms,
                 quotas: create.quotas,
+                weight: create.weight.min(WEIGHT_MAX),
             },
         );
         Response::Done
@@ -508,9 +543,13 @@ impl ClusterState {
                 description: String::new(),
                 created_ms: now_ms,
                 quotas: Quotas::default(),
+                weight: 0,
             });
         if let Some(description) = update.description {
             record.description = description;
+        }
+        if let Some(weight) = update.weight {
+            record.weight = weight.min(WEIGHT_MAX);
         }
         let quotas = &mut record.quotas;
         let rate_before = (quotas.submits_per_second, quotas.submit_burst);

@@ -127,19 +127,28 @@ pub struct ReadyKey {
     pub step: StepIndex,
 }
 
-/// Ready steps that have a schedule-to-start deadline, by deadline. Derived from `ready` and the
-/// specs, so neither snapshotted nor hashed: rebuilt on decode ([`ClusterState::decode`]) and
-/// checked by the invariants. It answers "is a ready step overdue?" in O(log n), where scanning
-/// the queue with a workflow lookup per step took 10% of a loaded leader's CPU with a backlog.
+/// What the scheduler asks of the ready queue besides its order, derived from `ready`, the
+/// specs and the workflows' namespaces, so neither snapshotted nor hashed: rebuilt on decode
+/// ([`ClusterState::decode`]) and checked by the invariants.
+/// - Ready steps that have a schedule-to-start deadline, by deadline: "is a ready step
+///   overdue?" in O(log n), where scanning the queue with a workflow lookup per step took 10% of
+///   a loaded leader's CPU with a backlog.
+/// - Each namespace's ready steps in queue order, so placement can take from every namespace in
+///   a fair order however long one namespace's backlog is (`scheduler::placement`).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(super) struct Deadlines {
+pub(super) struct ReadyIndex {
     by_deadline: OrdSet<(u64, ReadyKey)>,
     of_key: OrdMap<ReadyKey, u64>,
+    by_namespace: OrdMap<Arc<str>, OrdSet<ReadyKey>>,
 }
 
-impl Deadlines {
-    /// Indexes a step just put in the ready queue; nothing when it has no deadline.
-    pub(super) fn insert(&mut self, key: ReadyKey, timeout_ms: u64) {
+impl ReadyIndex {
+    /// Indexes a step just put in the ready queue.
+    pub(super) fn insert(&mut self, key: ReadyKey, timeout_ms: u64, namespace: &Arc<str>) {
+        self.by_namespace
+            .entry(namespace.clone())
+            .or_default()
+            .insert(key);
         if timeout_ms == 0 {
             return;
         }
@@ -148,11 +157,22 @@ impl Deadlines {
         self.of_key.insert(key, deadline);
     }
 
-    /// Forgets a step taken out of the ready queue.
-    pub(super) fn remove(&mut self, key: &ReadyKey) {
+    /// Forgets a step of `namespace` taken out of the ready queue.
+    pub(super) fn remove(&mut self, key: &ReadyKey, namespace: &str) {
         if let Some(deadline) = self.of_key.remove(key) {
             self.by_deadline.remove(&(deadline, *key));
         }
+        if let Some(queue) = self.by_namespace.get_mut(namespace) {
+            queue.remove(key);
+            if queue.is_empty() {
+                self.by_namespace.remove(namespace);
+            }
+        }
+    }
+
+    /// Each namespace that has ready steps, with them in queue order.
+    pub(super) fn namespaces(&self) -> impl Iterator<Item = (&Arc<str>, &OrdSet<ReadyKey>)> {
+        self.by_namespace.iter()
     }
 
     fn due(&self, now_ms: u64) -> impl Iterator<Item = &ReadyKey> {
@@ -173,7 +193,7 @@ impl Deadlines {
 /// is paused: a paused workflow's ready steps wait outside the queue until it is resumed.
 pub(super) fn enqueue(
     ready: &mut OrdSet<ReadyKey>,
-    deadlines: &mut Deadlines,
+    index: &mut ReadyIndex,
     workflow: &Workflow,
     step: StepIndex,
 ) {
@@ -182,7 +202,7 @@ pub(super) fn enqueue(
     }
     let key = ready_key(workflow, step);
     ready.insert(key);
-    deadlines.insert(key, start_timeout_ms(workflow, step));
+    index.insert(key, start_timeout_ms(workflow, step), &workflow.namespace);
 }
 
 /// A step's schedule-to-start timeout (0: none).
@@ -193,17 +213,20 @@ pub(super) fn start_timeout_ms(workflow: &Workflow, step: StepIndex) -> u64 {
 impl ClusterState {
     /// The deadline index as `ready` and the specs say it should be. A ready step of a missing
     /// workflow or step (a corrupt snapshot) is left out here, and the invariants catch it.
-    pub(super) fn derive_deadlines(&self) -> Deadlines {
-        let mut deadlines = Deadlines::default();
+    pub(super) fn derive_ready_index(&self) -> ReadyIndex {
+        let mut index = ReadyIndex::default();
         for key in &self.ready {
-            let timeout_ms = self
-                .workflows
-                .get(&key.workflow_id)
-                .and_then(|w| w.spec.steps.get(key.step.get()))
+            let Some(workflow) = self.workflows.get(&key.workflow_id) else {
+                continue;
+            };
+            let timeout_ms = workflow
+                .spec
+                .steps
+                .get(key.step.get())
                 .map_or(0, |s| s.schedule_to_start_timeout_ms);
-            deadlines.insert(*key, timeout_ms);
+            index.insert(*key, timeout_ms, &workflow.namespace);
         }
-        deadlines
+        index
     }
 
     pub(super) fn register_agent(
@@ -317,7 +340,7 @@ impl ClusterState {
         run.exit_code = None;
         let step_name = workflow.spec.steps[a.step.get()].name.clone();
         self.ready.remove(&key);
-        self.ready_deadlines.remove(&key);
+        self.ready_index.remove(&key, &workflow.namespace);
         self.attempts.insert(
             attempt_id,
             LiveAttempt {
@@ -484,12 +507,7 @@ impl ClusterState {
                 self.step_finished(ctx, live.workflow_id, live.step, events);
             } else {
                 let workflow = self.workflows.get(&live.workflow_id).expect("exists");
-                enqueue(
-                    &mut self.ready,
-                    &mut self.ready_deadlines,
-                    workflow,
-                    live.step,
-                );
+                enqueue(&mut self.ready, &mut self.ready_index, workflow, live.step);
                 events.push(
                     self.event(ctx, live.workflow_id, pb::EventKind::StepReady, |e| {
                         e.step = name;
@@ -518,7 +536,7 @@ impl ClusterState {
             let run = &mut workflow.steps[step.get()];
             run.state = StepState::Ready;
             run.ready_at_ms = now_ms;
-            enqueue(&mut self.ready, &mut self.ready_deadlines, workflow, step);
+            enqueue(&mut self.ready, &mut self.ready_index, workflow, step);
             events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
                 e.step = name;
                 e.step_state = pb::StepState::Ready as i32;
@@ -527,13 +545,13 @@ impl ClusterState {
         // Ready steps past their schedule-to-start deadline fail, visibly, instead of waiting
         // forever (no agent matches, or the fleet is full).
         for key in self.overdue_ready() {
-            self.ready.remove(&key);
-            self.ready_deadlines.remove(&key);
             let workflow = Arc::make_mut(
                 self.workflows
                     .get_mut(&key.workflow_id)
                     .expect("ready step's workflow exists"),
             );
+            self.ready.remove(&key);
+            self.ready_index.remove(&key, &workflow.namespace);
             workflow.revision = ctx.index;
             let spec_step = &workflow.spec.steps[key.step.get()];
             let name = spec_step.name.clone();
@@ -572,7 +590,7 @@ impl ClusterState {
     /// Ready steps whose schedule-to-start deadline has passed at `now_ms` (the leader asks with
     /// its clock to decide whether a Tick is due).
     pub fn overdue_ready_at(&self, now_ms: u64) -> Vec<ReadyKey> {
-        let mut due: Vec<ReadyKey> = self.ready_deadlines.due(now_ms).copied().collect();
+        let mut due: Vec<ReadyKey> = self.ready_index.due(now_ms).copied().collect();
         // In queue order, as they are failed in that order.
         due.sort_unstable();
         due
@@ -596,7 +614,7 @@ impl ClusterState {
 
     /// Whether a ready step is past its schedule-to-start deadline at `now_ms`. O(log n).
     pub fn any_overdue_ready_at(&self, now_ms: u64) -> bool {
-        self.ready_deadlines.any_due(now_ms)
+        self.ready_index.any_due(now_ms)
     }
 
     /// Removes a live attempt and gives its capacity back.
@@ -701,7 +719,7 @@ impl ClusterState {
             );
         }
         for d in newly_ready {
-            enqueue(&mut self.ready, &mut self.ready_deadlines, &workflow, d);
+            enqueue(&mut self.ready, &mut self.ready_index, &workflow, d);
             events.push(self.event(ctx, workflow_id, pb::EventKind::StepReady, |e| {
                 e.step = workflow.spec.steps[d.get()].name.clone();
                 e.step_state = pb::StepState::Ready as i32;

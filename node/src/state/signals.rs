@@ -78,7 +78,7 @@ impl ClusterState {
             };
             let key = ready_key(workflow, step);
             self.ready.remove(&key);
-            self.ready_deadlines.remove(&key);
+            self.ready_index.remove(&key, &workflow.namespace);
             let workflow = Arc::make_mut(self.workflows.get_mut(&id).expect("checked above"));
             workflow.revision = ctx.index;
             workflow.steps[i].state = StepState::AwaitingSignal;

@@ -649,6 +649,7 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
             name: "team-a".into(),
         },
         false => Command::CreateNamespace(CreateNamespaceCommand {
+            weight: Default::default(),
             quotas: Default::default(),
             name: "team-a".into(),
             description: String::new(),
@@ -2727,6 +2728,7 @@ fn a_schedule_of_a_template_runs_its_latest_version_and_counts_a_missing_one_as_
 
 fn create_namespace(name: &str) -> Command {
     Command::CreateNamespace(CreateNamespaceCommand {
+        weight: Default::default(),
         quotas: Default::default(),
         name: name.into(),
         description: String::new(),

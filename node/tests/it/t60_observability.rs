@@ -793,6 +793,7 @@ async fn metrics_dashboard_and_alerts_hold_against_a_real_prometheus() {
     tracing::info!("--- a namespace with quotas, and a submit one of them refuses");
     baton_proto::v1::admin_service_client::AdminServiceClient::new(channel(addrs[0]))
         .create_namespace(pb::CreateNamespaceRequest {
+            weight: Default::default(),
             name: "teams".into(),
             description: String::new(),
             quotas: Some(pb::NamespaceQuotas {

@@ -44,14 +44,17 @@ async fn a_teams_token_acts_in_its_namespace_only() {
     let secure = start_secure().await;
     let admin = secure.grpc_admin().await;
     for name in ["team-a", "team-b"] {
-        admin.create_namespace(name, "a team", None).await.unwrap();
+        admin
+            .create_namespace(name, "a team", None, 0)
+            .await
+            .unwrap();
     }
     assert_eq!(
-        code(admin.create_namespace("team-a", "", None).await),
+        code(admin.create_namespace("team-a", "", None, 0).await),
         Code::AlreadyExists
     );
     assert_eq!(
-        code(admin.create_namespace("Team_A", "", None).await),
+        code(admin.create_namespace("Team_A", "", None, 0).await),
         Code::InvalidArgument
     );
     let token = |namespace: &str, role: &str| {
@@ -286,7 +289,7 @@ async fn a_teams_token_acts_in_its_namespace_only() {
 
     // The cluster's own calls need a cluster-wide token.
     assert_eq!(
-        message(a.create_namespace("team-c", "", None).await),
+        message(a.create_namespace("team-c", "", None, 0).await),
         "AdminService.CreateNamespace needs a cluster-wide token with role admin; this token \
          acts only in its namespaces"
     );
@@ -301,7 +304,10 @@ async fn a_teams_token_acts_in_its_namespace_only() {
         refused.starts_with("namespace team-a is not empty: it holds 3 workflows, 1 templates"),
         "{refused}"
     );
-    admin.create_namespace("scratch", "", None).await.unwrap();
+    admin
+        .create_namespace("scratch", "", None, 0)
+        .await
+        .unwrap();
     admin.delete_namespace("scratch").await.unwrap();
     assert_eq!(
         code(admin.delete_namespace("scratch").await),
@@ -401,6 +407,7 @@ async fn a_quota_refuses_with_its_name_and_writes_nothing() {
                 max_running_workflows: 2,
                 ..Default::default()
             }),
+            0,
         )
         .await
         .unwrap();
@@ -492,10 +499,99 @@ async fn a_quota_refuses_with_its_name_and_writes_nothing() {
                         submit_burst: 5,
                         ..Default::default()
                     }),
+                    0,
                 )
                 .await
         ),
         "quotas.submit_burst: set without quotas.submits_per_second (the rate it bursts above)"
     );
     secure.cluster.shutdown().await;
+}
+
+/// The starvation figure end to end: an agent busy with a backlog of one namespace still starts
+/// another namespace's step at its next free slot (fair order across namespaces). Prints the
+/// figures; asserts only the order (how many of the backlog's steps started first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_in_one_namespace_does_not_hold_back_another() {
+    use crate::common::agent::{Behavior, TestAgent};
+    use crate::common::{TestCluster, test_timing, wait_for};
+    use std::time::{Duration, Instant};
+
+    crate::common::init_logs();
+    let cluster = TestCluster::start(1, test_timing()).await;
+    let mut admin = cluster.admin(1).await;
+    for name in ["team-a", "team-b"] {
+        admin
+            .create_namespace(pb::CreateNamespaceRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    const SLOTS: u32 = 4;
+    const BACKLOG: usize = 2_000;
+    let agent = TestAgent::start("a1", SLOTS, vec![cluster.addr(1)], |_| {
+        Behavior::Take(Duration::from_millis(20))
+    });
+    let mut workflows = cluster.workflows(1).await;
+    let spec = noop_spec("backlog", 1);
+    for _ in 0..BACKLOG / 250 {
+        let submits = (0..250)
+            .map(|_| pb::SubmitRequest {
+                spec: Some(spec.clone()),
+                namespace: "team-a".into(),
+                ..Default::default()
+            })
+            .collect();
+        workflows
+            .submit_batch(pb::SubmitBatchRequest { submits })
+            .await
+            .unwrap();
+    }
+    wait_for(TIMEOUT, "the backlog to be running", || async {
+        (agent.executions().len() >= 20).then_some(())
+    })
+    .await;
+    let submitted = Instant::now();
+    let b = workflows
+        .submit(pb::SubmitRequest {
+            spec: Some(noop_spec("urgent", 1)),
+            namespace: "team-b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let started = wait_for(TIMEOUT, "team-b's step to start", || async {
+        agent
+            .executions()
+            .into_iter()
+            .find(|e| e.workflow_id == b)
+            .map(|e| e.started)
+    })
+    .await;
+    let executions = agent.executions();
+    let before = executions
+        .iter()
+        .filter(|e| e.started >= submitted && e.started < started)
+        .count();
+    let backlog_left = BACKLOG - executions.iter().filter(|e| e.started < started).count();
+    println!(
+        "team-b's step started {:?} after its submit; {before} of team-a's steps started in \
+         between, {backlog_left} of its {BACKLOG} still waiting ({SLOTS} slots, 20 ms steps)",
+        started - submitted
+    );
+    // At its next free slot: at most a round or two of the backlog goes first, never the rest.
+    assert!(
+        before <= 4 * SLOTS as usize,
+        "{before} of team-a's went first"
+    );
+    assert!(
+        backlog_left > BACKLOG / 2,
+        "the backlog had drained: no contest"
+    );
+    agent.kill();
+    cluster.shutdown().await;
 }

@@ -119,6 +119,7 @@ pub(super) async fn namespace(
             description,
             quotas,
         } => {
+            let weight = quotas.weight.unwrap_or(0);
             let quotas = baton_client::proto::NamespaceQuotas {
                 max_running_workflows: quotas.max_running_workflows.unwrap_or(0),
                 max_active_steps: quotas.max_active_steps.unwrap_or(0),
@@ -126,7 +127,7 @@ pub(super) async fn namespace(
                 submit_burst: quotas.submit_burst.unwrap_or(0),
             };
             client
-                .create_namespace(&name, &description, Some(quotas))
+                .create_namespace(&name, &description, Some(quotas), weight)
                 .await
                 .map_err(|error| client_failure(error, CallKind::Write, None, None))?;
             out.print(
@@ -163,6 +164,7 @@ pub(super) async fn namespace(
                 max_active_steps: quotas.max_active_steps,
                 submits_per_second: quotas.submits_per_second,
                 submit_burst: quotas.submit_burst,
+                weight: quotas.weight,
             };
             let namespace = client
                 .update_namespace(request)

@@ -116,6 +116,7 @@ pub fn render_namespaces(namespaces: &[baton_proto::v1::Namespace]) -> String {
         "RUNNING",
         "ACTIVE STEPS",
         "SUBMIT RATE",
+        "WEIGHT",
         "CREATED",
         "DESCRIPTION",
     ]);
@@ -139,6 +140,7 @@ pub fn render_namespaces(namespaces: &[baton_proto::v1::Namespace]) -> String {
             of(namespace.running, quotas.max_running_workflows),
             of(namespace.active_steps, quotas.max_active_steps),
             rate,
+            namespace.weight.max(1).to_string(),
             format_time_ms(namespace.created_ms),
             namespace.description.clone(),
         ]);
