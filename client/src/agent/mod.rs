@@ -36,6 +36,7 @@ mod handler;
 pub mod lease;
 pub mod metrics;
 mod runtime;
+pub mod secrets;
 pub mod tail;
 pub mod template;
 
@@ -90,6 +91,8 @@ pub struct AgentConfig {
     /// Member address -> address dialled instead, applied to the leader a follower names
     /// (testing: the chaos suite puts a proxy between each agent and each node).
     pub dial: HashMap<Endpoint, Endpoint>,
+    /// Where `{{ secrets.NAME }}` finds its values (see [`secrets`]).
+    pub secrets: secrets::SecretSource,
 }
 
 impl Default for AgentConfig {
@@ -106,6 +109,7 @@ impl Default for AgentConfig {
             backoff_max: Duration::from_secs(2),
             credentials: Default::default(),
             dial: HashMap::new(),
+            secrets: Default::default(),
         }
     }
 }
@@ -210,6 +214,13 @@ impl AgentBuilder {
         self
     }
 
+    /// A folder of secrets, one file per secret (see [`secrets`]); without it, secrets come
+    /// from `BATON_SECRET_*` variables only.
+    pub fn secrets_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.secrets.dir = Some(dir.into());
+        self
+    }
+
     /// Replaces the whole configuration (timeouts and backoff included).
     pub fn config(mut self, config: AgentConfig) -> Self {
         self.config = config;
@@ -242,10 +253,12 @@ impl AgentBuilder {
         }
         self.config.validate()?;
         let http = executor::http::new_client()?;
+        let executors =
+            executor::Executors::new(http, self.handlers).with_secrets(self.config.secrets.clone());
         Ok(Agent {
             endpoints: self.endpoints,
             config: Arc::new(self.config),
-            executors: Arc::new(executor::Executors::new(http, self.handlers)),
+            executors: Arc::new(executors),
         })
     }
 }

@@ -39,6 +39,7 @@ use crate::agent::executor::{Executors, PreparedTask, TaskResult};
 use crate::agent::handler::{AttemptControl, StopReason, TaskContext, TaskContextParts};
 use crate::agent::lease::LeaseTable;
 use crate::agent::metrics;
+use crate::agent::secrets::mask;
 use crate::agent::template::{StepIdentity, TemplateValues, step_env};
 use crate::client::{DECODE_MESSAGE_BYTES_MAX, ENCODE_MESSAGE_BYTES_MAX, channel};
 use crate::endpoints::{Endpoint, Endpoints};
@@ -718,10 +719,22 @@ pub(crate) async fn run_attempt(
         TemplateValues {
             input: &assignment.workflow_input,
             steps: &assignment.inputs,
+            secrets: &BTreeMap::new(),
         },
     );
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
-    let mut result = match PreparedTask::prepare(&assignment, &env) {
+    let secrets = match executors.secrets_of(&assignment) {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            return Finished {
+                attempt_id,
+                result: TaskResult::failed(error).bounded(),
+                started_at_ms,
+                finished_at_ms: now_ms(),
+            };
+        }
+    };
+    let mut result = match PreparedTask::prepare(&assignment, &env, &secrets) {
         Err(error) => TaskResult::failed(error.to_string()),
         Ok(task) => {
             let (task_type, payload) =
@@ -770,6 +783,11 @@ pub(crate) async fn run_attempt(
         // Whatever the task returned after being stopped, it did not finish on its own terms.
         result.success = false;
         result.add_error_line(&format!("baton: {reason}"));
+    }
+    // No secret leaves the agent: what the step printed or failed with is reported masked.
+    if !secrets.is_empty() {
+        result.output = mask(&result.output, &secrets);
+        result.error = mask(&result.error, &secrets);
     }
     Finished {
         attempt_id,

@@ -1,10 +1,11 @@
 //! What a running step sees of its workflow: the `BATON_*` environment and `{{ ... }}`
 //! templates in its arguments.
 //!
-//! Three template forms, with optional spaces inside the braces:
+//! Four template forms, with optional spaces inside the braces:
 //! `{{ input.KEY }}` (a workflow input value), `{{ params.NAME }}` (a parameter's value: the
 //! node hands parameters out with the input, so this reads the same map, under the name the
-//! spec declared them by) and `{{ steps.NAME.output }}` (the output of a dependency). A template naming an input or step that the assignment does not carry fails
+//! spec declared them by), `{{ steps.NAME.output }}` (the output of a dependency) and
+//! `{{ secrets.NAME }}` (a secret the agent resolves itself: `agent::secrets`). A template naming an input or step that the assignment does not carry fails
 //! the attempt with an error naming it: running a command with a literal `{{ input.name }}` in
 //! its arguments would do the wrong thing quietly. Any other `{{ ... }}` is left alone, so that
 //! bodies in other template languages pass through.
@@ -34,6 +35,16 @@ pub enum TemplateError {
         template: String,
         step: String,
     },
+    #[error(
+        "{field}: template {template:?} names secret {name:?}, which this agent does not have \
+         (a file {name:?} in its --secrets-dir, or {env} in its environment)"
+    )]
+    UnknownSecret {
+        field: String,
+        template: String,
+        name: String,
+        env: String,
+    },
 }
 
 /// The values templates are filled from.
@@ -43,6 +54,8 @@ pub struct TemplateValues<'a> {
     pub input: &'a BTreeMap<String, String>,
     /// Outputs of the step's dependencies, by step name.
     pub steps: &'a BTreeMap<String, String>,
+    /// The secrets the agent resolved for this attempt, by name (see `agent::secrets`).
+    pub secrets: &'a BTreeMap<String, String>,
 }
 
 impl TemplateValues<'_> {
@@ -100,6 +113,22 @@ impl TemplateValues<'_> {
                     field: field.to_string(),
                     template: template.to_string(),
                     name: name.to_string(),
+                });
+        }
+        if let Some(name) = expression.strip_prefix("secrets.") {
+            return self
+                .secrets
+                .get(name)
+                .map(|value| Some(value.as_str()))
+                .ok_or_else(|| TemplateError::UnknownSecret {
+                    field: field.to_string(),
+                    template: template.to_string(),
+                    name: name.to_string(),
+                    env: format!(
+                        "{}{}",
+                        crate::agent::secrets::SECRET_ENV_PREFIX,
+                        env_name_part(name)
+                    ),
                 });
         }
         // Step names may hold dots, so the name is everything between the two fixed parts.
@@ -194,6 +223,7 @@ mod tests {
     fn fills_both_forms_with_or_without_spaces() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
         };
@@ -216,6 +246,7 @@ mod tests {
     fn other_braces_pass_through() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
         };
@@ -237,6 +268,7 @@ mod tests {
     fn unknown_names_fail_naming_the_template() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
         };
@@ -260,6 +292,7 @@ mod tests {
     fn params_read_the_input_under_their_own_name() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
         };
@@ -290,6 +323,7 @@ mod tests {
                 attempt_number: 2,
             },
             TemplateValues {
+                secrets: &BTreeMap::new(),
                 input: &input,
                 steps: &steps,
             },

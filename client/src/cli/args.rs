@@ -496,6 +496,12 @@ pub struct AgentArgs {
     /// MEMBER_ADDR=DIAL_ADDR,... (testing: the chaos suite puts a proxy on every agent link).
     #[arg(long, env = "BATON_AGENT_DIAL", value_delimiter = ',', value_parser = parse_dial, value_name = "MEMBER=DIAL,...")]
     pub dial: Vec<(Endpoint, Endpoint)>,
+
+    /// A folder of secrets, one file per secret named as the secret: what `{{ secrets.NAME }}`
+    /// in a step resolves to (read at each attempt; BATON_SECRET_NAME in the environment
+    /// otherwise). Values never reach the cluster and are masked in what steps print.
+    #[arg(long, env = "BATON_AGENT_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -28,3 +28,4 @@ mod t80_tutorial;
 mod t82_cli_errors;
 mod t84_http_api;
 mod t86_namespaces;
+mod t88_secrets;

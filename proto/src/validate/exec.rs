@@ -63,6 +63,7 @@ pub(super) fn check_exec(i: usize, name: &str, exec: &ExecTask) -> Result<(), Sp
             arg,
             ARG_BYTES_MAX,
         )?;
+        super::secrets::check_secret_references(&format!("{field}[{k}]"), name, arg)?;
     }
     if exec.env.len() > ENV_VARS_MAX {
         return Err(SpecError::new(
@@ -91,6 +92,7 @@ pub(super) fn check_exec(i: usize, name: &str, exec: &ExecTask) -> Result<(), Sp
             value,
             ARG_BYTES_MAX,
         )?;
+        super::secrets::check_secret_references(&field, name, value)?;
     }
     check_c_string(
         &format!("steps[{i}].exec.working_dir"),

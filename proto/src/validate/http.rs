@@ -47,12 +47,9 @@ pub(super) fn check_http(i: usize, name: &str, http: &HttpTask) -> Result<(), Sp
         ));
     }
     for (header, value) in &http.headers {
-        check_header(
-            &at(&format!("headers[{}]", quoted(header))),
-            name,
-            header,
-            value,
-        )?;
+        let field = at(&format!("headers[{}]", quoted(header)));
+        check_header(&field, name, header, value)?;
+        super::secrets::check_secret_references(&field, name, value)?;
     }
     if http.body.len() > HTTP_BODY_BYTES_MAX {
         return Err(SpecError::new(
@@ -63,6 +60,8 @@ pub(super) fn check_http(i: usize, name: &str, http: &HttpTask) -> Result<(), Sp
             ),
         ));
     }
+    super::secrets::check_secret_references(&at("url"), name, &http.url)?;
+    super::secrets::check_secret_references(&at("body"), name, &http.body)?;
     if http.success_statuses.len() > HTTP_SUCCESS_STATUSES_MAX {
         return Err(SpecError::new(
             at("success_statuses"),

@@ -15,7 +15,8 @@
 //!
 //! One file per rule family: `error` (the error type), `workflow` (name, priority, labels,
 //! input), `params` (declared parameters and a submit's values), `step` (a step's own fields), `task`, `exec` and `http` (per task kind), `retry`,
-//! `graph` (dependencies), `request` (submit fields beyond the spec) and `effective` (the
+//! `graph` (dependencies), `request` (submit fields beyond the spec), `secrets` (names a step's
+//! templates refer to) and `effective` (the
 //! values a valid step runs with once defaults fill its fields).
 
 mod effective;
@@ -26,6 +27,7 @@ mod http;
 mod params;
 mod request;
 mod retry;
+mod secrets;
 mod step;
 mod task;
 mod workflow;
@@ -42,6 +44,7 @@ pub use error::SpecError;
 pub use graph::{StepGraph, topological_order};
 pub use params::resolve_params;
 pub use request::validate_idempotency_key;
+pub use secrets::{secret_references, valid_secret_name};
 /// A name of an object other than a workflow or step (a schedule): 1..=NAME_LEN_MAX characters
 /// of `[A-Za-z0-9._-]`; `what` names it in the message.
 pub use workflow::check_name;

@@ -9,7 +9,7 @@
 pub(crate) mod exec;
 pub(crate) mod http;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use baton_proto::v1::step_spec::Task;
 use baton_proto::v1::{Assignment, ExecTask, HttpTask};
 
 use crate::agent::handler::{AttemptControl, DynHandler, TaskContext};
+use crate::agent::secrets::SecretSource;
 use crate::agent::tail::{head_str, tail_str};
 use crate::agent::template::{TemplateError, TemplateValues};
 
@@ -97,6 +98,7 @@ impl PreparedTask {
     pub fn prepare(
         assignment: &Assignment,
         step_env: &[(String, String)],
+        secrets: &BTreeMap<String, String>,
     ) -> Result<PreparedTask, PrepareError> {
         let Some(spec) = &assignment.spec else {
             return Err(PrepareError::NoTask);
@@ -104,6 +106,7 @@ impl PreparedTask {
         let values = TemplateValues {
             input: &assignment.workflow_input,
             steps: &assignment.inputs,
+            secrets,
         };
         match &spec.task {
             Some(Task::Exec(task)) => Ok(PreparedTask::Exec(prepare_exec(task, values, step_env)?)),
@@ -185,15 +188,45 @@ fn prepare_http(
     })
 }
 
-/// Runs prepared tasks: the shared HTTP client and the application's handlers.
+/// Runs prepared tasks: the shared HTTP client, the application's handlers, and where
+/// secrets come from.
 pub(crate) struct Executors {
     http: reqwest::Client,
     handlers: HashMap<String, Arc<dyn DynHandler>>,
+    secrets: SecretSource,
 }
 
 impl Executors {
     pub fn new(http: reqwest::Client, handlers: HashMap<String, Arc<dyn DynHandler>>) -> Executors {
-        Executors { http, handlers }
+        Executors {
+            http,
+            handlers,
+            secrets: SecretSource::default(),
+        }
+    }
+
+    pub fn with_secrets(mut self, secrets: SecretSource) -> Executors {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The values of the secrets `assignment`'s task names (those its templates are filled
+    /// from: an exec step's command and env, an http step's url, headers and body).
+    pub fn secrets_of(&self, assignment: &Assignment) -> Result<BTreeMap<String, String>, String> {
+        let texts: Vec<&str> = match assignment.spec.as_ref().and_then(|s| s.task.as_ref()) {
+            Some(Task::Exec(task)) => task
+                .command
+                .iter()
+                .chain(task.env.values())
+                .map(String::as_str)
+                .collect(),
+            Some(Task::Http(task)) => [task.url.as_str(), task.body.as_str()]
+                .into_iter()
+                .chain(task.headers.values().map(String::as_str))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.secrets.resolve(texts)
     }
 
     /// Built-in types, then the custom ones in name order (sent in Register).

@@ -600,3 +600,58 @@ fn error_lines_keep_the_error_within_bounds() {
     empty.add_error_line("reason");
     assert_eq!(empty.error, "reason");
 }
+
+/// Executors whose secrets come from a folder holding `token` and `db-password`.
+fn executors_with_secrets() -> (Executors, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "tok-3f9a1c\n").unwrap();
+    std::fs::write(dir.path().join("db-password"), "pw-8e7d").unwrap();
+    let executors = executors().with_secrets(crate::agent::secrets::SecretSource {
+        dir: Some(dir.path().to_owned()),
+    });
+    (executors, dir)
+}
+
+#[tokio::test]
+async fn a_secret_fills_its_template_and_never_comes_back_in_what_the_step_printed() {
+    let (executors, _dir) = executors_with_secrets();
+    let mut task = ExecTask {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            // Prints both secrets (the argument and the variable), fails naming one.
+            "echo \"arg={{ secrets.token }} env=$DB\"; echo \"bad password $DB\" >&2; exit 3"
+                .into(),
+        ],
+        ..Default::default()
+    };
+    task.env
+        .insert("DB".into(), "{{ secrets.db-password }}".into());
+    let result = run_with(&executors, assignment(Task::Exec(task))).await;
+    assert!(!result.success);
+    assert_eq!(result.exit_code, Some(3));
+    // The process had the values; the report has none.
+    assert_eq!(result.output.trim(), "arg=*** env=***");
+    assert!(
+        result.error.contains("bad password ***"),
+        "{}",
+        result.error
+    );
+    assert!(!result.output.contains("tok-3f9a1c") && !result.error.contains("pw-8e7d"));
+}
+
+#[tokio::test]
+async fn a_secret_the_agent_lacks_fails_the_attempt_naming_it_and_runs_nothing() {
+    let (executors, dir) = executors_with_secrets();
+    let marker = dir.path().join("ran");
+    let script = format!("echo {{{{ secrets.api-key }}}}; touch {}", marker.display());
+    let result = run_with(&executors, assignment(sh(&script))).await;
+    assert!(!result.success);
+    assert_eq!(
+        result.error,
+        "exec.command[2]: template \"{{ secrets.api-key }}\" names secret \"api-key\", which this \
+         agent does not have (a file \"api-key\" in its --secrets-dir, or BATON_SECRET_API_KEY \
+         in its environment)"
+    );
+    assert!(!marker.exists(), "the step ran");
+}

@@ -16,19 +16,27 @@ pub(super) async fn agent(
     credentials: Credentials,
     args: AgentArgs,
 ) -> anyhow::Result<()> {
-    let agent = Agent::builder(endpoints)
+    let mut builder = Agent::builder(endpoints)
         .credentials(credentials)
         .name(args.name)
         .labels(args.labels)
         .slots(args.slots)
         .cpu_millis(args.cpu_millis)
         .memory_mb(args.memory_mb)
-        .dial(args.dial)
-        .build()
-        .map_err(|error| match error {
-            baton_client::agent::AgentError::InvalidConfig(_) => Failure::usage(error.to_string()),
-            other => Failure::failed(other.to_string()),
-        })?;
+        .dial(args.dial);
+    if let Some(dir) = args.secrets_dir {
+        if !dir.is_dir() {
+            return Err(Failure::usage(format!(
+                "--secrets-dir {}: not a folder",
+                dir.display()
+            )));
+        }
+        builder = builder.secrets_dir(dir);
+    }
+    let agent = builder.build().map_err(|error| match error {
+        baton_client::agent::AgentError::InvalidConfig(_) => Failure::usage(error.to_string()),
+        other => Failure::failed(other.to_string()),
+    })?;
     if let Some(addr) = args.metrics_listen {
         baton_client::agent::metrics::install(addr).map_err(Failure::failed)?;
         tracing::info!(%addr, "serving agent metrics on /metrics");
