@@ -720,6 +720,7 @@ pub(crate) async fn run_attempt(
             input: &assignment.workflow_input,
             steps: &assignment.inputs,
             secrets: &BTreeMap::new(),
+            namespace: &assignment.namespace,
         },
     );
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));

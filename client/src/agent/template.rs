@@ -37,13 +37,13 @@ pub enum TemplateError {
     },
     #[error(
         "{field}: template {template:?} names secret {name:?}, which this agent does not have \
-         (a file {name:?} in its --secrets-dir, or {env} in its environment)"
+         ({looked})"
     )]
     UnknownSecret {
         field: String,
         template: String,
         name: String,
-        env: String,
+        looked: String,
     },
 }
 
@@ -56,6 +56,8 @@ pub struct TemplateValues<'a> {
     pub steps: &'a BTreeMap<String, String>,
     /// The secrets the agent resolved for this attempt, by name (see `agent::secrets`).
     pub secrets: &'a BTreeMap<String, String>,
+    /// The workflow's namespace (empty: `default`), whose secrets those are.
+    pub namespace: &'a str,
 }
 
 impl TemplateValues<'_> {
@@ -124,11 +126,7 @@ impl TemplateValues<'_> {
                     field: field.to_string(),
                     template: template.to_string(),
                     name: name.to_string(),
-                    env: format!(
-                        "{}{}",
-                        crate::agent::secrets::SECRET_ENV_PREFIX,
-                        env_name_part(name)
-                    ),
+                    looked: crate::agent::secrets::where_looked(self.namespace, name),
                 });
         }
         // Step names may hold dots, so the name is everything between the two fixed parts.
@@ -223,6 +221,7 @@ mod tests {
     fn fills_both_forms_with_or_without_spaces() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            namespace: Default::default(),
             secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
@@ -246,6 +245,7 @@ mod tests {
     fn other_braces_pass_through() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            namespace: Default::default(),
             secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
@@ -268,6 +268,7 @@ mod tests {
     fn unknown_names_fail_naming_the_template() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            namespace: Default::default(),
             secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
@@ -292,6 +293,7 @@ mod tests {
     fn params_read_the_input_under_their_own_name() {
         let (input, steps) = maps();
         let values = TemplateValues {
+            namespace: Default::default(),
             secrets: &BTreeMap::new(),
             input: &input,
             steps: &steps,
@@ -323,6 +325,7 @@ mod tests {
                 attempt_number: 2,
             },
             TemplateValues {
+                namespace: Default::default(),
                 secrets: &BTreeMap::new(),
                 input: &input,
                 steps: &steps,

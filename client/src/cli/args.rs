@@ -498,8 +498,9 @@ pub struct AgentArgs {
     pub dial: Vec<(Endpoint, Endpoint)>,
 
     /// A folder of secrets, one file per secret named as the secret: what `{{ secrets.NAME }}`
-    /// in a step resolves to (read at each attempt; BATON_SECRET_NAME in the environment
-    /// otherwise). Values never reach the cluster and are masked in what steps print.
+    /// in a step resolves to (DIR/NAMESPACE/NAME for a namespace's step; DIR/NAME, else
+    /// BATON_SECRET_NAME in the environment, for default's; read at each attempt). Values never
+    /// reach the cluster and are masked in what steps print.
     #[arg(long, env = "BATON_AGENT_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
 }

@@ -61,6 +61,8 @@ pub struct Sessions {
     sessions: Mutex<HashMap<AgentId, Session>>,
     /// Lease deadline and holder of every live attempt this leader knows of.
     leases: Mutex<plan::Leases>,
+    /// What each namespace got of the fleet lately (fair scheduling; leader memory).
+    shares: Mutex<placement::Shares>,
     next_session_id: AtomicU64,
     /// Wakes the loop: an agent connected or capacity freed.
     pub changed: Notify,
@@ -141,6 +143,7 @@ impl Sessions {
     fn close_all(&self) {
         self.sessions.lock().clear();
         self.leases.lock().clear();
+        *self.shares.lock() = placement::Shares::default();
     }
 }
 
@@ -178,6 +181,10 @@ pub fn assignment_message(state: &ClusterState, attempt: AttemptId) -> Option<pb
             let mut input = workflow.spec.input.clone();
             input.extend(workflow.params.iter().map(|(k, v)| (k.clone(), v.clone())));
             input
+        },
+        namespace: match crate::state::namespaces::is_default(&workflow.namespace) {
+            true => String::new(),
+            false => workflow.namespace.to_string(),
         },
     })
 }
@@ -290,8 +297,11 @@ async fn round(
         &connected,
         Instant::now(),
         now_ms,
-        LEASE_EXPIRY_MARGIN,
-        ASSIGN_BATCH_MAX,
+        plan::Limits {
+            expiry_margin: LEASE_EXPIRY_MARGIN,
+            batch_max: ASSIGN_BATCH_MAX,
+        },
+        &mut sessions.shares.lock(),
     );
     for (attempt, agent) in plan.stop {
         // Reported (a stop is a no-op on the agent), or cancelled or expired (the agent must

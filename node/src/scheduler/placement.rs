@@ -7,18 +7,21 @@
 //! another's steps.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use crate::state::scheduling::{labels_match, step_request};
 use crate::state::{AgentId, Allocation, Assignment, ClusterState, ReadyKey};
 
 use crate::limits::READY_SCANNED_PER_ROUND_MAX;
 
-/// Assignments for up to `batch_max` ready steps onto the `connected` agents.
+/// Assignments for up to `batch_max` ready steps onto the `connected` agents, taken in
+/// [`fair_order`]; `shares` records what each namespace got.
 pub fn place(
     state: &ClusterState,
     connected: &BTreeSet<AgentId>,
     batch_max: usize,
+    shares: &mut Shares,
 ) -> Vec<Assignment> {
     let mut planned: BTreeMap<AgentId, Allocation> = connected
         .iter()
@@ -36,7 +39,10 @@ pub fn place(
             ))
         })
         .sum();
-    for key in fair_order(state).take(READY_SCANNED_PER_ROUND_MAX) {
+    if free_slots == 0 {
+        return out;
+    }
+    for key in fair_order(state, shares).take(READY_SCANNED_PER_ROUND_MAX) {
         if out.len() == batch_max || free_slots == 0 {
             break;
         }
@@ -69,28 +75,89 @@ pub fn place(
             });
         }
     }
+    shares.placed(state, &out);
     out
 }
 
-/// The ready steps in the order placement takes them: stride scheduling over the namespaces
-/// that have ready steps. Each namespace advances by `STRIDE / weight` per step taken, and the
-/// one furthest behind goes next (ties: by name), so over any stretch each namespace with steps
-/// waiting gets a share in proportion to its weight; within a namespace, its queue order.
-/// One namespace alone is its queue as it stands. O(log namespaces) a step.
-pub fn fair_order(state: &ClusterState) -> impl Iterator<Item = ReadyKey> + '_ {
-    const STRIDE: u64 = 1 << 20;
-    let mut lanes: Vec<(u64, Box<dyn Iterator<Item = &ReadyKey> + '_>)> = Vec::new();
+/// Stride scheduling's pass of each namespace with ready steps: leader memory, kept across
+/// rounds (a round usually has a slot or two free, so the share must be earned over many), and
+/// forgotten for a namespace with nothing ready. A namespace advances by `STRIDE / weight` per
+/// step placed; the one furthest behind goes next (ties: by name).
+#[derive(Debug, Default)]
+pub struct Shares {
+    pass: HashMap<Arc<str>, u64>,
+}
+
+const STRIDE: u64 = 1 << 20;
+
+fn stride(weight: u32) -> u64 {
+    STRIDE / u64::from(weight.max(1))
+}
+
+impl Shares {
+    /// Where each namespace with ready steps starts this round: its pass, and never behind the
+    /// namespace furthest behind that has one, so a namespace back from idle gets its turn
+    /// without having saved up turns while it had nothing to run.
+    fn starts<'a>(&self, state: &'a ClusterState) -> Vec<(&'a str, u32, u64)> {
+        let floor = state
+            .ready_by_namespace()
+            .filter_map(|(name, _, _)| self.pass.get(name).copied())
+            .min()
+            .unwrap_or(0);
+        state
+            .ready_by_namespace()
+            .map(|(name, weight, _)| {
+                let pass = self.pass.get(name).copied().unwrap_or(floor).max(floor);
+                (name, weight, pass)
+            })
+            .collect()
+    }
+
+    /// Records the steps placed this round, and forgets namespaces with nothing ready.
+    fn placed(&mut self, state: &ClusterState, assignments: &[Assignment]) {
+        let starts = self.starts(state);
+        let mut pass: HashMap<Arc<str>, u64> = HashMap::with_capacity(starts.len());
+        for (name, _, start) in &starts {
+            pass.insert(Arc::from(*name), *start);
+        }
+        for assignment in assignments {
+            let Some(workflow) = state.workflow(assignment.workflow_id) else {
+                continue;
+            };
+            if let Some(at) = pass.get_mut(&*workflow.namespace) {
+                *at += stride(state.weight(&workflow.namespace));
+            }
+        }
+        self.pass = pass;
+    }
+}
+
+/// The ready steps in the order placement takes them: each namespace's own queue order
+/// (priority, then age), the namespaces interleaved by stride scheduling from where `shares`
+/// says they stand, so over any stretch each namespace with steps waiting gets a share in
+/// proportion to its weight. One namespace alone is its queue as it stands. O(log namespaces)
+/// a step.
+pub fn fair_order<'a>(
+    state: &'a ClusterState,
+    shares: &Shares,
+) -> impl Iterator<Item = ReadyKey> + 'a {
+    let mut lanes: Vec<(u64, Box<dyn Iterator<Item = &ReadyKey> + 'a>)> = Vec::new();
     let mut heap = BinaryHeap::new();
-    for (i, (_, weight, keys)) in state.ready_by_namespace().enumerate() {
-        lanes.push((STRIDE / u64::from(weight.max(1)), Box::new(keys.iter())));
-        heap.push(Reverse((0u64, i)));
+    let starts = shares.starts(state);
+    for (i, ((name, weight, start), (_, _, keys))) in starts
+        .into_iter()
+        .zip(state.ready_by_namespace())
+        .enumerate()
+    {
+        lanes.push((stride(weight), Box::new(keys.iter())));
+        heap.push(Reverse((start, name, i)));
     }
     std::iter::from_fn(move || {
         loop {
-            let Reverse((pass, lane)) = heap.pop()?;
+            let Reverse((pass, name, lane)) = heap.pop()?;
             let (stride, keys) = &mut lanes[lane];
             if let Some(key) = keys.next() {
-                heap.push(Reverse((pass + *stride, lane)));
+                heap.push(Reverse((pass + *stride, name, lane)));
                 return Some(*key);
             }
             // This namespace has nothing more ready: it leaves the rotation.
@@ -229,11 +296,11 @@ mod tests {
         w: &mut World,
         connected: &BTreeSet<AgentId>,
         namespace: &str,
-        order: fn(&ClusterState, &BTreeSet<AgentId>) -> Vec<Assignment>,
     ) -> (usize, usize) {
         let mut others = 0;
+        let mut shares = Shares::default();
         for round in 1.. {
-            let placed = order(&w.state, connected);
+            let placed = place(&w.state, connected, 256, &mut shares);
             assert!(!placed.is_empty(), "round {round} placed nothing");
             let mine = placed
                 .iter()
@@ -276,9 +343,7 @@ mod tests {
         backlog(&mut w, "team-a", 10_000);
         backlog(&mut w, "team-b", 1);
         let connected = BTreeSet::from([agent]);
-        let fair = rounds_until_placed(&mut w, &connected, "team-b", |state, connected| {
-            place(state, connected, 256)
-        });
+        let fair = rounds_until_placed(&mut w, &connected, "team-b");
         println!(
             "fair order: team-b's step placed in round {} after {} of team-a's 10,000",
             fair.0, fair.1
@@ -305,7 +370,7 @@ mod tests {
         backlog(&mut w, "heavy", 100);
         backlog(&mut w, "light", 100);
         let connected = BTreeSet::from([agent]);
-        let placed = place(&w.state, &connected, 256);
+        let placed = place(&w.state, &connected, 256, &mut Shares::default());
         let in_ns = |ns: &str| {
             placed
                 .iter()
@@ -321,7 +386,7 @@ mod tests {
             .collect();
         assert!(heavy.windows(2).all(|p| p[0] < p[1]), "{heavy:?}");
         // The order itself: three of heavy's for each of light's.
-        let order: Vec<ReadyKey> = fair_order(&w.state).take(8).collect();
+        let order: Vec<ReadyKey> = fair_order(&w.state, &Shares::default()).take(8).collect();
         let namespaces: Vec<&str> = order
             .iter()
             .map(|k| &*w.state.workflow(k.workflow_id).unwrap().namespace)
@@ -332,6 +397,56 @@ mod tests {
                 "heavy", "light", "heavy", "heavy", "heavy", "light", "heavy", "heavy"
             ]
         );
+    }
+
+    /// In steady state a round has one slot free: the shares carry over, so namespaces take
+    /// turns by weight instead of the first by name taking every slot.
+    #[test]
+    fn one_free_slot_a_round_goes_round_the_namespaces_by_weight() {
+        let mut w = World {
+            state: ClusterState::default(),
+            index: 0,
+        };
+        namespace(&mut w, "a-first", 2);
+        namespace(&mut w, "b-second", 1);
+        let agent = w.agent("x", 1, 64_000, &[]);
+        backlog(&mut w, "a-first", 20);
+        backlog(&mut w, "b-second", 20);
+        let connected = BTreeSet::from([agent]);
+        let mut shares = Shares::default();
+        let mut served = Vec::new();
+        for _ in 0..9 {
+            let placed = place(&w.state, &connected, 256, &mut shares);
+            assert_eq!(placed.len(), 1);
+            let workflow = w.state.workflow(placed[0].workflow_id).unwrap();
+            served.push(workflow.namespace.to_string());
+            let Response::Assigned { attempts } = w.apply(Command::Assign {
+                assignments: placed.clone(),
+            }) else {
+                panic!("not assigned")
+            };
+            w.apply(Command::Complete(crate::state::CompleteCommand {
+                attempt_id: attempts[0].unwrap(),
+                agent_id: agent,
+                success: true,
+                output: String::new(),
+                error: String::new(),
+                exit_code: None,
+            }));
+        }
+        let b = served.iter().filter(|n| n.as_str() == "b-second").count();
+        assert_eq!(b, 3, "{served:?}");
+        // Never two of b's in a row, never three of a's.
+        assert!(
+            served
+                .windows(2)
+                .all(|p| !(p[0] == "b-second" && p[1] == "b-second")),
+            "{served:?}"
+        );
+        // A namespace back from idle starts level with the others, not with saved-up turns.
+        backlog(&mut w, "c-late", 20);
+        let placed = place(&w.state, &connected, 256, &mut shares);
+        assert_eq!(placed.len(), 1);
     }
 
     #[test]
@@ -348,7 +463,7 @@ mod tests {
         w.submit(vec![step("too-big", 600, &[])], 0);
         w.submit(vec![step("mars", 0, &[("zone", "mars")])], 0);
         let connected = BTreeSet::from([eu, us]);
-        let placed = place(&w.state, &connected, 100);
+        let placed = place(&w.state, &connected, 100, &mut Shares::default());
         let by_step: Vec<(u64, AgentId)> = placed
             .iter()
             .map(|a| (a.workflow_id.0, a.agent_id))
@@ -357,7 +472,7 @@ mod tests {
         // "anywhere" goes to us (more free slots); "too-big" no longer fits us' cpu; mars never fits.
         assert_eq!(by_step, [(2, eu), (3, us)]);
         assert!(
-            place(&w.state, &BTreeSet::new(), 100).is_empty(),
+            place(&w.state, &BTreeSet::new(), 100, &mut Shares::default()).is_empty(),
             "no connected agent, no placement"
         );
     }
@@ -385,10 +500,15 @@ mod tests {
         w.submit(vec![custom("charge", "billing/charge")], 0);
         w.submit(vec![custom("refund", "billing/refund")], 0);
         w.submit(vec![step("plain", 0, &[])], 0);
-        let placed: Vec<(u64, AgentId)> = place(&w.state, &BTreeSet::from([builtin, billing]), 100)
-            .iter()
-            .map(|a| (a.workflow_id.0, a.agent_id))
-            .collect();
+        let placed: Vec<(u64, AgentId)> = place(
+            &w.state,
+            &BTreeSet::from([builtin, billing]),
+            100,
+            &mut Shares::default(),
+        )
+        .iter()
+        .map(|a| (a.workflow_id.0, a.agent_id))
+        .collect();
         // "charge" only to billing, though builtin has more free slots; nobody runs "refund";
         // the noop goes to builtin (billing's one slot is taken).
         assert_eq!(placed, [(1, billing), (3, builtin)]);
@@ -416,7 +536,12 @@ mod tests {
         );
 
         let anything = w.agent("anything", 1, 1000, &[]);
-        let placed = place(&w.state, &BTreeSet::from([anything]), 100);
+        let placed = place(
+            &w.state,
+            &BTreeSet::from([anything]),
+            100,
+            &mut Shares::default(),
+        );
         assert_eq!(
             placed.len(),
             1,
@@ -444,7 +569,7 @@ mod tests {
                 w.submit(vec![step("s", *cpu, constraints)], 0);
             }
             for _round in 0..3 {
-                let placed = place(&w.state, &connected, batch_max);
+                let placed = place(&w.state, &connected, batch_max, &mut Shares::default());
                 prop_assert!(placed.len() <= batch_max);
                 let n = placed.len();
                 let response = w.apply(Command::Assign { assignments: placed });

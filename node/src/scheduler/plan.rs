@@ -28,6 +28,14 @@ pub struct Plan {
     pub assign: Vec<Assignment>,
 }
 
+/// A round's fixed settings: the margin past a lease's deadline before it lapses, and the
+/// most steps one round assigns.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub expiry_margin: Duration,
+    pub batch_max: usize,
+}
+
 /// Decides one round. `leases` is brought up to date with the state: attempts that ended are
 /// forgotten (and listed in [`Plan::stop`]), live ones without a deadline (assigned by a
 /// predecessor, not renewed here yet) are adopted with a full TTL from `now`. A lease lapses once
@@ -39,9 +47,13 @@ pub fn plan(
     connected: &BTreeSet<AgentId>,
     now: Instant,
     now_ms: u64,
-    expiry_margin: Duration,
-    batch_max: usize,
+    limits: Limits,
+    shares: &mut placement::Shares,
 ) -> Plan {
+    let Limits {
+        expiry_margin,
+        batch_max,
+    } = limits;
     let mut plan = Plan::default();
     leases.retain(|id, (_, agent)| {
         let live = state.live_attempt(*id).is_some();
@@ -71,7 +83,7 @@ pub fn plan(
     // Both O(log n): the state indexes backoffs and schedule-to-start deadlines. Placement reads
     // the state from before the Tick: a Tick only fails or requeues steps.
     plan.tick = state.tick_due(now_ms);
-    plan.assign = placement::place(state, connected, batch_max);
+    plan.assign = placement::place(state, connected, batch_max, shares);
     plan
 }
 
@@ -202,7 +214,18 @@ mod tests {
         now_ms: u64,
     ) -> Plan {
         let connected = connected.iter().copied().collect();
-        plan(&w.state, leases, &connected, now, now_ms, MARGIN, 256)
+        plan(
+            &w.state,
+            leases,
+            &connected,
+            now,
+            now_ms,
+            Limits {
+                expiry_margin: MARGIN,
+                batch_max: 256,
+            },
+            &mut placement::Shares::default(),
+        )
     }
 
     #[test]

@@ -169,10 +169,25 @@ impl ClusterState {
             }
         };
         let rerun = with_dependents(workflow, &seeds);
-        // Running again counts against its namespace's quota (its rerun steps are queued as
-        // their dependencies allow, so only the running-workflows one applies).
-        if let Some(over) = self.over_quota(&workflow.namespace, 0, false) {
-            return Response::OverQuota(over);
+        // Running again counts against its namespace's quotas: one more running workflow, and
+        // the rerun steps that are ready at once (those none of the others come before).
+        if !self.quotas(&workflow.namespace).is_none() {
+            let ready_at_once = rerun
+                .iter()
+                .filter(|s| {
+                    workflow.steps[s.get()]
+                        .deps
+                        .iter()
+                        .all(|d| !rerun.contains(d))
+                })
+                .count() as u64;
+            let namespace = workflow.namespace.clone();
+            self.count_live_so_far(events);
+            if let Some(over) =
+                self.over_quota(&namespace, ready_at_once, false, Default::default())
+            {
+                return Response::OverQuota(over);
+            }
         }
         // Out of the purge index under its finished key, before the key changes.
         self.purge_index_remove(id);

@@ -188,6 +188,10 @@ pub struct ClusterState {
     /// Running workflows and ready-plus-running steps per namespace (derived).
     #[serde(skip)]
     live_counts: namespaces::LiveCounts,
+    /// How many of the events of the entry being applied `live_counts` has seen; 0 between
+    /// entries.
+    #[serde(skip)]
+    live_counted: usize,
     /// Unpaused schedules by the time they next fire, jitter included (derived).
     #[serde(skip)]
     schedule_due: schedules::ScheduleDue,
@@ -288,6 +292,7 @@ impl ClusterState {
             self.skip_ids_handed_out_since(copied_at_ms);
         }
         let mut events = Events::new();
+        self.live_counted = 0;
         let response = match entry.command {
             Command::Batch(commands) => Response::Batch(
                 commands
@@ -297,6 +302,7 @@ impl ClusterState {
             ),
             command => self.execute_recorded(ctx, command, &mut events),
         };
+        self.live_counted = 0;
         // O(state): on every apply in unit and property tests, where states are small.
         #[cfg(test)]
         self.check_invariants();
@@ -320,7 +326,7 @@ impl ClusterState {
         self.schedule_runs_ended(ctx, start, events);
         self.await_signals(ctx, start, events);
         self.record_history(&mut events[start..]);
-        self.count_live(&events[start..]);
+        self.count_live_so_far(events);
         response
     }
 
@@ -508,9 +514,19 @@ impl ClusterState {
             Ok(steps) => steps,
             Err(reason) => return Response::Rejected { reason },
         };
-        let roots = steps.iter().filter(|s| s.deps.is_empty()).count() as u64;
-        if let Some(over) = self.over_quota(&namespace, roots, true) {
-            return Response::OverQuota(over);
+        // Its first steps, but for wait steps (they wait for a signal, not for an agent).
+        let roots = steps
+            .iter()
+            .zip(&spec.steps)
+            .filter(|(run, step)| {
+                run.deps.is_empty() && !matches!(step.task, Some(pb::step_spec::Task::Wait(_)))
+            })
+            .count() as u64;
+        if !self.quotas(&namespace).is_none() {
+            self.count_live_so_far(events);
+            if let Some(over) = self.over_quota(&namespace, roots, true, Default::default()) {
+                return Response::OverQuota(over);
+            }
         }
         self.draw_submit(&namespace);
         self.last_workflow_id += 1;
@@ -557,9 +573,6 @@ impl ClusterState {
                 e.step_state = pb::StepState::Ready as i32;
             }));
         }
-        // Counted at once: one command may start several (a schedule's backfill or its due
-        // times), each against its namespace's quota.
-        self.live_counts.update(id, Some(&workflow));
         self.workflows.insert(id, Arc::new(workflow));
         if let Some(key) = key {
             self.idempotency_keys.insert(key, id);
@@ -652,10 +665,6 @@ impl ClusterState {
             e.message = reason;
             e.actor = actor;
         }));
-        // Credited at once: a schedule that cancels its previous run starts the next one in
-        // the same command, against its namespace's quota.
-        let ended = self.workflows.get(&id).cloned();
-        self.live_counts.update(id, ended.as_deref());
     }
 
     pub fn cluster_id(&self) -> &str {

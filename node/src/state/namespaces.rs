@@ -364,18 +364,22 @@ impl ClusterState {
     }
 
     /// The quota a new running workflow of `namespace` with `roots` ready steps would pass, if
-    /// any (`submit`: it is a submit, which the submit rate limits too).
+    /// any (`submit`: it is a submit, which the submit rate limits too), once what `freed`
+    /// counts has ended (the runs a schedule's cancel_previous replaces).
     pub(super) fn over_quota(
         &self,
         namespace: &str,
         roots: u64,
         submit: bool,
+        freed: Live,
     ) -> Option<OverQuota> {
         let quotas = self.quotas(namespace);
         if quotas.is_none() {
             return None;
         }
-        let live = self.live(namespace);
+        let mut live = self.live(namespace);
+        live.running = live.running.saturating_sub(freed.running);
+        live.active_steps = live.active_steps.saturating_sub(freed.active_steps);
         let over = |quota, limit: u64| OverQuota {
             namespace: namespace.to_string(),
             quota,
@@ -429,8 +433,26 @@ impl ClusterState {
         );
     }
 
-    /// After every command: the live counts of the workflows its events name.
-    pub(super) fn count_live(&mut self, events: &[baton_proto::v1::WorkflowEvent]) {
+    /// The live counts of the workflows named by the events of the entry being applied that
+    /// were not counted yet: after every command, and before a quota is checked within one (a
+    /// command may start or end several workflows: a Tick's schedules, a backfill, a
+    /// cancel_previous schedule's replaced run).
+    pub(super) fn count_live_so_far(&mut self, events: &[baton_proto::v1::WorkflowEvent]) {
+        let from = self.live_counted.min(events.len());
+        self.count_live(&events[from..]);
+        self.live_counted = events.len();
+    }
+
+    /// What a workflow counts now: running or not, and its ready and running steps.
+    pub(super) fn counted(workflow: &Workflow) -> Live {
+        let (running, active) = LiveCounts::counted(workflow);
+        Live {
+            running: u64::from(running),
+            active_steps: u64::from(active),
+        }
+    }
+
+    fn count_live(&mut self, events: &[baton_proto::v1::WorkflowEvent]) {
         let mut last = None;
         for event in events {
             let id = WorkflowId(event.workflow_id);

@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 
 use super::command::{Response, SubmitCommand};
 use super::ids::WorkflowId;
-use super::namespaces::{DEFAULT_NAMESPACE, OverQuota, or_default, scoped_name, split_scoped};
+use super::namespaces::{
+    DEFAULT_NAMESPACE, Live, OverQuota, or_default, scoped_name, split_scoped,
+};
 use super::templates::TemplateRef;
 use super::workflow::{ScheduledRun, WorkflowState};
 use super::{ApplyCtx, ClusterState, Events};
@@ -544,11 +546,38 @@ impl ClusterState {
                 }
                 pb::OverlapPolicy::Allow => {}
                 pb::OverlapPolicy::CancelPrevious => {
-                    // Nothing is cancelled for a run that cannot start.
-                    if let Err(reason) = self.run_submit(name, schedule, String::new()) {
-                        return Fired::Failed(format!(
-                            "schedule {name}: no run for {nominal_ms}: {reason}"
-                        ));
+                    // Nothing is cancelled for a run that cannot start: no spec, or its
+                    // namespace's quota would refuse it even with the runs it replaces gone.
+                    let submit = match self.run_submit(name, schedule, String::new()) {
+                        Ok(submit) => submit,
+                        Err(reason) => {
+                            return Fired::Failed(format!(
+                                "schedule {name}: no run for {nominal_ms}: {reason}"
+                            ));
+                        }
+                    };
+                    let namespace = split_scoped(name).0;
+                    if !self.quotas(namespace).is_none() {
+                        let running = schedule.running.clone();
+                        self.count_live_so_far(events);
+                        let mut freed = Live::default();
+                        for (_, id) in &running {
+                            if let Some(w) = self.workflows.get(id) {
+                                let counted = Self::counted(w);
+                                freed.running += counted.running;
+                                freed.active_steps += counted.active_steps;
+                            }
+                        }
+                        let roots =
+                            pb::WorkflowSpec::decode(submit.spec.as_slice()).map_or(0, |spec| {
+                                spec.steps
+                                    .iter()
+                                    .filter(|s| s.depends_on.is_empty())
+                                    .count()
+                            }) as u64;
+                        if let Some(over) = self.over_quota(namespace, roots, true, freed) {
+                            return Fired::OverQuota(over);
+                        }
                     }
                     let running = self.change_schedule(name, |s| std::mem::take(&mut s.running));
                     for (_, id) in running {

@@ -3317,3 +3317,95 @@ fn a_namespace_with_keys_of_purged_workflows_waits_for_the_window() {
         Response::Done
     );
 }
+
+#[test]
+fn a_run_that_ends_frees_its_place_within_the_same_command() {
+    // A buffered run starts as its predecessor ends, in the same command: the predecessor's
+    // end is counted before the quota is asked.
+    let mut log = Log::new();
+    log.apply_at(1_000, set_quotas("default", Some(1), None, None));
+    let agent = register(&mut log, "x", 2);
+    log.apply_at(
+        1_000,
+        create_schedule("every10", 10_000, pb::OverlapPolicy::BufferOne, None),
+    );
+    log.apply_at(10_000, Command::Tick);
+    log.apply_at(20_000, Command::Tick);
+    let first = runs(&log, "every10");
+    assert_eq!(first.len(), 1, "one runs, one is buffered");
+    let attempt = assign(&mut log, first[0].1, 0, agent).unwrap();
+    report(&mut log, attempt, agent, true);
+    assert_eq!(runs(&log, "every10").len(), 2, "the buffered run started");
+    assert_eq!(schedule_of(&log, "every10").skipped, 0);
+}
+
+#[test]
+fn cancel_previous_cancels_nothing_for_a_run_its_quota_refuses() {
+    let mut log = Log::new();
+    log.apply_at(1_000, set_quotas("default", None, None, Some((1, 1))));
+    log.apply_at(
+        1_000,
+        create_schedule("every10", 10_000, pb::OverlapPolicy::CancelPrevious, None),
+    );
+    log.apply_at(10_000, Command::Tick);
+    let first = runs(&log, "every10");
+    assert_eq!(first.len(), 1);
+    // The bucket is empty until a second has passed: the trigger is refused, and the running
+    // run is left alone.
+    assert_eq!(
+        log.apply_at(
+            10_000,
+            Command::TriggerSchedule {
+                name: "every10".into()
+            }
+        ),
+        over("default", Quota::SubmitsPerSecond, 1)
+    );
+    let run = log.state.workflow(WorkflowId(first[0].1)).unwrap();
+    assert_eq!(run.state, WorkflowState::Running);
+    // With the budget back, the trigger replaces it.
+    assert!(matches!(
+        log.apply_at(
+            12_000,
+            Command::TriggerSchedule {
+                name: "every10".into()
+            }
+        ),
+        Response::ScheduleFired {
+            workflow_id: Some(_),
+            ..
+        }
+    ));
+    let run = log.state.workflow(WorkflowId(first[0].1)).unwrap();
+    assert_eq!(run.state, WorkflowState::Cancelled);
+}
+
+#[test]
+fn a_retry_counts_the_steps_it_readies_against_the_active_steps_quota() {
+    let mut log = Log::new();
+    let three = spec(
+        "three",
+        vec![step("a", &[]), step("b", &[]), step("c", &["a"])],
+    );
+    let Response::Submitted { workflow_id, .. } = log.apply(submit(&three, "")) else {
+        panic!()
+    };
+    log.apply(cancel(workflow_id.0));
+    log.apply(set_quotas("default", None, Some(1), None));
+    let retry = || {
+        Command::Retry(RetryCommand {
+            workflow_id,
+            from_step: String::new(),
+            actor: String::new(),
+        })
+    };
+    // a and b are ready at once (c waits for a): 2, more than 1.
+    assert_eq!(log.apply(retry()), over("default", Quota::ActiveSteps, 1));
+    assert_eq!(
+        log.state.workflow(workflow_id).unwrap().state,
+        WorkflowState::Cancelled
+    );
+    log.apply(set_quotas("default", None, Some(2), None));
+    assert!(matches!(log.apply(retry()), Response::Retried { .. }));
+    assert_eq!(log.state.live("default").active_steps, 2);
+}

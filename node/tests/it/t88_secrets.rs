@@ -12,7 +12,7 @@ use std::time::Duration;
 use baton_proto::v1 as pb;
 use baton_proto::v1::workflow_service_client::WorkflowServiceClient;
 use common::procs::{
-    baton_binary, endpoints_flag, loopbacks, run_to_end, spawn_agent, start_nodes,
+    baton_binary, endpoints_flag, loopbacks, run_to_end, spawn_agent_env, start_nodes,
 };
 use common::*;
 
@@ -55,16 +55,18 @@ async fn a_secret_reaches_its_step_and_nothing_the_cluster_keeps_or_says() {
     let (ports, _nodes) = start_nodes(3, dir.path(), &[]).await;
     let addrs = loopbacks(&ports);
     let endpoints = endpoints_flag(&ports);
-    let _agent = spawn_agent(
+    // A secret given by environment too: the agent may fill it in, no step's process reads it.
+    let _agent = spawn_agent_env(
         "a1",
         &endpoints,
         dir.path(),
         &[],
         &["--secrets-dir", secrets.to_str().unwrap()],
+        &[("BATON_SECRET_FROM_ENV", "env-Kq2-9001")],
     );
     let script = format!(
         "printf %s \"$TOKEN\" > {seen}; echo \"token=$TOKEN arg={TEMPLATE}\"; \
-         echo \"used $TOKEN\" >&2",
+         echo \"used $TOKEN\" >&2; echo \"inherited=$(env | grep -c '^BATON_SECRET_') other=$OTHER\"",
         seen = seen.display()
     );
     let spec = pb::WorkflowSpec {
@@ -73,7 +75,11 @@ async fn a_secret_reaches_its_step_and_nothing_the_cluster_keeps_or_says() {
             name: "call".into(),
             task: Some(pb::step_spec::Task::Exec(pb::ExecTask {
                 command: vec!["sh".into(), "-c".into(), script],
-                env: [("TOKEN".to_string(), TEMPLATE.to_string())].into(),
+                env: [
+                    ("TOKEN".to_string(), TEMPLATE.to_string()),
+                    ("OTHER".to_string(), "{{ secrets.from-env }}".to_string()),
+                ]
+                .into(),
                 ..Default::default()
             })),
             ..Default::default()
@@ -107,7 +113,10 @@ async fn a_secret_reaches_its_step_and_nothing_the_cluster_keeps_or_says() {
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), SECRET);
     // Its report did not.
     let step = &done.steps[0];
-    assert_eq!(step.output.trim(), "token=*** arg=***");
+    assert_eq!(
+        step.output.trim(),
+        "token=*** arg=***\ninherited=0 other=***"
+    );
     assert_eq!(step.error.trim(), "used ***");
     let history = client
         .get_history(pb::GetHistoryRequest {
@@ -146,11 +155,13 @@ async fn a_secret_reaches_its_step_and_nothing_the_cluster_keeps_or_says() {
         !files_holding(dir.path(), TEMPLATE.as_bytes()).is_empty(),
         "the search sees the spec's bytes where the nodes keep them"
     );
-    assert_eq!(
-        files_holding(dir.path(), SECRET.as_bytes()),
-        Vec::<String>::new(),
-        "files holding the secret's value"
-    );
+    for value in [SECRET, "env-Kq2-9001"] {
+        assert_eq!(
+            files_holding(dir.path(), value.as_bytes()),
+            Vec::<String>::new(),
+            "files holding a secret's value"
+        );
+    }
     // Refused at submit: a name that could be a path.
     let refused = client
         .submit(pb::SubmitRequest {

@@ -35,6 +35,16 @@ pub(crate) async fn run(job: &ExecJob, control: &AttemptControl) -> TaskResult {
         return TaskResult::failed("exec.command is empty");
     };
     let mut command = tokio::process::Command::new(program);
+    // Secrets given to the agent by environment are for it to fill in, not for every step's
+    // process to read.
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_str()
+            .is_some_and(|k| k.starts_with(crate::agent::secrets::SECRET_ENV_PREFIX))
+        {
+            command.env_remove(key);
+        }
+    }
     command
         .args(&job.argv[1..])
         .envs(job.env.iter().map(|(key, value)| (key, value)))
@@ -67,13 +77,13 @@ pub(crate) async fn run(job: &ExecJob, control: &AttemptControl) -> TaskResult {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
-            let mut result = TaskResult::failed(format!("cannot start {program:?}: {error}"));
+            let mut result = TaskResult::failed(format!("cannot start {program}: {error}"));
             result.exit_code = None;
             return result;
         }
     };
     let Some(pid) = child.id() else {
-        return TaskResult::failed(format!("{program:?} exited before it could be watched"));
+        return TaskResult::failed(format!("{program} exited before it could be watched"));
     };
     let group = GroupGuard::new(pid as libc::pid_t);
     tracing::debug!(pid, program = %program, "process started");

@@ -57,10 +57,9 @@ pub(crate) async fn run(
     };
     let url = match reqwest::Url::parse(&job.url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => url,
-        Ok(_) => {
-            return TaskResult::failed(format!("http.url {:?}: not an http or https url", job.url));
-        }
-        Err(error) => return TaskResult::failed(format!("http.url {:?}: {error}", job.url)),
+        // Not the url itself: filled in, it may hold a secret in a form masking cannot see.
+        Ok(_) => return TaskResult::failed("http.url: not an http or https url"),
+        Err(error) => return TaskResult::failed(format!("http.url: {error}")),
     };
     let mut request = client.request(method, url);
     for (name, value) in &job.headers {
@@ -93,7 +92,8 @@ pub(crate) async fn run(
     let (status, body) = tokio::select! {
         answer = exchange => match answer {
             Ok(answer) => answer,
-            Err(error) => return TaskResult::failed(format!("http request failed: {}", error_chain(&error))),
+            // Without the url (percent-encoded, a secret in it would pass the mask).
+            Err(error) => return TaskResult::failed(format!("http request failed: {}", error_chain(&error.without_url()))),
         },
         _ = control.stopped() => return TaskResult::failed("http request abandoned"),
     };

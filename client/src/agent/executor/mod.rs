@@ -107,6 +107,7 @@ impl PreparedTask {
             input: &assignment.workflow_input,
             steps: &assignment.inputs,
             secrets,
+            namespace: &assignment.namespace,
         };
         match &spec.task {
             Some(Task::Exec(task)) => Ok(PreparedTask::Exec(prepare_exec(task, values, step_env)?)),
@@ -226,7 +227,7 @@ impl Executors {
                 .collect(),
             _ => Vec::new(),
         };
-        self.secrets.resolve(texts)
+        self.secrets.resolve(&assignment.namespace, texts)
     }
 
     /// Built-in types, then the custom ones in name order (sent in Register).

@@ -27,6 +27,7 @@ fn executors_with(handlers: HashMap<String, Arc<dyn DynHandler>>) -> Executors {
 
 fn assignment(task: Task) -> Assignment {
     Assignment {
+        namespace: Default::default(),
         workflow_id: 42,
         step: "deploy".into(),
         attempt_id: 1001,
@@ -99,9 +100,7 @@ async fn exec_of_a_missing_program_fails_naming_it() {
     assert!(!result.success);
     assert_eq!(result.exit_code, None);
     assert!(
-        result
-            .error
-            .contains("cannot start \"baton-no-such-program\""),
+        result.error.contains("cannot start baton-no-such-program"),
         "{}",
         result.error
     );
@@ -654,4 +653,28 @@ async fn a_secret_the_agent_lacks_fails_the_attempt_naming_it_and_runs_nothing()
          in its environment)"
     );
     assert!(!marker.exists(), "the step ran");
+}
+
+#[tokio::test]
+async fn a_step_reads_only_its_own_namespaces_secrets() {
+    let (executors, dir) = executors_with_secrets();
+    std::fs::create_dir(dir.path().join("team-a")).unwrap();
+    std::fs::write(dir.path().join("team-a").join("token"), "team-a-tok").unwrap();
+    let mut of_team_a = assignment(sh("echo {{ secrets.token }}"));
+    of_team_a.namespace = "team-a".into();
+    let result = run_with(&executors, of_team_a.clone()).await;
+    assert!(result.success, "{}", result.error);
+    assert_eq!(result.output.trim(), "***");
+    // default's secret of the same name is not team-a's, and team-a has no db-password.
+    let mut other = assignment(sh("echo {{ secrets.db-password }}"));
+    other.namespace = "team-a".into();
+    let result = run_with(&executors, other).await;
+    assert!(
+        result.error.contains(
+            "a file \"team-a/db-password\" in its --secrets-dir: a step of namespace team-a \
+             reads that namespace's secrets only"
+        ),
+        "{}",
+        result.error
+    );
 }

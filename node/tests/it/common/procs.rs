@@ -142,12 +142,25 @@ pub fn spawn_agent(
     global: &[&str],
     extra: &[&str],
 ) -> Proc {
+    spawn_agent_env(name, endpoints, dir, global, extra, &[])
+}
+
+/// [`spawn_agent`] with environment variables added to the test's own.
+pub fn spawn_agent_env(
+    name: &str,
+    endpoints: &str,
+    dir: &Path,
+    global: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let mut command = Command::new(baton_binary());
     command
         .args(["--endpoints", endpoints])
         .args(global)
         .args(["agent", "--name", name])
-        .args(extra);
+        .args(extra)
+        .envs(env.iter().copied());
     spawn(command, &log_path(dir, name), "baton agent")
 }
 
