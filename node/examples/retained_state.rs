@@ -95,6 +95,7 @@ fn main() {
     };
     let Response::AgentRegistered { agent_id } =
         log.apply(Command::RegisterAgent(RegisterAgentCommand {
+            namespaces: Default::default(),
             name: "agent-1".into(),
             labels: Default::default(),
             slots: 64,

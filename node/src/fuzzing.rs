@@ -389,6 +389,7 @@ impl Replica {
                 let name = AGENTS[bytes.below(3) as usize];
                 let slots = u32::from(bytes.below(4));
                 Command::RegisterAgent(RegisterAgentCommand {
+                    namespaces: Default::default(),
                     name: name.into(),
                     labels: if slots % 2 == 0 {
                         [("zone".to_owned(), "z1".to_owned())].into()
@@ -788,6 +789,7 @@ mod tests {
                 actor: String::new(),
             }),
             Command::RegisterAgent(RegisterAgentCommand {
+                namespaces: Default::default(),
                 name: "x".into(),
                 labels: Default::default(),
                 slots: 1,

@@ -93,6 +93,9 @@ pub struct AgentConfig {
     pub dial: HashMap<Endpoint, Endpoint>,
     /// Where `{{ secrets.NAME }}` finds its values (see [`secrets`]).
     pub secrets: secrets::SecretSource,
+    /// The namespaces whose steps it takes (empty: every namespace's). An agent holding a
+    /// namespace's secrets should serve it alone: a step can read what its agent can.
+    pub namespaces: std::collections::BTreeSet<String>,
 }
 
 impl Default for AgentConfig {
@@ -110,6 +113,7 @@ impl Default for AgentConfig {
             credentials: Default::default(),
             dial: HashMap::new(),
             secrets: Default::default(),
+            namespaces: Default::default(),
         }
     }
 }
@@ -221,6 +225,12 @@ impl AgentBuilder {
         self
     }
 
+    /// Takes only steps of these namespaces (the cluster places no other on it).
+    pub fn namespaces(mut self, namespaces: impl IntoIterator<Item = String>) -> Self {
+        self.config.namespaces.extend(namespaces);
+        self
+    }
+
     /// Replaces the whole configuration (timeouts and backoff included).
     pub fn config(mut self, config: AgentConfig) -> Self {
         self.config = config;
@@ -253,8 +263,9 @@ impl AgentBuilder {
         }
         self.config.validate()?;
         let http = executor::http::new_client()?;
-        let executors =
-            executor::Executors::new(http, self.handlers).with_secrets(self.config.secrets.clone());
+        let executors = executor::Executors::new(http, self.handlers)
+            .with_secrets(self.config.secrets.clone())
+            .serving(self.config.namespaces.clone());
         Ok(Agent {
             endpoints: self.endpoints,
             config: Arc::new(self.config),

@@ -257,6 +257,7 @@ impl Runtime {
             memory_mb: self.config.memory_mb,
             running_attempts: running,
             task_types: self.executors.task_types(),
+            namespaces: self.config.namespaces.iter().cloned().collect(),
         }
     }
 

@@ -503,6 +503,17 @@ pub struct AgentArgs {
     /// reach the cluster and are masked in what steps print.
     #[arg(long, env = "BATON_AGENT_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
+
+    /// Take only steps of these namespaces (comma-separated); by default, every namespace's.
+    /// An agent holding a namespace's secrets should serve that namespace alone: its steps can
+    /// read what the agent can.
+    #[arg(
+        long,
+        env = "BATON_AGENT_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NAMESPACE,..."
+    )]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Args)]

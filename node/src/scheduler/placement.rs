@@ -57,6 +57,7 @@ pub fn place(
             .filter_map(|(&id, used)| {
                 let agent = state.agent(id)?;
                 (agent.runs(spec_step)
+                    && agent.serves(&workflow.namespace)
                     && labels_match(&spec_step.constraints, &agent.labels)
                     && used.fits(agent, request))
                 .then_some((agent.slots - used.slots, id))
@@ -113,19 +114,38 @@ impl Shares {
             .collect()
     }
 
-    /// Records the steps placed this round, and forgets namespaces with nothing ready.
+    /// Records the steps placed this round, and forgets namespaces with nothing ready. A
+    /// namespace that placed nothing although its turn came before another's that did (its
+    /// steps fit no agent, say) is moved up to that one's start: it had its turn and could not
+    /// use it, so it neither holds the others' starting point back nor saves up turns.
     fn placed(&mut self, state: &ClusterState, assignments: &[Assignment]) {
         let starts = self.starts(state);
         let mut pass: HashMap<Arc<str>, u64> = HashMap::with_capacity(starts.len());
         for (name, _, start) in &starts {
             pass.insert(Arc::from(*name), *start);
         }
+        let mut served: HashMap<&str, u64> = HashMap::new();
         for assignment in assignments {
             let Some(workflow) = state.workflow(assignment.workflow_id) else {
                 continue;
             };
             if let Some(at) = pass.get_mut(&*workflow.namespace) {
                 *at += stride(state.weight(&workflow.namespace));
+                *served.entry(&workflow.namespace).or_default() += 1;
+            }
+        }
+        let level = starts
+            .iter()
+            .filter(|(name, _, _)| served.contains_key(name))
+            .map(|(_, _, start)| *start)
+            .min();
+        if let Some(level) = level {
+            for (name, _, _) in &starts {
+                if !served.contains_key(name)
+                    && let Some(at) = pass.get_mut(*name)
+                {
+                    *at = (*at).max(level);
+                }
             }
         }
         self.pass = pass;
@@ -208,6 +228,7 @@ mod tests {
             task_types: &[&str],
         ) -> AgentId {
             match self.apply(Command::RegisterAgent(RegisterAgentCommand {
+                namespaces: Default::default(),
                 name: name.into(),
                 labels: labels
                     .iter()
@@ -447,6 +468,47 @@ mod tests {
         backlog(&mut w, "c-late", 20);
         let placed = place(&w.state, &connected, 256, &mut shares);
         assert_eq!(placed.len(), 1);
+    }
+
+    #[test]
+    fn a_namespace_pinned_agent_gets_only_its_namespaces_steps() {
+        let mut w = World {
+            state: ClusterState::default(),
+            index: 0,
+        };
+        namespace(&mut w, "team-a", 0);
+        let Response::AgentRegistered { agent_id: pinned } =
+            w.apply(Command::RegisterAgent(RegisterAgentCommand {
+                name: "pinned".into(),
+                labels: Default::default(),
+                slots: 8,
+                cpu_millis: 64_000,
+                memory_mb: 0,
+                task_types: Vec::new(),
+                namespaces: vec!["team-a".into()],
+            }))
+        else {
+            panic!("not registered")
+        };
+        backlog(&mut w, "default", 3);
+        backlog(&mut w, "team-a", 2);
+        let placed = place(
+            &w.state,
+            &BTreeSet::from([pinned]),
+            256,
+            &mut Shares::default(),
+        );
+        let namespaces: Vec<String> = placed
+            .iter()
+            .map(|a| {
+                w.state
+                    .workflow(a.workflow_id)
+                    .unwrap()
+                    .namespace
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(namespaces, ["team-a", "team-a"]);
     }
 
     #[test]

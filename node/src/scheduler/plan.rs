@@ -127,6 +127,7 @@ mod tests {
             match self.apply_at(
                 1,
                 Command::RegisterAgent(RegisterAgentCommand {
+                    namespaces: Default::default(),
                     name: name.into(),
                     labels: Default::default(),
                     slots: 4,

@@ -175,10 +175,11 @@ impl ClusterState {
             let ready_at_once = rerun
                 .iter()
                 .filter(|s| {
-                    workflow.steps[s.get()]
-                        .deps
-                        .iter()
-                        .all(|d| !rerun.contains(d))
+                    !super::namespaces::is_wait(&workflow.spec.steps[s.get()])
+                        && workflow.steps[s.get()]
+                            .deps
+                            .iter()
+                            .all(|d| !rerun.contains(d))
                 })
                 .count() as u64;
             let namespace = workflow.namespace.clone();

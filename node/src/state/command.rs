@@ -205,6 +205,10 @@ pub struct RegisterAgentCommand {
     /// recorded), and it is offered every step, as then.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub task_types: Vec<String>,
+    /// The namespaces whose steps it takes; empty: every namespace's (left out, so an entry
+    /// from before namespaces reads as that).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -647,6 +651,7 @@ mod tests {
             ),
             (
                 Command::RegisterAgent(RegisterAgentCommand {
+                    namespaces: Default::default(),
                     name: "a1".into(),
                     labels: [("zone".to_owned(), "eu".to_owned())].into(),
                     slots: 2,
@@ -658,6 +663,7 @@ mod tests {
             ),
             (
                 Command::RegisterAgent(RegisterAgentCommand {
+                    namespaces: Default::default(),
                     name: "a1".into(),
                     labels: Default::default(),
                     slots: 1,

@@ -518,9 +518,7 @@ impl ClusterState {
         let roots = steps
             .iter()
             .zip(&spec.steps)
-            .filter(|(run, step)| {
-                run.deps.is_empty() && !matches!(step.task, Some(pb::step_spec::Task::Wait(_)))
-            })
+            .filter(|(run, step)| run.deps.is_empty() && !namespaces::is_wait(step))
             .count() as u64;
         if !self.quotas(&namespace).is_none() {
             self.count_live_so_far(events);

@@ -253,6 +253,11 @@ pub struct UpdateNamespaceCommand {
     pub weight: Option<u32>,
 }
 
+/// Whether a step is a `wait` step (it never takes an agent, so no quota counts it).
+pub fn is_wait(step: &baton_proto::v1::StepSpec) -> bool {
+    matches!(step.task, Some(baton_proto::v1::step_spec::Task::Wait(_)))
+}
+
 /// Running workflows and ready-plus-running steps of one namespace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Live {
@@ -271,12 +276,16 @@ pub(super) struct LiveCounts {
 }
 
 impl LiveCounts {
-    /// What `workflow` adds now.
+    /// What `workflow` adds now: a wait step is not active (ready, it waits for a signal, not
+    /// an agent, from the end of the command that readied it).
     fn counted(workflow: &Workflow) -> (bool, u32) {
         let active = workflow
             .steps
             .iter()
-            .filter(|s| matches!(s.state, StepState::Ready | StepState::Running))
+            .zip(&workflow.spec.steps)
+            .filter(|(run, spec)| {
+                matches!(run.state, StepState::Ready | StepState::Running) && !is_wait(spec)
+            })
             .count() as u32;
         (!workflow.state.is_terminal(), active)
     }

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use super::command::{Response, SubmitCommand};
 use super::ids::WorkflowId;
 use super::namespaces::{
-    DEFAULT_NAMESPACE, Live, OverQuota, or_default, scoped_name, split_scoped,
+    DEFAULT_NAMESPACE, Live, OverQuota, is_wait, or_default, scoped_name, split_scoped,
 };
 use super::templates::TemplateRef;
 use super::workflow::{ScheduledRun, WorkflowState};
@@ -572,7 +572,7 @@ impl ClusterState {
                             pb::WorkflowSpec::decode(submit.spec.as_slice()).map_or(0, |spec| {
                                 spec.steps
                                     .iter()
-                                    .filter(|s| s.depends_on.is_empty())
+                                    .filter(|s| s.depends_on.is_empty() && !is_wait(s))
                                     .count()
                             }) as u64;
                         if let Some(over) = self.over_quota(namespace, roots, true, freed) {

@@ -34,9 +34,17 @@ pub struct Agent {
     /// The task types it runs; empty: it did not say, and runs whatever it is given.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub task_types: BTreeSet<String>,
+    /// The namespaces whose steps it takes; empty: every namespace's.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub namespaces: BTreeSet<String>,
 }
 
 impl Agent {
+    /// Whether this agent takes steps of `namespace`.
+    pub fn serves(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.contains(namespace)
+    }
+
     /// Whether this agent runs `step`'s task type.
     pub fn runs(&self, step: &pb::StepSpec) -> bool {
         self.task_types.is_empty()
@@ -254,6 +262,7 @@ impl ClusterState {
                 cpu_millis: cmd.cpu_millis,
                 memory_mb: cmd.memory_mb,
                 task_types: cmd.task_types.into_iter().collect(),
+                namespaces: cmd.namespaces.into_iter().collect(),
             }),
         );
         // An agent back with less capacity than it holds (restarted with fewer slots): requeue
@@ -308,6 +317,7 @@ impl ClusterState {
         if run.state != StepState::Ready
             || !labels_match(&spec_step.constraints, &agent.labels)
             || !agent.runs(spec_step)
+            || !agent.serves(&workflow.namespace)
         {
             return None;
         }
@@ -843,10 +853,20 @@ impl ClusterState {
                 task_type(spec_step).unwrap_or_default()
             ));
         }
+        if !self.agents.values().any(|a| a.serves(&workflow.namespace)) {
+            return Some(format!(
+                "no registered agent serves namespace {} (baton agent --namespaces)",
+                workflow.namespace
+            ));
+        }
         let matching: Vec<&Agent> = self
             .agents
             .values()
-            .filter(|a| labels_match(&spec_step.constraints, &a.labels) && a.runs(spec_step))
+            .filter(|a| {
+                labels_match(&spec_step.constraints, &a.labels)
+                    && a.runs(spec_step)
+                    && a.serves(&workflow.namespace)
+            })
             .map(|a| a.as_ref())
             .collect();
         if matching.is_empty() {

@@ -519,6 +519,7 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
     let arb_init = "[a-c]".prop_map(|cluster_id| Command::InitCluster { cluster_id });
     let arb_register = (prop::sample::select(vec!["x", "y"]), 1u32..3).prop_map(|(name, slots)| {
         Command::RegisterAgent(RegisterAgentCommand {
+            namespaces: Default::default(),
             name: name.into(),
             labels: Default::default(),
             slots,
@@ -792,6 +793,7 @@ fn a_batch_inside_a_batch_is_refused_and_changes_nothing() {
 
 fn register(log: &mut Log, name: &str, slots: u32) -> AgentId {
     match log.apply(Command::RegisterAgent(RegisterAgentCommand {
+        namespaces: Default::default(),
         name: name.into(),
         labels: Default::default(),
         slots,
@@ -1319,6 +1321,7 @@ fn a_reseeded_state_never_hands_out_an_id_or_token_twice() {
         let mut replica = Log::at(twin, 100);
         replica.apply_at(later, submit(&spec("w", vec![step("a", &[])]), ""));
         replica.apply(Command::RegisterAgent(RegisterAgentCommand {
+            namespaces: Default::default(),
             name: "a2".into(),
             labels: Default::default(),
             slots: 1,
@@ -1386,6 +1389,7 @@ fn golden_snapshot_bytes() {
     }));
     let Response::AgentRegistered { agent_id } =
         log.apply(Command::RegisterAgent(RegisterAgentCommand {
+            namespaces: Default::default(),
             name: "a1".into(),
             labels: [("zone".to_owned(), "eu".to_owned())].into(),
             slots: 4,
@@ -1682,6 +1686,7 @@ fn a_backlog_is_purged_in_bounded_commands_oldest_first() {
 fn the_history_holds_every_event_of_a_workflow_in_order_with_who_asked() {
     let mut log = Log::new();
     let agent = match log.apply(Command::RegisterAgent(RegisterAgentCommand {
+        namespaces: Default::default(),
         name: "a1".into(),
         labels: Default::default(),
         slots: 2,
@@ -3408,4 +3413,46 @@ fn a_retry_counts_the_steps_it_readies_against_the_active_steps_quota() {
     log.apply(set_quotas("default", None, Some(2), None));
     assert!(matches!(log.apply(retry()), Response::Retried { .. }));
     assert_eq!(log.state.live("default").active_steps, 2);
+}
+
+#[test]
+fn an_agent_that_serves_some_namespaces_takes_no_step_of_another() {
+    let mut log = Log::new();
+    log.apply(create_namespace("team-a"));
+    let Response::AgentRegistered { agent_id: pinned } =
+        log.apply(Command::RegisterAgent(RegisterAgentCommand {
+            name: "team-a-only".into(),
+            labels: Default::default(),
+            slots: 4,
+            cpu_millis: 4000,
+            memory_mb: 4096,
+            task_types: Vec::new(),
+            namespaces: vec!["team-a".into()],
+        }))
+    else {
+        panic!("not registered")
+    };
+    let job = spec("job", vec![step("a", &[])]);
+    let Response::Submitted {
+        workflow_id: in_default,
+        ..
+    } = log.apply(submit(&job, ""))
+    else {
+        panic!()
+    };
+    let Response::Submitted {
+        workflow_id: in_team,
+        ..
+    } = log.apply(submit_in("team-a", &job, ""))
+    else {
+        panic!()
+    };
+    // The Assign entry refuses it whatever a leader proposed.
+    assert_eq!(assign(&mut log, in_default.0, 0, pinned), None);
+    let workflow = log.state.workflow(in_default).unwrap().clone();
+    assert_eq!(
+        log.state.pending_reason(&workflow, StepIndex(0)).as_deref(),
+        Some("no registered agent serves namespace default (baton agent --namespaces)")
+    );
+    assert!(assign(&mut log, in_team.0, 0, pinned).is_some());
 }

@@ -36,12 +36,12 @@ pub(crate) async fn run(job: &ExecJob, control: &AttemptControl) -> TaskResult {
     };
     let mut command = tokio::process::Command::new(program);
     // Secrets given to the agent by environment are for it to fill in, not for every step's
-    // process to read.
+    // process to read; nor where its secrets folder is.
     for (key, _) in std::env::vars_os() {
-        if key
-            .to_str()
-            .is_some_and(|k| k.starts_with(crate::agent::secrets::SECRET_ENV_PREFIX))
-        {
+        if key.to_str().is_some_and(|k| {
+            k.starts_with(crate::agent::secrets::SECRET_ENV_PREFIX)
+                || k == "BATON_AGENT_SECRETS_DIR"
+        }) {
             command.env_remove(key);
         }
     }

@@ -195,6 +195,9 @@ pub(crate) struct Executors {
     http: reqwest::Client,
     handlers: HashMap<String, Arc<dyn DynHandler>>,
     secrets: SecretSource,
+    /// The namespaces the agent serves (empty: every one): no secret of another is resolved,
+    /// whatever a node asks.
+    namespaces: std::collections::BTreeSet<String>,
 }
 
 impl Executors {
@@ -203,7 +206,13 @@ impl Executors {
             http,
             handlers,
             secrets: SecretSource::default(),
+            namespaces: Default::default(),
         }
+    }
+
+    pub fn serving(mut self, namespaces: std::collections::BTreeSet<String>) -> Executors {
+        self.namespaces = namespaces;
+        self
     }
 
     pub fn with_secrets(mut self, secrets: SecretSource) -> Executors {
@@ -227,6 +236,14 @@ impl Executors {
                 .collect(),
             _ => Vec::new(),
         };
+        let namespace = match assignment.namespace.as_str() {
+            "" => "default",
+            named => named,
+        };
+        if !self.namespaces.is_empty() && !self.namespaces.contains(namespace) {
+            // Placed here by a node that ignores what this agent serves: none of the secrets.
+            return Ok(BTreeMap::new());
+        }
         self.secrets.resolve(&assignment.namespace, texts)
     }
 

@@ -23,7 +23,8 @@ pub(super) async fn agent(
         .slots(args.slots)
         .cpu_millis(args.cpu_millis)
         .memory_mb(args.memory_mb)
-        .dial(args.dial);
+        .dial(args.dial)
+        .namespaces(args.namespaces);
     if let Some(dir) = args.secrets_dir {
         if !dir.is_dir() {
             return Err(Failure::usage(format!(
@@ -37,6 +38,15 @@ pub(super) async fn agent(
         baton_client::agent::AgentError::InvalidConfig(_) => Failure::usage(error.to_string()),
         other => Failure::failed(other.to_string()),
     })?;
+    // Its steps run as its user: none may read its memory or its environment (the secrets it
+    // was given) through /proc.
+    // SAFETY: prctl on this process, with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not make the agent non-dumpable: its steps may read its environment"
+        );
+    }
     if let Some(addr) = args.metrics_listen {
         baton_client::agent::metrics::install(addr).map_err(Failure::failed)?;
         tracing::info!(%addr, "serving agent metrics on /metrics");

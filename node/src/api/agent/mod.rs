@@ -89,6 +89,7 @@ impl AgentServiceImpl {
                 cpu_millis: register.cpu_millis,
                 memory_mb: register.memory_mb,
                 task_types: register.task_types.clone(),
+                namespaces: register.namespaces.clone(),
             })
             .await
             .map_err(node_error)?;

@@ -85,6 +85,16 @@ pub(super) fn validate_register(r: &pb::Register) -> Result<(), Status> {
             "register.task_types: {bad:?} must be 1..={NAME_LEN_MAX} characters of [A-Za-z0-9._/-]"
         )));
     }
+    if r.namespaces.len() > 64 {
+        return Err(Status::invalid_argument(format!(
+            "register.namespaces: {} namespaces, more than 64",
+            r.namespaces.len()
+        )));
+    }
+    for namespace in &r.namespaces {
+        crate::state::namespaces::check_namespace_name(namespace)
+            .map_err(|e| Status::invalid_argument(format!("register.namespaces: {e}")))?;
+    }
     check_running("register.running_attempts", &r.running_attempts)
 }
 
