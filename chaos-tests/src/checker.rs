@@ -94,6 +94,9 @@ pub struct Evidence {
     pub schedules: BTreeMap<String, ScheduleFacts>,
     /// Every run of a schedule in the final state: (schedule, nominal time, workflow id).
     pub schedule_runs: Vec<(String, u64, u64)>,
+    /// Steps of the workload that hold a concurrency key of their own (one key per step name,
+    /// across all workflows), with the key's limit.
+    pub key_limits: BTreeMap<String, usize>,
 }
 
 /// A schedule of the workload, as the cluster reports it after the liveness phase.
@@ -119,9 +122,12 @@ pub struct Verdict {
     /// Overlaps where the earlier execution's agent was paused meanwhile (a zombie).
     pub zombie_overlaps: usize,
     pub invariants: Vec<(&'static str, usize)>,
+    /// The most completed executions of each keyed step that ran at once: whether the run
+    /// pressed its keys at all.
+    pub key_peaks: BTreeMap<String, usize>,
 }
 
-pub const INVARIANTS: [&str; 12] = [
+pub const INVARIANTS: [&str; 13] = [
     "no acknowledged workflow lost",
     "one workflow per idempotency key",
     "accepted result carries the current token",
@@ -134,6 +140,7 @@ pub const INVARIANTS: [&str; 12] = [
     "a gate opens only on its approval",
     "a retry reruns no succeeded step",
     "one run per schedule time, none skipped",
+    "a concurrency key never past its limit",
 ];
 
 pub fn check(evidence: &Evidence) -> Verdict {
@@ -345,6 +352,44 @@ pub fn check(evidence: &Evidence) -> Verdict {
                 fail(
                     INVARIANTS[6],
                     format!("agent {agent} ran {running} steps at {time}"),
+                    &mut verdict,
+                );
+                break;
+            }
+        }
+    }
+
+    // 13: at no instant do more completed executions of a keyed step run than its key's
+    // limit. A step holds its key while it runs (and across a lease that expires), and an
+    // attempt that ran to its end held its lease all along (self-fencing kills it otherwise), so
+    // completed executions are holders; those of a paused agent (zombies) are left out, as a
+    // killed one's end is unknown.
+    for (step, limit) in &evidence.key_limits {
+        let mut events: Vec<(u64, i64)> = Vec::new();
+        for execution in evidence.journal.iter().filter(|e| &e.step == step) {
+            let Some(end) = execution.end_ms else {
+                continue;
+            };
+            let zombie = evidence.zombie_windows.iter().any(|(agent, from, to)| {
+                *agent == execution.agent && *from < end && *to > execution.start_ms
+            });
+            if !zombie {
+                events.push((execution.start_ms, 1));
+                events.push((end, -1));
+            }
+        }
+        events.sort_by_key(|&(time, delta)| (time, delta)); // ends before starts at a tie
+        let mut running = 0i64;
+        for (time, delta) in events {
+            running += delta;
+            let peak = verdict.key_peaks.entry(step.clone()).or_default();
+            *peak = (*peak).max(running as usize);
+            if running > *limit as i64 {
+                fail(
+                    INVARIANTS[12],
+                    format!(
+                        "{running} executions of step {step} ran at {time}, its key allows {limit}"
+                    ),
                     &mut verdict,
                 );
                 break;
@@ -607,6 +652,7 @@ mod tests {
             retries: BTreeMap::new(),
             schedules: BTreeMap::new(),
             schedule_runs: Vec::new(),
+            key_limits: BTreeMap::new(),
         }
     }
 
@@ -692,6 +738,36 @@ mod tests {
         assert_eq!(
             verdict.fenced_overlaps, 1,
             "token 1 was killed, never ended"
+        );
+    }
+
+    #[test]
+    fn catches_a_key_held_by_more_than_its_limit() {
+        let mut evidence = clean();
+        evidence.slots_per_agent = 4;
+        evidence.key_limits.insert("k".into(), 2);
+        let keyed = |workflow, start, end: Option<u64>, agent: &str| Execution {
+            workflow,
+            step: "k".into(),
+            token: 10 + workflow,
+            agent: agent.into(),
+            start_ms: start,
+            end_ms: end,
+        };
+        // Two at once, a third after one ended, and a killed one overlapping: within the limit.
+        evidence.journal.extend([
+            keyed(5, 1000, Some(1300), "agent-1"),
+            keyed(6, 1000, Some(1300), "agent-2"),
+            keyed(7, 1300, Some(1600), "agent-1"),
+            keyed(8, 1100, None, "agent-3"),
+        ]);
+        let verdict = check(&evidence);
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+        // A fourth that overlaps two completed ones is a third holder.
+        evidence.journal.push(keyed(9, 1200, Some(1250), "agent-2"));
+        assert_eq!(
+            violated(&evidence),
+            ["a concurrency key never past its limit"]
         );
     }
 

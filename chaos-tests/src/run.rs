@@ -78,9 +78,14 @@ echo "$BATON_ATTEMPT""#;
     let mut steps = vec![
         step("a", &[], false),
         step("b", &["a"], flaky),
-        step("c", &["a"], false),
+        step(KEYED_STEP, &["a"], false),
         step("d", &["b", "c"], false),
     ];
+    // Step c of every workflow shares one concurrency key.
+    steps[2].concurrency = Some(pb::Concurrency {
+        key: "chaos-{{ input.key }}".into(),
+        limit: KEY_LIMIT,
+    });
     if gated {
         steps.push(pb::StepSpec {
             name: GATE.into(),
@@ -98,11 +103,15 @@ echo "$BATON_ATTEMPT""#;
     pb::WorkflowSpec {
         name: format!("chaos-{n}"),
         steps,
+        input: [("key".to_owned(), KEYED_STEP.to_owned())].into(),
         ..Default::default()
     }
 }
 
 const GATE: &str = "gate";
+/// The step that holds a concurrency key shared by every workflow, and the key's limit.
+const KEYED_STEP: &str = "c";
+const KEY_LIMIT: u32 = 2;
 
 /// The workload's schedule: a run of the usual four steps every [`SCHEDULE_EVERY_MS`], through
 /// every fault of the safety phase, paused when it ends.
@@ -911,6 +920,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         retries: operations.retries,
         schedules,
         schedule_runs,
+        key_limits: BTreeMap::from([(KEYED_STEP.to_owned(), KEY_LIMIT as usize)]),
     };
     let verdict = checker::check(&evidence);
     summary(
@@ -1026,6 +1036,10 @@ fn summary(
         verdict.fenced_overlaps,
         verdict.zombie_overlaps
     );
+    for (step, peak) in &verdict.key_peaks {
+        let limit = evidence.key_limits.get(step).copied().unwrap_or_default();
+        println!("concurrency key of step {step}: limit {limit}, at most {peak} ran at once");
+    }
     if let Some(r) = evidence.replicas.first() {
         println!(
             "replicas: {} at applied index {} hash {}",

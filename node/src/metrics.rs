@@ -100,6 +100,7 @@ pub const TRIGGER_DELIVERIES: &str = "baton_trigger_deliveries_total";
 pub const NAMESPACE_RUNNING: &str = "baton_namespace_running_workflows";
 pub const NAMESPACE_ACTIVE_STEPS: &str = "baton_namespace_active_steps";
 pub const NAMESPACE_QUOTA: &str = "baton_namespace_quota";
+pub const NAMESPACE_KEY_WAITING: &str = "baton_namespace_key_waiting";
 pub const QUOTA_REFUSALS: &str = "baton_namespace_quota_refusals_total";
 pub const HTTP_REQUEST_SECONDS: &str = "baton_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "baton_build_info";
@@ -374,6 +375,11 @@ pub fn describe() {
     describe_gauge!(
         NAMESPACE_ACTIVE_STEPS,
         "Ready plus running steps, by namespace (leader only)."
+    );
+    describe_gauge!(
+        NAMESPACE_KEY_WAITING,
+        "Workflows and steps waiting for a concurrency key, by namespace and kind (workflows, \
+         steps) (leader only)."
     );
     describe_gauge!(
         NAMESPACE_QUOTA,
@@ -765,7 +771,13 @@ impl LeaderGauges {
         }
         self.schedules = schedules;
         let mut namespaces = BTreeSet::new();
+        let waiting = state.key_waiting_by_namespace();
         for (name, _) in state.namespaces() {
+            let (workflows, steps) = waiting.get(name).copied().unwrap_or_default();
+            for (kind, count) in [("workflows", workflows), ("steps", steps)] {
+                gauge!(NAMESPACE_KEY_WAITING, "namespace" => name.to_string(), "kind" => kind)
+                    .set(count as f64);
+            }
             let live = state.live(name);
             let quotas = state.quotas(name);
             let name = name.to_string();
@@ -854,6 +866,9 @@ impl LeaderGauges {
 fn clear_namespace(name: &str) {
     gauge!(NAMESPACE_RUNNING, "namespace" => name.to_string()).set(0.0);
     gauge!(NAMESPACE_ACTIVE_STEPS, "namespace" => name.to_string()).set(0.0);
+    for kind in ["workflows", "steps"] {
+        gauge!(NAMESPACE_KEY_WAITING, "namespace" => name.to_string(), "kind" => kind).set(0.0);
+    }
     for quota in [
         "max_running_workflows",
         "max_active_steps",

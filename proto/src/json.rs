@@ -154,8 +154,13 @@ pub fn spec_json(spec: &WorkflowSpec) -> Value {
             "required": p.required,
             "description": p.description,
         })).collect::<Vec<_>>(),
+        "concurrency": spec.concurrency.as_ref().map(concurrency_json),
         "steps": spec.steps.iter().map(step_spec_json).collect::<Vec<_>>(),
     })
+}
+
+fn concurrency_json(concurrency: &crate::v1::Concurrency) -> Value {
+    json!({ "key": concurrency.key, "limit": concurrency.limit })
 }
 
 fn step_spec_json(step: &StepSpec) -> Value {
@@ -220,6 +225,19 @@ fn step_spec_json(step: &StepSpec) -> Value {
         "schedule_to_start_timeout_ms".into(),
         json!(step.schedule_to_start_timeout_ms),
     );
+    object.insert(
+        "concurrency".into(),
+        json!(step.concurrency.as_ref().map(concurrency_json)),
+    );
+    let rate_limit = step.rate_limit.as_ref().map(|rate| {
+        json!({
+            "key": rate.key,
+            "per_second": rate.per_second,
+            "per_minute": rate.per_minute,
+            "burst": rate.burst,
+        })
+    });
+    object.insert("rate_limit".into(), json!(rate_limit));
     Value::Object(object)
 }
 

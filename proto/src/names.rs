@@ -61,6 +61,8 @@ pub fn event_kind_name(kind: i32) -> &'static str {
         Ok(EventKind::WorkflowResumed) => "workflow_resumed",
         Ok(EventKind::WorkflowRetried) => "workflow_retried",
         Ok(EventKind::StepAwaitingSignal) => "step_awaiting_signal",
+        Ok(EventKind::KeyWaiting) => "key_waiting",
+        Ok(EventKind::KeyAcquired) => "key_acquired",
         Err(_) => "unknown",
     }
 }

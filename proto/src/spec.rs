@@ -283,6 +283,48 @@ pub(crate) struct WorkflowDoc {
     timeout: u64,
     #[serde(default)]
     params: Vec<ParamDoc>,
+    concurrency: Option<ConcurrencyDoc>,
+}
+
+/// `concurrency: {key, limit}` on a workflow or a step.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConcurrencyDoc {
+    key: String,
+    limit: u32,
+}
+
+impl From<ConcurrencyDoc> for v1::Concurrency {
+    fn from(doc: ConcurrencyDoc) -> Self {
+        v1::Concurrency {
+            key: doc.key,
+            limit: doc.limit,
+        }
+    }
+}
+
+/// `rate_limit: {key, per_second | per_minute, burst}` on a step.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitDoc {
+    key: String,
+    #[serde(default)]
+    per_second: u32,
+    #[serde(default)]
+    per_minute: u32,
+    #[serde(default)]
+    burst: u32,
+}
+
+impl From<RateLimitDoc> for v1::RateLimit {
+    fn from(doc: RateLimitDoc) -> Self {
+        v1::RateLimit {
+            key: doc.key,
+            per_second: doc.per_second,
+            per_minute: doc.per_minute,
+            burst: doc.burst,
+        }
+    }
 }
 
 /// A declared parameter: `{name, default, required, description}`.
@@ -317,6 +359,7 @@ impl WorkflowDoc {
                     description: p.description,
                 })
                 .collect(),
+            concurrency: self.concurrency.map(Into::into),
         }
     }
 }
@@ -371,6 +414,8 @@ struct StepFields {
     lease_ttl: u64,
     #[serde(default, deserialize_with = "duration_ms")]
     schedule_to_start_timeout: u64,
+    concurrency: Option<ConcurrencyDoc>,
+    rate_limit: Option<RateLimitDoc>,
 }
 
 /// The keys that name a step's task, as listed in errors.
@@ -453,6 +498,8 @@ impl TryFrom<StepFields> for StepDoc {
             priority: fields.priority,
             lease_ttl_ms: fields.lease_ttl,
             schedule_to_start_timeout_ms: fields.schedule_to_start_timeout,
+            concurrency: fields.concurrency.map(Into::into),
+            rate_limit: fields.rate_limit.map(Into::into),
         }))
     }
 }
@@ -823,6 +870,28 @@ steps:
     }
 
     #[test]
+    fn concurrency_and_rate_limits_parse() {
+        let spec = yaml(
+            "name: d\nconcurrency: {key: \"deploy-{{ params.env }}\", limit: 1}\nsteps:\n  - name: a\n    noop: {}\n    concurrency: {key: db, limit: 2}\n    rate_limit: {key: api, per_minute: 30, burst: 5}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.concurrency,
+            Some(v1::Concurrency {
+                key: "deploy-{{ params.env }}".into(),
+                limit: 1
+            })
+        );
+        assert_eq!(spec.steps[0].concurrency.as_ref().unwrap().limit, 2);
+        let rate = spec.steps[0].rate_limit.as_ref().unwrap();
+        assert_eq!((rate.per_second, rate.per_minute, rate.burst), (0, 30, 5));
+        let error = yaml_error(
+            "name: d\nsteps:\n  - name: a\n    noop: {}\n    rate_limit: {key: api, per_hour: 3}\n",
+        );
+        assert!(error.contains("per_hour"), "{error}");
+    }
+
+    #[test]
     fn noop_forms() {
         for noop in ["noop:", "noop: null", "noop: ~", "noop: {}"] {
             let spec = yaml(&format!("name: w\nsteps:\n  - name: a\n    {noop}\n")).expect(noop);
@@ -848,11 +917,11 @@ steps:
             yaml_error(text),
             "line 7, column 5: steps[1]: unknown field \"dependson\", expected one of \"name\", \"depends_on\", \
              \"when\", \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"wait\", \"retry\", \"timeout\", \"resources\", \
-             \"constraints\", \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\""
+             \"constraints\", \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\", \"concurrency\", \"rate_limit\""
         );
         assert_eq!(
             yaml_error("name: w\nlabel: {a: b}\nsteps: []\n"),
-            "line 2, column 1: unknown field \"label\", expected one of \"name\", \"labels\", \"steps\", \"priority\", \"input\", \"retention\", \"timeout\", \"params\""
+            "line 2, column 1: unknown field \"label\", expected one of \"name\", \"labels\", \"steps\", \"priority\", \"input\", \"retention\", \"timeout\", \"params\", \"concurrency\""
         );
         assert_eq!(
             yaml_error("name: w\nsteps:\n  - name: a\n    exec: {command: [x], cwd: /}\n"),
@@ -864,7 +933,7 @@ steps:
             ),
             "line 3, column 15: unknown field \"timeout_ms\", expected one of \"name\", \"depends_on\", \"when\", \
              \"exec\", \"http\", \"noop\", \"sleep\", \"custom\", \"wait\", \"retry\", \"timeout\", \"resources\", \"constraints\", \
-             \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\""
+             \"priority\", \"lease_ttl\", \"schedule_to_start_timeout\", \"concurrency\", \"rate_limit\""
         );
     }
 

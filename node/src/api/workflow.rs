@@ -514,6 +514,8 @@ fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
     validate_spec(&spec).map_err(Invalid::Spec)?;
     validate_idempotency_key(&req.idempotency_key).map_err(Invalid::Request)?;
     let params = resolve_params(&spec, &req.params).map_err(Invalid::Request)?;
+    // A key that renders to nothing or too much with these values: refused here, by its field.
+    crate::state::keys::Keys::render(&spec, &params).map_err(Invalid::Spec)?;
     Ok(Command::Submit(SubmitCommand {
         spec: spec.encode_to_vec(),
         idempotency_key: req.idempotency_key,

@@ -10,18 +10,33 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use crate::state::keys::{ScopedKey, rate_key, tokens_at};
 use crate::state::scheduling::{labels_match, step_request};
 use crate::state::{AgentId, Allocation, Assignment, ClusterState, ReadyKey};
 
 use crate::limits::READY_SCANNED_PER_ROUND_MAX;
 
-/// Assignments for up to `batch_max` ready steps onto the `connected` agents, taken in
-/// [`fair_order`]; `shares` records what each namespace got.
+/// [`place_at`] the state's own time.
+#[cfg(test)]
 pub fn place(
     state: &ClusterState,
     connected: &BTreeSet<AgentId>,
     batch_max: usize,
     shares: &mut Shares,
+) -> Vec<Assignment> {
+    place_at(state, connected, batch_max, shares, state.now_ms())
+}
+
+/// Assignments for up to `batch_max` ready steps onto the `connected` agents, taken in
+/// [`fair_order`]; `shares` records what each namespace got. A rate-limited step is placed only
+/// while its key's bucket holds a token at `now_ms` (the leader's stamping clock, which the
+/// `Assign` entry will carry), counting the tokens this round already spent.
+pub fn place_at(
+    state: &ClusterState,
+    connected: &BTreeSet<AgentId>,
+    batch_max: usize,
+    shares: &mut Shares,
+    now_ms: u64,
 ) -> Vec<Assignment> {
     let mut planned: BTreeMap<AgentId, Allocation> = connected
         .iter()
@@ -42,6 +57,8 @@ pub fn place(
     if free_slots == 0 {
         return out;
     }
+    // Tokens left this round per rate-limit key met so far.
+    let mut tokens: HashMap<ScopedKey, u64> = HashMap::new();
     for key in fair_order(state, shares).take(READY_SCANNED_PER_ROUND_MAX) {
         if out.len() == batch_max || free_slots == 0 {
             break;
@@ -49,6 +66,15 @@ pub fn place(
         let Some(workflow) = state.workflow(key.workflow_id) else {
             continue;
         };
+        let rate = rate_key(workflow, key.step);
+        if let Some((rate_key, rate)) = &rate {
+            let left = tokens
+                .entry(rate_key.clone())
+                .or_insert_with(|| tokens_at(state.rate_bucket(rate_key), *rate, now_ms));
+            if *left == 0 {
+                continue;
+            }
+        }
         let spec_step = &workflow.spec.steps[key.step.get()];
         let request = step_request(spec_step);
         // The matching agent with the most free slots (spreads load), lowest id on ties.
@@ -69,6 +95,11 @@ pub fn place(
             used.cpu_millis += request.cpu_millis;
             used.memory_mb += request.memory_mb;
             free_slots -= u64::from(request.slots);
+            if let Some((rate_key, _)) = &rate
+                && let Some(left) = tokens.get_mut(rate_key)
+            {
+                *left -= 1;
+            }
             out.push(Assignment {
                 workflow_id: key.workflow_id,
                 step: key.step,

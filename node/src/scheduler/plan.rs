@@ -83,7 +83,7 @@ pub fn plan(
     // Both O(log n): the state indexes backoffs and schedule-to-start deadlines. Placement reads
     // the state from before the Tick: a Tick only fails or requeues steps.
     plan.tick = state.tick_due(now_ms);
-    plan.assign = placement::place(state, connected, batch_max, shares);
+    plan.assign = placement::place_at(state, connected, batch_max, shares, now_ms);
     plan
 }
 

@@ -238,6 +238,13 @@ impl ClusterState {
             e.message = message;
             e.actor = cmd.actor;
         }));
+        // Running again takes its concurrency key again, or waits for it.
+        let workflow = self.workflows[&id].clone();
+        let waits = self.take_workflow_key(&workflow);
+        if waits {
+            Arc::make_mut(self.workflows.get_mut(&id).expect("exists")).waiting_for_key = true;
+            events.push(self.key_waiting_event(ctx, &self.workflows[&id]));
+        }
         // Roots start now; the others once their dependencies are done, as after any step's
         // end (the dependencies that stay finished count as just finished).
         let rerun_set: BTreeSet<StepIndex> = rerun.iter().copied().collect();

@@ -11,6 +11,7 @@
 mod actions;
 pub mod command;
 pub mod ids;
+pub mod keys;
 pub mod lifecycle;
 pub mod namespaces;
 pub mod outcome;
@@ -185,6 +186,20 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     submit_buckets: OrdMap<Arc<str>, namespaces::Bucket>,
+    /// The bucket of each rate-limit key that spent a token and is not full again (see
+    /// `keys.rs`); left out while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    rate_buckets: OrdMap<keys::ScopedKey, keys::RateBucket>,
+    /// `rate_buckets` by the time each is full again (derived).
+    #[serde(skip)]
+    rate_full: OrdSet<(u64, keys::ScopedKey)>,
+    /// Workflow concurrency keys: holders and waiters (derived; see `keys.rs`).
+    #[serde(skip)]
+    workflow_keys: keys::WorkflowKeys,
     /// Running workflows and ready-plus-running steps per namespace (derived).
     #[serde(skip)]
     live_counts: namespaces::LiveCounts,
@@ -324,6 +339,8 @@ impl ClusterState {
         let response = self.execute(ctx, command, events);
         // Before the signals: a buffered run a schedule starts here may begin with a wait step.
         self.schedule_runs_ended(ctx, start, events);
+        // Before the signals too: a workflow that takes its key may begin with a wait step.
+        self.settle_keys(ctx, start, events);
         self.await_signals(ctx, start, events);
         self.record_history(&mut events[start..]);
         self.count_live_so_far(events);
@@ -515,6 +532,14 @@ impl ClusterState {
             Err(reason) => return Response::Rejected { reason },
         };
         // Its first steps, but for wait steps (they wait for a signal, not for an agent).
+        let keys = match keys::Keys::render(&spec, &submit.params) {
+            Ok(keys) => keys,
+            Err(error) => {
+                return Response::Rejected {
+                    reason: error.to_string(),
+                };
+            }
+        };
         let roots = steps
             .iter()
             .zip(&spec.steps)
@@ -551,7 +576,10 @@ impl ClusterState {
             history: Vec::new(),
             schedule,
             template: submit.template,
+            keys,
+            waiting_for_key: false,
         };
+        workflow.waiting_for_key = self.take_workflow_key(&workflow);
         for step in workflow.steps.iter_mut().filter(|s| s.deps.is_empty()) {
             step.state = StepState::Ready;
             step.ready_at_ms = self.now_ms;
@@ -564,6 +592,9 @@ impl ClusterState {
             e.workflow_state = pb::WorkflowState::Running as i32;
             e.message = workflow.spec.name.clone();
         }));
+        if workflow.waiting_for_key {
+            events.push(self.key_waiting_event(ctx, &workflow));
+        }
         for &step in &roots {
             scheduling::enqueue(&mut self.ready, &mut self.ready_index, &workflow, step);
             events.push(self.event(ctx, id, pb::EventKind::StepReady, |e| {
@@ -739,6 +770,8 @@ impl ClusterState {
         state.signal_deadlines = state.derive_signal_deadlines();
         state.schedule_due = state.derive_schedule_due();
         state.live_counts = state.derive_live_counts();
+        state.workflow_keys = state.derive_keys().0;
+        state.rate_full = state.derive_rate_full();
         Ok(state)
     }
 
@@ -807,8 +840,11 @@ impl ClusterState {
             match run.state {
                 StepState::Ready => assert_eq!(
                     self.ready.contains(&scheduling::ready_key(workflow, step)),
-                    workflow.paused_at_ms == 0,
-                    "workflow {id} step {i}: ready but not queued, or queued while paused"
+                    workflow.paused_at_ms == 0
+                        && !workflow.waiting_for_key
+                        && !self.ready_index.keys.waits(id, step),
+                    "workflow {id} step {i}: ready but not queued, or queued while paused or \
+                     waiting for a key"
                 ),
                 StepState::Backoff => assert!(
                     self.backoff.contains(&(run.retry_at_ms, id, step)),
@@ -921,6 +957,12 @@ impl ClusterState {
             );
         }
         self.check_live_counts();
+        self.check_keys();
+        assert_eq!(
+            self.rate_full,
+            self.derive_rate_full(),
+            "the rate bucket index does not match the buckets"
+        );
         assert_eq!(
             self.ready_index,
             self.derive_ready_index(),
@@ -966,7 +1008,13 @@ impl ClusterState {
             let ready = workflow
                 .steps
                 .iter()
-                .filter(|s| s.state == StepState::Ready && workflow.paused_at_ms == 0)
+                .enumerate()
+                .filter(|(i, s)| {
+                    s.state == StepState::Ready
+                        && workflow.paused_at_ms == 0
+                        && !workflow.waiting_for_key
+                        && !self.ready_index.keys.waits(*id, StepIndex(*i as u32))
+                })
                 .count();
             assert_eq!(
                 ready,

@@ -148,15 +148,28 @@ pub(super) struct ReadyIndex {
     by_deadline: OrdSet<(u64, ReadyKey)>,
     of_key: OrdMap<ReadyKey, u64>,
     by_namespace: OrdMap<Arc<str>, OrdSet<ReadyKey>>,
+    /// Step concurrency keys: their holders and the steps waiting for them (`keys.rs`). A
+    /// waiting step is ready but not queued; its schedule-to-start deadline is indexed here.
+    pub(super) keys: super::keys::StepKeys,
 }
 
 impl ReadyIndex {
     /// Indexes a step just put in the ready queue.
     pub(super) fn insert(&mut self, key: ReadyKey, timeout_ms: u64, namespace: &Arc<str>) {
+        self.queue(key, namespace);
+        self.insert_deadline(key, timeout_ms);
+    }
+
+    /// Puts a step in its namespace's queue (its deadline, if any, is indexed already).
+    pub(super) fn queue(&mut self, key: ReadyKey, namespace: &Arc<str>) {
         self.by_namespace
             .entry(namespace.clone())
             .or_default()
             .insert(key);
+    }
+
+    /// Indexes a ready step's schedule-to-start deadline, queued or waiting for its key.
+    fn insert_deadline(&mut self, key: ReadyKey, timeout_ms: u64) {
         if timeout_ms == 0 {
             return;
         }
@@ -198,17 +211,26 @@ impl ReadyIndex {
 }
 
 /// Queues a ready step of `workflow` (with its schedule-to-start deadline), unless the workflow
-/// is paused: a paused workflow's ready steps wait outside the queue until it is resumed.
+/// is paused or waits for its concurrency key (its ready steps wait outside the queue until it is
+/// resumed or takes the key), or the step's own concurrency key is full (it waits in the key's
+/// queue: `keys.rs`).
 pub(super) fn enqueue(
     ready: &mut OrdSet<ReadyKey>,
     index: &mut ReadyIndex,
     workflow: &Workflow,
     step: StepIndex,
 ) {
-    if workflow.paused_at_ms != 0 {
+    if workflow.paused_at_ms != 0 || workflow.waiting_for_key {
         return;
     }
     let key = ready_key(workflow, step);
+    if let Some((concurrency_key, limit)) = super::keys::step_key(workflow, step)
+        && !index.keys.take(&concurrency_key, limit, key)
+    {
+        // It waits for its key, its schedule-to-start deadline running.
+        index.insert_deadline(key, start_timeout_ms(workflow, step));
+        return;
+    }
     ready.insert(key);
     index.insert(key, start_timeout_ms(workflow, step), &workflow.namespace);
 }
@@ -222,17 +244,27 @@ impl ClusterState {
     /// The deadline index as `ready` and the specs say it should be. A ready step of a missing
     /// workflow or step (a corrupt snapshot) is left out here, and the invariants catch it.
     pub(super) fn derive_ready_index(&self) -> ReadyIndex {
-        let mut index = ReadyIndex::default();
+        let mut index = ReadyIndex {
+            keys: self.derive_keys().1,
+            ..Default::default()
+        };
+        let timeout_ms = |workflow: &Workflow, key: &ReadyKey| {
+            workflow
+                .spec
+                .steps
+                .get(key.step.get())
+                .map_or(0, |s| s.schedule_to_start_timeout_ms)
+        };
         for key in &self.ready {
             let Some(workflow) = self.workflows.get(&key.workflow_id) else {
                 continue;
             };
-            let timeout_ms = workflow
-                .spec
-                .steps
-                .get(key.step.get())
-                .map_or(0, |s| s.schedule_to_start_timeout_ms);
-            index.insert(*key, timeout_ms, &workflow.namespace);
+            index.insert(*key, timeout_ms(workflow, key), &workflow.namespace);
+        }
+        for key in index.keys.waiting().collect::<Vec<_>>() {
+            if let Some(workflow) = self.workflows.get(&key.workflow_id) {
+                index.insert_deadline(key, timeout_ms(workflow, &key));
+            }
         }
         index
     }
@@ -298,6 +330,7 @@ impl ClusterState {
         for a in batch {
             attempts.push(self.assign_one(ctx, a, events));
         }
+        self.drop_full_rate_buckets();
         Response::Assigned { attempts }
     }
 
@@ -327,7 +360,17 @@ impl ClusterState {
             return None;
         }
         let key = ready_key(workflow, a.step);
+        if !self.ready.contains(&key) {
+            // Ready but not queued: it waits for its concurrency key.
+            return None;
+        }
         let lease_ttl_ms = effective_lease_ttl_ms(spec_step);
+        // Last: taking the token is the one check that changes the state.
+        if let Some((rate_key, rate)) = super::keys::rate_key(workflow, a.step)
+            && !self.spend_rate_token(&rate_key, rate)
+        {
+            return None;
+        }
         self.last_attempt_id += 1;
         let attempt_id = AttemptId(self.last_attempt_id);
         let now_ms = self.now_ms;
@@ -841,6 +884,9 @@ impl ClusterState {
         }
         if workflow.paused_at_ms != 0 {
             return Some("the workflow is paused (baton resume)".to_owned());
+        }
+        if let Some(reason) = self.key_reason(workflow, step) {
+            return Some(reason);
         }
         let spec_step = &workflow.spec.steps[step.get()];
         let request = step_request(spec_step);

@@ -482,21 +482,43 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
         prop::collection::vec(names, 0..3),
         prop::sample::select(vec![0u64, 0, 500, 20_000]),
         prop::sample::select(vec![None, None, None, Some(0u64), Some(10_000)]),
+        // Concurrency keys of one or two holders, and a rate limit, on some steps.
+        prop::sample::select(vec![None, None, None, Some(("k1", 1u32)), Some(("k2", 2))]),
+        prop::sample::select(vec![None, None, None, Some(2u32)]),
     )
-        .prop_map(|(name, deps, start_timeout_ms, wait)| {
+        .prop_map(|(name, deps, start_timeout_ms, wait, concurrency, rate)| {
             let mut s = match wait {
                 // A wait step, with or without a timeout.
                 Some(timeout_ms) => wait_step(name, &deps, "go", timeout_ms),
                 None => step(name, &deps),
             };
             s.schedule_to_start_timeout_ms = start_timeout_ms;
+            s.concurrency = concurrency.map(|(key, limit)| pb::Concurrency {
+                key: key.into(),
+                limit,
+            });
+            s.rate_limit = rate.map(|per_second| pb::RateLimit {
+                key: "api".into(),
+                per_second,
+                per_minute: 0,
+                burst: 1,
+            });
             s
         });
     let arb_submit = (
         prop::collection::vec(arb_step, 0..5),
         prop::sample::select(vec!["", "", "k1", "k2", "k3"]),
+        // Some workflows hold a key of their own, one or two at once.
+        prop::sample::select(vec![None, None, None, Some(1u32), Some(2)]),
     )
-        .prop_map(|(steps, key)| submit(&spec("w", steps), key));
+        .prop_map(|(steps, key, limit)| {
+            let mut spec = spec("w", steps);
+            spec.concurrency = limit.map(|limit| pb::Concurrency {
+                key: "nightly".into(),
+                limit,
+            });
+            submit(&spec, key)
+        });
     // Some workflows carry a timeout of their own.
     let arb_submit = (arb_submit, prop::sample::select(vec![0u64, 0, 30_000])).prop_map(
         |(command, timeout_ms)| match command {
@@ -3455,4 +3477,206 @@ fn an_agent_that_serves_some_namespaces_takes_no_step_of_another() {
         Some("no registered agent serves namespace default (baton agent --namespaces)")
     );
     assert!(assign(&mut log, in_team.0, 0, pinned).is_some());
+}
+
+fn keyed(name: &str, key: &str, limit: u32) -> pb::StepSpec {
+    let mut s = step(name, &[]);
+    s.concurrency = Some(pb::Concurrency {
+        key: key.into(),
+        limit,
+    });
+    s
+}
+
+/// The ids of the workflows whose steps are queued for an agent, in id order.
+fn queued(log: &Log) -> Vec<u64> {
+    let mut ids: Vec<u64> = log.state.ready_queue().map(|k| k.workflow_id.0).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_step_key_admits_its_limit_and_queues_the_rest_in_order() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 8);
+    for _ in 0..3 {
+        log.apply(submit(&spec("deploy", vec![keyed("d", "prod", 1)]), ""));
+    }
+    // Another key, and the same key in another namespace, do not wait for this one.
+    log.apply(submit(&spec("other", vec![keyed("d", "staging", 1)]), ""));
+    assert_eq!(queued(&log), vec![1, 4]);
+    let waiting = log.state.workflow(WorkflowId(2)).unwrap().clone();
+    assert_eq!(waiting.steps[0].state, StepState::Ready);
+    assert_eq!(
+        log.state.pending_reason(&waiting, StepIndex(0)).as_deref(),
+        Some("concurrency key \"prod\" (1 of 1 held, 2 waiting)")
+    );
+    assert_eq!(
+        assign(&mut log, 2, 0, agent),
+        None,
+        "a step waiting for its key is refused at apply"
+    );
+    // The holder runs; a lease that expires keeps the key for the next attempt.
+    let first = assign(&mut log, 1, 0, agent).unwrap();
+    log.apply(Command::ExpireLeases {
+        attempts: vec![first],
+    });
+    assert_eq!(queued(&log), vec![1, 4]);
+    let first = assign(&mut log, 1, 0, agent).unwrap();
+    // It ends: the first waiter is queued in the same entry, the last still waits.
+    report(&mut log, first, agent, true);
+    assert_eq!(queued(&log), vec![2, 4]);
+    // A waiter cancelled leaves the queue; pausing the holder gives the key back.
+    log.apply(cancel(3));
+    log.apply(pause(2, true));
+    assert!(queued(&log).iter().all(|&id| id != 2));
+    log.apply(submit(&spec("deploy", vec![keyed("d", "prod", 1)]), ""));
+    assert_eq!(queued(&log), vec![4, 5]);
+    // Resumed, it waits behind the one that took the key meanwhile.
+    log.apply(pause(2, false));
+    assert_eq!(queued(&log), vec![4, 5]);
+    let five = assign(&mut log, 5, 0, agent).unwrap();
+    report(&mut log, five, agent, false);
+    assert_eq!(queued(&log), vec![2, 4]);
+}
+
+#[test]
+fn a_key_of_two_never_has_three_holders_in_a_fan_out() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 8);
+    let steps = (0..5).map(|i| keyed(&format!("s{i}"), "db", 2)).collect();
+    log.apply(submit(&spec("fan", steps), ""));
+    let mut running = Vec::new();
+    for _ in 0..5 {
+        let queue: Vec<ReadyKey> = log.state.ready_queue().copied().collect();
+        assert!(queue.len() + running.len() <= 2, "{queue:?} {running:?}");
+        for key in queue {
+            running.push(assign(&mut log, 1, key.step.0, agent).unwrap());
+        }
+        let done = running.remove(0);
+        report(&mut log, done, agent, true);
+    }
+    while let Some(done) = running.pop() {
+        report(&mut log, done, agent, true);
+    }
+    assert_eq!(
+        log.state.workflow(WorkflowId(1)).unwrap().state,
+        WorkflowState::Succeeded
+    );
+}
+
+#[test]
+fn a_workflow_key_holds_later_runs_until_a_holder_ends() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 8);
+    let mut nightly = spec("nightly", vec![step("a", &[])]);
+    nightly.params.push(pb::ParamSpec {
+        name: "env".into(),
+        ..Default::default()
+    });
+    nightly.concurrency = Some(pb::Concurrency {
+        key: "deploy-{{ params.env }}".into(),
+        limit: 1,
+    });
+    let run = |env: &str| {
+        Command::Submit(SubmitCommand {
+            namespace: Default::default(),
+            spec: nightly.encode_to_vec(),
+            idempotency_key: String::new(),
+            params: [("env".to_owned(), env.to_owned())].into(),
+            template: None,
+        })
+    };
+    log.apply(run("prod"));
+    log.apply(run("prod"));
+    log.apply(run("dev"));
+    assert_eq!(queued(&log), vec![1, 3], "the second prod run waits");
+    let second = log.state.workflow(WorkflowId(2)).unwrap().clone();
+    assert!(second.waiting_for_key);
+    assert_eq!(second.state, WorkflowState::Running);
+    assert!(
+        log.state
+            .pending_reason(&second, StepIndex(0))
+            .unwrap()
+            .contains("waits for concurrency key \"deploy-prod\" (1 of 1 running, 1 waiting)")
+    );
+    assert!(
+        log.kinds(2)
+            .contains(&(pb::EventKind::KeyWaiting, String::new()))
+    );
+    // The holder ends: the waiter takes the key and its step is queued.
+    let a = assign(&mut log, 1, 0, agent).unwrap();
+    report(&mut log, a, agent, true);
+    assert!(!log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    assert_eq!(queued(&log), vec![2, 3]);
+    assert!(
+        log.kinds(2)
+            .contains(&(pb::EventKind::KeyAcquired, String::new()))
+    );
+    // A retry of the finished run waits behind the one holding the key now.
+    let spec_fail = log.apply(cancel(2));
+    assert!(matches!(spec_fail, Response::Cancelled { .. }));
+    log.apply(run("prod"));
+    assert_eq!(queued(&log), vec![3, 4]);
+    assert!(matches!(log.apply(retry(2, "")), Response::Retried { .. }));
+    assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    // Snapshots rebuild the key indexes as they were.
+    let restored = ClusterState::decode(&log.state.encode()).unwrap();
+    restored.check_invariants();
+    assert_eq!(restored, log.state);
+}
+
+#[test]
+fn a_key_that_renders_badly_is_refused_at_submit() {
+    let mut log = Log::new();
+    let mut bad = spec("w", vec![step("a", &[])]);
+    bad.concurrency = Some(pb::Concurrency {
+        key: "{{ params.missing }}".into(),
+        limit: 1,
+    });
+    match log.apply(submit(&bad, "")) {
+        Response::Rejected { reason } => {
+            assert!(reason.contains("concurrency.key"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.state.workflow_count(), 0);
+}
+
+#[test]
+fn a_rate_limit_spends_a_token_per_assignment_refilled_by_state_time() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 16);
+    let mut limited = step("call", &[]);
+    limited.rate_limit = Some(pb::RateLimit {
+        key: "api".into(),
+        per_second: 2,
+        per_minute: 0,
+        burst: 2,
+    });
+    for _ in 0..6 {
+        log.apply_at(1_000, submit(&spec("w", vec![limited.clone()]), ""));
+    }
+    // A full bucket of 2 at 1.000 s; then one token every 500 ms.
+    assert!(assign_at(&mut log, 1_000, 1, 0, agent).is_some());
+    assert!(assign_at(&mut log, 1_000, 2, 0, agent).is_some());
+    assert_eq!(assign_at(&mut log, 1_000, 3, 0, agent), None);
+    let waiting = log.state.workflow(WorkflowId(3)).unwrap().clone();
+    assert_eq!(
+        log.state.pending_reason(&waiting, StepIndex(0)).as_deref(),
+        Some("rate limit \"api\": its next token in 500ms")
+    );
+    assert_eq!(assign_at(&mut log, 1_499, 3, 0, agent), None);
+    assert!(assign_at(&mut log, 1_500, 3, 0, agent).is_some());
+    // Time that goes back (a leader whose clock is behind) refills nothing.
+    assert_eq!(assign_at(&mut log, 1_200, 4, 0, agent), None);
+    assert!(assign_at(&mut log, 2_000, 4, 0, agent).is_some());
+    // Long idle, it is full again (and forgotten): a burst of 2, no more.
+    assert!(assign_at(&mut log, 60_000, 5, 0, agent).is_some());
+    assert!(assign_at(&mut log, 60_000, 6, 0, agent).is_some());
+    log.apply_at(60_000, submit(&spec("w", vec![limited.clone()]), ""));
+    assert_eq!(assign_at(&mut log, 60_000, 7, 0, agent), None);
+    // The bucket survives a snapshot.
+    let restored = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(restored, log.state);
 }

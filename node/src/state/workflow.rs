@@ -121,6 +121,14 @@ pub struct Workflow {
     /// The template version it was started from; None: a spec of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<super::templates::TemplateRef>,
+    /// Its concurrency and rate-limit keys as rendered at submit (see `keys.rs`); None: it
+    /// names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Arc<super::keys::Keys>>,
+    /// Running, but its concurrency key is full: its ready steps wait outside the queue until it
+    /// takes the key (see `keys.rs`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub waiting_for_key: bool,
 }
 
 /// Which schedule started a workflow, for which of its times.
@@ -342,6 +350,10 @@ impl Workflow {
 
 fn is_default_namespace(namespace: &Arc<str>) -> bool {
     super::namespaces::is_default(namespace)
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn is_zero(value: &u64) -> bool {

@@ -29,3 +29,4 @@ mod t82_cli_errors;
 mod t84_http_api;
 mod t86_namespaces;
 mod t88_secrets;
+mod t89_keys;

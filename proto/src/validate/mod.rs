@@ -15,7 +15,7 @@
 //!
 //! One file per rule family: `error` (the error type), `workflow` (name, priority, labels,
 //! input), `params` (declared parameters and a submit's values), `step` (a step's own fields), `task`, `exec` and `http` (per task kind), `retry`,
-//! `graph` (dependencies), `request` (submit fields beyond the spec), `secrets` (names a step's
+//! `graph` (dependencies), `request` (submit fields beyond the spec), `keys` (concurrency keys and rate limits), `secrets` (names a step's
 //! templates refer to) and `effective` (the
 //! values a valid step runs with once defaults fill its fields).
 
@@ -24,6 +24,7 @@ mod error;
 mod exec;
 mod graph;
 mod http;
+mod keys;
 mod params;
 mod request;
 mod retry;
@@ -42,6 +43,7 @@ pub use effective::{
 };
 pub use error::SpecError;
 pub use graph::{StepGraph, topological_order};
+pub use keys::{CONCURRENCY_LIMIT_MAX, KEY_BYTES_MAX, RATE_MAX, render_key};
 pub use params::resolve_params;
 pub use request::validate_idempotency_key;
 pub use secrets::{secret_references, valid_secret_name};
@@ -92,6 +94,7 @@ pub fn validate_spec(spec: &WorkflowSpec) -> Result<(), SpecError> {
     for (i, step) in spec.steps.iter().enumerate() {
         check_step(i, step)?;
     }
+    keys::check_keys(spec)?;
 
     let graph = StepGraph::new(spec)?;
     let edges = graph.edge_count();

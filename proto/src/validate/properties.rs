@@ -33,6 +33,7 @@ fn arbitrary_spec() -> impl Strategy<Value = WorkflowSpec> {
             retention_ms: 0,
             timeout_ms: 0,
             params: Default::default(),
+            concurrency: None,
         })
 }
 
@@ -78,6 +79,8 @@ fn arbitrary_step() -> impl Strategy<Value = StepSpec> {
                 priority,
                 lease_ttl_ms,
                 schedule_to_start_timeout_ms,
+                concurrency: None,
+                rate_limit: None,
             },
         )
 }

@@ -5,14 +5,14 @@
 mod tests {
     use baton_proto::json::*;
     use baton_proto::v1::SubmitResponse;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use crate::output::fixtures::sample_workflow;
 
     #[test]
     fn workflow_json_has_the_documented_shape() {
         let value = workflow_json(&sample_workflow());
-        let expected = json!({
+        let mut expected = json!({
             "id": 42,
             "namespace": "default",
             "name": "onboard-employee",
@@ -68,6 +68,10 @@ mod tests {
                 }]
             }
         });
+        // Past what one `json!` expands: the keys and rate limit, absent here.
+        expected["spec"]["concurrency"] = Value::Null;
+        expected["spec"]["steps"][0]["concurrency"] = Value::Null;
+        expected["spec"]["steps"][0]["rate_limit"] = Value::Null;
         assert_eq!(value, expected);
     }
 

@@ -72,6 +72,7 @@ mod fixtures {
                     ..Default::default()
                 }],
                 priority: 0,
+                concurrency: None,
                 input: BTreeMap::new(),
                 retention_ms: 0,
                 timeout_ms: 0,
