@@ -976,6 +976,19 @@ impl Client {
         .map(|(_, response)| response.namespaces)
     }
 
+    /// The audit trail the request selects, newest first (`AdminService.ListAudit`).
+    pub async fn list_audit(
+        &self,
+        request: baton_proto::v1::ListAuditRequest,
+    ) -> Result<Vec<baton_proto::v1::AuditRecord>, ClientError> {
+        self.unary(move |channel| {
+            let request = request.clone();
+            async move { admin_client(channel).list_audit(request).await }
+        })
+        .await
+        .map(|(_, response)| response.records)
+    }
+
     /// Deletes an empty namespace; FAILED_PRECONDITION naming what a non-empty one holds.
     pub async fn delete_namespace(&self, name: &str) -> Result<(), ClientError> {
         let request = DeleteNamespaceRequest {

@@ -110,6 +110,7 @@ fn main() {
     let started = Instant::now();
     for i in 0..workflows {
         let Response::Submitted { workflow_id, .. } = log.apply(Command::Submit(SubmitCommand {
+            actor: String::new(),
             namespace: Default::default(),
             spec: spec_of(i),
             idempotency_key: format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15),

@@ -69,6 +69,7 @@ fn check_spec(spec: &pb::WorkflowSpec) {
         LogEntry {
             time_ms: 1,
             command: Command::Submit(SubmitCommand {
+                actor: String::new(),
                 spec: spec.encode_to_vec(),
                 idempotency_key: String::new(),
                 params: Default::default(),
@@ -374,6 +375,7 @@ impl Replica {
         };
         let command = match op % OPS {
             OP_SUBMIT => Command::Submit(SubmitCommand {
+                actor: String::new(),
                 spec: fuzz_spec(bytes).encode_to_vec(),
                 idempotency_key: KEYS[bytes.below(3) as usize].into(),
                 params: Default::default(),
@@ -478,6 +480,7 @@ impl Replica {
                     name: "team-a".into(),
                 },
                 _ => Command::Submit(SubmitCommand {
+                    actor: String::new(),
                     spec: fuzz_spec(bytes).encode_to_vec(),
                     idempotency_key: KEYS[bytes.below(3) as usize].into(),
                     params: Default::default(),
@@ -777,6 +780,7 @@ mod tests {
         }
         let entries = vec![
             Command::Submit(SubmitCommand {
+                actor: String::new(),
                 namespace: Default::default(),
                 spec: spec.encode_to_vec(),
                 idempotency_key: "k9".into(),

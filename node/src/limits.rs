@@ -27,6 +27,10 @@ pub const ASSIGN_BATCH_MAX: usize = 256;
 /// Ready steps the scheduler looks at per round, so a huge queue of unplaceable steps costs
 /// bounded time.
 pub const READY_SCANNED_PER_ROUND_MAX: usize = 10_000;
+/// Ready steps a round passes over because their rate limit has no token left, at most. Each
+/// costs a lookup, not a scan of the agents, so the bound is wider: a namespace's steps queued
+/// behind this many rate-limited ones wait until the backlog drains.
+pub const RATE_DEFERRED_PER_ROUND_MAX: usize = 50_000;
 /// Messages buffered per agent session before the session is considered stuck and closed.
 pub const AGENT_OUTBOX_CAPACITY: usize = 4_096;
 /// Slots one agent may offer.

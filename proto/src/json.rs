@@ -65,6 +65,20 @@ pub fn namespace_info_json(namespace: &crate::v1::Namespace) -> Value {
     })
 }
 
+/// One change of the audit trail.
+pub fn audit_record_json(record: &crate::v1::AuditRecord) -> Value {
+    json!({
+        "index": record.index,
+        "time_ms": time_json(record.time_ms),
+        "actor": if record.actor.is_empty() { Value::Null } else { json!(record.actor) },
+        "namespace": if record.namespace.is_empty() { Value::Null } else { json!(record.namespace) },
+        "action": record.action,
+        "target": record.target,
+        "detail": record.detail,
+        "workflow_id": if record.workflow_id == 0 { Value::Null } else { json!(record.workflow_id) },
+    })
+}
+
 /// A namespace's quotas; 0 is no limit.
 pub fn quotas_json(quotas: &crate::v1::NamespaceQuotas) -> Value {
     json!({

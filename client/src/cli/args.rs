@@ -164,6 +164,10 @@ pub enum Command {
     /// (docs/SCHEDULES.md, "Webhook triggers"). Changes need the operator role.
     #[command(subcommand)]
     Trigger(TriggerCommand),
+    /// Who changed what, newest first: submits, cancels, pauses, retries and signals of the
+    /// workflows still held, and changes to tokens, namespaces, members, templates, schedules
+    /// and triggers. In --namespace when given, else in every namespace the token may read.
+    Audit(AuditArgs),
     /// List the agents known to the cluster and what they run.
     Agents,
     /// Run an agent on this machine: take steps from the cluster and run them, until
@@ -191,6 +195,20 @@ pub enum Command {
     /// `batond dev` saves `dev`. The current one applies when no flag or variable says otherwise.
     #[command(subcommand)]
     Context(ContextCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only changes since then: a duration back from now (`1h`, `30m`, `7d`) or an RFC 3339
+    /// time. Default: 24 hours.
+    #[arg(long, value_name = "WHEN", default_value = "24h")]
+    pub since: String,
+    /// At most this many (1 to 10000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Every namespace the token may read, whatever --namespace (or BATON_NAMESPACE) says.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -116,6 +116,7 @@ impl AdminServiceImpl {
         &self,
         caller: Caller,
         req: pb::AddMemberRequest,
+        actor: String,
     ) -> Result<pb::AddMemberResponse, Status> {
         if req.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be at least 1"));
@@ -175,6 +176,13 @@ impl AdminServiceImpl {
             .promote_voter(id)
             .await
             .map_err(membership_error)?;
+        self.note(
+            actor,
+            "member.add",
+            format!("node {id}"),
+            req.address.clone(),
+        )
+        .await;
         Ok(pb::AddMemberResponse {
             members: self.members(),
         })
@@ -184,6 +192,7 @@ impl AdminServiceImpl {
         &self,
         caller: Caller,
         req: pb::RemoveMemberRequest,
+        actor: String,
     ) -> Result<pb::RemoveMemberResponse, Status> {
         if let Some(mut leader) = self.leader_admin().await? {
             return Ok(leader
@@ -207,6 +216,8 @@ impl AdminServiceImpl {
             .remove_member(id, member.voter)
             .await
             .map_err(membership_error)?;
+        self.note(actor, "member.remove", format!("node {id}"), String::new())
+            .await;
         Ok(pb::RemoveMemberResponse {
             members: self.members(),
         })
@@ -216,6 +227,7 @@ impl AdminServiceImpl {
         &self,
         caller: Caller,
         req: pb::TransferLeaderRequest,
+        actor: String,
     ) -> Result<pb::TransferLeaderResponse, Status> {
         if let Some(mut leader) = self.leader_admin().await? {
             return Ok(leader
@@ -264,9 +276,15 @@ impl AdminServiceImpl {
                     "leadership did not move: no other leader known within {MOVE_PATIENCE:?}"
                 ))
             })?;
-        Ok(pb::TransferLeaderResponse {
-            leader_id: moved.leader.unwrap_or(0),
-        })
+        let leader_id = moved.leader.unwrap_or(0);
+        self.note(
+            actor,
+            "leader.transfer",
+            format!("node {leader_id}"),
+            format!("from node {}", self.node.id),
+        )
+        .await;
+        Ok(pb::TransferLeaderResponse { leader_id })
     }
 
     /// Builds a snapshot covering at least everything applied when the call arrived.
@@ -280,6 +298,79 @@ impl AdminServiceImpl {
             .map_err(snapshot_error)?;
         Ok(pb::TriggerSnapshotResponse { snapshot_index })
     }
+}
+
+impl AdminServiceImpl {
+    /// Records a membership change, made by Raft itself, in the audit trail. The change has
+    /// happened whatever becomes of the record: a failure is logged, not answered.
+    async fn note(&self, actor: String, action: &str, target: String, detail: String) {
+        tracing::info!(target: "baton::audit", actor = %actor, action, %target, "change made");
+        let note = Command::Note(crate::state::audit::NoteCommand {
+            actor,
+            action: action.to_owned(),
+            target,
+            detail,
+        });
+        if let Err(error) = self.node.propose_client(note).await {
+            tracing::warn!(%error, action, "the change was made but not recorded in the audit trail");
+        }
+    }
+}
+
+/// The most records one `ListAudit` answers.
+const AUDIT_LIMIT_MAX: u32 = 10_000;
+
+/// [`AdminService::list_audit`]: the changes the caller may read. A namespaced token sees its
+/// namespaces' changes; the cluster's own (tokens, namespaces, members) need a cluster-wide
+/// reader.
+async fn list_audit(
+    node: &Arc<RaftNode>,
+    grants: crate::security::grants::Grants,
+    req: pb::ListAuditRequest,
+) -> Result<pb::ListAuditResponse, Status> {
+    let limit = match req.limit {
+        0 => 100,
+        limit if limit > AUDIT_LIMIT_MAX => {
+            return Err(Status::invalid_argument(format!(
+                "limit: {limit}, more than {AUDIT_LIMIT_MAX}"
+            )));
+        }
+        limit => limit,
+    };
+    let readable = grants.readable();
+    let namespaces = if req.namespace.is_empty() {
+        readable.clone()
+    } else {
+        let namespace = super::namespace_arg("namespace", &req.namespace)?;
+        grants.require(
+            "AdminService.ListAudit",
+            &namespace,
+            baton_security::TokenRole::Reader,
+        )?;
+        Some([crate::state::namespaces::or_default(&namespace).to_owned()].into())
+    };
+    match pb::ReadConsistency::try_from(req.consistency) {
+        Ok(pb::ReadConsistency::Stale) => {}
+        Ok(_) => node.linearize().await.map_err(node_error)?,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "consistency: unknown value {}",
+                req.consistency
+            )));
+        }
+    }
+    let query = crate::state::audit::AuditQuery {
+        since_ms: req.since_ms,
+        namespaces,
+        cluster: req.namespace.is_empty() && readable.is_none(),
+        limit: limit as usize,
+    };
+    // O(workflows): on a copy, off the async threads.
+    let view = node.replica.view();
+    let records = tokio::task::spawn_blocking(move || view.state.audit_records(&query))
+        .await
+        .map_err(|e| Status::internal(format!("audit: {e}")))?;
+    Ok(pb::ListAuditResponse { records })
 }
 
 fn validate_address(address: &str) -> Result<(), Status> {
@@ -311,9 +402,13 @@ impl AdminService for AdminServiceImpl {
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
         let caller = Caller::of(&request);
-        observed("AddMember", self.add_member(caller, request.into_inner()))
-            .await
-            .map(Response::new)
+        let actor = crate::security::actor(&request, &self.node.replica);
+        observed(
+            "AddMember",
+            self.add_member(caller, request.into_inner(), actor),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn remove_member(
@@ -321,9 +416,10 @@ impl AdminService for AdminServiceImpl {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let caller = Caller::of(&request);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "RemoveMember",
-            self.remove_member(caller, request.into_inner()),
+            self.remove_member(caller, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -334,9 +430,10 @@ impl AdminService for AdminServiceImpl {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let caller = Caller::of(&request);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "TransferLeader",
-            self.transfer_leader(caller, request.into_inner()),
+            self.transfer_leader(caller, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -379,9 +476,10 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "CreateToken",
-            tokens::create(&self.node, request.into_inner()),
+            tokens::create(&self.node, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -400,9 +498,10 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "RevokeToken",
-            tokens::revoke(&self.node, request.into_inner()),
+            tokens::revoke(&self.node, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -412,9 +511,10 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "CreateNamespace",
-            super::namespace::create(&self.node, request.into_inner()),
+            super::namespace::create(&self.node, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -424,9 +524,10 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::UpdateNamespaceRequest>,
     ) -> Result<Response<pb::UpdateNamespaceResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "UpdateNamespace",
-            super::namespace::update(&self.node, request.into_inner()),
+            super::namespace::update(&self.node, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -445,13 +546,27 @@ impl AdminService for AdminServiceImpl {
         .map(Response::new)
     }
 
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let grants = crate::security::grants::Grants::of(&request, &self.node.replica);
+        observed(
+            "ListAudit",
+            list_audit(&self.node, grants, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+
     async fn delete_namespace(
         &self,
         request: Request<pb::DeleteNamespaceRequest>,
     ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "DeleteNamespace",
-            super::namespace::delete(&self.node, request.into_inner()),
+            super::namespace::delete(&self.node, request.into_inner(), actor),
         )
         .await
         .map(Response::new)

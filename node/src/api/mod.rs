@@ -83,3 +83,17 @@ pub fn stored_namespace(namespace: String) -> String {
         namespace
     }
 }
+
+/// `command` with who asked, for the audit trail (`state::audit`); the node's log says it too.
+pub fn audited(actor: String, command: crate::state::Command) -> crate::state::Command {
+    tracing::info!(
+        target: "baton::audit",
+        actor = %actor,
+        command = command.kind(),
+        "change asked"
+    );
+    crate::state::Command::Audited {
+        actor,
+        command: Box::new(command),
+    }
+}

@@ -63,6 +63,7 @@ fn view(
 pub async fn create(
     node: &RaftNode,
     req: pb::CreateNamespaceRequest,
+    actor: String,
 ) -> Result<pb::CreateNamespaceResponse, Status> {
     check_namespace_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
     if req.description.len() > NAMESPACE_DESCRIPTION_MAX {
@@ -87,7 +88,7 @@ pub async fn create(
         description: req.description,
     });
     match node
-        .propose_client(command)
+        .propose_client(super::audited(actor, command))
         .await
         .map_err(node_error)?
         .response
@@ -134,13 +135,14 @@ pub async fn list(
 pub async fn delete(
     node: &RaftNode,
     req: pb::DeleteNamespaceRequest,
+    actor: String,
 ) -> Result<pb::DeleteNamespaceResponse, Status> {
     check_namespace_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
     let command = Command::DeleteNamespace {
         name: req.name.clone(),
     };
     match node
-        .propose_client(command)
+        .propose_client(super::audited(actor, command))
         .await
         .map_err(node_error)?
         .response
@@ -157,6 +159,7 @@ pub async fn delete(
 pub async fn update(
     node: &RaftNode,
     req: pb::UpdateNamespaceRequest,
+    actor: String,
 ) -> Result<pb::UpdateNamespaceResponse, Status> {
     check_namespace_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
     if let Some(description) = &req.description
@@ -180,7 +183,7 @@ pub async fn update(
         submit_burst: req.submit_burst,
     });
     match node
-        .propose_client(command)
+        .propose_client(super::audited(actor, command))
         .await
         .map_err(node_error)?
         .response

@@ -61,6 +61,7 @@ impl ScheduleServiceImpl {
         &self,
         grants: Grants,
         req: pb::CreateScheduleRequest,
+        actor: String,
     ) -> Result<pb::CreateScheduleResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -74,7 +75,7 @@ impl ScheduleServiceImpl {
             .ok_or_else(|| Status::invalid_argument("spec: a schedule spec is required"))?;
         let mut params =
             validate_schedule(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !spec.template.is_empty() {
+        let workflow_spec = if !spec.template.is_empty() {
             // Checked against the template now, for an error that names the parameter; each
             // run checks them again against the version it starts.
             let (template, _) = super::template::resolve(
@@ -86,6 +87,15 @@ impl ScheduleServiceImpl {
             .await?;
             params = baton_proto::validate::resolve_params(&template, &spec.params)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Some(template)
+        } else {
+            spec.workflow.clone()
+        };
+        // Its runs' keys, rendered with its values: a key they render badly is refused now.
+        if let Some(workflow_spec) = &workflow_spec {
+            crate::state::keys::Keys::render(workflow_spec, &params).map_err(|e| {
+                Status::invalid_argument(format!("spec.workflow.{}: {}", e.field, e.message))
+            })?;
         }
         let workflow = spec
             .workflow
@@ -112,7 +122,7 @@ impl ScheduleServiceImpl {
             replace: req.replace,
             namespace: stored_namespace(namespace),
         });
-        match self.apply(command).await? {
+        match self.apply(super::audited(actor, command)).await? {
             Applied::ScheduleCreated { created, next_ms } => Ok(pb::CreateScheduleResponse {
                 created,
                 next_fire_ms: next_ms,
@@ -188,6 +198,7 @@ impl ScheduleServiceImpl {
         &self,
         grants: Grants,
         req: pb::PauseScheduleRequest,
+        actor: String,
     ) -> Result<pb::PauseScheduleResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -200,7 +211,7 @@ impl ScheduleServiceImpl {
             name: scoped_name(&namespace, &req.name),
             paused: req.paused,
         });
-        match self.apply(command).await? {
+        match self.apply(super::audited(actor, command)).await? {
             Applied::ScheduleChanged { changed } => Ok(pb::PauseScheduleResponse { changed }),
             Applied::NoSchedule { .. } => Err(no_schedule(&req.name)),
             other => Err(Status::internal(format!("pause schedule: {other:?}"))),
@@ -211,6 +222,7 @@ impl ScheduleServiceImpl {
         &self,
         grants: Grants,
         req: pb::DeleteScheduleRequest,
+        actor: String,
     ) -> Result<pb::DeleteScheduleResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -220,9 +232,12 @@ impl ScheduleServiceImpl {
         )?;
         checked_name(&req.name)?;
         match self
-            .apply(Command::DeleteSchedule {
-                name: scoped_name(&namespace, &req.name),
-            })
+            .apply(super::audited(
+                actor,
+                Command::DeleteSchedule {
+                    name: scoped_name(&namespace, &req.name),
+                },
+            ))
             .await?
         {
             Applied::ScheduleChanged { .. } => Ok(pb::DeleteScheduleResponse {}),
@@ -235,6 +250,7 @@ impl ScheduleServiceImpl {
         &self,
         grants: Grants,
         req: pb::TriggerScheduleRequest,
+        actor: String,
     ) -> Result<pb::TriggerScheduleResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -244,9 +260,12 @@ impl ScheduleServiceImpl {
         )?;
         checked_name(&req.name)?;
         match self
-            .apply(Command::TriggerSchedule {
-                name: scoped_name(&namespace, &req.name),
-            })
+            .apply(super::audited(
+                actor,
+                Command::TriggerSchedule {
+                    name: scoped_name(&namespace, &req.name),
+                },
+            ))
             .await?
         {
             Applied::ScheduleFired {
@@ -272,6 +291,7 @@ impl ScheduleServiceImpl {
         &self,
         grants: Grants,
         req: pb::BackfillScheduleRequest,
+        actor: String,
     ) -> Result<pb::BackfillScheduleResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -291,7 +311,7 @@ impl ScheduleServiceImpl {
             from_ms: req.from_ms,
             to_ms: req.to_ms,
         });
-        match self.apply(command).await? {
+        match self.apply(super::audited(actor, command)).await? {
             Applied::Backfilled {
                 started,
                 already_run,
@@ -328,9 +348,10 @@ impl ScheduleService for ScheduleServiceImpl {
         request: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "CreateSchedule",
-            self.create_inner(grants, request.into_inner()),
+            self.create_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -364,9 +385,10 @@ impl ScheduleService for ScheduleServiceImpl {
         request: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "PauseSchedule",
-            self.pause_inner(grants, request.into_inner()),
+            self.pause_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -377,9 +399,10 @@ impl ScheduleService for ScheduleServiceImpl {
         request: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "DeleteSchedule",
-            self.delete_inner(grants, request.into_inner()),
+            self.delete_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -390,9 +413,10 @@ impl ScheduleService for ScheduleServiceImpl {
         request: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "TriggerSchedule",
-            self.trigger_inner(grants, request.into_inner()),
+            self.trigger_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -403,9 +427,10 @@ impl ScheduleService for ScheduleServiceImpl {
         request: Request<pb::BackfillScheduleRequest>,
     ) -> Result<Response<pb::BackfillScheduleResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "BackfillSchedule",
-            self.backfill_inner(grants, request.into_inner()),
+            self.backfill_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)

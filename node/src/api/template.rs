@@ -67,6 +67,7 @@ impl TemplateServiceImpl {
         &self,
         grants: Grants,
         req: pb::ApplyTemplateRequest,
+        actor: String,
     ) -> Result<pb::ApplyTemplateResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -91,7 +92,7 @@ impl TemplateServiceImpl {
         });
         match self
             .node
-            .propose_client(command)
+            .propose_client(super::audited(actor, command))
             .await
             .map_err(node_error)?
             .response
@@ -159,6 +160,7 @@ impl TemplateServiceImpl {
         &self,
         grants: Grants,
         req: pb::DeleteTemplateRequest,
+        actor: String,
     ) -> Result<pb::DeleteTemplateResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -169,9 +171,12 @@ impl TemplateServiceImpl {
         checked_name(&req.name)?;
         match self
             .node
-            .propose_client(Command::DeleteTemplate {
-                name: scoped_name(&namespace, &req.name),
-            })
+            .propose_client(super::audited(
+                actor,
+                Command::DeleteTemplate {
+                    name: scoped_name(&namespace, &req.name),
+                },
+            ))
             .await
             .map_err(node_error)?
             .response
@@ -190,9 +195,10 @@ impl TemplateService for TemplateServiceImpl {
         request: Request<pb::ApplyTemplateRequest>,
     ) -> Result<Response<pb::ApplyTemplateResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "ApplyTemplate",
-            self.apply_inner(grants, request.into_inner()),
+            self.apply_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -226,9 +232,10 @@ impl TemplateService for TemplateServiceImpl {
         request: Request<pb::DeleteTemplateRequest>,
     ) -> Result<Response<pb::DeleteTemplateResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "DeleteTemplate",
-            self.delete_inner(grants, request.into_inner()),
+            self.delete_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)

@@ -111,6 +111,7 @@ impl TriggerServiceImpl {
         &self,
         grants: Grants,
         req: pb::CreateTriggerRequest,
+        actor: String,
     ) -> Result<pb::CreateTriggerResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -151,7 +152,7 @@ impl TriggerServiceImpl {
         });
         match self
             .node
-            .propose_client(command)
+            .propose_client(super::audited(actor, command))
             .await
             .map_err(node_error)?
             .response
@@ -211,6 +212,7 @@ impl TriggerServiceImpl {
         &self,
         grants: Grants,
         req: pb::DeleteTriggerRequest,
+        actor: String,
     ) -> Result<pb::DeleteTriggerResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require(
@@ -221,9 +223,12 @@ impl TriggerServiceImpl {
         checked_name(&req.name)?;
         match self
             .node
-            .propose_client(Command::DeleteTrigger {
-                name: scoped_name(&namespace, &req.name),
-            })
+            .propose_client(super::audited(
+                actor,
+                Command::DeleteTrigger {
+                    name: scoped_name(&namespace, &req.name),
+                },
+            ))
             .await
             .map_err(node_error)?
             .response
@@ -242,9 +247,10 @@ impl TriggerService for TriggerServiceImpl {
         request: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "CreateTrigger",
-            self.create_inner(grants, request.into_inner()),
+            self.create_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)
@@ -278,9 +284,10 @@ impl TriggerService for TriggerServiceImpl {
         request: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         observed(
             "DeleteTrigger",
-            self.delete_inner(grants, request.into_inner()),
+            self.delete_inner(grants, request.into_inner(), actor),
         )
         .await
         .map(Response::new)

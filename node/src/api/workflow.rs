@@ -48,12 +48,13 @@ fn not_reserved(field: &str, key: &str) -> Result<(), Status> {
 
 impl WorkflowServiceImpl {
     /// A webhook delivery's submit (`api::trigger`): as [`WorkflowService::submit`], with the
-    /// delivery's key in the reserved `trigger:` space.
+    /// delivery's key in the reserved `trigger:` space; `actor` names the trigger.
     pub async fn submit_delivery(
         &self,
         request: pb::SubmitRequest,
+        actor: String,
     ) -> Result<pb::SubmitResponse, Status> {
-        observed("Submit", self.submit_inner(&Grants::All, request)).await
+        observed("Submit", self.submit_inner(&Grants::All, request, actor)).await
     }
 
     /// Checks the caller may do what `needed` may in workflow `id`'s namespace. Cluster-wide
@@ -106,6 +107,7 @@ impl WorkflowServiceImpl {
         &self,
         grants: &Grants,
         mut req: pb::SubmitRequest,
+        actor: String,
     ) -> Result<pb::SubmitResponse, Status> {
         let namespace = namespace_arg("namespace", &req.namespace)?;
         grants.require("WorkflowService.Submit", &namespace, TokenRole::Submitter)?;
@@ -132,7 +134,7 @@ impl WorkflowServiceImpl {
             ));
         }
         let mut command =
-            submit_command(req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            submit_command(req, actor).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Command::Submit(submit) = &mut command {
             submit.template = template;
         }
@@ -149,6 +151,7 @@ impl WorkflowServiceImpl {
         &self,
         grants: &Grants,
         req: pb::SubmitBatchRequest,
+        actor: String,
     ) -> Result<pb::SubmitBatchResponse, Status> {
         if req.submits.len() > SUBMIT_BATCH_ITEMS_MAX {
             return Err(Status::invalid_argument(format!(
@@ -216,7 +219,7 @@ impl WorkflowServiceImpl {
                         "submits[{i}].template: a batch takes specs; submit a template alone"
                     )));
                 }
-                submit_command(item).map_err(|e| {
+                submit_command(item, actor.clone()).map_err(|e| {
                     Status::invalid_argument(format!("submits[{i}].{}", request_path(&e)))
                 })
             })
@@ -504,7 +507,7 @@ impl WorkflowServiceImpl {
 /// A checked submit request as the command to propose. The error names the field as
 /// `baton_proto::validate` paths it: inside the spec (`steps[0].name`; empty for the spec as a
 /// whole), or `spec` / `idempotency_key` / `params["NAME"]` of the request.
-fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
+fn submit_command(req: pb::SubmitRequest, actor: String) -> Result<Command, Invalid> {
     let spec = req.spec.ok_or_else(|| {
         Invalid::Request(SpecError {
             field: "spec".into(),
@@ -517,6 +520,7 @@ fn submit_command(req: pb::SubmitRequest) -> Result<Command, Invalid> {
     // A key that renders to nothing or too much with these values: refused here, by its field.
     crate::state::keys::Keys::render(&spec, &params).map_err(Invalid::Spec)?;
     Ok(Command::Submit(SubmitCommand {
+        actor,
         spec: spec.encode_to_vec(),
         idempotency_key: req.idempotency_key,
         params,
@@ -607,10 +611,11 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         let request = request.into_inner();
         let submit = async {
             not_reserved("idempotency_key", &request.idempotency_key)?;
-            self.submit_inner(&grants, request).await
+            self.submit_inner(&grants, request, actor).await
         };
         observed("Submit", submit).await.map(Response::new)
     }
@@ -620,6 +625,7 @@ impl WorkflowService for WorkflowServiceImpl {
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let grants = Grants::of(&request, &self.node.replica);
+        let actor = crate::security::actor(&request, &self.node.replica);
         let request = request.into_inner();
         let submit = async {
             for (i, item) in request.submits.iter().enumerate() {
@@ -628,7 +634,7 @@ impl WorkflowService for WorkflowServiceImpl {
                     &item.idempotency_key,
                 )?;
             }
-            self.submit_batch_inner(&grants, request).await
+            self.submit_batch_inner(&grants, request, actor).await
         };
         observed("SubmitBatch", submit).await.map(Response::new)
     }

@@ -189,6 +189,30 @@ const WATCH_ALL_QUERY: &[Param] = &[FROM_INDEX, NAMESPACE, ALL_NAMESPACES];
 
 const READ_QUERY: &[Param] = &[CONSISTENCY];
 
+const AUDIT_QUERY: &[Param] = &[
+    Param {
+        name: "since_ms",
+        kind: Kind::Integer,
+        repeated: false,
+        about: "Only changes at or after this time (ms since the Unix epoch); all kept when \
+                absent.",
+    },
+    Param {
+        name: "limit",
+        kind: Kind::Integer,
+        repeated: false,
+        about: "At most this many, newest first: 1 to 10000; 100 when absent.",
+    },
+    Param {
+        name: "namespace",
+        kind: Kind::String,
+        repeated: false,
+        about: "Only this namespace's changes; every namespace the caller may read (and the \
+                cluster's own changes, for a cluster-wide token) when absent.",
+    },
+    CONSISTENCY,
+];
+
 const IDEMPOTENCY_HEADER: &[Param] = &[Param {
     name: "Idempotency-Key",
     kind: Kind::String,
@@ -649,6 +673,20 @@ pub const ROUTES: &[Route] = &[
         ok: 200,
         answer: "AgentList",
         handler: || get(agents),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/audit",
+        rpc: "/baton.v1.AdminService/ListAudit",
+        summary: "Who changed what, newest first: submits, cancels, pauses, retries and \
+                  signals of the workflows held, and changes to tokens, namespaces, members, \
+                  templates, schedules and triggers.",
+        query: AUDIT_QUERY,
+        headers: &[],
+        body: Body::None,
+        ok: 200,
+        answer: "AuditList",
+        handler: || get(list_audit),
     },
     Route {
         method: "GET",
@@ -1813,7 +1851,9 @@ async fn deliver_inner(
         &document,
         delivery,
     );
-    let submitted = api.workflows.submit_delivery(request).await?;
+    // Signed with the trigger's secret: the delivery acts as the trigger.
+    let actor = format!("trigger {name}");
+    let submitted = api.workflows.submit_delivery(request, actor).await?;
     let mut value = shapes::submit_json(&submitted);
     value["trigger"] = json!(name);
     value["delivery"] = json!(delivery);
@@ -1826,6 +1866,27 @@ async fn deliver_inner(
 }
 
 // ---- Namespaces ---------------------------------------------------------------------------
+
+async fn list_audit(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Answer {
+    let params = Params::parse(&uri, AUDIT_QUERY)?;
+    let request = pb::ListAuditRequest {
+        since_ms: params.number("since_ms")?.unwrap_or(0),
+        limit: params.number("limit")?.unwrap_or(0),
+        namespace: params.namespace(),
+        consistency: params.consistency()?,
+    };
+    let records = AdminService::list_audit(&api.admin, caller.request(request))
+        .await?
+        .into_inner()
+        .records;
+    ok(json!({
+        "records": records.iter().map(shapes::audit_record_json).collect::<Vec<_>>(),
+    }))
+}
 
 async fn list_namespaces(
     State(api): State<Api>,

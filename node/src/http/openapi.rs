@@ -792,6 +792,29 @@ fn schemas() -> Value {
             ),
         ),
         (
+            "AuditRecord",
+            object(
+                "One change and who asked for it.",
+                &[
+                    ("index", int()),
+                    ("time_ms", nullable("integer")),
+                    ("actor", nullable("string")),
+                    ("namespace", nullable("string")),
+                    ("action", string()),
+                    ("target", string()),
+                    ("detail", string()),
+                    ("workflow_id", nullable("integer")),
+                ],
+            ),
+        ),
+        (
+            "AuditList",
+            object(
+                "Changes the caller may read, newest first.",
+                &[("records", array(reference("AuditRecord")))],
+            ),
+        ),
+        (
             "NamespaceList",
             object(
                 "The namespaces the caller may read.",

@@ -253,6 +253,8 @@ fn encoded_len(command: &Command) -> usize {
                         .sum::<usize>()
             }
             Command::Batch(commands) => commands.iter().map(encoded_len).sum(),
+            Command::Audited { actor, command } => actor.len() + encoded_len(command),
+            Command::Note(note) => note.actor.len() + note.target.len() + note.detail.len(),
             Command::InitCluster { .. }
             | Command::ReserveNodeId { .. }
             | Command::Tick

@@ -14,7 +14,7 @@ use crate::state::keys::{ScopedKey, rate_key, tokens_at};
 use crate::state::scheduling::{labels_match, step_request};
 use crate::state::{AgentId, Allocation, Assignment, ClusterState, ReadyKey};
 
-use crate::limits::READY_SCANNED_PER_ROUND_MAX;
+use crate::limits::{RATE_DEFERRED_PER_ROUND_MAX, READY_SCANNED_PER_ROUND_MAX};
 
 /// [`place_at`] the state's own time.
 #[cfg(test)]
@@ -59,11 +59,20 @@ pub fn place_at(
     }
     // Tokens left this round per rate-limit key met so far.
     let mut tokens: HashMap<ScopedKey, u64> = HashMap::new();
-    for key in fair_order(state, shares).take(READY_SCANNED_PER_ROUND_MAX) {
-        if out.len() == batch_max || free_slots == 0 {
+    // Steps looked at for an agent, and steps passed over because their rate limit has no
+    // token left: each within its own bound, so a backlog of rate-limited steps (a lookup and
+    // a hash probe each) does not use up the round's scan before the steps behind it.
+    let (mut scanned, mut deferred) = (0, 0);
+    for key in fair_order(state, shares) {
+        if out.len() == batch_max
+            || free_slots == 0
+            || scanned == READY_SCANNED_PER_ROUND_MAX
+            || deferred == RATE_DEFERRED_PER_ROUND_MAX
+        {
             break;
         }
         let Some(workflow) = state.workflow(key.workflow_id) else {
+            scanned += 1;
             continue;
         };
         let rate = rate_key(workflow, key.step);
@@ -72,9 +81,11 @@ pub fn place_at(
                 .entry(rate_key.clone())
                 .or_insert_with(|| tokens_at(state.rate_bucket(rate_key), *rate, now_ms));
             if *left == 0 {
+                deferred += 1;
                 continue;
             }
         }
+        scanned += 1;
         let spec_step = &workflow.spec.steps[key.step.get()];
         let request = step_request(spec_step);
         // The matching agent with the most free slots (spreads load), lowest id on ties.
@@ -283,6 +294,7 @@ mod tests {
                 ..Default::default()
             };
             self.apply(Command::Submit(SubmitCommand {
+                actor: String::new(),
                 namespace: Default::default(),
                 spec: spec.encode_to_vec(),
                 idempotency_key: "".into(),
@@ -320,6 +332,7 @@ mod tests {
         let submits = (0..count)
             .map(|_| {
                 Command::Submit(SubmitCommand {
+                    actor: String::new(),
                     namespace: namespace.into(),
                     spec: spec.clone(),
                     idempotency_key: String::new(),

@@ -164,6 +164,7 @@ mod tests {
             match self.apply_at(
                 1_000,
                 Command::Submit(SubmitCommand {
+                    actor: String::new(),
                     namespace: Default::default(),
                     spec: spec.encode_to_vec(),
                     idempotency_key: String::new(),

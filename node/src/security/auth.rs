@@ -104,6 +104,8 @@ pub fn access(path: &str) -> Access {
         }
         // Namespaces the caller may read (the service filters the list).
         ("baton.v1.AdminService", "ListNamespaces") => Access::Client(TokenRole::Reader),
+        // The changes of the namespaces the caller may read (the service filters them).
+        ("baton.v1.AdminService", "ListAudit") => Access::Client(TokenRole::Reader),
         // A snapshot holds every namespace's workflows: the cluster's own.
         (
             "baton.v1.AdminService",

@@ -28,6 +28,7 @@ fn rank(role: TokenRole) -> u8 {
 pub async fn create(
     node: &RaftNode,
     req: pb::CreateTokenRequest,
+    actor: String,
 ) -> Result<pb::CreateTokenResponse, Status> {
     if !valid_name(&req.name) {
         return Err(Status::invalid_argument(
@@ -82,7 +83,11 @@ pub async fn create(
         digest: new.digest.to_vec(),
         bootstrap: false,
     };
-    match node.propose_for(create).await.map_err(node_error)?.outcome {
+    let proposed = node
+        .propose(crate::api::audited(actor, Command::CreateToken(create)))
+        .await
+        .map_err(node_error)?;
+    match outcome(proposed.response).map_err(node_error)? {
         TokenCreated::Created => Ok(pb::CreateTokenResponse {
             id: new.id,
             token: new.text,
@@ -119,6 +124,7 @@ pub async fn list(node: &RaftNode) -> Result<pb::ListTokensResponse, Status> {
 pub async fn revoke(
     node: &RaftNode,
     req: pb::RevokeTokenRequest,
+    actor: String,
 ) -> Result<pb::RevokeTokenResponse, Status> {
     if req.id.is_empty() {
         return Err(Status::invalid_argument(
@@ -126,7 +132,10 @@ pub async fn revoke(
         ));
     }
     let proposed = node
-        .propose(Command::RevokeToken { id: req.id })
+        .propose(crate::api::audited(
+            actor,
+            Command::RevokeToken { id: req.id },
+        ))
         .await
         .map_err(node_error)?;
     match outcome(proposed.response).map_err(node_error)? {

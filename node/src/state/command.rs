@@ -112,6 +112,14 @@ pub enum Command {
     DeleteTrigger {
         name: String,
     },
+    /// A change someone asked for, with who asked: applied as `command`, then recorded in the
+    /// audit trail if it changed anything (see `state::audit`).
+    Audited {
+        actor: String,
+        command: Box<Command>,
+    },
+    /// A change made outside the state machine (a membership change), for the audit trail.
+    Note(super::audit::NoteCommand),
     /// Creates a namespace: see `state::namespaces`.
     CreateNamespace(super::namespaces::CreateNamespaceCommand),
     /// Deletes an empty namespace.
@@ -264,6 +272,8 @@ impl Command {
             Self::CreateNamespace(_) => "create_namespace",
             Self::DeleteNamespace { .. } => "delete_namespace",
             Self::UpdateNamespace(_) => "update_namespace",
+            Self::Audited { .. } => "audited",
+            Self::Note(_) => "note",
             Self::Batch(_) => "batch",
         }
     }
@@ -299,6 +309,8 @@ impl Command {
             | Self::TriggerSchedule { .. }
             | Self::BackfillSchedule(_) => true,
             Self::Batch(commands) => commands.iter().any(Self::adds_workflows),
+            Self::Audited { command, .. } => command.adds_workflows(),
+            Self::Note(_) => false,
             Self::InitCluster { .. }
             | Self::Cancel(_)
             | Self::ReserveNodeId { .. }
@@ -348,6 +360,10 @@ pub struct SubmitCommand {
     /// before).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    /// Who asked (`security::actor`), for the workflow's history; empty: nobody said (an
+    /// insecure cluster, a schedule). Left out when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -524,6 +540,7 @@ mod tests {
     #[test]
     fn only_submits_and_batches_holding_one_add_workflows() {
         let submit = Command::Submit(SubmitCommand {
+            actor: String::new(),
             namespace: Default::default(),
             spec: vec![],
             idempotency_key: String::new(),
@@ -557,6 +574,7 @@ mod tests {
         let entry = LogEntry {
             time_ms: 1_700_000_000_000,
             command: Command::Submit(SubmitCommand {
+                actor: String::new(),
                 namespace: Default::default(),
                 spec: vec![0x0a, 0x01, b'w'],
                 idempotency_key: "k1".into(),
@@ -838,6 +856,7 @@ mod tests {
             ),
             (
                 Command::Submit(SubmitCommand {
+                    actor: String::new(),
                     spec: vec![1],
                     idempotency_key: "k".into(),
                     params: BTreeMap::new(),
@@ -859,6 +878,22 @@ mod tests {
                     bootstrap: false,
                 }),
                 "0182a774696d655f6d7305a7636f6d6d616e6481ac6372656174655f746f6b656e86a26964a174a46e616d65a16ea4726f6c65a97375626d6974746572aa6e616d6573706163657381a67465616d2d61a97375626d6974746572a6646967657374c40107a9626f6f747374726170c2",
+            ),
+            (
+                Command::Audited {
+                    actor: "token n (t)".into(),
+                    command: Box::new(Command::DeleteTemplate { name: "n".into() }),
+                },
+                "0182a774696d655f6d7305a7636f6d6d616e6481a76175646974656482a56163746f72ab746f6b656e206e20287429a7636f6d6d616e6481af64656c6574655f74656d706c61746581a46e616d65a16e",
+            ),
+            (
+                Command::Note(super::super::audit::NoteCommand {
+                    actor: "token n (t)".into(),
+                    action: "member.add".into(),
+                    target: "node 4".into(),
+                    detail: String::new(),
+                }),
+                "0182a774696d655f6d7305a7636f6d6d616e6481a46e6f746583a56163746f72ab746f6b656e206e20287429a6616374696f6eaa6d656d6265722e616464a6746172676574a66e6f64652034",
             ),
         ]
     }
@@ -914,7 +949,9 @@ mod tests {
             | Command::CreateNamespace(_)
             | Command::DeleteNamespace { .. }
             | Command::UpdateNamespace(_)
-            | Command::Batch(_) => 30,
+            | Command::Audited { .. }
+            | Command::Note(_)
+            | Command::Batch(_) => 32,
         };
         assert_eq!(kinds.len(), every(&Command::Tick), "{kinds:?}");
     }
@@ -949,6 +986,7 @@ mod tests {
         assert_eq!(
             entry.command,
             Command::Submit(SubmitCommand {
+                actor: String::new(),
                 namespace: Default::default(),
                 spec: vec![1],
                 idempotency_key: String::new(),

@@ -187,7 +187,9 @@ impl StepKeys {
         if slot.holders.contains(&id) {
             return true;
         }
-        if slot.holders.len() < limit as usize {
+        // Behind the steps already waiting, even with room: the settle after this command
+        // admits them in queue order (priority, then age).
+        if slot.holders.len() < limit as usize && slot.waiting.is_empty() {
             slot.holders.insert(id);
             return true;
         }
@@ -455,6 +457,16 @@ impl ClusterState {
             .map(|e| WorkflowId(e.workflow_id))
             .filter(|id| id.0 != 0)
             .collect();
+        self.settle_workflows(ctx, touched, events);
+    }
+
+    /// [`Self::settle_keys`] for the workflows `touched`.
+    fn settle_workflows(
+        &mut self,
+        ctx: ApplyCtx,
+        touched: BTreeSet<WorkflowId>,
+        events: &mut Events,
+    ) {
         let mut workflow_keys = BTreeSet::new();
         let mut step_keys = BTreeSet::new();
         for id in &touched {
@@ -465,7 +477,7 @@ impl ClusterState {
                 continue;
             }
             if let Some((key, _)) = workflow_key(workflow) {
-                if workflow.state.is_terminal() {
+                if workflow.state.is_terminal() && !self.drains_of(*id) {
                     self.workflow_keys.release(&key, *id);
                     if workflow.waiting_for_key {
                         Arc::make_mut(self.workflows.get_mut(id).expect("exists"))
@@ -507,9 +519,15 @@ impl ClusterState {
     /// ready steps are queued.
     fn admit_workflow(&mut self, key: &ScopedKey) -> Option<WorkflowId> {
         let slot = self.workflow_keys.slots.get_mut(key)?;
-        let first = *slot.waiting.get_min()?;
-        let limit = self
-            .workflows
+        // A paused waiter keeps its place but takes nothing until it is resumed (its resume
+        // touches it, and admission runs again).
+        let workflows = &self.workflows;
+        let first = slot
+            .waiting
+            .iter()
+            .copied()
+            .find(|id| workflows.get(id).is_some_and(|w| w.paused_at_ms == 0))?;
+        let limit = workflows
             .get(&first)
             .and_then(|w| w.spec.concurrency.as_ref())
             .map_or(u32::MAX, |c| c.limit);
@@ -518,6 +536,7 @@ impl ClusterState {
         }
         slot.waiting.remove(&first);
         slot.holders.insert(first);
+        let now_ms = self.now_ms;
         let workflow = Arc::make_mut(self.workflows.get_mut(&first).expect("a waiter exists"));
         workflow.waiting_for_key = false;
         let ready: Vec<StepIndex> = (0..workflow.steps.len() as u32)
@@ -525,9 +544,63 @@ impl ClusterState {
             .filter(|s| workflow.steps[s.get()].state == StepState::Ready)
             .collect();
         for step in ready {
+            // The workflow had not started: its steps are ready from now, so their
+            // schedule-to-start deadlines do not count the wait for the workflow's key.
+            workflow.steps[step.get()].ready_at_ms = now_ms;
             super::scheduling::enqueue(&mut self.ready, &mut self.ready_index, workflow, step);
         }
         Some(first)
+    }
+
+    /// Whether any step of workflow `id` still holds its keys after its attempt was stopped.
+    pub(super) fn drains_of(&self, id: WorkflowId) -> bool {
+        self.key_drains
+            .range((id, StepIndex(0))..=(id, StepIndex(u32::MAX)))
+            .next()
+            .is_some()
+    }
+
+    /// A running step of a workflow that ends from outside (a cancel, its timeout) keeps its
+    /// keys (the step's and the workflow's) until its attempt has surely stopped: its agent is
+    /// told to stop now, but one cut off from the leader stops only when its lease runs out,
+    /// `lease_ttl_ms` after its last renewal at the latest, plus the leader's expiry margin.
+    /// Until then no other holder may start, or two could run at once.
+    pub(super) fn drain_keys(&mut self, id: WorkflowId, step: StepIndex, lease_ttl_ms: u64) {
+        let Some(workflow) = self.workflows.get(&id) else {
+            return;
+        };
+        if step_key(workflow, step).is_none() && workflow_key(workflow).is_none() {
+            return;
+        }
+        let until_ms = self
+            .now_ms
+            .saturating_add(lease_ttl_ms)
+            .saturating_add(baton_proto::limits::LEASE_EXPIRY_MARGIN_MS);
+        self.key_drains.insert((id, step), until_ms);
+    }
+
+    /// Whether a stopped attempt's keys are due back by `now_ms`. O(drains): only running steps
+    /// of keyed workflows that were cancelled or timed out within a lease are held.
+    pub fn drain_due(&self, now_ms: u64) -> bool {
+        self.key_drains.values().any(|&until| until <= now_ms)
+    }
+
+    /// Gives back the keys of stopped attempts whose leases have surely run out (in a Tick).
+    pub(super) fn end_drains(&mut self, ctx: ApplyCtx, events: &mut Events) {
+        let now_ms = self.now_ms;
+        let due: Vec<(WorkflowId, StepIndex)> = self
+            .key_drains
+            .iter()
+            .filter(|(_, until)| **until <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for id in &due {
+            self.key_drains.remove(id);
+        }
+        self.settle_workflows(ctx, due.iter().map(|(id, _)| *id).collect(), events);
     }
 
     /// Brings the step keys of workflow `id`'s steps up to date; collects the keys it touched.
@@ -546,7 +619,8 @@ impl ClusterState {
             let run = &workflow.steps[i];
             let ready = ready_key(workflow, step);
             let holds = run.state == StepState::Running
-                || (run.state == StepState::Ready && self.ready.contains(&ready));
+                || (run.state == StepState::Ready && self.ready.contains(&ready))
+                || self.key_drains.contains_key(&(id, step));
             let waits = (run.state == StepState::Ready
                 && !holds
                 && workflow.paused_at_ms == 0
@@ -562,12 +636,13 @@ impl ClusterState {
         let mut workflow_keys = WorkflowKeys::default();
         let mut step_keys = StepKeys::default();
         for workflow in self.workflows.values() {
-            if workflow.keys.is_none() || workflow.state.is_terminal() {
+            let draining = self.drains_of(workflow.id);
+            if workflow.keys.is_none() || (workflow.state.is_terminal() && !draining) {
                 continue;
             }
             if let Some((key, _)) = workflow_key(workflow) {
                 let slot = workflow_keys.slots.entry(key).or_default();
-                match workflow.waiting_for_key {
+                match workflow.waiting_for_key && !workflow.state.is_terminal() {
                     true => slot.waiting.insert(workflow.id),
                     false => slot.holders.insert(workflow.id),
                 };
@@ -579,7 +654,8 @@ impl ClusterState {
                 };
                 let ready = ready_key(workflow, step);
                 let queued = run.state == StepState::Ready && self.ready.contains(&ready);
-                if run.state == StepState::Running || queued {
+                let draining = self.key_drains.contains_key(&(workflow.id, step));
+                if run.state == StepState::Running || queued || draining {
                     let slot = step_keys.slots.entry(key).or_default();
                     slot.holders.insert((workflow.id, step));
                 } else if run.state == StepState::Ready

@@ -160,8 +160,11 @@ impl ClusterState {
     }
 
     /// Whether `workflow` has finished and its retention has passed by `now_ms`.
+    /// A workflow whose stopped attempts still hold their concurrency keys (`keys.rs`) stays
+    /// until they are given back, at most a lease later.
     fn purge_is_due(&self, workflow: &Workflow, default_retention_ms: u64, now_ms: u64) -> bool {
         workflow.state.is_terminal()
+            && !self.drains_of(workflow.id)
             && workflow
                 .finished_at_ms
                 .saturating_add(retention_ms(workflow, default_retention_ms))

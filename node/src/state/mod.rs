@@ -9,6 +9,7 @@
 //! takes a point-in-time copy without blocking `apply`.
 
 mod actions;
+pub mod audit;
 pub mod command;
 pub mod ids;
 pub mod keys;
@@ -197,6 +198,23 @@ pub struct ClusterState {
     /// `rate_buckets` by the time each is full again (derived).
     #[serde(skip)]
     rate_full: OrdSet<(u64, keys::ScopedKey)>,
+    /// The last changes to tokens, namespaces, templates, schedules, triggers and members, with
+    /// who asked, by sequence number (see `audit.rs`); left out while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    audit: OrdMap<u64, audit::AuditEntry>,
+    /// Steps whose attempt was stopped from outside (a cancel, a timeout) and that keep their
+    /// concurrency keys until the attempt's lease has surely run out, with when (see
+    /// `keys.rs`); left out while empty.
+    #[serde(
+        default,
+        deserialize_with = "cautious::map",
+        skip_serializing_if = "OrdMap::is_empty"
+    )]
+    key_drains: OrdMap<(WorkflowId, StepIndex), u64>,
     /// Workflow concurrency keys: holders and waiters (derived; see `keys.rs`).
     #[serde(skip)]
     workflow_keys: keys::WorkflowKeys,
@@ -339,7 +357,7 @@ impl ClusterState {
         let response = self.execute(ctx, command, events);
         // Before the signals: a buffered run a schedule starts here may begin with a wait step.
         self.schedule_runs_ended(ctx, start, events);
-        // Before the signals too: a workflow that takes its key may begin with a wait step.
+        // Keys given back by what this command ended, and the waiters that take them.
         self.settle_keys(ctx, start, events);
         self.await_signals(ctx, start, events);
         self.record_history(&mut events[start..]);
@@ -393,6 +411,8 @@ impl ClusterState {
             Command::CreateNamespace(create) => self.create_namespace(create),
             Command::DeleteNamespace { name } => self.delete_namespace(&name),
             Command::UpdateNamespace(update) => self.update_namespace(update),
+            Command::Audited { actor, command } => self.audited(ctx, actor, *command, events),
+            Command::Note(note) => self.note(ctx, note),
             Command::Batch(_) => Response::Rejected {
                 reason: "a batch inside a batch".into(),
             },
@@ -591,6 +611,7 @@ impl ClusterState {
         events.push(self.event(ctx, id, pb::EventKind::WorkflowSubmitted, |e| {
             e.workflow_state = pb::WorkflowState::Running as i32;
             e.message = workflow.spec.name.clone();
+            e.actor = submit.actor;
         }));
         if workflow.waiting_for_key {
             events.push(self.key_waiting_event(ctx, &workflow));
@@ -674,7 +695,9 @@ impl ClusterState {
             }
         }
         for attempt in released {
-            self.release(attempt);
+            if let Some(live) = self.release(attempt) {
+                self.drain_keys(live.workflow_id, live.step, live.lease_ttl_ms);
+            }
         }
         for step in waiting {
             self.forget_signal_deadline(id, step);

@@ -680,7 +680,11 @@ impl ClusterState {
         let decoded = pb::WorkflowSpec::decode(bytes.as_slice())
             .map_err(|e| format!("the workflow spec does not decode: {e}"))?;
         let params = resolve_params(&decoded, &schedule.params).map_err(|e| e.to_string())?;
+        // A key the run's values render badly (a template version changed its key): refused
+        // here, so the schedule reports it instead of losing the run.
+        super::keys::Keys::render(&decoded, &params).map_err(|e| e.to_string())?;
         Ok(SubmitCommand {
+            actor: String::new(),
             spec: bytes,
             idempotency_key: key,
             params,
@@ -733,7 +737,13 @@ impl ClusterState {
                 Fired::Started(workflow_id)
             }
             Response::OverQuota(over) => Fired::OverQuota(over),
-            _ => Fired::AlreadyRun,
+            Response::Submitted { created: false, .. } => Fired::AlreadyRun,
+            Response::Rejected { reason } => Fired::Failed(format!(
+                "schedule {name}: no run for {nominal_ms}: {reason}"
+            )),
+            other => Fired::Failed(format!(
+                "schedule {name}: no run for {nominal_ms}: unexpected {other:?}"
+            )),
         }
     }
 

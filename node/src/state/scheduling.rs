@@ -629,6 +629,8 @@ impl ClusterState {
         // cancel would end them.
         self.expire_signals(ctx, events);
         self.time_out_due(ctx, events);
+        // Stopped attempts' keys whose leases have surely run out.
+        self.end_drains(ctx, events);
         // Schedules whose time has come start their runs.
         self.fire_schedules(ctx, events);
         Response::Done
@@ -656,6 +658,7 @@ impl ClusterState {
             || self.timeout_due(now_ms)
             || self.signal_timeout_due(now_ms)
             || self.schedule_due_at(now_ms)
+            || self.drain_due(now_ms)
     }
 
     /// Whether a retry's backoff has ended by `now_ms`. O(log n).

@@ -24,6 +24,7 @@ fn spec(name: &str, steps: Vec<pb::StepSpec>) -> pb::WorkflowSpec {
 
 fn submit(spec: &pb::WorkflowSpec, key: &str) -> Command {
     Command::Submit(SubmitCommand {
+        actor: String::new(),
         namespace: Default::default(),
         spec: spec.encode_to_vec(),
         idempotency_key: key.into(),
@@ -295,6 +296,7 @@ fn specs_that_cannot_run_are_rejected_without_a_trace() {
         );
     }
     let garbage = Command::Submit(SubmitCommand {
+        actor: String::new(),
         namespace: Default::default(),
         spec: vec![0xff, 0xff, 0xff],
         idempotency_key: String::new(),
@@ -724,7 +726,19 @@ fn arb_command() -> impl Strategy<Value = (u64, Command)> {
                 ..Default::default()
             })
         });
+    // Changes with who asked, and membership notes, for the audit trail.
+    let arb_audited = (prop::sample::select(vec!["a", "b"]), arb_namespace.clone())
+        .prop_map(|(actor, command)| audited(actor, command));
+    let arb_note = (0u64..4).prop_map(|node| {
+        Command::Note(audit::NoteCommand {
+            actor: "admin".into(),
+            action: "member.add".into(),
+            target: format!("node {node}"),
+            detail: String::new(),
+        })
+    });
     let command = prop_oneof![
+        1 => arb_audited, 1 => arb_note,
         4 => arb_submit, 2 => arb_cancel, 1 => arb_init, 2 => arb_register,
         4 => arb_assign, 4 => arb_complete, 1 => arb_expire, 2 => Just(Command::Tick),
         1 => arb_pause, 1 => arb_retry, 1 => arb_purge, 2 => arb_signal,
@@ -2623,6 +2637,7 @@ fn a_changed_spec_makes_a_new_template_version_and_runs_record_theirs() {
     // A submit the API resolved to version 1 records it; runs of one version share one spec.
     let submit_v1 = |key: &str| {
         Command::Submit(SubmitCommand {
+            actor: String::new(),
             namespace: Default::default(),
             spec: template.version(1).unwrap().spec.clone(),
             idempotency_key: key.into(),
@@ -3580,6 +3595,7 @@ fn a_workflow_key_holds_later_runs_until_a_holder_ends() {
     });
     let run = |env: &str| {
         Command::Submit(SubmitCommand {
+            actor: String::new(),
             namespace: Default::default(),
             spec: nightly.encode_to_vec(),
             idempotency_key: String::new(),
@@ -3679,4 +3695,299 @@ fn a_rate_limit_spends_a_token_per_assignment_refilled_by_state_time() {
     // The bucket survives a snapshot.
     let restored = ClusterState::decode(&log.state.encode()).unwrap();
     assert_eq!(restored, log.state);
+}
+
+fn audited(actor: &str, command: Command) -> Command {
+    Command::Audited {
+        actor: actor.into(),
+        command: Box::new(command),
+    }
+}
+
+fn audit_query(since_ms: u64, namespaces: Option<&[&str]>, cluster: bool) -> audit::AuditQuery {
+    audit::AuditQuery {
+        since_ms,
+        namespaces: namespaces.map(|list| list.iter().map(|n| n.to_string()).collect()),
+        cluster,
+        limit: 100,
+    }
+}
+
+#[test]
+fn the_audit_trail_records_who_changed_what_and_only_what_changed() {
+    let mut log = Log::new();
+    let admin = "token root (aaaa)";
+    log.apply_at(
+        1_000,
+        audited(
+            admin,
+            Command::CreateNamespace(CreateNamespaceCommand {
+                name: "team-a".into(),
+                description: String::new(),
+                quotas: Default::default(),
+                weight: 2,
+            }),
+        ),
+    );
+    // Refused: a second create changes nothing, and is not recorded.
+    log.apply_at(
+        1_100,
+        audited(
+            admin,
+            Command::CreateNamespace(CreateNamespaceCommand {
+                name: "team-a".into(),
+                description: String::new(),
+                quotas: Default::default(),
+                weight: 1,
+            }),
+        ),
+    );
+    log.apply_at(
+        2_000,
+        audited(
+            admin,
+            Command::CreateToken(CreateTokenCommand {
+                id: "t1".into(),
+                name: "team-a-ci".into(),
+                role: baton_security::TokenRole::Submitter,
+                namespaces: [("team-a".into(), baton_security::TokenRole::Submitter)].into(),
+                digest: vec![1; 32],
+                bootstrap: false,
+            }),
+        ),
+    );
+    let team = "token team-a-ci (t1)";
+    let mut submit_a = submit(&spec("build", vec![step("a", &[])]), "");
+    if let Command::Submit(s) = &mut submit_a {
+        s.namespace = "team-a".into();
+        s.actor = team.into();
+    }
+    log.apply_at(3_000, submit_a);
+    log.apply_at(
+        3_500,
+        Command::Cancel(CancelCommand {
+            workflow_id: WorkflowId(1),
+            reason: "wrong branch".into(),
+            actor: team.into(),
+        }),
+    );
+    log.apply_at(
+        4_000,
+        audited(admin, Command::RevokeToken { id: "t1".into() }),
+    );
+    // Revoking twice changes nothing the second time.
+    log.apply_at(
+        4_100,
+        audited(admin, Command::RevokeToken { id: "t1".into() }),
+    );
+    log.apply_at(
+        5_000,
+        Command::Note(audit::NoteCommand {
+            actor: admin.into(),
+            action: "member.add".into(),
+            target: "node 4".into(),
+            detail: "127.0.0.1:7004".into(),
+        }),
+    );
+    let everything = log.state.audit_records(&audit_query(0, None, true));
+    let seen: Vec<(&str, &str, &str, &str)> = everything
+        .iter()
+        .map(|r| {
+            (
+                r.action.as_str(),
+                r.actor.as_str(),
+                r.namespace.as_str(),
+                r.target.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("member.add", admin, "", "node 4"),
+            ("token.revoke", admin, "", "team-a-ci (t1)"),
+            ("workflow.cancel", team, "team-a", "workflow 1 (build)"),
+            ("workflow.submit", team, "team-a", "workflow 1 (build)"),
+            ("token.create", admin, "", "team-a-ci (t1)"),
+            ("namespace.create", admin, "", "team-a"),
+        ]
+    );
+    assert_eq!(everything[2].detail, "wrong branch");
+    assert_eq!(everything[4].detail, "roles team-a=submitter");
+    // A team's reader sees its namespace's changes only; `since` and `limit` cut.
+    let team_view = log
+        .state
+        .audit_records(&audit_query(0, Some(&["team-a"]), false));
+    assert_eq!(team_view.len(), 2);
+    assert!(team_view.iter().all(|r| r.namespace == "team-a"));
+    let recent = log.state.audit_records(&audit_query(3_600, None, true));
+    assert_eq!(recent.len(), 2);
+    let mut one = audit_query(0, None, true);
+    one.limit = 1;
+    assert_eq!(log.state.audit_records(&one)[0].action, "member.add");
+    // The trail survives a snapshot.
+    let restored = ClusterState::decode(&log.state.encode()).unwrap();
+    assert_eq!(
+        restored.audit_records(&audit_query(0, None, true)),
+        everything
+    );
+}
+
+#[test]
+fn the_audit_trail_keeps_its_newest_entries_only() {
+    let mut log = Log::new();
+    let note = |i: usize| {
+        Command::Note(audit::NoteCommand {
+            actor: String::new(),
+            action: "member.add".into(),
+            target: format!("node {i}"),
+            detail: String::new(),
+        })
+    };
+    let total = audit::AUDIT_ENTRIES_MAX + 5;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
+        log.apply(Command::Batch(chunk.iter().map(|&i| note(i)).collect()));
+    }
+    let kept: Vec<&audit::AuditEntry> = log.state.audit_entries().collect();
+    assert_eq!(kept.len(), audit::AUDIT_ENTRIES_MAX);
+    assert_eq!(kept[0].target, "node 5");
+    assert_eq!(kept.last().unwrap().target, format!("node {}", total - 1));
+}
+
+#[test]
+fn an_audited_batch_or_nesting_is_refused() {
+    let mut log = Log::new();
+    let nested = audited("x", audited("y", Command::Tick));
+    assert!(matches!(log.apply(nested), Response::Rejected { .. }));
+    assert_eq!(log.state.audit_entries().count(), 0);
+}
+
+fn workflow_keyed(name: &str, key: &str, limit: u32, steps: Vec<pb::StepSpec>) -> pb::WorkflowSpec {
+    let mut spec = spec(name, steps);
+    spec.concurrency = Some(pb::Concurrency {
+        key: key.into(),
+        limit,
+    });
+    spec
+}
+
+#[test]
+fn a_cancelled_holder_keeps_its_keys_until_its_lease_has_surely_run_out() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 8);
+    let mut deploy = keyed("d", "prod", 1);
+    deploy.lease_ttl_ms = 5_000;
+    let spec = workflow_keyed("deploy", "env", 1, vec![deploy]);
+    log.apply_at(1_000, submit(&spec, ""));
+    log.apply_at(1_000, submit(&spec, ""));
+    let running = assign_at(&mut log, 1_000, 1, 0, agent).unwrap();
+    assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    // Cancelled while its attempt runs: its agent may not hear of it before its lease ends.
+    log.apply_at(2_000, cancel(1));
+    assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    assert!(
+        log.state
+            .workflow(WorkflowId(1))
+            .unwrap()
+            .state
+            .is_terminal()
+    );
+    // Its lease (5 s) and the margin (1 s) from the cancel: given back then, not before.
+    assert!(!log.state.tick_due(7_999));
+    assert!(log.state.tick_due(8_000));
+    log.apply_at(7_999, Command::Tick);
+    assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    log.apply_at(8_000, Command::Tick);
+    let second = log.state.workflow(WorkflowId(2)).unwrap();
+    assert!(!second.waiting_for_key);
+    assert_eq!(queued(&log), vec![2]);
+    // Its steps are ready from when it took the key.
+    assert_eq!(second.steps[0].ready_at_ms, 8_000);
+    // The stale report of the cancelled attempt is refused.
+    assert!(matches!(
+        report(&mut log, running, agent, true),
+        Response::ReportRefused { .. }
+    ));
+}
+
+#[test]
+fn a_paused_waiter_lets_the_next_one_take_the_key() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 8);
+    let spec = workflow_keyed("nightly", "db", 1, vec![step("a", &[])]);
+    for _ in 0..3 {
+        log.apply(submit(&spec, ""));
+    }
+    log.apply(pause(2, true));
+    let a = assign(&mut log, 1, 0, agent).unwrap();
+    report(&mut log, a, agent, true);
+    // 2 is paused: 3 takes the key; 2 waits on, and takes it once resumed and free.
+    assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    assert!(!log.state.workflow(WorkflowId(3)).unwrap().waiting_for_key);
+    log.apply(pause(2, false));
+    assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    let c = assign(&mut log, 3, 0, agent).unwrap();
+    report(&mut log, c, agent, true);
+    assert!(!log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    assert_eq!(queued(&log), vec![2]);
+}
+
+#[test]
+fn a_step_that_finds_room_still_queues_behind_older_waiters() {
+    let mut log = Log::new();
+    let agent = register(&mut log, "a1", 8);
+    // Workflow 1 holds `db` with `s`; 2's `t` waits for it; 3 waits for the workflow key `p`
+    // held by 1, and its first step wants `db` too.
+    let one = workflow_keyed("one", "p", 1, vec![keyed("s", "db", 1)]);
+    log.apply_at(1_000, submit(&one, ""));
+    log.apply_at(2_000, submit(&spec("two", vec![keyed("t", "db", 1)]), ""));
+    log.apply_at(3_000, submit(&one, ""));
+    let s = assign_at(&mut log, 3_000, 1, 0, agent).unwrap();
+    // 1 ends: `db` and `p` are free in one entry; 2's `t`, older, takes `db`.
+    report_at(&mut log, 4_000, s, agent, true);
+    assert_eq!(queued(&log), vec![2]);
+    assert!(!log.state.workflow(WorkflowId(3)).unwrap().waiting_for_key);
+    let waiting = log.state.workflow(WorkflowId(3)).unwrap().clone();
+    assert!(
+        log.state
+            .pending_reason(&waiting, StepIndex(0))
+            .unwrap()
+            .starts_with("concurrency key \"db\" (1 of 1 held, 1 waiting)")
+    );
+}
+
+#[test]
+fn a_schedule_run_whose_key_renders_empty_fails_visibly() {
+    let mut log = Log::new();
+    let mut workflow = spec("w", vec![step("a", &[])]);
+    workflow.params.push(pb::ParamSpec {
+        name: "env".into(),
+        default: Some(String::new()),
+        ..Default::default()
+    });
+    workflow.concurrency = Some(pb::Concurrency {
+        key: "{{ params.env }}".into(),
+        limit: 1,
+    });
+    let schedule = pb::ScheduleSpec {
+        name: "s".into(),
+        every_ms: 60_000,
+        ..Default::default()
+    };
+    log.apply_at(
+        1_000,
+        Command::CreateSchedule(CreateScheduleCommand {
+            spec: schedule.encode_to_vec(),
+            workflow: workflow.encode_to_vec(),
+            params: [("env".to_owned(), String::new())].into(),
+            replace: false,
+            namespace: String::new(),
+        }),
+    );
+    let fired = log.apply_at(2_000, Command::TriggerSchedule { name: "s".into() });
+    match fired {
+        Response::Rejected { reason } => assert!(reason.contains("is empty"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.state.workflow_count(), 0);
 }

@@ -30,3 +30,4 @@ mod t84_http_api;
 mod t86_namespaces;
 mod t88_secrets;
 mod t89_keys;
+mod t90_audit;

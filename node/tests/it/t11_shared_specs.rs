@@ -40,6 +40,7 @@ fn equal_specs_share_one_decoded_copy_before_and_after_a_snapshot() {
             LogEntry {
                 time_ms: 1_000,
                 command: Command::Submit(SubmitCommand {
+                    actor: String::new(),
                     namespace: Default::default(),
                     spec,
                     idempotency_key: format!("run-{i}"),

@@ -855,6 +855,22 @@ async fn every_route_answers_as_documented() {
         StatusCode::NOT_FOUND
     );
 
+    // The audit trail: submits (no actor under --insecure), newest first.
+    let audit = http.get("/api/v1/audit?limit=5").await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
+    documented(&doc, "GET", "/api/v1/audit", &audit);
+    let records = audit.body["records"].as_array().unwrap();
+    assert!(!records.is_empty() && records.len() <= 5);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "workflow.submit" && r["actor"].is_null())
+    );
+    assert_eq!(
+        http.get("/api/v1/audit?limit=0x").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
     // Agents and the cluster.
     let agents = http.get("/api/v1/agents").await;
     assert_eq!(agents.status, StatusCode::OK);

@@ -109,6 +109,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cluster(command) => cluster::cluster(&connect()?, &out, command).await,
         Command::Agents => agent::agents(&connect()?, &out).await,
+        Command::Audit(args) => {
+            let namespace = match args.all_namespaces {
+                true => String::new(),
+                false => cli.namespace.clone().unwrap_or_default(),
+            };
+            tokens::audit(&connect()?, &out, args, namespace).await
+        }
         Command::Watch(args) => workflows::watch(&connect()?, &out, args).await,
         Command::Logs(args) => workflows::logs(&connect()?, &out, args).await,
         Command::History(args) => workflows::history(&connect()?, &out, args).await,

@@ -187,3 +187,75 @@ pub(super) async fn namespace(
         }
     }
 }
+
+/// `baton audit`: the trail of changes, newest first.
+pub(super) async fn audit(
+    client: &Client,
+    out: &Printer,
+    args: crate::cli::args::AuditArgs,
+    namespace: String,
+) -> anyhow::Result<()> {
+    let since_ms = since_ms(&args.since, now_ms()).map_err(Failure::usage)?;
+    if args.limit == 0 || args.limit > 10_000 {
+        return Err(Failure::usage(format!(
+            "--limit {}: give 1 to 10000",
+            args.limit
+        )));
+    }
+    let records = client
+        .list_audit(baton_proto::v1::ListAuditRequest {
+            since_ms,
+            namespace,
+            limit: args.limit,
+            consistency: baton_proto::v1::ReadConsistency::Linearizable as i32,
+        })
+        .await
+        .map_err(|error| client_failure(error, CallKind::Read, None, None))?;
+    out.print(
+        || {
+            Value::Array(
+                records
+                    .iter()
+                    .map(baton_proto::json::audit_record_json)
+                    .collect(),
+            )
+        },
+        || output::render_audit(&records),
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `--since`: a duration back from `now_ms` (`1h`) or an RFC 3339 time.
+fn since_ms(text: &str, now_ms: u64) -> Result<u64, String> {
+    if let Ok(back) = baton_proto::spec::parse_duration_ms(text) {
+        return Ok(now_ms.saturating_sub(back));
+    }
+    baton_proto::schedule::parse_time_ms("--since", text).map_err(|_| {
+        format!("--since {text:?}: give a duration back from now (1h, 30m, 7d) or an RFC 3339 time")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn since_takes_a_duration_back_or_a_time() {
+        assert_eq!(
+            super::since_ms("1h", 10_000_000),
+            Ok(10_000_000 - 3_600_000)
+        );
+        assert_eq!(
+            super::since_ms("2026-01-01T00:00:00Z", 0),
+            Ok(1_767_225_600_000)
+        );
+        assert!(
+            super::since_ms("yesterday", 0)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
+}

@@ -23,8 +23,8 @@ pub use self::cluster::{
 pub use self::events::{EventColumns, render_event_line, render_history};
 pub use self::logs::{AttemptView, attempt_json, choose_attempt, render_attempt, step_attempts};
 pub use self::tables::{
-    render_agents, render_namespaces, render_tokens, render_workflow, render_workflow_list,
-    render_workflow_list_namespaced,
+    render_agents, render_audit, render_namespaces, render_tokens, render_workflow,
+    render_workflow_list, render_workflow_list_namespaced,
 };
 pub use self::text::{Table, format_time_ms};
 pub use baton_proto::json::{

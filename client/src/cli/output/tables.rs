@@ -148,6 +148,26 @@ pub fn render_namespaces(namespaces: &[baton_proto::v1::Namespace]) -> String {
     table.render()
 }
 
+/// The audit trail, newest first.
+pub fn render_audit(records: &[baton_proto::v1::AuditRecord]) -> String {
+    let mut table = Table::new(["TIME", "ACTOR", "NAMESPACE", "ACTION", "TARGET", "DETAIL"]);
+    let or_dash = |text: &str| match text {
+        "" => "-".to_string(),
+        text => text.to_string(),
+    };
+    for record in records {
+        table.row([
+            format_time_ms(record.time_ms),
+            or_dash(&record.actor),
+            or_dash(&record.namespace),
+            record.action.clone(),
+            record.target.clone(),
+            record.detail.clone(),
+        ]);
+    }
+    table.render()
+}
+
 /// Workflows of one namespace; [`render_workflow_list_namespaced`] adds a NAMESPACE column.
 pub fn render_workflow_list(workflows: &[Workflow]) -> String {
     let mut table = Table::new(["ID", "NAME", "STATE", "CREATED", "FINISHED", "LABELS"]);

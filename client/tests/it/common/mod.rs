@@ -412,6 +412,12 @@ impl AdminService for Fake {
     ) -> Result<Response<baton_proto::v1::ListNamespacesResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn list_audit(
+        &self,
+        _r: Request<baton_proto::v1::ListAuditRequest>,
+    ) -> Result<Response<baton_proto::v1::ListAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn delete_namespace(
         &self,
         _r: Request<baton_proto::v1::DeleteNamespaceRequest>,
