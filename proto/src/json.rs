@@ -318,6 +318,7 @@ pub fn agent_json(agent: &AgentInfo) -> Value {
         "memory_mb": agent.memory_mb,
         "memory_mb_used": agent.memory_mb_used,
         "task_types": agent.task_types,
+        "namespaces": agent.namespaces,
         "running": agent.running.iter().map(|attempt| json!({
             "workflow_id": attempt.workflow_id,
             "step": attempt.step,

@@ -24,19 +24,39 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// The caller's bearer token, carried along when a follower forwards a call to the leader: the
 /// leader authorizes the call again, on the caller's token (the forwarding node's certificate
 /// is no client credential).
-struct Caller(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+struct Caller {
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Who called, as this node saw it, for the leader's audit trail.
+    actor: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl Caller {
     fn of<T>(request: &Request<T>) -> Caller {
-        Caller(request.metadata().get(TOKEN_METADATA_KEY).cloned())
+        Caller {
+            token: request.metadata().get(TOKEN_METADATA_KEY).cloned(),
+            actor: None,
+        }
+    }
+
+    /// [`Caller::of`], naming `actor` to the leader a call is forwarded to.
+    fn with_actor<T>(request: &Request<T>, actor: &str) -> Caller {
+        Caller {
+            actor: actor.parse().ok(),
+            ..Caller::of(request)
+        }
     }
 
     fn forward<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        if let Some(token) = &self.0 {
+        if let Some(token) = &self.token {
             request
                 .metadata_mut()
                 .insert(TOKEN_METADATA_KEY, token.clone());
+        }
+        if let Some(actor) = &self.actor {
+            request
+                .metadata_mut()
+                .insert(crate::security::FORWARDED_ACTOR_KEY, actor.clone());
         }
         request
     }
@@ -401,8 +421,8 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        let caller = Caller::of(&request);
         let actor = crate::security::actor(&request, &self.node.replica);
+        let caller = Caller::with_actor(&request, &actor);
         observed(
             "AddMember",
             self.add_member(caller, request.into_inner(), actor),
@@ -415,8 +435,8 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let caller = Caller::of(&request);
         let actor = crate::security::actor(&request, &self.node.replica);
+        let caller = Caller::with_actor(&request, &actor);
         observed(
             "RemoveMember",
             self.remove_member(caller, request.into_inner(), actor),
@@ -429,8 +449,8 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let caller = Caller::of(&request);
         let actor = crate::security::actor(&request, &self.node.replica);
+        let caller = Caller::with_actor(&request, &actor);
         observed(
             "TransferLeader",
             self.transfer_leader(caller, request.into_inner(), actor),
@@ -668,6 +688,7 @@ impl AdminServiceImpl {
                         memory_mb_used: used.memory_mb,
                         running,
                         task_types: agent.task_types.iter().cloned().collect(),
+                        namespaces: agent.namespaces.iter().cloned().collect(),
                     }
                 })
                 .collect()

@@ -528,6 +528,7 @@ fn schemas() -> Value {
             ("memory_mb", int()),
             ("memory_mb_used", int()),
             ("task_types", array(string())),
+            ("namespaces", array(string())),
             (
                 "running",
                 array(object(

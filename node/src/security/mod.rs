@@ -29,6 +29,10 @@ pub fn authorized_token_id<T>(request: &tonic::Request<T>) -> Option<String> {
     baton_security::token::from_bearer(value).map(|token| token.id)
 }
 
+/// The metadata a follower forwarding a call to the leader names the original caller in
+/// (see [`actor`]).
+pub const FORWARDED_ACTOR_KEY: &str = "baton-forwarded-actor";
+
 /// Who makes a call, for the history (`WorkflowEvent.actor`): the bearer token's name and id,
 /// and the client certificate's identity, as far as the call carried them (`--insecure`: none,
 /// so empty).
@@ -36,6 +40,19 @@ pub fn actor<T>(request: &tonic::Request<T>, replica: &Replica) -> String {
     let Some(peer) = request.extensions().get::<PeerInfo>() else {
         return String::new();
     };
+    // A call a follower forwarded to the leader: the follower says who called it. Only a node's
+    // certificate is believed.
+    if peer
+        .identity
+        .as_ref()
+        .is_some_and(|identity| identity.role == baton_security::PeerRole::Node)
+        && let Some(forwarded) = request
+            .metadata()
+            .get(FORWARDED_ACTOR_KEY)
+            .and_then(|v| v.to_str().ok())
+    {
+        return forwarded.to_owned();
+    }
     let token = authorized_token_id(request).map(|id| {
         let name = replica.read(|applied| {
             applied

@@ -164,6 +164,10 @@ pub async fn bootstrap_when_leader(node: Arc<RaftNode>, bootstrap: PresentedToke
                 digest: bootstrap.digest.to_vec(),
                 bootstrap: true,
             });
+            let command = crate::api::audited(
+                format!("the leader, from --bootstrap-token-file (node {})", node.id),
+                command,
+            );
             match node.propose_local(command).await {
                 Ok(_) => {
                     tracing::info!(id = %bootstrap.id, "bootstrap admin token recorded");

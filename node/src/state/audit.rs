@@ -372,7 +372,11 @@ impl ClusterState {
                 if event.time_ms < query.since_ms {
                     continue;
                 }
-                let Some((action, detail)) = workflow_change(&event) else {
+                // Older than the `limit` newest so far: it would be cut.
+                if times.len() >= query.limit && times.peek().is_some_and(|t| event.time_ms < t.0) {
+                    continue;
+                }
+                let Some((action, detail)) = workflow_change(workflow, &event) else {
                     continue;
                 };
                 times.push(std::cmp::Reverse(event.time_ms));
@@ -387,6 +391,11 @@ impl ClusterState {
                     detail,
                     workflow_id: workflow.id.0,
                 });
+                // Bounded however many changes match: cut to the newest from time to time.
+                if records.len() >= 2 * query.limit.max(1) {
+                    records.sort_by_key(|r| std::cmp::Reverse((r.time_ms, r.index)));
+                    records.truncate(query.limit);
+                }
             }
         }
         records.sort_by_key(|r| std::cmp::Reverse((r.time_ms, r.index)));
@@ -397,7 +406,10 @@ impl ClusterState {
 
 /// The change an event of a workflow's history records, if it is one someone asked for:
 /// (action, detail).
-fn workflow_change(event: &pb::WorkflowEvent) -> Option<(&'static str, String)> {
+fn workflow_change(
+    workflow: &super::Workflow,
+    event: &pb::WorkflowEvent,
+) -> Option<(&'static str, String)> {
     use pb::EventKind as K;
     Some(match event.kind() {
         K::WorkflowSubmitted => ("workflow.submit", String::new()),
@@ -407,11 +419,22 @@ fn workflow_change(event: &pb::WorkflowEvent) -> Option<(&'static str, String)> 
         K::WorkflowPaused => ("workflow.pause", String::new()),
         K::WorkflowResumed => ("workflow.resume", String::new()),
         K::WorkflowRetried => ("workflow.retry", event.message.clone()),
-        // A `wait` step answered (`signal.rs` words its message so).
-        K::StepFinished if event.message.starts_with("signal ") => (
-            "workflow.signal",
-            format!("step {}: {}", event.step, event.message),
-        ),
+        // A `wait` step answered by a signal (`signals.rs` words its message so; a wait step's
+        // timeout does not). Only a wait step: another step's message is its own output.
+        K::StepFinished
+            if event.message.starts_with("signal ")
+                && workflow
+                    .spec
+                    .steps
+                    .iter()
+                    .find(|s| s.name == event.step)
+                    .is_some_and(super::namespaces::is_wait) =>
+        {
+            (
+                "workflow.signal",
+                format!("step {}: {}", event.step, event.message),
+            )
+        }
         _ => return None,
     })
 }

@@ -522,16 +522,22 @@ impl ClusterState {
         // A paused waiter keeps its place but takes nothing until it is resumed (its resume
         // touches it, and admission runs again).
         let workflows = &self.workflows;
+        let limit_of = |id: &WorkflowId| {
+            workflows
+                .get(id)
+                .and_then(|w| w.spec.concurrency.as_ref())
+                .map_or(u32::MAX, |c| c.limit) as usize
+        };
+        // Full for the first in line: nothing to look for (without scanning paused waiters).
+        if slot.holders.len() >= limit_of(slot.waiting.get_min()?) {
+            return None;
+        }
         let first = slot
             .waiting
             .iter()
             .copied()
             .find(|id| workflows.get(id).is_some_and(|w| w.paused_at_ms == 0))?;
-        let limit = workflows
-            .get(&first)
-            .and_then(|w| w.spec.concurrency.as_ref())
-            .map_or(u32::MAX, |c| c.limit);
-        if slot.holders.len() >= limit as usize {
+        if slot.holders.len() >= limit_of(&first) {
             return None;
         }
         slot.waiting.remove(&first);
@@ -554,10 +560,24 @@ impl ClusterState {
 
     /// Whether any step of workflow `id` still holds its keys after its attempt was stopped.
     pub(super) fn drains_of(&self, id: WorkflowId) -> bool {
+        self.drained_until(id).is_some()
+    }
+
+    /// When the last stopped attempt of workflow `id` gives its keys back, if any still holds
+    /// them.
+    pub(super) fn drained_until(&self, id: WorkflowId) -> Option<u64> {
         self.key_drains
             .range((id, StepIndex(0))..=(id, StepIndex(u32::MAX)))
-            .next()
-            .is_some()
+            .map(|(_, until)| *until)
+            .max()
+    }
+
+    /// `key_drains` by when each ends (derived).
+    pub(super) fn derive_drain_times(&self) -> OrdSet<(u64, WorkflowId, StepIndex)> {
+        self.key_drains
+            .iter()
+            .map(|(&(id, step), &until)| (until, id, step))
+            .collect()
     }
 
     /// A running step of a workflow that ends from outside (a cancel, its timeout) keeps its
@@ -576,31 +596,33 @@ impl ClusterState {
             .now_ms
             .saturating_add(lease_ttl_ms)
             .saturating_add(baton_proto::limits::LEASE_EXPIRY_MARGIN_MS);
-        self.key_drains.insert((id, step), until_ms);
+        if let Some(old) = self.key_drains.insert((id, step), until_ms) {
+            self.drain_times.remove(&(old, id, step));
+        }
+        self.drain_times.insert((until_ms, id, step));
     }
 
-    /// Whether a stopped attempt's keys are due back by `now_ms`. O(drains): only running steps
-    /// of keyed workflows that were cancelled or timed out within a lease are held.
+    /// Whether a stopped attempt's keys are due back by `now_ms`. O(log n).
     pub fn drain_due(&self, now_ms: u64) -> bool {
-        self.key_drains.values().any(|&until| until <= now_ms)
+        self.drain_times
+            .get_min()
+            .is_some_and(|(until, _, _)| *until <= now_ms)
     }
 
     /// Gives back the keys of stopped attempts whose leases have surely run out (in a Tick).
     pub(super) fn end_drains(&mut self, ctx: ApplyCtx, events: &mut Events) {
         let now_ms = self.now_ms;
-        let due: Vec<(WorkflowId, StepIndex)> = self
-            .key_drains
-            .iter()
-            .filter(|(_, until)| **until <= now_ms)
-            .map(|(id, _)| *id)
-            .collect();
-        if due.is_empty() {
-            return;
+        let mut touched = BTreeSet::new();
+        while let Some(&(until, id, step)) = self.drain_times.get_min()
+            && until <= now_ms
+        {
+            self.drain_times.remove(&(until, id, step));
+            self.key_drains.remove(&(id, step));
+            touched.insert(id);
         }
-        for id in &due {
-            self.key_drains.remove(id);
+        if !touched.is_empty() {
+            self.settle_workflows(ctx, touched, events);
         }
-        self.settle_workflows(ctx, due.iter().map(|(id, _)| *id).collect(), events);
     }
 
     /// Brings the step keys of workflow `id`'s steps up to date; collects the keys it touched.
@@ -674,6 +696,19 @@ impl ClusterState {
     /// Holders never past their limit: of every key, no more holders than the largest limit
     /// among them (a key is taken only below the taker's own limit).
     pub(super) fn check_keys(&self) {
+        assert_eq!(
+            self.drain_times,
+            self.derive_drain_times(),
+            "the drain index does not match the drains"
+        );
+        for (id, step) in self.key_drains.keys() {
+            let workflow = self.workflows.get(id).expect("a draining workflow exists");
+            assert_ne!(
+                workflow.steps[step.get()].state,
+                StepState::Running,
+                "a draining step runs again"
+            );
+        }
         let (workflow_keys, step_keys) = self.derive_keys();
         assert_eq!(
             self.workflow_keys, workflow_keys,

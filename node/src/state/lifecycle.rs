@@ -192,7 +192,12 @@ impl ClusterState {
             .iter()
             .take_while(|(deadline, _)| *deadline <= now_ms)
             .map(|(_, id)| *id);
-        let workflows = by_finish.chain(by_deadline).take(max).collect();
+        // Not those whose stopped attempts still hold keys (`purge_is_due` refuses them).
+        let workflows = by_finish
+            .chain(by_deadline)
+            .filter(|id| !self.drains_of(*id))
+            .take(max)
+            .collect();
         let records = self
             .purge_index
             .records

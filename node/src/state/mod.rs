@@ -215,6 +215,9 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     key_drains: OrdMap<(WorkflowId, StepIndex), u64>,
+    /// `key_drains` by when each ends (derived).
+    #[serde(skip)]
+    drain_times: OrdSet<(u64, WorkflowId, StepIndex)>,
     /// Workflow concurrency keys: holders and waiters (derived; see `keys.rs`).
     #[serde(skip)]
     workflow_keys: keys::WorkflowKeys,
@@ -795,6 +798,7 @@ impl ClusterState {
         state.live_counts = state.derive_live_counts();
         state.workflow_keys = state.derive_keys().0;
         state.rate_full = state.derive_rate_full();
+        state.drain_times = state.derive_drain_times();
         Ok(state)
     }
 

@@ -595,7 +595,7 @@ impl ClusterState {
                                      (overlap cancel_previous)",
                                     baton_proto::schedule::format_time_ms(nominal_ms)
                                 ),
-                                String::new(),
+                                format!("schedule {}", split_scoped(name).1),
                                 events,
                             );
                         }
@@ -684,7 +684,8 @@ impl ClusterState {
         // here, so the schedule reports it instead of losing the run.
         super::keys::Keys::render(&decoded, &params).map_err(|e| e.to_string())?;
         Ok(SubmitCommand {
-            actor: String::new(),
+            // The schedule starts it: its history and the audit trail say so.
+            actor: format!("schedule {}", split_scoped(name).1),
             spec: bytes,
             idempotency_key: key,
             params,

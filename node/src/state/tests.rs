@@ -3885,6 +3885,11 @@ fn a_cancelled_holder_keeps_its_keys_until_its_lease_has_surely_run_out() {
     // Cancelled while its attempt runs: its agent may not hear of it before its lease ends.
     log.apply_at(2_000, cancel(1));
     assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
+    // Nor may it run again meanwhile.
+    match log.apply_at(3_000, retry(1, "")) {
+        Response::Rejected { reason } => assert!(reason.contains("retry after"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     assert!(
         log.state
             .workflow(WorkflowId(1))

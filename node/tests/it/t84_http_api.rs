@@ -855,17 +855,27 @@ async fn every_route_answers_as_documented() {
         StatusCode::NOT_FOUND
     );
 
-    // The audit trail: submits (no actor under --insecure), newest first.
-    let audit = http.get("/api/v1/audit?limit=5").await;
+    // The audit trail, newest first: a client's submits (no actor under --insecure), the
+    // schedule's runs (by the schedule), the schedule's deletion.
+    let audit = http.get("/api/v1/audit?limit=500").await;
     assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
     documented(&doc, "GET", "/api/v1/audit", &audit);
     let records = audit.body["records"].as_array().unwrap();
-    assert!(!records.is_empty() && records.len() <= 5);
-    assert!(
+    let has = |action: &str, actor: Value| {
         records
             .iter()
-            .any(|r| r["action"] == "workflow.submit" && r["actor"].is_null())
-    );
+            .any(|r| r["action"] == action && r["actor"] == actor)
+    };
+    assert!(has("workflow.submit", Value::Null), "{records:#?}");
+    assert!(has("workflow.submit", json!("schedule hourly-greet")));
+    assert!(has("schedule.delete", Value::Null));
+    let times: Vec<u64> = records
+        .iter()
+        .map(|r| r["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    let few = http.get("/api/v1/audit?limit=2").await;
+    assert_eq!(few.body["records"].as_array().unwrap().len(), 2);
     assert_eq!(
         http.get("/api/v1/audit?limit=0x").await.status,
         StatusCode::BAD_REQUEST
@@ -889,6 +899,8 @@ async fn every_route_answers_as_documented() {
         "/agents".into(),
         "/cluster".into(),
         "/schedules".into(),
+        "/namespaces".into(),
+        "/audit".into(),
     ] {
         assert_eq!(http.get(&path).await.status, StatusCode::OK, "{path}");
     }
@@ -1428,11 +1440,39 @@ async fn console_pages_need_a_session_and_their_forms_a_csrf_token() {
     );
 
     // Pages with the session; the admin's workflow page has a cancel form with the CSRF token.
-    for path in ["/workflows", "/agents", "/cluster", "/schedules"] {
+    for path in [
+        "/workflows",
+        "/agents",
+        "/cluster",
+        "/schedules",
+        "/namespaces",
+        "/audit",
+    ] {
         let page = get(path.into(), Some(admin.clone())).await.unwrap();
         assert_eq!(page.status(), StatusCode::OK, "{path}");
         assert!(page.text().await.unwrap().contains("<main>"), "{path}");
     }
+    // The audit page shows the submit above, by the admin's token; the namespaces page `default`.
+    let audit = get("/audit".into(), Some(admin.clone()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains(r#"data-audit="workflow.submit""#) && audit.contains("token "),
+        "{audit}"
+    );
+    let namespaces = get("/namespaces".into(), Some(admin.clone()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        namespaces.contains(r#"data-namespace-row="default""#),
+        "{namespaces}"
+    );
     let cluster = get("/cluster".into(), Some(admin.clone()))
         .await
         .unwrap()

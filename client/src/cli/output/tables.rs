@@ -260,6 +260,7 @@ pub fn render_agents(agents: &[AgentInfo]) -> String {
         "MEMORY (MB)",
         "RUNNING",
         "LABELS",
+        "NAMESPACES",
         "CUSTOM TASK TYPES",
     ]);
     for agent in agents {
@@ -277,6 +278,11 @@ pub fn render_agents(agents: &[AgentInfo]) -> String {
             format!("{}/{}", agent.memory_mb_used, agent.memory_mb),
             or_dash(&one_line(&running.join(" "), 60)),
             labels_text(&agent.labels),
+            // Empty: it takes every namespace's steps.
+            match agent.namespaces.is_empty() {
+                true => "all".to_string(),
+                false => one_line(&agent.namespaces.join(","), 60),
+            },
             or_dash(&one_line(&custom_types(&agent.task_types).join(","), 60)),
         ]);
     }

@@ -51,6 +51,8 @@ pub fn page(title: &str, current: &str, frame: &Frame<'_>, body: &str) -> String
         ("workflows", "/workflows", "Workflows"),
         ("schedules", "/schedules", "Schedules"),
         ("agents", "/agents", "Agents"),
+        ("namespaces", "/namespaces", "Namespaces"),
+        ("audit", "/audit", "Audit"),
         ("cluster", "/cluster", "Cluster"),
     ]
     .iter()

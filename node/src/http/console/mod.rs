@@ -98,6 +98,8 @@ pub fn routes(router: Router<Api>) -> Router<Api> {
         .route("/agents", get(agents_page))
         .route("/cluster", get(cluster_page))
         .route("/schedules", get(schedules_page))
+        .route("/namespaces", get(namespaces_page))
+        .route("/audit", get(audit_page))
 }
 
 async fn css() -> Response {
@@ -971,7 +973,7 @@ async fn agents_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Re
     if agents.is_empty() {
         body.push_str("<p class=\"card muted\">No agent has registered. Start one with <span class=\"mono\">baton agent --name NAME</span>.</p>");
     } else {
-        body.push_str("<table><thead><tr><th>Name</th><th>Connected</th><th>Slots used</th><th>CPU</th><th>Memory</th><th>Labels</th><th>Task types</th><th>Running</th></tr></thead><tbody>");
+        body.push_str("<table><thead><tr><th>Name</th><th>Connected</th><th>Slots used</th><th>CPU</th><th>Memory</th><th>Labels</th><th>Namespaces</th><th>Task types</th><th>Running</th></tr></thead><tbody>");
         for a in &agents {
             let used = if a.slots == 0 {
                 0.0
@@ -991,7 +993,7 @@ async fn agents_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Re
                 .collect::<Vec<_>>()
                 .join(", ");
             body.push_str(&format!(
-                "<tr data-agent=\"{name}\"><td>{name}</td><td>{connected}</td><td>{su}/{s}<div class=\"meter\" aria-hidden=\"true\"><span style=\"width:{used:.0}%\"></span></div></td><td>{cu}/{c} m</td><td>{mu}/{m} MB</td><td class=\"mono\">{labels}</td><td class=\"mono\">{types}</td><td>{running}</td></tr>",
+                "<tr data-agent=\"{name}\"><td>{name}</td><td>{connected}</td><td>{su}/{s}<div class=\"meter\" aria-hidden=\"true\"><span style=\"width:{used:.0}%\"></span></div></td><td>{cu}/{c} m</td><td>{mu}/{m} MB</td><td class=\"mono\">{labels}</td><td class=\"mono\">{namespaces}</td><td class=\"mono\">{types}</td><td>{running}</td></tr>",
                 name = esc(&a.name),
                 connected = if a.connected { "yes" } else { "<strong>no</strong>" },
                 su = a.slots_used,
@@ -1002,6 +1004,10 @@ async fn agents_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Re
                 m = a.memory_mb,
                 labels = a.labels.iter().map(|(k, v)| format!("{}={}", esc(k), esc(v))).collect::<Vec<_>>().join(" "),
                 types = esc(&a.task_types.join(" ")),
+                namespaces = match a.namespaces.is_empty() {
+                    true => "all".to_string(),
+                    false => esc(&a.namespaces.join(" ")),
+                },
             ));
         }
         body.push_str("</tbody></table>");
@@ -1189,6 +1195,112 @@ async fn schedules_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
         body.push_str("</tbody></table>");
     }
     Html(page("Schedules", "schedules", &viewer.frame(), &body)).into_response()
+}
+
+/// The namespaces the viewer may read: what each holds and runs against its quotas, its
+/// weight in the fair order, and what waits for a concurrency key.
+async fn namespaces_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match viewer(
+        &api,
+        &headers,
+        &uri,
+        "/baton.v1.AdminService/ListNamespaces",
+    ) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let namespaces = match AdminService::list_namespaces(
+        &api.admin,
+        viewer.caller.request(pb::ListNamespacesRequest::default()),
+    )
+    .await
+    {
+        Ok(listed) => listed.into_inner().namespaces,
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let mut body = String::from(
+        "<h1>Namespaces</h1><table><thead><tr><th>Name</th><th>Workflows</th><th>Running</th>\
+         <th>Ready and running steps</th><th>Submit rate</th><th>Weight</th><th>Created</th>\
+         <th>Description</th></tr></thead><tbody>",
+    );
+    for ns in &namespaces {
+        let quotas = ns.quotas.unwrap_or_default();
+        // A count against its quota, when it has one.
+        let of = |count: u64, quota: u64| match quota {
+            0 => count.to_string(),
+            quota => format!("{count} of {quota}"),
+        };
+        let rate = match quotas.submits_per_second {
+            0 => "—".to_string(),
+            per_second => format!(
+                "{per_second}/s, burst {}",
+                quotas.submit_burst.max(per_second)
+            ),
+        };
+        body.push_str(&format!(
+            "<tr data-namespace-row=\"{name}\"><td><a href=\"/workflows?namespace={qname}\">{name}</a></td><td>{workflows}</td><td>{running}</td><td>{active}</td><td>{rate}</td><td>{weight}</td><td>{created}</td><td>{description}</td></tr>",
+            name = esc(&ns.name),
+            qname = url(&ns.name),
+            workflows = ns.workflows,
+            running = of(ns.running, quotas.max_running_workflows),
+            active = of(ns.active_steps, quotas.max_active_steps),
+            weight = ns.weight.max(1),
+            created = time(ns.created_ms),
+            description = esc(&ns.description),
+        ));
+    }
+    body.push_str(
+        "</tbody></table><p class=\"muted\">Quotas, weights and new namespaces: \
+         <span class=\"mono\">baton namespace create | set</span> (a cluster-wide admin token).</p>",
+    );
+    Html(page("Namespaces", "namespaces", &viewer.frame(), &body)).into_response()
+}
+
+/// Who changed what, newest first: the last day's changes the viewer may read.
+async fn audit_page(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match viewer(&api, &headers, &uri, "/baton.v1.AdminService/ListAudit") {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    const DAY_MS: u64 = 24 * 3_600_000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let records = match AdminService::list_audit(
+        &api.admin,
+        viewer.caller.request(pb::ListAuditRequest {
+            since_ms: now_ms.saturating_sub(DAY_MS),
+            limit: 200,
+            ..Default::default()
+        }),
+    )
+    .await
+    {
+        Ok(listed) => listed.into_inner().records,
+        Err(status) => return error_page(&viewer.frame(), &status),
+    };
+    let mut body = String::from("<h1>Audit</h1>");
+    if records.is_empty() {
+        body.push_str("<p class=\"card muted\">No change in the last 24 hours.</p>");
+    } else {
+        body.push_str("<table><thead><tr><th>Time</th><th>Who</th><th>Namespace</th><th>Action</th><th>Target</th><th>Detail</th></tr></thead><tbody>");
+        for r in &records {
+            let target = match r.workflow_id {
+                0 => esc(&r.target),
+                id => format!("<a href=\"/workflows/{id}\">{}</a>", esc(&r.target)),
+            };
+            body.push_str(&format!(
+                "<tr data-audit=\"{action}\"><td>{time}</td><td class=\"mono\">{actor}</td><td>{ns}</td><td class=\"mono\">{action}</td><td>{target}</td><td>{detail}</td></tr>",
+                time = time(r.time_ms),
+                actor = if r.actor.is_empty() { "—".to_string() } else { esc(&r.actor) },
+                ns = if r.namespace.is_empty() { "—".to_string() } else { esc(&r.namespace) },
+                action = esc(&r.action),
+                detail = esc(&r.detail),
+            ));
+        }
+        body.push_str("</tbody></table><p class=\"muted\">The last 24 hours, newest first, at most 200: <span class=\"mono\">baton audit --since</span> reaches further.</p>");
+    }
+    Html(page("Audit", "audit", &viewer.frame(), &body)).into_response()
 }
 
 #[cfg(test)]
