@@ -610,8 +610,7 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let grants = Grants::of(&request, &self.node.replica);
-        let actor = crate::security::actor(&request, &self.node.replica);
+        let (grants, actor) = Grants::with_actor(&request, &self.node.replica);
         let request = request.into_inner();
         let submit = async {
             not_reserved("idempotency_key", &request.idempotency_key)?;
@@ -624,8 +623,7 @@ impl WorkflowService for WorkflowServiceImpl {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let grants = Grants::of(&request, &self.node.replica);
-        let actor = crate::security::actor(&request, &self.node.replica);
+        let (grants, actor) = Grants::with_actor(&request, &self.node.replica);
         let request = request.into_inner();
         let submit = async {
             for (i, item) in request.submits.iter().enumerate() {

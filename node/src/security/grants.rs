@@ -46,6 +46,33 @@ impl Grants {
         })
     }
 
+    /// [`Grants::of`] and [`super::actor`] in one read of the state: what a submit needs, on
+    /// the hot path.
+    pub fn with_actor<T>(request: &tonic::Request<T>, replica: &Replica) -> (Grants, String) {
+        let Some(peer) = request.extensions().get::<PeerInfo>() else {
+            return (Grants::All, String::new());
+        };
+        let Some(id) = authorized_token_id(request) else {
+            return (
+                Grants::Namespaces(BTreeMap::new()),
+                super::actor(request, replica),
+            );
+        };
+        let (grants, name) = replica.read(|applied| match applied.state.live_token(&id) {
+            Some(record) if record.namespaces.is_empty() => {
+                (Grants::Cluster(record.role), Some(record.name.clone()))
+            }
+            Some(record) => (
+                Grants::Namespaces(record.namespaces.clone()),
+                Some(record.name.clone()),
+            ),
+            None => (Grants::Namespaces(BTreeMap::new()), None),
+        });
+        let forwarded = super::forwarded_actor(request, peer);
+        let actor = forwarded.unwrap_or_else(|| super::describe_actor(&id, name, peer));
+        (grants, actor)
+    }
+
     /// The role held in `namespace` (empty: `default`), if any.
     pub fn role_in(&self, namespace: &str) -> Option<TokenRole> {
         match self {

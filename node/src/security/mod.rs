@@ -40,36 +40,53 @@ pub fn actor<T>(request: &tonic::Request<T>, replica: &Replica) -> String {
     let Some(peer) = request.extensions().get::<PeerInfo>() else {
         return String::new();
     };
-    // A call a follower forwarded to the leader: the follower says who called it. Only a node's
-    // certificate is believed.
-    if peer
+    if let Some(forwarded) = forwarded_actor(request, peer) {
+        return forwarded;
+    }
+    match authorized_token_id(request) {
+        Some(id) => {
+            let name = replica.read(|applied| {
+                applied
+                    .state
+                    .live_token(&id)
+                    .map(|record| record.name.clone())
+            });
+            describe_actor(&id, name, peer)
+        }
+        None => peer
+            .identity
+            .as_ref()
+            .map(|identity| identity.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// A call a follower forwarded to the leader: the follower says who called it. Only a node's
+/// certificate is believed.
+fn forwarded_actor<T>(request: &tonic::Request<T>, peer: &PeerInfo) -> Option<String> {
+    let node = peer
         .identity
         .as_ref()
-        .is_some_and(|identity| identity.role == baton_security::PeerRole::Node)
-        && let Some(forwarded) = request
-            .metadata()
-            .get(FORWARDED_ACTOR_KEY)
-            .and_then(|v| v.to_str().ok())
-    {
-        return forwarded.to_owned();
+        .is_some_and(|identity| identity.role == baton_security::PeerRole::Node);
+    if !node {
+        return None;
     }
-    let token = authorized_token_id(request).map(|id| {
-        let name = replica.read(|applied| {
-            applied
-                .state
-                .live_token(&id)
-                .map(|record| record.name.clone())
-        });
-        match name {
-            Some(name) => format!("token {name} ({id})"),
-            None => format!("token {id}"),
-        }
-    });
-    let certificate = peer.identity.as_ref().map(|identity| identity.to_string());
-    match (token, certificate) {
-        (Some(token), Some(certificate)) => format!("{token} via {certificate}"),
-        (Some(one), None) | (None, Some(one)) => one,
-        (None, None) => String::new(),
+    request
+        .metadata()
+        .get(FORWARDED_ACTOR_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `token NAME (ID) via CERTIFICATE`, as far as the call carried them.
+fn describe_actor(id: &str, name: Option<String>, peer: &PeerInfo) -> String {
+    let token = match name {
+        Some(name) => format!("token {name} ({id})"),
+        None => format!("token {id}"),
+    };
+    match &peer.identity {
+        Some(identity) => format!("{token} via {identity}"),
+        None => token,
     }
 }
 

@@ -3996,3 +3996,97 @@ fn a_schedule_run_whose_key_renders_empty_fails_visibly() {
     }
     assert_eq!(log.state.workflow_count(), 0);
 }
+
+#[test]
+fn every_kind_of_change_has_its_audit_action() {
+    let mut log = Log::new();
+    let by = |command| audited("token ops (t0)", command);
+    let template = spec("greet", vec![step("a", &[])]);
+    log.apply(by(apply_template(&template)));
+    log.apply(by(create_schedule(
+        "s",
+        10_000,
+        pb::OverlapPolicy::Allow,
+        None,
+    )));
+    log.apply(by(Command::PauseSchedule(PauseScheduleCommand {
+        name: "s".into(),
+        paused: true,
+    })));
+    log.apply(by(Command::PauseSchedule(PauseScheduleCommand {
+        name: "s".into(),
+        paused: false,
+    })));
+    log.apply(by(Command::TriggerSchedule { name: "s".into() }));
+    log.apply(by(Command::BackfillSchedule(BackfillScheduleCommand {
+        name: "s".into(),
+        from_ms: 1,
+        to_ms: 2,
+    })));
+    log.apply(by(Command::DeleteSchedule { name: "s".into() }));
+    log.apply(by(Command::CreateTrigger(CreateTriggerCommand {
+        spec: pb::TriggerSpec {
+            name: "push".into(),
+            template: "greet".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        secret: "s3cret-s3cret-s3cret".into(),
+        replace: false,
+        namespace: String::new(),
+    })));
+    log.apply(by(Command::DeleteTrigger {
+        name: "push".into(),
+    }));
+    log.apply(by(Command::DeleteTemplate {
+        name: "greet".into(),
+    }));
+    log.apply(by(Command::UpdateNamespace(UpdateNamespaceCommand {
+        name: "default".into(),
+        weight: Some(3),
+        ..Default::default()
+    })));
+    // Workflow changes, from the history.
+    log.apply(submit(
+        &spec("w", vec![wait_step("gate", &[], "go", 0)]),
+        "",
+    ));
+    let id = log.state.workflow_count() as u64 + 1;
+    log.apply(submit(
+        &spec("w", vec![wait_step("gate", &[], "go", 0)]),
+        "",
+    ));
+    log.apply(pause(id, true));
+    log.apply(pause(id, false));
+    log.apply(signal(id, "gate", "{}", false));
+    log.apply(retry(id, "gate"));
+    let actions: std::collections::BTreeSet<String> = log
+        .state
+        .audit_records(&audit_query(0, None, true))
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    for action in [
+        "template.apply",
+        "template.delete",
+        "schedule.create",
+        "schedule.pause",
+        "schedule.resume",
+        "schedule.trigger",
+        "schedule.backfill",
+        "schedule.delete",
+        "trigger.create",
+        "trigger.delete",
+        "namespace.update",
+        "workflow.submit",
+        "workflow.pause",
+        "workflow.resume",
+        "workflow.signal",
+        "workflow.retry",
+    ] {
+        assert!(
+            actions.contains(action),
+            "{action} missing from {actions:?}"
+        );
+    }
+}
