@@ -2,8 +2,9 @@
 //! `api` -> `raft` (propose) -> `storage` (log, then apply) -> `state`.
 
 //!
-//! Without the default `server` feature only the pure core builds (`state`, `limits`,
-//! `fuzzing`): what the fuzz targets exercise, with no RocksDB to compile.
+//! Without the default `server` feature only the pure core builds (`state`, `planning`, `sim`,
+//! `limits`, `fuzzing`): what the fuzz targets and the simulation exercise, with no RocksDB to
+//! compile.
 
 #[cfg(feature = "server")]
 pub mod api;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod metrics;
+pub mod planning;
 #[cfg(feature = "server")]
 pub mod raft;
 #[cfg(feature = "server")]
@@ -30,6 +32,7 @@ pub mod scheduler;
 pub mod security;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod sim;
 pub mod state;
 #[cfg(feature = "server")]
 pub mod storage;

@@ -8,8 +8,7 @@
 //! it wins (rule 4). Everything here is rebuilt from the replicated state; nothing in it needs to
 //! survive a crash.
 
-pub mod placement;
-pub mod plan;
+pub use crate::planning::{placement, plan};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

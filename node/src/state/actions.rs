@@ -118,9 +118,8 @@ impl ClusterState {
         if let Some(until_ms) = self.drained_until(id) {
             return Response::Rejected {
                 reason: format!(
-                    "workflow {id} was stopped while a step held a concurrency key, and that \
-                     step may still run on an agent cut off from the cluster until its lease \
-                     ends: retry after {}",
+                    "workflow {id} was stopped while a step ran, and that step may still run \
+                     on an agent cut off from the cluster until its lease ends: retry after {}",
                     baton_proto::schedule::format_time_ms(until_ms)
                 ),
             };

@@ -124,6 +124,17 @@ impl Keys {
     }
 }
 
+/// What a step stopped from outside still holds until its attempt has surely stopped (see
+/// [`ClusterState::drain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// State time when it gives them back.
+    pub until_ms: u64,
+    /// The agent its attempt ran on, and the share of it the attempt held.
+    pub agent_id: super::ids::AgentId,
+    pub request: super::scheduling::Allocation,
+}
+
 /// A key of a namespace: (namespace, key).
 pub type ScopedKey = (Arc<str>, Arc<str>);
 
@@ -566,50 +577,55 @@ impl ClusterState {
     /// When the last stopped attempt of workflow `id` gives its keys back, if any still holds
     /// them.
     pub(super) fn drained_until(&self, id: WorkflowId) -> Option<u64> {
-        self.key_drains
+        self.drains
             .range((id, StepIndex(0))..=(id, StepIndex(u32::MAX)))
-            .map(|(_, until)| *until)
+            .map(|(_, drain)| drain.until_ms)
             .max()
     }
 
-    /// `key_drains` by when each ends (derived).
+    /// `drains` by when each ends (derived).
     pub(super) fn derive_drain_times(&self) -> OrdSet<(u64, WorkflowId, StepIndex)> {
-        self.key_drains
+        self.drains
             .iter()
-            .map(|(&(id, step), &until)| (until, id, step))
+            .map(|(&(id, step), drain)| (drain.until_ms, id, step))
             .collect()
     }
 
-    /// A running step of a workflow that ends from outside (a cancel, its timeout) keeps its
-    /// keys (the step's and the workflow's) until its attempt has surely stopped: its agent is
-    /// told to stop now, but one cut off from the leader stops only when its lease runs out,
-    /// `lease_ttl_ms` after its last renewal at the latest, plus the leader's expiry margin.
-    /// Until then no other holder may start, or two could run at once.
-    pub(super) fn drain_keys(&mut self, id: WorkflowId, step: StepIndex, lease_ttl_ms: u64) {
-        let Some(workflow) = self.workflows.get(&id) else {
-            return;
-        };
-        if step_key(workflow, step).is_none() && workflow_key(workflow).is_none() {
-            return;
-        }
+    /// A running step of a workflow that ends from outside (a cancel, its timeout) keeps what
+    /// it held until its attempt has surely stopped: its concurrency keys (the step's and the
+    /// workflow's) and its share of its agent. Its agent is told to stop now, but one cut off
+    /// from the leader stops only when its lease runs out, `lease_ttl_ms` after its last renewal
+    /// at the latest, plus the leader's expiry margin. Until then no other holder of its key may
+    /// start, and its agent is offered nothing in its place, or more could run at once than the
+    /// key or the agent allows.
+    pub(super) fn drain(&mut self, live: &super::scheduling::LiveAttempt) {
         let until_ms = self
             .now_ms
-            .saturating_add(lease_ttl_ms)
+            .saturating_add(live.lease_ttl_ms)
             .saturating_add(baton_proto::limits::LEASE_EXPIRY_MARGIN_MS);
-        if let Some(old) = self.key_drains.insert((id, step), until_ms) {
-            self.drain_times.remove(&(old, id, step));
+        let id = (live.workflow_id, live.step);
+        let drain = Drain {
+            until_ms,
+            agent_id: live.agent_id,
+            request: live.request,
+        };
+        if let Some(old) = self.drains.insert(id, drain) {
+            self.drain_times.remove(&(old.until_ms, id.0, id.1));
+            self.unallocate(old.agent_id, old.request);
         }
-        self.drain_times.insert((until_ms, id, step));
+        self.drain_times.insert((until_ms, id.0, id.1));
+        self.allocate(live.agent_id, live.request);
     }
 
-    /// Whether a stopped attempt's keys are due back by `now_ms`. O(log n).
+    /// Whether a stopped attempt's keys and share are due back by `now_ms`. O(log n).
     pub fn drain_due(&self, now_ms: u64) -> bool {
         self.drain_times
             .get_min()
             .is_some_and(|(until, _, _)| *until <= now_ms)
     }
 
-    /// Gives back the keys of stopped attempts whose leases have surely run out (in a Tick).
+    /// Gives back the keys and agent shares of stopped attempts whose leases have surely run out
+    /// (in a Tick).
     pub(super) fn end_drains(&mut self, ctx: ApplyCtx, events: &mut Events) {
         let now_ms = self.now_ms;
         let mut touched = BTreeSet::new();
@@ -617,7 +633,9 @@ impl ClusterState {
             && until <= now_ms
         {
             self.drain_times.remove(&(until, id, step));
-            self.key_drains.remove(&(id, step));
+            if let Some(drain) = self.drains.remove(&(id, step)) {
+                self.unallocate(drain.agent_id, drain.request);
+            }
             touched.insert(id);
         }
         if !touched.is_empty() {
@@ -642,7 +660,7 @@ impl ClusterState {
             let ready = ready_key(workflow, step);
             let holds = run.state == StepState::Running
                 || (run.state == StepState::Ready && self.ready.contains(&ready))
-                || self.key_drains.contains_key(&(id, step));
+                || self.drains.contains_key(&(id, step));
             let waits = (run.state == StepState::Ready
                 && !holds
                 && workflow.paused_at_ms == 0
@@ -676,7 +694,7 @@ impl ClusterState {
                 };
                 let ready = ready_key(workflow, step);
                 let queued = run.state == StepState::Ready && self.ready.contains(&ready);
-                let draining = self.key_drains.contains_key(&(workflow.id, step));
+                let draining = self.drains.contains_key(&(workflow.id, step));
                 if run.state == StepState::Running || queued || draining {
                     let slot = step_keys.slots.entry(key).or_default();
                     slot.holders.insert((workflow.id, step));
@@ -701,7 +719,7 @@ impl ClusterState {
             self.derive_drain_times(),
             "the drain index does not match the drains"
         );
-        for (id, step) in self.key_drains.keys() {
+        for (id, step) in self.drains.keys() {
             let workflow = self.workflows.get(id).expect("a draining workflow exists");
             assert_ne!(
                 workflow.steps[step.get()].state,

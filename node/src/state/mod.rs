@@ -207,15 +207,15 @@ pub struct ClusterState {
     )]
     audit: OrdMap<u64, audit::AuditEntry>,
     /// Steps whose attempt was stopped from outside (a cancel, a timeout) and that keep their
-    /// concurrency keys until the attempt's lease has surely run out, with when (see
-    /// `keys.rs`); left out while empty.
+    /// concurrency keys and their agent's share until the attempt's lease has surely run out
+    /// (see `keys.rs`); left out while empty.
     #[serde(
         default,
         deserialize_with = "cautious::map",
         skip_serializing_if = "OrdMap::is_empty"
     )]
-    key_drains: OrdMap<(WorkflowId, StepIndex), u64>,
-    /// `key_drains` by when each ends (derived).
+    drains: OrdMap<(WorkflowId, StepIndex), keys::Drain>,
+    /// `drains` by when each ends (derived).
     #[serde(skip)]
     drain_times: OrdSet<(u64, WorkflowId, StepIndex)>,
     /// Workflow concurrency keys: holders and waiters (derived; see `keys.rs`).
@@ -699,7 +699,7 @@ impl ClusterState {
         }
         for attempt in released {
             if let Some(live) = self.release(attempt) {
-                self.drain_keys(live.workflow_id, live.step, live.lease_ttl_ms);
+                self.drain(&live);
             }
         }
         for step in waiting {
@@ -933,18 +933,29 @@ impl ClusterState {
             a.cpu_millis += live.request.cpu_millis;
             a.memory_mb += live.request.memory_mb;
         }
+        // Live attempts alone never exceed an agent (one back with fewer slots loses its newest
+        // attempts); stopped attempts keep their share until they have surely stopped
+        // (`keys.rs`), beyond it if the agent came back smaller.
         for (agent_id, a) in &allocated {
-            assert_eq!(
-                self.allocated.get(agent_id),
-                Some(a),
-                "allocation of agent {agent_id} drifted"
-            );
             let agent = &self.agents[agent_id];
             assert!(
                 a.slots <= agent.slots
                     && a.cpu_millis <= agent.cpu_millis
                     && a.memory_mb <= agent.memory_mb,
                 "agent {agent_id} over-allocated: {a:?} of {agent:?}"
+            );
+        }
+        for drain in self.drains.values() {
+            let a = allocated.entry(drain.agent_id).or_default();
+            a.slots += drain.request.slots;
+            a.cpu_millis += drain.request.cpu_millis;
+            a.memory_mb += drain.request.memory_mb;
+        }
+        for (agent_id, a) in &allocated {
+            assert_eq!(
+                self.allocated.get(agent_id),
+                Some(a),
+                "allocation of agent {agent_id} drifted"
             );
         }
         assert_eq!(

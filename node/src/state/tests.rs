@@ -1214,6 +1214,12 @@ fn capacity_is_never_over_allocated_and_cancel_releases_it() {
         actor: String::new(),
     }));
     assert!(log.state.live_attempt(a).is_none(), "cancel ends the lease");
+    // Its agent may not have heard: the slot stays taken until the lease (5 s by default) and
+    // the expiry margin (1 s) have passed, then a Tick gives it back.
+    let cancelled_at = log.state.now_ms();
+    assert_eq!(log.state.allocation(agent).slots, 1);
+    assert!(!log.state.tick_due(cancelled_at + 5_999));
+    log.apply_at(cancelled_at + 6_000, Command::Tick);
     assert_eq!(log.state.allocation(agent), Allocation::default());
     assert!(matches!(
         report(&mut log, a, agent, true),
@@ -2067,6 +2073,9 @@ fn a_workflow_past_its_timeout_ends_timed_out_and_its_attempts_lose_their_leases
             .all(|s| s.state == StepState::Cancelled)
     );
     assert!(log.state.live_attempt(a).is_none(), "its lease is gone");
+    // Its stopped attempt keeps its share of the agent for its lease and the margin.
+    assert!(!log.state.tick_due(66_999));
+    log.apply_at(67_000, Command::Tick);
     assert!(!log.state.tick_due(u64::MAX));
     // A retry runs it again with a new deadline, from the retry.
     log.apply_at(70_000, retry(1, ""));
