@@ -97,7 +97,7 @@ pub fn place_at(
                     && agent.serves(&workflow.namespace)
                     && labels_match(&spec_step.constraints, &agent.labels)
                     && used.fits(agent, request))
-                .then_some((agent.slots - used.slots, id))
+                .then(|| (agent.slots.saturating_sub(used.slots), id))
             })
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         if let Some((_, agent_id)) = best {

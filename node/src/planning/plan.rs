@@ -11,7 +11,44 @@ use crate::state::{AgentId, Assignment, AttemptId, ClusterState};
 
 /// The leader's lease book: every live attempt's deadline and holder (leader memory, design
 /// rule 3: heartbeats renew here, expiry goes through the log).
-pub type Leases = HashMap<AttemptId, (Instant, AgentId)>;
+pub type Leases = HashMap<AttemptId, Lease>;
+
+/// One lease in the leader's book.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// When it lapses, unless renewed (the expiry margin comes on top).
+    pub deadline: Instant,
+    /// The agent that holds it.
+    pub agent: AgentId,
+    /// The attempt was stopped from outside (a cancel, a timeout) and its agent told so: the
+    /// lease runs on until its agent shows it stopped or it lapses, since what the attempt held
+    /// stays taken until then (`state::keys`, drains).
+    pub stopped: bool,
+    /// The agent said it runs the attempt (a heartbeat renewed it): a later heartbeat without it
+    /// shows it no longer does (one stream, in order). Until then its absence proves nothing:
+    /// the assignment may still be on its way.
+    pub seen: bool,
+}
+
+impl Lease {
+    /// A lease for `ttl_ms` from `now`.
+    pub fn new(now: Instant, ttl_ms: u64, agent: AgentId) -> Lease {
+        Lease {
+            deadline: now + Duration::from_millis(ttl_ms),
+            agent,
+            stopped: false,
+            seen: false,
+        }
+    }
+
+    /// A lease its agent renewed: it runs the attempt.
+    pub fn renewed(now: Instant, ttl_ms: u64, agent: AgentId) -> Lease {
+        Lease {
+            seen: true,
+            ..Lease::new(now, ttl_ms, agent)
+        }
+    }
+}
 
 /// What one round decided.
 #[derive(Debug, Default, PartialEq)]
@@ -55,25 +92,34 @@ pub fn plan(
         batch_max,
     } = limits;
     let mut plan = Plan::default();
-    leases.retain(|id, (_, agent)| {
-        let live = state.live_attempt(*id).is_some();
-        if !live {
-            plan.stop.push((*id, *agent));
+    // An attempt that ended leaves the book, its agent told to stop it; one stopped from
+    // outside stays, its lease running until the agent shows it stopped or it lapses.
+    leases.retain(|id, lease| {
+        if state.live_attempt(*id).is_some() {
+            return true;
         }
-        live
+        if !lease.stopped {
+            plan.stop.push((*id, lease.agent));
+            lease.stopped = true;
+        }
+        state.is_drained(*id)
     });
     plan.stop.sort_unstable();
     for (id, live) in state.live_attempts() {
-        leases.entry(*id).or_insert_with(|| {
-            (
-                now + Duration::from_millis(live.lease_ttl_ms),
-                live.agent_id,
-            )
-        });
+        leases
+            .entry(*id)
+            .or_insert_with(|| Lease::new(now, live.lease_ttl_ms, live.agent_id));
+    }
+    // A new leader does not know whether its predecessor told the agent: it tells it (next
+    // round) and grants the full TTL, as for a live lease.
+    for drain in state.drains() {
+        leases
+            .entry(drain.attempt_id)
+            .or_insert_with(|| Lease::new(now, drain.lease_ttl_ms, drain.agent_id));
     }
     plan.expire = leases
         .iter()
-        .filter(|(_, (deadline, _))| now > *deadline + expiry_margin)
+        .filter(|(_, lease)| now > lease.deadline + expiry_margin)
         .map(|(id, _)| *id)
         .collect();
     plan.expire.sort_unstable();
@@ -266,10 +312,7 @@ mod tests {
         let won = Instant::now();
         let plan = plan_at(&w, &mut leases, &[agent], won, 1_000);
         assert_eq!(plan, Plan::default(), "a running step, its lease fresh");
-        assert_eq!(
-            leases[&attempt],
-            (won + Duration::from_millis(2_000), agent)
-        );
+        assert_eq!(leases[&attempt], Lease::new(won, 2_000, agent));
 
         let at_ttl_and_margin = won + Duration::from_millis(2_000) + MARGIN;
         assert!(
@@ -289,6 +332,50 @@ mod tests {
             lapsed.assign.is_empty() && !lapsed.tick,
             "expiry goes alone"
         );
+    }
+
+    /// A cancelled attempt's lease stays in the book: its agent is told once, and its expiry
+    /// (proposed like any lapsed lease) gives back what it held.
+    #[test]
+    fn a_stopped_attempt_keeps_its_lease_until_it_lapses() {
+        let mut w = World::new();
+        let agent = w.agent("a1");
+        let workflow = w.submit("w", false);
+        let attempt = w.assign(workflow, agent);
+        let mut leases = Leases::new();
+        let now = Instant::now();
+        plan_at(&w, &mut leases, &[agent], now, 1_000);
+        w.apply_at(
+            1_500,
+            Command::Cancel(crate::state::CancelCommand {
+                workflow_id: workflow,
+                reason: String::new(),
+                actor: String::new(),
+            }),
+        );
+        assert!(w.state.is_drained(attempt));
+        let plan = plan_at(&w, &mut leases, &[agent], now, 1_500);
+        assert_eq!(plan.stop, [(attempt, agent)]);
+        assert!(leases[&attempt].stopped);
+        let again = plan_at(&w, &mut leases, &[agent], now, 1_500);
+        assert!(again.stop.is_empty(), "told once");
+        let lapsed = plan_at(
+            &w,
+            &mut leases,
+            &[agent],
+            now + Duration::from_millis(2_000) + MARGIN + Duration::from_millis(1),
+            1_500,
+        );
+        assert_eq!(lapsed.expire, [attempt]);
+        w.apply_at(
+            1_600,
+            Command::ExpireLeases {
+                attempts: lapsed.expire,
+            },
+        );
+        assert!(!w.state.is_drained(attempt));
+        plan_at(&w, &mut leases, &[agent], now, 1_600);
+        assert!(leases.is_empty());
     }
 
     /// An attempt that ended in the log (reported, say) leaves the book, and its agent is told

@@ -131,12 +131,31 @@ impl Sessions {
         }
     }
 
-    /// Starts or renews a lease for a full TTL from now.
+    /// Starts a lease for a full TTL from now, before its agent has said it runs the attempt.
+    pub fn grant(&self, attempt: AttemptId, agent: AgentId, ttl_ms: u64) {
+        self.leases
+            .lock()
+            .insert(attempt, plan::Lease::new(Instant::now(), ttl_ms, agent));
+    }
+
+    /// Renews a lease for a full TTL from now: its agent says it runs the attempt.
     pub fn renew(&self, attempt: AttemptId, agent: AgentId, ttl_ms: u64) {
-        self.leases.lock().insert(
-            attempt,
-            (Instant::now() + Duration::from_millis(ttl_ms), agent),
-        );
+        self.leases
+            .lock()
+            .insert(attempt, plan::Lease::renewed(Instant::now(), ttl_ms, agent));
+    }
+
+    /// `agent` says what it runs: a stopped attempt it had said it ran and no longer lists gives
+    /// back what it held at the next round (its lease is made to lapse now).
+    pub fn stopped_unless_running(&self, agent: AgentId, running: &[u64], margin: Duration) {
+        let lapsed = Instant::now()
+            .checked_sub(margin + Duration::from_millis(1))
+            .unwrap_or_else(Instant::now);
+        for (id, lease) in self.leases.lock().iter_mut() {
+            if lease.stopped && lease.seen && lease.agent == agent && !running.contains(&id.0) {
+                lease.deadline = lapsed;
+            }
+        }
     }
 
     fn close_all(&self) {
@@ -221,7 +240,7 @@ pub async fn run(node: Arc<RaftNode>, sessions: Arc<Sessions>, lifecycle: Lifecy
                 "became leader: granting every live lease a full TTL"
             );
             for (attempt, agent, ttl_ms) in grace {
-                sessions.renew(attempt, agent, ttl_ms);
+                sessions.grant(attempt, agent, ttl_ms);
             }
             was_leader = true;
         }
@@ -370,7 +389,7 @@ async fn dispatch(
             .collect()
     });
     for (assignment, attempt, message) in messages {
-        sessions.renew(attempt, assignment.agent_id, message.lease_ttl_ms);
+        sessions.grant(attempt, assignment.agent_id, message.lease_ttl_ms);
         tracing::info!(
             workflow = %assignment.workflow_id, step = %message.step, attempt = %attempt,
             agent = %assignment.agent_id, "step assigned"

@@ -1,7 +1,8 @@
 //! A deterministic simulation of the core: several replicas of the state machine applying one
 //! log, a leader running the scheduler's pure round ([`crate::planning::plan`]) with its own
 //! lease book, simulated agents that run, heartbeat, self-fence, report, pause, die, come back
-//! and drift their clocks, a partitioned leader replaced by another, replicas restarted from a
+//! and drift their clocks, leadership moving to another replica (the old leader simply stops
+//! acting, as a deposed one does once it learns), replicas restarted from a
 //! snapshot of themselves, and a client that submits, cancels, pauses, resumes, retries and
 //! signals. One thread, simulated time, one seeded generator: a seed replays bit for bit
 //! ([`Report::trace`] is the SHA-256 of every log entry).
@@ -32,7 +33,7 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::planning::placement::Shares;
-use crate::planning::plan::{self, Leases, Limits};
+use crate::planning::plan::{self, Lease, Leases, Limits};
 use crate::state::{
     AgentId, ApplyCtx, AttemptId, CancelCommand, ClusterState, Command, CompleteCommand, LogEntry,
     PauseCommand, RegisterAgentCommand, Response, RetryCommand, SignalCommand, StepIndex,
@@ -89,15 +90,34 @@ const SLOTS: u32 = 3;
 const LEASE_TTL_MS: u64 = 2_000;
 const AGENT_SAFETY_MS: u64 = baton_proto::limits::AGENT_LEASE_SAFETY_MARGIN_MS_MIN;
 const HEARTBEAT_MS: u64 = baton_proto::limits::HEARTBEAT_INTERVAL_MS;
+const LEASE_EXPIRY_MARGIN_MS: u64 = baton_proto::limits::LEASE_EXPIRY_MARGIN_MS;
+/// The leader offers steps to an agent it heard from this recently (`SESSION_SILENCE_MS_MAX`):
+/// one just cut off or frozen still gets some, and loses them.
+const SILENCE_MS: u64 = baton_proto::limits::SESSION_SILENCE_MS_MAX;
 /// Concurrency keys the workload's steps and workflows share.
 const STEP_KEYS: [(&str, u32); 2] = [("db", 1), ("api", 2)];
 const WORKFLOW_KEY: (&str, u32) = ("deploy", 1);
 
-/// Runs one seed to its end.
+/// Runs one seed to its end. A broken invariant of the state machine panics inside `apply`;
+/// it comes back as a violation naming the seed.
 pub fn run(seed: u64) -> Result<Report, Violation> {
-    let mut sim = Sim::new(seed);
-    sim.run()?;
-    Ok(sim.report())
+    let outcome = std::panic::catch_unwind(|| {
+        let mut sim = Sim::new(seed);
+        sim.run()?;
+        Ok(sim.report())
+    });
+    outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into());
+        Err(Violation {
+            seed,
+            at_ms: 0,
+            what: format!("the state machine panicked: {what}"),
+        })
+    })
 }
 
 struct Replica {
@@ -138,6 +158,8 @@ struct Agent {
     /// Results waiting to be reported.
     outbox: Vec<(AttemptId, bool)>,
     next_heartbeat_ms: u64,
+    /// When the leader last heard from it.
+    last_seen_ms: u64,
 }
 
 impl Agent {
@@ -216,6 +238,7 @@ impl Sim {
                 running: BTreeMap::new(),
                 outbox: Vec::new(),
                 next_heartbeat_ms: 0,
+                last_seen_ms: 0,
             })
             .collect();
         Sim {
@@ -406,6 +429,7 @@ impl Sim {
         match response {
             Response::AgentRegistered { agent_id } => {
                 self.agents[i].id = Some(agent_id);
+                self.agents[i].last_seen_ms = self.now_ms;
                 Ok(())
             }
             other => Err(self.violation(format!("registering agent {i}: {other:?}"))),
@@ -704,7 +728,17 @@ impl Sim {
             };
             if self.now_ms >= agent.next_heartbeat_ms {
                 agent.next_heartbeat_ms = self.now_ms + HEARTBEAT_MS;
+                agent.last_seen_ms = self.now_ms;
                 let held: Vec<AttemptId> = agent.running.keys().copied().collect();
+                // As the real leader does (`Sessions::stopped_unless_running`): a stopped
+                // attempt this agent had said it ran and no longer lists lapses now.
+                let lapsed = self.instant() - Duration::from_millis(LEASE_EXPIRY_MARGIN_MS + 1);
+                for (id, lease) in self.leases.iter_mut() {
+                    if lease.stopped && lease.seen && lease.agent == agent_id && !held.contains(id)
+                    {
+                        lease.deadline = lapsed;
+                    }
+                }
                 for attempt in held {
                     let live = self
                         .state()
@@ -714,8 +748,9 @@ impl Sim {
                     if live {
                         self.leases.insert(
                             attempt,
-                            (
-                                self.base + Duration::from_millis(self.now_ms + LEASE_TTL_MS),
+                            Lease::renewed(
+                                self.base + Duration::from_millis(self.now_ms),
+                                LEASE_TTL_MS,
                                 agent_id,
                             ),
                         );
@@ -796,7 +831,7 @@ impl Sim {
         let connected: BTreeSet<AgentId> = self
             .agents
             .iter()
-            .filter(|a| a.reachable(self.now_ms))
+            .filter(|a| a.alive && self.now_ms.saturating_sub(a.last_seen_ms) <= SILENCE_MS)
             .filter_map(|a| a.id)
             .collect();
         let now = self.instant();
@@ -843,10 +878,7 @@ impl Sim {
             };
             self.leases.insert(
                 attempt,
-                (
-                    self.instant() + Duration::from_millis(LEASE_TTL_MS),
-                    assignment.agent_id,
-                ),
+                Lease::new(self.instant(), LEASE_TTL_MS, assignment.agent_id),
             );
             let Some(i) = self
                 .agents

@@ -115,12 +115,13 @@ impl ClusterState {
                 ),
             };
         }
-        if let Some(until_ms) = self.drained_until(id) {
+        if let Some(lease_ms) = self.drained_lease_of(id) {
             return Response::Rejected {
                 reason: format!(
-                    "workflow {id} was stopped while a step ran, and that step may still run \
-                     on an agent cut off from the cluster until its lease ends: retry after {}",
-                    baton_proto::schedule::format_time_ms(until_ms)
+                    "workflow {id} was stopped while a step ran, and its agent has not shown it \
+                     stopped yet (an agent cut off from the cluster stops it when its {} lease \
+                     runs out): retry in a moment",
+                    baton_proto::spec::format_duration_ms(lease_ms)
                 ),
             };
         }

@@ -38,7 +38,7 @@ use baton_proto::validate::{SpecError, render_key};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{StepIndex, WorkflowId};
+use super::ids::{AttemptId, StepIndex, WorkflowId};
 use super::scheduling::{ReadyKey, ready_key};
 use super::workflow::{StepState, Workflow};
 use super::{ApplyCtx, ClusterState, Events};
@@ -128,11 +128,13 @@ impl Keys {
 /// [`ClusterState::drain`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drain {
-    /// State time when it gives them back.
-    pub until_ms: u64,
-    /// The agent its attempt ran on, and the share of it the attempt held.
+    /// The attempt that was stopped: the leader keeps its lease running in its lease book, and
+    /// ends the drain as it would expire the lease (`ExpireLeases`).
+    pub attempt_id: super::ids::AttemptId,
+    /// The agent it ran on, and the share of it the attempt held.
     pub agent_id: super::ids::AgentId,
     pub request: super::scheduling::Allocation,
+    pub lease_ttl_ms: u64,
 }
 
 /// A key of a namespace: (namespace, key).
@@ -571,76 +573,77 @@ impl ClusterState {
 
     /// Whether any step of workflow `id` still holds its keys after its attempt was stopped.
     pub(super) fn drains_of(&self, id: WorkflowId) -> bool {
-        self.drained_until(id).is_some()
+        self.drained_lease_of(id).is_some()
     }
 
-    /// When the last stopped attempt of workflow `id` gives its keys back, if any still holds
-    /// them.
-    pub(super) fn drained_until(&self, id: WorkflowId) -> Option<u64> {
+    /// The longest lease among workflow `id`'s stopped attempts that still hold what they held.
+    pub(super) fn drained_lease_of(&self, id: WorkflowId) -> Option<u64> {
         self.drains
             .range((id, StepIndex(0))..=(id, StepIndex(u32::MAX)))
-            .map(|(_, drain)| drain.until_ms)
+            .map(|(_, drain)| drain.lease_ttl_ms)
             .max()
     }
 
-    /// `drains` by when each ends (derived).
-    pub(super) fn derive_drain_times(&self) -> OrdSet<(u64, WorkflowId, StepIndex)> {
+    /// `drains` by attempt (derived).
+    pub(super) fn derive_drained_attempts(&self) -> OrdMap<AttemptId, (WorkflowId, StepIndex)> {
         self.drains
             .iter()
-            .map(|(&(id, step), drain)| (drain.until_ms, id, step))
+            .map(|(&key, drain)| (drain.attempt_id, key))
             .collect()
+    }
+
+    /// The stopped attempts that still hold their agent's share and their keys, for the leader's
+    /// lease book.
+    pub fn drains(&self) -> impl Iterator<Item = &Drain> {
+        self.drains.values()
+    }
+
+    /// Whether attempt `id` was stopped and still holds what it held.
+    pub fn is_drained(&self, id: AttemptId) -> bool {
+        self.drained_attempts.contains_key(&id)
     }
 
     /// A running step of a workflow that ends from outside (a cancel, its timeout) keeps what
     /// it held until its attempt has surely stopped: its concurrency keys (the step's and the
     /// workflow's) and its share of its agent. Its agent is told to stop now, but one cut off
-    /// from the leader stops only when its lease runs out, `lease_ttl_ms` after its last renewal
-    /// at the latest, plus the leader's expiry margin. Until then no other holder of its key may
-    /// start, and its agent is offered nothing in its place, or more could run at once than the
-    /// key or the agent allows.
-    pub(super) fn drain(&mut self, live: &super::scheduling::LiveAttempt) {
-        let until_ms = self
-            .now_ms
-            .saturating_add(live.lease_ttl_ms)
-            .saturating_add(baton_proto::limits::LEASE_EXPIRY_MARGIN_MS);
-        let id = (live.workflow_id, live.step);
+    /// from the leader stops only when its lease runs out. So the leader keeps the attempt's
+    /// lease running in its lease book, on its own clock like any lease, and ends the drain
+    /// with `ExpireLeases` when the lease lapses, or sooner once the agent's heartbeat shows it
+    /// no longer runs the attempt. Until then no other holder of its key may start, and its
+    /// agent is offered nothing in its place.
+    pub(super) fn drain(&mut self, live: &super::scheduling::LiveAttempt, attempt_id: AttemptId) {
+        let key = (live.workflow_id, live.step);
         let drain = Drain {
-            until_ms,
+            attempt_id,
             agent_id: live.agent_id,
             request: live.request,
+            lease_ttl_ms: live.lease_ttl_ms,
         };
-        if let Some(old) = self.drains.insert(id, drain) {
-            self.drain_times.remove(&(old.until_ms, id.0, id.1));
+        if let Some(old) = self.drains.insert(key, drain) {
+            self.drained_attempts.remove(&old.attempt_id);
             self.unallocate(old.agent_id, old.request);
         }
-        self.drain_times.insert((until_ms, id.0, id.1));
+        self.drained_attempts.insert(attempt_id, key);
         self.allocate(live.agent_id, live.request);
     }
 
-    /// Whether a stopped attempt's keys and share are due back by `now_ms`. O(log n).
-    pub fn drain_due(&self, now_ms: u64) -> bool {
-        self.drain_times
-            .get_min()
-            .is_some_and(|(until, _, _)| *until <= now_ms)
-    }
-
-    /// Gives back the keys and agent shares of stopped attempts whose leases have surely run out
-    /// (in a Tick).
-    pub(super) fn end_drains(&mut self, ctx: ApplyCtx, events: &mut Events) {
-        let now_ms = self.now_ms;
-        let mut touched = BTreeSet::new();
-        while let Some(&(until, id, step)) = self.drain_times.get_min()
-            && until <= now_ms
-        {
-            self.drain_times.remove(&(until, id, step));
-            if let Some(drain) = self.drains.remove(&(id, step)) {
-                self.unallocate(drain.agent_id, drain.request);
-            }
-            touched.insert(id);
+    /// Ends the drain of a stopped attempt (its lease lapsed in the leader's book, or its agent
+    /// showed it stopped): its share and keys come back, and waiters take them. False when the
+    /// attempt holds no drain.
+    pub(super) fn end_drain(
+        &mut self,
+        ctx: ApplyCtx,
+        attempt_id: AttemptId,
+        events: &mut Events,
+    ) -> bool {
+        let Some(key) = self.drained_attempts.remove(&attempt_id) else {
+            return false;
+        };
+        if let Some(drain) = self.drains.remove(&key) {
+            self.unallocate(drain.agent_id, drain.request);
         }
-        if !touched.is_empty() {
-            self.settle_workflows(ctx, touched, events);
-        }
+        self.settle_workflows(ctx, BTreeSet::from([key.0]), events);
+        true
     }
 
     /// Brings the step keys of workflow `id`'s steps up to date; collects the keys it touched.
@@ -715,8 +718,8 @@ impl ClusterState {
     /// among them (a key is taken only below the taker's own limit).
     pub(super) fn check_keys(&self) {
         assert_eq!(
-            self.drain_times,
-            self.derive_drain_times(),
+            self.drained_attempts,
+            self.derive_drained_attempts(),
             "the drain index does not match the drains"
         );
         for (id, step) in self.drains.keys() {

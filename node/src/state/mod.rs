@@ -215,9 +215,9 @@ pub struct ClusterState {
         skip_serializing_if = "OrdMap::is_empty"
     )]
     drains: OrdMap<(WorkflowId, StepIndex), keys::Drain>,
-    /// `drains` by when each ends (derived).
+    /// `drains` by attempt (derived).
     #[serde(skip)]
-    drain_times: OrdSet<(u64, WorkflowId, StepIndex)>,
+    drained_attempts: OrdMap<AttemptId, (WorkflowId, StepIndex)>,
     /// Workflow concurrency keys: holders and waiters (derived; see `keys.rs`).
     #[serde(skip)]
     workflow_keys: keys::WorkflowKeys,
@@ -699,7 +699,7 @@ impl ClusterState {
         }
         for attempt in released {
             if let Some(live) = self.release(attempt) {
-                self.drain(&live);
+                self.drain(&live, attempt);
             }
         }
         for step in waiting {
@@ -798,7 +798,7 @@ impl ClusterState {
         state.live_counts = state.derive_live_counts();
         state.workflow_keys = state.derive_keys().0;
         state.rate_full = state.derive_rate_full();
-        state.drain_times = state.derive_drain_times();
+        state.drained_attempts = state.derive_drained_attempts();
         Ok(state)
     }
 

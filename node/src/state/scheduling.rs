@@ -301,7 +301,11 @@ impl ClusterState {
         // its newest attempts until the rest fit, so no agent is ever over-allocated.
         loop {
             let agent = &self.agents[&id];
-            let used = self.allocation(id);
+            // Its live attempts' share: what stopped attempts still hold comes back on its own.
+            let mut used = self.allocation(id);
+            for drain in self.drains.values().filter(|d| d.agent_id == id) {
+                used.sub(drain.request);
+            }
             let over = used.slots > agent.slots
                 || used.cpu_millis > agent.cpu_millis
                 || used.memory_mb > agent.memory_mb;
@@ -522,8 +526,10 @@ impl ClusterState {
         events: &mut Events,
     ) -> Response {
         for attempt_id in attempts {
-            // Already reported, cancelled, or expired by an earlier entry: nothing to do.
+            // A stopped attempt's lease that lapsed: what it held comes back. Already reported,
+            // or expired by an earlier entry: nothing to do.
             let Some(live) = self.release(attempt_id) else {
+                self.end_drain(ctx, attempt_id, events);
                 continue;
             };
             let now_ms = self.now_ms;
@@ -632,8 +638,6 @@ impl ClusterState {
         // cancel would end them.
         self.expire_signals(ctx, events);
         self.time_out_due(ctx, events);
-        // Stopped attempts' keys whose leases have surely run out.
-        self.end_drains(ctx, events);
         // Schedules whose time has come start their runs.
         self.fire_schedules(ctx, events);
         Response::Done
@@ -661,7 +665,6 @@ impl ClusterState {
             || self.timeout_due(now_ms)
             || self.signal_timeout_due(now_ms)
             || self.schedule_due_at(now_ms)
-            || self.drain_due(now_ms)
     }
 
     /// Whether a retry's backoff has ended by `now_ms`. O(log n).

@@ -1214,13 +1214,13 @@ fn capacity_is_never_over_allocated_and_cancel_releases_it() {
         actor: String::new(),
     }));
     assert!(log.state.live_attempt(a).is_none(), "cancel ends the lease");
-    // Its agent may not have heard: the slot stays taken until the lease (5 s by default) and
-    // the expiry margin (1 s) have passed, then a Tick gives it back.
-    let cancelled_at = log.state.now_ms();
+    // Its agent may not have heard: the slot stays taken until the leader's lease book shows
+    // the attempt stopped (its lease lapsed, or its agent stopped listing it), and it says so.
     assert_eq!(log.state.allocation(agent).slots, 1);
-    assert!(!log.state.tick_due(cancelled_at + 5_999));
-    log.apply_at(cancelled_at + 6_000, Command::Tick);
+    assert!(log.state.is_drained(a));
+    log.apply(Command::ExpireLeases { attempts: vec![a] });
     assert_eq!(log.state.allocation(agent), Allocation::default());
+    assert!(!log.state.is_drained(a));
     assert!(matches!(
         report(&mut log, a, agent, true),
         Response::ReportRefused { .. }
@@ -2073,10 +2073,11 @@ fn a_workflow_past_its_timeout_ends_timed_out_and_its_attempts_lose_their_leases
             .all(|s| s.state == StepState::Cancelled)
     );
     assert!(log.state.live_attempt(a).is_none(), "its lease is gone");
-    // Its stopped attempt keeps its share of the agent for its lease and the margin.
-    assert!(!log.state.tick_due(66_999));
-    log.apply_at(67_000, Command::Tick);
+    // Its stopped attempt keeps its share of the agent until the leader ends it.
     assert!(!log.state.tick_due(u64::MAX));
+    assert_eq!(log.state.allocation(agent).slots, 1);
+    log.apply_at(67_000, Command::ExpireLeases { attempts: vec![a] });
+    assert_eq!(log.state.allocation(agent).slots, 0);
     // A retry runs it again with a new deadline, from the retry.
     log.apply_at(70_000, retry(1, ""));
     assert_eq!(
@@ -3896,7 +3897,7 @@ fn a_cancelled_holder_keeps_its_keys_until_its_lease_has_surely_run_out() {
     assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
     // Nor may it run again meanwhile.
     match log.apply_at(3_000, retry(1, "")) {
-        Response::Rejected { reason } => assert!(reason.contains("retry after"), "{reason}"),
+        Response::Rejected { reason } => assert!(reason.contains("retry in a moment"), "{reason}"),
         other => panic!("{other:?}"),
     }
     assert!(
@@ -3906,12 +3907,15 @@ fn a_cancelled_holder_keeps_its_keys_until_its_lease_has_surely_run_out() {
             .state
             .is_terminal()
     );
-    // Its lease (5 s) and the margin (1 s) from the cancel: given back then, not before.
-    assert!(!log.state.tick_due(7_999));
-    assert!(log.state.tick_due(8_000));
+    // Given back when the leader's book says the attempt stopped (here: its lease lapsed).
     log.apply_at(7_999, Command::Tick);
     assert!(log.state.workflow(WorkflowId(2)).unwrap().waiting_for_key);
-    log.apply_at(8_000, Command::Tick);
+    log.apply_at(
+        8_000,
+        Command::ExpireLeases {
+            attempts: vec![running],
+        },
+    );
     let second = log.state.workflow(WorkflowId(2)).unwrap();
     assert!(!second.waiting_for_key);
     assert_eq!(queued(&log), vec![2]);

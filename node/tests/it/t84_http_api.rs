@@ -616,13 +616,22 @@ async fn every_route_answers_as_documented() {
         "{}",
         bad_cancel.message()
     );
-    // Retry the cancelled one: its held step runs again.
-    let retried = http
-        .post_json(
-            &format!("/api/v1/workflows/{held_id}/retry"),
-            json!({"from_step": "hold"}),
-        )
-        .await;
+    // Retry the cancelled one: its held step runs again, once its agent has shown it stopped
+    // the cancelled attempt (its next heartbeat; until then what the attempt held stays taken).
+    let retried = wait_for(
+        TIMEOUT,
+        "the cancelled attempt's agent to stop it",
+        || async {
+            let answer = http
+                .post_json(
+                    &format!("/api/v1/workflows/{held_id}/retry"),
+                    json!({"from_step": "hold"}),
+                )
+                .await;
+            (!answer.message().contains("retry in a moment")).then_some(answer)
+        },
+    )
+    .await;
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
     assert_eq!(retried.body["steps"], json!(["hold"]));
     documented(&doc, "POST", "/api/v1/workflows/{id}/retry", &retried);

@@ -122,6 +122,11 @@ impl Session {
             let _ = self.tx.send(Err(status)).await;
             return false;
         }
+        self.sessions.stopped_unless_running(
+            self.agent_id,
+            &heartbeat.running_attempts,
+            crate::scheduler::LEASE_EXPIRY_MARGIN,
+        );
         let renewed = renew(
             &self.node,
             &self.sessions,
