@@ -145,14 +145,29 @@ impl Sessions {
             .insert(attempt, plan::Lease::renewed(Instant::now(), ttl_ms, agent));
     }
 
-    /// `agent` says what it runs: a stopped attempt it had said it ran and no longer lists gives
-    /// back what it held at the next round (its lease is made to lapse now).
-    pub fn stopped_unless_running(&self, agent: AgentId, running: &[u64], margin: Duration) {
+    /// `agent` says what it runs: of `stopped` (its attempts stopped from outside that still
+    /// hold their share, from the state: few, usually none), one it had said it ran and no
+    /// longer lists gives back what it held at the next round (its lease is made to lapse now).
+    pub fn stopped_unless_running(
+        &self,
+        agent: AgentId,
+        running: &[u64],
+        stopped: &[AttemptId],
+        margin: Duration,
+    ) {
+        if stopped.is_empty() {
+            return;
+        }
         let lapsed = Instant::now()
             .checked_sub(margin + Duration::from_millis(1))
             .unwrap_or_else(Instant::now);
-        for (id, lease) in self.leases.lock().iter_mut() {
-            if lease.stopped && lease.seen && lease.agent == agent && !running.contains(&id.0) {
+        let mut leases = self.leases.lock();
+        for id in stopped.iter().filter(|id| !running.contains(&id.0)) {
+            if let Some(lease) = leases.get_mut(id)
+                && lease.stopped
+                && lease.seen
+                && lease.agent == agent
+            {
                 lease.deadline = lapsed;
             }
         }

@@ -122,9 +122,18 @@ impl Session {
             let _ = self.tx.send(Err(status)).await;
             return false;
         }
+        let stopped: Vec<AttemptId> = self.node.replica.read(|applied| {
+            applied
+                .state
+                .drains()
+                .filter(|drain| drain.agent_id == self.agent_id)
+                .map(|drain| drain.attempt_id)
+                .collect()
+        });
         self.sessions.stopped_unless_running(
             self.agent_id,
             &heartbeat.running_attempts,
+            &stopped,
             crate::scheduler::LEASE_EXPIRY_MARGIN,
         );
         let renewed = renew(
