@@ -15,12 +15,19 @@
 //! expires (the requeued step keeps its place). A step that finds its key full waits in the key's
 //! own queue, by priority and age, outside the ready queue: placement never sees it, so a hot key
 //! with thousands waiting costs a scheduling round nothing, and no round can start more than the
-//! limit. A step whose attempt ends (done, failed into backoff, cancelled, timed out) or whose
-//! workflow is paused gives its key back, and the key's first waiter is queued in the same entry.
-//! The schedule-to-start timeout counts the time spent waiting for the key.
+//! limit. A step whose attempt ends (done, failed into backoff) or whose workflow is paused gives
+//! its key back, and the key's first waiter is queued in the same entry. The schedule-to-start
+//! timeout counts the time spent waiting for the key.
+//!
+//! **Drains.** A running step stopped from outside (a cancel, a timeout) keeps its keys and its
+//! share of its agent until the leader knows its attempt stopped: the agent's heartbeat no longer
+//! lists it, or its lease lapses in the leader's book, and the leader proposes `ExpireLeases`
+//! ([`ClusterState::drain`]). An agent cut off from the leader only stops at its lease's end, so
+//! freeing either sooner could run two holders at once (the simulation found both).
 //!
 //! Holders and waiters are derived (rebuilt on decode, checked by the invariants): what holds is
-//! a fact of the replicated state (a step queued or running, a workflow not `waiting_for_key`).
+//! a fact of the replicated state (a step queued, running or drained, a workflow not
+//! `waiting_for_key`, or ended with a drained step).
 //! `execute_recorded` settles the keys of every workflow an entry's command touched
 //! ([`ClusterState::settle_keys`]) and admits waiters.
 //!
