@@ -162,6 +162,16 @@ impl Client {
         &self.inner.config
     }
 
+    /// Moves this client's calls on to its next endpoint: the node it was using answered, but
+    /// cannot serve what is asked (a watch it no longer holds the events of).
+    pub(crate) fn prefer_next_endpoint(&self) {
+        let count = self.inner.endpoints.len();
+        let current = self.inner.preferred.load(Ordering::Relaxed);
+        self.inner
+            .preferred
+            .store((current + 1) % count, Ordering::Relaxed);
+    }
+
     /// The endpoint the next call tries first.
     pub fn preferred_endpoint(&self) -> &Endpoint {
         let index = self.inner.preferred.load(Ordering::Relaxed);
@@ -210,6 +220,35 @@ impl Client {
             let request = request.clone();
             async move { workflow_client(channel).submit(request).await }
         })
+        .await
+        .map(|(_, response)| response)
+    }
+
+    /// Submits a workflow with no idempotency key, at most once: the call is repeated (on
+    /// another node) only after a failure that certainly did not apply it, such as a refused
+    /// connection. After any other failure the outcome is unknown
+    /// ([`ClientError::outcome`]): the workflow may or may not exist, and nothing can tell
+    /// which but a search for it (its labels, say). For callers that would rather lose a
+    /// submit than run it twice and keep no key; [`Client::submit`] is exactly-once.
+    pub async fn submit_at_most_once(
+        &self,
+        spec: WorkflowSpec,
+    ) -> Result<SubmitResponse, ClientError> {
+        let request = SubmitRequest {
+            spec: Some(spec),
+            idempotency_key: String::new(),
+            params: BTreeMap::new(),
+            template: String::new(),
+            template_version: 0,
+            namespace: self.inner.config.namespace.clone(),
+        };
+        self.unary_with(
+            move |channel| {
+                let request = request.clone();
+                async move { workflow_client(channel).submit(request).await }
+            },
+            Repeat::NotApplied,
+        )
         .await
         .map(|(_, response)| response)
     }
@@ -1020,7 +1059,20 @@ impl Client {
 
     /// Runs `call` on the preferred endpoint, failing over and backing off on retryable errors.
     /// Returns the endpoint that answered with the answer.
-    async fn unary<T, F, Fut>(&self, mut call: F) -> Result<(&Endpoint, T), ClientError>
+    async fn unary<T, F, Fut>(&self, call: F) -> Result<(&Endpoint, T), ClientError>
+    where
+        F: FnMut(Transport) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.unary_with(call, Repeat::Retryable).await
+    }
+
+    /// [`Client::unary`], repeating the call only as `repeat` allows.
+    async fn unary_with<T, F, Fut>(
+        &self,
+        mut call: F,
+        repeat: Repeat,
+    ) -> Result<(&Endpoint, T), ClientError>
     where
         F: FnMut(Transport) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -1051,7 +1103,10 @@ impl Client {
             // A TLS mismatch is one endpoint's: the others are still worth one try each.
             let other_endpoints_left = matches!(error, ClientError::TlsMismatch { .. })
                 && (attempts as usize) < endpoint_count;
+            let may_have_applied =
+                repeat == Repeat::NotApplied && error.outcome() != Outcome::NotApplied;
             if (!error.is_retryable() && !other_endpoints_left)
+                || may_have_applied
                 || attempts >= inner.config.attempts_max
                 || out_of_budget
             {
@@ -1232,6 +1287,16 @@ fn backoff_delay(config: &ClientConfig, attempts: u32) -> Duration {
         .min(config.backoff_max);
     let half_ms = (base.as_millis() / 2) as u64;
     Duration::from_millis(half_ms + random_u64() % (half_ms + 1))
+}
+
+/// Which failed calls [`Client::unary_with`] repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// Every retryable failure: calls that are safe to repeat (reads, keyed submits, idempotent
+    /// changes).
+    Retryable,
+    /// Only failures that certainly did not apply the call (a write with no key).
+    NotApplied,
 }
 
 /// A fresh random idempotency key: `baton-` and 32 hex digits (128 bits), well within the

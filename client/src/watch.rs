@@ -65,6 +65,9 @@ pub struct WorkflowWatch {
     backoff: Backoff,
     /// Why the stream was last lost, reported with the next `Resumed`.
     lost: Option<String>,
+    /// Nodes that refused to replay from the resume index in a row (OUT_OF_RANGE): each is
+    /// passed over for the next, until every one has refused.
+    refusals: usize,
 }
 
 impl WorkflowWatch {
@@ -79,6 +82,7 @@ impl WorkflowWatch {
             finished: false,
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             lost: None,
+            refusals: 0,
         }
     }
 
@@ -90,7 +94,10 @@ impl WorkflowWatch {
 
     /// The next event or resumption; `Ok(None)` after the workflow's WORKFLOW_FINISHED event.
     /// An error when the stream cannot be (re)opened, after the client's own retries, or the
-    /// node refuses the watch (NOT_FOUND, INVALID_ARGUMENT, ...).
+    /// node refuses the watch (NOT_FOUND, INVALID_ARGUMENT, ...). A watch of every workflow
+    /// resumed from an index no node holds every event from any more (each restarted from a
+    /// snapshot since, say) ends with OUT_OF_RANGE, whose `baton-events-from` metadata names
+    /// where the node can start: the events in between are in the workflows' histories.
     pub async fn next(&mut self) -> Result<Option<WatchUpdate>, ClientError> {
         loop {
             if self.finished {
@@ -98,7 +105,24 @@ impl WorkflowWatch {
             }
             let Some(stream) = self.stream.as_mut() else {
                 let from_index = self.next_index();
-                let stream = self.client.watch(self.workflow_id, from_index).await?;
+                let stream = match self.client.watch(self.workflow_id, from_index).await {
+                    Ok(stream) => stream,
+                    // A node that no longer holds every event from there (it restarted from a
+                    // snapshot, say): another node may. When none does, the caller hears it.
+                    Err(error)
+                        if error.code() == Some(tonic::Code::OutOfRange)
+                            && self.refusals + 1 < self.client.endpoints().len() =>
+                    {
+                        self.refusals += 1;
+                        self.client.prefer_next_endpoint();
+                        continue;
+                    }
+                    Err(error) => {
+                        self.refusals = 0;
+                        return Err(error);
+                    }
+                };
+                self.refusals = 0;
                 self.stream = Some(stream);
                 self.skip = self.last;
                 if let Some(reason) = self.lost.take() {

@@ -99,3 +99,39 @@ async fn a_stream_that_ends_before_the_finish_is_resumed() {
         }
     }
 }
+
+/// A watch of every workflow resumed (or opened) from an index a node no longer holds every event
+/// from: the other nodes are asked; when none holds them, the caller gets the OUT_OF_RANGE, with
+/// where the refusing node can start.
+#[tokio::test]
+async fn a_node_that_no_longer_holds_the_events_is_passed_over_then_reported() {
+    let events = common::workflow_7_events(WorkflowState::Succeeded);
+    let restarted = common::Script::default();
+    *restarted.events.lock().unwrap() = events.clone();
+    *restarted.events_from.lock().unwrap() = Some(5);
+    let whole = common::Script::default();
+    *whole.events.lock().unwrap() = events;
+    let (first, restarted) = common::start(restarted).await;
+    let (second, whole) = common::start(whole).await;
+    let endpoints = Endpoints::parse(&format!("{first},{second}")).unwrap();
+    let client = Client::new(endpoints).unwrap();
+
+    let mut watch = WorkflowWatch::new(client.clone(), 0, 3);
+    let Some(WatchUpdate::Event(event)) = watch.next().await.unwrap() else {
+        panic!("an event");
+    };
+    assert_eq!(event.index, 3, "served whole by the second node");
+    assert_eq!(restarted.watch_requests.lock().unwrap().len(), 1);
+    assert_eq!(whole.watch_requests.lock().unwrap().len(), 1);
+
+    // Both refuse: the caller hears it.
+    *whole.events_from.lock().unwrap() = Some(5);
+    let mut watch = WorkflowWatch::new(client, 0, 3);
+    let error = watch.next().await.expect_err("no node holds index 3");
+    assert_eq!(error.code(), Some(tonic::Code::OutOfRange));
+    let from = error
+        .status()
+        .and_then(|s| s.metadata().get(baton_proto::status::EVENTS_FROM_METADATA))
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    assert_eq!(from, Some(5));
+}

@@ -24,6 +24,8 @@ use crate::state::{
     CancelCommand, Command, ListQuery, PauseCommand, Response as Applied, RetryCommand,
     SignalCommand, StepIndex, SubmitCommand, WorkflowId, WorkflowState,
 };
+use crate::storage::events::NotHeld;
+use baton_proto::status::EVENTS_FROM_METADATA;
 
 type WatchStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WorkflowEvent, Status>> + Send>>;
@@ -800,7 +802,12 @@ impl WorkflowServiceImpl {
         // its current end, else with `finished_event` (see below), else with a live end.
         let (past, mut live, seen_through) = match only {
             None => {
-                let (past, live) = self.node.replica.events.subscribe(req.from_index);
+                let (past, live) = self
+                    .node
+                    .replica
+                    .events
+                    .subscribe(req.from_index)
+                    .map_err(|not_held| events_not_held(req.from_index, not_held))?;
                 (past, live, 0)
             }
             Some(id) => {
@@ -809,7 +816,7 @@ impl WorkflowServiceImpl {
                 // applied in between is in both, and the live side skips every index the
                 // history already holds (an index's events for a workflow are applied, and
                 // published, together).
-                let (_, live) = self.node.replica.events.subscribe(u64::MAX);
+                let live = self.node.replica.events.subscribe_live();
                 let history = self
                     .node
                     .replica
@@ -822,6 +829,14 @@ impl WorkflowServiceImpl {
                     .collect();
                 (past, live, seen_through)
             }
+        };
+        // Every workflow: nothing from before `from_index` either, which a node behind the
+        // watcher (a follower that has not yet applied what the watcher saw elsewhere) publishes
+        // live. (One workflow's stream ends with its finish, which may come live from below
+        // `from_index` on such a node: it is let through.)
+        let seen_through = match only {
+            None => req.from_index.saturating_sub(1),
+            Some(_) => seen_through,
         };
         // A finished workflow's history ends with its current end (a retried workflow's history
         // holds the ends of its earlier runs too: they do not end the stream). When that end is
@@ -917,6 +932,22 @@ impl WorkflowServiceImpl {
             item
         })))
     }
+}
+
+/// OUT_OF_RANGE for a watch of every workflow from `from_index`, which this node cannot
+/// replay whole, naming (also in `baton-events-from`) where it can.
+fn events_not_held(from_index: u64, not_held: NotHeld) -> Status {
+    let mut status = Status::out_of_range(format!(
+        "from_index: this node no longer holds every event from index {from_index} (it \
+         restarted from a snapshot, caught up by one, or dropped them from its recent events); \
+         it holds every event from index {} on. Another node may hold more; each workflow's \
+         history (GetHistory) holds all of its events",
+        not_held.whole_from
+    ));
+    if let Ok(value) = not_held.whole_from.to_string().parse() {
+        status.metadata_mut().insert(EVENTS_FROM_METADATA, value);
+    }
+    status
 }
 
 /// NOT_FOUND for workflow `id`, which `state` does not hold: purged (and when, while its record

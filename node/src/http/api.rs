@@ -1204,16 +1204,8 @@ async fn watch(
         },
     )?;
     let start = watch_start(headers, &params)?;
-    // Every workflow's events come from the node's recent-events ring, which forgets its oldest
-    // one at a time: resuming inside the oldest index kept could skip events the client never
-    // saw. Say so instead (one workflow's events come from its history, always whole).
-    if workflow == 0 && start.1 > 0 && start.0 <= api.node.replica.events.oldest_index() {
-        return Err(ApiError(Status::failed_precondition(format!(
-            "Last-Event-ID: this node no longer keeps every event of index {}; watch again from \
-             a later index (?from_index=)",
-            start.0
-        ))));
-    }
+    // Resuming inside an index whose first events the node no longer holds (or before what it
+    // holds) is refused by the watch itself (OUT_OF_RANGE naming where it can start).
     let request = pb::WatchRequest {
         workflow_id: workflow,
         from_index: start.0,

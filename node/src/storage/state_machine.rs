@@ -154,12 +154,14 @@ impl StateMachineStore {
                 "state loaded from snapshot"
             );
         }
+        // The events of the entries the snapshot holds are never published here.
+        let next_index = applied.last_applied.map_or(1, |id| id.index + 1);
         Ok(Self {
             replica: Arc::new(Replica {
                 peer_view: RwLock::new(Arc::new(applied.state.peer_view())),
                 applied: RwLock::new(applied),
                 hash_cache: Mutex::new(None),
-                events: EventLog::default(),
+                events: EventLog::starting_at(next_index),
                 applied_notify: tokio::sync::Notify::new(),
                 leader_term: OnceLock::new(),
             }),
@@ -304,6 +306,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         drop(applied);
+        self.replica
+            .events
+            .skipped_to(meta.last_log_id.map_or(0, |id| id.index));
         self.replica.refresh_peer_view();
         metrics::applied_index(meta.last_log_id.map_or(0, |id| id.index));
         Ok(())

@@ -106,6 +106,48 @@ async fn a_late_joiner_catches_up_by_snapshot() {
         .expect("get from the joiner")
         .into_inner();
     assert_eq!(got.workflow.unwrap().name, "wf-0");
+    // It never published the events the snapshot holds: a watch of every workflow from before
+    // it is refused, naming where the node can start, rather than starting there silently; the
+    // leader, which published them all, replays them.
+    let watch_all = |from_index| pb::WatchRequest {
+        workflow_id: 0,
+        from_index,
+        namespace: String::new(),
+        all_namespaces: false,
+    };
+    let refused = cluster
+        .workflows(4)
+        .await
+        .watch(watch_all(1))
+        .await
+        .expect_err("events the joiner never held");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    let whole_from: u64 = refused
+        .metadata()
+        .get(baton_proto::status::EVENTS_FROM_METADATA)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("where the joiner's events start");
+    assert_eq!(whole_from, joiner.snapshot_index + 1);
+    assert!(refused.message().contains("from_index"), "{refused:?}");
+    cluster
+        .workflows(4)
+        .await
+        .watch(watch_all(whole_from))
+        .await
+        .expect("a watch from what the joiner holds");
+    let mut replay = cluster
+        .workflows(leader)
+        .await
+        .watch(watch_all(1))
+        .await
+        .expect("the leader holds every event")
+        .into_inner();
+    let first = replay
+        .message()
+        .await
+        .expect("an event")
+        .expect("not ended");
+    assert_eq!(first.workflow_id, 1);
 
     tracing::info!("--- remove node 4; its id can never come back");
     let removed = admin

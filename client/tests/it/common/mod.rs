@@ -42,6 +42,9 @@ pub struct Script {
     /// Watch streams that break (UNAVAILABLE) after their first event, before one that does not.
     pub watch_breaks: AtomicU32,
     pub watch_requests: Mutex<Vec<WatchRequest>>,
+    /// When set, a watch of every workflow from below this index is refused with OUT_OF_RANGE
+    /// naming it (a node that no longer holds those events).
+    pub events_from: Mutex<Option<u64>>,
     pub workflow_state: Mutex<WorkflowState>,
 }
 
@@ -277,6 +280,17 @@ impl WorkflowService for Fake {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
         self.0.watch_requests.lock().unwrap().push(request.clone());
+        if let Some(from) = *self.0.events_from.lock().unwrap()
+            && request.workflow_id == 0
+            && request.from_index < from
+        {
+            let mut status = Status::out_of_range("from_index: not held here");
+            status.metadata_mut().insert(
+                baton_proto::status::EVENTS_FROM_METADATA,
+                from.to_string().parse().unwrap(),
+            );
+            return Err(status);
+        }
         let scripted: Vec<WorkflowEvent> = self
             .0
             .events
