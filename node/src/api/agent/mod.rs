@@ -118,6 +118,12 @@ impl AgentServiceImpl {
         tx.try_send(Ok(registered)).expect("fresh outbox has room");
         for attempt in leased.difference(&running) {
             if let Some(message) = scheduler::assignment_message(&view.state, *attempt) {
+                // Its lease starts again now: the agent starts its own when the assignment
+                // arrives, so the leader's must not end before the agent's would (the chaos
+                // suite's "no step runs past its lease's expiry").
+                if let Some(live) = view.state.live_attempt(*attempt) {
+                    self.sessions.grant(*attempt, agent_id, live.lease_ttl_ms);
+                }
                 let _ = tx.try_send(Ok(pb::ServerMessage {
                     msg: Some(pb::server_message::Msg::Assignment(message)),
                 }));
