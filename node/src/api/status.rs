@@ -43,6 +43,9 @@ pub fn node_error(err: NodeError) -> Status {
         NodeError::NoLeader(_) | NodeError::NotLeader { .. } => {
             Status::unavailable(err.to_string())
         }
+        NodeError::Unknown(_) if crate::faults::active(crate::faults::Broken::AmbiguousRefused) => {
+            Status::aborted(format!("{err}; not applied"))
+        }
         NodeError::Unknown(_) => Status::unknown(format!(
             "{err}; retry with the same idempotency key to learn the result"
         )),

@@ -802,12 +802,15 @@ impl WorkflowServiceImpl {
         // its current end, else with `finished_event` (see below), else with a live end.
         let (past, mut live, seen_through) = match only {
             None => {
-                let (past, live) = self
+                let (mut past, live) = self
                     .node
                     .replica
                     .events
                     .subscribe(req.from_index)
                     .map_err(|not_held| events_not_held(req.from_index, not_held))?;
+                if crate::faults::active(crate::faults::Broken::WatchNoReplay) {
+                    past.clear();
+                }
                 (past, live, 0)
             }
             Some(id) => {

@@ -8,7 +8,7 @@
 //! Its bookkeeping (which step each attempt ran, the stale outputs it accepted) is in memory only:
 //! a node that restarts or installs a snapshot starts it empty, as broken as before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::state::scheduling::truncate_utf8;
@@ -30,11 +30,15 @@ struct Notes {
     /// Outputs of stale reports accepted for a step that had already succeeded: what the node
     /// serves as that step's result.
     stale_outputs: BTreeMap<(WorkflowId, String), String>,
+    /// [`Broken::DedupForgotten`]: the (namespace, idempotency key) of every submit this
+    /// process applied, the only ones it deduplicates.
+    keys_seen: BTreeSet<(String, String)>,
 }
 
 static NOTES: Mutex<Notes> = Mutex::new(Notes {
     attempt_steps: BTreeMap::new(),
     stale_outputs: BTreeMap::new(),
+    keys_seen: BTreeSet::new(),
 });
 
 fn notes() -> MutexGuard<'static, Notes> {
@@ -48,6 +52,7 @@ pub fn apply(state: &mut ClusterState, ctx: ApplyCtx, entry: LogEntry) -> Applie
         Broken::ExpireOffLog,
         Broken::RejectApproves,
         Broken::RetryFromStart,
+        Broken::DedupForgotten,
     ];
     if !rewrites.into_iter().any(active) {
         return state.apply(ctx, entry);
@@ -128,6 +133,22 @@ fn rewrite(state: &ClusterState, command: Command) -> Result<Command, Response> 
                 reject: false,
                 ..signal
             }))
+        }
+        // A key this process has not applied since it started is not looked up: the submit
+        // goes in without it, as a new workflow.
+        Command::Submit(mut submit)
+            if active(Broken::DedupForgotten) && !submit.idempotency_key.is_empty() =>
+        {
+            let seen = (submit.namespace.clone(), submit.idempotency_key.clone());
+            let forgotten = !notes().keys_seen.contains(&seen)
+                && state
+                    .workflow_for_key(&submit.namespace, &submit.idempotency_key)
+                    .is_some();
+            notes().keys_seen.insert(seen);
+            if forgotten {
+                submit.idempotency_key.clear();
+            }
+            Ok(Command::Submit(submit))
         }
         // The rerun starts at the workflow's first step, whatever had succeeded.
         Command::Retry(retry) if active(Broken::RetryFromStart) => {

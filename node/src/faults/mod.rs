@@ -34,15 +34,38 @@ pub enum Broken {
     /// A retry reruns its workflow from the first step instead of from what failed: steps that
     /// had succeeded run again, with new fencing tokens (a rerun scope computed wrongly).
     RetryFromStart,
+    /// A linearizable read is served from the node's own applied state, without ReadIndex: a
+    /// follower that is behind (cut off, restarted) answers with what it has.
+    StaleReads,
+    /// An agent's heartbeat is acknowledged, renewing its leases, without the leader checking
+    /// that a quorum still follows it: a deposed leader that does not know it keeps promising
+    /// leases the new leader has already expired, and the agent runs on.
+    LeaseWithoutQuorum,
+    /// A call whose outcome the node does not know (its forward's connection to the leader
+    /// broke, leadership changed under its proposal) is answered as refused (ABORTED), which a
+    /// client reads as "certainly not applied" and may send again.
+    AmbiguousRefused,
+    /// A watch of every workflow resumed from an index sends only new events, as if it were
+    /// opened fresh: the events committed while the watcher was away are never sent.
+    WatchNoReplay,
+    /// Idempotency keys are remembered by each node process only from what it applied since it
+    /// started (as an in-memory table would be): a key submitted again after the node
+    /// restarted from a snapshot makes a second workflow.
+    DedupForgotten,
 }
 
 impl Broken {
-    pub const ALL: [Broken; 5] = [
+    pub const ALL: [Broken; 10] = [
         Broken::UnfencedReports,
         Broken::ExpireOffLog,
         Broken::AckBeforeSync,
         Broken::RejectApproves,
         Broken::RetryFromStart,
+        Broken::StaleReads,
+        Broken::LeaseWithoutQuorum,
+        Broken::AmbiguousRefused,
+        Broken::WatchNoReplay,
+        Broken::DedupForgotten,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +75,11 @@ impl Broken {
             Broken::AckBeforeSync => "ack-before-sync",
             Broken::RejectApproves => "reject-approves",
             Broken::RetryFromStart => "retry-from-start",
+            Broken::StaleReads => "stale-reads",
+            Broken::LeaseWithoutQuorum => "lease-without-quorum",
+            Broken::AmbiguousRefused => "ambiguous-refused",
+            Broken::WatchNoReplay => "watch-no-replay",
+            Broken::DedupForgotten => "dedup-forgotten",
         }
     }
 

@@ -515,6 +515,13 @@ impl ClusterState {
         self.submit_run(ctx, submit, None, events)
     }
 
+    /// The workflow idempotency key `key` of namespace `namespace` (empty: `default`) names,
+    /// if any.
+    pub fn workflow_for_key(&self, namespace: &str, key: &str) -> Option<WorkflowId> {
+        let scoped = namespaces::scoped_key(namespaces::or_default(namespace), key);
+        self.idempotency_keys.get(&scoped).copied()
+    }
+
     /// A submit, by a client or (with `schedule`) by a schedule.
     fn submit_run(
         &mut self,
