@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::history::{self, History};
+
 /// What a submit request came to, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -58,7 +60,10 @@ pub struct Gate {
 pub struct FinalWorkflow {
     pub id: u64,
     pub key: String,
+    /// The nonce a key-less submit labelled it with.
+    pub nonce: Option<String>,
     pub finished: bool,
+    pub cancelled: bool,
     pub steps: Vec<FinalStep>,
 }
 
@@ -97,6 +102,8 @@ pub struct Evidence {
     /// Steps of the workload that hold a concurrency key of their own (one key per step name,
     /// across all workflows), with the key's limit.
     pub key_limits: BTreeMap<String, usize>,
+    /// What clients saw meanwhile, and the workflows' histories at the end.
+    pub history: History,
 }
 
 /// A schedule of the workload, as the cluster reports it after the liveness phase.
@@ -127,7 +134,7 @@ pub struct Verdict {
     pub key_peaks: BTreeMap<String, usize>,
 }
 
-pub const INVARIANTS: [&str; 13] = [
+pub const INVARIANTS: [&str; 20] = [
     "no acknowledged workflow lost",
     "one workflow per idempotency key",
     "accepted result carries the current token",
@@ -141,6 +148,13 @@ pub const INVARIANTS: [&str; 13] = [
     "a retry reruns no succeeded step",
     "one run per schedule time, none skipped",
     "a concurrency key never past its limit",
+    history::KEYLESS,
+    history::READ_SEES_ACK,
+    history::READ_MONOTONIC,
+    history::WATCH_WHOLE,
+    history::ATTEMPTS_INCREASE,
+    history::LEASE_RESPECTED,
+    history::CANCEL_STOPS,
 ];
 
 pub fn check(evidence: &Evidence) -> Verdict {
@@ -153,7 +167,8 @@ pub fn check(evidence: &Evidence) -> Verdict {
 
     // 1-2: acknowledged workflows exist, one per key, with the acknowledged id.
     let mut ids_by_key: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    for workflow in &evidence.workflows {
+    // Key-less workflows are invariant 14's (history.rs).
+    for workflow in evidence.workflows.iter().filter(|w| !w.key.is_empty()) {
         ids_by_key
             .entry(workflow.key.as_str())
             .or_default()
@@ -538,6 +553,10 @@ pub fn check(evidence: &Evidence) -> Verdict {
             }
         }
     }
+    // 14-20: what clients saw (history.rs).
+    for (invariant, message) in history::check(evidence) {
+        fail(invariant, message, &mut verdict);
+    }
     verdict.invariants = INVARIANTS
         .iter()
         .map(|name| (*name, by_invariant.get(name).copied().unwrap_or(0)))
@@ -635,7 +654,9 @@ mod tests {
             workflows: vec![FinalWorkflow {
                 id: 1,
                 key: "k1".into(),
+                nonce: None,
                 finished: true,
+                cancelled: false,
                 steps: vec![step("a", &[], 2, 2), step("b", &["a"], 3, 3)],
             }],
             replicas: (1..=3)
@@ -653,6 +674,7 @@ mod tests {
             schedules: BTreeMap::new(),
             schedule_runs: Vec::new(),
             key_limits: BTreeMap::new(),
+            history: History::default(),
         }
     }
 
@@ -852,7 +874,9 @@ mod tests {
         evidence.workflows.push(FinalWorkflow {
             id: 3,
             key: "k2".into(),
+            nonce: None,
             finished: true,
+            cancelled: false,
             steps: vec![],
         });
         assert_eq!(violated(&evidence), vec![INVARIANTS[1]]);

@@ -23,7 +23,7 @@ use baton_powerloss::{CutReport, Tear};
 
 use crate::proxy::{Mode, Proxy};
 
-pub const SLOTS_PER_AGENT: usize = 2;
+pub const SLOTS_PER_AGENT: usize = 4;
 
 /// Node ids beyond the founding members, each with an address, certificate and proxies made at
 /// the start, for nodes added during the run (membership change under load).
@@ -239,8 +239,9 @@ impl Cluster {
             .args(["--heartbeat-ms", "50"])
             .args(["--election-timeout-min-ms", "300"])
             .args(["--election-timeout-max-ms", "600"])
-            // Small, so a snapshot catch-up happens within a short run.
-            .args(["--snapshot-every-entries", "500"])
+            // Small, so that a short run takes several snapshots: a snapshot catch-up happens,
+            // and a restarted node loads a recent one.
+            .args(["--snapshot-every-entries", "200"])
             .args(["--log-kept-behind-snapshot", "20"])
             .env("RUST_LOG", "info");
         if let Some(broken) = self.broken {
@@ -377,6 +378,23 @@ impl Cluster {
         )?)
     }
 
+    /// A client of node `id` alone, through its client proxy (so the faults reach it): a
+    /// watcher that stays with one node across its restarts.
+    pub fn proxied_client(&self, id: u64) -> anyhow::Result<Client> {
+        let endpoint = Endpoint::parse(&self.client_links[&id].addr.to_string())?;
+        Ok(Client::with_config(
+            Endpoints::new(vec![endpoint])?,
+            ClientConfig {
+                call_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_millis(500),
+                attempts_max: 2,
+                retry_budget: Duration::from_secs(2),
+                credentials: self.credentials(),
+                ..ClientConfig::default()
+            },
+        )?)
+    }
+
     /// A client straight to the nodes (no proxy): the harness's own view, e.g. who leads.
     pub fn direct_client(&self, only: Option<u64>) -> anyhow::Result<Client> {
         let endpoints = self
@@ -395,6 +413,28 @@ impl Cluster {
                 ..ClientConfig::default()
             },
         )?)
+    }
+
+    /// A client for each address a node of this run may have (spares included), straight to
+    /// it and to it only: the readers' view of each replica.
+    pub fn pinned_clients(&self) -> anyhow::Result<Vec<(u64, Client)>> {
+        self.all_addrs
+            .iter()
+            .map(|(id, addr)| {
+                let endpoint = Endpoint::parse(&addr.to_string())?;
+                let client = Client::with_config(
+                    Endpoints::new(vec![endpoint])?,
+                    ClientConfig {
+                        call_timeout: Duration::from_millis(1_000),
+                        connect_timeout: Duration::from_millis(300),
+                        attempts_max: 1,
+                        credentials: self.credentials(),
+                        ..ClientConfig::default()
+                    },
+                )?;
+                Ok((*id, client))
+            })
+            .collect()
     }
 
     /// What the harness's own clients present (nothing with `--insecure`).
@@ -422,10 +462,13 @@ impl Cluster {
                 .add_member(new, addr.to_string())
                 .await
                 .map_err(|e| anyhow::anyhow!("adding node {new}: {e}"))?;
-            admin
-                .remove_member(victim)
-                .await
-                .map_err(|e| anyhow::anyhow!("removing node {victim}: {e}"))
+            match admin.remove_member(victim).await {
+                Ok(_) => Ok(()),
+                // A leader removing itself steps down once the change commits, and its answer
+                // may be lost: the call repeated then finds the node already gone.
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("removing node {victim}: {e}")),
+            }
         }
         .await;
         let synced = self.sync_members(Duration::from_secs(15)).await;
@@ -524,6 +567,16 @@ impl Cluster {
         None
     }
 
+    /// A direct client for each running node but `except`, by id: what a failover measurement
+    /// asks while other faults go on.
+    pub fn status_clients(&self, except: u64) -> Vec<(u64, Client)> {
+        self.nodes
+            .iter()
+            .filter(|(id, proc)| **id != except && proc.alive() && !proc.is_paused())
+            .filter_map(|(id, _)| Some((*id, self.direct_client(Some(*id)).ok()?)))
+            .collect()
+    }
+
     pub async fn wait_for_leader(&self, patience: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + patience;
         loop {
@@ -557,6 +610,13 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Whether any link of agent `name` is not passing (another fault holds it).
+    pub fn agent_links_faulted(&self, name: &str) -> bool {
+        self.agent_links
+            .iter()
+            .any(|((agent, _), proxy)| agent == name && proxy.mode() != Mode::Pass)
     }
 
     pub fn heal_network(&self) {

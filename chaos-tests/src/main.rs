@@ -6,6 +6,8 @@
 
 mod checker;
 mod cluster;
+mod history;
+mod inject;
 mod proxy;
 mod run;
 mod schedule;
@@ -29,8 +31,9 @@ struct Cli {
     /// Cluster size (3 or 5).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
     nodes: u64,
-    /// Named set of runs: quick (CI: 3 seeds x 25 s of every fault, then 20 s of power cuts) or
-    /// soak (20 seeds x 10 min, 5 nodes).
+    /// Named set of runs: quick (CI, 15 schedules: 3 fixed seeds x 25 s of every fault, 20 s of
+    /// power cuts, 11 new seeds x 15 s), nightly (80 new seeds x 60 s, some on 5 nodes, some of
+    /// power cuts only) or soak (20 seeds x 10 min, 5 nodes).
     #[arg(long, value_enum, conflicts_with = "seed")]
     profile: Option<Profile>,
     /// Keep the temporary folder (logs, journal) even when the run passes.
@@ -53,17 +56,24 @@ struct Cli {
     broken: Vec<Broken>,
 }
 
-/// The quick profile's seeds: between them, every kind of fault in `schedule::FAULTS` (see
-/// `--print-schedule`; a test keeps it so).
-const QUICK_SEEDS: [u64; 3] = [1, 2, 13];
+/// The quick profile's fixed seeds: between them, every kind of fault in `schedule::FAULTS`,
+/// and overlapping pairs (see `--print-schedule`; a test keeps it so).
+const QUICK_SEEDS: [u64; 3] = [7, 11, 66];
 /// The quick profile's power-cut run: one node or all at once, with and without torn writes
 /// (a test keeps both tears in it).
-const QUICK_POWER_SEED: u64 = 2;
+const QUICK_POWER_SEED: u64 = 4;
 const POWER_FAULTS: [Fault; 2] = [Fault::PowerLossNode, Fault::PowerLossAll];
+/// The quick profile's runs beyond the fixed ones: new seeds each time (printed), shorter.
+const QUICK_RANDOM_RUNS: u64 = 11;
+const QUICK_RANDOM_DURATION: Duration = Duration::from_secs(15);
+/// The nightly profile: this many new seeds of a minute each; one in four on five nodes, one in
+/// eight drawing from power cuts only.
+const NIGHTLY_RUNS: u64 = 80;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Profile {
     Quick,
+    Nightly,
     Soak,
 }
 
@@ -117,12 +127,7 @@ fn main() -> anyhow::Result<()> {
         let seed = cli.seed.unwrap_or(1);
         let plan = schedule::plan(seed, cli.duration.as_millis() as u64, &kinds(&cli.faults));
         println!("seed {seed}, {:?} of faults:", cli.duration);
-        for planned in plan {
-            println!(
-                "  +{:>6} ms  {:?} for {} ms (pick {})",
-                planned.at_ms, planned.fault, planned.hold_ms, planned.pick
-            );
-        }
+        schedule::print(&plan);
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -151,6 +156,8 @@ fn main() -> anyhow::Result<()> {
     };
     if !cli.broken.is_empty() {
         let mut missed = Vec::new();
+        let mut controls: std::collections::BTreeMap<String, Vec<&'static str>> =
+            Default::default();
         for broken in cli.broken {
             println!(
                 "=== baton-chaos broken build {} duration {:?} nodes {} ({security})",
@@ -169,9 +176,31 @@ fn main() -> anyhow::Result<()> {
                 inject,
             };
             // The control: the same schedule on the same binary, nothing injected, must pass, or
-            // a catch below would prove nothing.
-            println!("--- control run: the same faults, nothing injected");
-            match run(options(false)) {
+            // a catch below would prove nothing. Broken builds exposed by the same faults and
+            // load share one.
+            let exposure = format!(
+                "{:?} {:?}",
+                broken.plan(cli.duration.as_millis() as u64),
+                broken.keyless_load()
+            );
+            let control = match controls.get(&exposure) {
+                Some(passed) => {
+                    println!(
+                        "--- control run: the one of an earlier build (the same faults and load)"
+                    );
+                    Ok(passed.clone())
+                }
+                None => {
+                    println!("--- control run: the same faults, nothing injected");
+                    run(options(false))
+                }
+            };
+            if let Ok(violated) = &control
+                && violated.is_empty()
+            {
+                controls.insert(exposure, violated.clone());
+            }
+            match control {
                 Ok(violated) if violated.is_empty() => println!("--- control run: PASS"),
                 Ok(violated) => {
                     println!(
@@ -222,17 +251,44 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     let all = schedule::FAULTS.to_vec();
+    // New seeds come from one base, printed, so a whole profile's draw can be told apart from
+    // another's; each run prints its own seed and a replay line when it fails.
+    let base: u64 = rand::random::<u64>() >> 16;
     let runs: Vec<(u64, Duration, u64, Vec<Fault>)> = match cli.profile {
-        Some(Profile::Quick) => QUICK_SEEDS
-            .iter()
-            .map(|&seed| (seed, Duration::from_secs(25), 3, all.clone()))
-            .chain([(
-                QUICK_POWER_SEED,
-                Duration::from_secs(20),
-                3,
-                POWER_FAULTS.to_vec(),
-            )])
-            .collect(),
+        Some(Profile::Quick) => {
+            println!(
+                "=== quick profile: seeds {QUICK_SEEDS:?} and power seed {QUICK_POWER_SEED}, then \
+                 {QUICK_RANDOM_RUNS} new seeds from {base}"
+            );
+            QUICK_SEEDS
+                .iter()
+                .map(|&seed| (seed, Duration::from_secs(25), 3, all.clone()))
+                .chain([(
+                    QUICK_POWER_SEED,
+                    Duration::from_secs(20),
+                    3,
+                    POWER_FAULTS.to_vec(),
+                )])
+                .chain(
+                    (0..QUICK_RANDOM_RUNS)
+                        .map(|i| (base + i, QUICK_RANDOM_DURATION, 3, all.clone())),
+                )
+                .collect()
+        }
+        Some(Profile::Nightly) => {
+            println!("=== nightly profile: {NIGHTLY_RUNS} new seeds from {base}");
+            (0..NIGHTLY_RUNS)
+                .map(|i| {
+                    let nodes = if i % 4 == 3 { 5 } else { 3 };
+                    let faults = if i % 8 == 5 {
+                        POWER_FAULTS.to_vec()
+                    } else {
+                        all.clone()
+                    };
+                    (base + i, Duration::from_secs(60), nodes, faults)
+                })
+                .collect()
+        }
         Some(Profile::Soak) => (1..=20)
             .map(|seed| (seed, Duration::from_secs(600), 5, all.clone()))
             .collect(),
@@ -320,5 +376,15 @@ mod tests {
             .collect();
         let all: BTreeSet<String> = schedule::FAULTS.iter().map(|f| format!("{f:?}")).collect();
         assert_eq!(planned, all);
+        let overlapping: usize = QUICK_SEEDS
+            .iter()
+            .map(|seed| {
+                let plan = schedule::plan(*seed, 25_000, &schedule::FAULTS);
+                (0..plan.len())
+                    .filter(|&i| schedule::overlaps_earlier(&plan, i))
+                    .count()
+            })
+            .sum();
+        assert!(overlapping >= 10, "{overlapping} overlapping faults");
     }
 }

@@ -111,6 +111,11 @@ impl Proxy {
         self.back.store(mode.encode(), Ordering::Relaxed);
     }
 
+    /// The mode of the bytes towards the target (and of new connections).
+    pub fn mode(&self) -> Mode {
+        Mode::decode(self.towards.load(Ordering::Relaxed))
+    }
+
     /// `mode` for the bytes towards the target only; the way back is set to pass.
     pub fn set_uplink_only(&self, mode: Mode) {
         self.towards.store(mode.encode(), Ordering::Relaxed);

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_client::proto as pb;
-use baton_client::{Client, ClientError, Outcome as ClientOutcome};
-use baton_powerloss::Tear;
+use baton_client::{Client, ClientError, Outcome as ClientOutcome, WatchUpdate, WorkflowWatch};
+use baton_proto::status::EVENTS_FROM_METADATA;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
@@ -17,10 +17,10 @@ use crate::checker::{
     self, Evidence, FinalStep, FinalWorkflow, Gate as FinalGate, Outcome, ReplicaStatus, Request,
 };
 use crate::cluster::{Cluster, SLOTS_PER_AGENT};
-use crate::proxy::Mode;
-use crate::schedule::{self, Broken, Fault, Planned};
+use crate::history::{Event, History, KeylessRequest, Read, Watched};
+use crate::inject::{self, AGENTS, FaultRecord, Heal};
+use crate::schedule::{self, Broken, Fault};
 
-const AGENTS: [&str; 3] = ["agent-1", "agent-2", "agent-3"];
 const LIVENESS_PATIENCE: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
@@ -30,27 +30,40 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A fault as it happened.
-#[derive(Debug)]
-struct FaultRecord {
-    at_ms: u64,
-    fault: Fault,
-    target: String,
-    installed: bool,
-    /// For faults on the leader: ms until another leader was seen.
-    failover_ms: Option<u64>,
+/// What one workflow of the workload looks like.
+#[derive(Clone, Copy, Debug, Default)]
+struct Shape {
+    /// `b` fails its first attempt (after recording it), so retries happen.
+    flaky: bool,
+    /// A `wait` step between `a` and `d`, which the workload approves (or first rejects, then
+    /// retries the workflow).
+    gated: bool,
+    /// `b` runs 5 s, longer than its 2 s lease: its agent must renew the lease meanwhile.
+    long: bool,
+    /// `d` must start within 8 s of being ready, or it fails (a schedule-to-start deadline).
+    deadline: bool,
+}
+
+impl Shape {
+    fn draw(rng: &mut ChaCha8Rng) -> Shape {
+        Shape {
+            flaky: rng.random_bool(0.3),
+            gated: rng.random_bool(0.25),
+            long: rng.random_bool(0.15),
+            deadline: rng.random_bool(0.2),
+        }
+    }
 }
 
 /// Each step appends `start` and `end` lines to the journal (O_APPEND, one short write each,
-/// so lines never interleave) and prints its token as its output. A flaky step fails its first
-/// attempt (after recording it) so retries happen. A gated workflow has a `wait` step between
-/// `a` and `d`, which the workload approves (or first rejects, then retries the workflow).
-fn spec(n: u64, flaky: bool, gated: bool) -> pb::WorkflowSpec {
+/// so lines never interleave) and prints its token as its output. The DAG is a -> b, c -> d,
+/// as `shape` varies it.
+fn spec(n: u64, shape: Shape) -> pb::WorkflowSpec {
     let script = r#"line() { echo "$1 $BATON_WORKFLOW_ID $BATON_STEP $BATON_ATTEMPT $CHAOS_AGENT $(date +%s%3N)" >> "$CHAOS_JOURNAL"; }
-line start; sleep 0.3; line end
+line start; sleep "$2"; line end
 if [ "$1" = 1 ] && [ "$BATON_ATTEMPT_NUMBER" = 1 ]; then exit 1; fi
 echo "$BATON_ATTEMPT""#;
-    let step = |name: &str, deps: &[&str], flaky: bool| pb::StepSpec {
+    let step = |name: &str, deps: &[&str], flaky: bool, seconds: &str| pb::StepSpec {
         name: name.into(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         task: Some(pb::step_spec::Task::Exec(pb::ExecTask {
@@ -60,6 +73,7 @@ echo "$BATON_ATTEMPT""#;
                 script.into(),
                 "step".into(),
                 if flaky { "1" } else { "0" }.into(),
+                seconds.into(),
             ],
             ..Default::default()
         })),
@@ -76,17 +90,27 @@ echo "$BATON_ATTEMPT""#;
         ..Default::default()
     };
     let mut steps = vec![
-        step("a", &[], false),
-        step("b", &["a"], flaky),
-        step(KEYED_STEP, &["a"], false),
-        step("d", &["b", "c"], false),
+        step("a", &[], false, "0.3"),
+        step(
+            "b",
+            &["a"],
+            shape.flaky,
+            if shape.long { "5" } else { "0.3" },
+        ),
+        // Short: every workflow's `c` queues for the one key, which must not become the
+        // bottleneck of the run (the key is still pressed: the summary shows how far).
+        step(KEYED_STEP, &["a"], false, "0.1"),
+        step("d", &["b", "c"], false, "0.3"),
     ];
     // Step c of every workflow shares one concurrency key.
     steps[2].concurrency = Some(pb::Concurrency {
         key: "chaos-{{ input.key }}".into(),
         limit: KEY_LIMIT,
     });
-    if gated {
+    if shape.deadline {
+        steps[3].schedule_to_start_timeout_ms = 8_000;
+    }
+    if shape.gated {
         steps.push(pb::StepSpec {
             name: GATE.into(),
             depends_on: vec!["a".into()],
@@ -108,6 +132,9 @@ echo "$BATON_ATTEMPT""#;
     }
 }
 
+/// The label that carries a key-less submit's nonce: how the checker finds what it made.
+pub const NONCE_LABEL: &str = "chaos-nonce";
+
 const GATE: &str = "gate";
 /// The step that holds a concurrency key shared by every workflow, and the key's limit.
 const KEYED_STEP: &str = "c";
@@ -119,7 +146,7 @@ const SCHEDULE: &str = "chaos-every-2s";
 const SCHEDULE_EVERY_MS: u64 = 2_000;
 
 fn schedule_spec() -> pb::ScheduleSpec {
-    let mut workflow = spec(0, false, false);
+    let mut workflow = spec(0, Shape::default());
     workflow.name = "chaos-scheduled".into();
     pb::ScheduleSpec {
         name: SCHEDULE.into(),
@@ -174,35 +201,59 @@ struct Gate {
     next_check: Instant,
 }
 
-/// What the workload did besides submitting, for the checker.
+/// What the workload did besides keyed submits, for the checker.
 #[derive(Default)]
 pub struct Operations {
     pub approvals: BTreeMap<u64, String>,
     pub rejections: usize,
     pub retries: BTreeMap<u64, Vec<(String, u64)>>,
     pub pauses: usize,
+    pub keyless: Vec<KeylessRequest>,
+    /// When each acknowledged submit was answered, by workflow (the first answer).
+    pub acks: BTreeMap<u64, u64>,
+    /// Workflows whose cancel was acknowledged as cancelling them; cancels sent in all.
+    pub cancels: BTreeSet<u64>,
+    pub cancels_sent: usize,
+    /// Batches sent, and acknowledged submits sent again with their key (a client's repeat).
+    pub batches: usize,
+    pub repeats: usize,
 }
 
 fn classify(result: &Result<pb::SubmitResponse, ClientError>) -> Outcome {
     match result {
         Ok(reply) => Outcome::Acked(reply.workflow_id),
-        Err(error) => match error.outcome() {
-            ClientOutcome::NotApplied => Outcome::Failed,
-            // Applied without an id in hand: as good as unknown, resubmitting finds the id.
-            ClientOutcome::Applied | ClientOutcome::Unknown => Outcome::Unknown,
-        },
+        Err(error) => classify_error(error),
     }
 }
+
+fn classify_error(error: &ClientError) -> Outcome {
+    match error.outcome() {
+        ClientOutcome::NotApplied => Outcome::Failed,
+        // Applied without an id in hand: as good as unknown, resubmitting finds the id.
+        ClientOutcome::Applied | ClientOutcome::Unknown => Outcome::Unknown,
+    }
+}
+
+/// Workflows acknowledged so far, with when: what the readers read.
+pub type Acked = Arc<Mutex<Vec<(u64, u64)>>>;
 
 /// Submits a workflow every ~300 ms until `stop`; keys whose outcome was not an ack are
 /// re-submitted (same key) until acked, also after `stop`, until `drain` says give up. The
 /// client is the latest `clients` holds (a new one after each membership change).
 ///
-/// An operator's hand too, through the same faults, recorded in `operations`:
+/// Besides, through the same faults, recorded in `operations`:
+/// - about one tick in three also submits a one-step workflow with no idempotency key, at most
+///   once (`Client::submit_at_most_once`), labelled with a nonce: never re-sent;
+/// - about one tick in ten submits a batch of three keyed workflows (`SubmitBatch`); items
+///   not acknowledged are re-submitted one by one, with their keys;
+/// - about one tick in seven sends an acknowledged submit again with its key (a client's repeat),
+///   which must answer the same workflow;
+/// - workflows vary (`Shape`): a step longer than its lease, a schedule-to-start deadline;
 /// - about one acked workflow in five is paused at once and resumed about a second later
 ///   (sooner once `stop` is set). A pause whose outcome is unknown may have applied, so it is
 ///   resumed all the same; a resume is repeated until it is acknowledged (resuming is
 ///   idempotent);
+/// - about one acked workflow in ten without a gate is cancelled a second or so later;
 /// - about one workflow in four has a gate (a `wait` step), approved once it waits; half of
 ///   them are rejected first, which fails the workflow, then retried (from the failed steps)
 ///   and approved. A gate whose workflow ended without it opening is retried once too.
@@ -215,13 +266,26 @@ async fn workload(
     drain_deadline: Arc<Mutex<Option<Instant>>>,
     history: Arc<Mutex<Vec<Request>>>,
     operations: Arc<Mutex<Operations>>,
+    acked: Acked,
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let mut pending: BTreeMap<String, pb::WorkflowSpec> = BTreeMap::new();
+    // Acknowledged keyed submits, for a client's repeat.
+    let mut done: Vec<(String, pb::WorkflowSpec)> = Vec::new();
     // Workflows paused (or maybe paused), and when to resume each.
     let mut paused: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut cancels: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut gates: BTreeMap<u64, Gate> = BTreeMap::new();
     let mut n = 0u64;
+    let mut reported = Instant::now();
+    let ack = |id: u64| {
+        let at = now_ms();
+        let mut operations = operations.lock().expect("not poisoned");
+        if let std::collections::btree_map::Entry::Vacant(entry) = operations.acks.entry(id) {
+            entry.insert(at);
+            acked.lock().expect("not poisoned").push((id, at));
+        }
+    };
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let deadline = *drain_deadline.lock().expect("not poisoned");
@@ -229,22 +293,108 @@ async fn workload(
         if stopping && (drained || deadline.is_some_and(|d| Instant::now() > d)) {
             return;
         }
+        if stopping && reported.elapsed() > Duration::from_secs(5) {
+            reported = Instant::now();
+            println!(
+                "  draining: {} submits unacknowledged, {} workflows paused, {} gates to answer",
+                pending.len(),
+                paused.len(),
+                gates.len()
+            );
+        }
+        let client = clients.borrow().clone();
         let mut batch: Vec<(String, pb::WorkflowSpec)> = pending
             .iter()
             .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
         if !stopping {
             n += 1;
-            let spec = spec(n, rng.random_bool(0.3), rng.random_bool(0.25));
-            batch.push((format!("s{seed}-wf{n}"), spec));
+            batch.push((format!("s{seed}-wf{n}"), spec(n, Shape::draw(&mut rng))));
+            if !done.is_empty() && rng.random_bool(0.15) {
+                batch.push(done[rng.random_range(0..done.len())].clone());
+                operations.lock().expect("not poisoned").repeats += 1;
+            }
+            if rng.random_bool(0.35) {
+                let nonce = format!("s{seed}-free{n}");
+                // One step: what it tests is the submit.
+                let mut free = spec(n, Shape::draw(&mut rng));
+                free.steps.truncate(1);
+                free.labels.insert(NONCE_LABEL.into(), nonce.clone());
+                let outcome = match client.submit_at_most_once(free).await {
+                    Ok(reply) => Outcome::Acked(reply.workflow_id),
+                    Err(error) => classify_error(&error),
+                };
+                if let Outcome::Acked(id) = outcome {
+                    ack(id);
+                }
+                operations
+                    .lock()
+                    .expect("not poisoned")
+                    .keyless
+                    .push(KeylessRequest { nonce, outcome });
+            }
+            if rng.random_bool(0.1) {
+                let items: Vec<(String, pb::WorkflowSpec)> = (0..3)
+                    .map(|i| {
+                        (
+                            format!("s{seed}-batch{n}-{i}"),
+                            spec(n, Shape::draw(&mut rng)),
+                        )
+                    })
+                    .collect();
+                let sent = items
+                    .iter()
+                    .map(|(key, spec)| (spec.clone(), Some(key.clone())))
+                    .collect();
+                operations.lock().expect("not poisoned").batches += 1;
+                let results = client.submit_batch(sent).await;
+                for (i, (key, spec)) in items.into_iter().enumerate() {
+                    let outcome = match &results {
+                        Ok(results) => match results.get(i).and_then(|r| r.outcome.as_ref()) {
+                            Some(pb::submit_batch_result::Outcome::Submitted(reply)) => {
+                                Outcome::Acked(reply.workflow_id)
+                            }
+                            // Refused by the state machine (a quota, say): nothing made.
+                            _ => Outcome::Failed,
+                        },
+                        Err(error) => classify_error(error),
+                    };
+                    match outcome {
+                        Outcome::Acked(id) => {
+                            ack(id);
+                            if spec.steps.iter().any(|s| s.name == GATE) {
+                                gates.insert(
+                                    id,
+                                    Gate {
+                                        reject_first: rng.random_bool(0.5),
+                                        retried: false,
+                                        next_check: Instant::now(),
+                                    },
+                                );
+                            }
+                            done.push((key.clone(), spec));
+                        }
+                        _ => {
+                            pending.insert(key.clone(), spec);
+                        }
+                    }
+                    history
+                        .lock()
+                        .expect("not poisoned")
+                        .push(Request { key, outcome });
+                }
+            }
         }
-        let client = clients.borrow().clone();
         for (key, spec) in batch {
             let result = client.submit(spec.clone(), Some(key.clone())).await;
             let outcome = classify(&result);
             if let Outcome::Acked(id) = outcome {
-                pending.remove(&key);
-                if spec.steps.iter().any(|s| s.name == GATE) {
+                ack(id);
+                if pending.remove(&key).is_some() || !done.iter().any(|(k, _)| *k == key) {
+                    done.push((key.clone(), spec.clone()));
+                }
+                let gated = spec.steps.iter().any(|s| s.name == GATE);
+                if gated && !gates.contains_key(&id) {
                     gates.insert(
                         id,
                         Gate {
@@ -262,6 +412,9 @@ async fn workload(
                             operations.lock().expect("not poisoned").pauses += 1;
                         }
                     }
+                } else if !stopping && !gated && rng.random_bool(0.1) {
+                    let at = Instant::now() + Duration::from_millis(rng.random_range(300..1_500));
+                    cancels.insert(id, at);
                 }
             } else {
                 pending.insert(key.clone(), spec);
@@ -287,6 +440,22 @@ async fn workload(
                 paused.remove(&id);
             }
         }
+        let due: Vec<u64> = cancels
+            .iter()
+            .filter(|(_, at)| Instant::now() >= **at)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            cancels.remove(&id);
+            let result = client.cancel(id, "chaos cancel").await;
+            let mut operations = operations.lock().expect("not poisoned");
+            operations.cancels_sent += 1;
+            if let Ok(reply) = result
+                && reply.state == pb::WorkflowState::Cancelled as i32
+            {
+                operations.cancels.insert(id);
+            }
+        }
         let due: Vec<u64> = gates
             .iter()
             .filter(|(_, gate)| Instant::now() >= gate.next_check)
@@ -294,12 +463,217 @@ async fn workload(
             .collect();
         for id in due {
             let gate = gates.get_mut(&id).expect("listed");
-            gate.next_check = Instant::now() + Duration::from_millis(500);
-            if answer_gate(&client, id, gate, &operations).await {
+            gate.next_check = Instant::now() + Duration::from_millis(250);
+            if answer_gate(&client, id, gate, stopping, &operations).await {
                 gates.remove(&id);
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Key-less submits besides the workload's, enough of them to be in flight when a fault
+/// strikes: `lanes` loops, each submitting a one-step workflow (a `wait` step nobody answers,
+/// which times out in half a second) at most once, then pausing `pause`, until `stop`.
+async fn keyless_load(
+    clients: watch::Receiver<Client>,
+    seed: u64,
+    (lanes, pause): (usize, Duration),
+    stop: Arc<AtomicBool>,
+    operations: Arc<Mutex<Operations>>,
+    acked: Acked,
+) {
+    let mut loops = tokio::task::JoinSet::new();
+    for lane in 0..lanes {
+        let (clients, stop, operations, acked) = (
+            clients.clone(),
+            stop.clone(),
+            operations.clone(),
+            acked.clone(),
+        );
+        loops.spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let nonce = format!("s{seed}-light{lane}-{n}");
+                let spec = pb::WorkflowSpec {
+                    name: format!("chaos-light-{lane}-{n}"),
+                    labels: [(NONCE_LABEL.to_owned(), nonce.clone())].into(),
+                    steps: vec![pb::StepSpec {
+                        name: "hold".into(),
+                        task: Some(pb::step_spec::Task::Wait(pb::WaitTask {
+                            signal: "never".into(),
+                            timeout_ms: 500,
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let client = clients.borrow().clone();
+                let outcome = match client.submit_at_most_once(spec).await {
+                    Ok(reply) => Outcome::Acked(reply.workflow_id),
+                    Err(error) => classify_error(&error),
+                };
+                {
+                    let mut operations = operations.lock().expect("not poisoned");
+                    if let Outcome::Acked(id) = outcome {
+                        let at = now_ms();
+                        operations.acks.insert(id, at);
+                        acked.lock().expect("not poisoned").push((id, at));
+                    }
+                    operations.keyless.push(KeylessRequest { nonce, outcome });
+                }
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+/// Reads acknowledged workflows, linearizably, on one node after another (each asked directly,
+/// without a proxy, so a partitioned node is asked too) until `stop`: every ~50 ms, one of the
+/// 50 latest acknowledged. Each read answered (found or NOT_FOUND) is recorded with when it was
+/// sent and answered.
+async fn reader(
+    nodes: Vec<(u64, Client)>,
+    seed: u64,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+    reads: Arc<Mutex<Vec<Read>>>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
+    let mut turn = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let id = {
+            let acked = acked.lock().expect("not poisoned");
+            if acked.is_empty() {
+                continue;
+            }
+            let recent = acked.len().saturating_sub(50);
+            acked[rng.random_range(recent..acked.len())].0
+        };
+        let (node, client) = &nodes[turn % nodes.len()];
+        turn += 1;
+        let start_ms = now_ms();
+        let revision = match client.get(id, pb::ReadConsistency::Linearizable).await {
+            Ok(workflow) => Some(workflow.revision),
+            Err(error) if error.code() == Some(tonic::Code::NotFound) => None,
+            Err(_) => continue,
+        };
+        reads.lock().expect("not poisoned").push(Read {
+            workflow: id,
+            node: *node,
+            start_ms,
+            end_ms: now_ms(),
+            revision,
+        });
+    }
+}
+
+/// Watches every workflow from index 1 through every fault, as a client that resumes where it
+/// was would (`WorkflowWatch`, through the proxies), until its task is aborted. A node that
+/// says it no longer holds the events asked for is taken at its word: the range is recorded as
+/// refused and the watch goes on from where that node can replay.
+async fn watcher(client: Client, watched: Arc<Mutex<Watched>>) {
+    let mut watch = WorkflowWatch::new(client.clone(), 0, 1);
+    watched.lock().expect("not poisoned").from = 1;
+    let name = watched.lock().expect("not poisoned").name.clone();
+    loop {
+        match watch.next().await {
+            Ok(Some(WatchUpdate::Event(event))) => {
+                watched
+                    .lock()
+                    .expect("not poisoned")
+                    .events
+                    .push(event_of(event));
+            }
+            Ok(Some(WatchUpdate::Resumed { .. })) => {
+                watched.lock().expect("not poisoned").resumes += 1;
+            }
+            Ok(None) => return,
+            Err(error) => {
+                let from = error
+                    .status()
+                    .filter(|s| s.code() == tonic::Code::OutOfRange)
+                    .and_then(|s| s.metadata().get(EVENTS_FROM_METADATA))
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if let Some(from) = from {
+                    let asked = watch.next_index();
+                    println!("  watch {name}: events [{asked}, {from}) no longer held: {error}");
+                    watched
+                        .lock()
+                        .expect("not poisoned")
+                        .refused
+                        .push((asked, from));
+                    watch = WorkflowWatch::new(client.clone(), 0, from);
+                } else {
+                    // Every node out of reach for now: the same watch tries again.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long the hopping watch stays on one node, and how long it takes to come back on the
+/// next (a client reconnecting): events are committed meanwhile, which it must then be sent.
+const HOP_EVERY: Duration = Duration::from_millis(1_500);
+const HOP_PAUSE: Duration = Duration::from_millis(300);
+
+/// Watches every workflow from index 1 as a client behind a load balancer that cuts long
+/// streams would: every [`HOP_EVERY`] it drops its stream and, [`HOP_PAUSE`] later, resumes on
+/// the next node (each reached through its proxy) from the last index it saw, skipping the
+/// events of that index it already has, exactly as `WorkflowWatch` resumes. A node's refusal to
+/// replay is recorded as `watcher` records it. Runs until its task is aborted.
+async fn hopping_watcher(nodes: Vec<Client>, watched: Arc<Mutex<Watched>>) {
+    watched.lock().expect("not poisoned").from = 1;
+    // The last index seen, and how many of its events.
+    let mut last: Option<(u64, usize)> = None;
+    for turn in 0.. {
+        let client = &nodes[turn % nodes.len()];
+        let from = last.map_or(1, |(index, _)| index);
+        let mut skip = last.map_or(0, |(_, seen)| seen);
+        match client.watch(0, from).await {
+            Ok(mut stream) => {
+                let until = tokio::time::Instant::now() + HOP_EVERY;
+                while let Ok(Ok(Some(event))) =
+                    tokio::time::timeout_at(until, stream.message()).await
+                {
+                    if event.index == from && skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    skip = 0;
+                    last = match last {
+                        Some((index, seen)) if index == event.index => Some((index, seen + 1)),
+                        _ => Some((event.index, 1)),
+                    };
+                    watched
+                        .lock()
+                        .expect("not poisoned")
+                        .events
+                        .push(event_of(event));
+                }
+                watched.lock().expect("not poisoned").resumes += 1;
+            }
+            Err(error) => {
+                let whole_from = error
+                    .status()
+                    .filter(|s| s.code() == tonic::Code::OutOfRange)
+                    .and_then(|s| s.metadata().get(EVENTS_FROM_METADATA))
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if let Some(whole_from) = whole_from {
+                    watched
+                        .lock()
+                        .expect("not poisoned")
+                        .refused
+                        .push((from, whole_from));
+                    last = Some((whole_from, 0));
+                }
+            }
+        }
+        tokio::time::sleep(HOP_PAUSE).await;
     }
 }
 
@@ -310,6 +684,7 @@ async fn answer_gate(
     client: &Client,
     id: u64,
     gate: &mut Gate,
+    stopping: bool,
     operations: &Mutex<Operations>,
 ) -> bool {
     let Ok(workflow) = client.get(id, pb::ReadConsistency::Linearizable).await else {
@@ -322,7 +697,8 @@ async fn answer_gate(
         return true;
     }
     if step.state == pb::StepState::AwaitingSignal as i32 {
-        let reject = gate.reject_first && !gate.retried;
+        // Once the faults are over, gates are only approved: the run winds down.
+        let reject = gate.reject_first && !gate.retried && !stopping;
         let data = if reject {
             "not yet".to_owned()
         } else {
@@ -368,268 +744,6 @@ async fn answer_gate(
     }
 }
 
-/// Waits until a leader other than `old` is seen (asked directly, not through the proxies).
-async fn failover_ms(cluster: &Cluster, old: u64, since: Instant) -> Option<u64> {
-    while since.elapsed() < Duration::from_secs(15) {
-        if cluster.leader_other_than(Some(old)).await.is_some() {
-            return Some(since.elapsed().as_millis() as u64);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    None
-}
-
-/// Installs one fault, holds it, heals it. Agent pauses are returned as zombie windows.
-async fn apply_fault(
-    cluster: &mut Cluster,
-    planned: &Planned,
-    zombie_windows: &mut Vec<(String, u64, u64)>,
-    workload_client: &watch::Sender<Client>,
-) -> FaultRecord {
-    let at_ms = now_ms();
-    let leader = cluster.leader().await;
-    let followers: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| Some(*id) != leader)
-        .collect();
-    let follower = followers[(planned.pick % followers.len() as u64) as usize];
-    let agent = AGENTS[(planned.pick % AGENTS.len() as u64) as usize].to_string();
-    let hold = Duration::from_millis(planned.hold_ms);
-    let mut record = FaultRecord {
-        at_ms,
-        fault: planned.fault,
-        target: String::new(),
-        installed: false,
-        failover_ms: None,
-    };
-    let since = Instant::now();
-    match planned.fault {
-        Fault::KillLeader | Fault::PauseLeader | Fault::IsolateLeader => {
-            let Some(leader) = leader else {
-                record.target = "no leader known".into();
-                return record;
-            };
-            record.target = format!("node {leader}");
-            let node = cluster.nodes.get_mut(&leader).expect("known node");
-            match planned.fault {
-                Fault::KillLeader => node.kill(),
-                Fault::PauseLeader => node.pause(),
-                _ => cluster.set_node_links(leader, Mode::Blackhole),
-            }
-            record.installed = true;
-            record.failover_ms = failover_ms(cluster, leader, since).await;
-            tokio::time::sleep(hold.saturating_sub(since.elapsed())).await;
-            match planned.fault {
-                Fault::KillLeader => {
-                    if let Err(error) = cluster.start_node(leader) {
-                        record.target += &format!(" (restart failed: {error})");
-                    }
-                }
-                Fault::PauseLeader => cluster.nodes.get_mut(&leader).expect("known").resume(),
-                _ => cluster.set_node_links(leader, Mode::Pass),
-            }
-        }
-        Fault::KillFollower => {
-            record.target = format!("node {follower}");
-            cluster.nodes.get_mut(&follower).expect("known").kill();
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            if let Err(error) = cluster.start_node(follower) {
-                record.target += &format!(" (restart failed: {error})");
-            }
-        }
-        Fault::IsolateFollower => {
-            record.target = format!("node {follower}");
-            cluster.set_node_links(follower, Mode::Blackhole);
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            cluster.set_node_links(follower, Mode::Pass);
-        }
-        Fault::OneWayDrop => {
-            let links = cluster.member_links();
-            let link = links[(planned.pick % links.len() as u64) as usize];
-            record.target = format!("link {} -> {}", link.0, link.1);
-            cluster.links[&link].set(Mode::Drop);
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            cluster.links[&link].set(Mode::Pass);
-        }
-        Fault::DelayAll => {
-            let ms = 20 + planned.pick % 180;
-            record.target = format!("all node links +{ms} ms per chunk");
-            for proxy in cluster.links.values() {
-                proxy.set(Mode::Delay(ms));
-            }
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            cluster.heal_network();
-        }
-        Fault::KillAgent | Fault::PauseAgent => {
-            record.target = agent.clone();
-            let proc = cluster.agents.get_mut(&agent).expect("known agent");
-            if planned.fault == Fault::KillAgent {
-                proc.kill();
-            } else {
-                proc.pause();
-            }
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            if planned.fault == Fault::KillAgent {
-                if let Err(error) = cluster.start_agent(&agent).await {
-                    record.target += &format!(" (restart failed: {error})");
-                }
-            } else {
-                cluster.agents.get_mut(&agent).expect("known").resume();
-                zombie_windows.push((agent, at_ms, now_ms()));
-            }
-        }
-        Fault::IsolateAgent => {
-            record.target = agent.clone();
-            cluster.set_agent_links(&agent, Mode::Blackhole, false);
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            cluster.set_agent_links(&agent, Mode::Pass, false);
-        }
-        Fault::DelayAgent => {
-            // Past the 2 s lease and the leader's 1 s margin: assignments arrive at once, but
-            // heartbeats and reports only after the lease lapsed.
-            let ms = 3_500 + planned.pick % 1_000;
-            record.target = format!("{agent} uplink +{ms} ms per chunk");
-            cluster.set_agent_links(&agent, Mode::Delay(ms), true);
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            cluster.set_agent_links(&agent, Mode::Pass, false);
-        }
-        Fault::ReplaceNode => {
-            // Any member, the leader included: removing the leader makes it step down.
-            let members: Vec<u64> = cluster.nodes.keys().copied().collect();
-            let victim = members[(planned.pick % members.len() as u64) as usize];
-            let role = if Some(victim) == leader {
-                "leader"
-            } else {
-                "follower"
-            };
-            match cluster.replace_node(victim).await {
-                Ok(Some(new)) => {
-                    record.target = format!("{role} node {victim} replaced by node {new}");
-                    record.installed = true;
-                }
-                Ok(None) => record.target = "no spare node left".into(),
-                Err(error) => record.target = format!("{role} node {victim}: {error:#}"),
-            }
-            match cluster.workload_client() {
-                Ok(client) => {
-                    workload_client.send_replace(client);
-                }
-                Err(error) => record.target += &format!(" (no new workload client: {error:#})"),
-            }
-            tokio::time::sleep(hold.saturating_sub(since.elapsed())).await;
-        }
-        Fault::KillAll => {
-            record.target = "every node".into();
-            let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-            for node in cluster.nodes.values_mut() {
-                node.kill();
-            }
-            record.installed = true;
-            tokio::time::sleep(hold).await;
-            restart_all(cluster, &ids, &mut record).await;
-        }
-        Fault::PowerLossNode => {
-            let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-            let id = ids[(planned.pick % ids.len() as u64) as usize];
-            let role = if Some(id) == leader {
-                "leader"
-            } else {
-                "follower"
-            };
-            record.target = format!("{role} node {id}");
-            match cluster.power_cut(id, tear_of(planned, id)) {
-                Ok(report) => {
-                    record.target += &format!(" ({report})");
-                    record.installed = true;
-                }
-                Err(error) => record.target += &format!(" (cut failed: {error:#})"),
-            }
-            tokio::time::sleep(hold).await;
-            if let Err(error) = cluster.start_node(id) {
-                record.target += &format!(" (restart failed: {error})");
-            }
-        }
-        Fault::PowerLossAll => {
-            record.target = "every node".into();
-            let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-            // Every process dies before any folder is rewound: one power cut, not a sequence.
-            for node in cluster.nodes.values_mut() {
-                node.kill();
-            }
-            record.installed = true;
-            for &id in &ids {
-                match cluster.power_cut(id, tear_of(planned, id)) {
-                    Ok(report) => record.target += &format!("; node {id}: {report}"),
-                    Err(error) => {
-                        record.installed = false;
-                        record.target += &format!("; node {id}: cut failed: {error:#}");
-                    }
-                }
-            }
-            tokio::time::sleep(hold).await;
-            restart_all(cluster, &ids, &mut record).await;
-        }
-        Fault::SnapshotCatchUp => {
-            let Some(leader) = leader else {
-                record.target = "no leader known".into();
-                return record;
-            };
-            record.target = format!("node {follower} behind a snapshot of node {leader}");
-            cluster.set_node_links(follower, Mode::Blackhole);
-            tokio::time::sleep(hold / 2).await;
-            // The leader snapshots and purges its log behind it (20 entries kept), so the cut
-            // follower can only catch up by receiving the snapshot.
-            let snapshot = match cluster.direct_client(Some(leader)) {
-                Ok(client) => client.trigger_snapshot().await.is_ok(),
-                Err(_) => false,
-            };
-            record.installed = snapshot;
-            tokio::time::sleep(hold / 2).await;
-            cluster.set_node_links(follower, Mode::Pass);
-        }
-    }
-    record
-}
-
-/// Starts the nodes `ids` again after every one was stopped, and records in `record` how long
-/// the cluster took to have a leader.
-async fn restart_all(cluster: &mut Cluster, ids: &[u64], record: &mut FaultRecord) {
-    for &id in ids {
-        if let Err(error) = cluster.start_node(id) {
-            record.target += &format!(" (node {id} restart failed: {error})");
-        }
-    }
-    let restarted = Instant::now();
-    match cluster.wait_for_leader(Duration::from_secs(15)).await {
-        Ok(leader) => {
-            record.target += &format!(
-                " (node {leader} leads {} ms after the restart)",
-                restarted.elapsed().as_millis()
-            );
-        }
-        Err(_) => record.target += " (no leader within 15 s of the restart)",
-    }
-}
-
-/// How a planned power cut treats node `node`'s lost writes: torn ones seeded by the pick and
-/// the node, so a seed replays the same tears.
-fn tear_of(planned: &Planned, node: u64) -> Tear {
-    if planned.torn() {
-        Tear::Seeded(planned.pick ^ node.rotate_left(32))
-    } else {
-        Tear::None
-    }
-}
-
 async fn replica_statuses(cluster: &Cluster) -> Vec<ReplicaStatus> {
     let mut out = Vec::new();
     for &id in cluster.nodes.keys() {
@@ -664,11 +778,138 @@ async fn collect(client: &Client) -> anyhow::Result<Vec<pb::Workflow>> {
         }
         token = page.next_page_token;
     }
-    let mut out = Vec::new();
-    for id in ids {
-        out.push(client.get(id, pb::ReadConsistency::Linearizable).await?);
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(READS_IN_FLIGHT) {
+        let mut reads = tokio::task::JoinSet::new();
+        for &id in chunk {
+            let client = client.clone();
+            reads.spawn(async move { client.get(id, pb::ReadConsistency::Linearizable).await });
+        }
+        while let Some(read) = reads.join_next().await {
+            out.push(read??);
+        }
     }
+    out.sort_by_key(|w| w.id);
     Ok(out)
+}
+
+/// A workflow event as the checker keeps it.
+fn event_of(event: pb::WorkflowEvent) -> Event {
+    Event {
+        index: event.index,
+        workflow: event.workflow_id,
+        kind: event.kind,
+        step: event.step,
+        attempt_id: event.attempt_id,
+        time_ms: event.time_ms,
+        workflow_state: event.workflow_state,
+    }
+}
+
+/// Reads the harness sends at once when it gathers the evidence.
+const READS_IN_FLIGHT: usize = 16;
+
+/// Whether the cluster lists no running workflow (a cheap question asked before reading every
+/// workflow; the answer that counts is those reads').
+async fn none_running(client: &Client) -> bool {
+    let page = client
+        .list(pb::ListRequest {
+            states: vec![pb::WorkflowState::Running as i32],
+            page_size: 1,
+            ..Default::default()
+        })
+        .await;
+    matches!(page, Ok(page) if page.workflows.is_empty())
+}
+
+/// A few workflows still running, with what each step waits for: what a slow liveness phase
+/// is waiting on.
+async fn print_running(client: &Client) {
+    let Ok(page) = client
+        .list(pb::ListRequest {
+            states: vec![pb::WorkflowState::Running as i32],
+            page_size: 5,
+            ..Default::default()
+        })
+        .await
+    else {
+        return;
+    };
+    for listed in page.workflows {
+        let Ok(workflow) = client.get(listed.id, pb::ReadConsistency::Stale).await else {
+            continue;
+        };
+        let steps: Vec<String> = workflow
+            .steps
+            .iter()
+            .filter(|s| s.state != pb::StepState::Succeeded as i32)
+            .map(|s| {
+                let state = pb::StepState::try_from(s.state)
+                    .map_or_else(|_| s.state.to_string(), |s| s.as_str_name().to_owned());
+                if s.pending_reason.is_empty() {
+                    format!("{} {state}", s.name)
+                } else {
+                    format!("{} {state} ({})", s.name, s.pending_reason)
+                }
+            })
+            .collect();
+        println!(
+            "  still running: workflow {} {}{}: {}",
+            workflow.id,
+            workflow.name,
+            if workflow.paused { " (paused)" } else { "" },
+            steps.join(", ")
+        );
+    }
+}
+
+/// Every workflow's history, read `READS_IN_FLIGHT` at a time, each tried up to three times;
+/// and the workflows whose history could not be read.
+async fn histories(
+    client: &Client,
+    workflows: &[pb::Workflow],
+) -> (BTreeMap<u64, Vec<Event>>, BTreeSet<u64>) {
+    let mut out = BTreeMap::new();
+    let mut unread = BTreeSet::new();
+    for chunk in workflows.chunks(READS_IN_FLIGHT) {
+        let mut reads = tokio::task::JoinSet::new();
+        for workflow in chunk {
+            let (client, id) = (client.clone(), workflow.id);
+            reads.spawn(async move {
+                let mut read = client.history(id, pb::ReadConsistency::Linearizable).await;
+                for _ in 0..2 {
+                    if read.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    read = client.history(id, pb::ReadConsistency::Linearizable).await;
+                }
+                (id, read)
+            });
+        }
+        while let Some(joined) = reads.join_next().await {
+            let Ok((id, read)) = joined else {
+                continue;
+            };
+            match read {
+                Ok(events) => {
+                    let events = events.into_iter().map(event_of).collect();
+                    out.insert(id, events);
+                }
+                Err(error) => {
+                    println!("  no history of workflow {id}: {error}");
+                    unread.insert(id);
+                }
+            }
+        }
+    }
+    // A task that panicked read nothing either.
+    for workflow in workflows {
+        if !out.contains_key(&workflow.id) {
+            unread.insert(workflow.id);
+        }
+    }
+    (out, unread)
 }
 
 fn is_finished(state: i32) -> bool {
@@ -696,7 +937,9 @@ fn final_workflow(workflow: &pb::Workflow) -> FinalWorkflow {
     FinalWorkflow {
         id: workflow.id,
         key: workflow.idempotency_key.clone(),
+        nonce: workflow.labels.get(NONCE_LABEL).cloned(),
         finished: is_finished(workflow.state),
+        cancelled: workflow.state == pb::WorkflowState::Cancelled as i32,
         steps: workflow
             .steps
             .iter()
@@ -753,12 +996,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         Some(broken) => broken.plan(duration.as_millis() as u64),
     };
     println!("schedule ({} faults):", plan.len());
-    for planned in &plan {
-        println!(
-            "  +{:>6} ms  {:?} for {} ms (pick {})",
-            planned.at_ms, planned.fault, planned.hold_ms, planned.pick
-        );
-    }
+    schedule::print(&plan);
     let dir = tempfile::Builder::new().prefix("baton-chaos-").tempdir()?;
     let bin = crate::cluster::bin_dir()?;
     let mut cluster = Cluster::start(
@@ -769,14 +1007,16 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         broken.map(Broken::env_value),
     )
     .await?;
+    let began = Instant::now();
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     cluster.prepare_agents(Duration::from_secs(30)).await?;
     for agent in AGENTS {
         cluster.start_agent(agent).await?;
     }
     println!(
-        "cluster up in {}, first leader node {first_leader}",
-        dir.path().display()
+        "cluster up in {} ({} ms), first leader node {first_leader}",
+        dir.path().display(),
+        began.elapsed().as_millis()
     );
 
     // ---- safety phase: workload under faults.
@@ -785,7 +1025,42 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     let stop = Arc::new(AtomicBool::new(false));
     let drain_deadline = Arc::new(Mutex::new(None));
     let (workload_client, clients) = watch::channel(cluster.workload_client()?);
+    // One watch that fails over between nodes, one staying with each node (through its
+    // restarts, partitions and snapshot installs), and one hopping between them.
+    let mut watches = vec![(None, "failover".to_owned(), cluster.workload_client()?)];
+    for &id in cluster.nodes.keys() {
+        watches.push((Some(id), format!("node {id}"), cluster.proxied_client(id)?));
+    }
+    let mut watches: Vec<(
+        Option<u64>,
+        Arc<Mutex<Watched>>,
+        tokio::task::JoinHandle<()>,
+    )> = watches
+        .into_iter()
+        .map(|(node, name, client)| {
+            let watched = Arc::new(Mutex::new(Watched {
+                name,
+                ..Watched::default()
+            }));
+            let task = tokio::spawn(watcher(client, watched.clone()));
+            (node, watched, task)
+        })
+        .collect();
+    // And one that hops from node to node.
+    let hopping = Arc::new(Mutex::new(Watched {
+        name: "hopping".into(),
+        ..Watched::default()
+    }));
+    let nodes: Vec<Client> = cluster
+        .nodes
+        .keys()
+        .map(|&id| cluster.proxied_client(id))
+        .collect::<anyhow::Result<_>>()?;
+    let task = tokio::spawn(hopping_watcher(nodes, hopping.clone()));
+    watches.push((None, hopping, task));
     steer_schedule(&workload_client.borrow().clone(), false).await?;
+    let acked: Acked = Arc::default();
+    let clients_for_light = clients.clone();
     let workload = tokio::spawn(workload(
         clients,
         seed,
@@ -793,30 +1068,85 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         drain_deadline.clone(),
         history.clone(),
         operations.clone(),
+        acked.clone(),
+    ));
+    let light = tokio::spawn(keyless_load(
+        clients_for_light,
+        seed,
+        targeted.map_or(schedule::KEYLESS_LOAD, Broken::keyless_load),
+        stop.clone(),
+        operations.clone(),
+        acked.clone(),
+    ));
+    let reads = Arc::new(Mutex::new(Vec::new()));
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reading = tokio::spawn(reader(
+        cluster.pinned_clients()?,
+        seed,
+        acked,
+        stop_reading.clone(),
+        reads.clone(),
     ));
     let start = Instant::now();
     let run_start_ms = now_ms();
-    let mut records = Vec::new();
+    let mut records: Vec<FaultRecord> = Vec::new();
     let mut zombie_windows = Vec::new();
-    for planned in &plan {
-        tokio::time::sleep(Duration::from_millis(planned.at_ms).saturating_sub(start.elapsed()))
+    // Each fault is two events, its install and its heal (a heal first at a tie); a fault
+    // installed while another holds overlaps it.
+    let mut events: Vec<(u64, bool, usize)> = plan
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| [(p.at_ms, true, i), (p.at_ms + p.hold_ms, false, i)])
+        .collect();
+    events.sort_by_key(|&(at_ms, install, i)| (at_ms, install, i));
+    let mut holding: BTreeMap<usize, (usize, Heal)> = BTreeMap::new();
+    for (at_ms, install, i) in events {
+        tokio::time::sleep(Duration::from_millis(at_ms).saturating_sub(start.elapsed())).await;
+        if install {
+            let (record, heal) = inject::install(
+                &mut cluster,
+                &plan[i],
+                !holding.is_empty(),
+                now_ms(),
+                &workload_client,
+            )
             .await;
-        let record =
-            apply_fault(&mut cluster, planned, &mut zombie_windows, &workload_client).await;
-        println!(
-            "  +{:>6} ms fault {:?} on {}: installed {} failover {:?}",
-            record.at_ms.saturating_sub(run_start_ms),
-            record.fault,
-            record.target,
-            record.installed,
-            record.failover_ms
-        );
-        records.push(record);
+            println!(
+                "  +{:>6} ms fault {:?} on {}: installed {}{}",
+                record.at_ms.saturating_sub(run_start_ms),
+                record.fault,
+                record.target,
+                record.installed,
+                if record.overlapped {
+                    " (while another holds)"
+                } else {
+                    ""
+                }
+            );
+            holding.insert(i, (records.len(), heal));
+            records.push(record);
+        } else if let Some((r, heal)) = holding.remove(&i) {
+            let others: Vec<&Heal> = holding.values().map(|(_, h)| h).collect();
+            inject::heal(
+                &mut cluster,
+                heal,
+                &others,
+                &mut records[r],
+                now_ms(),
+                &mut zombie_windows,
+            )
+            .await;
+        }
+    }
+    for record in &mut records {
+        record.settle().await;
     }
     tokio::time::sleep(duration.saturating_sub(start.elapsed())).await;
 
     // ---- liveness phase: everything healed; unknown outcomes resubmitted until acked.
+    let safety_ms = start.elapsed().as_millis();
     println!("--- liveness phase");
+    let healing = Instant::now();
     cluster.heal_network();
     let down: Vec<u64> = cluster
         .nodes
@@ -841,25 +1171,42 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     if let Err(error) = steer_schedule(&cluster.direct_client(None)?, true).await {
         println!("  schedule not paused: {error:#}");
     }
+    println!(
+        "  healed, schedule paused in {} ms",
+        healing.elapsed().as_millis()
+    );
     let liveness_deadline = Instant::now() + LIVENESS_PATIENCE;
     *drain_deadline.lock().expect("not poisoned") = Some(liveness_deadline);
     stop.store(true, Ordering::Relaxed);
     workload.await?;
+    light.await?;
+    stop_reading.store(true, Ordering::Relaxed);
+    reading.await?;
+    let drained_ms = healing.elapsed().as_millis();
     let reader = cluster.direct_client(None)?;
     let recovery = Instant::now();
+    let mut reported = Instant::now();
     let workflows = loop {
-        let all = collect(&reader).await;
-        if let Ok(all) = &all
-            && all.iter().all(|w| is_finished(w.state))
-        {
-            break all.clone();
+        if reported.elapsed() > Duration::from_secs(5) {
+            reported = Instant::now();
+            print_running(&reader).await;
         }
-        if Instant::now() > liveness_deadline {
-            break all.unwrap_or_default();
+        let late = Instant::now() > liveness_deadline;
+        if late || none_running(&reader).await {
+            let all = collect(&reader).await;
+            if let Ok(all) = &all
+                && all.iter().all(|w| is_finished(w.state))
+            {
+                break all.clone();
+            }
+            if late {
+                break all.unwrap_or_default();
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let recovery_ms = recovery.elapsed().as_millis();
+    let gathering = Instant::now();
     let converge_deadline = Instant::now() + Duration::from_secs(30);
     let replicas = loop {
         let statuses = replica_statuses(&cluster).await;
@@ -872,6 +1219,45 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Every workflow's history, then the watch given until it has reached the last of them.
+    let (histories, unread) = histories(&reader, &workflows).await;
+    let last_index = histories
+        .values()
+        .flat_map(|h: &Vec<Event>| h.last())
+        .map(|e| e.index)
+        .max()
+        .unwrap_or(0);
+    // The watches of nodes still members (and the one that fails over) are given until they
+    // reach that index.
+    let histories_ms = gathering.elapsed().as_millis();
+    let watch_deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < watch_deadline
+        && watches.iter().any(|(node, watched, _)| {
+            node.is_none_or(|id| cluster.nodes.contains_key(&id))
+                && watched
+                    .lock()
+                    .expect("not poisoned")
+                    .events
+                    .last()
+                    .is_none_or(|e| e.index < last_index)
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "evidence: replicas agreed and {} histories read in {histories_ms} ms, watches caught up \
+         in {} ms more",
+        histories.len(),
+        gathering.elapsed().as_millis() - histories_ms
+    );
+    let watched: Vec<Watched> = watches
+        .into_iter()
+        .map(|(_, watched, task)| {
+            task.abort();
+            std::mem::take(&mut *watched.lock().expect("not poisoned"))
+        })
+        .collect();
+    let reads = std::mem::take(&mut *reads.lock().expect("not poisoned"));
     let journal_text = std::fs::read_to_string(&cluster.journal).unwrap_or_default();
     let journal = checker::parse_journal(&journal_text).map_err(anyhow::Error::msg)?;
     let requests = history.lock().expect("not poisoned").clone();
@@ -921,6 +1307,15 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         schedules,
         schedule_runs,
         key_limits: BTreeMap::from([(KEYED_STEP.to_owned(), KEY_LIMIT as usize)]),
+        history: History {
+            keyless: operations.keyless,
+            acks: operations.acks,
+            reads,
+            cancels: operations.cancels,
+            histories,
+            unread,
+            watched,
+        },
     };
     let verdict = checker::check(&evidence);
     summary(
@@ -929,7 +1324,13 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         &evidence,
         &verdict,
         recovery_ms,
-        (operations.pauses, operations.rejections),
+        &Counts {
+            pauses: operations.pauses,
+            rejections: operations.rejections,
+            cancels_sent: operations.cancels_sent,
+            batches: operations.batches,
+            repeats: operations.repeats,
+        },
     );
     let violated: Vec<&'static str> = verdict
         .invariants
@@ -937,7 +1338,21 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         .filter(|(_, n)| *n > 0)
         .map(|(name, _)| *name)
         .collect();
+    let stopping = Instant::now();
     drop(cluster);
+    println!(
+        "run took {:.1} s: safety {:.1} s, the workload drained in {:.1} s, every workflow ended \
+         {:.1} s later, evidence {:.1} s, stop {:.1} s",
+        began.elapsed().as_secs_f64(),
+        safety_ms as f64 / 1000.0,
+        drained_ms as f64 / 1000.0,
+        recovery_ms as f64 / 1000.0,
+        gathering
+            .elapsed()
+            .saturating_sub(stopping.elapsed())
+            .as_secs_f64(),
+        stopping.elapsed().as_secs_f64()
+    );
     // A broken build is expected to fail: its folder is kept only when it was not caught.
     let as_expected = match broken {
         Some(broken) => violated.iter().any(|v| broken.caught_by().contains(v)),
@@ -950,13 +1365,22 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     Ok(violated)
 }
 
+/// What the workload did, counted for the summary.
+struct Counts {
+    pauses: usize,
+    rejections: usize,
+    cancels_sent: usize,
+    batches: usize,
+    repeats: usize,
+}
+
 fn summary(
     seed: u64,
     records: &[FaultRecord],
     evidence: &Evidence,
     verdict: &checker::Verdict,
     recovery_ms: u128,
-    (pauses, rejections): (usize, usize),
+    counts: &Counts,
 ) {
     println!("--- summary, seed {seed}");
     let mut by_fault: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -1017,10 +1441,60 @@ fn summary(
         .filter(|s| s.gate.is_some() && s.succeeded)
         .count();
     println!(
-        "operators: {pauses} pauses, {} approvals sent ({gates_opened} gates opened), \
-         {rejections} rejections, {} retries",
+        "operators: {} pauses, {} approvals sent ({gates_opened} gates opened), {} rejections, \
+         {} retries",
+        counts.pauses,
         evidence.approvals.len(),
+        counts.rejections,
         evidence.retries.len()
+    );
+    let history = &evidence.history;
+    let keyless =
+        |f: fn(&Outcome) -> bool| history.keyless.iter().filter(|r| f(&r.outcome)).count();
+    println!(
+        "key-less submits: {} (acked {}, refused {}, unknown {}); {} batches of 3; {} repeats of \
+         acked submits; {} cancels sent ({} acknowledged as cancelling)",
+        history.keyless.len(),
+        keyless(|o| matches!(o, Outcome::Acked(_))),
+        keyless(|o| matches!(o, Outcome::Failed)),
+        keyless(|o| matches!(o, Outcome::Unknown)),
+        counts.batches,
+        counts.repeats,
+        counts.cancels_sent,
+        history.cancels.len()
+    );
+    let nodes_read: BTreeSet<u64> = history.reads.iter().map(|r| r.node).collect();
+    println!(
+        "reads: {} linearizable on nodes {nodes_read:?} ({} answered not found)",
+        history.reads.len(),
+        history
+            .reads
+            .iter()
+            .filter(|r| r.revision.is_none())
+            .count()
+    );
+    let events = |kind: i32| {
+        history
+            .histories
+            .values()
+            .flatten()
+            .filter(|e| e.kind == kind)
+            .count()
+    };
+    for watched in &history.watched {
+        println!(
+            "watch {}: {} events, resumed {} times, {} ranges refused as no longer held",
+            watched.name,
+            watched.events.len(),
+            watched.resumes,
+            watched.refused.len()
+        );
+    }
+    println!(
+        "histories: {} events, {} assignments, {} lease expiries",
+        history.histories.values().map(Vec::len).sum::<usize>(),
+        events(crate::history::kind::STEP_ASSIGNED),
+        events(crate::history::kind::STEP_LEASE_EXPIRED)
     );
     for (name, facts) in &evidence.schedules {
         println!(
