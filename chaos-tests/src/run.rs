@@ -616,6 +616,14 @@ async fn watcher(client: Client, watched: Arc<Mutex<Watched>>) {
     }
 }
 
+/// A watch the run keeps: the node it stays with (none: it moves between nodes), what it saw,
+/// its task.
+type RunningWatch = (
+    Option<u64>,
+    Arc<Mutex<Watched>>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// How long the hopping watch stays on one node, and how long it takes to come back on the
 /// next (a client reconnecting): events are committed meanwhile, which it must then be sent.
 const HOP_EVERY: Duration = Duration::from_millis(1_500);
@@ -1031,11 +1039,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     for &id in cluster.nodes.keys() {
         watches.push((Some(id), format!("node {id}"), cluster.proxied_client(id)?));
     }
-    let mut watches: Vec<(
-        Option<u64>,
-        Arc<Mutex<Watched>>,
-        tokio::task::JoinHandle<()>,
-    )> = watches
+    let mut watches: Vec<RunningWatch> = watches
         .into_iter()
         .map(|(node, name, client)| {
             let watched = Arc::new(Mutex::new(Watched {
