@@ -19,6 +19,8 @@ pub const AGENTS: [&str; 3] = ["agent-1", "agent-2", "agent-3"];
 
 /// How long a leader fault waits for another leader before it records none.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(15);
+/// How long the end of the safety phase waits for failover measurements still going.
+const FAILOVER_SETTLE: Duration = Duration::from_secs(2);
 
 /// A fault as it happened.
 #[derive(Debug)]
@@ -31,15 +33,25 @@ pub struct FaultRecord {
     pub overlapped: bool,
     /// For faults on the leader: ms until another leader was seen.
     pub failover_ms: Option<u64>,
+    /// The safety phase ended before the failover measurement did (a leader fault at its very
+    /// end): neither a failover nor a missing one.
+    pub failover_unmeasured: bool,
     /// The measurement of `failover_ms` while it runs (it goes on beside later faults).
     failover: Option<JoinHandle<Option<u64>>>,
 }
 
 impl FaultRecord {
-    /// Waits for the failover measurement, if one runs.
+    /// Waits a moment for the failover measurement, if one runs; one still going then is
+    /// stopped and counted as unmeasured, so that the safety phase ends on time.
     pub async fn settle(&mut self) {
-        if let Some(handle) = self.failover.take() {
-            self.failover_ms = handle.await.ok().flatten();
+        if let Some(mut handle) = self.failover.take() {
+            match tokio::time::timeout(FAILOVER_SETTLE, &mut handle).await {
+                Ok(measured) => self.failover_ms = measured.ok().flatten(),
+                Err(_) => {
+                    handle.abort();
+                    self.failover_unmeasured = true;
+                }
+            }
         }
     }
 }
@@ -95,6 +107,7 @@ pub async fn install(
         installed: false,
         overlapped,
         failover_ms: None,
+        failover_unmeasured: false,
         failover: None,
     };
     let heal = match planned.fault {

@@ -1400,7 +1400,7 @@ fn summary(
     let failovers: Vec<u64> = records.iter().filter_map(|r| r.failover_ms).collect();
     let missed = records
         .iter()
-        .filter(|r| r.installed && r.failover_ms.is_none())
+        .filter(|r| r.installed && r.failover_ms.is_none() && !r.failover_unmeasured)
         .filter(|r| {
             matches!(
                 r.fault,
