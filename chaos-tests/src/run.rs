@@ -474,9 +474,11 @@ async fn workload(
 
 /// Key-less submits besides the workload's, enough of them to be in flight when a fault
 /// strikes: `lanes` loops, each submitting a one-step workflow (a `wait` step nobody answers,
-/// which times out in half a second) at most once, then pausing `pause`, until `stop`.
+/// which times out in half a second) at most once, then pausing `pause`, until `stop`. Lane `i`
+/// stays with node `i` of `nodes` (round the list), so most lanes talk to a follower, which
+/// forwards to the leader: a leader killed then leaves forwards whose outcome is unknown.
 async fn keyless_load(
-    clients: watch::Receiver<Client>,
+    nodes: Vec<Client>,
     seed: u64,
     (lanes, pause): (usize, Duration),
     stop: Arc<AtomicBool>,
@@ -485,8 +487,8 @@ async fn keyless_load(
 ) {
     let mut loops = tokio::task::JoinSet::new();
     for lane in 0..lanes {
-        let (clients, stop, operations, acked) = (
-            clients.clone(),
+        let (client, stop, operations, acked) = (
+            nodes[lane % nodes.len()].clone(),
             stop.clone(),
             operations.clone(),
             acked.clone(),
@@ -509,7 +511,6 @@ async fn keyless_load(
                     }],
                     ..Default::default()
                 };
-                let client = clients.borrow().clone();
                 let outcome = match client.submit_at_most_once(spec).await {
                     Ok(reply) => Outcome::Acked(reply.workflow_id),
                     Err(error) => classify_error(&error),
@@ -1064,7 +1065,6 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
     watches.push((None, hopping, task));
     steer_schedule(&workload_client.borrow().clone(), false).await?;
     let acked: Acked = Arc::default();
-    let clients_for_light = clients.clone();
     let workload = tokio::spawn(workload(
         clients,
         seed,
@@ -1075,7 +1075,11 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<&'static str>> {
         acked.clone(),
     ));
     let light = tokio::spawn(keyless_load(
-        clients_for_light,
+        cluster
+            .nodes
+            .keys()
+            .map(|&id| cluster.proxied_client(id))
+            .collect::<anyhow::Result<_>>()?,
         seed,
         targeted.map_or(schedule::KEYLESS_LOAD, Broken::keyless_load),
         stop.clone(),

@@ -279,7 +279,18 @@ impl Broken {
             Broken::StaleReads => repeated(Fault::IsolateFollower, 3_000, safety_ms),
             // Past the new leader's election and its lease of 2 s plus 1 s of margin.
             Broken::LeaseWithoutQuorum => repeated(Fault::IsolateLeader, 6_000, safety_ms),
-            Broken::AmbiguousRefused => repeated(Fault::KillLeader, 1_500, safety_ms),
+            // Every node link delayed 80 ms a chunk all along, so that a follower's forward is
+            // in flight for a while when the leader is killed.
+            Broken::AmbiguousRefused => {
+                let mut plan = vec![Planned {
+                    at_ms: 1_000,
+                    fault: Fault::DelayAll,
+                    hold_ms: safety_ms.saturating_sub(2_000),
+                    pick: 60,
+                }];
+                plan.extend(repeated(Fault::KillLeader, 500, safety_ms));
+                plan
+            }
             // Every process starts with its memory empty.
             Broken::DedupForgotten => repeated(Fault::KillAll, 1_000, safety_ms),
         }
@@ -290,7 +301,7 @@ impl Broken {
     /// the very moment of a fault.
     pub fn keyless_load(self) -> (usize, Duration) {
         match self {
-            Broken::AmbiguousRefused => (4, Duration::from_millis(20)),
+            Broken::AmbiguousRefused => (6, Duration::from_millis(20)),
             _ => KEYLESS_LOAD,
         }
     }
