@@ -188,6 +188,12 @@ pub struct NodeArgs {
     /// of its own [default: 1024].
     #[arg(long, env = "BATON_MAX_COMMANDS_PER_ENTRY")]
     pub max_commands_per_entry: Option<usize>,
+    /// Under load, how long (ms) a command may wait at most for others to share its log entry,
+    /// while they keep arriving (it goes once none came for 2 ms). Fewer, larger entries cost the
+    /// nodes far less CPU per workflow for a few ms of latency; 0 turns it off. A lone client is
+    /// never held back [default: 5].
+    #[arg(long, env = "BATON_ENTRY_LINGER_MS")]
+    pub entry_linger_ms: Option<u64>,
     /// Close every gRPC connection (gracefully) this many seconds after it opened, so clients
     /// reconnect and a rotated CA or a revoked certificate reaches every connection within it
     /// (plus 30 s for streams to finish) [default: 1800].
@@ -339,6 +345,7 @@ impl NodeArgs {
             snapshot_every_entries,
             log_kept_behind_snapshot,
             max_commands_per_entry,
+            entry_linger_ms,
             max_connection_age_secs,
             disk_reserve_mb,
             retention,
@@ -400,6 +407,9 @@ impl NodeArgs {
             commands_per_entry_max: self
                 .max_commands_per_entry
                 .unwrap_or(defaults.commands_per_entry_max),
+            entry_linger: self
+                .entry_linger_ms
+                .map_or(defaults.entry_linger, std::time::Duration::from_millis),
         };
         if timing.election_timeout_min_ms <= timing.heartbeat_ms * 2 {
             return Err(format!(
@@ -421,6 +431,13 @@ impl NodeArgs {
                 "--max-commands-per-entry ({}) must be between 1 and {}",
                 timing.commands_per_entry_max,
                 crate::limits::COMMANDS_PER_ENTRY_MAX
+            ));
+        }
+        if timing.entry_linger > crate::limits::ENTRY_LINGER_MAX {
+            return Err(format!(
+                "--entry-linger-ms ({}) must be at most {}",
+                timing.entry_linger.as_millis(),
+                crate::limits::ENTRY_LINGER_MAX.as_millis()
             ));
         }
         let peer_dial = match &self.peer_dial {
@@ -741,6 +758,17 @@ mod tests {
                     "0",
                 ],
                 "--max-commands-per-entry (0) must be between 1 and 65536",
+            ),
+            (
+                &[
+                    "--node-id",
+                    "1",
+                    "--data-dir",
+                    "/x",
+                    "--entry-linger-ms",
+                    "101",
+                ],
+                "--entry-linger-ms (101) must be at most 100",
             ),
             (
                 &[

@@ -15,6 +15,8 @@ pub const RAFT_RPC_TIMEOUT_MIN: Duration = Duration::from_millis(1_000);
 /// Highest `--max-commands-per-entry`: an entry of this many commands is applied, and its
 /// responses sent, in one go on every node.
 pub const COMMANDS_PER_ENTRY_MAX: usize = 65_536;
+/// Most `--entry-linger-ms` may be: past this, the latency it adds is no longer a few ms.
+pub const ENTRY_LINGER_MAX: Duration = Duration::from_millis(100);
 /// Largest public request a node decodes (a spec is at most `SPEC_BYTES_MAX` of it).
 pub const PUBLIC_REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest public response a node encodes (a page of workflows).

@@ -1,37 +1,67 @@
 //! Group commit of commands into log entries, on the leader.
 //!
 //! Every command proposed on the leader (its own, and those followers forward) goes through one
-//! queue. Up to [`ENTRIES_IN_FLIGHT`] entries are being written at a time; while they are, new
-//! commands wait in the queue, and the next free slot takes all of them (up to
-//! `--max-commands-per-entry` and [`ENTRY_BATCH_BYTES_MAX`]; a single larger command gets an
-//! entry of its own) as one [`Command::Batch`] entry. So a quiet cluster writes each command at
-//! once in an entry of its own, and a loaded one pays the per-entry costs (log id, WAL record,
-//! replication framing, apply bookkeeping, the responder) once per batch instead of once per
-//! submit or report. The batch's commands apply in order, at the entry's index and time; each
-//! caller gets its own command's response. A batch commits or fails whole, so an error (not the
-//! leader, outcome unknown) means the same for every command in it.
+//! queue, and what waits there is written as one [`Command::Batch`] entry (up to
+//! `--max-commands-per-entry` and [`ENTRY_BATCH_BYTES_MAX`]; a single larger command gets an entry
+//! of its own). Every entry has fixed costs on every node (a log id, a WAL sync, a replication
+//! round, apply bookkeeping, the wake-ups of each), so the fewer the entries the less CPU a
+//! workflow costs. Three rules decide when the next entry starts:
+//!
+//! - **Idle, at once.** A command that finds nothing in flight and little load is written at
+//!   once in an entry of its own: a lone client never waits.
+//! - **Under load, linger.** Once entries carry several commands ([`LINGER_MIN_COMMANDS`]), a
+//!   new entry waits while commands keep arriving: until none came for [`LINGER_GAP`], or the
+//!   oldest has waited `--entry-linger-ms`, or [`LINGER_FILL`] wait. At 1,000 workflows a second
+//!   this writes one entry where there were about eight (docs/PERFORMANCE.md).
+//! - **Pipeline only when it pays.** One entry is in flight at a time; a second (up to
+//!   [`ENTRIES_IN_FLIGHT`]) starts beside it only once [`PIPELINE_MIN_COMMANDS`] wait, so a
+//!   heavily loaded leader keeps its WAL, replication and apply all busy.
+//!
+//! The batch's commands apply in order, at the entry's index and time; each caller gets its own
+//! command's response. A batch commits or fails whole, so an error (not the leader, outcome
+//! unknown) means the same for every command in it.
 //!
 //! Callers that gave up while queued (their request was cancelled or timed out) are dropped
 //! before the batch is made: nothing is written for a caller that is no longer waiting, so a
 //! timed-out client's retry does not pile up behind its own first attempt.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::clock::LeaderClock;
 use super::error::NodeError;
 use super::node::Proposed;
+use super::node::RaftTiming;
 use super::types::Raft;
 use crate::limits::ENTRY_BATCH_BYTES_MAX;
 use crate::metrics;
 use crate::state::{Command, Response};
 
-/// Entries written at once. A new one starts as soon as one is committed and applied; the queue
-/// builds up only while all are in flight, which is what makes batches under load and none when
-/// idle. Enough to keep replication and the WAL busy while an entry is being applied; measured
-/// against 2, 8 and 16 in docs/PERFORMANCE.md.
+/// Entries written at once, at most. Enough to keep replication and the WAL busy while an entry is
+/// being applied; measured against 2, 8 and 16 in docs/PERFORMANCE.md.
 pub const ENTRIES_IN_FLIGHT: usize = 4;
+
+/// Commands that must be waiting for a second (third, ...) entry to start beside one in flight:
+/// below it they wait for the entry in flight and share the next one.
+pub const PIPELINE_MIN_COMMANDS: usize = 16;
+
+/// Lingering (`--entry-linger-ms`) starts only when the last entry carried, or the queue holds,
+/// this many commands: a lone client keeps at most three moving at once (its submit, the
+/// scheduler's assignment of its previous workflow, the agent's report), and must not wait for
+/// company that cannot come.
+const LINGER_MIN_COMMANDS: usize = 4;
+
+/// A lingering entry goes once no command arrived for this long: the load has paused, or every
+/// client is waiting on the entry itself (a closed loop).
+const LINGER_GAP: Duration = Duration::from_millis(2);
+
+/// A lingering entry goes at once when this many commands wait.
+const LINGER_FILL: usize = 64;
 
 type Reply = oneshot::Sender<Result<Proposed, NodeError>>;
 
@@ -51,10 +81,11 @@ impl Batcher {
     pub fn start(
         raft: Raft,
         clock: Arc<LeaderClock>,
-        commands_max: usize,
+        timing: &RaftTiming,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_batches(raft, clock, rx, commands_max));
+        let pipeline = Pipeline::new(timing.commands_per_entry_max, timing.entry_linger);
+        let task = tokio::spawn(write_batches(raft, clock, rx, pipeline));
         (Self { queue }, task)
     }
 
@@ -71,66 +102,176 @@ impl Batcher {
     }
 }
 
-/// The writer: takes what is queued whenever an in-flight slot frees, and writes it as one entry.
-/// The queue is unbounded, but what feeds it is not: client proposals are capped by
+/// The writer: starts an entry of what is queued whenever one may start and has lingered enough
+/// (see the module's rules), and writes it. The queue is unbounded, but what feeds it is not: client proposals are capped by
 /// `limits::PROPOSALS_IN_FLIGHT_MAX`, reports by sessions times slots, and the scheduler waits for
 /// its own proposals.
 async fn write_batches(
     raft: Raft,
     clock: Arc<LeaderClock>,
     mut queue: mpsc::UnboundedReceiver<Queued>,
-    commands_max: usize,
+    pipeline: Pipeline,
 ) {
-    // Without grouping, a bound on entries in flight would only hold commands back.
-    let in_flight = if commands_max == 1 {
-        Semaphore::MAX_PERMITS
-    } else {
-        ENTRIES_IN_FLIGHT
-    };
-    let slots = Arc::new(Semaphore::new(in_flight));
-    // A command that did not fit the previous batch opens the next one.
-    let mut carried: Option<Queued> = None;
+    let (done, mut finished) = mpsc::unbounded_channel::<()>();
+    let mut waiting = Waiting::default();
+    let mut in_flight = 0;
+    let mut last_commands = 0;
     loop {
-        let first = match carried.take() {
-            Some(queued) => queued,
-            None => match queue.recv().await {
-                Some(queued) => queued,
+        while pipeline.may_start(in_flight, waiting.commands)
+            && pipeline.lingered(&waiting, last_commands, Instant::now())
+        {
+            let Some(batch) = waiting.take(pipeline.commands_max) else {
+                break;
+            };
+            in_flight += 1;
+            last_commands = batch.iter().map(|q| q.command.count()).sum();
+            let (raft, clock, done) = (raft.clone(), clock.clone(), done.clone());
+            tokio::spawn(async move {
+                write(&raft, &clock, batch).await;
+                let _ = done.send(());
+            });
+        }
+        // Wake when a wait ends, if only the wait holds the next entry back.
+        let linger_until = pipeline
+            .may_start(in_flight, waiting.commands)
+            .then(|| pipeline.linger_until(&waiting))
+            .flatten();
+        tokio::select! {
+            biased;
+            Some(()) = finished.recv(), if in_flight > 0 => in_flight -= 1,
+            () = sleep_until(linger_until) => {}
+            queued = queue.recv() => match queued {
+                Some(queued) => waiting.push(queued),
                 None => return,
             },
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Whatever arrived while waiting for the slot joins this entry.
+        }
+        while let Ok(queued) = queue.try_recv() {
+            waiting.push(queued);
+        }
+    }
+}
+
+/// When an entry may start: at once when none is in flight; beside others (up to `max`) only
+/// once `min_commands` wait, so a loaded leader keeps its WAL, replication and apply all busy,
+/// while a lightly loaded one lets what arrives during one entry's round trip share the next
+/// entry instead of paying an entry's fixed costs (a WAL sync and a replication round on every
+/// node, an apply, wake-ups) per command.
+#[derive(Clone, Copy, Debug)]
+struct Pipeline {
+    /// `--max-commands-per-entry`.
+    commands_max: usize,
+    /// Entries in flight at most.
+    max: usize,
+    /// Commands waiting before a second entry starts beside one in flight.
+    min_commands: usize,
+    /// `--entry-linger-ms`.
+    linger: Duration,
+}
+
+impl Pipeline {
+    fn new(commands_max: usize, linger: Duration) -> Self {
+        if commands_max == 1 {
+            // Without grouping, neither a bound on entries in flight nor a wait would do
+            // anything but hold commands back.
+            return Self {
+                commands_max,
+                max: usize::MAX,
+                min_commands: 1,
+                linger: Duration::ZERO,
+            };
+        }
+        Self {
+            commands_max,
+            max: ENTRIES_IN_FLIGHT,
+            min_commands: PIPELINE_MIN_COMMANDS,
+            linger,
+        }
+    }
+
+    /// Whether what waits has waited enough to be written: at once when lingering is off, a
+    /// full entry's worth waits, or the load is not enough for company to come (neither the last
+    /// entry nor the queue has [`LINGER_MIN_COMMANDS`]); else once [`LINGER_GAP`] passed without
+    /// a new command or the oldest has waited the whole linger.
+    fn lingered(self, waiting: &Waiting, last_commands: usize, now: Instant) -> bool {
+        self.linger.is_zero()
+            || waiting.commands >= self.commands_max.min(LINGER_FILL)
+            || (last_commands < LINGER_MIN_COMMANDS && waiting.commands < LINGER_MIN_COMMANDS)
+            || waiting
+                .since
+                .is_some_and(|since| now >= since + self.linger)
+            || waiting.last.is_some_and(|last| now >= last + LINGER_GAP)
+    }
+
+    /// When what waits will have lingered enough, if nothing else arrives.
+    fn linger_until(self, waiting: &Waiting) -> Option<Instant> {
+        let since = waiting.since?;
+        let last = waiting.last.unwrap_or(since);
+        Some((since + self.linger).min(last + LINGER_GAP))
+    }
+
+    fn may_start(self, in_flight: usize, waiting: usize) -> bool {
+        waiting > 0 && (in_flight == 0 || (in_flight < self.max && waiting >= self.min_commands))
+    }
+}
+
+/// Commands waiting for an entry, in arrival order.
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<Queued>,
+    /// When the oldest waiting command arrived.
+    since: Option<Instant>,
+    /// When the newest waiting command arrived.
+    last: Option<Instant>,
+    /// Commands in `queue` (a batch counts its own).
+    commands: usize,
+}
+
+impl Waiting {
+    fn push(&mut self, queued: Queued) {
+        let now = Instant::now();
+        self.since.get_or_insert(now);
+        self.last = Some(now);
+        self.commands += queued.command.count();
+        self.queue.push_back(queued);
+    }
+
+    /// The next entry's commands: from the front, up to `commands_max` and
+    /// [`ENTRY_BATCH_BYTES_MAX`] (a single larger command alone), skipping callers that gave up.
+    fn take(&mut self, commands_max: usize) -> Option<Vec<Queued>> {
         let (mut bytes, mut commands) = (0, 0);
         let mut batch = Vec::new();
-        if !first.reply.is_closed() {
-            bytes = encoded_len(&first.command);
-            commands = first.command.count();
-            batch.push(first);
-        }
-        while commands < commands_max {
-            let Ok(next) = queue.try_recv() else { break };
+        while let Some(next) = self.queue.front() {
+            let (len, count) = (encoded_len(&next.command), next.command.count());
             if next.reply.is_closed() {
+                self.commands -= count;
+                self.queue.pop_front();
                 continue;
             }
-            let (len, count) = (encoded_len(&next.command), next.command.count());
-            if bytes + len > ENTRY_BATCH_BYTES_MAX || commands + count > commands_max {
-                carried = Some(next);
+            if !batch.is_empty()
+                && (bytes + len > ENTRY_BATCH_BYTES_MAX || commands + count > commands_max)
+            {
                 break;
             }
             bytes += len;
             commands += count;
-            batch.push(next);
+            self.commands -= count;
+            batch.push(self.queue.pop_front().expect("a front"));
         }
-        if batch.is_empty() {
-            continue;
+        if self.queue.is_empty() {
+            self.since = None;
+            self.last = None;
+        } else if !batch.is_empty() {
+            self.since = Some(Instant::now());
         }
-        let (raft, clock) = (raft.clone(), clock.clone());
-        tokio::spawn(async move {
-            write(&raft, &clock, batch).await;
-            drop(slot);
-        });
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -260,4 +401,116 @@ fn encoded_len(command: &Command) -> usize {
             | Command::Tick
             | Command::RevokeToken { .. } => 0,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(command: Command) -> (Queued, oneshot::Receiver<Result<Proposed, NodeError>>) {
+        let (reply, answer) = oneshot::channel();
+        (Queued { command, reply }, answer)
+    }
+
+    fn waiting(
+        n: usize,
+        since: Instant,
+        last: Instant,
+    ) -> (Waiting, Vec<oneshot::Receiver<Result<Proposed, NodeError>>>) {
+        let mut waiting = Waiting::default();
+        let mut answers = Vec::new();
+        for _ in 0..n {
+            let (q, answer) = queued(Command::Tick);
+            waiting.push(q);
+            answers.push(answer);
+        }
+        waiting.since = Some(since);
+        waiting.last = Some(last);
+        (waiting, answers)
+    }
+
+    const LINGER: Duration = Duration::from_millis(5);
+
+    #[test]
+    fn a_lone_command_is_written_at_once() {
+        let pipeline = Pipeline::new(1_024, LINGER);
+        let now = Instant::now();
+        let (one, _answers) = waiting(1, now, now);
+        assert!(pipeline.may_start(0, one.commands));
+        assert!(pipeline.lingered(&one, 1, now));
+        // A lone client's three commands at once are not load either.
+        let (three, _answers) = waiting(3, now, now);
+        assert!(pipeline.lingered(&three, 3, now));
+    }
+
+    #[test]
+    fn under_load_an_entry_waits_while_commands_keep_coming() {
+        let pipeline = Pipeline::new(1_024, LINGER);
+        let start = Instant::now();
+        let (mut w, _answers) = waiting(2, start, start);
+        // The last entry carried several commands: wait for company.
+        assert!(!pipeline.lingered(&w, LINGER_MIN_COMMANDS, start));
+        assert_eq!(pipeline.linger_until(&w), Some(start + LINGER_GAP));
+        // Nothing came for the gap: go.
+        assert!(pipeline.lingered(&w, LINGER_MIN_COMMANDS, start + LINGER_GAP));
+        // Commands keep coming: go once the oldest waited the whole linger, not later.
+        w.last = Some(start + LINGER - Duration::from_micros(100));
+        assert!(!pipeline.lingered(
+            &w,
+            LINGER_MIN_COMMANDS,
+            start + LINGER - Duration::from_micros(50)
+        ));
+        assert!(pipeline.lingered(&w, LINGER_MIN_COMMANDS, start + LINGER));
+        assert_eq!(pipeline.linger_until(&w), Some(start + LINGER));
+        // Enough waiting without a previous batch counts as load too.
+        let (four, _answers) = waiting(LINGER_MIN_COMMANDS, start, start);
+        assert!(!pipeline.lingered(&four, 1, start));
+    }
+
+    #[test]
+    fn a_full_entry_goes_without_lingering() {
+        let pipeline = Pipeline::new(1_024, LINGER);
+        let now = Instant::now();
+        let (full, _answers) = waiting(LINGER_FILL, now, now);
+        assert!(pipeline.lingered(&full, LINGER_FILL, now));
+        let small = Pipeline::new(8, LINGER);
+        let (eight, _answers) = waiting(8, now, now);
+        assert!(small.lingered(&eight, 8, now));
+    }
+
+    #[test]
+    fn lingering_off_and_grouping_off_never_wait() {
+        let now = Instant::now();
+        let (w, _answers) = waiting(10, now, now);
+        assert!(Pipeline::new(1_024, Duration::ZERO).lingered(&w, 100, now));
+        let ungrouped = Pipeline::new(1, LINGER);
+        assert!(ungrouped.lingered(&w, 100, now));
+        assert!(ungrouped.may_start(1_000, 1));
+    }
+
+    #[test]
+    fn a_second_entry_starts_only_when_enough_waits() {
+        let pipeline = Pipeline::new(1_024, LINGER);
+        assert!(!pipeline.may_start(0, 0));
+        assert!(pipeline.may_start(0, 1));
+        assert!(!pipeline.may_start(1, PIPELINE_MIN_COMMANDS - 1));
+        assert!(pipeline.may_start(1, PIPELINE_MIN_COMMANDS));
+        assert!(!pipeline.may_start(ENTRIES_IN_FLIGHT, 10_000));
+    }
+
+    #[test]
+    fn a_batch_skips_callers_that_left_and_keeps_to_the_bound() {
+        let now = Instant::now();
+        let (mut w, mut answers) = waiting(5, now, now);
+        // The second caller gave up.
+        drop(answers.remove(1));
+        let batch = w.take(3).expect("a batch");
+        assert_eq!(batch.len(), 3);
+        assert_eq!(w.commands, 1, "one left for the next entry");
+        assert!(w.since.is_some());
+        let last = w.take(3).expect("the rest");
+        assert_eq!(last.len(), 1);
+        assert_eq!((w.commands, w.since, w.last), (0, None, None));
+        assert!(w.take(3).is_none());
+    }
 }

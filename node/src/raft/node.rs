@@ -35,6 +35,9 @@ pub struct RaftTiming {
     pub log_kept_behind_snapshot: u64,
     /// Commands the leader groups into one entry at most (`batcher`); 1 turns grouping off.
     pub commands_per_entry_max: usize,
+    /// Longest a command waits for others to share its entry while commands keep arriving
+    /// (`batcher`); zero writes each group as soon as an entry may start.
+    pub entry_linger: std::time::Duration,
 }
 
 impl Default for RaftTiming {
@@ -46,6 +49,7 @@ impl Default for RaftTiming {
             snapshot_every_entries: 20_000,
             log_kept_behind_snapshot: 2_000,
             commands_per_entry_max: 1_024,
+            entry_linger: std::time::Duration::from_millis(5),
         }
     }
 }
@@ -188,8 +192,7 @@ impl RaftNode {
             (m.state == ServerState::Leader).then_some(m.current_term)
         }));
         let clock = LeaderClock::new(id, raft.clone(), peers.clone(), replica.clone());
-        let (batcher, batcher_task) =
-            Batcher::start(raft.clone(), clock.clone(), timing.commands_per_entry_max);
+        let (batcher, batcher_task) = Batcher::start(raft.clone(), clock.clone(), timing);
         let (disk, disk_task) = DiskWatcher::start(id, data_dir, disk_reserve_bytes);
         let mut node = Self {
             id,

@@ -309,11 +309,14 @@ async fn cluster_term(addrs: &[SocketAddr]) -> u64 {
     term
 }
 
-/// JSON log lines of a process' log file, each checked to be one JSON object.
+/// JSON log lines of a process' log file, each checked to be one JSON object. Only whole lines:
+/// the process may be running (its log writer writes in bursts) or killed mid-write, so a last
+/// line without its newline is not read.
 fn json_logs(path: &Path) -> Vec<Json> {
     std::fs::read_to_string(path)
         .unwrap()
-        .lines()
+        .split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n'))
         .map(|line| {
             serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}: not a JSON line ({e}): {line}", path.display()))
