@@ -12,7 +12,7 @@
 //! - **Under load, linger.** Once entries carry several commands ([`LINGER_MIN_COMMANDS`]), a
 //!   new entry waits while commands keep arriving: until none came for [`LINGER_GAP`], or the
 //!   oldest has waited `--entry-linger-ms`, or [`LINGER_FILL`] wait. At 1,000 workflows a second
-//!   this writes one entry where there were about eight (docs/PERFORMANCE.md).
+//!   this writes ~160 entries a second where there were ~2,100 (docs/PERFORMANCE.md).
 //! - **Pipeline only when it pays.** One entry is in flight at a time; a second (up to
 //!   [`ENTRIES_IN_FLIGHT`]) starts beside it only once [`PIPELINE_MIN_COMMANDS`] wait, so a
 //!   heavily loaded leader keeps its WAL, replication and apply all busy.
@@ -103,9 +103,9 @@ impl Batcher {
 }
 
 /// The writer: starts an entry of what is queued whenever one may start and has lingered enough
-/// (see the module's rules), and writes it. The queue is unbounded, but what feeds it is not: client proposals are capped by
-/// `limits::PROPOSALS_IN_FLIGHT_MAX`, reports by sessions times slots, and the scheduler waits for
-/// its own proposals.
+/// (see the module's rules), and writes it. The queue is unbounded, but what feeds it is not:
+/// client proposals are capped by `limits::PROPOSALS_IN_FLIGHT_MAX`, reports by sessions times
+/// slots, and the scheduler waits for its own proposals.
 async fn write_batches(
     raft: Raft,
     clock: Arc<LeaderClock>,
